@@ -1,0 +1,239 @@
+"""The producer side of the bus: publish a request durably and read its reply frames.
+
+One `BusClient` per ingress process. It subscribes once to its own reply inbox
+(`<ns>.reply.<ingress>.*`) and routes frames to the waiting request by id, so a request costs no
+subscription round trip of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from dispatcher.errors import (
+    BusUnavailable,
+    DeadlineExceeded,
+    ModelbusError,
+    QueueFull,
+    RemoteError,
+    WorkerLost,
+)
+from dispatcher.reply_stream import Frame, ReplySequencer, decode_frame
+from dispatcher.settings import BusSettings
+from dispatcher.subjects import Subjects
+from schemas.envelope import ErrorFrame, HeartbeatFrame, RequestEnvelope, StartFrame
+
+log = logging.getLogger(__name__)
+
+# JetStream API error codes for a stream at its limits with discard=new.
+_STREAM_FULL = {10077, 10078, 10047}
+_STRAY_MEMORY = 4096
+
+
+class RequestTooLarge(ModelbusError):
+    """The request does not fit in one NATS message."""
+
+
+class ReplyStream:
+    """Frames of one request's reply, in order, with the deadline and worker liveness enforced."""
+
+    def __init__(self, client: BusClient, envelope: RequestEnvelope, queue: asyncio.Queue[bytes]) -> None:
+        self.envelope = envelope
+        self.start: StartFrame | None = None
+        self._client = client
+        self._queue = queue
+        self._sequencer = ReplySequencer()
+        self._deadline = time.monotonic() + (envelope.deadline_ms - envelope.created_ms) / 1000
+        self._last_activity: float | None = None  # None until a worker has picked the request up
+        self._relayed = False
+        self._done = False
+        self._pending_error: ErrorFrame | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.envelope.id
+
+    def mark_relayed(self) -> None:
+        """Part of the answer has reached the client: a redelivery can no longer be used."""
+        self._relayed = True
+
+    async def frames(self, wait_s: float | None = None) -> list[tuple[Frame, bytes]]:
+        """Return the next in-order frames (start, chunk, final); [] if `wait_s` passed first.
+
+        Raises RemoteError for an error frame, DeadlineExceeded, WorkerLost or StreamBroken.
+        """
+        if self._pending_error is not None:
+            raise self._remote_error(self._pending_error)
+        give_up = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            now = time.monotonic()
+            if now >= self._deadline:
+                raise DeadlineExceeded("no answer before the request deadline")
+            self._sequencer.check_gap(now)
+            if self._last_activity is not None and now - self._last_activity > self._client.idle_timeout_s:
+                if self._relayed:
+                    raise WorkerLost("the worker stopped answering in the middle of the reply")
+                # Nothing reached the client yet: JetStream will redeliver to another worker.
+                log.info("request %s: worker silent, waiting for redelivery", self.request_id)
+                self._last_activity = None
+            if give_up is not None and now >= give_up:
+                return []
+            limits = [self._deadline, give_up, self._sequencer.gap_deadline]
+            if self._last_activity is not None:
+                limits.append(self._last_activity + self._client.idle_timeout_s)
+            wake = min(t for t in limits if t is not None)
+            try:
+                async with asyncio.timeout(max(wake - now, 0.0)):
+                    data = await self._queue.get()
+            except TimeoutError:
+                continue
+            ready = self._accept(data)
+            # Drain what else has arrived so a burst of tokens leaves in one write.
+            while not self._queue.empty():
+                ready.extend(self._accept(self._queue.get_nowait()))
+            if ready:
+                return self._check(ready)
+
+    def _accept(self, data: bytes) -> list[tuple[Frame, bytes]]:
+        try:
+            frame, payload = decode_frame(data)
+        except ValueError:
+            log.warning("request %s: undecodable reply frame dropped", self.request_id)
+            return []
+        if frame.attempt >= self._sequencer.attempt:
+            self._last_activity = time.monotonic()
+        if isinstance(frame, HeartbeatFrame):
+            return []
+        if frame.attempt > self._sequencer.attempt and self._relayed:
+            raise WorkerLost("the request was redelivered after part of the answer was relayed")
+        return self._sequencer.push(frame, payload)
+
+    def _check(self, ready: list[tuple[Frame, bytes]]) -> list[tuple[Frame, bytes]]:
+        for index, (frame, _) in enumerate(ready):
+            if isinstance(frame, StartFrame):
+                self.start = frame
+            elif isinstance(frame, ErrorFrame):
+                self._done = True
+                if index:
+                    # Deliver what came before the error first; the error surfaces next call.
+                    self._pending_error = frame
+                    return ready[:index]
+                raise self._remote_error(frame)
+            elif frame.kind == "final":
+                self._done = True
+                return ready[: index + 1]
+        return ready
+
+    @staticmethod
+    def _remote_error(frame: ErrorFrame) -> RemoteError:
+        return RemoteError(frame.code, frame.message, frame.status, frame.retryable)
+
+    async def cancel(self) -> None:
+        """Tell workers to stop: the client is gone or the deadline passed."""
+        if not self._done:
+            self._done = True
+            await self._client.cancel(self.request_id)
+
+    async def close(self) -> None:
+        self._client.inbox_close(self.request_id)
+
+
+class BusClient:
+    def __init__(self, nc: NATS, subjects: Subjects, settings: BusSettings, ingress_id: str, msg_ttl: bool) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._subjects = subjects
+        self._settings = settings
+        self._ingress_id = ingress_id
+        self._msg_ttl = msg_ttl
+        self._routes: dict[str, asyncio.Queue[bytes]] = {}
+        self._strays: OrderedDict[str, None] = OrderedDict()
+        self._sub: object | None = None
+        self.idle_timeout_s = settings.idle_timeout_s
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(
+            self._subjects.reply_inbox(self._ingress_id),
+            cb=self._on_reply,
+            # A slow consumer drops frames silently; size the buffer for bursts of many streams.
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=512 * 1024 * 1024,
+        )
+
+    @property
+    def max_payload(self) -> int:
+        return int(self._nc.max_payload)
+
+    def reply_subject(self, request_id: str) -> str:
+        return self._subjects.reply(self._ingress_id, request_id)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        request_id = self._subjects.request_id_from(msg.subject)
+        queue = self._routes.get(request_id)
+        if queue is not None:
+            queue.put_nowait(msg.data)
+        elif request_id not in self._strays:
+            # Nobody waits for this request any more (client left, deadline passed): stop its worker.
+            self._strays[request_id] = None
+            if len(self._strays) > _STRAY_MEMORY:
+                self._strays.popitem(last=False)
+            await self.cancel(request_id)
+
+    def inbox_close(self, request_id: str) -> None:
+        self._routes.pop(request_id, None)
+
+    async def cancel(self, request_id: str) -> None:
+        try:
+            await self._nc.publish(self._subjects.cancel(request_id), b"")
+        except Exception as exc:  # noqa: BLE001 - cancellation is best effort; deadlines backstop it
+            log.warning("cancel of %s not sent: %s", request_id, exc)
+
+    async def submit(self, envelope: RequestEnvelope) -> ReplyStream:
+        """Persist the request in JetStream and return its reply stream.
+
+        The reply route exists before the publish, so no frame can arrive unrouted. Publishes are
+        retried with the same `Nats-Msg-Id` (the request id), so a retry after a lost PubAck is
+        deduplicated by the stream rather than queued twice.
+        """
+        data = envelope.model_dump_json().encode()
+        if len(data) > self.max_payload:
+            raise RequestTooLarge(
+                f"request of {len(data)} bytes exceeds the bus limit of {self.max_payload} bytes"
+            )
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._routes[envelope.id] = queue
+        headers = {"Nats-Msg-Id": envelope.id}
+        ttl_s = max(1, (envelope.deadline_ms - envelope.created_ms + 999) // 1000)
+        if self._msg_ttl:
+            headers["Nats-TTL"] = f"{ttl_s}s"
+        subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type((NatsTimeoutError, NoRespondersError, asyncio.TimeoutError)),
+                stop=stop_after_delay(min(10.0, float(ttl_s))),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    await self._js.publish(subject, data, timeout=2.0, headers=headers)
+        except APIError as exc:
+            self.inbox_close(envelope.id)
+            if exc.err_code in _STREAM_FULL:
+                raise QueueFull("the request queue is full") from exc
+            raise BusUnavailable(f"JetStream refused the request: {exc.description}") from exc
+        except (NatsTimeoutError, NoRespondersError, asyncio.TimeoutError, ConnectionError) as exc:
+            self.inbox_close(envelope.id)
+            raise BusUnavailable("JetStream did not confirm the request in time") from exc
+        except BaseException:
+            self.inbox_close(envelope.id)
+            raise
+        return ReplyStream(self, envelope, queue)

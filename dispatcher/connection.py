@@ -1,0 +1,82 @@
+"""Connecting to NATS with options suited to a gateway that must ride through broker restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import NoServersError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from dispatcher.settings import BusSettings
+
+log = logging.getLogger(__name__)
+
+
+async def connect(settings: BusSettings, name: str) -> NATS:
+    """Connect with infinite reconnects and fast dead-connection detection.
+
+    nats-py's defaults give up reconnecting after about two minutes and notice a dead peer only
+    after 2 x 120 s of pings; a gateway must keep trying and notice within seconds.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error (%s): %s", name, exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected (%s)", name)
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected (%s)", name)
+
+    options: dict[str, object] = {}
+    if settings.nats_creds is not None:
+        options["user_credentials"] = str(settings.nats_creds)
+    # The first connection is retried too: processes may start before the broker is up.
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type((OSError, NoServersError, asyncio.TimeoutError)),
+        stop=stop_after_delay(settings.connect_wait_s),
+        wait=wait_exponential(multiplier=0.1, max=2.0),
+        before_sleep=lambda state: log.warning("waiting for NATS at %s", settings.nats_url),
+        reraise=True,
+    ):
+        with attempt:
+            return await _connect_once(settings, name, on_error, on_disconnect, on_reconnect, options)
+    raise AssertionError("unreachable")
+
+
+async def _connect_once(
+    settings: BusSettings,
+    name: str,
+    on_error: Callable[[Exception], Awaitable[None]],
+    on_disconnect: Callable[[], Awaitable[None]],
+    on_reconnect: Callable[[], Awaitable[None]],
+    options: dict[str, object],
+) -> NATS:
+    return await nats.connect(
+        servers=settings.nats_servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        ping_interval=5,
+        max_outstanding_pings=3,
+        connect_timeout=5,
+        allow_reconnect=True,
+        # Without this, an unreachable first server fails the connect instead of trying the rest.
+        dont_randomize=False,
+        # Publishes made while reconnecting are buffered up to this size, then fail loudly.
+        pending_size=64 * 1024 * 1024,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def supports_msg_ttl(nc: NATS) -> bool:
+    """Per-message TTL (`Nats-TTL`) arrived in nats-server 2.11."""
+    version = nc.connected_server_version
+    return (version.major, version.minor) >= (2, 11)

@@ -1,0 +1,52 @@
+"""Settings every Modelbus process shares: where NATS is and how the bus behaves.
+
+Each process has exactly one settings object, built once at start-up from `MODELBUS_*` environment
+variables (or CLI flags) and passed down; nothing below reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BusSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELBUS_", extra="ignore")
+
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="one or several comma-separated NATS URLs (all members of one cluster)",
+    )
+    connect_wait_s: float = Field(default=60.0, ge=0, description="how long to wait for NATS at start")
+    nats_creds: Path | None = Field(default=None, description="NATS credentials file")
+    namespace: str = Field(default="mb", description="prefix of every subject, stream and bucket")
+    config: Path | None = Field(default=None, description="Modelbus config file (YAML)")
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+
+    # Delivery: a worker holds a request for ack_wait without news before JetStream redelivers it;
+    # it sends in-progress acks well within that, so long generations never need a huge ack_wait.
+    ack_wait_s: float = Field(default=10.0, gt=0)
+    max_deliver: int = Field(default=4, ge=1)
+    # Reply frames: a worker with nothing to send proves it is alive this often, and the ingress
+    # declares it lost after idle_timeout_s of silence.
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    idle_timeout_s: float = Field(default=7.0, gt=0)
+
+    request_stream_max_age_s: float = Field(default=24 * 3600, gt=0)
+    request_stream_max_bytes: int = Field(default=1 << 30, gt=0)
+    request_stream_max_msgs: int = Field(default=1_000_000, gt=0)
+    duplicate_window_s: float = Field(default=120.0, gt=0)
+    max_ack_pending: int = Field(default=10_000, ge=1, description="in flight per model, all workers")
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    @field_validator("nats_url")
+    @classmethod
+    def _has_url(cls, value: str) -> str:
+        if not any(u.strip() for u in value.split(",")):
+            raise ValueError("at least one NATS URL is required")
+        return value

@@ -1,0 +1,132 @@
+"""Subject, stream and consumer naming, with an injective encoding for user-supplied tokens.
+
+Every user-supplied value that ends up in a subject (model names, versions, request ids) goes
+through `encode_token`, so it can never contain `.`, `*`, `>`, whitespace or non-ASCII and thus can
+never widen a subscription, add a subject level, or collide with another value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from schemas.envelope import Lane
+
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+_ESCAPE = ord("_")
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+# Consumer names become file names on the server, so long encodings are replaced by a digest.
+# `_H` can never come out of encode_token (H is not a hex digit), so digests cannot collide with it.
+_MAX_NAME = 64
+
+
+def encode_token(value: str) -> str:
+    """Encode `value` as one subject token: `[A-Za-z0-9-]` kept, every other byte as `_XX`."""
+    if not value:
+        raise ValueError("a subject token cannot be empty")
+    out: list[str] = []
+    for byte in value.encode("utf-8"):
+        if byte in _SAFE:
+            out.append(chr(byte))
+        else:
+            out.append(f"_{byte:02X}")
+    return "".join(out)
+
+
+def decode_token(token: str) -> str:
+    """Invert `encode_token`; raises ValueError on anything it could not have produced."""
+    raw = bytearray()
+    i = 0
+    data = token.encode("ascii")
+    while i < len(data):
+        byte = data[i]
+        if byte == _ESCAPE:
+            hex_digits = data[i + 1 : i + 3]
+            if len(hex_digits) != 2 or not re.fullmatch(rb"[0-9A-F]{2}", hex_digits):
+                raise ValueError(f"bad escape in token {token!r}")
+            decoded = int(hex_digits, 16)
+            if decoded in _SAFE:
+                raise ValueError(f"non-canonical escape in token {token!r}")
+            raw.append(decoded)
+            i += 3
+        elif byte in _SAFE:
+            raw.append(byte)
+            i += 1
+        else:
+            raise ValueError(f"unexpected character in token {token!r}")
+    return raw.decode("utf-8")
+
+
+def _name(*tokens: str) -> str:
+    name = "__".join(tokens)
+    if len(name) <= _MAX_NAME:
+        return name
+    return "_H" + hashlib.sha256(name.encode()).hexdigest()[:40]
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """All names Modelbus uses on one NATS system, scoped by a namespace (default `mb`).
+
+    Layout:
+      <ns>.req.<model>.<version>.<lane>   requests, persisted in the request stream
+      <ns>.reply.<ingress>.<request>      reply frames (core NATS), read by one ingress only
+      <ns>.cancel.<request>               cancellation broadcast to workers (core NATS)
+    """
+
+    namespace: str = "mb"
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE.match(self.namespace):
+            raise ValueError("namespace must match [a-z][a-z0-9-]{0,31}")
+
+    # streams -------------------------------------------------------------------------------
+    @property
+    def request_stream(self) -> str:
+        return f"{self.namespace.upper()}_REQUESTS"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self.namespace.upper()}_DEAD_LETTERS"
+
+    # requests ------------------------------------------------------------------------------
+    @property
+    def all_requests(self) -> str:
+        return f"{self.namespace}.req.>"
+
+    def request(self, model: str, version: str = "default", lane: Lane = Lane.INTERACTIVE) -> str:
+        return f"{self.namespace}.req.{encode_token(model)}.{encode_token(version)}.{lane.value}"
+
+    def consumer(self, model: str, version: str = "default", lane: Lane = Lane.INTERACTIVE) -> str:
+        """Durable pull consumer shared by every worker of (model, version) for one lane."""
+        return _name(encode_token(model), encode_token(version), lane.value)
+
+    def dead_letter(self, model: str) -> str:
+        return f"{self.namespace}.dlq.{encode_token(model)}"
+
+    @property
+    def all_dead_letters(self) -> str:
+        return f"{self.namespace}.dlq.>"
+
+    # replies and cancellation --------------------------------------------------------------
+    def reply_inbox(self, ingress_id: str) -> str:
+        """Wildcard one ingress subscribes to once; it then routes frames by request id."""
+        return f"{self.namespace}.reply.{encode_token(ingress_id)}.*"
+
+    def reply(self, ingress_id: str, request_id: str) -> str:
+        return f"{self.namespace}.reply.{encode_token(ingress_id)}.{encode_token(request_id)}"
+
+    @staticmethod
+    def request_id_from(subject: str) -> str:
+        return decode_token(subject.rsplit(".", 1)[-1])
+
+    def cancel(self, request_id: str) -> str:
+        return f"{self.namespace}.cancel.{encode_token(request_id)}"
+
+    @property
+    def all_cancels(self) -> str:
+        return f"{self.namespace}.cancel.*"
+
+    def max_deliveries_advisory(self) -> str:
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.request_stream}.*"

@@ -1,0 +1,116 @@
+"""JetStream topology, created idempotently by every process at start-up.
+
+One work-queue stream holds all requests (`<ns>.req.>`); each (model, version, lane) has one durable
+pull consumer that all workers of that model share. Work-queue retention deletes a message once a
+worker acks it, and `discard=new` makes a full stream refuse new requests instead of silently
+evicting accepted ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js import api
+from nats.js.errors import BadRequestError, NotFoundError
+
+from dispatcher.settings import BusSettings
+from dispatcher.subjects import Subjects
+from schemas.envelope import Lane
+
+log = logging.getLogger(__name__)
+
+_DEAD_LETTER_MAX_AGE_S = 14 * 24 * 3600
+
+
+def request_stream_config(
+    subjects: Subjects, settings: BusSettings, max_msg_size: int, msg_ttl: bool
+) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=subjects.request_stream,
+        description="Modelbus inference requests (work queue)",
+        subjects=[subjects.all_requests],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        discard=api.DiscardPolicy.NEW,
+        max_age=settings.request_stream_max_age_s,
+        max_bytes=settings.request_stream_max_bytes,
+        max_msgs=settings.request_stream_max_msgs,
+        max_msg_size=max_msg_size,
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.stream_replicas,
+        # Per-message TTL lets a request leave the stream when its deadline passes (server 2.11+).
+        allow_msg_ttl=True if msg_ttl else None,
+    )
+
+
+def dead_letter_stream_config(subjects: Subjects, settings: BusSettings) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=subjects.dead_letter_stream,
+        description="Modelbus requests that exhausted their deliveries",
+        subjects=[subjects.all_dead_letters],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        max_age=_DEAD_LETTER_MAX_AGE_S,
+        max_bytes=settings.request_stream_max_bytes,
+        num_replicas=settings.stream_replicas,
+    )
+
+
+def consumer_config(
+    subjects: Subjects, settings: BusSettings, model: str, version: str, lane: Lane
+) -> api.ConsumerConfig:
+    name = subjects.consumer(model, version, lane)
+    return api.ConsumerConfig(
+        name=name,
+        durable_name=name,
+        description=f"workers of {model!r} version {version!r}, lane {lane.value}",
+        filter_subject=subjects.request(model, version, lane),
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=settings.max_ack_pending,
+        max_waiting=4096,
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            log.info("created stream %s", config.name)
+            return
+        except BadRequestError:
+            pass  # another process created it between our two calls
+    try:
+        await js.update_stream(config)
+    except BadRequestError as exc:
+        # Some settings (retention, storage) cannot change in place; keep serving on the old ones.
+        log.warning("stream %s kept its existing configuration: %s", config.name, exc.description)
+
+
+async def ensure_streams(
+    js: JetStreamContext, subjects: Subjects, settings: BusSettings, max_msg_size: int, msg_ttl: bool
+) -> None:
+    await _ensure_stream(js, request_stream_config(subjects, settings, max_msg_size, msg_ttl))
+    await _ensure_stream(js, dead_letter_stream_config(subjects, settings))
+
+
+async def ensure_consumer(
+    js: JetStreamContext,
+    subjects: Subjects,
+    settings: BusSettings,
+    model: str,
+    version: str = "default",
+    lane: Lane = Lane.INTERACTIVE,
+) -> str:
+    """Create or update the shared durable consumer of one (model, version, lane); return its name."""
+    config = consumer_config(subjects, settings, model, version, lane)
+    assert config.durable_name is not None
+    # The server's create call is create-or-update: an existing consumer takes the new settings.
+    await js.add_consumer(subjects.request_stream, config)
+    return config.durable_name

@@ -1,0 +1,58 @@
+"""The ingress ASGI application: clients are created in the lifespan and kept on `app.state`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from dispatcher.client import BusClient
+from dispatcher.config_file import load_config
+from dispatcher.connection import connect, supports_msg_ttl
+from dispatcher.subjects import Subjects
+from dispatcher.topology import ensure_consumer, ensure_streams
+from ingress.auth import KeyStore
+from ingress.catalog import Catalog
+from ingress.errors import install_error_handlers
+from ingress.relay import Relay
+from ingress.routes import health, inference, models
+from ingress.settings import IngressSettings
+from schemas.config import ModelbusConfig
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) -> FastAPI:
+    config = config if config is not None else load_config(settings.config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        subjects = Subjects(settings.namespace)
+        nc = await connect(settings, name=f"modelbus-ingress {settings.ingress_id}")
+        try:
+            js = nc.jetstream()
+            msg_ttl = supports_msg_ttl(nc)
+            await ensure_streams(js, subjects, settings, nc.max_payload, msg_ttl)
+            # Consumers exist before any worker does, so queue depth is visible from the start.
+            for model in config.models:
+                await ensure_consumer(js, subjects, settings, model.name)
+            bus = BusClient(nc, subjects, settings, settings.ingress_id, msg_ttl)
+            await bus.start()
+            catalog = Catalog(config)
+            app.state.nc = nc
+            app.state.catalog = catalog
+            app.state.keys = KeyStore(config)
+            app.state.relay = Relay(bus, catalog, settings)
+            log.info("ingress %s ready with %d models", settings.ingress_id, len(config.models))
+            yield
+        finally:
+            await nc.drain()
+
+    app = FastAPI(title="Modelbus", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.include_router(inference.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,34 @@
+"""Which models this gateway serves, and on which endpoints."""
+
+from __future__ import annotations
+
+from schemas.config import ModelbusConfig, ModelConfig
+from schemas.envelope import Endpoint
+from schemas.openai import Model, ModelList
+
+from ingress.errors import APIError
+
+
+class Catalog:
+    def __init__(self, config: ModelbusConfig) -> None:
+        self._models = {m.name: m for m in config.models}
+
+    @property
+    def models(self) -> list[ModelConfig]:
+        return list(self._models.values())
+
+    def resolve(self, name: str, endpoint: Endpoint) -> ModelConfig:
+        model = self._models.get(name)
+        if model is None:
+            raise APIError(404, f"the model {name!r} does not exist", "model_not_found", "model")
+        if endpoint not in model.endpoints:
+            raise APIError(
+                404,
+                f"the model {name!r} does not serve the {endpoint.value} endpoint",
+                "model_not_found",
+                "model",
+            )
+        return model
+
+    def listing(self) -> ModelList:
+        return ModelList(data=[Model(id=m.name, owned_by=m.owned_by) for m in self._models.values()])

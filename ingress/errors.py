@@ -1,0 +1,109 @@
+"""Every error leaves the ingress here, in OpenAI's error shape with the matching HTTP status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dispatcher.client import RequestTooLarge
+from dispatcher.errors import (
+    BusUnavailable,
+    DeadlineExceeded,
+    ModelbusError,
+    QueueFull,
+    RemoteError,
+    StreamBroken,
+    WorkerLost,
+)
+from schemas.envelope import ErrorCode
+from schemas.openai import ErrorDetail, ErrorResponse
+
+log = logging.getLogger(__name__)
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class APIError(Exception):
+    """An error the ingress itself decides on (bad input, unknown model, bad key)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+
+def error_type(status: int) -> str:
+    return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> ErrorResponse:
+    return ErrorResponse(error=ErrorDetail(message=message, type=error_type(status), param=param, code=code))
+
+
+def from_bus_error(exc: ModelbusError) -> APIError:
+    """The one mapping from bus failures to HTTP; retryable ones carry Retry-After."""
+    retry = {"Retry-After": "1"}
+    if isinstance(exc, RemoteError):
+        headers = retry if exc.retryable else {}
+        return APIError(exc.status, exc.message, exc.code.value, headers=headers)
+    if isinstance(exc, RequestTooLarge):
+        return APIError(413, str(exc), "request_too_large")
+    if isinstance(exc, QueueFull):
+        return APIError(503, "the model's queue is full, retry later", "queue_full", headers=retry)
+    if isinstance(exc, BusUnavailable):
+        return APIError(503, "the gateway cannot queue requests right now", "bus_unavailable", headers=retry)
+    if isinstance(exc, DeadlineExceeded):
+        return APIError(504, "no worker answered before the request deadline", ErrorCode.DEADLINE_EXCEEDED.value,
+                        headers=retry)
+    if isinstance(exc, WorkerLost):
+        return APIError(502, "the worker serving this request was lost", ErrorCode.WORKER_LOST.value, headers=retry)
+    if isinstance(exc, StreamBroken):
+        return APIError(502, "part of the reply was lost in transit", ErrorCode.STREAM_BROKEN.value, headers=retry)
+    return APIError(502, "the request failed in the gateway", "gateway_error", headers=retry)
+
+
+def error_response(error: APIError) -> Response:
+    body = error_body(error.status, error.message, error.code, error.param)
+    return Response(
+        body.model_dump_json(), status_code=error.status, headers=error.headers, media_type="application/json"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(ModelbusError)
+    async def _bus_error(_: Request, exc: ModelbusError) -> Response:
+        return error_response(from_bus_error(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        return error_response(APIError(400, f"{param}: {first['msg']}" if param else first["msg"], "invalid_value", param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(APIError(500, "internal gateway error", "internal_error"))

@@ -1,0 +1,191 @@
+"""From a validated HTTP request to the bus and back: JSON for plain calls, SSE for streams.
+
+The relay never parses token payloads: chunk frames hold serialized OpenAI chunks, one per line,
+and each becomes one `data:` event as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import orjson
+from fastapi import Request
+from pydantic import BaseModel
+from starlette.responses import Response
+from starlette.types import Receive
+
+from dispatcher.client import BusClient, ReplyStream
+from dispatcher.errors import ModelbusError
+from dispatcher.reply_stream import Frame
+from ingress.auth import Identity
+from ingress.body import parse, read_body
+from ingress.catalog import Catalog
+from ingress.errors import APIError, error_body, from_bus_error
+from ingress.settings import IngressSettings
+from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
+from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, RequestEnvelope, StartFrame
+
+T = TypeVar("T")
+_TIMEOUT_HEADERS = ("x-modelbus-timeout", "x-stainless-timeout")
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before the answer was ready."""
+
+
+class Relay:
+    def __init__(self, bus: BusClient, catalog: Catalog, settings: IngressSettings) -> None:
+        self._bus = bus
+        self._catalog = catalog
+        self._settings = settings
+        # Leave room for the envelope around the body inside one NATS message.
+        self.max_body = min(settings.max_body_bytes, bus.max_payload - 16 * 1024)
+
+    async def serve(
+        self, request: Request, identity: Identity, endpoint: Endpoint, schema: type[BaseModel]
+    ) -> Response:
+        body = await read_body(request, self.max_body)
+        parsed = parse(schema, body)
+        model_name: str = getattr(parsed, "model")
+        target = self._catalog.resolve(model_name, endpoint)
+        stream = bool(getattr(parsed, "stream", False))
+        created_ms = int(time.time() * 1000)
+        request_id = uuid.uuid4().hex
+        envelope = RequestEnvelope(
+            id=request_id,
+            endpoint=endpoint,
+            model=model_name,
+            target=target.name,
+            consumer=identity.consumer,
+            key_id=identity.key_id,
+            stream=stream,
+            created_ms=created_ms,
+            deadline_ms=created_ms + int(self._timeout_s(request) * 1000),
+            reply_to=self._bus.reply_subject(request_id),
+            traceparent=request.headers.get("traceparent"),
+            # The body as the client sent it (validated above): unknown fields pass through.
+            payload=orjson.loads(body),
+        )
+        reply = await self._bus.submit(envelope)
+        try:
+            if stream:
+                return await self._stream(request, reply)
+            return await self._complete(request, reply)
+        except BaseException:
+            await reply.close()
+            raise
+
+    def _timeout_s(self, request: Request) -> float:
+        """The client's own timeout bounds the deadline: a queued request never outlives its caller."""
+        for name in _TIMEOUT_HEADERS:
+            raw = request.headers.get(name)
+            if raw is None:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                raise APIError(400, f"header {name} must be a number of seconds", "invalid_header") from None
+            if not value > 0:
+                raise APIError(400, f"header {name} must be positive", "invalid_header")
+            return min(value, self._settings.max_timeout_s)
+        return self._settings.default_timeout_s
+
+    async def _complete(self, request: Request, reply: ReplyStream) -> Response:
+        try:
+            final, body = await _unless_disconnected(request.receive, _await_final(reply))
+        except ClientGone:
+            await reply.cancel()
+            return Response(status_code=499)
+        except ModelbusError:
+            await reply.cancel()
+            raise
+        finally:
+            await reply.close()
+        return Response(body, media_type="application/json", headers=_headers(reply))
+
+    async def _stream(self, request: Request, reply: ReplyStream) -> Response:
+        # Wait briefly for a worker to pick the request up, so the headers can name it and an early
+        # failure can still be an HTTP status; a longer wait continues inside the event stream.
+        try:
+            first = await _unless_disconnected(request.receive, reply.frames(self._settings.sse_keepalive_s))
+        except ClientGone:
+            await reply.cancel()
+            await reply.close()
+            return Response(status_code=499)
+        except ModelbusError:
+            await reply.cancel()
+            await reply.close()
+            raise
+        return EventStreamResponse(self._events(reply, first), _headers(reply), reply.cancel)
+
+    async def _events(self, reply: ReplyStream, first: list[tuple[Frame, bytes]]) -> AsyncIterator[bytes]:
+        pending = first
+        try:
+            if not pending:
+                yield comment("queued")
+            while True:
+                out: list[bytes] = []
+                finished = False
+                for frame, payload in pending:
+                    if isinstance(frame, ChunkFrame):
+                        reply.mark_relayed()
+                        out.extend(data_event(line) for line in payload.split(b"\n"))
+                    elif isinstance(frame, FinalFrame):
+                        out.append(DONE)
+                        finished = True
+                    elif isinstance(frame, StartFrame):
+                        out.append(comment(f"worker={frame.worker} queue_ms={frame.queue_ms}"))
+                if out:
+                    yield b"".join(out)
+                if finished:
+                    return
+                pending = await reply.frames(self._settings.sse_keepalive_s)
+                if not pending:
+                    yield comment("keep-alive")
+        except ModelbusError as exc:
+            await reply.cancel()
+            error = from_bus_error(exc)
+            yield error_event(error_body(error.status, error.message, error.code))
+        finally:
+            await reply.close()
+
+
+async def _await_final(reply: ReplyStream) -> tuple[FinalFrame, bytes]:
+    while True:
+        for frame, payload in await reply.frames():
+            if isinstance(frame, FinalFrame):
+                return frame, payload
+
+
+async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Run `work` unless the client disconnects first (then raise ClientGone)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise ClientGone
+    finally:
+        for pending in (task, watcher):
+            pending.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _headers(reply: ReplyStream) -> dict[str, str]:
+    headers = {"x-request-id": reply.request_id, "x-modelbus-model": reply.envelope.target}
+    start = reply.start
+    if start is not None:
+        headers["x-modelbus-version"] = start.version
+        headers["x-modelbus-worker"] = start.worker
+        headers["x-modelbus-queue-ms"] = str(start.queue_ms)
+    return headers

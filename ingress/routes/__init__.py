@@ -1,0 +1,1 @@
+"""HTTP routes, thin: each validates, authenticates and hands over to the relay."""

@@ -1,0 +1,33 @@
+"""POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from ingress.auth import Identity, authenticate
+from ingress.relay import Relay
+from schemas.envelope import Endpoint
+from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+router = APIRouter(prefix="/v1")
+
+
+def _relay(request: Request) -> Relay:
+    relay: Relay = request.app.state.relay
+    return relay
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, identity: Identity = Depends(authenticate)) -> Response:
+    return await _relay(request).serve(request, identity, Endpoint.CHAT, ChatCompletionRequest)
+
+
+@router.post("/completions")
+async def completions(request: Request, identity: Identity = Depends(authenticate)) -> Response:
+    return await _relay(request).serve(request, identity, Endpoint.COMPLETIONS, CompletionRequest)
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request, identity: Identity = Depends(authenticate)) -> Response:
+    return await _relay(request).serve(request, identity, Endpoint.EMBEDDINGS, EmbeddingRequest)

@@ -1,0 +1,19 @@
+"""Settings of one ingress process."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import Field
+
+from dispatcher.settings import BusSettings
+
+
+class IngressSettings(BusSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    ingress_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="larger bodies get 413")
+    default_timeout_s: float = Field(default=600.0, gt=0, description="deadline when the client sets none")
+    max_timeout_s: float = Field(default=3600.0, gt=0)
+    sse_keepalive_s: float = Field(default=10.0, gt=0, description="comment lines while queued")

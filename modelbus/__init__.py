@@ -1,0 +1,1 @@
+"""The `modelbus` command: runs the whole stack or any one part of it."""

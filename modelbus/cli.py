@@ -1,0 +1,202 @@
+"""The `modelbus` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dispatcher.config_file import ConfigError, load_config
+
+app = typer.Typer(help="Modelbus: an on-premises AI gateway over NATS JetStream.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"modelbus: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="ingress port")] = 8080,
+    host: Annotated[str, typer.Option(help="ingress address")] = "127.0.0.1",
+    config: Annotated[Optional[Path], typer.Option(help="config file; default: two simulated models")] = None,
+    data_dir: Annotated[Path, typer.Option(help="where embedded NATS keeps its data")] = Path(".modelbus"),
+) -> None:
+    """Start the whole stack: embedded NATS (unless MODELBUS_NATS_URL is set), workers, ingress."""
+    from modelbus.stack import Stack
+
+    stack = Stack(data_dir, host, port, config or _env_path("MODELBUS_CONFIG"), os.environ.get("MODELBUS_NATS_URL"))
+    try:
+        cfg, key, config_path = stack.prepare()
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    stopping: list[bool] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        nats_url = stack.start_nats()
+        stack.launch(cfg, config_path, nats_url)
+        if not stack.wait_ready():
+            raise _fail(f"the ingress did not become ready; see {data_dir / 'logs'}")
+        base = f"http://{host}:{port}/v1"
+        typer.echo(f"Modelbus is up.\n  base URL: {base}\n  NATS:     {nats_url}")
+        typer.echo(f"  models:   {', '.join(m.name for m in cfg.models) or '(none)'}")
+        if key:
+            typer.echo(f"  API key:  {key}")
+        typer.echo(f"  logs:     {data_dir / 'logs'}\nCtrl-C stops it.")
+        stack.supervise(stopping)
+    finally:
+        stack.shutdown()
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+@app.command()
+def ingress(
+    host: Annotated[Optional[str], typer.Option()] = None,
+    port: Annotated[Optional[int], typer.Option()] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run one ingress (HTTP API) process. Settings come from MODELBUS_* variables."""
+    import uvicorn
+
+    from ingress.app import create_app
+    from ingress.settings import IngressSettings
+
+    _logging(log_level)
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = IngressSettings(**overrides)  # type: ignore[arg-type]
+    try:
+        application = create_app(settings)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        # Generations last minutes: only idle keep-alive connections are closed early.
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command()
+def worker(
+    model: Annotated[str, typer.Option(help="model name from the config")],
+    max_concurrency: Annotated[Optional[int], typer.Option(help="override the config")] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run one worker for one model: pulls requests by free capacity and calls the backend."""
+    import uvloop
+
+    from workers.service import Worker
+    from workers.settings import WorkerSettings
+
+    _logging(log_level)
+    overrides: dict[str, object] = {"model": model}
+    if max_concurrency is not None:
+        overrides["max_concurrency"] = max_concurrency
+    settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
+    try:
+        cfg = load_config(settings.config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    model_config = cfg.model(model)
+    if model_config is None:
+        raise _fail(f"model {model!r} is not in the config ({settings.config})")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await Worker(settings, model_config).run(stop)
+
+    uvloop.run(main())
+
+
+@app.command()
+def dispatcher(log_level: Annotated[str, typer.Option()] = "info") -> None:
+    """Run the dispatcher: keeps the topology in place and dead-letters exhausted requests."""
+    import uvloop
+
+    from dispatcher.dead_letters import run_dispatcher
+    from dispatcher.settings import BusSettings
+
+    _logging(log_level)
+    settings = BusSettings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_dispatcher(settings, load_config(settings.config), stop)
+
+    uvloop.run(main())
+
+
+@app.command()
+def simulator(
+    port: Annotated[int, typer.Option()] = 9000,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    ttft_ms: Annotated[float, typer.Option()] = 20.0,
+    tokens_per_s: Annotated[float, typer.Option()] = 200.0,
+    default_max_tokens: Annotated[int, typer.Option()] = 16,
+    capacity: Annotated[int, typer.Option()] = 8,
+    error_rate: Annotated[float, typer.Option()] = 0.0,
+    embedding_latency_ms: Annotated[float, typer.Option()] = 2.0,
+) -> None:
+    """Serve the model backend simulator over an OpenAI-compatible HTTP API."""
+    import uvicorn
+
+    from schemas.config import SimulatorBackend
+    from simulator.server import create_app
+
+    config = SimulatorBackend(
+        ttft_ms=ttft_ms,
+        tokens_per_s=tokens_per_s,
+        default_max_tokens=default_max_tokens,
+        capacity=capacity,
+        error_rate=error_rate,
+        embedding_latency_ms=embedding_latency_ms,
+    )
+    uvicorn.run(create_app(config), host=host, port=port, loop="uvloop", http="httptools",
+                log_level="warning", access_log=False)
+
+
+@keys_app.command("new")
+def keys_new(key_id: Annotated[str, typer.Option("--id", help="public key id")] = "key-1") -> None:
+    """Generate an API key; prints it once, and the config entry that stores only its hash."""
+    from ingress.auth import hash_key, new_key
+
+    key = new_key()
+    typer.echo(f"key (shown once): {key}")
+    typer.echo(f"config entry:     {{id: {key_id}, hash: \"{hash_key(key)}\"}}")
+
+
+if __name__ == "__main__":
+    app()

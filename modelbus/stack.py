@@ -1,0 +1,173 @@
+"""`modelbus up`: the whole stack on one machine — embedded NATS, workers, ingress — supervised."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from dispatcher.config_file import dump_config, load_config
+from ingress.auth import hash_key, new_key
+from modelbus.embedded_nats import NatsServer, port_in_use, single_server
+from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
+from schemas.envelope import Endpoint
+
+DEFAULT_NATS_PORT = 14222
+
+
+def demo_config(dev_key: str) -> ModelbusConfig:
+    """Two simulated models and one consumer: enough to try every endpoint with no GPU."""
+    return ModelbusConfig(
+        models=[
+            ModelConfig(
+                name="demo-chat",
+                endpoints=[Endpoint.CHAT, Endpoint.COMPLETIONS],
+                backend=SimulatorBackend(ttft_ms=30, tokens_per_s=200, default_max_tokens=32, capacity=16),
+                max_concurrency=16,
+            ),
+            ModelConfig(
+                name="demo-embed",
+                endpoints=[Endpoint.EMBEDDINGS],
+                backend=SimulatorBackend(embedding_dim=384, embedding_latency_ms=2, capacity=32),
+                max_concurrency=32,
+            ),
+        ],
+        consumers=[ConsumerConfig(name="dev", keys=[ApiKey(id="dev", hash=hash_key(dev_key))])],
+    )
+
+
+def dev_key(data_dir: Path) -> str:
+    """MODELBUS_DEV_KEY if set; otherwise a key generated once and kept (mode 0600) in data_dir."""
+    fixed = os.environ.get("MODELBUS_DEV_KEY")
+    if fixed:
+        return fixed
+    path = data_dir / "dev-key"
+    if path.exists():
+        return path.read_text().strip()
+    key = new_key()
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.started_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    host: str
+    port: int
+    config_path: Path | None
+    nats_url: str | None
+    children: list[Child] = field(default_factory=list)
+    nats: NatsServer | None = None
+
+    def prepare(self) -> tuple[ModelbusConfig, str | None, Path]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        if self.config_path is not None:
+            return load_config(self.config_path), None, self.config_path
+        key = dev_key(self.data_dir)
+        config = demo_config(key)
+        path = self.data_dir / "config.yaml"
+        path.write_text(dump_config(config))
+        return config, key, path
+
+    def start_nats(self) -> str:
+        if self.nats_url:
+            return self.nats_url
+        port = DEFAULT_NATS_PORT if not port_in_use(DEFAULT_NATS_PORT) else None
+        self.nats = single_server(self.data_dir / "nats", port)
+        self.nats.start()
+        return self.nats.url
+
+    def launch(self, config: ModelbusConfig, config_path: Path, nats_url: str) -> None:
+        env = {**os.environ, "MODELBUS_NATS_URL": nats_url, "MODELBUS_CONFIG": str(config_path.resolve())}
+        logs = self.data_dir / "logs"
+        cli = [sys.executable, "-m", "modelbus.cli"]
+        for model in config.models:
+            for index in range(model.workers):
+                name = f"worker-{model.name}-{index}"
+                worker_env = {**env, "MODELBUS_WORKER_ID": f"{os.uname().nodename}-{model.name}-{index}"}
+                self.children.append(
+                    Child(name, [*cli, "worker", "--model", model.name], worker_env, logs / f"{_safe(name)}.log")
+                )
+        ingress = [*cli, "ingress", "--host", self.host, "--port", str(self.port)]
+        self.children.append(Child("ingress", ingress, env, logs / "ingress.log"))
+        for child in self.children:
+            child.start()
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.host}:{self.port}/readyz"
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def supervise(self, stopping: list[bool]) -> None:
+        """Restart children that die, with backoff, until asked to stop."""
+        while not stopping:
+            now = time.monotonic()
+            for child in self.children:
+                if child.alive() or child.next_start > now:
+                    continue
+                if child.next_start == 0.0:
+                    code = child.process.returncode if child.process else None
+                    delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6))
+                    print(f"modelbus: {child.name} exited ({code}); restarting in {delay:.1f}s", flush=True)
+                    child.next_start = now + delay
+                    continue
+                child.restarts += 1
+                child.next_start = 0.0
+                child.start()
+            time.sleep(0.25)
+
+    def shutdown(self) -> None:
+        # Ingress first (no new work), then workers drain, then the broker.
+        for child in sorted(self.children, key=lambda c: c.name != "ingress"):
+            child.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,91 @@
+"""The Modelbus configuration file: models, their backends, and the consumers allowed to call them."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from schemas.envelope import Endpoint
+from schemas.openai import MAX_MODEL_NAME_LENGTH
+
+_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SimulatorBackend(_Config):
+    """A model backend simulator: no GPU, configurable timing, capacity and failures."""
+
+    type: Literal["simulator"] = "simulator"
+    ttft_ms: float = Field(default=20.0, ge=0)
+    tokens_per_s: float = Field(default=200.0, gt=0)
+    default_max_tokens: int = Field(default=16, ge=1)
+    capacity: int = Field(default=8, ge=1, description="parallel sequences; more queue inside")
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    embedding_dim: int = Field(default=32, ge=1)
+    embedding_latency_ms: float = Field(default=2.0, ge=0)
+
+
+class OpenAIBackend(_Config):
+    """Any server that speaks the OpenAI HTTP API: vLLM, TGI (Messages API), llama.cpp, Ollama /v1."""
+
+    type: Literal["openai"] = "openai"
+    base_url: HttpUrl
+    served_model: str | None = Field(default=None, description="the backend's own model id")
+    api_key_env: str | None = Field(default=None, description="environment variable with the key")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Generations may take minutes, so there is no total timeout, only a bound on silence.
+    read_timeout_s: float = Field(default=300.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, description="retries before the first token only")
+
+
+Backend = Annotated[SimulatorBackend | OpenAIBackend, Field(discriminator="type")]
+
+
+class ModelConfig(_Config):
+    name: str = Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)
+    endpoints: list[Endpoint] = Field(default_factory=lambda: [Endpoint.CHAT, Endpoint.COMPLETIONS])
+    backend: Backend = Field(default_factory=SimulatorBackend)
+    max_concurrency: int = Field(default=8, ge=1, le=4096, description="in flight per worker")
+    workers: int = Field(default=1, ge=0, le=64, description="workers `modelbus up` starts")
+    owned_by: str = "modelbus"
+
+
+class ApiKey(_Config):
+    id: str = Field(min_length=1, max_length=64, description="public identifier, safe to log")
+    hash: str = Field(description="sha256:<hex> of the key; the key itself is never stored")
+
+    @model_validator(mode="after")
+    def _hash_format(self) -> ApiKey:
+        if not _HASH.match(self.hash):
+            raise ValueError("hash must be 'sha256:' followed by 64 lowercase hex digits")
+        return self
+
+
+class ConsumerConfig(_Config):
+    name: str = Field(min_length=1, max_length=128)
+    keys: list[ApiKey] = Field(default_factory=list)
+
+
+class ModelbusConfig(_Config):
+    models: list[ModelConfig] = Field(default_factory=list)
+    consumers: list[ConsumerConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ModelbusConfig:
+        names = [m.name for m in self.models]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"duplicate model names: {sorted(dupes)}")
+        key_ids = [k.id for c in self.consumers for k in c.keys]
+        dupes = {k for k in key_ids if key_ids.count(k) > 1}
+        if dupes:
+            raise ValueError(f"duplicate key ids: {sorted(dupes)}")
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)

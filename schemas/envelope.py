@@ -1,0 +1,116 @@
+"""The bus envelope: what an ingress publishes for a request and the frames a worker sends back.
+
+A reply frame travels as one NATS message whose body is a JSON *meta* line, a newline, and an
+optional opaque payload (OpenAI chunk objects, one per line, or a whole response). Keeping the
+payload opaque lets the ingress relay tokens without parsing them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.openai import Usage
+
+
+class Endpoint(StrEnum):
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+
+class Lane(StrEnum):
+    """Priority lanes; each is its own subject and consumer so workers can drain them in order."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+class RequestEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    endpoint: Endpoint
+    model: str  # the name the client asked for
+    target: str  # the deployment that must serve it (after routing)
+    version: str = "default"
+    lane: Lane = Lane.INTERACTIVE
+    consumer: str
+    key_id: str | None = None
+    priority: int = 0
+    stream: bool = False
+    created_ms: int  # epoch milliseconds when the ingress accepted the request
+    deadline_ms: int  # epoch milliseconds after which nobody waits for the answer
+    reply_to: str  # subject that only the waiting ingress reads
+    traceparent: str | None = None
+    payload: dict[str, Any]
+
+
+class ErrorCode(StrEnum):
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    BACKEND_ERROR = "backend_error"
+    INVALID_REQUEST = "invalid_request"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    WORKER_LOST = "worker_lost"
+    STREAM_BROKEN = "stream_broken"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    attempt: int = 1  # JetStream delivery count of the request this frame answers
+    seq: int = 0  # per attempt; start is 0 and every data frame adds one
+
+
+class StartFrame(_Frame):
+    kind: Literal["start"] = "start"
+    worker: str
+    backend: str
+    version: str = "default"
+    queue_ms: int
+
+
+class ChunkFrame(_Frame):
+    """Carries `count` OpenAI stream chunks, one JSON object per payload line."""
+
+    kind: Literal["chunk"] = "chunk"
+    count: int
+
+
+class Timings(BaseModel):
+    received_ms: int
+    picked_up_ms: int
+    first_token_ms: int | None = None
+    finished_ms: int
+
+
+class FinalFrame(_Frame):
+    """Ends a reply. For a non-streaming request the payload is the whole response body."""
+
+    kind: Literal["final"] = "final"
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    timings: Timings
+
+
+class ErrorFrame(_Frame):
+    kind: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    status: int = 502
+    retryable: bool = False
+
+
+class HeartbeatFrame(_Frame):
+    """Liveness while a backend is silent (long prefill); carries no data and no sequence."""
+
+    kind: Literal["heartbeat"] = "heartbeat"
+
+
+ReplyFrame = Annotated[
+    StartFrame | ChunkFrame | FinalFrame | ErrorFrame | HeartbeatFrame, Field(discriminator="kind")
+]

@@ -1,0 +1,110 @@
+"""The simulated model: token timing, a capacity limit like a GPU's batch slots, failures, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.config import SimulatorBackend
+
+_WORDS = (
+    "the model says hello from a simulated accelerator while tokens flow through the bus "
+    "and every worker pulls only what it can serve"
+).split()
+
+
+class SimulatedFailure(Exception):
+    """Raised at the start of a request, with probability `error_rate`."""
+
+
+@dataclass
+class SimulatorStats:
+    started: int = 0
+    completed: int = 0
+    aborted: int = 0
+    failed: int = 0
+    active: int = 0
+    max_active: int = 0
+    embedding_calls: int = 0
+    abort_times: list[float] = field(default_factory=list)  # time.time() of each abort
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "completed": self.completed,
+            "aborted": self.aborted,
+            "failed": self.failed,
+            "active": self.active,
+            "max_active": self.max_active,
+            "embedding_calls": self.embedding_calls,
+            "abort_times": list(self.abort_times),
+        }
+
+
+class SimulatedModel:
+    def __init__(self, config: SimulatorBackend, seed: int | None = None) -> None:
+        self.config = config
+        self.stats = SimulatorStats()
+        self._slots = asyncio.Semaphore(config.capacity)
+        self._random = random.Random(seed)
+
+    def _maybe_fail(self) -> None:
+        if self.config.error_rate and self._random.random() < self.config.error_rate:
+            self.stats.failed += 1
+            raise SimulatedFailure("simulated backend failure")
+
+    async def tokens(self, max_tokens: int) -> AsyncIterator[str]:
+        """Yield `max_tokens` tokens: the first after ttft, then at tokens_per_s.
+
+        Closing the iterator early (the caller went away) counts as an abort.
+        """
+        self._maybe_fail()
+        finished = False
+        async with self._slots:
+            self.stats.started += 1
+            self.stats.active += 1
+            self.stats.max_active = max(self.stats.max_active, self.stats.active)
+            try:
+                interval = 1.0 / self.config.tokens_per_s
+                start = time.monotonic()
+                if self.config.ttft_ms:
+                    await asyncio.sleep(self.config.ttft_ms / 1000)
+                for index in range(max_tokens):
+                    if index and interval >= 1e-5:
+                        # Sleep to an absolute schedule so slow event-loop turns do not add up.
+                        due = start + self.config.ttft_ms / 1000 + index * interval
+                        await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    yield ("" if index == 0 else " ") + _WORDS[index % len(_WORDS)]
+                finished = True
+                self.stats.completed += 1
+            finally:
+                self.stats.active -= 1
+                if not finished:
+                    self.stats.aborted += 1
+                    self.stats.abort_times.append(time.time())
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """Deterministic unit vectors derived from each text's hash (equal texts, equal vectors)."""
+        self._maybe_fail()
+        self.stats.embedding_calls += 1
+        async with self._slots:
+            if self.config.embedding_latency_ms:
+                await asyncio.sleep(self.config.embedding_latency_ms / 1000)
+        return [_vector(text, self.config.embedding_dim) for text in texts]
+
+
+def _vector(text: str, dim: int) -> list[float]:
+    raw = b""
+    counter = 0
+    while len(raw) < dim * 4:
+        raw += hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        counter += 1
+    values = [v / 2**31 - 1.0 for v in struct.unpack(f"<{dim}I", raw[: dim * 4])]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [v / norm for v in values]

@@ -1,0 +1,20 @@
+"""Model backend adapters. Each turns an OpenAI-shaped payload into OpenAI-shaped results."""
+
+from __future__ import annotations
+
+from schemas.config import Backend as BackendConfig
+from schemas.config import OpenAIBackend, SimulatorBackend
+from workers.backends.base import Backend, BackendError
+from workers.backends.openai_compat import OpenAICompatBackend
+from workers.backends.simulator import SimulatorAdapter
+
+
+def build_backend(config: BackendConfig, model: str, max_concurrency: int) -> Backend:
+    if isinstance(config, SimulatorBackend):
+        return SimulatorAdapter(config, model)
+    if isinstance(config, OpenAIBackend):
+        return OpenAICompatBackend(config, model, max_concurrency)
+    raise TypeError(f"unknown backend {config!r}")
+
+
+__all__ = ["Backend", "BackendError", "build_backend"]
