@@ -30,7 +30,8 @@ from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_ev
 from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, RequestEnvelope, StartFrame
 
 T = TypeVar("T")
-_TIMEOUT_HEADERS = ("x-modelbus-timeout", "x-stainless-timeout")
+# The openai SDK sends its read timeout; for a non-streaming call that is how long it will wait.
+_SDK_TIMEOUT = "x-stainless-read-timeout"
 
 
 class ClientGone(Exception):
@@ -64,7 +65,7 @@ class Relay:
             key_id=identity.key_id,
             stream=stream,
             created_ms=created_ms,
-            deadline_ms=created_ms + int(self._timeout_s(request) * 1000),
+            deadline_ms=created_ms + int(self._timeout_s(request, stream) * 1000),
             reply_to=self._bus.reply_subject(request_id),
             traceparent=request.headers.get("traceparent"),
             # The body as the client sent it (validated above): unknown fields pass through.
@@ -79,9 +80,13 @@ class Relay:
             await reply.close()
             raise
 
-    def _timeout_s(self, request: Request) -> float:
-        """The client's own timeout bounds the deadline: a queued request never outlives its caller."""
-        for name in _TIMEOUT_HEADERS:
+    def _timeout_s(self, request: Request, stream: bool) -> float:
+        """The client's own timeout bounds the deadline: a queued request never outlives its caller.
+
+        A stream's keep-alives satisfy the SDK's read timeout, so that one only bounds plain calls.
+        """
+        names = ("x-modelbus-timeout",) if stream else ("x-modelbus-timeout", _SDK_TIMEOUT)
+        for name in names:
             raw = request.headers.get(name)
             if raw is None:
                 continue

@@ -1,0 +1,166 @@
+"""Real servers for tests: nats-server from the wheel, and Modelbus processes on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import nats
+
+from dispatcher.config_file import dump_config
+from dispatcher.subjects import Subjects
+from ingress.auth import hash_key
+from modelbus.embedded_nats import free_port
+from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig
+
+TEST_KEY = "mb-test-key-0123456789abcdef0123456789abcdef"
+OTHER_KEY = "mb-test-key-other-fedcba9876543210fedcba98765"
+
+# Short timings so failure paths take seconds, not minutes.
+FAST_BUS = {
+    "MODELBUS_ACK_WAIT_S": "2",
+    "MODELBUS_HEARTBEAT_S": "0.25",
+    "MODELBUS_IDLE_TIMEOUT_S": "1.5",
+    "MODELBUS_SSE_KEEPALIVE_S": "1",
+    "MODELBUS_CONNECT_WAIT_S": "10",
+}
+
+
+def with_consumers(models: list[ModelConfig]) -> ModelbusConfig:
+    return ModelbusConfig(
+        models=models,
+        consumers=[
+            ConsumerConfig(name="tester", keys=[ApiKey(id="test-key", hash=hash_key(TEST_KEY))]),
+            ConsumerConfig(name="other", keys=[ApiKey(id="other-key", hash=hash_key(OTHER_KEY))]),
+        ],
+    )
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class Cluster:
+    """Modelbus processes of one test, isolated from other tests by their own namespace."""
+
+    tmp: Path
+    nats_url: str
+    namespace: str
+    procs: list[Proc] = field(default_factory=list)
+    env_overrides: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.namespace)
+
+    def env(self, config_path: Path | None = None, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            **FAST_BUS,
+            "MODELBUS_NATS_URL": self.nats_url,
+            "MODELBUS_NAMESPACE": self.namespace,
+            **self.env_overrides,
+            **extra,
+        }
+        if config_path is not None:
+            env["MODELBUS_CONFIG"] = str(config_path)
+        return env
+
+    def write_config(self, config: ModelbusConfig, name: str = "config.yaml") -> Path:
+        path = self.tmp / name
+        path.write_text(dump_config(config))
+        return path
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+        log_path = self.tmp / f"{name}.log"
+        with open(log_path, "ab") as log:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "modelbus.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def ingress(self, config_path: Path, **extra: str) -> str:
+        port = free_port()
+        proc = self.spawn(f"ingress-{port}", ["ingress", "--port", str(port)], self.env(config_path, **extra))
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _ok(f"{base}/readyz"), 30, f"ingress did not start:\n{proc.log()}", proc)
+        return base + "/v1"
+
+    def worker(self, model: str, config_path: Path, worker_id: str, wait: bool = True, **extra: str) -> Proc:
+        args = ["worker", "--model", model]
+        proc = self.spawn(worker_id, args, self.env(config_path, MODELBUS_WORKER_ID=worker_id, **extra))
+        if wait:
+            wait_until(lambda: "serving" in proc.log(), 30, f"worker did not start:\n{proc.log()}", proc)
+        return proc
+
+    def simulator(self, *options: str) -> tuple[str, Proc]:
+        port = free_port()
+        proc = self.spawn(f"simulator-{port}", ["simulator", "--port", str(port), *options], self.env())
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _ok(f"{base}/health"), 30, f"simulator did not start:\n{proc.log()}", proc)
+        return base, proc
+
+    def consumer_info(self, model: str) -> nats.js.api.ConsumerInfo:
+        async def query() -> nats.js.api.ConsumerInfo:
+            nc = await nats.connect(self.nats_url)
+            try:
+                subjects = self.subjects
+                return await nc.jetstream().consumer_info(subjects.request_stream, subjects.consumer(model))
+            finally:
+                await nc.close()
+
+        return asyncio.run(query())
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop(5)
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until(check: object, timeout: float, message: str, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"{proc.name} exited: {message}")
+        time.sleep(0.05)
+    raise AssertionError(message)
