@@ -113,10 +113,13 @@ class Relay:
         return Response(body, media_type="application/json", headers=_headers(reply))
 
     async def _stream(self, request: Request, reply: ReplyStream) -> Response:
-        # Wait briefly for a worker to pick the request up, so the headers can name it and an early
-        # failure can still be an HTTP status; a longer wait continues inside the event stream.
+        # Wait briefly for the first token, so the headers can name the worker and an early failure
+        # (bad request, backend down) is still an HTTP status; a longer wait continues inside the
+        # event stream with keep-alive comments.
         try:
-            first = await _unless_disconnected(request.receive, reply.frames(self._settings.sse_keepalive_s))
+            first = await _unless_disconnected(
+                request.receive, _first_output(reply, self._settings.sse_keepalive_s)
+            )
         except ClientGone:
             await reply.cancel()
             await reply.close()
@@ -157,6 +160,17 @@ class Relay:
             yield error_event(error_body(error.status, error.message, error.code))
         finally:
             await reply.close()
+
+
+async def _first_output(reply: ReplyStream, wait_s: float) -> list[tuple[Frame, bytes]]:
+    """Frames up to and including the first chunk or final frame, or whatever came within wait_s."""
+    give_up = time.monotonic() + wait_s
+    frames: list[tuple[Frame, bytes]] = []
+    while (left := give_up - time.monotonic()) > 0:
+        frames += await reply.frames(left)
+        if any(isinstance(frame, (ChunkFrame, FinalFrame)) for frame, _ in frames):
+            break
+    return frames
 
 
 async def _await_final(reply: ReplyStream) -> tuple[FinalFrame, bytes]:

@@ -26,6 +26,7 @@ class SimulatorBackend(_Config):
     default_max_tokens: int = Field(default=16, ge=1)
     capacity: int = Field(default=8, ge=1, description="parallel sequences; more queue inside")
     error_rate: float = Field(default=0.0, ge=0, le=1)
+    context_length: int = Field(default=32768, ge=1, description="longer requests get a 400")
     embedding_dim: int = Field(default=32, ge=1)
     embedding_latency_ms: float = Field(default=2.0, ge=0)
 

@@ -23,6 +23,10 @@ class SimulatedFailure(Exception):
     """Raised at the start of a request, with probability `error_rate`."""
 
 
+class SimulatedBadRequest(Exception):
+    """The request cannot be served as asked (like a real server's context-length error)."""
+
+
 @dataclass
 class SimulatorStats:
     started: int = 0
@@ -64,6 +68,10 @@ class SimulatedModel:
 
         Closing the iterator early (the caller went away) counts as an abort.
         """
+        if max_tokens > self.config.context_length:
+            raise SimulatedBadRequest(
+                f"max_tokens {max_tokens} exceeds the context length {self.config.context_length}"
+            )
         self._maybe_fail()
         finished = False
         async with self._slots:

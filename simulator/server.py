@@ -17,7 +17,7 @@ from starlette.routing import Route
 from schemas.config import SimulatorBackend
 from schemas.envelope import Endpoint
 from simulator import openai_shapes
-from simulator.engine import SimulatedFailure, SimulatedModel
+from simulator.engine import SimulatedBadRequest, SimulatedFailure, SimulatedModel
 
 _ENDPOINTS = {
     "/v1/chat/completions": Endpoint.CHAT,
@@ -52,6 +52,8 @@ def create_app(config: SimulatorBackend, model_name: str = "simulated") -> Starl
             return _json(await openai_shapes.complete(model, endpoint, payload, name))
         except SimulatedFailure as exc:
             return _error(503, str(exc))
+        except SimulatedBadRequest as exc:
+            return _error(400, str(exc))
 
     async def stats(_: Request) -> Response:
         return _json(model.stats.as_dict())

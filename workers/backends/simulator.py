@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from schemas.config import SimulatorBackend
 from schemas.envelope import Endpoint
 from simulator import openai_shapes
-from simulator.engine import SimulatedFailure, SimulatedModel
+from simulator.engine import SimulatedBadRequest, SimulatedFailure, SimulatedModel
 from workers.backends.base import BackendError, Json
 
 
@@ -25,6 +25,8 @@ class SimulatorAdapter:
             return await openai_shapes.complete(self.model, endpoint, payload, self._name)
         except SimulatedFailure as exc:
             raise BackendError(str(exc), status=503, retryable=True) from exc
+        except SimulatedBadRequest as exc:
+            raise BackendError(str(exc), status=400, retryable=False) from exc
 
     async def stream(self, endpoint: Endpoint, payload: Json) -> AsyncIterator[Json]:
         chunks = openai_shapes.stream_chunks(self.model, endpoint, payload, self._name)
@@ -33,6 +35,8 @@ class SimulatorAdapter:
                 yield chunk
         except SimulatedFailure as exc:
             raise BackendError(str(exc), status=503, retryable=True) from exc
+        except SimulatedBadRequest as exc:
+            raise BackendError(str(exc), status=400, retryable=False) from exc
         finally:
             await chunks.aclose()
 

@@ -1,0 +1,74 @@
+"""`modelbus up`, the README's first command: the whole stack from one process, and a clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from modelbus.embedded_nats import free_port
+from tests.servers import wait_until
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_serves_both_demo_models_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MODELBUS_DEV_KEY": "mb-up-test-key"}
+    env.pop("MODELBUS_NATS_URL", None)
+    env.pop("MODELBUS_CONFIG", None)
+    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
+    up = subprocess.Popen(
+        [sys.executable, "-m", "modelbus.cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: "API key:  mb-up-test-key" in (tmp_path / "up.log").read_text(), 60,
+                   "modelbus up did not report ready")
+        assert f"http://127.0.0.1:{port}/v1" in (tmp_path / "up.log").read_text()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="mb-up-test-key", max_retries=0)
+        assert sorted(m.id for m in client.models.list()) == ["demo-chat", "demo-embed"]
+        chat = client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "hi"}])
+        assert chat.choices[0].message.content
+        assert len(client.embeddings.create(model="demo-embed", input="hi").data[0].embedding) == 384
+        children = _children(up.pid)
+        assert len(children) == 4  # nats-server, two workers, ingress
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(60)
+        log.close()
+    assert up.returncode == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children), "modelbus up left processes behind"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz")
