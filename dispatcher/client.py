@@ -148,7 +148,9 @@ class ReplyStream:
 
 
 class BusClient:
-    def __init__(self, nc: NATS, subjects: Subjects, settings: BusSettings, ingress_id: str, msg_ttl: bool) -> None:
+    def __init__(
+        self, nc: NATS, subjects: Subjects, settings: BusSettings, ingress_id: str, msg_ttl: bool
+    ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._subjects = subjects
@@ -230,7 +232,7 @@ class BusClient:
             if exc.err_code in _STREAM_FULL:
                 raise QueueFull("the request queue is full") from exc
             raise BusUnavailable(f"JetStream refused the request: {exc.description}") from exc
-        except (NatsTimeoutError, NoRespondersError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, NatsTimeoutError, NoRespondersError, ConnectionError) as exc:
             self.inbox_close(envelope.id)
             raise BusUnavailable("JetStream did not confirm the request in time") from exc
         except BaseException:

@@ -72,7 +72,7 @@ async def _connect_once(
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
-        **options,  # type: ignore[arg-type]
+        **options,
     )
 
 

@@ -156,7 +156,7 @@ class ReplySequencer:
             if len(self._held) > self._window:
                 raise StreamBroken(f"reply frame {self._expected} lost; {len(self._held)} held")
             return []
-        ready = [(frame, payload)]
+        ready: list[tuple[Frame, bytes]] = [(frame, payload)]
         self._expected += 1
         while self._expected in self._held:
             ready.append(self._held.pop(self._expected))

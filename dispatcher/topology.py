@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from nats.js import JetStreamContext
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from dispatcher.settings import BusSettings

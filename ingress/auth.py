@@ -11,8 +11,9 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from ingress.errors import APIError
 from schemas.config import ModelbusConfig
@@ -59,11 +60,18 @@ async def authenticate(request: Request) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key",
-                       headers=_UNAUTHORIZED)
+        raise APIError(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>'",
+            "missing_api_key",
+            headers=_UNAUTHORIZED,
+        )
     keys: KeyStore = request.app.state.keys
     identity = keys.identify(token.strip())
     if identity is None:
         # Never echo the key back, not even in part.
         raise APIError(401, "invalid API key", "invalid_api_key", headers=_UNAUTHORIZED)
     return identity
+
+
+Caller = Annotated[Identity, Depends(authenticate)]

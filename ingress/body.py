@@ -41,4 +41,6 @@ def parse(model: type[M], body: bytes) -> M:
         if error["type"] == "model_type":
             raise APIError(400, "the request body must be a JSON object", "invalid_json") from None
         param = ".".join(str(part) for part in error["loc"]) or None
-        raise APIError(400, f"{param}: {error['msg']}" if param else error["msg"], "invalid_value", param) from None
+        raise APIError(
+            400, f"{param}: {error['msg']}" if param else error["msg"], "invalid_value", param
+        ) from None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from ingress.errors import APIError
 from schemas.config import ModelbusConfig, ModelConfig
 from schemas.envelope import Endpoint
 from schemas.openai import Model, ModelList
-
-from ingress.errors import APIError
 
 
 class Catalog:

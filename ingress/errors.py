@@ -6,8 +6,8 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from dispatcher.client import RequestTooLarge
 from dispatcher.errors import (
@@ -24,8 +24,14 @@ from schemas.openai import ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 class APIError(Exception):
@@ -68,12 +74,20 @@ def from_bus_error(exc: ModelbusError) -> APIError:
     if isinstance(exc, BusUnavailable):
         return APIError(503, "the gateway cannot queue requests right now", "bus_unavailable", headers=retry)
     if isinstance(exc, DeadlineExceeded):
-        return APIError(504, "no worker answered before the request deadline", ErrorCode.DEADLINE_EXCEEDED.value,
-                        headers=retry)
+        return APIError(
+            504,
+            "no worker answered before the request deadline",
+            ErrorCode.DEADLINE_EXCEEDED.value,
+            headers=retry,
+        )
     if isinstance(exc, WorkerLost):
-        return APIError(502, "the worker serving this request was lost", ErrorCode.WORKER_LOST.value, headers=retry)
+        return APIError(
+            502, "the worker serving this request was lost", ErrorCode.WORKER_LOST.value, headers=retry
+        )
     if isinstance(exc, StreamBroken):
-        return APIError(502, "part of the reply was lost in transit", ErrorCode.STREAM_BROKEN.value, headers=retry)
+        return APIError(
+            502, "part of the reply was lost in transit", ErrorCode.STREAM_BROKEN.value, headers=retry
+        )
     return APIError(502, "the request failed in the gateway", "gateway_error", headers=retry)
 
 
@@ -97,7 +111,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        return error_response(APIError(400, f"{param}: {first['msg']}" if param else first["msg"], "invalid_value", param))
+        return error_response(
+            APIError(400, f"{param}: {first['msg']}" if param else first["msg"], "invalid_value", param)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:

@@ -51,7 +51,7 @@ class Relay:
     ) -> Response:
         body = await read_body(request, self.max_body)
         parsed = parse(schema, body)
-        model_name: str = getattr(parsed, "model")
+        model_name: str = parsed.model
         target = self._catalog.resolve(model_name, endpoint)
         stream = bool(getattr(parsed, "stream", False))
         created_ms = int(time.time() * 1000)
@@ -101,7 +101,7 @@ class Relay:
 
     async def _complete(self, request: Request, reply: ReplyStream) -> Response:
         try:
-            final, body = await _unless_disconnected(request.receive, _await_final(reply))
+            _, body = await _unless_disconnected(request.receive, _await_final(reply))
         except ClientGone:
             await reply.cancel()
             return Response(status_code=499)

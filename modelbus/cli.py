@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,13 +31,15 @@ def _fail(message: str) -> typer.Exit:
 def up(
     port: Annotated[int, typer.Option(help="ingress port")] = 8080,
     host: Annotated[str, typer.Option(help="ingress address")] = "127.0.0.1",
-    config: Annotated[Optional[Path], typer.Option(help="config file; default: two simulated models")] = None,
+    config: Annotated[Path | None, typer.Option(help="config file; default: two simulated models")] = None,
     data_dir: Annotated[Path, typer.Option(help="where embedded NATS keeps its data")] = Path(".modelbus"),
 ) -> None:
     """Start the whole stack: embedded NATS (unless MODELBUS_NATS_URL is set), workers, ingress."""
     from modelbus.stack import Stack
 
-    stack = Stack(data_dir, host, port, config or _env_path("MODELBUS_CONFIG"), os.environ.get("MODELBUS_NATS_URL"))
+    stack = Stack(
+        data_dir, host, port, config or _env_path("MODELBUS_CONFIG"), os.environ.get("MODELBUS_NATS_URL")
+    )
     try:
         cfg, key, config_path = stack.prepare()
     except ConfigError as exc:
@@ -72,8 +74,8 @@ def _env_path(name: str) -> Path | None:
 
 @app.command()
 def ingress(
-    host: Annotated[Optional[str], typer.Option()] = None,
-    port: Annotated[Optional[int], typer.Option()] = None,
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run one ingress (HTTP API) process. Settings come from MODELBUS_* variables."""
@@ -106,7 +108,7 @@ def ingress(
 @app.command()
 def worker(
     model: Annotated[str, typer.Option(help="model name from the config")],
-    max_concurrency: Annotated[Optional[int], typer.Option(help="override the config")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="override the config")] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run one worker for one model: pulls requests by free capacity and calls the backend."""
@@ -184,8 +186,15 @@ def simulator(
         error_rate=error_rate,
         embedding_latency_ms=embedding_latency_ms,
     )
-    uvicorn.run(create_app(config), host=host, port=port, loop="uvloop", http="httptools",
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
 
 
 @keys_app.command("new")
@@ -195,7 +204,7 @@ def keys_new(key_id: Annotated[str, typer.Option("--id", help="public key id")] 
 
     key = new_key()
     typer.echo(f"key (shown once): {key}")
-    typer.echo(f"config entry:     {{id: {key_id}, hash: \"{hash_key(key)}\"}}")
+    typer.echo(f'config entry:     {{id: {key_id}, hash: "{hash_key(key)}"}}')
 
 
 if __name__ == "__main__":

@@ -124,7 +124,9 @@ class Stack:
                 name = f"worker-{model.name}-{index}"
                 worker_env = {**env, "MODELBUS_WORKER_ID": f"{os.uname().nodename}-{model.name}-{index}"}
                 self.children.append(
-                    Child(name, [*cli, "worker", "--model", model.name], worker_env, logs / f"{_safe(name)}.log")
+                    Child(
+                        name, [*cli, "worker", "--model", model.name], worker_env, logs / f"{_safe(name)}.log"
+                    )
                 )
         ingress = [*cli, "ingress", "--host", self.host, "--port", str(self.port)]
         self.children.append(Child("ingress", ingress, env, logs / "ingress.log"))

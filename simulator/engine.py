@@ -13,10 +13,31 @@ from typing import Any
 
 from schemas.config import SimulatorBackend
 
-_WORDS = (
-    "the model says hello from a simulated accelerator while tokens flow through the bus "
-    "and every worker pulls only what it can serve"
-).split()
+_WORDS = [
+    "the",
+    "model",
+    "says",
+    "hello",
+    "from",
+    "a",
+    "simulated",
+    "accelerator",
+    "while",
+    "tokens",
+    "flow",
+    "through",
+    "the",
+    "bus",
+    "and",
+    "every",
+    "worker",
+    "pulls",
+    "only",
+    "what",
+    "it",
+    "can",
+    "serve",
+]
 
 
 class SimulatedFailure(Exception):

@@ -30,7 +30,9 @@ def _usage(prompt: int, completion: int) -> Json:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def stream_chunks(model: SimulatedModel, endpoint: Endpoint, payload: Json, name: str) -> AsyncIterator[Json]:
+async def stream_chunks(
+    model: SimulatedModel, endpoint: Endpoint, payload: Json, name: str
+) -> AsyncIterator[Json]:
     """Chunks for chat or completions; the last one carries usage, as with include_usage."""
     limit = _max_tokens(payload, model.config.default_max_tokens)
     prompt = _prompt_tokens(endpoint, payload)

@@ -59,7 +59,9 @@ def create_app(config: SimulatorBackend, model_name: str = "simulated") -> Starl
         return _json(model.stats.as_dict())
 
     async def models(_: Request) -> Response:
-        return _json({"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "simulator"}]})
+        return _json(
+            {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "simulator"}]}
+        )
 
     async def health(_: Request) -> Response:
         return _json({"status": "ok"})

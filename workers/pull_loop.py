@@ -162,7 +162,7 @@ class CapacityPuller:
     async def _run(self, msg: Msg) -> None:
         try:
             await self._handler(msg)
-        except Exception:  # noqa: BLE001 - the handler reports its own errors; keep pulling
+        except Exception:
             log.exception("request handler failed")
         finally:
             self.in_flight -= 1

@@ -104,7 +104,7 @@ class RequestRunner:
             self.served += 1
             await msg.ack()
         elif outcome is Outcome.RETRY:
-            await msg.nak(delay=min(2.0 ** msg.metadata.num_delivered, 30.0))
+            await msg.nak(delay=min(2.0**msg.metadata.num_delivered, 30.0))
         else:
             await msg.term()
 

@@ -45,7 +45,10 @@ class Worker:
             )
             log.info(
                 "worker %s serving %r with %d slots (%s)",
-                settings.worker_id, self.model.name, self.capacity, backend.description,
+                settings.worker_id,
+                self.model.name,
+                self.capacity,
+                backend.description,
             )
             pulling = asyncio.create_task(self.puller.run())
             stopped = asyncio.create_task(stop.wait())

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ingress.auth import Identity, authenticate
+from ingress.auth import Caller
 from ingress.relay import Relay
 from schemas.envelope import Endpoint
 from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -19,15 +19,15 @@ def _relay(request: Request) -> Relay:
 
 
 @router.post("/chat/completions")
-async def chat_completions(request: Request, identity: Identity = Depends(authenticate)) -> Response:
+async def chat_completions(request: Request, identity: Caller) -> Response:
     return await _relay(request).serve(request, identity, Endpoint.CHAT, ChatCompletionRequest)
 
 
 @router.post("/completions")
-async def completions(request: Request, identity: Identity = Depends(authenticate)) -> Response:
+async def completions(request: Request, identity: Caller) -> Response:
     return await _relay(request).serve(request, identity, Endpoint.COMPLETIONS, CompletionRequest)
 
 
 @router.post("/embeddings")
-async def embeddings(request: Request, identity: Identity = Depends(authenticate)) -> Response:
+async def embeddings(request: Request, identity: Caller) -> Response:
     return await _relay(request).serve(request, identity, Endpoint.EMBEDDINGS, EmbeddingRequest)

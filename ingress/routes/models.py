@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ingress.auth import Identity, authenticate
+from ingress.auth import Caller
 from ingress.catalog import Catalog
 from ingress.errors import APIError
 from schemas.openai import Model
@@ -14,16 +14,17 @@ router = APIRouter(prefix="/v1")
 
 
 @router.get("/models")
-async def list_models(request: Request, _: Identity = Depends(authenticate)) -> Response:
+async def list_models(request: Request, _: Caller) -> Response:
     catalog: Catalog = request.app.state.catalog
     return Response(catalog.listing().model_dump_json(), media_type="application/json")
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(model_id: str, request: Request, _: Identity = Depends(authenticate)) -> Response:
+async def get_model(model_id: str, request: Request, _: Caller) -> Response:
     catalog: Catalog = request.app.state.catalog
     for model in catalog.models:
         if model.name == model_id:
-            return Response(Model(id=model.name, owned_by=model.owned_by).model_dump_json(),
-                            media_type="application/json")
+            return Response(
+                Model(id=model.name, owned_by=model.owned_by).model_dump_json(), media_type="application/json"
+            )
     raise APIError(404, f"the model {model_id!r} does not exist", "model_not_found", "model")

@@ -20,7 +20,9 @@ from schemas.envelope import Endpoint, ErrorCode, ErrorFrame, RequestEnvelope
 
 async def test_request_that_exhausts_its_deliveries_is_dead_lettered(nats_server: NatsServer) -> None:
     subjects = Subjects("t" + uuid.uuid4().hex[:10])
-    settings = BusSettings(nats_url=nats_server.url, namespace=subjects.namespace, ack_wait_s=0.5, max_deliver=2)
+    settings = BusSettings(
+        nats_url=nats_server.url, namespace=subjects.namespace, ack_wait_s=0.5, max_deliver=2
+    )
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     await ensure_streams(js, subjects, settings, nc.max_payload, msg_ttl=True)
@@ -36,8 +38,15 @@ async def test_request_that_exhausts_its_deliveries_is_dead_lettered(nats_server
 
     now = int(time.time() * 1000)
     envelope = RequestEnvelope(
-        id="req-1", endpoint=Endpoint.CHAT, model="poison", target="poison", consumer="c",
-        created_ms=now, deadline_ms=now + 60_000, reply_to=reply_to, payload={"model": "poison"},
+        id="req-1",
+        endpoint=Endpoint.CHAT,
+        model="poison",
+        target="poison",
+        consumer="c",
+        created_ms=now,
+        deadline_ms=now + 60_000,
+        reply_to=reply_to,
+        payload={"model": "poison"},
     )
     await js.publish(subjects.request("poison"), envelope.model_dump_json().encode())
 

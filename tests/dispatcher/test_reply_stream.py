@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from dispatcher.errors import StreamBroken
 from dispatcher.reply_stream import ReplySequencer, decode_frame, encode_frame
-from schemas.envelope import ChunkFrame, ErrorCode, ErrorFrame, FinalFrame, HeartbeatFrame, StartFrame, Timings
+from schemas.envelope import (
+    ChunkFrame,
+    ErrorCode,
+    ErrorFrame,
+    FinalFrame,
+    HeartbeatFrame,
+    StartFrame,
+    Timings,
+)
 
 
 def _start(attempt: int = 1) -> StartFrame:

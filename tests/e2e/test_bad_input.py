@@ -58,10 +58,16 @@ MSG = [{"role": "user", "content": "hi"}]
         (b'{"model": 42, "messages": []}', 400, "model"),
         (b'{"model": "llama-3.1", "messages": "hi"}', 400, "messages"),
         (b'{"model": "llama-3.1", "messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0.role"),
-        (b'{"model": "llama-3.1", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', 400,
-         "max_tokens"),
-        (b'{"model": "llama-3.1", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', 400,
-         "temperature"),
+        (
+            b'{"model": "llama-3.1", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+            400,
+            "max_tokens",
+        ),
+        (
+            b'{"model": "llama-3.1", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+            400,
+            "temperature",
+        ),
         (b'{"model": "", "messages": [{"role": "user", "content": "x"}]}', 400, "model"),
     ],
 )
@@ -95,12 +101,16 @@ def test_each_odd_model_is_served_by_its_own_worker(gateway: str, name: str) -> 
 def test_missing_and_malformed_authorization_are_401(gateway: str) -> None:
     with httpx.Client(base_url=gateway) as anonymous:
         for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer"}):
-            error = _assert_openai_error(anonymous.post(CHAT, json={"model": "x", "messages": MSG}, headers=headers), 401)
+            error = _assert_openai_error(
+                anonymous.post(CHAT, json={"model": "x", "messages": MSG}, headers=headers), 401
+            )
             assert error["type"] == "authentication_error"
 
 
 def test_bad_timeout_header_is_400(http: httpx.Client) -> None:
-    response = http.post(CHAT, json={"model": "llama-3.1", "messages": MSG}, headers={"x-modelbus-timeout": "soon"})
+    response = http.post(
+        CHAT, json={"model": "llama-3.1", "messages": MSG}, headers={"x-modelbus-timeout": "soon"}
+    )
     _assert_openai_error(response, 400)
 
 

@@ -27,10 +27,12 @@ def test_workers_never_exceed_capacity_and_share_work_by_capacity(cluster: Clust
     small_url, _ = cluster.simulator(*sim_options)
     large_url, _ = cluster.simulator(*sim_options)
     small = cluster.write_config(
-        with_consumers([ModelConfig(name="shared", backend=_http_backend(small_url), max_concurrency=2)]), "a.yaml"
+        with_consumers([ModelConfig(name="shared", backend=_http_backend(small_url), max_concurrency=2)]),
+        "a.yaml",
     )
     large = cluster.write_config(
-        with_consumers([ModelConfig(name="shared", backend=_http_backend(large_url), max_concurrency=8)]), "b.yaml"
+        with_consumers([ModelConfig(name="shared", backend=_http_backend(large_url), max_concurrency=8)]),
+        "b.yaml",
     )
     gateway = cluster.ingress(small)
     cluster.worker("shared", small, "w-small")
@@ -39,8 +41,12 @@ def test_workers_never_exceed_capacity_and_share_work_by_capacity(cluster: Clust
     async def run() -> Counter[str]:
         async with httpx.AsyncClient(base_url=gateway, headers=AUTH, timeout=60) as client:
             body = {"model": "shared", "messages": MSG, "max_tokens": 20}
-            responses = await asyncio.gather(*(client.post("/chat/completions", json=body) for _ in range(40)))
-        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+            responses = await asyncio.gather(
+                *(client.post("/chat/completions", json=body) for _ in range(40))
+            )
+        assert all(r.status_code == 200 for r in responses), [
+            r.text for r in responses if r.status_code != 200
+        ]
         return Counter(r.headers["x-modelbus-worker"] for r in responses)
 
     served = asyncio.run(run())
@@ -67,7 +73,9 @@ def test_request_survives_worker_killed_mid_request(cluster: Cluster) -> None:
 
     def call() -> None:
         with httpx.Client(base_url=gateway, headers=AUTH, timeout=30) as client:
-            result["response"] = client.post("/chat/completions", json={"model": "slow", "messages": MSG, "max_tokens": 3})
+            result["response"] = client.post(
+                "/chat/completions", json={"model": "slow", "messages": MSG, "max_tokens": 3}
+            )
 
     caller = threading.Thread(target=call)
     caller.start()
@@ -82,7 +90,9 @@ def test_request_survives_worker_killed_mid_request(cluster: Cluster) -> None:
 
 
 def test_stream_ends_with_error_event_when_worker_dies(cluster: Cluster) -> None:
-    model = ModelConfig(name="talky", backend=SimulatorBackend(ttft_ms=0, tokens_per_s=20, default_max_tokens=400))
+    model = ModelConfig(
+        name="talky", backend=SimulatorBackend(ttft_ms=0, tokens_per_s=20, default_max_tokens=400)
+    )
     config = cluster.write_config(with_consumers([model]))
     gateway = cluster.ingress(config)
     doomed = cluster.worker("talky", config, "w-doomed")
@@ -132,7 +142,9 @@ def test_request_waits_for_a_worker_until_its_deadline(cluster: Cluster) -> None
     with httpx.Client(base_url=gateway, headers=AUTH, timeout=30) as client:
         started = time.monotonic()
         response = client.post(
-            "/chat/completions", json={"model": "lonely", "messages": MSG}, headers={"x-modelbus-timeout": "2"}
+            "/chat/completions",
+            json={"model": "lonely", "messages": MSG},
+            headers={"x-modelbus-timeout": "2"},
         )
         elapsed = time.monotonic() - started
     assert response.status_code == 504

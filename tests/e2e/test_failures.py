@@ -47,7 +47,9 @@ def test_backend_rejection_of_the_request_is_passed_through_as_400(cluster: Clus
     client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as caught:
-            result = client.chat.completions.create(model="picky", messages=MSG, max_tokens=50_000, stream=stream)
+            result = client.chat.completions.create(
+                model="picky", messages=MSG, max_tokens=50_000, stream=stream
+            )
             if stream:
                 list(result)  # type: ignore[arg-type]
         assert "context length" in caught.value.message

@@ -45,16 +45,30 @@ def test_up_serves_both_demo_models_and_stops_cleanly(tmp_path: Path) -> None:
     env.pop("MODELBUS_CONFIG", None)
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     up = subprocess.Popen(
-        [sys.executable, "-m", "modelbus.cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        [
+            sys.executable,
+            "-m",
+            "modelbus.cli",
+            "up",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_until(lambda: "API key:  mb-up-test-key" in (tmp_path / "up.log").read_text(), 60,
-                   "modelbus up did not report ready")
+        wait_until(
+            lambda: "API key:  mb-up-test-key" in (tmp_path / "up.log").read_text(),
+            60,
+            "modelbus up did not report ready",
+        )
         assert f"http://127.0.0.1:{port}/v1" in (tmp_path / "up.log").read_text()
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="mb-up-test-key", max_retries=0)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="mb-up-test-key", max_retries=0
+        )
         assert sorted(m.id for m in client.models.list()) == ["demo-chat", "demo-embed"]
         chat = client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "hi"}])
         assert chat.choices[0].message.content
