@@ -52,18 +52,23 @@ class StreamOptions(_PassThrough):
     include_usage: bool | None = None
 
 
-class ChatCompletionRequest(_PassThrough):
+class _GenerationRequest(_PassThrough):
+    """Fields chat and legacy completions share."""
+
     model: ModelName
-    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1, le=16)
     stop: str | list[str] | None = None
     user: str | None = None
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
 
 
 class Usage(_PassThrough):
@@ -111,17 +116,8 @@ class ChatCompletionChunk(_PassThrough):
 # --- legacy completions -------------------------------------------------------------------------
 
 
-class CompletionRequest(_PassThrough):
-    model: ModelName
+class CompletionRequest(_GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=16)
-    stop: str | list[str] | None = None
-    user: str | None = None
 
 
 class CompletionChoice(_PassThrough):
