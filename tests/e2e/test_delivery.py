@@ -183,3 +183,37 @@ def test_openai_sdk_timeout_bounds_the_queue_wait(cluster: Cluster) -> None:
     assert time.monotonic() - started < 5
     # The SDK's own timeout became the request deadline, so the queue is empty again soon after.
     wait_until(lambda: cluster.consumer_info("nobody-home").num_pending == 0, 10, "stale request left queued")
+
+
+def test_worker_stopped_with_sigterm_finishes_in_flight_work(cluster: Cluster) -> None:
+    model = ModelConfig(name="drainable", backend=SimulatorBackend(ttft_ms=1000, tokens_per_s=1000))
+    config = cluster.write_config(with_consumers([model]))
+    gateway = cluster.ingress(config)
+    worker = cluster.worker("drainable", config, "w-draining")
+    result: dict[str, httpx.Response] = {}
+
+    def call() -> None:
+        with httpx.Client(base_url=gateway, headers=AUTH, timeout=30) as client:
+            body = {"model": "drainable", "messages": MSG, "max_tokens": 2}
+            result["r"] = client.post("/chat/completions", json=body)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(lambda: cluster.consumer_info("drainable").num_ack_pending == 1, 10, "never picked up")
+    worker.stop(timeout=20)  # SIGTERM: stop pulling, finish what is in flight
+    caller.join(30)
+    assert result["r"].status_code == 200
+    assert result["r"].headers["x-modelbus-worker"] == "w-draining"
+    assert worker.popen.returncode == 0
+
+
+def test_any_of_several_nats_urls_will_do(cluster: Cluster) -> None:
+    from modelbus.embedded_nats import free_port
+
+    config = cluster.write_config(with_consumers([ModelConfig(name="m")]))
+    dead = f"nats://127.0.0.1:{free_port()}"
+    cluster.env_overrides["MODELBUS_NATS_URL"] = f"{dead},{cluster.nats_url}"
+    gateway = cluster.ingress(config)
+    cluster.worker("m", config, "w-1")
+    client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
+    assert client.chat.completions.create(model="m", messages=MSG, max_tokens=1).choices
