@@ -1,16 +1,17 @@
 """Capacity-bounded pulling from a JetStream consumer.
 
-The worker offers the server exactly its free slots and only asks for more while
+The worker keeps at most one pull request open and asks in it for exactly its free slots, so
 
-    in flight + messages still owed by open pull requests < capacity
+    in flight + messages still owed by the open pull request <= capacity
 
-so it can never hold more than its capacity, whatever the timing. The owed count is exact:
-every delivered message lowers it by one, and the status that closes a pull request (`408` when it
-expires, `409` when the server drops it) says in `Nats-Pending-Messages` how many it left unsent.
-JetStream delivers messages under their own subject, so they cannot be told apart by request; the
-count does not need to. If a closing status is lost (e.g. across a reconnect), the request is
-written off at its expiry by capping the owed count at what the remaining open requests could
-still send, which keeps the bound safe.
+holds at every moment and the worker can never hold more than its capacity, whatever the timing.
+Every delivered message belongs to the one open request (JetStream delivers messages under their
+own subject, so several open requests could not be told apart). The request closes when its batch
+is filled, when a `408` (expired) or `409` (dropped by the server) status arrives, or, if that
+status was lost across a reconnect, shortly after it expired on the server.
+
+One request at a time costs no latency: an unfilled request means the queue is empty, so new
+messages go straight to it; a filled one closes at once and the next pull asks for every free slot.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
 _EXPIRY_GRACE_S = 2.0
-_PENDING = "Nats-Pending-Messages"
 
 
 class CapacityPuller:
@@ -40,7 +40,7 @@ class CapacityPuller:
         consumer: str,
         capacity: int,
         handler: Handler,
-        pull_expires_s: float = 10.0,
+        pull_expires_s: float = 5.0,
     ) -> None:
         self._nc = nc
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
@@ -49,8 +49,9 @@ class CapacityPuller:
         self._expires_s = pull_expires_s
         self._inbox = nc.new_inbox()
         self._ids = itertools.count()
-        self._open: dict[str, tuple[int, float]] = {}  # token -> (batch, written off after)
-        self.owed = 0
+        self._open: str | None = None  # token of the open pull request
+        self._written_off_at = 0.0  # when the open request is given up for lost
+        self.owed = 0  # messages the open request may still deliver
         self._wake = asyncio.Event()
         self._stopping = False
         self._backoff_until = 0.0
@@ -68,15 +69,90 @@ class CapacityPuller:
         sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
         try:
             while not self._stopping:
-                self._expire_lost_requests()
-                wanted = self.capacity - self.in_flight - self.owed
                 now = time.monotonic()
-                if wanted > 0 and now >= self._backoff_until:
-                    await self._pull(wanted)
+                if self._open is not None and now >= self._written_off_at:
+                    log.info("pull request %s lost (no status by its expiry); written off", self._open)
+                    self._close()
+                free = self.capacity - self.in_flight
+                if self._open is None and free > 0 and now >= self._backoff_until:
+                    await self._pull(free)
                 await self._sleep_until_needed()
         finally:
             await sub.unsubscribe()
             await self._finish_tasks()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def _pull(self, batch: int) -> None:
+        token = str(next(self._ids))
+        self._open = token
+        self.owed = batch
+        self._written_off_at = time.monotonic() + self._expires_s + _EXPIRY_GRACE_S
+        request = {"batch": batch, "expires": int(self._expires_s * 1e9)}
+        try:
+            await self._nc.publish(self._next_subject, orjson.dumps(request), reply=f"{self._inbox}.{token}")
+        except Exception as exc:  # noqa: BLE001 - disconnected: retried after a short pause
+            log.warning("pull request not sent: %s", exc)
+            self._close()
+            self._backoff_until = time.monotonic() + 0.5
+
+    def _close(self) -> None:
+        self._open = None
+        self.owed = 0
+
+    async def _sleep_until_needed(self) -> None:
+        now = time.monotonic()
+        wake_at = [self._written_off_at] if self._open is not None else [now + self._expires_s]
+        if self._backoff_until > now:
+            wake_at.append(self._backoff_until)
+        try:
+            async with asyncio.timeout(max(min(wake_at) - now, 0.0)):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _on_message(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is not None and not msg.reply:
+            self._on_status(token, status, msg.headers or {})
+            return
+        if self._open is not None:
+            self.owed -= 1
+            if self.owed <= 0:
+                self._close()  # filled: the server has closed it too
+                self._wake.set()
+        else:
+            # Only possible for a request written off while its messages were in transit.
+            log.warning("message for a closed pull request; running it anyway")
+        self.in_flight += 1
+        self.received += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        task = asyncio.create_task(self._run(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_status(self, token: str, status: str, headers: dict[str, str]) -> None:
+        if status == "100" or token != self._open:
+            return  # idle heartbeat, or the status of a request already closed
+        self._close()
+        if status == "409":
+            # Leadership change, consumer deleted or similar: do not spin on it.
+            log.info("pull closed by the server: %s", headers.get("Description", ""))
+            self._backoff_until = time.monotonic() + 0.25
+        self._wake.set()
+
+    async def _run(self, msg: Msg) -> None:
+        try:
+            await self._handler(msg)
+        except Exception:
+            log.exception("request handler failed")
+        finally:
+            self.in_flight -= 1
+            self._wake.set()
 
     async def _finish_tasks(self) -> None:
         """Wait for in-flight handlers; if told to stop waiting, cancel them and still await them."""
@@ -90,80 +166,3 @@ class CapacityPuller:
                     task.cancel()
         if cancelled:
             raise asyncio.CancelledError
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-
-    async def _pull(self, batch: int) -> None:
-        token = str(next(self._ids))
-        self._open[token] = (batch, time.monotonic() + self._expires_s + _EXPIRY_GRACE_S)
-        self.owed += batch
-        request = {"batch": batch, "expires": int(self._expires_s * 1e9)}
-        try:
-            await self._nc.publish(self._next_subject, orjson.dumps(request), reply=f"{self._inbox}.{token}")
-        except Exception as exc:  # noqa: BLE001 - disconnected: the credits come back at expiry
-            log.warning("pull request not sent: %s", exc)
-            self._backoff_until = time.monotonic() + 0.5
-
-    async def _sleep_until_needed(self) -> None:
-        timeouts = [expiry for _, expiry in self._open.values()]
-        if self._backoff_until > time.monotonic():
-            timeouts.append(self._backoff_until)
-        wait = (min(timeouts) - time.monotonic()) if timeouts else self._expires_s
-        try:
-            async with asyncio.timeout(max(wait, 0.0)):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
-        self._wake.clear()
-
-    def _expire_lost_requests(self) -> None:
-        now = time.monotonic()
-        lost = [token for token, (_, expiry) in self._open.items() if expiry <= now]
-        for token in lost:
-            self._write_off(token)
-
-    def _write_off(self, token: str) -> None:
-        """Close a request whose unsent count is unknown: cap owed at what the others can send."""
-        self._open.pop(token, None)
-        self.owed = min(self.owed, sum(batch for batch, _ in self._open.values()))
-
-    async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers else None
-        if status is not None and not msg.reply:
-            self._on_status(msg.subject.rsplit(".", 1)[-1], status, msg.headers or {})
-            return
-        self.owed = max(0, self.owed - 1)
-        self.in_flight += 1
-        self.received += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        task = asyncio.create_task(self._run(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _on_status(self, token: str, status: str, headers: dict[str, str]) -> None:
-        if status == "100":
-            return  # idle heartbeat
-        if token not in self._open:
-            return  # already written off
-        unsent = headers.get(_PENDING)
-        if unsent is not None and unsent.isdigit():
-            del self._open[token]
-            self.owed = max(0, self.owed - int(unsent))
-        else:
-            self._write_off(token)
-        if status == "409":
-            # Leadership change, consumer deleted, too many waiting pulls: do not spin.
-            log.info("pull closed by the server: %s", headers.get("Description", ""))
-            self._backoff_until = time.monotonic() + 0.25
-        self._wake.set()
-
-    async def _run(self, msg: Msg) -> None:
-        try:
-            await self._handler(msg)
-        except Exception:
-            log.exception("request handler failed")
-        finally:
-            self.in_flight -= 1
-            self._wake.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -64,7 +65,7 @@ async def test_closing_the_stream_stops_generation_on_the_server(llama: str) -> 
     await stream.aclose()  # type: ignore[attr-defined]
     closed = time.monotonic()
     while _busy_slots(llama) and time.monotonic() - closed < 5:
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     assert _busy_slots(llama) == 0
     assert time.monotonic() - closed < 1.0
     await backend.aclose()

@@ -1,7 +1,7 @@
 """Adapter for any OpenAI-compatible HTTP server: vLLM, TGI Messages API, llama.cpp, Ollama /v1.
 
 Streams are read as Server-Sent Events and yielded chunk by chunk; closing the iterator closes the
-HTTP response, which aborts the generation on the server (all of the above stop on disconnect).
+HTTP connection, which aborts the generation on the server (all of the above stop on disconnect).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 import orjson
 
 from schemas.config import OpenAIBackend
@@ -24,70 +24,90 @@ _PATHS = {
 
 
 class OpenAICompatBackend:
+    """aiohttp rather than httpx: on the worker's hot path its per-request cost is several times
+    lower (measured in bench/overhead.py: httpx's pool bookkeeping dominated the worker profile)."""
+
     def __init__(self, config: OpenAIBackend, model: str, max_concurrency: int) -> None:
         self._config = config
         self._served_model = config.served_model or model
-        headers = {}
+        self._headers = {"Content-Type": "application/json"}
         if config.api_key_env:
             key = os.environ.get(config.api_key_env)
             if not key:
                 raise ValueError(f"environment variable {config.api_key_env} (backend key) is empty")
-            headers["Authorization"] = f"Bearer {key}"
-        base_url = str(config.base_url).rstrip("/") + "/"
-        self._client = httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=config.connect_timeout_s,
-                read=config.read_timeout_s,
-                write=config.connect_timeout_s,
-                pool=None,  # waiting for a pooled connection is bounded by the request deadline
-            ),
-            # One connection per slot: the worker never has more in flight than max_concurrency.
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
-        )
-        self._description = f"openai:{base_url}"
+            self._headers["Authorization"] = f"Bearer {key}"
+        self._base_url = str(config.base_url).rstrip("/") + "/"
+        self._max_concurrency = max_concurrency
+        self._session: aiohttp.ClientSession | None = None
+        self._description = f"openai:{self._base_url}"
 
     @property
     def description(self) -> str:
         return self._description
 
-    def _body(self, payload: Json, stream: bool) -> Json:
+    def _client(self) -> aiohttp.ClientSession:
+        # Created lazily: a session must be made inside the running event loop.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # One connection per slot: the worker never has more in flight than that.
+                connector=aiohttp.TCPConnector(limit=self._max_concurrency, ttl_dns_cache=300),
+                # Generations may take minutes: bound connecting and silence, not the total.
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self._config.connect_timeout_s,
+                    sock_read=self._config.read_timeout_s,
+                ),
+                # SSE lines (a chunk with long tool-call arguments) may exceed the 64 KiB default.
+                read_bufsize=1 << 20,
+            )
+        return self._session
+
+    def _body(self, payload: Json, stream: bool) -> bytes:
         body = {**payload, "model": self._served_model, "stream": stream}
         if stream:
             # Usage is needed for quotas and audit even when the client did not ask for it.
             body["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
         else:
             body.pop("stream_options", None)
-        return body
+        return orjson.dumps(body)
+
+    async def _post(self, endpoint: Endpoint, payload: Json, stream: bool) -> aiohttp.ClientResponse:
+        try:
+            return await self._client().post(
+                self._base_url + _PATHS[endpoint], data=self._body(payload, stream), headers=self._headers
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise BackendError(f"backend unreachable: {type(exc).__name__}", 503, True) from exc
 
     async def complete(self, endpoint: Endpoint, payload: Json) -> Json:
+        response = await self._post(endpoint, payload, stream=False)
         try:
-            response = await self._client.post(_PATHS[endpoint], json=self._body(payload, False))
-        except httpx.HTTPError as exc:
-            raise BackendError(f"backend unreachable: {type(exc).__name__}", 503, True) from exc
-        if response.status_code >= 400:
-            raise _error(response.status_code, response.content)
+            content = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise BackendError(f"backend response failed: {type(exc).__name__}", 503, True) from exc
+        finally:
+            response.release()
+        if response.status >= 400:
+            raise _error(response.status, content)
         try:
-            body: Json = orjson.loads(response.content)
+            body: Json = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise BackendError("backend returned invalid JSON", 502, True) from exc
         return body
 
     async def stream(self, endpoint: Endpoint, payload: Json) -> AsyncIterator[Json]:
-        request = self._client.build_request("POST", _PATHS[endpoint], json=self._body(payload, True))
+        response = await self._post(endpoint, payload, stream=True)
+        finished = False
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise BackendError(f"backend unreachable: {type(exc).__name__}", 503, True) from exc
-        try:
-            if response.status_code >= 400:
-                raise _error(response.status_code, await response.aread())
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            if response.status >= 400:
+                raise _error(response.status, await response.read())
+            async for raw in response.content:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
                     continue  # comments, event names, blank separators
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
+                    finished = True
                     break
                 try:
                     chunk = orjson.loads(data)
@@ -96,13 +116,18 @@ class OpenAICompatBackend:
                 if isinstance(chunk, dict) and "error" in chunk:
                     raise BackendError(f"backend error mid-stream: {_message(chunk)}", 502, False)
                 yield chunk
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"backend stream failed: {type(exc).__name__}", 502, False) from exc
         finally:
-            await response.aclose()
+            if finished:
+                response.release()  # keep the connection for the next request
+            else:
+                # Closing drops the connection, which makes the server stop generating.
+                response.close()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 def _message(body: object) -> str:
