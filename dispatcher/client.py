@@ -22,6 +22,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from dispatcher.errors import (
     BusUnavailable,
     DeadlineExceeded,
+    Interrupted,
     ModelbusError,
     QueueFull,
     RemoteError,
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 # JetStream API error codes for a stream at its limits with discard=new.
 _STREAM_FULL = {10077, 10078, 10047}
 _STRAY_MEMORY = 4096
+# A private object, compared by identity: no message from the network can be this one.
+_INTERRUPT = bytes(bytearray(b"\x00interrupt"))
 
 
 class RequestTooLarge(ModelbusError):
@@ -61,6 +64,10 @@ class ReplyStream:
     @property
     def request_id(self) -> str:
         return self.envelope.id
+
+    def interrupt(self) -> None:
+        """Make the pending (or next) `frames()` call raise Interrupted; safe from callbacks."""
+        self._queue.put_nowait(_INTERRUPT)
 
     def mark_relayed(self) -> None:
         """Part of the answer has reached the client: a redelivery can no longer be used."""
@@ -104,6 +111,8 @@ class ReplyStream:
                 return self._check(ready)
 
     def _accept(self, data: bytes) -> list[tuple[Frame, bytes]]:
+        if data is _INTERRUPT:
+            raise Interrupted("the client stopped waiting")
         try:
             frame, payload = decode_frame(data)
         except ValueError:
@@ -199,14 +208,19 @@ class BusClient:
         except Exception as exc:  # noqa: BLE001 - cancellation is best effort; deadlines backstop it
             log.warning("cancel of %s not sent: %s", request_id, exc)
 
-    async def submit(self, envelope: RequestEnvelope) -> ReplyStream:
+    async def submit(self, envelope: RequestEnvelope, raw_payload: bytes | None = None) -> ReplyStream:
         """Persist the request in JetStream and return its reply stream.
 
         The reply route exists before the publish, so no frame can arrive unrouted. Publishes are
         retried with the same `Nats-Msg-Id` (the request id), so a retry after a lost PubAck is
-        deduplicated by the stream rather than queued twice.
+        deduplicated by the stream rather than queued twice. `raw_payload`, the payload as JSON
+        the client sent it, saves serializing it a second time.
         """
-        data = envelope.model_dump_json().encode()
+        if raw_payload is None:
+            data = envelope.model_dump_json().encode()
+        else:
+            head = envelope.model_dump_json(exclude={"payload"}).encode()
+            data = head[:-1] + b',"payload":' + raw_payload + b"}"
         if len(data) > self.max_payload:
             raise RequestTooLarge(
                 f"request of {len(data)} bytes exceeds the bus limit of {self.max_payload} bytes"

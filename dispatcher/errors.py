@@ -41,6 +41,10 @@ class StreamBroken(ModelbusError):
     retryable = True
 
 
+class Interrupted(ModelbusError):
+    """The waiting side gave up on the reply (its client disconnected)."""
+
+
 class RemoteError(ModelbusError):
     """The worker or its backend answered with an error frame."""
 

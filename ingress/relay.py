@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import orjson
 from fastapi import Request
@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from dispatcher.client import BusClient, ReplyStream
-from dispatcher.errors import ModelbusError
+from dispatcher.errors import Interrupted, ModelbusError
 from dispatcher.reply_stream import Frame
 from ingress.auth import Identity
 from ingress.body import parse, read_body
@@ -29,13 +29,8 @@ from ingress.settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
 from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, RequestEnvelope, StartFrame
 
-T = TypeVar("T")
 # The openai SDK sends its read timeout; for a non-streaming call that is how long it will wait.
 _SDK_TIMEOUT = "x-stainless-read-timeout"
-
-
-class ClientGone(Exception):
-    """The HTTP client disconnected before the answer was ready."""
 
 
 class Relay:
@@ -71,7 +66,7 @@ class Relay:
             # The body as the client sent it (validated above): unknown fields pass through.
             payload=orjson.loads(body),
         )
-        reply = await self._bus.submit(envelope)
+        reply = await self._bus.submit(envelope, body)
         try:
             if stream:
                 return await self._stream(request, reply)
@@ -101,10 +96,11 @@ class Relay:
 
     async def _complete(self, request: Request, reply: ReplyStream) -> Response:
         try:
-            _, body = await _unless_disconnected(request.receive, _await_final(reply))
-        except ClientGone:
+            with _interrupt_on_disconnect(request.receive, reply):
+                _, body = await _await_final(reply)
+        except Interrupted:
             await reply.cancel()
-            return Response(status_code=499)
+            return Response(status_code=499)  # nobody reads it: the client has gone
         except ModelbusError:
             await reply.cancel()
             raise
@@ -117,10 +113,9 @@ class Relay:
         # (bad request, backend down) is still an HTTP status; a longer wait continues inside the
         # event stream with keep-alive comments.
         try:
-            first = await _unless_disconnected(
-                request.receive, _first_output(reply, self._settings.sse_keepalive_s)
-            )
-        except ClientGone:
+            with _interrupt_on_disconnect(request.receive, reply):
+                first = await _first_output(reply, self._settings.sse_keepalive_s)
+        except Interrupted:
             await reply.cancel()
             await reply.close()
             return Response(status_code=499)
@@ -180,19 +175,15 @@ async def _await_final(reply: ReplyStream) -> tuple[FinalFrame, bytes]:
                 return frame, payload
 
 
-async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Run `work` unless the client disconnects first (then raise ClientGone)."""
-    task = asyncio.ensure_future(work)
+@contextmanager
+def _interrupt_on_disconnect(receive: Receive, reply: ReplyStream) -> Iterator[None]:
+    """While inside, a client disconnect interrupts the reply wait (one watcher task, no races)."""
     watcher = asyncio.ensure_future(_disconnected(receive))
+    watcher.add_done_callback(lambda task: task.cancelled() or reply.interrupt())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        raise ClientGone
+        yield
     finally:
-        for pending in (task, watcher):
-            pending.cancel()
-        await asyncio.gather(task, watcher, return_exceptions=True)
+        watcher.cancel()
 
 
 async def _disconnected(receive: Receive) -> None:

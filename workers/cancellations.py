@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -23,7 +24,7 @@ class Cancellations:
         self._nc = nc
         self._subjects = subjects
         self._remember_s = remember_s
-        self._running: dict[str, asyncio.Task[object]] = {}
+        self._running: dict[str, asyncio.Task[Any]] = {}
         self._recent: OrderedDict[str, float] = OrderedDict()
         self.cancelled_running = 0
 
@@ -34,7 +35,7 @@ class Cancellations:
         expiry = self._recent.get(request_id)
         return expiry is not None and expiry > time.monotonic()
 
-    def track(self, request_id: str, task: asyncio.Task[object]) -> None:
+    def track(self, request_id: str, task: asyncio.Task[Any]) -> None:
         self._running[request_id] = task
 
     def untrack(self, request_id: str) -> None:

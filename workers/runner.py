@@ -15,12 +15,12 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from dispatcher.reply_stream import ReplyWriter
 from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
@@ -38,12 +38,15 @@ class Outcome(enum.Enum):
     TERM = "term"
 
 
+@dataclass
+class _Liveness:
+    msg: Msg
+    writer: ReplyWriter
+    progress_at: float = field(default_factory=time.monotonic)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, BackendError) and exc.retryable
 
 
 class RequestRunner:
@@ -58,6 +61,7 @@ class RequestRunner:
         self._settings = settings
         self._backend = backend
         self._cancellations = cancellations
+        self._live: dict[str, _Liveness] = {}
         self.served = 0
 
     async def handle(self, msg: Msg) -> None:
@@ -73,31 +77,49 @@ class RequestRunner:
             log.info("request %s dropped: expired or cancelled before pick-up", envelope.id)
             await msg.term()
             return
-        writer = ReplyWriter(self._nc, envelope.reply_to, msg.metadata.num_delivered)
+        attempt = msg.metadata.num_delivered
+        writer = ReplyWriter(self._nc, envelope.reply_to, attempt)
         await writer.start(
             self._settings.worker_id,
             self._backend.description,
             envelope.version,
             queue_ms=max(0, picked_up_ms - envelope.created_ms),
         )
-        job = asyncio.create_task(self._execute(envelope, writer, picked_up_ms, msg.metadata.num_delivered))
-        self._cancellations.track(envelope.id, job)  # type: ignore[arg-type]
-        keep_alive = asyncio.create_task(self._keep_alive(msg, writer))
+        current = asyncio.current_task()
+        assert current is not None
+        self._cancellations.track(envelope.id, current)
+        self._live[envelope.id] = _Liveness(msg, writer)
         try:
-            outcome = await job
+            outcome = await self._execute(envelope, writer, picked_up_ms, attempt)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if not self._cancellations.is_cancelled(envelope.id) or current.cancelling() > 1:
                 # The worker is stopping: hand the request to another worker straight away.
-                job.cancel()
                 await msg.nak()
                 raise
+            current.uncancel()  # cancelled by the ingress: settle the message and carry on
             log.info("request %s cancelled by the ingress", envelope.id)
             outcome = Outcome.TERM
         finally:
-            keep_alive.cancel()
             self._cancellations.untrack(envelope.id)
+            del self._live[envelope.id]
         await self._settle(msg, outcome)
+
+    async def keep_alive(self) -> None:
+        """One ticker for all requests in flight (cheaper than a timer per request).
+
+        In-progress acks keep JetStream from redelivering a long generation; heartbeat frames keep
+        the ingress from declaring a silent worker lost.
+        """
+        tick = min(self._settings.heartbeat_s, self._settings.ack_wait_s / 3) / 2
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for live in list(self._live.values()):
+                if now - live.progress_at >= self._settings.ack_wait_s / 3:
+                    live.progress_at = now
+                    await live.msg.in_progress()
+                if now - live.writer.last_sent >= self._settings.heartbeat_s and not live.writer.finished:
+                    await live.writer.heartbeat()
 
     async def _settle(self, msg: Msg, outcome: Outcome) -> None:
         if outcome is Outcome.ACK:
@@ -107,19 +129,6 @@ class RequestRunner:
             await msg.nak(delay=min(2.0**msg.metadata.num_delivered, 30.0))
         else:
             await msg.term()
-
-    async def _keep_alive(self, msg: Msg, writer: ReplyWriter) -> None:
-        """In-progress acks keep JetStream from redelivering; heartbeats keep the ingress waiting."""
-        tick = min(self._settings.heartbeat_s, self._settings.ack_wait_s / 3)
-        last_progress = time.monotonic()
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            if now - last_progress >= self._settings.ack_wait_s / 3:
-                await msg.in_progress()
-                last_progress = now
-            if now - writer.last_sent >= self._settings.heartbeat_s:
-                await writer.heartbeat()
 
     async def _execute(
         self, envelope: RequestEnvelope, writer: ReplyWriter, picked_up_ms: int, attempt: int
@@ -146,19 +155,21 @@ class RequestRunner:
             await writer.error(ErrorCode.BACKEND_UNAVAILABLE, exc.message, 503, True)
             return Outcome.TERM
 
-    def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception(_retryable),
-            stop=stop_after_attempt(self._settings.local_retries + 1),
-            wait=wait_exponential(multiplier=0.1, max=1.0),
-            reraise=True,
-        )
+    async def _backoff(self, attempt: int, exc: BackendError) -> None:
+        """Retry only what is retryable, a bounded number of times, with exponential backoff."""
+        if not exc.retryable or attempt >= self._settings.local_retries:
+            raise exc
+        await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
 
     async def _complete(self, envelope: RequestEnvelope, writer: ReplyWriter, timings: Timings) -> None:
-        body: Json = {}
-        async for attempt in self._retrying():
-            with attempt:
+        attempt = 0
+        while True:
+            try:
                 body = await self._backend.complete(envelope.endpoint, envelope.payload)
+                break
+            except BackendError as exc:
+                await self._backoff(attempt, exc)
+                attempt += 1
         _rewrite(body, envelope)
         usage = _usage(body)
         timings.finished_ms = _now_ms()
@@ -211,18 +222,22 @@ class RequestRunner:
 
     async def _open_stream(self, envelope: RequestEnvelope) -> AsyncIterator[Json]:
         """Open the backend stream and wait for its first chunk, retrying while that is safe."""
-        async for attempt in self._retrying():
-            with attempt:
-                stream = self._backend.stream(envelope.endpoint, envelope.payload)
-                try:
-                    first = await anext(stream)
-                except StopAsyncIteration:
-                    return _empty()
-                except BaseException:
-                    await stream.aclose()  # type: ignore[attr-defined]
-                    raise
-                return _prepend(first, stream)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+        attempt = 0
+        while True:
+            stream = self._backend.stream(envelope.endpoint, envelope.payload)
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                return _empty()
+            except BackendError as exc:
+                await stream.aclose()  # type: ignore[attr-defined]
+                await self._backoff(attempt, exc)
+                attempt += 1
+                continue
+            except BaseException:
+                await stream.aclose()  # type: ignore[attr-defined]
+                raise
+            return _prepend(first, stream)
 
 
 async def _empty() -> AsyncIterator[Json]:

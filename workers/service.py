@@ -51,6 +51,7 @@ class Worker:
                 backend.description,
             )
             pulling = asyncio.create_task(self.puller.run())
+            keeping_alive = asyncio.create_task(runner.keep_alive())
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({pulling, stopped}, return_when=asyncio.FIRST_COMPLETED)
             self.puller.stop()
@@ -61,7 +62,9 @@ class Worker:
             except TimeoutError:
                 pulling.cancel()
                 await asyncio.gather(pulling, return_exceptions=True)
-            stopped.cancel()
+            for task in (stopped, keeping_alive):
+                task.cancel()
+            await asyncio.gather(stopped, keeping_alive, return_exceptions=True)
         finally:
             await backend.aclose()
             await nc.drain()

@@ -38,7 +38,7 @@ class SimulatorAdapter:
         except SimulatedBadRequest as exc:
             raise BackendError(str(exc), status=400, retryable=False) from exc
         finally:
-            await chunks.aclose()
+            await chunks.aclose()  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
         return None
