@@ -38,6 +38,10 @@ class BusSettings(BaseSettings):
     request_stream_max_bytes: int = Field(default=1 << 30, gt=0)
     request_stream_max_msgs: int = Field(default=1_000_000, gt=0)
     duplicate_window_s: float = Field(default=120.0, gt=0)
+    audit_stream_max_bytes: int = Field(default=10 << 30, gt=0)
+    database_url: str | None = Field(
+        default=None, description="postgresql:// URL of the audit and task database"
+    )
     max_ack_pending: int = Field(default=10_000, ge=1, description="in flight per model, all workers")
 
     @property

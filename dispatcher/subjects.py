@@ -90,6 +90,10 @@ class Subjects:
     def dead_letter_stream(self) -> str:
         return f"{self.namespace.upper()}_DEAD_LETTERS"
 
+    @property
+    def audit_stream(self) -> str:
+        return f"{self.namespace.upper()}_AUDIT"
+
     # requests ------------------------------------------------------------------------------
     @property
     def all_requests(self) -> str:
@@ -108,6 +112,16 @@ class Subjects:
     @property
     def all_dead_letters(self) -> str:
         return f"{self.namespace}.dlq.>"
+
+    # audit -----------------------------------------------------------------------------------
+    def audit(self, source: str) -> str:
+        return f"{self.namespace}.audit.{encode_token(source)}"
+
+    @property
+    def all_audit(self) -> str:
+        return f"{self.namespace}.audit.>"
+
+    audit_sink_consumer = "audit-sink"
 
     # replies and cancellation --------------------------------------------------------------
     def reply_inbox(self, ingress_id: str) -> str:

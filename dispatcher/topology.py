@@ -74,6 +74,34 @@ def consumer_config(
     )
 
 
+def audit_stream_config(subjects: Subjects, settings: BusSettings) -> api.StreamConfig:
+    """Audit events wait here until the sink has committed them to Postgres (work queue)."""
+    return api.StreamConfig(
+        name=subjects.audit_stream,
+        description="Modelbus audit events on their way to Postgres",
+        subjects=[subjects.all_audit],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        # A week of Postgres outage is absorbed; beyond max_bytes publishers get errors, not loss.
+        max_age=7 * 24 * 3600,
+        max_bytes=settings.audit_stream_max_bytes,
+        discard=api.DiscardPolicy.NEW,
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.stream_replicas,
+    )
+
+
+def audit_sink_consumer_config(subjects: Subjects) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        durable_name=subjects.audit_sink_consumer,
+        description="writes audit events to Postgres; acks after commit",
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=60,
+        max_deliver=-1,  # never give up on an audit event
+        max_ack_pending=50_000,
+    )
+
+
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     assert config.name is not None
     try:
@@ -97,6 +125,7 @@ async def ensure_streams(
 ) -> None:
     await _ensure_stream(js, request_stream_config(subjects, settings, max_msg_size, msg_ttl))
     await _ensure_stream(js, dead_letter_stream_config(subjects, settings))
+    await _ensure_stream(js, audit_stream_config(subjects, settings))
 
 
 async def ensure_consumer(

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.client import BusClient
 from dispatcher.config_file import load_config
 from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_consumer, ensure_streams
+from ingress.audit import AuditMiddleware
 from ingress.auth import KeyStore
 from ingress.catalog import Catalog
 from ingress.errors import install_error_handlers
@@ -40,18 +43,27 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
                 await ensure_consumer(js, subjects, settings, model.name)
             bus = BusClient(nc, subjects, settings, settings.ingress_id, msg_ttl)
             await bus.start()
+            audit = AuditPublisher(js, subjects, f"ingress-{settings.ingress_id}")
+            publishing = asyncio.create_task(audit.run())
+            app.state.audit = audit
             catalog = Catalog(config)
             app.state.nc = nc
             app.state.catalog = catalog
             app.state.keys = KeyStore(config)
             app.state.relay = Relay(bus, catalog, settings)
             log.info("ingress %s ready with %d models", settings.ingress_id, len(config.models))
-            yield
+            try:
+                yield
+            finally:
+                publishing.cancel()
+                await asyncio.gather(publishing, return_exceptions=True)
+                await audit.flush(timeout=5.0)
         finally:
             await nc.drain()
 
     app = FastAPI(title="Modelbus", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    app.add_middleware(AuditMiddleware)
     app.include_router(inference.router)
     app.include_router(models.router)
     app.include_router(health.router)

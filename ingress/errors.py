@@ -98,28 +98,35 @@ def error_response(error: APIError) -> Response:
     )
 
 
+def _noted(request: Request, error: APIError) -> Response:
+    """The response, with the error noted on the request's audit draft (if it has one)."""
+    draft = request.scope.get("state", {}).get("audit")
+    if draft is not None:
+        draft.error_code, draft.error_message = error.code, error.message
+    return error_response(error)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> Response:
-        return error_response(exc)
+    async def _api_error(request: Request, exc: APIError) -> Response:
+        return _noted(request, exc)
 
     @app.exception_handler(ModelbusError)
-    async def _bus_error(_: Request, exc: ModelbusError) -> Response:
-        return error_response(from_bus_error(exc))
+    async def _bus_error(request: Request, exc: ModelbusError) -> Response:
+        return _noted(request, from_bus_error(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        return error_response(
-            APIError(400, f"{param}: {first['msg']}" if param else first["msg"], "invalid_value", param)
-        )
+        message = f"{param}: {first['msg']}" if param else first["msg"]
+        return _noted(request, APIError(400, message, "invalid_value", param))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
-        return error_response(APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})))
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        return _noted(request, APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(APIError(500, "internal gateway error", "internal_error"))
+        return _noted(request, APIError(500, "internal gateway error", "internal_error"))

@@ -21,6 +21,7 @@ from starlette.types import Receive
 from dispatcher.client import BusClient, ReplyStream
 from dispatcher.errors import Interrupted, ModelbusError
 from dispatcher.reply_stream import Frame
+from ingress.audit import AuditDraft, draft_of
 from ingress.auth import Identity
 from ingress.body import parse, read_body
 from ingress.catalog import Catalog
@@ -44,13 +45,18 @@ class Relay:
     async def serve(
         self, request: Request, identity: Identity, endpoint: Endpoint, schema: type[BaseModel]
     ) -> Response:
+        draft = draft_of(request)
+        if draft is not None:
+            draft.consumer, draft.key_id = identity.consumer, identity.key_id
         body = await read_body(request, self.max_body)
         parsed = parse(schema, body)
-        model_name: str = parsed.model
+        model_name: str = parsed.model  # type: ignore[attr-defined]  # every schema here has one
+        if draft is not None:
+            draft.model_requested = model_name
         target = self._catalog.resolve(model_name, endpoint)
         stream = bool(getattr(parsed, "stream", False))
         created_ms = int(time.time() * 1000)
-        request_id = uuid.uuid4().hex
+        request_id = draft.request_id if draft is not None else uuid.uuid4().hex
         envelope = RequestEnvelope(
             id=request_id,
             endpoint=endpoint,
@@ -67,10 +73,12 @@ class Relay:
             payload=orjson.loads(body),
         )
         reply = await self._bus.submit(envelope, body)
+        draft = draft or AuditDraft(request_id, endpoint.value, created_ms)  # unaudited caller
+        draft.envelope, draft.enqueued_ms = envelope, int(time.time() * 1000)
         try:
             if stream:
-                return await self._stream(request, reply)
-            return await self._complete(request, reply)
+                return await self._stream(request, reply, draft)
+            return await self._complete(request, reply, draft)
         except BaseException:
             await reply.close()
             raise
@@ -94,11 +102,13 @@ class Relay:
             return min(value, self._settings.max_timeout_s)
         return self._settings.default_timeout_s
 
-    async def _complete(self, request: Request, reply: ReplyStream) -> Response:
+    async def _complete(self, request: Request, reply: ReplyStream, draft: AuditDraft) -> Response:
         try:
             with _interrupt_on_disconnect(request.receive, reply):
-                _, body = await _await_final(reply)
+                draft.final, body = await _await_final(reply)
+            draft.body, draft.start = body, reply.start
         except Interrupted:
+            draft.cancelled, draft.start = True, reply.start
             await reply.cancel()
             return Response(status_code=499)  # nobody reads it: the client has gone
         except ModelbusError:
@@ -108,7 +118,7 @@ class Relay:
             await reply.close()
         return Response(body, media_type="application/json", headers=_headers(reply))
 
-    async def _stream(self, request: Request, reply: ReplyStream) -> Response:
+    async def _stream(self, request: Request, reply: ReplyStream, draft: AuditDraft) -> Response:
         # Wait briefly for the first token, so the headers can name the worker and an early failure
         # (bad request, backend down) is still an HTTP status; a longer wait continues inside the
         # event stream with keep-alive comments.
@@ -116,6 +126,7 @@ class Relay:
             with _interrupt_on_disconnect(request.receive, reply):
                 first = await _first_output(reply, self._settings.sse_keepalive_s)
         except Interrupted:
+            draft.cancelled = True
             await reply.cancel()
             await reply.close()
             return Response(status_code=499)
@@ -123,9 +134,17 @@ class Relay:
             await reply.cancel()
             await reply.close()
             raise
-        return EventStreamResponse(self._events(reply, first), _headers(reply), reply.cancel)
+        draft.start = reply.start
 
-    async def _events(self, reply: ReplyStream, first: list[tuple[Frame, bytes]]) -> AsyncIterator[bytes]:
+        async def client_left() -> None:
+            draft.cancelled = True
+            await reply.cancel()
+
+        return EventStreamResponse(self._events(reply, first, draft), _headers(reply), client_left)
+
+    async def _events(
+        self, reply: ReplyStream, first: list[tuple[Frame, bytes]], draft: AuditDraft
+    ) -> AsyncIterator[bytes]:
         pending = first
         try:
             if not pending:
@@ -136,11 +155,15 @@ class Relay:
                 for frame, payload in pending:
                     if isinstance(frame, ChunkFrame):
                         reply.mark_relayed()
-                        out.extend(data_event(line) for line in payload.split(b"\n"))
+                        lines = payload.split(b"\n")
+                        draft.chunks.extend(lines)
+                        out.extend(data_event(line) for line in lines)
                     elif isinstance(frame, FinalFrame):
+                        draft.final = frame
                         out.append(DONE)
                         finished = True
                     elif isinstance(frame, StartFrame):
+                        draft.start = frame
                         out.append(comment(f"worker={frame.worker} queue_ms={frame.queue_ms}"))
                 if out:
                     yield b"".join(out)
@@ -152,6 +175,7 @@ class Relay:
         except ModelbusError as exc:
             await reply.cancel()
             error = from_bus_error(exc)
+            draft.error_code, draft.error_message = error.code, error.message
             yield error_event(error_body(error.status, error.message, error.code))
         finally:
             await reply.close()

@@ -1,0 +1,284 @@
+"""Reading and appending audit rows in Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from dispatcher.audit.chain import GENESIS, Problem, row_for, verify
+from schemas.audit import AuditEvent
+
+_COLUMNS = (
+    "seq, received_at, event_id, request_id, kind, endpoint, status, http_status, consumer, key_id, "
+    "model_requested, model_served, version, prompt_hash, finish_reason, prompt_tokens, "
+    "completion_tokens, latency_ms, trace_id, record, prev_hash, row_hash"
+)
+_INSERT = text(
+    f"INSERT INTO audit_log ({_COLUMNS}) VALUES ("
+    + ", ".join(f":{c.strip()}" for c in _COLUMNS.split(","))
+    + ")"
+)
+
+
+def _month(moment: datetime) -> tuple[datetime, datetime]:
+    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return start, end
+
+
+def partition_name(start: datetime) -> str:
+    return f"audit_log_{start:%Y_%m}"
+
+
+@dataclass
+class AuditFilter:
+    model: str | None = None
+    version: str | None = None
+    consumer: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    text: str | None = None
+    limit: int = 100
+
+
+class AuditStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._partitions: set[str] = set()
+
+    async def append(self, events: Sequence[AuditEvent]) -> int:
+        """Append events in one transaction, skipping any already stored; returns rows added.
+
+        The chain head is locked for the transaction, so concurrent sinks append one at a time and
+        the chain stays linear.
+        """
+        async with self._engine.begin() as conn:
+            head = (
+                await conn.execute(text("SELECT seq, hash FROM audit_chain_head WHERE id = 1 FOR UPDATE"))
+            ).one()
+            ids = list({e.event_id for e in events})
+            stored = await conn.execute(
+                text("SELECT event_id FROM audit_log WHERE event_id = ANY(:ids)"), {"ids": ids}
+            )
+            seen = {row[0] for row in stored}
+            seq, prev = int(head.seq), str(head.hash)
+            rows = []
+            for event in events:
+                if event.event_id in seen:
+                    continue  # redelivered: one row per event id
+                seen.add(event.event_id)
+                seq += 1
+                row = row_for(event, seq, prev)
+                prev = row["row_hash"]
+                rows.append(row)
+            if not rows:
+                return 0
+            for moment in {row["received_at"] for row in rows}:
+                await self._ensure_partition(conn, moment)
+            await conn.execute(_INSERT, rows)
+            await conn.execute(
+                text("UPDATE audit_chain_head SET seq = :seq, hash = :hash WHERE id = 1"),
+                {"seq": seq, "hash": prev},
+            )
+            return len(rows)
+
+    async def _ensure_partition(self, conn: AsyncConnection, moment: datetime) -> None:
+        start, end = _month(moment)
+        name = partition_name(start)
+        if name in self._partitions:
+            return
+        await conn.execute(
+            text(
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit_log "
+                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+            )
+        )
+        self._partitions.add(name)
+
+    async def rows(self, batch: int = 5000) -> AsyncIterator[dict[str, Any]]:
+        """All rows in chain order, read in pages (keyset pagination on seq)."""
+        after = -1
+        async with self._engine.connect() as conn:
+            while True:
+                result = await conn.execute(
+                    text(f"SELECT {_COLUMNS} FROM audit_log WHERE seq > :after ORDER BY seq LIMIT :n"),
+                    {"after": after, "n": batch},
+                )
+                page = [dict(row._mapping) for row in result]
+                if not page:
+                    return
+                for row in page:
+                    yield row
+                after = page[-1]["seq"]
+
+    async def verify(self) -> tuple[int, list[Problem]]:
+        """Check the whole chain; returns (rows checked, problems)."""
+        async with self._engine.connect() as conn:
+            anchor_row = (
+                await conn.execute(
+                    text(
+                        "SELECT last_seq, last_hash FROM audit_retention WHERE last_seq IS NOT NULL "
+                        "ORDER BY last_seq DESC LIMIT 1"
+                    )
+                )
+            ).first()
+        anchor = (int(anchor_row.last_seq), str(anchor_row.last_hash)) if anchor_row else (0, GENESIS)
+        rows = [row async for row in self.rows()]
+        return len(rows), verify(rows, anchor)
+
+    async def query(self, where: AuditFilter) -> list[dict[str, Any]]:
+        clauses: list[str] = ["TRUE"]
+        params: dict[str, Any] = {"limit": where.limit}
+        for column, value in (
+            ("model_served", where.model),
+            ("version", where.version),
+            ("consumer", where.consumer),
+            ("status", where.status),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = :{column}")
+                params[column] = value
+        if where.since is not None:
+            clauses.append("received_at >= :since")
+            params["since"] = where.since
+        if where.until is not None:
+            clauses.append("received_at < :until")
+            params["until"] = where.until
+        if where.text:
+            clauses.append("record ILIKE :pattern")
+            params["pattern"] = (
+                "%" + where.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            )
+        sql = (
+            f"SELECT seq, record FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT :limit"
+        )
+        async with self._engine.connect() as conn:
+            result = await conn.execute(text(sql), params)
+            return [orjson.loads(row.record) for row in result]
+
+    async def compare_versions(self, model: str, old: str, new: str, limit: int = 50) -> dict[str, Any]:
+        """Outputs side by side for prompts seen on both versions, plus per-version aggregates."""
+        async with self._engine.connect() as conn:
+            aggregates = await conn.execute(
+                text(
+                    "SELECT version, count(*) AS requests, "
+                    "avg(completion_tokens) AS avg_completion_tokens, avg(prompt_tokens) AS avg_prompt_tokens, "
+                    "avg(length((record::jsonb)->>'output')) AS avg_output_chars, "
+                    "percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_latency_ms, "
+                    "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_latency_ms, "
+                    "avg(CASE WHEN status = 'served' THEN 0 ELSE 1 END) AS error_rate "
+                    "FROM audit_log WHERE model_served = :model AND version IN (:old, :new) GROUP BY version"
+                ),
+                {"model": model, "old": old, "new": new},
+            )
+            finish = await conn.execute(
+                text(
+                    "SELECT version, COALESCE(finish_reason, 'none') AS reason, count(*) AS n FROM audit_log "
+                    "WHERE model_served = :model AND version IN (:old, :new) GROUP BY 1, 2"
+                ),
+                {"model": model, "old": old, "new": new},
+            )
+            pairs = await conn.execute(
+                text(
+                    "SELECT a.prompt_hash, a.record AS old_record, b.record AS new_record FROM "
+                    "(SELECT DISTINCT ON (prompt_hash) prompt_hash, record FROM audit_log "
+                    " WHERE model_served = :model AND version = :old AND status = 'served' "
+                    " ORDER BY prompt_hash, seq DESC) a "
+                    "JOIN (SELECT DISTINCT ON (prompt_hash) prompt_hash, record FROM audit_log "
+                    " WHERE model_served = :model AND version = :new AND status = 'served' "
+                    " ORDER BY prompt_hash, seq DESC) b USING (prompt_hash) LIMIT :limit"
+                ),
+                {"model": model, "old": old, "new": new, "limit": limit},
+            )
+            per_version: dict[str, dict[str, Any]] = {}
+            for row in aggregates:
+                values = dict(row._mapping)
+                per_version[str(values.pop("version"))] = {k: _number(v) for k, v in values.items()}
+            for row in finish:
+                per_version.setdefault(row.version, {}).setdefault("finish_reasons", {})[row.reason] = row.n
+            side_by_side = []
+            for row in pairs:
+                old_record, new_record = orjson.loads(row.old_record), orjson.loads(row.new_record)
+                side_by_side.append(
+                    {
+                        "prompt_hash": row.prompt_hash,
+                        "input": old_record.get("input"),
+                        old: old_record.get("output"),
+                        new: new_record.get("output"),
+                    }
+                )
+        return {"model": model, "versions": per_version, "pairs": side_by_side}
+
+    async def remove_partitions_before(self, cutoff: datetime) -> list[dict[str, Any]]:
+        """Retention: drop whole monthly partitions that end before `cutoff`, recording each.
+
+        Rows are never deleted one by one (the trigger forbids it); a partition is detached and
+        dropped, and its row count, sequence range and last hash go to `audit_retention` first, so
+        `verify` can still check the chain from the first remaining row.
+        """
+        removed = []
+        async with self._engine.begin() as conn:
+            await conn.execute(text("LOCK TABLE audit_chain_head IN EXCLUSIVE MODE"))
+            parts = await conn.execute(
+                text(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'audit_log' ORDER BY c.relname"
+                )
+            )
+            for (name,) in parts:
+                start = datetime.strptime(name, "audit_log_%Y_%m").replace(tzinfo=UTC)
+                _, end = _month(start)
+                if end > cutoff:
+                    continue
+                stats = (
+                    await conn.execute(
+                        text(f"SELECT count(*) AS n, min(seq) AS first, max(seq) AS last FROM {name}")
+                    )
+                ).one()
+                last_hash = None
+                if stats.last is not None:
+                    last_hash = (
+                        await conn.execute(
+                            text(f"SELECT row_hash FROM {name} WHERE seq = :s"), {"s": stats.last}
+                        )
+                    ).scalar_one()
+                entry = {
+                    "partition": name,
+                    "range_from": start,
+                    "range_to": end,
+                    "rows": stats.n,
+                    "first_seq": stats.first,
+                    "last_seq": stats.last,
+                    "last_hash": last_hash,
+                }
+                await conn.execute(
+                    text(
+                        "INSERT INTO audit_retention (partition, range_from, range_to, rows, first_seq, last_seq, "
+                        "last_hash) VALUES (:partition, :range_from, :range_to, :rows, :first_seq, :last_seq, "
+                        ":last_hash)"
+                    ),
+                    entry,
+                )
+                await conn.execute(text(f"ALTER TABLE audit_log DETACH PARTITION {name}"))
+                await conn.execute(text(f"DROP TABLE {name}"))
+                self._partitions.discard(name)
+                removed.append(entry)
+        return removed
+
+
+def _number(value: Any) -> Any:
+    try:
+        return float(value) if value is not None and not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        return value

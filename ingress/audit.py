@@ -1,0 +1,162 @@
+"""One audit event per inference request, whatever became of it, emitted after the response is sent.
+
+`AuditMiddleware` opens a draft for every inference call; authentication, the relay and the error
+handlers fill it in as the request goes; when the response (or the event stream) has been sent,
+the draft becomes an `AuditEvent` for the audit stream. Keys and tokens never enter the draft.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dispatcher.audit.publisher import AuditPublisher
+from schemas.audit import AuditEvent, AuditStatus
+from schemas.envelope import FinalFrame, RequestEnvelope, StartFrame
+
+_AUDITED = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+
+
+@dataclass
+class AuditDraft:
+    request_id: str
+    endpoint: str
+    received_ms: int
+    consumer: str | None = None
+    key_id: str | None = None
+    model_requested: str | None = None
+    envelope: RequestEnvelope | None = None
+    enqueued_ms: int | None = None
+    start: StartFrame | None = None
+    final: FinalFrame | None = None
+    body: bytes | None = None  # a non-streaming answer as delivered
+    chunks: list[bytes] = field(default_factory=list)  # a streamed answer as delivered
+    error_code: str | None = None
+    error_message: str | None = None
+    cancelled: bool = False
+
+
+def draft_of(request: Request) -> AuditDraft | None:
+    draft: AuditDraft | None = request.scope.get("state", {}).get("audit")
+    return draft
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = _AUDITED.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if endpoint is None or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        draft = AuditDraft(uuid.uuid4().hex, endpoint, int(time.time() * 1000))
+        scope.setdefault("state", {})["audit"] = draft
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            publisher: AuditPublisher | None = getattr(scope["app"].state, "audit", None)
+            if publisher is not None:
+                publisher.emit(build_event(draft, status))
+
+
+def _prompt(payload: dict[str, Any]) -> Any:
+    for key in ("messages", "prompt", "input"):
+        if key in payload:
+            return payload[key]
+    return None
+
+
+def _output(draft: AuditDraft) -> Any:
+    if draft.body is not None:
+        body = orjson.loads(draft.body)
+        if draft.endpoint == "embeddings":
+            # Vectors are large and not what anyone asks of an audit trail; keep their shape.
+            data = body.get("data") or []
+            dims = len(data[0].get("embedding") or []) if data and isinstance(data[0], dict) else 0
+            return {"embeddings": len(data), "dimensions": dims}
+        return body
+    if draft.chunks:
+        parts: list[str] = []
+        for line in draft.chunks:
+            chunk = orjson.loads(line)
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                parts.append(delta.get("content") or choice.get("text") or "")
+        return {"text": "".join(parts), "chunks": len(draft.chunks)}
+    return None
+
+
+def _status(draft: AuditDraft, http_status: int) -> AuditStatus:
+    if draft.cancelled or http_status == 499:
+        return AuditStatus.CANCELLED
+    if draft.envelope is None and http_status >= 400:
+        return AuditStatus.REJECTED
+    if http_status >= 400 or draft.error_code is not None:
+        return AuditStatus.FAILED
+    return AuditStatus.SERVED
+
+
+def build_event(draft: AuditDraft, http_status: int) -> AuditEvent:
+    envelope, final, start = draft.envelope, draft.final, draft.start
+    prompt = _prompt(envelope.payload) if envelope else None
+    usage = final.usage if final else None
+    timings = final.timings if final else None
+    return AuditEvent(
+        event_id=draft.request_id,
+        request_id=draft.request_id,
+        kind="sync",
+        endpoint=draft.endpoint,
+        status=_status(draft, http_status),
+        http_status=http_status,
+        error_code=draft.error_code,
+        error_message=draft.error_message,
+        consumer=draft.consumer,
+        key_id=draft.key_id,
+        model_requested=draft.model_requested,
+        model_served=envelope.target if envelope else None,
+        version=start.version if start else None,
+        worker=start.worker if start else None,
+        backend=start.backend if start else None,
+        input=envelope.payload if envelope else None,
+        output=_output(draft),
+        prompt_hash=(
+            hashlib.sha256(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            if prompt is not None
+            else None
+        ),
+        finish_reason=final.finish_reason if final else None,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        total_tokens=usage.total_tokens if usage else None,
+        received_ms=draft.received_ms,
+        enqueued_ms=draft.enqueued_ms,
+        picked_up_ms=timings.picked_up_ms if timings else None,
+        first_token_ms=timings.first_token_ms if timings else None,
+        finished_ms=int(time.time() * 1000),
+        trace_id=_trace_id(envelope.traceparent if envelope else None),
+    )
+
+
+def _trace_id(traceparent: str | None) -> str | None:
+    parts = (traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
