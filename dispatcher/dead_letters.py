@@ -8,7 +8,6 @@ once with an error frame instead of leaving it to wait for its deadline.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import orjson
@@ -17,12 +16,8 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.reply_stream import encode_frame
-from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
-from dispatcher.topology import ensure_consumer, ensure_streams
-from schemas.config import ModelbusConfig
 from schemas.envelope import ErrorCode, ErrorFrame, RequestEnvelope
 
 log = logging.getLogger(__name__)
@@ -83,18 +78,3 @@ class DeadLetterer:
                 retryable=False,
             )
             await self._nc.publish(envelope.reply_to, encode_frame(frame))
-
-
-async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: asyncio.Event) -> None:
-    subjects = Subjects(settings.namespace)
-    nc = await connect(settings, name="modelbus-dispatcher")
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js, subjects, settings, nc.max_payload, supports_msg_ttl(nc))
-        for model in config.models:
-            await ensure_consumer(js, subjects, settings, model.name)
-        await DeadLetterer(nc, subjects).start()
-        log.info("dispatcher running (namespace %s)", settings.namespace)
-        await stop.wait()
-    finally:
-        await nc.drain()

@@ -145,7 +145,7 @@ def dispatcher(log_level: Annotated[str, typer.Option()] = "info") -> None:
     """Run the dispatcher: keeps the topology in place and dead-letters exhausted requests."""
     import uvloop
 
-    from dispatcher.dead_letters import run_dispatcher
+    from dispatcher.service import run_dispatcher
     from dispatcher.settings import BusSettings
 
     _logging(log_level)

