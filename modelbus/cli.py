@@ -12,10 +12,13 @@ from typing import Annotated
 import typer
 
 from dispatcher.config_file import ConfigError, load_config
+from modelbus.audit_cli import audit_app, db_app
 
 app = typer.Typer(help="Modelbus: an on-premises AI gateway over NATS JetStream.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.add_typer(db_app, name="db")
 
 
 def _logging(level: str) -> None:
@@ -34,7 +37,8 @@ def up(
     config: Annotated[Path | None, typer.Option(help="config file; default: two simulated models")] = None,
     data_dir: Annotated[Path, typer.Option(help="where embedded NATS keeps its data")] = Path(".modelbus"),
 ) -> None:
-    """Start the whole stack: embedded NATS (unless MODELBUS_NATS_URL is set), workers, ingress."""
+    """Start the whole stack: embedded NATS and Postgres (unless MODELBUS_NATS_URL / MODELBUS_DATABASE_URL
+    are set), the dispatcher, workers and the ingress."""
     from modelbus.stack import Stack
 
     stack = Stack(
@@ -53,11 +57,12 @@ def up(
     signal.signal(signal.SIGTERM, on_signal)
     try:
         nats_url = stack.start_nats()
-        stack.launch(cfg, config_path, nats_url)
+        database_url = stack.start_database()
+        stack.launch(cfg, config_path, nats_url, database_url)
         if not stack.wait_ready():
             raise _fail(f"the ingress did not become ready; see {data_dir / 'logs'}")
         base = f"http://{host}:{port}/v1"
-        typer.echo(f"Modelbus is up.\n  base URL: {base}\n  NATS:     {nats_url}")
+        typer.echo(f"Modelbus is up.\n  base URL: {base}\n  NATS:     {nats_url}\n  database: {database_url}")
         typer.echo(f"  models:   {', '.join(m.name for m in cfg.models) or '(none)'}")
         if key:
             typer.echo(f"  API key:  {key}")

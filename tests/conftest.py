@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy.engine import URL, make_url
 
 from dispatcher.db.migrate import upgrade
-
 from modelbus.embedded_nats import NatsServer, single_server
 from tests.servers import Cluster
 

@@ -119,7 +119,12 @@ async def test_version_comparison_pairs_outputs_by_prompt(store: AuditStore) -> 
     )
     report = await store.compare_versions("m", "v1", "v2")
     assert report["pairs"] == [
-        {"prompt_hash": "same", "input": _event(1).input, "v1": {"text": "old answer"}, "v2": {"text": "new answer"}}
+        {
+            "prompt_hash": "same",
+            "input": _event(1).input,
+            "v1": {"text": "old answer"},
+            "v2": {"text": "new answer"},
+        }
     ]
     assert report["versions"]["v1"]["requests"] == 1
     assert report["versions"]["v2"]["requests"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 import openai
 import pytest
@@ -30,6 +32,17 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _audit_rows(url: str) -> list[dict[str, object]]:
+    async def fetch() -> list[dict[str, object]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [dict(r) for r in await conn.fetch("SELECT consumer, status FROM audit_log")]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -41,8 +54,8 @@ def _alive(pid: int) -> bool:
 def test_up_serves_both_demo_models_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "MODELBUS_DEV_KEY": "mb-up-test-key"}
-    env.pop("MODELBUS_NATS_URL", None)
-    env.pop("MODELBUS_CONFIG", None)
+    for name in ("MODELBUS_NATS_URL", "MODELBUS_CONFIG", "MODELBUS_DATABASE_URL"):
+        env.pop(name, None)
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     up = subprocess.Popen(
         [
@@ -74,7 +87,15 @@ def test_up_serves_both_demo_models_and_stops_cleanly(tmp_path: Path) -> None:
         assert chat.choices[0].message.content
         assert len(client.embeddings.create(model="demo-embed", input="hi").data[0].embedding) == 384
         children = _children(up.pid)
-        assert len(children) == 4  # nats-server, two workers, ingress
+        assert len(children) == 5  # nats-server, dispatcher, two workers, ingress
+        # The embedded Postgres holds the audit trail: both inference calls above arrive there.
+        database = next(
+            line.split("database:", 1)[1].strip()
+            for line in (tmp_path / "up.log").read_text().splitlines()
+            if "database:" in line
+        )
+        wait_until(lambda: len(_audit_rows(database)) == 2, 30, "audit rows did not reach Postgres")
+        assert {row["consumer"] for row in _audit_rows(database)} == {"dev"}
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(60)

@@ -1,0 +1,111 @@
+"""`modelbus audit …` and `modelbus db …`: the audit ledger from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from dispatcher.audit.store import AuditFilter, AuditStore
+from dispatcher.db.engine import create_engine
+from dispatcher.db.migrate import upgrade
+from dispatcher.settings import BusSettings
+
+audit_app = typer.Typer(help="Query and verify the audit trail.", no_args_is_help=True)
+db_app = typer.Typer(help="The database.", no_args_is_help=True)
+T = TypeVar("T")
+
+
+def _database_url() -> str:
+    url = BusSettings().database_url
+    if not url:
+        typer.secho("modelbus: set MODELBUS_DATABASE_URL (postgresql://…)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    return url
+
+
+def _with_store(work: Callable[[AuditStore], Awaitable[T]]) -> T:
+    async def main() -> T:
+        engine = create_engine(_database_url(), pool_size=1)
+        try:
+            return await work(AuditStore(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def _when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _print(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply schema migrations (also done by the dispatcher at start-up)."""
+    upgrade(_database_url())
+    typer.echo("database schema is up to date")
+
+
+@audit_app.command("query")
+def audit_query(
+    model: Annotated[str | None, typer.Option(help="model served")] = None,
+    version: Annotated[str | None, typer.Option()] = None,
+    consumer: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[str | None, typer.Option(help="served | failed | rejected | cancelled")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO date or time, UTC if no zone")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO date or time (exclusive)")] = None,
+    on: Annotated[str | None, typer.Option(help="one whole day, e.g. 2026-11-24")] = None,
+    text: Annotated[str | None, typer.Option(help="substring anywhere in the record")] = None,
+    limit: Annotated[int, typer.Option()] = 100,
+) -> None:
+    """Audit records, newest first, as JSON. E.g. what model X told consumer Y on day Z."""
+    start, end = _when(since), _when(until)
+    if on is not None:
+        start = _when(on)
+        assert start is not None
+        end = start + timedelta(days=1)
+    where = AuditFilter(model, version, consumer, status, start, end, text, limit)
+    _print(_with_store(lambda store: store.query(where)))
+
+
+@audit_app.command("compare")
+def audit_compare(
+    model: Annotated[str, typer.Option()],
+    old: Annotated[str, typer.Option(help="the earlier version")],
+    new: Annotated[str, typer.Option(help="the later version")],
+    limit: Annotated[int, typer.Option(help="prompt pairs to show")] = 50,
+) -> None:
+    """How a model's output changed between two versions: paired outputs and aggregates."""
+    _print(_with_store(lambda store: store.compare_versions(model, old, new, limit)))
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; exits 1 and lists each edited, removed or reordered row."""
+    checked, problems = _with_store(lambda store: store.verify())
+    for problem in problems:
+        typer.secho(str(problem), fg=typer.colors.RED)
+    typer.echo(f"{checked} rows checked, {len(problems)} problems")
+    if problems:
+        raise typer.Exit(1)
+
+
+@audit_app.command("retention")
+def audit_retention(
+    keep_days: Annotated[int, typer.Option(help="keep at least this many days")] = 365,
+) -> None:
+    """Drop whole monthly partitions older than the retention period, recording each removal."""
+    cutoff = datetime.now(UTC) - timedelta(days=keep_days)
+    removed = _with_store(lambda store: store.remove_partitions_before(cutoff))
+    _print(removed)
