@@ -69,6 +69,11 @@ class AuditMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # Every answer, errors included, names the request: it is the audit row's key.
+                headers = list(message.get("headers", []))
+                if not any(name == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", draft.request_id.encode()))
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:

@@ -125,6 +125,14 @@ class Cluster:
             wait_until(lambda: "serving" in proc.log(), 30, f"worker did not start:\n{proc.log()}", proc)
         return proc
 
+    def dispatcher(self, config_path: Path, database_url: str, **extra: str) -> Proc:
+        env = self.env(config_path, MODELBUS_DATABASE_URL=database_url, **extra)
+        proc = self.spawn("dispatcher", ["dispatcher"], env)
+        wait_until(
+            lambda: "dispatcher running" in proc.log(), 30, f"dispatcher did not start:\n{proc.log()}", proc
+        )
+        return proc
+
     def simulator(self, *options: str) -> tuple[str, Proc]:
         port = free_port()
         proc = self.spawn(f"simulator-{port}", ["simulator", "--port", str(port), *options], self.env())
