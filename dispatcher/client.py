@@ -211,10 +211,23 @@ class BusClient:
     async def submit(self, envelope: RequestEnvelope, raw_payload: bytes | None = None) -> ReplyStream:
         """Persist the request in JetStream and return its reply stream.
 
-        The reply route exists before the publish, so no frame can arrive unrouted. Publishes are
-        retried with the same `Nats-Msg-Id` (the request id), so a retry after a lost PubAck is
-        deduplicated by the stream rather than queued twice. `raw_payload`, the payload as JSON
-        the client sent it, saves serializing it a second time.
+        The reply route exists before the publish, so no frame can arrive unrouted.
+        """
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._routes[envelope.id] = queue
+        try:
+            await self.enqueue(envelope, raw_payload)
+        except BaseException:
+            self.inbox_close(envelope.id)
+            raise
+        return ReplyStream(self, envelope, queue)
+
+    async def enqueue(self, envelope: RequestEnvelope, raw_payload: bytes | None = None) -> None:
+        """Persist the request in JetStream; its replies go wherever `envelope.reply_to` says.
+
+        Publishes are retried with the same `Nats-Msg-Id` (the request id), so a retry after a lost
+        PubAck is deduplicated by the stream rather than queued twice. `raw_payload`, the payload
+        as JSON the client sent it, saves serializing it a second time.
         """
         if raw_payload is None:
             data = envelope.model_dump_json().encode()
@@ -225,8 +238,6 @@ class BusClient:
             raise RequestTooLarge(
                 f"request of {len(data)} bytes exceeds the bus limit of {self.max_payload} bytes"
             )
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._routes[envelope.id] = queue
         headers = {"Nats-Msg-Id": envelope.id}
         ttl_s = max(1, (envelope.deadline_ms - envelope.created_ms + 999) // 1000)
         if self._msg_ttl:
@@ -242,14 +253,8 @@ class BusClient:
                 with attempt:
                     await self._js.publish(subject, data, timeout=2.0, headers=headers)
         except APIError as exc:
-            self.inbox_close(envelope.id)
             if exc.err_code in _STREAM_FULL:
                 raise QueueFull("the request queue is full") from exc
             raise BusUnavailable(f"JetStream refused the request: {exc.description}") from exc
         except (TimeoutError, NatsTimeoutError, NoRespondersError, ConnectionError) as exc:
-            self.inbox_close(envelope.id)
             raise BusUnavailable("JetStream did not confirm the request in time") from exc
-        except BaseException:
-            self.inbox_close(envelope.id)
-            raise
-        return ReplyStream(self, envelope, queue)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.audit.sink import AuditSink
 from dispatcher.audit.store import AuditStore
 from dispatcher.connection import connect, supports_msg_ttl
@@ -14,7 +15,10 @@ from dispatcher.db.migrate import upgrade_async
 from dispatcher.dead_letters import DeadLetterer
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
-from dispatcher.topology import ensure_consumer, ensure_streams
+from dispatcher.tasks.collector import TaskCollector
+from dispatcher.tasks.store import TaskStore
+from dispatcher.tasks.webhooks import WebhookSender
+from dispatcher.topology import ensure_consumer, ensure_streams, ensure_task_bucket
 from schemas.config import ModelbusConfig
 
 log = logging.getLogger(__name__)
@@ -24,6 +28,8 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
     subjects = Subjects(settings.namespace)
     nc = await connect(settings, name="modelbus-dispatcher")
     engine = None
+    audit: AuditPublisher | None = None
+    webhooks: WebhookSender | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
         js = nc.jetstream()
@@ -38,12 +44,22 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
             tasks.append(asyncio.create_task(sink.run(stop)))
         else:
             log.warning("no MODELBUS_DATABASE_URL: audit events stay queued in JetStream")
+        audit = AuditPublisher(js, subjects, "dispatcher")
+        webhooks = WebhookSender(settings.webhook_secret)
+        task_store = TaskStore(await ensure_task_bucket(js, subjects, settings), engine)
+        collector = TaskCollector(nc, subjects, task_store, audit, webhooks)
+        tasks.append(asyncio.create_task(audit.run()))
+        tasks.append(asyncio.create_task(collector.run(stop)))
         log.info("dispatcher running (namespace %s)", settings.namespace)
         await stop.wait()
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if audit is not None:
+            await audit.flush(timeout=5.0)
+        if webhooks is not None:
+            await webhooks.aclose()
         if engine is not None:
             await engine.dispose()
         await nc.drain()

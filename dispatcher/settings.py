@@ -38,10 +38,14 @@ class BusSettings(BaseSettings):
     request_stream_max_bytes: int = Field(default=1 << 30, gt=0)
     request_stream_max_msgs: int = Field(default=1_000_000, gt=0)
     duplicate_window_s: float = Field(default=120.0, gt=0)
-    audit_stream_max_bytes: int = Field(default=10 << 30, gt=0)
+    # JetStream reserves each stream's max_bytes from its storage budget up front; size them so.
+    audit_stream_max_bytes: int = Field(default=2 << 30, gt=0)
+    dead_letter_max_bytes: int = Field(default=256 << 20, gt=0)
     database_url: str | None = Field(
         default=None, description="postgresql:// URL of the audit and task database"
     )
+    task_timeout_s: float = Field(default=24 * 3600, gt=0, description="deadline of an async task")
+    webhook_secret: str | None = Field(default=None, description="HMAC key for task webhooks")
     max_ack_pending: int = Field(default=10_000, ge=1, description="in flight per model, all workers")
 
     @property

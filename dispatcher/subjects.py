@@ -123,6 +123,25 @@ class Subjects:
 
     audit_sink_consumer = "audit-sink"
 
+    # async tasks -----------------------------------------------------------------------------
+    @property
+    def task_reply_stream(self) -> str:
+        return f"{self.namespace.upper()}_TASK_REPLIES"
+
+    def task_reply(self, task_id: str) -> str:
+        """Workers answer an async task here; the stream keeps the frames for the collector."""
+        return f"{self.namespace}.task.{encode_token(task_id)}"
+
+    @property
+    def all_task_replies(self) -> str:
+        return f"{self.namespace}.task.*"
+
+    @property
+    def task_bucket(self) -> str:
+        return f"{self.namespace}-tasks"
+
+    task_collector_consumer = "task-collector"
+
     # replies and cancellation --------------------------------------------------------------
     def reply_inbox(self, ingress_id: str) -> str:
         """Wildcard one ingress subscribes to once; it then routes frames by request id."""

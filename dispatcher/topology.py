@@ -12,6 +12,7 @@ import logging
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
@@ -51,7 +52,7 @@ def dead_letter_stream_config(subjects: Subjects, settings: BusSettings) -> api.
         retention=api.RetentionPolicy.LIMITS,
         storage=api.StorageType.FILE,
         max_age=_DEAD_LETTER_MAX_AGE_S,
-        max_bytes=settings.request_stream_max_bytes,
+        max_bytes=settings.dead_letter_max_bytes,
         num_replicas=settings.stream_replicas,
     )
 
@@ -102,6 +103,45 @@ def audit_sink_consumer_config(subjects: Subjects) -> api.ConsumerConfig:
     )
 
 
+def task_reply_stream_config(subjects: Subjects, settings: BusSettings) -> api.StreamConfig:
+    """Reply frames of async tasks, kept until the collector has recorded the outcome."""
+    return api.StreamConfig(
+        name=subjects.task_reply_stream,
+        description="Modelbus async task replies",
+        subjects=[subjects.all_task_replies],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        max_age=7 * 24 * 3600,
+        max_bytes=settings.request_stream_max_bytes,
+        num_replicas=settings.stream_replicas,
+    )
+
+
+def task_collector_consumer_config(subjects: Subjects) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        durable_name=subjects.task_collector_consumer,
+        description="records async task outcomes; acks after they are stored",
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=120,
+        max_deliver=-1,
+        max_ack_pending=10_000,
+    )
+
+
+async def ensure_task_bucket(js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> KeyValue:
+    """Task status by id, readable from any ingress; entries expire after a week."""
+    return await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=subjects.task_bucket,
+            description="Modelbus async task status and small results",
+            history=1,
+            ttl=7 * 24 * 3600,
+            storage=api.StorageType.FILE,
+            replicas=settings.stream_replicas,
+        )
+    )
+
+
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     assert config.name is not None
     try:
@@ -126,6 +166,7 @@ async def ensure_streams(
     await _ensure_stream(js, request_stream_config(subjects, settings, max_msg_size, msg_ttl))
     await _ensure_stream(js, dead_letter_stream_config(subjects, settings))
     await _ensure_stream(js, audit_stream_config(subjects, settings))
+    await _ensure_stream(js, task_reply_stream_config(subjects, settings))
 
 
 async def ensure_consumer(

@@ -13,15 +13,18 @@ from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.client import BusClient
 from dispatcher.config_file import load_config
 from dispatcher.connection import connect, supports_msg_ttl
+from dispatcher.db.engine import create_engine
 from dispatcher.subjects import Subjects
-from dispatcher.topology import ensure_consumer, ensure_streams
+from dispatcher.tasks.store import TaskStore
+from dispatcher.topology import ensure_consumer, ensure_streams, ensure_task_bucket
 from ingress.audit import AuditMiddleware
 from ingress.auth import KeyStore
 from ingress.catalog import Catalog
 from ingress.errors import install_error_handlers
 from ingress.relay import Relay
-from ingress.routes import health, inference, models
+from ingress.routes import health, inference, models, tasks
 from ingress.settings import IngressSettings
+from ingress.tasks import TaskIntake
 from schemas.config import ModelbusConfig
 
 log = logging.getLogger(__name__)
@@ -47,10 +50,13 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             publishing = asyncio.create_task(audit.run())
             app.state.audit = audit
             catalog = Catalog(config)
+            engine = create_engine(settings.database_url) if settings.database_url else None
+            task_store = TaskStore(await ensure_task_bucket(js, subjects, settings), engine)
+            app.state.tasks = TaskIntake(bus, task_store, subjects, settings.task_timeout_s)
             app.state.nc = nc
             app.state.catalog = catalog
             app.state.keys = KeyStore(config)
-            app.state.relay = Relay(bus, catalog, settings)
+            app.state.relay = Relay(bus, catalog, settings, app.state.tasks)
             log.info("ingress %s ready with %d models", settings.ingress_id, len(config.models))
             try:
                 yield
@@ -58,6 +64,8 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
                 publishing.cancel()
                 await asyncio.gather(publishing, return_exceptions=True)
                 await audit.flush(timeout=5.0)
+                if engine is not None:
+                    await engine.dispose()
         finally:
             await nc.drain()
 
@@ -66,5 +74,6 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
     app.add_middleware(AuditMiddleware)
     app.include_router(inference.router)
     app.include_router(models.router)
+    app.include_router(tasks.router)
     app.include_router(health.router)
     return app

@@ -25,6 +25,7 @@ _AUDITED = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/tasks": "tasks",
 }
 
 
@@ -45,6 +46,7 @@ class AuditDraft:
     error_code: str | None = None
     error_message: str | None = None
     cancelled: bool = False
+    deferred: bool = False  # an async task: its row is written when the task finishes
 
 
 def draft_of(request: Request) -> AuditDraft | None:
@@ -80,7 +82,7 @@ class AuditMiddleware:
             await self.app(scope, receive, capture)
         finally:
             publisher: AuditPublisher | None = getattr(scope["app"].state, "audit", None)
-            if publisher is not None:
+            if publisher is not None and not (draft.deferred and status == 202):
                 publisher.emit(build_event(draft, status))
 
 

@@ -28,32 +28,44 @@ from ingress.catalog import Catalog
 from ingress.errors import APIError, error_body, from_bus_error
 from ingress.settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
+from ingress.tasks import TaskIntake, wants_async
 from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, RequestEnvelope, StartFrame
+from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 # The openai SDK sends its read timeout; for a non-streaming call that is how long it will wait.
 _SDK_TIMEOUT = "x-stainless-read-timeout"
 
 
+SCHEMAS: dict[Endpoint, type[BaseModel]] = {
+    Endpoint.CHAT: ChatCompletionRequest,
+    Endpoint.COMPLETIONS: CompletionRequest,
+    Endpoint.EMBEDDINGS: EmbeddingRequest,
+}
+
+
 class Relay:
-    def __init__(self, bus: BusClient, catalog: Catalog, settings: IngressSettings) -> None:
+    def __init__(
+        self, bus: BusClient, catalog: Catalog, settings: IngressSettings, tasks: TaskIntake
+    ) -> None:
         self._bus = bus
         self._catalog = catalog
         self._settings = settings
+        self._tasks = tasks
         # Leave room for the envelope around the body inside one NATS message.
         self.max_body = min(settings.max_body_bytes, bus.max_payload - 16 * 1024)
 
-    async def serve(
-        self, request: Request, identity: Identity, endpoint: Endpoint, schema: type[BaseModel]
-    ) -> Response:
+    async def serve(self, request: Request, identity: Identity, endpoint: Endpoint) -> Response:
         draft = draft_of(request)
         if draft is not None:
             draft.consumer, draft.key_id = identity.consumer, identity.key_id
         body = await read_body(request, self.max_body)
-        parsed = parse(schema, body)
+        parsed = parse(SCHEMAS[endpoint], body)
         model_name: str = parsed.model  # type: ignore[attr-defined]  # every schema here has one
         if draft is not None:
             draft.model_requested = model_name
         target = self._catalog.resolve(model_name, endpoint)
+        if wants_async(request):
+            return await self._tasks.accept(request, identity, endpoint, target, orjson.loads(body))
         stream = bool(getattr(parsed, "stream", False))
         created_ms = int(time.time() * 1000)
         request_id = draft.request_id if draft is not None else uuid.uuid4().hex

@@ -30,7 +30,20 @@ FAST_BUS = {
     "MODELBUS_IDLE_TIMEOUT_S": "1.5",
     "MODELBUS_SSE_KEEPALIVE_S": "1",
     "MODELBUS_CONNECT_WAIT_S": "10",
+    # Every test has its own streams on one server, which reserves each stream's max_bytes.
+    "MODELBUS_REQUEST_STREAM_MAX_BYTES": str(32 << 20),
+    "MODELBUS_AUDIT_STREAM_MAX_BYTES": str(32 << 20),
+    "MODELBUS_DEAD_LETTER_MAX_BYTES": str(8 << 20),
 }
+
+
+def small_streams() -> dict[str, int]:
+    """BusSettings keyword arguments that keep in-process tests' streams small."""
+    return {
+        "request_stream_max_bytes": 32 << 20,
+        "audit_stream_max_bytes": 32 << 20,
+        "dead_letter_max_bytes": 8 << 20,
+    }
 
 
 def with_consumers(models: list[ModelConfig]) -> ModelbusConfig:

@@ -8,7 +8,6 @@ from starlette.responses import Response
 from ingress.auth import Caller
 from ingress.relay import Relay
 from schemas.envelope import Endpoint
-from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 router = APIRouter(prefix="/v1")
 
@@ -20,14 +19,14 @@ def _relay(request: Request) -> Relay:
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, identity: Caller) -> Response:
-    return await _relay(request).serve(request, identity, Endpoint.CHAT, ChatCompletionRequest)
+    return await _relay(request).serve(request, identity, Endpoint.CHAT)
 
 
 @router.post("/completions")
 async def completions(request: Request, identity: Caller) -> Response:
-    return await _relay(request).serve(request, identity, Endpoint.COMPLETIONS, CompletionRequest)
+    return await _relay(request).serve(request, identity, Endpoint.COMPLETIONS)
 
 
 @router.post("/embeddings")
 async def embeddings(request: Request, identity: Caller) -> Response:
-    return await _relay(request).serve(request, identity, Endpoint.EMBEDDINGS, EmbeddingRequest)
+    return await _relay(request).serve(request, identity, Endpoint.EMBEDDINGS)

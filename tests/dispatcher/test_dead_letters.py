@@ -21,7 +21,11 @@ from schemas.envelope import Endpoint, ErrorCode, ErrorFrame, RequestEnvelope
 async def test_request_that_exhausts_its_deliveries_is_dead_lettered(nats_server: NatsServer) -> None:
     subjects = Subjects("t" + uuid.uuid4().hex[:10])
     settings = BusSettings(
-        nats_url=nats_server.url, namespace=subjects.namespace, ack_wait_s=0.5, max_deliver=2
+        nats_url=nats_server.url,
+        namespace=subjects.namespace,
+        ack_wait_s=0.5,
+        max_deliver=2,
+        **small_streams(),
     )
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()

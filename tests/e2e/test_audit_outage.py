@@ -37,7 +37,9 @@ class StoppablePostgres:
         self._pg_ctl("-w", "-m", "fast", "stop")
 
     def start(self) -> None:
-        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.pgdata / "log"), "start")
+        self._pg_ctl(
+            "-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.pgdata / "log"), "start"
+        )
 
 
 @pytest.fixture
@@ -60,7 +62,9 @@ def _counts(url: str) -> tuple[int, int]:
 
 
 def test_postgres_outage_loses_no_audit_record(cluster: Cluster, postgres: StoppablePostgres) -> None:
-    config = cluster.write_config(with_consumers([ModelConfig(name="m", backend=SimulatorBackend(ttft_ms=1))]))
+    config = cluster.write_config(
+        with_consumers([ModelConfig(name="m", backend=SimulatorBackend(ttft_ms=1))])
+    )
     cluster.dispatcher(config, postgres.url)
     gateway = cluster.ingress(config)
     cluster.worker("m", config, "w-1")
@@ -70,12 +74,16 @@ def test_postgres_outage_loses_no_audit_record(cluster: Cluster, postgres: Stopp
     async def load() -> None:
         # Spread the requests over the outage and a little before and after it.
         pace = (OUTAGE_S + 10) / REQUESTS
-        async with httpx.AsyncClient(base_url=gateway, timeout=30, headers={"Authorization": f"Bearer {TEST_KEY}"}) as c:
+        async with httpx.AsyncClient(
+            base_url=gateway, timeout=30, headers={"Authorization": f"Bearer {TEST_KEY}"}
+        ) as c:
 
             async def one(n: int) -> None:
                 await asyncio.sleep(n * pace)
-                r = await c.post("/chat/completions", json={"model": "m", "max_tokens": 2,
-                                                            "messages": [{"role": "user", "content": f"n{n}"}]})
+                r = await c.post(
+                    "/chat/completions",
+                    json={"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": f"n{n}"}]},
+                )
                 statuses.append(r.status_code)
                 ids.add(r.headers["x-request-id"])
 

@@ -17,6 +17,7 @@ from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_consumer, ensure_streams
 from modelbus.embedded_nats import NatsServer
+from tests.servers import small_streams
 from workers.pull_loop import CapacityPuller
 
 
@@ -24,7 +25,9 @@ from workers.pull_loop import CapacityPuller
 async def bus(nats_server: NatsServer) -> AsyncIterator[tuple[NATS, Subjects, str]]:
     nc = await nats.connect(nats_server.url)
     subjects = Subjects("t" + uuid.uuid4().hex[:10])
-    settings = BusSettings(nats_url=nats_server.url, namespace=subjects.namespace, ack_wait_s=5)
+    settings = BusSettings(
+        nats_url=nats_server.url, namespace=subjects.namespace, ack_wait_s=5, **small_streams()
+    )
     js = nc.jetstream()
     await ensure_streams(js, subjects, settings, nc.max_payload, msg_ttl=True)
     consumer = await ensure_consumer(js, subjects, settings, "m")

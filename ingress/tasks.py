@@ -1,0 +1,121 @@
+"""Accepting async work: `POST /v1/tasks`, or any inference call with `Prefer: respond-async`.
+
+A task is recorded in the task bucket, then its request is queued like any other with its replies
+addressed to the task stream instead of this ingress; from then on it no longer depends on this
+process. `Idempotency-Key` makes a retried submission return the task it already created.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+
+from dispatcher.client import BusClient
+from dispatcher.subjects import Subjects
+from dispatcher.tasks.store import TaskStore
+from ingress.audit import draft_of
+from ingress.auth import Identity
+from ingress.errors import APIError
+from schemas.config import ModelConfig
+from schemas.envelope import Endpoint, RequestEnvelope
+from schemas.tasks import Task, TaskStatus
+
+_ENDPOINT_NAMES = {
+    Endpoint.CHAT: "chat.completions",
+    Endpoint.COMPLETIONS: "completions",
+    Endpoint.EMBEDDINGS: "embeddings",
+}
+_MAX_IDEMPOTENCY_KEY = 255
+
+
+def wants_async(request: Request) -> bool:
+    prefer = request.headers.get("prefer", "")
+    return any(part.strip().lower() == "respond-async" for part in prefer.split(","))
+
+
+class TaskIntake:
+    def __init__(self, bus: BusClient, store: TaskStore, subjects: Subjects, timeout_s: float) -> None:
+        self._bus = bus
+        self._store = store
+        self._subjects = subjects
+        self._timeout_s = timeout_s
+
+    async def accept(
+        self,
+        request: Request,
+        identity: Identity,
+        endpoint: Endpoint,
+        target: ModelConfig,
+        payload: dict[str, Any],
+        webhook_url: str | None = None,
+    ) -> Response:
+        task_id = "task_" + uuid.uuid4().hex
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            if not key or len(key) > _MAX_IDEMPOTENCY_KEY:
+                raise APIError(400, "Idempotency-Key must be 1 to 255 characters", "invalid_header")
+            claimed = await self._store.claim(identity.consumer, key, task_id)
+            if claimed != task_id:
+                existing = await self._store.get(claimed)
+                if existing is not None:
+                    return _accepted(existing, request, replayed=True)
+        payload = {**payload, "stream": False} if endpoint is not Endpoint.EMBEDDINGS else payload
+        payload.pop("stream_options", None)
+        now_ms = int(time.time() * 1000)
+        task = Task(
+            id=task_id,
+            status=TaskStatus.QUEUED,
+            endpoint=_ENDPOINT_NAMES[endpoint],
+            model=target.name,
+            consumer=identity.consumer,
+            key_id=identity.key_id,
+            created_at=now_ms // 1000,
+            webhook_url=webhook_url,
+            request_id=task_id,
+            deadline_ms=now_ms + int(self._timeout_s * 1000),
+            request=payload,
+        )
+        await self._store.create(task)
+        envelope = RequestEnvelope(
+            id=task_id,
+            endpoint=endpoint,
+            model=str(payload.get("model")),
+            target=target.name,
+            consumer=identity.consumer,
+            key_id=identity.key_id,
+            created_ms=now_ms,
+            deadline_ms=task.deadline_ms,
+            reply_to=self._subjects.task_reply(task_id),
+            traceparent=request.headers.get("traceparent"),
+            payload=payload,
+        )
+        await self._bus.enqueue(envelope, orjson.dumps(payload))
+        draft = draft_of(request)
+        if draft is not None:
+            draft.deferred = True  # the collector writes this task's audit row when it finishes
+        return _accepted(task, request, replayed=False)
+
+    async def status(self, task_id: str, identity: Identity) -> Task:
+        task = await self._store.get(task_id) if task_id.startswith("task_") else None
+        if task is None or task.consumer != identity.consumer:
+            # Someone else's task is indistinguishable from none at all.
+            raise APIError(404, f"no task {task_id!r}", "task_not_found", "task_id")
+        if task.status in (TaskStatus.QUEUED, TaskStatus.RUNNING) and time.time() * 1000 > task.deadline_ms:
+            task.status = TaskStatus.FAILED
+        return task
+
+
+def _accepted(task: Task, request: Request, replayed: bool) -> Response:
+    headers = {"Location": f"/v1/tasks/{task.id}"}
+    if wants_async(request):
+        headers["Preference-Applied"] = "respond-async"
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(
+        orjson.dumps(task.public()), status_code=202, media_type="application/json", headers=headers
+    )

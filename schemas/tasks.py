@@ -1,0 +1,72 @@
+"""Async tasks: any inference call, accepted now (202) and answered later (GET or webhook)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, HttpUrl
+
+from schemas.envelope import Endpoint
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Webhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+
+
+class TaskCreate(BaseModel):
+    """Body of `POST /v1/tasks`: which endpoint, and the body that endpoint would take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: Literal["chat.completions", "completions", "embeddings"]
+    body: dict[str, Any]
+    webhook: Webhook | None = None
+
+    def bus_endpoint(self) -> Endpoint:
+        return {
+            "chat.completions": Endpoint.CHAT,
+            "completions": Endpoint.COMPLETIONS,
+            "embeddings": Endpoint.EMBEDDINGS,
+        }[self.endpoint]
+
+
+class TaskError(BaseModel):
+    code: str
+    message: str
+    status: int
+
+
+class Task(BaseModel):
+    """What `GET /v1/tasks/{id}` returns, and what the KV bucket and the tasks table hold."""
+
+    id: str
+    object: Literal["task"] = "task"
+    status: TaskStatus
+    endpoint: str
+    model: str
+    consumer: str  # the owner; only the owner may read the task
+    key_id: str | None = None
+    created_at: int  # epoch seconds, as OpenAI objects do
+    started_at: int | None = None
+    completed_at: int | None = None
+    worker: str | None = None
+    result: dict[str, Any] | None = None
+    error: TaskError | None = None
+    webhook_url: str | None = None
+    request_id: str
+    deadline_ms: int
+    request: dict[str, Any] | None = None  # the body as sent, for the audit record
+
+    def public(self) -> dict[str, Any]:
+        """The API view: internal fields stay inside."""
+        return self.model_dump(mode="json", exclude={"consumer", "key_id", "request", "deadline_ms"})
