@@ -16,6 +16,7 @@ from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_consumer, ensure_streams
 from modelbus.embedded_nats import NatsServer
 from schemas.envelope import Endpoint, ErrorCode, ErrorFrame, RequestEnvelope
+from tests.servers import small_streams
 
 
 async def test_request_that_exhausts_its_deliveries_is_dead_lettered(nats_server: NatsServer) -> None:
