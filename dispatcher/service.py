@@ -9,6 +9,7 @@ import logging
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.audit.sink import AuditSink
 from dispatcher.audit.store import AuditStore
+from dispatcher.batches import BatchStore
 from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.db.engine import create_engine
 from dispatcher.db.migrate import upgrade_async
@@ -20,6 +21,7 @@ from dispatcher.tasks.store import TaskStore
 from dispatcher.tasks.webhooks import WebhookSender
 from dispatcher.topology import ensure_consumer, ensure_streams, ensure_task_bucket
 from schemas.config import ModelbusConfig
+from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,8 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         js = nc.jetstream()
         await ensure_streams(js, subjects, settings, nc.max_payload, supports_msg_ttl(nc))
         for model in config.models:
-            await ensure_consumer(js, subjects, settings, model.name)
+            for lane in Lane:
+                await ensure_consumer(js, subjects, settings, model.name, lane=lane)
         await DeadLetterer(nc, subjects).start()
         if settings.database_url:
             await upgrade_async(settings.database_url)
@@ -47,7 +50,8 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         audit = AuditPublisher(js, subjects, "dispatcher")
         webhooks = WebhookSender(settings.webhook_secret)
         task_store = TaskStore(await ensure_task_bucket(js, subjects, settings), engine)
-        collector = TaskCollector(nc, subjects, task_store, audit, webhooks)
+        batches = BatchStore(engine) if engine is not None else None
+        collector = TaskCollector(nc, subjects, task_store, audit, webhooks, batches)
         tasks.append(asyncio.create_task(audit.run()))
         tasks.append(asyncio.create_task(collector.run(stop)))
         log.info("dispatcher running (namespace %s)", settings.namespace)

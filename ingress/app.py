@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from dispatcher.audit.publisher import AuditPublisher
+from dispatcher.batches import BatchStore
 from dispatcher.client import BusClient
 from dispatcher.config_file import load_config
 from dispatcher.connection import connect, supports_msg_ttl
@@ -19,13 +20,15 @@ from dispatcher.tasks.store import TaskStore
 from dispatcher.topology import ensure_consumer, ensure_streams, ensure_task_bucket
 from ingress.audit import AuditMiddleware
 from ingress.auth import KeyStore
+from ingress.batches import BatchIntake
 from ingress.catalog import Catalog
 from ingress.errors import install_error_handlers
 from ingress.relay import Relay
-from ingress.routes import health, inference, models, tasks
+from ingress.routes import batches, files, health, inference, models, tasks
 from ingress.settings import IngressSettings
 from ingress.tasks import TaskIntake
 from schemas.config import ModelbusConfig
+from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,8 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             await ensure_streams(js, subjects, settings, nc.max_payload, msg_ttl)
             # Consumers exist before any worker does, so queue depth is visible from the start.
             for model in config.models:
-                await ensure_consumer(js, subjects, settings, model.name)
+                for lane in Lane:
+                    await ensure_consumer(js, subjects, settings, model.name, lane=lane)
             bus = BusClient(nc, subjects, settings, settings.ingress_id, msg_ttl)
             await bus.start()
             audit = AuditPublisher(js, subjects, f"ingress-{settings.ingress_id}")
@@ -57,6 +61,12 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             app.state.catalog = catalog
             app.state.keys = KeyStore(config)
             app.state.relay = Relay(bus, catalog, settings, app.state.tasks)
+            app.state.batches = BatchStore(engine) if engine is not None else None
+            app.state.batch_intake = (
+                BatchIntake(app.state.batches, task_store, bus, catalog, subjects)
+                if engine is not None
+                else None
+            )
             log.info("ingress %s ready with %d models", settings.ingress_id, len(config.models))
             try:
                 yield
@@ -75,5 +85,7 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
     app.include_router(inference.router)
     app.include_router(models.router)
     app.include_router(tasks.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     app.include_router(health.router)
     return app

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 from ingress.errors import APIError
 from schemas.config import ModelbusConfig, ModelConfig
 from schemas.envelope import Endpoint
-from schemas.openai import Model, ModelList
+from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Model, ModelList
+
+SCHEMAS: dict[Endpoint, type[BaseModel]] = {
+    Endpoint.CHAT: ChatCompletionRequest,
+    Endpoint.COMPLETIONS: CompletionRequest,
+    Endpoint.EMBEDDINGS: EmbeddingRequest,
+}
 
 
 class Catalog:

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 
 import orjson
 from fastapi import Request
-from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Receive
 
@@ -24,23 +23,15 @@ from dispatcher.reply_stream import Frame
 from ingress.audit import AuditDraft, draft_of
 from ingress.auth import Identity
 from ingress.body import parse, read_body
-from ingress.catalog import Catalog
+from ingress.catalog import SCHEMAS, Catalog
 from ingress.errors import APIError, error_body, from_bus_error
 from ingress.settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
 from ingress.tasks import TaskIntake, wants_async
 from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, RequestEnvelope, StartFrame
-from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 # The openai SDK sends its read timeout; for a non-streaming call that is how long it will wait.
 _SDK_TIMEOUT = "x-stainless-read-timeout"
-
-
-SCHEMAS: dict[Endpoint, type[BaseModel]] = {
-    Endpoint.CHAT: ChatCompletionRequest,
-    Endpoint.COMPLETIONS: CompletionRequest,
-    Endpoint.EMBEDDINGS: EmbeddingRequest,
-}
 
 
 class Relay:

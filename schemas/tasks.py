@@ -66,6 +66,9 @@ class Task(BaseModel):
     request_id: str
     deadline_ms: int
     request: dict[str, Any] | None = None  # the body as sent, for the audit record
+    batch_id: str | None = None  # set when the task is one line of a batch
+    line: int | None = None
+    custom_id: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The API view: internal fields stay inside."""

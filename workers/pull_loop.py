@@ -12,6 +12,11 @@ status was lost across a reconnect, shortly after it expired on the server.
 
 One request at a time costs no latency: an unfilled request means the queue is empty, so new
 messages go straight to it; a filled one closes at once and the next pull asks for every free slot.
+
+With a batch lane, interactive work always comes first: batch messages are only taken right after
+an interactive pull found nothing (an immediate `no_wait` check, or an expired wait), only up to
+`batch_share` of the capacity, and the interactive queue is checked again before each batch pull.
+The rest of the capacity always stays open to interactive requests.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
 _EXPIRY_GRACE_S = 2.0
+_BATCH_POLL_MIN_S, _BATCH_POLL_MAX_S = 0.05, 2.0
 
 
 class CapacityPuller:
@@ -41,9 +47,22 @@ class CapacityPuller:
         capacity: int,
         handler: Handler,
         pull_expires_s: float = 5.0,
+        batch_consumer: str | None = None,
+        batch_share: float = 0.75,
     ) -> None:
         self._nc = nc
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._batch_subject = (
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{batch_consumer}" if batch_consumer else None
+        )
+        self._batch_limit = max(1, int(capacity * batch_share))
+        self._batch_next = False  # the interactive queue was just found empty
+        self._batch_pending = False  # the last batch pull found work, so there may be more
+        self._batch_poll_s = _BATCH_POLL_MIN_S
+        self._open_is_batch = False
+        self._open_no_wait = False
+        self._open_received = 0
+        self.in_flight_batch = 0
         self.capacity = capacity
         self._handler = handler
         self._expires_s = pull_expires_s
@@ -75,7 +94,7 @@ class CapacityPuller:
                     self._close()
                 free = self.capacity - self.in_flight
                 if self._open is None and free > 0 and now >= self._backoff_until:
-                    await self._pull(free)
+                    await self._pull_next(free)
                 await self._sleep_until_needed()
         finally:
             await sub.unsubscribe()
@@ -85,22 +104,56 @@ class CapacityPuller:
         self._stopping = True
         self._wake.set()
 
-    async def _pull(self, batch: int) -> None:
+    async def _pull_next(self, free: int) -> None:
+        if self._batch_subject is None:
+            await self._pull(self._next_subject, free, self._expires_s)
+            return
+        room = min(free, self._batch_limit - self.in_flight_batch)
+        if self._batch_next and room > 0:
+            await self._pull(self._batch_subject, room, None, batch_lane=True)
+        elif self._batch_pending:
+            await self._pull(self._next_subject, free, None)  # interactive first, without waiting
+        else:
+            await self._pull(self._next_subject, free, self._batch_poll_s)
+
+    async def _pull(
+        self, subject: str, batch: int, expires_s: float | None, batch_lane: bool = False
+    ) -> None:
+        """One pull request; `expires_s=None` asks only for what is there now (`no_wait`)."""
         token = str(next(self._ids))
         self._open = token
         self.owed = batch
-        self._written_off_at = time.monotonic() + self._expires_s + _EXPIRY_GRACE_S
-        request = {"batch": batch, "expires": int(self._expires_s * 1e9)}
+        self._open_is_batch, self._open_no_wait, self._open_received = batch_lane, expires_s is None, 0
+        wait = expires_s if expires_s is not None else 1.0
+        self._written_off_at = time.monotonic() + wait + _EXPIRY_GRACE_S
+        request: dict[str, object] = {"batch": batch}
+        if expires_s is None:
+            request["no_wait"] = True
+        else:
+            request["expires"] = int(expires_s * 1e9)
         try:
-            await self._nc.publish(self._next_subject, orjson.dumps(request), reply=f"{self._inbox}.{token}")
+            await self._nc.publish(subject, orjson.dumps(request), reply=f"{self._inbox}.{token}")
         except Exception as exc:  # noqa: BLE001 - disconnected: retried after a short pause
             log.warning("pull request not sent: %s", exc)
             self._close()
             self._backoff_until = time.monotonic() + 0.5
 
-    def _close(self) -> None:
+    def _close(self, filled: bool = False) -> None:
+        if self._open is not None and self._batch_subject is not None:
+            self._lane_turn(filled)
         self._open = None
         self.owed = 0
+
+    def _lane_turn(self, filled: bool) -> None:
+        """Decide which lane the next pull asks (see the module docstring)."""
+        if self._open_is_batch:
+            self._batch_next = False
+            self._batch_pending = self._open_received > 0
+            grown = min(self._batch_poll_s * 2, _BATCH_POLL_MAX_S)
+            self._batch_poll_s = _BATCH_POLL_MIN_S if self._batch_pending else grown
+        else:
+            # A filled interactive pull means interactive work is waiting: keep serving it.
+            self._batch_next = not filled
 
     async def _sleep_until_needed(self) -> None:
         now = time.monotonic()
@@ -120,18 +173,22 @@ class CapacityPuller:
         if status is not None and not msg.reply:
             self._on_status(token, status, msg.headers or {})
             return
+        batch_lane = self._open_is_batch
         if self._open is not None:
             self.owed -= 1
+            self._open_received += 1
             if self.owed <= 0:
-                self._close()  # filled: the server has closed it too
+                self._close(filled=True)  # the server has closed it too
                 self._wake.set()
         else:
             # Only possible for a request written off while its messages were in transit.
             log.warning("message for a closed pull request; running it anyway")
+        if batch_lane:
+            self.in_flight_batch += 1
         self.in_flight += 1
         self.received += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        task = asyncio.create_task(self._run(msg))
+        task = asyncio.create_task(self._run(msg, batch_lane))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -145,13 +202,15 @@ class CapacityPuller:
             self._backoff_until = time.monotonic() + 0.25
         self._wake.set()
 
-    async def _run(self, msg: Msg) -> None:
+    async def _run(self, msg: Msg, batch_lane: bool) -> None:
         try:
             await self._handler(msg)
         except Exception:
             log.exception("request handler failed")
         finally:
             self.in_flight -= 1
+            if batch_lane:
+                self.in_flight_batch -= 1
             self._wake.set()
 
     async def _finish_tasks(self) -> None:

@@ -72,9 +72,20 @@ class RequestRunner:
             log.error("undecodable request message dropped (stream seq %s)", msg.metadata.sequence.stream)
             await msg.term()
             return
-        if picked_up_ms >= envelope.deadline_ms or self._cancellations.is_cancelled(envelope.id):
-            # Nobody waits for it any more: the ingress has already answered or the client left.
-            log.info("request %s dropped: expired or cancelled before pick-up", envelope.id)
+        expired = picked_up_ms >= envelope.deadline_ms
+        if expired or self._cancellations.is_cancelled(envelope.id):
+            # Not run: the deadline passed or the request was cancelled. Its reply subject still hears
+            # the outcome (a task's record must end); an ingress that stopped waiting ignores it.
+            log.info(
+                "request %s dropped: %s before pick-up", envelope.id, "expired" if expired else "cancelled"
+            )
+            writer = ReplyWriter(self._nc, envelope.reply_to, msg.metadata.num_delivered)
+            if expired:
+                await writer.error(
+                    ErrorCode.DEADLINE_EXCEEDED, "the request deadline passed in the queue", 504, True
+                )
+            else:
+                await writer.error(ErrorCode.CANCELLED, "the request was cancelled", 499, False)
             await msg.term()
             return
         attempt = msg.metadata.num_delivered
@@ -98,6 +109,8 @@ class RequestRunner:
                 raise
             current.uncancel()  # cancelled by the ingress: settle the message and carry on
             log.info("request %s cancelled by the ingress", envelope.id)
+            if not writer.finished:
+                await writer.error(ErrorCode.CANCELLED, "the request was cancelled", 499, False)
             outcome = Outcome.TERM
         finally:
             self._cancellations.untrack(envelope.id)

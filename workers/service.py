@@ -37,11 +37,19 @@ class Worker:
             consumer = await ensure_consumer(
                 js, self.subjects, settings, self.model.name, settings.version, Lane.INTERACTIVE
             )
+            batch_consumer = await ensure_consumer(
+                js, self.subjects, settings, self.model.name, settings.version, Lane.BATCH
+            )
             cancellations = Cancellations(nc, self.subjects)
             await cancellations.start()
             runner = RequestRunner(nc, settings, backend, cancellations)
             self.puller = CapacityPuller(
-                nc, self.subjects.request_stream, consumer, self.capacity, runner.handle
+                nc,
+                self.subjects.request_stream,
+                consumer,
+                self.capacity,
+                runner.handle,
+                batch_consumer=batch_consumer,
             )
             log.info(
                 "worker %s serving %r with %d slots (%s)",

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from typing import Literal
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -21,6 +22,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from dispatcher.audit.publisher import AuditPublisher
+from dispatcher.batches import BatchStore
 from dispatcher.reply_stream import Frame, decode_frame
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.store import TaskStore
@@ -36,8 +38,15 @@ _PARALLEL = 32
 
 class TaskCollector:
     def __init__(
-        self, nc: NATS, subjects: Subjects, store: TaskStore, audit: AuditPublisher, webhooks: WebhookSender
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        store: TaskStore,
+        audit: AuditPublisher,
+        webhooks: WebhookSender,
+        batches: BatchStore | None = None,
     ) -> None:
+        self._batches = batches
         self._nc = nc
         self._subjects = subjects
         self._store = store
@@ -112,7 +121,7 @@ class TaskCollector:
             task.error = TaskError(code=frame.code.value, message=frame.message, status=frame.status)
         await self._store.update(task)
         await self._persist(task)
-        self._audit.emit(audit_event(task, frame))
+        self._audit.emit(audit_event(task, frame, "batch" if task.batch_id else "async"))
         await self._webhooks.deliver(task)
         self.finished += 1
 
@@ -122,6 +131,8 @@ class TaskCollector:
         while True:
             try:
                 await self._store.persist(task)
+                if task.batch_id and self._batches is not None:
+                    await self._batches.finalize_if_done(task.batch_id)
                 return
             except Exception as exc:  # noqa: BLE001 - database trouble: retry
                 log.warning("task %s not stored yet: %s", task.id, type(exc).__name__)
@@ -129,7 +140,7 @@ class TaskCollector:
                 delay = min(delay * 2, 5.0)
 
 
-def audit_event(task: Task, frame: Frame) -> AuditEvent:
+def audit_event(task: Task, frame: Frame, kind: Literal["async", "batch"] = "async") -> AuditEvent:
     final = frame if isinstance(frame, FinalFrame) else None
     error = frame if isinstance(frame, ErrorFrame) else None
     request = task.request or {}
@@ -138,7 +149,7 @@ def audit_event(task: Task, frame: Frame) -> AuditEvent:
     return AuditEvent(
         event_id=task.request_id,
         request_id=task.request_id,
-        kind="async",
+        kind=kind,
         endpoint=task.endpoint,
         status=AuditStatus.SERVED if final else AuditStatus.FAILED,
         http_status=200 if final else (error.status if error else 502),

@@ -67,9 +67,10 @@ class TaskStore:
         async with self._engine.begin() as conn:
             await conn.execute(
                 text(
-                    "INSERT INTO tasks (id, consumer, status, endpoint, model, created_at, completed_at, record) "
-                    "VALUES (:id, :consumer, :status, :endpoint, :model, :created_at, :completed_at, "
-                    "CAST(:record AS jsonb)) ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, "
+                    "INSERT INTO tasks (id, consumer, status, endpoint, model, created_at, completed_at, record, "
+                    "batch_id, line) VALUES (:id, :consumer, :status, :endpoint, :model, :created_at, "
+                    ":completed_at, CAST(:record AS jsonb), :batch_id, :line) "
+                    "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, "
                     "completed_at = EXCLUDED.completed_at, record = EXCLUDED.record"
                 ),
                 {
@@ -83,6 +84,8 @@ class TaskStore:
                         datetime.fromtimestamp(task.completed_at, UTC) if task.completed_at else None
                     ),
                     "record": orjson.dumps(task.model_dump(mode="json")).decode(),
+                    "batch_id": task.batch_id,
+                    "line": task.line,
                 },
             )
 

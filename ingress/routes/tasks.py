@@ -8,8 +8,8 @@ from starlette.responses import Response
 
 from ingress.auth import Caller
 from ingress.body import parse, read_body
-from ingress.catalog import Catalog
-from ingress.relay import SCHEMAS, Relay
+from ingress.catalog import SCHEMAS, Catalog
+from ingress.relay import Relay
 from ingress.tasks import TaskIntake
 from schemas.tasks import TaskCreate
 

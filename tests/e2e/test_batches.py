@@ -1,0 +1,137 @@
+"""The OpenAI Files and Batch APIs with the unmodified SDK: a 1,000-line batch on the batch lane."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import threading
+import time
+
+import asyncpg
+import httpx
+import openai
+import orjson
+import pytest
+from sqlalchemy.engine import make_url
+
+from schemas.config import ModelConfig, SimulatorBackend
+from tests.servers import OTHER_KEY, TEST_KEY, Cluster, with_consumers
+
+LINES = 1000
+BAD_LINES = {7, 500}  # these ask for more tokens than the model's context: the backend says 400
+
+
+def _input_file() -> bytes:
+    lines = []
+    for n in range(LINES):
+        body = {"model": "chat-sim", "messages": [{"role": "user", "content": f"line {n}"}],
+                "max_tokens": 50_000 if n in BAD_LINES else 3}
+        lines.append(orjson.dumps({"custom_id": f"req-{n}", "method": "POST", "url": "/v1/chat/completions",
+                                   "body": body}))
+    return b"\n".join(lines) + b"\n"
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[18]
+
+
+def _interactive_latencies(gateway: str, count: int) -> list[float]:
+    latencies = []
+    with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as client:
+        for n in range(count):
+            started = time.perf_counter()
+            response = client.post("/chat/completions", json={"model": "chat-sim", "max_tokens": 3,
+                                                              "messages": [{"role": "user", "content": f"i{n}"}]})
+            assert response.status_code == 200
+            latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+@pytest.fixture
+def gateway(cluster: Cluster, database_url: str) -> str:
+    model = ModelConfig(name="chat-sim", max_concurrency=8,
+                        backend=SimulatorBackend(ttft_ms=10, tokens_per_s=500, capacity=8))
+    config = cluster.write_config(with_consumers([model]))
+    cluster.dispatcher(config, database_url)
+    url = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
+    cluster.worker("chat-sim", config, "w-1")
+    return url
+
+
+def test_thousand_line_batch_completes_while_interactive_latency_holds(
+    gateway: str, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0, timeout=60)
+    _interactive_latencies(gateway, 10)  # warm up
+    baseline = _interactive_latencies(gateway, 60)
+
+    uploaded = client.files.create(file=("input.jsonl", io.BytesIO(_input_file())), purpose="batch")
+    assert uploaded.bytes > 0 and uploaded.purpose == "batch"
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h", metadata={"job": "nightly"})
+    assert batch.status == "in_progress" and batch.request_counts.total == LINES
+
+    during: list[float] = []
+    measuring = threading.Thread(target=lambda: during.extend(_interactive_latencies(gateway, 60)))
+    measuring.start()
+    deadline = time.monotonic() + 240
+    while batch.status not in ("completed", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch.id)
+    measuring.join()
+    assert batch.status == "completed", batch
+    assert batch.request_counts.completed == LINES - len(BAD_LINES)
+    assert batch.request_counts.failed == len(BAD_LINES)
+    assert batch.metadata == {"job": "nightly"}
+
+    output = [orjson.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    assert [line["custom_id"] for line in output] == [f"req-{n}" for n in range(LINES) if n not in BAD_LINES]
+    for line in output:
+        assert line["response"]["status_code"] == 200
+        assert len(line["response"]["body"]["choices"][0]["message"]["content"].split()) == 3
+    errors = [orjson.loads(line) for line in client.files.content(batch.error_file_id).text.splitlines()]
+    assert sorted(line["custom_id"] for line in errors) == sorted(f"req-{n}" for n in BAD_LINES)
+    assert all("context length" in line["error"]["message"] for line in errors)
+
+    with capsys.disabled():
+        print(f"\ninteractive p95 without batch {_p95(baseline):.1f} ms, during the batch {_p95(during):.1f} ms "
+              f"({LINES} lines)")
+    # Interactive work goes first and always has free slots: the batch may cost a little, not a lot.
+    assert _p95(during) < _p95(baseline) * 2 + 25
+
+    async def audit_kinds() -> dict[str, int]:
+        conn = await asyncpg.connect(make_url(database_url).set(drivername="postgresql").render_as_string(False))
+        try:
+            rows = await conn.fetch("SELECT kind, count(*) AS n FROM audit_log GROUP BY kind")
+            return {r["kind"]: r["n"] for r in rows}
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + 30
+    while asyncio.run(audit_kinds()).get("batch", 0) < LINES and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert asyncio.run(audit_kinds())["batch"] == LINES  # one audit row per batch line
+
+
+def test_files_are_private_and_deletable(gateway: str) -> None:
+    mine = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
+    theirs = openai.OpenAI(base_url=gateway, api_key=OTHER_KEY, max_retries=0)
+    uploaded = mine.files.create(file=("a.jsonl", io.BytesIO(b'{"x": 1}\n')), purpose="batch")
+    assert mine.files.retrieve(uploaded.id).filename == "a.jsonl"
+    assert mine.files.content(uploaded.id).content == b'{"x": 1}\n'
+    assert uploaded.id in [f.id for f in mine.files.list()]
+    with pytest.raises(openai.NotFoundError):
+        theirs.files.retrieve(uploaded.id)
+    assert mine.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        mine.files.retrieve(uploaded.id)
+
+
+def test_invalid_batch_file_is_refused_with_the_line_number(gateway: str) -> None:
+    client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
+    bad = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "chat-sim"}}\n'
+    uploaded = client.files.create(file=("bad.jsonl", io.BytesIO(bad)), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert "line 1" in caught.value.message
