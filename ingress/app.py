@@ -24,7 +24,7 @@ from ingress.batches import BatchIntake
 from ingress.catalog import Catalog
 from ingress.errors import install_error_handlers
 from ingress.relay import Relay
-from ingress.routes import batches, files, health, inference, models, tasks
+from ingress.routes import admin, batches, files, health, inference, models, tasks
 from ingress.settings import IngressSettings
 from ingress.tasks import TaskIntake
 from schemas.config import ModelbusConfig
@@ -61,6 +61,7 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             app.state.catalog = catalog
             app.state.keys = KeyStore(config)
             app.state.relay = Relay(bus, catalog, settings, app.state.tasks)
+            app.state.engine = engine
             app.state.batches = BatchStore(engine) if engine is not None else None
             app.state.batch_intake = (
                 BatchIntake(app.state.batches, task_store, bus, catalog, subjects)
@@ -87,5 +88,6 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
     app.include_router(tasks.router)
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     return app

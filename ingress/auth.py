@@ -26,6 +26,7 @@ class Identity:
     consumer: str
     key_id: str
     key_hash: str
+    admin: bool = False
 
 
 def hash_key(key: str) -> str:
@@ -39,7 +40,7 @@ def new_key() -> str:
 class KeyStore:
     def __init__(self, config: ModelbusConfig) -> None:
         self._by_hash: dict[str, Identity] = {
-            key.hash: Identity(consumer.name, key.id, key.hash)
+            key.hash: Identity(consumer.name, key.id, key.hash, consumer.admin)
             for consumer in config.consumers
             for key in consumer.keys
         }
@@ -75,3 +76,13 @@ async def authenticate(request: Request) -> Identity:
 
 
 Caller = Annotated[Identity, Depends(authenticate)]
+
+
+async def require_admin(identity: Caller) -> Identity:
+    """FastAPI dependency for the admin API: 403 unless the consumer is an administrator."""
+    if not identity.admin:
+        raise APIError(403, "this key may not use the admin API", "permission_denied")
+    return identity
+
+
+Admin = Annotated[Identity, Depends(require_admin)]

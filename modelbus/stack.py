@@ -39,7 +39,7 @@ def demo_config(dev_key: str) -> ModelbusConfig:
                 max_concurrency=32,
             ),
         ],
-        consumers=[ConsumerConfig(name="dev", keys=[ApiKey(id="dev", hash=hash_key(dev_key))])],
+        consumers=[ConsumerConfig(name="dev", admin=True, keys=[ApiKey(id="dev", hash=hash_key(dev_key))])],
     )
 
 

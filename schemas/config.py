@@ -70,6 +70,7 @@ class ApiKey(_Config):
 class ConsumerConfig(_Config):
     name: str = Field(min_length=1, max_length=128)
     keys: list[ApiKey] = Field(default_factory=list)
+    admin: bool = Field(default=False, description="may use the /admin API (audit queries)")
 
 
 class ModelbusConfig(_Config):

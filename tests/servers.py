@@ -22,6 +22,7 @@ from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig
 
 TEST_KEY = "mb-test-key-0123456789abcdef0123456789abcdef"
 OTHER_KEY = "mb-test-key-other-fedcba9876543210fedcba98765"
+ADMIN_KEY = "mb-test-key-admin-00112233445566778899aabbccdd"
 
 # Short timings so failure paths take seconds, not minutes.
 FAST_BUS = {
@@ -52,6 +53,7 @@ def with_consumers(models: list[ModelConfig]) -> ModelbusConfig:
         consumers=[
             ConsumerConfig(name="tester", keys=[ApiKey(id="test-key", hash=hash_key(TEST_KEY))]),
             ConsumerConfig(name="other", keys=[ApiKey(id="other-key", hash=hash_key(OTHER_KEY))]),
+            ConsumerConfig(name="auditor", admin=True, keys=[ApiKey(id="admin-key", hash=hash_key(ADMIN_KEY))]),
         ],
     )
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from schemas.config import ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint
-from tests.servers import TEST_KEY, Cluster, wait_until, with_consumers
+from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, wait_until, with_consumers
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
@@ -41,6 +41,7 @@ def _rows(database_url: str) -> dict[str, dict[str, object]]:
 
 @pytest.fixture
 def gateway(cluster: Cluster, database_url: str) -> str:
+    cluster.env_overrides["MODELBUS_DATABASE_URL"] = database_url
     models = [
         ModelConfig(name="chat-sim", backend=SimulatorBackend(ttft_ms=5, tokens_per_s=2000)),
         ModelConfig(
@@ -165,3 +166,19 @@ def test_openai_sdk_requests_are_audited_and_the_chain_verifies(gateway: str, da
 
     checked, problems = asyncio.run(check())
     assert (checked, problems) == (5, [])
+
+
+def test_admin_api_answers_audit_questions_for_admins_only(gateway: str, database_url: str) -> None:
+    client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
+    client.chat.completions.create(model="chat-sim", messages=[{"role": "user", "content": "find me: kiwi"}])
+    client.chat.completions.create(model="chat-sim", messages=[{"role": "user", "content": "other"}])
+    wait_until(lambda: len(_rows(database_url)) == 2, 30, "audit rows missing")
+    admin_url = gateway.removesuffix("/v1") + "/admin"
+    with httpx.Client(base_url=admin_url, timeout=30) as http:
+        forbidden = http.get("/audit", headers=AUTH)
+        assert forbidden.status_code == 403 and forbidden.json()["error"]["type"] == "permission_error"
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        found = http.get("/audit", headers=admin, params={"text": "kiwi", "consumer": "tester"}).json()["data"]
+        assert len(found) == 1 and found[0]["input"]["messages"][0]["content"] == "find me: kiwi"
+        assert http.get("/audit", headers=admin, params={"model": "nope"}).json()["data"] == []
+        assert http.get("/audit/verify", headers=admin).json() == {"rows": 2, "ok": True, "problems": []}

@@ -25,10 +25,16 @@ BAD_LINES = {7, 500}  # these ask for more tokens than the model's context: the 
 def _input_file() -> bytes:
     lines = []
     for n in range(LINES):
-        body = {"model": "chat-sim", "messages": [{"role": "user", "content": f"line {n}"}],
-                "max_tokens": 50_000 if n in BAD_LINES else 3}
-        lines.append(orjson.dumps({"custom_id": f"req-{n}", "method": "POST", "url": "/v1/chat/completions",
-                                   "body": body}))
+        body = {
+            "model": "chat-sim",
+            "messages": [{"role": "user", "content": f"line {n}"}],
+            "max_tokens": 50_000 if n in BAD_LINES else 3,
+        }
+        lines.append(
+            orjson.dumps(
+                {"custom_id": f"req-{n}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            )
+        )
     return b"\n".join(lines) + b"\n"
 
 
@@ -38,11 +44,19 @@ def _p95(values: list[float]) -> float:
 
 def _interactive_latencies(gateway: str, count: int) -> list[float]:
     latencies = []
-    with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as client:
+    with httpx.Client(
+        base_url=gateway, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30
+    ) as client:
         for n in range(count):
             started = time.perf_counter()
-            response = client.post("/chat/completions", json={"model": "chat-sim", "max_tokens": 3,
-                                                              "messages": [{"role": "user", "content": f"i{n}"}]})
+            response = client.post(
+                "/chat/completions",
+                json={
+                    "model": "chat-sim",
+                    "max_tokens": 3,
+                    "messages": [{"role": "user", "content": f"i{n}"}],
+                },
+            )
             assert response.status_code == 200
             latencies.append((time.perf_counter() - started) * 1000)
     return latencies
@@ -50,8 +64,9 @@ def _interactive_latencies(gateway: str, count: int) -> list[float]:
 
 @pytest.fixture
 def gateway(cluster: Cluster, database_url: str) -> str:
-    model = ModelConfig(name="chat-sim", max_concurrency=8,
-                        backend=SimulatorBackend(ttft_ms=10, tokens_per_s=500, capacity=8))
+    model = ModelConfig(
+        name="chat-sim", max_concurrency=8, backend=SimulatorBackend(ttft_ms=10, tokens_per_s=500, capacity=8)
+    )
     config = cluster.write_config(with_consumers([model]))
     cluster.dispatcher(config, database_url)
     url = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
@@ -68,8 +83,12 @@ def test_thousand_line_batch_completes_while_interactive_latency_holds(
 
     uploaded = client.files.create(file=("input.jsonl", io.BytesIO(_input_file())), purpose="batch")
     assert uploaded.bytes > 0 and uploaded.purpose == "batch"
-    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h", metadata={"job": "nightly"})
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"job": "nightly"},
+    )
     assert batch.status == "in_progress" and batch.request_counts.total == LINES
 
     during: list[float] = []
@@ -95,13 +114,17 @@ def test_thousand_line_batch_completes_while_interactive_latency_holds(
     assert all("context length" in line["error"]["message"] for line in errors)
 
     with capsys.disabled():
-        print(f"\ninteractive p95 without batch {_p95(baseline):.1f} ms, during the batch {_p95(during):.1f} ms "
-              f"({LINES} lines)")
+        print(
+            f"\ninteractive p95 without batch {_p95(baseline):.1f} ms, during the batch {_p95(during):.1f} ms "
+            f"({LINES} lines)"
+        )
     # Interactive work goes first and always has free slots: the batch may cost a little, not a lot.
     assert _p95(during) < _p95(baseline) * 2 + 25
 
     async def audit_kinds() -> dict[str, int]:
-        conn = await asyncpg.connect(make_url(database_url).set(drivername="postgresql").render_as_string(False))
+        conn = await asyncpg.connect(
+            make_url(database_url).set(drivername="postgresql").render_as_string(False)
+        )
         try:
             rows = await conn.fetch("SELECT kind, count(*) AS n FROM audit_log GROUP BY kind")
             return {r["kind"]: r["n"] for r in rows}
@@ -133,5 +156,7 @@ def test_invalid_batch_file_is_refused_with_the_line_number(gateway: str) -> Non
     bad = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "chat-sim"}}\n'
     uploaded = client.files.create(file=("bad.jsonl", io.BytesIO(bad)), purpose="batch")
     with pytest.raises(openai.BadRequestError) as caught:
-        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
     assert "line 1" in caught.value.message

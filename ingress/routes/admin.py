@@ -1,0 +1,57 @@
+"""The admin API: the audit trail over HTTP (the same queries as `modelbus audit`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import Response
+
+from dispatcher.audit.store import AuditFilter, AuditStore
+from ingress.auth import Admin
+from ingress.errors import APIError
+
+router = APIRouter(prefix="/admin")
+
+
+def _store(request: Request) -> AuditStore:
+    engine: AsyncEngine | None = request.app.state.engine
+    if engine is None:
+        raise APIError(503, "the audit API needs a database: set MODELBUS_DATABASE_URL", "no_database")
+    return AuditStore(engine)
+
+
+def _json(body: object) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/audit")
+async def audit_query(
+    request: Request,
+    _: Admin,
+    model: str | None = None,
+    version: str | None = None,
+    consumer: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    text: str | None = None,
+    limit: int = Query(default=100, ge=1, le=10_000),
+) -> Response:
+    where = AuditFilter(model, version, consumer, status, since, until, text, limit)
+    return _json({"object": "list", "data": await _store(request).query(where)})
+
+
+@router.get("/audit/compare")
+async def audit_compare(
+    request: Request, _: Admin, model: str, old: str, new: str, limit: int = Query(default=50, ge=1, le=1000)
+) -> Response:
+    return _json(await _store(request).compare_versions(model, old, new, limit))
+
+
+@router.get("/audit/verify")
+async def audit_verify(request: Request, _: Admin) -> Response:
+    checked, problems = await _store(request).verify()
+    return _json({"rows": checked, "ok": not problems, "problems": [str(p) for p in problems]})
