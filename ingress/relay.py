@@ -75,9 +75,10 @@ class Relay:
             # The body as the client sent it (validated above): unknown fields pass through.
             payload=orjson.loads(body),
         )
-        reply = await self._bus.submit(envelope, body)
         draft = draft or AuditDraft(request_id, endpoint.value, created_ms)  # unaudited caller
-        draft.envelope, draft.enqueued_ms = envelope, int(time.time() * 1000)
+        draft.enqueued_ms = int(time.time() * 1000)  # handed to JetStream (a worker may beat the ack)
+        reply = await self._bus.submit(envelope, body)
+        draft.envelope = envelope
         try:
             if stream:
                 return await self._stream(request, reply, draft)

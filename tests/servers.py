@@ -53,7 +53,9 @@ def with_consumers(models: list[ModelConfig]) -> ModelbusConfig:
         consumers=[
             ConsumerConfig(name="tester", keys=[ApiKey(id="test-key", hash=hash_key(TEST_KEY))]),
             ConsumerConfig(name="other", keys=[ApiKey(id="other-key", hash=hash_key(OTHER_KEY))]),
-            ConsumerConfig(name="auditor", admin=True, keys=[ApiKey(id="admin-key", hash=hash_key(ADMIN_KEY))]),
+            ConsumerConfig(
+                name="auditor", admin=True, keys=[ApiKey(id="admin-key", hash=hash_key(ADMIN_KEY))]
+            ),
         ],
     )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import Connection
+
+from dispatcher.db.engine import create_engine
 
 _SCRIPTS = Path(__file__).with_name("migrations")
 
@@ -24,5 +26,16 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 async def upgrade_async(url: str) -> None:
-    """Alembic's env runs its own event loop, so it goes to a thread from async code."""
-    await asyncio.to_thread(upgrade, url)
+    """Migrate from inside a running event loop, on a connection of this loop."""
+    engine = create_engine(url, pool_size=1)
+
+    def run(connection: Connection) -> None:
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(run)
+    finally:
+        await engine.dispose()

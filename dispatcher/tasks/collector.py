@@ -82,6 +82,8 @@ class TaskCollector:
         finally:
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
+            # Late pull statuses left in a pull subscription would make the connection's drain wait.
+            await sub.unsubscribe()
 
     async def _handle_group(self, msgs: list[Msg]) -> None:
         try:

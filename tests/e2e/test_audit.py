@@ -178,7 +178,9 @@ def test_admin_api_answers_audit_questions_for_admins_only(gateway: str, databas
         forbidden = http.get("/audit", headers=AUTH)
         assert forbidden.status_code == 403 and forbidden.json()["error"]["type"] == "permission_error"
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        found = http.get("/audit", headers=admin, params={"text": "kiwi", "consumer": "tester"}).json()["data"]
+        found = http.get("/audit", headers=admin, params={"text": "kiwi", "consumer": "tester"}).json()[
+            "data"
+        ]
         assert len(found) == 1 and found[0]["input"]["messages"][0]["content"] == "find me: kiwi"
         assert http.get("/audit", headers=admin, params={"model": "nope"}).json()["data"] == []
         assert http.get("/audit/verify", headers=admin).json() == {"rows": 2, "ok": True, "problems": []}

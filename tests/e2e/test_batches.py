@@ -160,3 +160,44 @@ def test_invalid_batch_file_is_refused_with_the_line_number(gateway: str) -> Non
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
     assert "line 1" in caught.value.message
+
+
+def test_cancelled_batch_ends_cancelled_with_the_unrun_lines_as_errors(
+    cluster: Cluster, database_url: str
+) -> None:
+    model = ModelConfig(
+        name="slow", max_concurrency=2, backend=SimulatorBackend(ttft_ms=300, tokens_per_s=100, capacity=2)
+    )
+    config = cluster.write_config(with_consumers([model]))
+    cluster.dispatcher(config, database_url)
+    gateway = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
+    cluster.worker("slow", config, "w-slow")
+    client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0, timeout=60)
+    lines = b"".join(
+        orjson.dumps(
+            {
+                "custom_id": f"c{n}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "slow", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]},
+            }
+        )
+        + b"\n"
+        for n in range(40)
+    )
+    uploaded = client.files.create(file=("c.jsonl", io.BytesIO(lines)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    time.sleep(1.0)
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    deadline = time.monotonic() + 60
+    while batch.status != "cancelled" and time.monotonic() < deadline:
+        time.sleep(0.3)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "cancelled"
+    counts = batch.request_counts
+    assert counts.completed + counts.failed == 40
+    assert counts.failed >= 30  # most lines never ran
+    errors = client.files.content(batch.error_file_id).text.splitlines()
+    assert all(orjson.loads(line)["error"]["code"] == "cancelled" for line in errors)

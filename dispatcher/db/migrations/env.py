@@ -24,4 +24,10 @@ async def _online() -> None:
     await engine.dispose()
 
 
-asyncio.run(_online())
+# From async application code the caller passes its own connection (see migrate.upgrade_async):
+# a second event loop in a thread would disturb the caller's signal handling.
+_given = context.config.attributes.get("connection")
+if _given is not None:
+    _run(_given)
+else:
+    asyncio.run(_online())
