@@ -37,12 +37,16 @@ class AuditSink:
         js = self._nc.jetstream()
         await js.add_consumer(self._subjects.audit_stream, audit_sink_consumer_config(self._subjects))
         sub = await js.pull_subscribe_bind(self._subjects.audit_sink_consumer, self._subjects.audit_stream)
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(self._batch_size, timeout=1)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            await self._write(msgs)
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(self._batch_size, timeout=1)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                await self._write(msgs)
+        finally:
+            # Late pull statuses left in a pull subscription would make the connection's drain wait.
+            await sub.unsubscribe()
 
     async def _write(self, fetched: list[Msg]) -> None:
         events: list[AuditEvent] = []
