@@ -51,7 +51,10 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def database_url(postgres_admin_url: str) -> Iterator[str]:
-    """A fresh database per test, migrated to the latest schema, dropped afterwards."""
+    """A fresh database per test, migrated to the latest schema, dropped afterwards.
+
+    Request it before `cluster`, so the processes stop before their database is dropped.
+    """
     name = "mbtest_" + uuid.uuid4().hex[:12]
     admin = make_url(postgres_admin_url)
 

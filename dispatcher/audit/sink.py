@@ -65,7 +65,12 @@ class AuditSink:
                 break
             except Exception as exc:  # noqa: BLE001 - database trouble: keep the batch and retry
                 self.failures += 1
-                log.warning("audit batch of %d not written yet: %s", len(events), type(exc).__name__)
+                log.warning(
+                    "audit batch of %d not written yet: %s: %s",
+                    len(events),
+                    type(exc).__name__,
+                    str(exc)[:300],
+                )
                 if time.monotonic() - last_progress > 15:
                     await asyncio.gather(*(m.in_progress() for m in msgs))
                     last_progress = time.monotonic()

@@ -40,7 +40,7 @@ def _rows(database_url: str) -> dict[str, dict[str, object]]:
 
 
 @pytest.fixture
-def gateway(cluster: Cluster, database_url: str) -> str:
+def gateway(database_url: str, cluster: Cluster) -> str:
     cluster.env_overrides["MODELBUS_DATABASE_URL"] = database_url
     models = [
         ModelConfig(name="chat-sim", backend=SimulatorBackend(ttft_ms=5, tokens_per_s=2000)),

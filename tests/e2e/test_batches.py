@@ -63,7 +63,7 @@ def _interactive_latencies(gateway: str, count: int) -> list[float]:
 
 
 @pytest.fixture
-def gateway(cluster: Cluster, database_url: str) -> str:
+def gateway(database_url: str, cluster: Cluster) -> str:
     model = ModelConfig(
         name="chat-sim", max_concurrency=8, backend=SimulatorBackend(ttft_ms=10, tokens_per_s=500, capacity=8)
     )
@@ -163,7 +163,7 @@ def test_invalid_batch_file_is_refused_with_the_line_number(gateway: str) -> Non
 
 
 def test_cancelled_batch_ends_cancelled_with_the_unrun_lines_as_errors(
-    cluster: Cluster, database_url: str
+    database_url: str, cluster: Cluster
 ) -> None:
     model = ModelConfig(
         name="slow", max_concurrency=2, backend=SimulatorBackend(ttft_ms=300, tokens_per_s=100, capacity=2)

@@ -26,7 +26,7 @@ SECRET = "whsec-test-secret"
 
 
 @pytest.fixture
-def stack(cluster: Cluster, database_url: str) -> tuple[Cluster, str, object]:
+def stack(database_url: str, cluster: Cluster) -> tuple[Cluster, str, object]:
     models = [
         ModelConfig(name="chat-sim", backend=SimulatorBackend(ttft_ms=5, tokens_per_s=1000)),
         ModelConfig(name="later", backend=SimulatorBackend(ttft_ms=5)),
