@@ -10,9 +10,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
 import nats
+from sqlalchemy.engine import make_url
 
 from dispatcher.config_file import dump_config
 from dispatcher.subjects import Subjects
@@ -36,6 +39,20 @@ FAST_BUS = {
     "MODELBUS_AUDIT_STREAM_MAX_BYTES": str(32 << 20),
     "MODELBUS_DEAD_LETTER_MAX_BYTES": str(8 << 20),
 }
+
+
+def sql(database_url: str, query: str) -> list[dict[str, Any]]:
+    """Rows of one query against a test database (any libpq-style URL, sockets included)."""
+
+    async def run() -> list[dict[str, Any]]:
+        dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(row) for row in await conn.fetch(query)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
 
 
 def small_streams() -> dict[str, int]:

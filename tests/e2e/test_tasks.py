@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
-import asyncpg
 import httpx
 import orjson
 import pytest
-from sqlalchemy.engine import make_url
 
 from dispatcher.tasks.webhooks import verify_signature
 from modelbus.embedded_nats import free_port
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import OTHER_KEY, TEST_KEY, Cluster, wait_until, with_consumers
+from tests.servers import OTHER_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 CHAT = {"model": "chat-sim", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}
@@ -49,16 +46,7 @@ def _wait_done(client: httpx.Client, task_id: str, timeout: float = 30) -> dict[
 
 
 def _audit_rows(database_url: str) -> list[dict[str, object]]:
-    async def fetch() -> list[dict[str, object]]:
-        conn = await asyncpg.connect(
-            make_url(database_url).set(drivername="postgresql").render_as_string(False)
-        )
-        try:
-            return [orjson.loads(r["record"]) for r in await conn.fetch("SELECT record FROM audit_log")]
-        finally:
-            await conn.close()
-
-    return asyncio.run(fetch())
+    return [orjson.loads(row["record"]) for row in sql(database_url, "SELECT record FROM audit_log")]
 
 
 def test_task_is_accepted_then_completed_and_audited_once(stack: tuple[Cluster, str, object]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -10,13 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import asyncpg
 import httpx
 import openai
 import pytest
 
 from modelbus.embedded_nats import free_port
-from tests.servers import wait_until
+from tests.servers import sql, wait_until
 
 
 def _children(pid: int) -> set[int]:
@@ -33,14 +31,7 @@ def _children(pid: int) -> set[int]:
 
 
 def _audit_rows(url: str) -> list[dict[str, object]]:
-    async def fetch() -> list[dict[str, object]]:
-        conn = await asyncpg.connect(url)
-        try:
-            return [dict(r) for r in await conn.fetch("SELECT consumer, status FROM audit_log")]
-        finally:
-            await conn.close()
-
-    return asyncio.run(fetch())
+    return sql(url, "SELECT consumer, status FROM audit_log")
 
 
 def _alive(pid: int) -> bool:
