@@ -22,10 +22,34 @@ def parse_config(text: str, source: str = "<config>") -> ModelbusConfig:
     try:
         return ModelbusConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from exc
+        problems = []
+        for err in exc.errors(include_url=False):
+            path = ".".join(str(p) for p in err["loc"]) or "<root>"
+            line = _line_of(text, err["loc"])
+            problems.append(f"{path}{f' (line {line})' if line else ''}: {err['msg']}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from exc
+
+
+def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the YAML node at `loc`, or of its nearest existing parent."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            key = next((k for k, _ in node.value if getattr(k, "value", None) == str(part)), None)
+            if child is None:
+                continue  # a union's tag in the error path (e.g. `simulator`), not a YAML key
+            node, line = child, (key or child).start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line  # a discriminator tag or similar: the parent's line is the best answer
+    return line
 
 
 def load_config(path: Path | None) -> ModelbusConfig:

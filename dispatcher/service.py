@@ -10,6 +10,7 @@ from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.audit.sink import AuditSink
 from dispatcher.audit.store import AuditStore
 from dispatcher.batches import BatchStore
+from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.db.engine import create_engine
 from dispatcher.db.migrate import upgrade_async
@@ -19,9 +20,8 @@ from dispatcher.subjects import Subjects
 from dispatcher.tasks.collector import TaskCollector
 from dispatcher.tasks.store import TaskStore
 from dispatcher.tasks.webhooks import WebhookSender
-from dispatcher.topology import ensure_consumer, ensure_streams, ensure_task_bucket
+from dispatcher.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
 from schemas.config import ModelbusConfig
-from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,6 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
     try:
         js = nc.jetstream()
         await ensure_streams(js, subjects, settings, nc.max_payload, supports_msg_ttl(nc))
-        for model in config.models:
-            for lane in Lane:
-                await ensure_consumer(js, subjects, settings, model.name, lane=lane)
         await DeadLetterer(nc, subjects).start()
         if settings.database_url:
             await upgrade_async(settings.database_url)
@@ -55,6 +52,14 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         collector = TaskCollector(nc, subjects, task_store, audit, webhooks, batches)
         publishers.append(asyncio.create_task(audit.run()))
         tasks.append(asyncio.create_task(collector.run(stop)))
+        config_store = await ConfigStore.open(js, subjects, settings)
+        current, _ = await load_initial(config_store, config)
+        await ensure_model_consumers(js, subjects, settings, current)
+
+        async def on_change(new: ModelbusConfig, revision: int) -> None:
+            await ensure_model_consumers(js, subjects, settings, new)
+
+        publishers.append(asyncio.create_task(config_store.follow(on_change)))
         log.info("dispatcher running (namespace %s)", settings.namespace)
         await stop.wait()
     finally:

@@ -142,6 +142,11 @@ class Subjects:
 
     task_collector_consumer = "task-collector"
 
+    # configuration ---------------------------------------------------------------------------
+    @property
+    def config_bucket(self) -> str:
+        return f"{self.namespace}-config"
+
     # replies and cancellation --------------------------------------------------------------
     def reply_inbox(self, ingress_id: str) -> str:
         """Wildcard one ingress subscribes to once; it then routes frames by request id."""

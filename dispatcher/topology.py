@@ -16,6 +16,7 @@ from nats.js.kv import KeyValue
 
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
+from schemas.config import ModelbusConfig
 from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
@@ -183,3 +184,12 @@ async def ensure_consumer(
     # The server's create call is create-or-update: an existing consumer takes the new settings.
     await js.add_consumer(subjects.request_stream, config)
     return config.durable_name
+
+
+async def ensure_model_consumers(
+    js: JetStreamContext, subjects: Subjects, settings: BusSettings, config: ModelbusConfig
+) -> None:
+    """Every lane's consumer of every configured model, so queue depth is visible before any worker."""
+    for model in config.models:
+        for lane in Lane:
+            await ensure_consumer(js, subjects, settings, model.name, lane=lane)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -13,81 +13,90 @@ from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.batches import BatchStore
 from dispatcher.client import BusClient
 from dispatcher.config_file import load_config
+from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.db.engine import create_engine
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.store import TaskStore
-from dispatcher.topology import ensure_consumer, ensure_streams, ensure_task_bucket
+from dispatcher.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
 from ingress.audit import AuditMiddleware
-from ingress.auth import KeyStore
 from ingress.batches import BatchIntake
-from ingress.catalog import Catalog
 from ingress.errors import install_error_handlers
+from ingress.live_config import LiveConfig
 from ingress.relay import Relay
 from ingress.routes import admin, batches, files, health, inference, models, tasks
 from ingress.settings import IngressSettings
 from ingress.tasks import TaskIntake
 from schemas.config import ModelbusConfig
-from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) -> FastAPI:
-    config = config if config is not None else load_config(settings.config)
+    bootstrap = config if config is not None else load_config(settings.config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         subjects = Subjects(settings.namespace)
-        nc = await connect(settings, name=f"modelbus-ingress {settings.ingress_id}")
-        try:
+        async with AsyncExitStack() as cleanup:
+            nc = await connect(settings, name=f"modelbus-ingress {settings.ingress_id}")
+            cleanup.push_async_callback(nc.drain)
             js = nc.jetstream()
             msg_ttl = supports_msg_ttl(nc)
             await ensure_streams(js, subjects, settings, nc.max_payload, msg_ttl)
-            # Consumers exist before any worker does, so queue depth is visible from the start.
-            for model in config.models:
-                for lane in Lane:
-                    await ensure_consumer(js, subjects, settings, model.name, lane=lane)
+
+            config_store = await ConfigStore.open(js, subjects, settings)
+            current, revision = await load_initial(config_store, bootstrap)
+            await ensure_model_consumers(js, subjects, settings, current)
+            live = LiveConfig(current, revision)
+
+            async def on_change(new: ModelbusConfig, number: int) -> None:
+                await ensure_model_consumers(js, subjects, settings, new)
+                live.swap(new, number)
+
             bus = BusClient(nc, subjects, settings, settings.ingress_id, msg_ttl)
             await bus.start()
             audit = AuditPublisher(js, subjects, f"ingress-{settings.ingress_id}")
-            publishing = asyncio.create_task(audit.run())
-            app.state.audit = audit
-            catalog = Catalog(config)
+            cleanup.push_async_callback(audit.flush, 5.0)
             engine = create_engine(settings.database_url) if settings.database_url else None
+            if engine is not None:
+                cleanup.push_async_callback(engine.dispose)
             task_store = TaskStore(await ensure_task_bucket(js, subjects, settings), engine)
-            app.state.tasks = TaskIntake(bus, task_store, subjects, settings.task_timeout_s)
+            intake = TaskIntake(bus, task_store, subjects, settings.task_timeout_s)
+            batch_store = BatchStore(engine) if engine is not None else None
+
             app.state.nc = nc
-            app.state.catalog = catalog
-            app.state.keys = KeyStore(config)
-            app.state.relay = Relay(bus, catalog, settings, app.state.tasks)
+            app.state.live = live
+            app.state.config_store = config_store
+            app.state.audit = audit
+            app.state.tasks = intake
+            app.state.relay = Relay(bus, live, settings, intake)
             app.state.engine = engine
-            app.state.batches = BatchStore(engine) if engine is not None else None
+            app.state.batches = batch_store
             app.state.batch_intake = (
-                BatchIntake(app.state.batches, task_store, bus, catalog, subjects)
-                if engine is not None
-                else None
+                BatchIntake(batch_store, task_store, bus, live, subjects) if batch_store is not None else None
             )
-            log.info("ingress %s ready with %d models", settings.ingress_id, len(config.models))
+
+            background = [
+                asyncio.create_task(audit.run()),
+                asyncio.create_task(config_store.follow(on_change)),
+            ]
+            log.info(
+                "ingress %s ready: %d models, config revision %d",
+                settings.ingress_id,
+                len(current.models),
+                revision,
+            )
             try:
                 yield
             finally:
-                publishing.cancel()
-                await asyncio.gather(publishing, return_exceptions=True)
-                await audit.flush(timeout=5.0)
-                if engine is not None:
-                    await engine.dispose()
-        finally:
-            await nc.drain()
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
 
     app = FastAPI(title="Modelbus", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
-    app.include_router(inference.router)
-    app.include_router(models.router)
-    app.include_router(tasks.router)
-    app.include_router(files.router)
-    app.include_router(batches.router)
-    app.include_router(admin.router)
-    app.include_router(health.router)
+    for router in (inference, models, tasks, files, batches, admin, health):
+        app.include_router(router.router)
     return app

@@ -67,7 +67,7 @@ async def authenticate(request: Request) -> Identity:
             "missing_api_key",
             headers=_UNAUTHORIZED,
         )
-    keys: KeyStore = request.app.state.keys
+    keys: KeyStore = request.app.state.live.keys
     identity = keys.identify(token.strip())
     if identity is None:
         # Never echo the key back, not even in part.

@@ -15,8 +15,9 @@ from dispatcher.client import BusClient
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.store import TaskStore
 from ingress.auth import Identity
-from ingress.catalog import SCHEMAS, Catalog
+from ingress.catalog import SCHEMAS
 from ingress.errors import APIError
+from ingress.live_config import LiveConfig
 from schemas.batches import Batch, BatchCreate, BatchLine
 from schemas.envelope import Endpoint, Lane, RequestEnvelope
 from schemas.tasks import Task, TaskStatus
@@ -32,12 +33,12 @@ _PARALLEL = 64
 
 class BatchIntake:
     def __init__(
-        self, store: BatchStore, tasks: TaskStore, bus: BusClient, catalog: Catalog, subjects: Subjects
+        self, store: BatchStore, tasks: TaskStore, bus: BusClient, live: LiveConfig, subjects: Subjects
     ) -> None:
         self._store = store
         self._tasks = tasks
         self._bus = bus
-        self._catalog = catalog
+        self._live = live
         self._subjects = subjects
 
     async def create(self, request: Request, identity: Identity, create: BatchCreate) -> Batch:
@@ -62,7 +63,7 @@ class BatchIntake:
                     f"line {number}: url {line.url} differs from the batch endpoint",
                     "invalid_batch_line",
                 )
-            target = self._catalog.resolve(str(line.body.get("model")), endpoint).name
+            target = self._live.catalog.resolve(str(line.body.get("model")), endpoint).name
             lines.append((line, target))
         if not lines or len(lines) > _MAX_LINES:
             raise APIError(400, f"a batch holds 1 to {_MAX_LINES} requests", "invalid_batch_file")

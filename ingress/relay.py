@@ -23,8 +23,9 @@ from dispatcher.reply_stream import Frame
 from ingress.audit import AuditDraft, draft_of
 from ingress.auth import Identity
 from ingress.body import parse, read_body
-from ingress.catalog import SCHEMAS, Catalog
+from ingress.catalog import SCHEMAS
 from ingress.errors import APIError, error_body, from_bus_error
+from ingress.live_config import LiveConfig
 from ingress.settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
 from ingress.tasks import TaskIntake, wants_async
@@ -36,10 +37,10 @@ _SDK_TIMEOUT = "x-stainless-read-timeout"
 
 class Relay:
     def __init__(
-        self, bus: BusClient, catalog: Catalog, settings: IngressSettings, tasks: TaskIntake
+        self, bus: BusClient, live: LiveConfig, settings: IngressSettings, tasks: TaskIntake
     ) -> None:
         self._bus = bus
-        self._catalog = catalog
+        self._live = live
         self._settings = settings
         self._tasks = tasks
         # Leave room for the envelope around the body inside one NATS message.
@@ -54,7 +55,7 @@ class Relay:
         model_name: str = parsed.model  # type: ignore[attr-defined]  # every schema here has one
         if draft is not None:
             draft.model_requested = model_name
-        target = self._catalog.resolve(model_name, endpoint)
+        target = self._live.catalog.resolve(model_name, endpoint)
         if wants_async(request):
             return await self._tasks.accept(request, identity, endpoint, target, orjson.loads(body))
         stream = bool(getattr(parsed, "stream", False))

@@ -13,12 +13,14 @@ import typer
 
 from dispatcher.config_file import ConfigError, load_config
 from modelbus.audit_cli import audit_app, db_app
+from modelbus.config_cli import config_app
 
 app = typer.Typer(help="Modelbus: an on-premises AI gateway over NATS JetStream.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
 
 
 def _logging(level: str) -> None:
@@ -128,19 +130,19 @@ def worker(
         overrides["max_concurrency"] = max_concurrency
     settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
     try:
-        cfg = load_config(settings.config)
+        bootstrap = load_config(settings.config)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    model_config = cfg.model(model)
-    if model_config is None:
-        raise _fail(f"model {model!r} is not in the config ({settings.config})")
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await Worker(settings, model_config).run(stop)
+        try:
+            await Worker(settings, model, bootstrap).run(stop)
+        except LookupError as exc:
+            raise _fail(str(exc)) from None
 
     uvloop.run(main())
 

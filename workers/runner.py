@@ -117,6 +117,16 @@ class RequestRunner:
             del self._live[envelope.id]
         await self._settle(msg, outcome)
 
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def swap_backend(self, backend: Backend) -> Backend:
+        """Use `backend` for requests picked up from now on; returns the old one (still in use by
+        requests already running) for the caller to close when they are done."""
+        old, self._backend = self._backend, backend
+        return old
+
     async def keep_alive(self) -> None:
         """One ticker for all requests in flight (cheaper than a timer per request).
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.client import Client as NATS
+
+from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_consumer, ensure_streams
-from schemas.config import ModelConfig
+from schemas.config import ModelbusConfig
 from schemas.envelope import Lane
-from workers.backends import build_backend
+from workers.backends import Backend, build_backend
 from workers.cancellations import Cancellations
 from workers.pull_loop import CapacityPuller
 from workers.runner import RequestRunner
@@ -20,17 +23,33 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, model: ModelConfig) -> None:
+    def __init__(self, settings: WorkerSettings, model: str, bootstrap: ModelbusConfig) -> None:
         self.settings = settings
-        self.model = model
-        self.capacity = settings.max_concurrency or model.max_concurrency
+        self.model_name = model
+        self.bootstrap = bootstrap
         self.subjects = Subjects(settings.namespace)
         self.puller: CapacityPuller | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop`; raises LookupError if the model is in no configuration."""
         settings = self.settings
         nc = await connect(settings, name=f"modelbus-worker {settings.worker_id}")
+        try:
+            config_store = await ConfigStore.open(nc.jetstream(), self.subjects, settings)
+            config, _ = await load_initial(config_store, self.bootstrap)
+            found = config.model(self.model_name)
+            if found is None:
+                raise LookupError(f"model {self.model_name!r} is in neither the applied config nor the file")
+            self.model = found
+            await self._serve(nc, config_store, stop)
+        finally:
+            await nc.drain()
+
+    async def _serve(self, nc: NATS, config_store: ConfigStore, stop: asyncio.Event) -> None:
+        settings = self.settings
+        self.capacity = settings.max_concurrency or self.model.max_concurrency
         backend = build_backend(self.model.backend, self.model.name, self.capacity)
+        runner: RequestRunner | None = None
         try:
             js = nc.jetstream()
             await ensure_streams(js, self.subjects, settings, nc.max_payload, supports_msg_ttl(nc))
@@ -58,8 +77,28 @@ class Worker:
                 self.capacity,
                 backend.description,
             )
+            retired: list[Backend] = []
+
+            async def on_change(config: ModelbusConfig, revision: int) -> None:
+                model = config.model(self.model.name)
+                if model is None:
+                    log.warning(
+                        "config revision %d no longer has %r; serving on until stopped",
+                        revision,
+                        self.model.name,
+                    )
+                    return
+                assert self.puller is not None
+                self.puller.capacity = settings.max_concurrency or model.max_concurrency
+                if model.backend != self.model.backend:
+                    retired.append(
+                        runner.swap_backend(build_backend(model.backend, model.name, self.puller.capacity))
+                    )
+                self.model = model
+
             pulling = asyncio.create_task(self.puller.run())
             keeping_alive = asyncio.create_task(runner.keep_alive())
+            following = asyncio.create_task(config_store.follow(on_change))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({pulling, stopped}, return_when=asyncio.FIRST_COMPLETED)
             self.puller.stop()
@@ -70,9 +109,10 @@ class Worker:
             except TimeoutError:
                 pulling.cancel()
                 await asyncio.gather(pulling, return_exceptions=True)
-            for task in (stopped, keeping_alive):
+            for task in (stopped, keeping_alive, following):
                 task.cancel()
-            await asyncio.gather(stopped, keeping_alive, return_exceptions=True)
+            await asyncio.gather(stopped, keeping_alive, following, return_exceptions=True)
+            for old in retired:
+                await old.aclose()  # nothing runs on them any more: the puller has drained
         finally:
-            await backend.aclose()
-            await nc.drain()
+            await (runner.backend if runner is not None else backend).aclose()

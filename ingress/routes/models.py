@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ingress.auth import Caller
-from ingress.catalog import Catalog
 from ingress.errors import APIError
+from ingress.live_config import live_config
 from schemas.openai import Model
 
 router = APIRouter(prefix="/v1")
@@ -15,14 +15,12 @@ router = APIRouter(prefix="/v1")
 
 @router.get("/models")
 async def list_models(request: Request, _: Caller) -> Response:
-    catalog: Catalog = request.app.state.catalog
-    return Response(catalog.listing().model_dump_json(), media_type="application/json")
+    return Response(live_config(request).catalog.listing().model_dump_json(), media_type="application/json")
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request, _: Caller) -> Response:
-    catalog: Catalog = request.app.state.catalog
-    for model in catalog.models:
+    for model in live_config(request).catalog.models:
         if model.name == model_id:
             return Response(
                 Model(id=model.name, owned_by=model.owned_by).model_dump_json(), media_type="application/json"

@@ -8,7 +8,8 @@ from starlette.responses import Response
 
 from ingress.auth import Caller
 from ingress.body import parse, read_body
-from ingress.catalog import SCHEMAS, Catalog
+from ingress.catalog import SCHEMAS
+from ingress.live_config import live_config
 from ingress.relay import Relay
 from ingress.tasks import TaskIntake
 from schemas.tasks import TaskCreate
@@ -19,12 +20,11 @@ router = APIRouter(prefix="/v1")
 @router.post("/tasks")
 async def create_task(request: Request, identity: Caller) -> Response:
     relay: Relay = request.app.state.relay
-    catalog: Catalog = request.app.state.catalog
     intake: TaskIntake = request.app.state.tasks
     create = parse(TaskCreate, await read_body(request, relay.max_body))
     endpoint = create.bus_endpoint()
     parsed = parse(SCHEMAS[endpoint], orjson.dumps(create.body))
-    target = catalog.resolve(parsed.model, endpoint)  # type: ignore[attr-defined]
+    target = live_config(request).catalog.resolve(parsed.model, endpoint)  # type: ignore[attr-defined]
     webhook = str(create.webhook.url) if create.webhook else None
     return await intake.accept(request, identity, endpoint, target, create.body, webhook)
 

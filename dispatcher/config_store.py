@@ -1,0 +1,121 @@
+"""The applied configuration, kept in a NATS KV bucket with history, watched by every process.
+
+The bucket holds the YAML text as applied (comments included) under one key; each apply is a new
+revision. Processes load the current revision at start-up (the config file is only the bootstrap
+when nothing has been applied yet) and swap to each new one as it arrives; a revision that does not
+validate is refused and the running configuration stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from dispatcher.config_file import ConfigError, parse_config
+from dispatcher.settings import BusSettings
+from dispatcher.subjects import Subjects
+from schemas.config import ModelbusConfig
+
+log = logging.getLogger(__name__)
+
+_KEY = "current"
+_HISTORY = 64
+
+
+@dataclass(frozen=True)
+class Revision:
+    number: int
+    text: str
+    created: datetime | None
+
+
+OnChange = Callable[[ModelbusConfig, int], Awaitable[None] | None]
+
+
+class ConfigStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self.reloads = 0
+        self.rejected = 0
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> ConfigStore:
+        kv = await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=subjects.config_bucket,
+                description="Modelbus configuration, one revision per apply",
+                history=_HISTORY,
+                storage=api.StorageType.FILE,
+                replicas=settings.stream_replicas,
+            )
+        )
+        return cls(kv)
+
+    async def current(self) -> Revision | None:
+        try:
+            entry = await self._kv.get(_KEY)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return Revision(int(entry.revision or 0), entry.value.decode(), getattr(entry, "created", None))
+
+    async def apply(self, text: str, source: str = "<config>") -> int:
+        """Validate and store a new revision; raises ConfigError (nothing stored) if invalid."""
+        parse_config(text, source)
+        return int(await self._kv.put(_KEY, text.encode()))
+
+    async def history(self) -> list[Revision]:
+        try:
+            entries = await self._kv.history(_KEY)
+        except KeyNotFoundError:
+            return []
+        return [
+            Revision(int(e.revision or 0), (e.value or b"").decode(), getattr(e, "created", None))
+            for e in entries
+        ]
+
+    async def follow(self, on_change: OnChange, stop: asyncio.Event | None = None) -> None:
+        """Call `on_change` with every valid new revision, until cancelled (or `stop`)."""
+        watcher = await self._kv.watch(_KEY, include_history=False)
+        try:
+            while stop is None or not stop.is_set():
+                try:
+                    entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+                except TimeoutError:  # nats-py's own timeout error derives from it
+                    continue
+                if entry is None or entry.value is None or entry.operation is not None:
+                    continue  # the initial "no more history" marker, or a delete
+                revision = int(entry.revision or 0)
+                try:
+                    config = parse_config(entry.value.decode(), f"config revision {revision}")
+                except ConfigError as exc:
+                    self.rejected += 1
+                    log.error("config revision %d refused, keeping the running one: %s", revision, exc)
+                    continue
+                result = on_change(config, revision)
+                if result is not None:
+                    await result
+                self.reloads += 1
+                log.info("config revision %d applied", revision)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+async def load_initial(store: ConfigStore, fallback: ModelbusConfig) -> tuple[ModelbusConfig, int]:
+    """The applied configuration if there is one, else the bootstrap file's (revision 0)."""
+    revision = await store.current()
+    if revision is None:
+        return fallback, 0
+    try:
+        return parse_config(revision.text, f"config revision {revision.number}"), revision.number
+    except ConfigError as exc:
+        log.error("applied config revision %d is invalid, starting from the file: %s", revision.number, exc)
+        return fallback, 0

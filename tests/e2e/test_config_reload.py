@@ -1,0 +1,91 @@
+"""Configuration as code: applied with the CLI, picked up by every running process within 2 s."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from dispatcher.config_file import dump_config
+from schemas.config import ModelConfig, SimulatorBackend
+from tests.servers import TEST_KEY, Cluster, with_consumers
+
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+FAST = SimulatorBackend(ttft_ms=2, tokens_per_s=5000)
+
+
+def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "modelbus.cli", "config", *args], env=cluster.env(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def _models(base: str) -> set[str]:
+    return {m["id"] for m in httpx.get(f"{base}/models", headers=AUTH, timeout=5).json()["data"]}
+
+
+def test_applied_config_reaches_three_ingresses_within_two_seconds_without_dropping(cluster: Cluster) -> None:
+    first = with_consumers([ModelConfig(name="m1", backend=FAST)])
+    bootstrap = cluster.write_config(first, "bootstrap.yaml")
+    gateways = [cluster.ingress(bootstrap) for _ in range(3)]
+    cluster.worker("m1", bootstrap, "w-m1")
+    assert all(_models(g) == {"m1"} for g in gateways)
+
+    statuses: list[int] = []
+    running = threading.Event()
+    running.set()
+
+    def load() -> None:
+        with httpx.Client(headers=AUTH, timeout=30) as client:
+            n = 0
+            while running.is_set():
+                body = {"model": "m1", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
+                statuses.append(client.post(f"{gateways[n % 3]}/chat/completions", json=body).status_code)
+                n += 1
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    time.sleep(0.5)
+    second = cluster.tmp / "second.yaml"
+    second.write_text(dump_config(with_consumers([ModelConfig(name="m1", backend=FAST),
+                                                  ModelConfig(name="m2", backend=FAST)])))
+    diff = _cli(cluster, "diff", str(second))
+    assert "+  - name: m2" in diff.stdout or "+- name: m2" in diff.stdout, diff.stdout
+    applied = _cli(cluster, "apply", str(second))
+    assert applied.returncode == 0, applied.stderr
+    applied_at = time.monotonic()
+    seen: dict[str, float] = {}
+    while len(seen) < 3 and time.monotonic() - applied_at < 10:
+        for gateway in gateways:
+            if gateway not in seen and "m2" in _models(gateway):
+                seen[gateway] = time.monotonic() - applied_at
+        time.sleep(0.02)
+    time.sleep(0.5)
+    running.clear()
+    loader.join(30)
+
+    assert len(seen) == 3 and max(seen.values()) < 2.0, seen
+    assert statuses and set(statuses) == {200}, f"{len(statuses)} requests, statuses {set(statuses)}"
+    # The new model is served as soon as a worker for it appears (it reads the applied config).
+    cluster.worker("m2", bootstrap, "w-m2")
+    reply = httpx.post(f"{gateways[0]}/chat/completions", headers=AUTH, timeout=30,
+                       json={"model": "m2", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]})
+    assert reply.status_code == 200 and reply.headers["x-modelbus-worker"] == "w-m2"
+    shown = _cli(cluster, "show")
+    assert "name: m2" in shown.stdout
+
+
+def test_invalid_config_is_refused_naming_field_and_line(cluster: Cluster) -> None:
+    bootstrap = cluster.write_config(with_consumers([ModelConfig(name="m1", backend=FAST)]))
+    gateway = cluster.ingress(bootstrap)
+    bad = cluster.tmp / "bad.yaml"
+    bad.write_text("models:\n  - name: m1\n  - name: m2\n    max_concurrency: 0\n")
+    for command in ("validate", "apply"):
+        result = _cli(cluster, command, str(bad))
+        assert result.returncode == 1
+        assert "models.1.max_concurrency (line 4)" in result.stderr
+    time.sleep(1.0)
+    assert _models(gateway) == {"m1"}  # the running configuration stayed
+    assert _cli(cluster, "show").returncode == 1  # and nothing was stored
