@@ -191,5 +191,6 @@ async def ensure_model_consumers(
 ) -> None:
     """Every lane's consumer of every configured model, so queue depth is visible before any worker."""
     for model in config.models:
-        for lane in Lane:
-            await ensure_consumer(js, subjects, settings, model.name, lane=lane)
+        for version in model.version_names:
+            for lane in Lane:
+                await ensure_consumer(js, subjects, settings, model.name, version, lane)

@@ -18,7 +18,9 @@ from ingress.auth import Identity
 from ingress.catalog import SCHEMAS
 from ingress.errors import APIError
 from ingress.live_config import LiveConfig
+from ingress.routing import choose_version
 from schemas.batches import Batch, BatchCreate, BatchLine
+from schemas.config import ModelConfig
 from schemas.envelope import Endpoint, Lane, RequestEnvelope
 from schemas.tasks import Task, TaskStatus
 
@@ -46,7 +48,7 @@ class BatchIntake:
         if content is None:
             raise APIError(404, f"no file {create.input_file_id!r}", "file_not_found", "input_file_id")
         endpoint = _ENDPOINTS[create.endpoint]
-        lines: list[tuple[BatchLine, str]] = []
+        lines: list[tuple[BatchLine, ModelConfig]] = []
         for number, raw in enumerate(content.splitlines(), start=1):
             if not raw.strip():
                 continue
@@ -63,7 +65,7 @@ class BatchIntake:
                     f"line {number}: url {line.url} differs from the batch endpoint",
                     "invalid_batch_line",
                 )
-            target = self._live.catalog.resolve(str(line.body.get("model")), endpoint).name
+            target = self._live.catalog.resolve(str(line.body.get("model")), endpoint)
             lines.append((line, target))
         if not lines or len(lines) > _MAX_LINES:
             raise APIError(400, f"a batch holds 1 to {_MAX_LINES} requests", "invalid_batch_file")
@@ -75,7 +77,7 @@ class BatchIntake:
         deadline_ms = int(time.time() * 1000) + 24 * 3600 * 1000
         slots = asyncio.Semaphore(_PARALLEL)
 
-        async def queue(index: int, line: BatchLine, target: str) -> None:
+        async def queue(index: int, line: BatchLine, target: ModelConfig) -> None:
             async with slots:
                 await self._queue_line(
                     request, identity, batch_id, index, line, endpoint, target, deadline_ms
@@ -95,7 +97,7 @@ class BatchIntake:
         index: int,
         line: BatchLine,
         endpoint: Endpoint,
-        target: str,
+        target: ModelConfig,
         deadline_ms: int,
     ) -> None:
         task_id = f"task_{batch_id.removeprefix('batch_')}_{index}"
@@ -105,7 +107,7 @@ class BatchIntake:
             id=task_id,
             status=TaskStatus.QUEUED,
             endpoint=endpoint.value,
-            model=target,
+            model=target.name,
             consumer=identity.consumer,
             key_id=identity.key_id,
             created_at=now_ms // 1000,
@@ -121,7 +123,8 @@ class BatchIntake:
             id=task_id,
             endpoint=endpoint,
             model=str(line.body.get("model")),
-            target=target,
+            target=target.name,
+            version=choose_version(target, identity.consumer),
             lane=Lane.BATCH,
             consumer=identity.consumer,
             key_id=identity.key_id,

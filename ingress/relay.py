@@ -26,6 +26,7 @@ from ingress.body import parse, read_body
 from ingress.catalog import SCHEMAS
 from ingress.errors import APIError, error_body, from_bus_error
 from ingress.live_config import LiveConfig
+from ingress.routing import choose_version
 from ingress.settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
 from ingress.tasks import TaskIntake, wants_async
@@ -66,6 +67,7 @@ class Relay:
             endpoint=endpoint,
             model=model_name,
             target=target.name,
+            version=choose_version(target, identity.consumer),
             consumer=identity.consumer,
             key_id=identity.key_id,
             stream=stream,

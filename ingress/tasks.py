@@ -21,6 +21,7 @@ from dispatcher.tasks.store import TaskStore
 from ingress.audit import draft_of
 from ingress.auth import Identity
 from ingress.errors import APIError
+from ingress.routing import choose_version
 from schemas.config import ModelConfig
 from schemas.envelope import Endpoint, RequestEnvelope
 from schemas.tasks import Task, TaskStatus
@@ -86,6 +87,7 @@ class TaskIntake:
             endpoint=endpoint,
             model=str(payload.get("model")),
             target=target.name,
+            version=choose_version(target, identity.consumer),
             consumer=identity.consumer,
             key_id=identity.key_id,
             created_ms=now_ms,

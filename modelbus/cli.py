@@ -115,6 +115,7 @@ def ingress(
 @app.command()
 def worker(
     model: Annotated[str, typer.Option(help="model name from the config")],
+    version: Annotated[str, typer.Option(help="which of the model's versions")] = "default",
     max_concurrency: Annotated[int | None, typer.Option(help="override the config")] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
@@ -125,7 +126,7 @@ def worker(
     from workers.settings import WorkerSettings
 
     _logging(log_level)
-    overrides: dict[str, object] = {"model": model}
+    overrides: dict[str, object] = {"model": model, "version": version}
     if max_concurrency is not None:
         overrides["max_concurrency"] = max_concurrency
     settings = WorkerSettings(**overrides)  # type: ignore[arg-type]

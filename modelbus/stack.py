@@ -139,14 +139,16 @@ class Stack:
         cli = [sys.executable, "-m", "modelbus.cli"]
         self.children.append(Child("dispatcher", [*cli, "dispatcher"], env, logs / "dispatcher.log"))
         for model in config.models:
-            for index in range(model.workers):
-                name = f"worker-{model.name}-{index}"
-                worker_env = {**env, "MODELBUS_WORKER_ID": f"{os.uname().nodename}-{model.name}-{index}"}
-                self.children.append(
-                    Child(
-                        name, [*cli, "worker", "--model", model.name], worker_env, logs / f"{_safe(name)}.log"
-                    )
-                )
+            for version in model.version_names:
+                suffix = "" if version == "default" else f"-{version}"
+                for index in range(model.workers):
+                    name = f"worker-{model.name}{suffix}-{index}"
+                    argv = [*cli, "worker", "--model", model.name, "--version", version]
+                    worker_env = {
+                        **env,
+                        "MODELBUS_WORKER_ID": f"{os.uname().nodename}-{model.name}{suffix}-{index}",
+                    }
+                    self.children.append(Child(name, argv, worker_env, logs / f"{_safe(name)}.log"))
         ingress = [*cli, "ingress", "--host", self.host, "--port", str(self.port)]
         self.children.append(Child("ingress", ingress, env, logs / "ingress.log"))
         for child in self.children:

@@ -47,6 +47,18 @@ class OpenAIBackend(_Config):
 Backend = Annotated[SimulatorBackend | OpenAIBackend, Field(discriminator="type")]
 
 
+class VersionConfig(_Config):
+    """One deployed version of a model; traffic is split between versions by weight (canaries)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    weight: float = Field(default=1.0, ge=0, description="share of traffic, relative to the others")
+    backend: Backend | None = Field(default=None, description="defaults to the model's backend")
+    max_concurrency: int | None = Field(default=None, ge=1, le=4096)
+
+
+DEFAULT_VERSION = "default"
+
+
 class ModelConfig(_Config):
     name: str = Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)
     endpoints: list[Endpoint] = Field(default_factory=lambda: [Endpoint.CHAT, Endpoint.COMPLETIONS])
@@ -54,6 +66,30 @@ class ModelConfig(_Config):
     max_concurrency: int = Field(default=8, ge=1, le=4096, description="in flight per worker")
     workers: int = Field(default=1, ge=0, le=64, description="workers `modelbus up` starts")
     owned_by: str = "modelbus"
+    versions: list[VersionConfig] = Field(default_factory=list, description="none: one version, 'default'")
+    sticky: bool = Field(default=False, description="keep each consumer on one version")
+
+    @model_validator(mode="after")
+    def _versions(self) -> ModelConfig:
+        names = [v.name for v in self.versions]
+        if len(set(names)) != len(names):
+            raise ValueError("version names must be unique")
+        if self.versions and not sum(v.weight for v in self.versions) > 0:
+            raise ValueError("at least one version needs a weight above 0")
+        return self
+
+    @property
+    def version_names(self) -> list[str]:
+        return [v.name for v in self.versions] or [DEFAULT_VERSION]
+
+    def deployment(self, version: str) -> tuple[Backend, int] | None:
+        """Backend and per-worker concurrency of one version, or None if there is no such version."""
+        if not self.versions:
+            return (self.backend, self.max_concurrency) if version == DEFAULT_VERSION else None
+        found = next((v for v in self.versions if v.name == version), None)
+        if found is None:
+            return None
+        return found.backend or self.backend, found.max_concurrency or self.max_concurrency
 
 
 class ApiKey(_Config):

@@ -152,8 +152,16 @@ class Cluster:
         wait_until(lambda: _ok(f"{base}/readyz"), 30, f"ingress did not start:\n{proc.log()}", proc)
         return base + "/v1"
 
-    def worker(self, model: str, config_path: Path, worker_id: str, wait: bool = True, **extra: str) -> Proc:
-        args = ["worker", "--model", model]
+    def worker(
+        self,
+        model: str,
+        config_path: Path,
+        worker_id: str,
+        wait: bool = True,
+        version: str = "default",
+        **extra: str,
+    ) -> Proc:
+        args = ["worker", "--model", model, "--version", version]
         proc = self.spawn(worker_id, args, self.env(config_path, MODELBUS_WORKER_ID=worker_id, **extra))
         if wait:
             wait_until(lambda: "serving" in proc.log(), 30, f"worker did not start:\n{proc.log()}", proc)

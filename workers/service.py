@@ -40,15 +40,19 @@ class Worker:
             found = config.model(self.model_name)
             if found is None:
                 raise LookupError(f"model {self.model_name!r} is in neither the applied config nor the file")
+            deployment = found.deployment(settings.version)
+            if deployment is None:
+                raise LookupError(f"model {self.model_name!r} has no version {settings.version!r}")
             self.model = found
+            self.backend_config, max_concurrency = deployment
+            self.capacity = settings.max_concurrency or max_concurrency
             await self._serve(nc, config_store, stop)
         finally:
             await nc.drain()
 
     async def _serve(self, nc: NATS, config_store: ConfigStore, stop: asyncio.Event) -> None:
         settings = self.settings
-        self.capacity = settings.max_concurrency or self.model.max_concurrency
-        backend = build_backend(self.model.backend, self.model.name, self.capacity)
+        backend = build_backend(self.backend_config, self.model.name, self.capacity)
         runner: RequestRunner | None = None
         try:
             js = nc.jetstream()
@@ -81,7 +85,8 @@ class Worker:
 
             async def on_change(config: ModelbusConfig, revision: int) -> None:
                 model = config.model(self.model.name)
-                if model is None:
+                deployment = model.deployment(settings.version) if model is not None else None
+                if model is None or deployment is None:
                     log.warning(
                         "config revision %d no longer has %r; serving on until stopped",
                         revision,
@@ -89,12 +94,13 @@ class Worker:
                     )
                     return
                 assert self.puller is not None
-                self.puller.capacity = settings.max_concurrency or model.max_concurrency
-                if model.backend != self.model.backend:
+                backend_config, max_concurrency = deployment
+                self.puller.capacity = settings.max_concurrency or max_concurrency
+                if backend_config != self.backend_config:
                     retired.append(
-                        runner.swap_backend(build_backend(model.backend, model.name, self.puller.capacity))
+                        runner.swap_backend(build_backend(backend_config, model.name, self.puller.capacity))
                     )
-                self.model = model
+                self.model, self.backend_config = model, backend_config
 
             pulling = asyncio.create_task(self.puller.run())
             keeping_alive = asyncio.create_task(runner.keep_alive())

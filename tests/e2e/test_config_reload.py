@@ -18,8 +18,13 @@ FAST = SimulatorBackend(ttft_ms=2, tokens_per_s=5000)
 
 
 def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelbus.cli", "config", *args], env=cluster.env(),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "modelbus.cli", "config", *args],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _models(base: str) -> set[str]:
@@ -49,8 +54,11 @@ def test_applied_config_reaches_three_ingresses_within_two_seconds_without_dropp
     loader.start()
     time.sleep(0.5)
     second = cluster.tmp / "second.yaml"
-    second.write_text(dump_config(with_consumers([ModelConfig(name="m1", backend=FAST),
-                                                  ModelConfig(name="m2", backend=FAST)])))
+    second.write_text(
+        dump_config(
+            with_consumers([ModelConfig(name="m1", backend=FAST), ModelConfig(name="m2", backend=FAST)])
+        )
+    )
     diff = _cli(cluster, "diff", str(second))
     assert "+  - name: m2" in diff.stdout or "+- name: m2" in diff.stdout, diff.stdout
     applied = _cli(cluster, "apply", str(second))
@@ -70,8 +78,12 @@ def test_applied_config_reaches_three_ingresses_within_two_seconds_without_dropp
     assert statuses and set(statuses) == {200}, f"{len(statuses)} requests, statuses {set(statuses)}"
     # The new model is served as soon as a worker for it appears (it reads the applied config).
     cluster.worker("m2", bootstrap, "w-m2")
-    reply = httpx.post(f"{gateways[0]}/chat/completions", headers=AUTH, timeout=30,
-                       json={"model": "m2", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]})
+    reply = httpx.post(
+        f"{gateways[0]}/chat/completions",
+        headers=AUTH,
+        timeout=30,
+        json={"model": "m2", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]},
+    )
     assert reply.status_code == 200 and reply.headers["x-modelbus-worker"] == "w-m2"
     shown = _cli(cluster, "show")
     assert "name: m2" in shown.stdout
