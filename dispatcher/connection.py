@@ -26,8 +26,11 @@ async def connect(settings: BusSettings, name: str) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error (%s): %s", name, exc)
 
+    closing: list[NATS] = []
+
     async def on_disconnect() -> None:
-        log.warning("nats disconnected (%s)", name)
+        if not (closing and closing[0].is_closed):  # a close we asked for is no news
+            log.warning("nats disconnected (%s)", name)
 
     async def on_reconnect() -> None:
         log.info("nats reconnected (%s)", name)
@@ -44,7 +47,9 @@ async def connect(settings: BusSettings, name: str) -> NATS:
         reraise=True,
     ):
         with attempt:
-            return await _connect_once(settings, name, on_error, on_disconnect, on_reconnect, options)
+            nc = await _connect_once(settings, name, on_error, on_disconnect, on_reconnect, options)
+            closing.append(nc)
+            return nc
     raise AssertionError("unreachable")
 
 

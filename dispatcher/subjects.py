@@ -142,6 +142,15 @@ class Subjects:
 
     task_collector_consumer = "task-collector"
 
+    # worker registry -------------------------------------------------------------------------
+    @property
+    def worker_bucket(self) -> str:
+        return f"{self.namespace}-workers"
+
+    @staticmethod
+    def worker_key(model: str, version: str, worker_id: str) -> str:
+        return f"{encode_token(model)}.{encode_token(version)}.{encode_token(worker_id)}"
+
     # configuration ---------------------------------------------------------------------------
     @property
     def config_bucket(self) -> str:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.batches import BatchStore
+from dispatcher.capacity import open_registry
 from dispatcher.client import BusClient
 from dispatcher.config_file import load_config
 from dispatcher.config_store import ConfigStore, load_initial
@@ -66,6 +67,8 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             batch_store = BatchStore(engine) if engine is not None else None
 
             app.state.nc = nc
+            app.state.subjects = subjects
+            app.state.registry = await open_registry(js, subjects, settings)
             app.state.live = live
             app.state.config_store = config_store
             app.state.audit = audit

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -203,6 +204,54 @@ def simulator(
         log_level="warning",
         access_log=False,
     )
+
+
+@app.command()
+def capacity(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Per model and version: live workers, free slots, queue depth, estimated wait."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dispatcher.capacity import capacity_view, open_registry
+    from dispatcher.config_store import ConfigStore, load_initial
+    from dispatcher.connection import connect
+    from dispatcher.settings import BusSettings
+    from dispatcher.subjects import Subjects
+
+    settings = BusSettings()
+
+    async def main() -> list[Any]:
+        nc = await connect(settings, name="modelbus-capacity")
+        try:
+            js, subjects = nc.jetstream(), Subjects(settings.namespace)
+            store = await ConfigStore.open(js, subjects, settings)
+            config, _ = await load_initial(store, load_config(settings.config))
+            return await capacity_view(js, subjects, await open_registry(js, subjects, settings), config)
+        finally:
+            await nc.close()
+
+    rows = asyncio.run(main())
+    if as_json:
+        typer.echo(json.dumps([row.model_dump() for row in rows], indent=2))
+        return
+    table = Table(
+        "model", "version", "workers", "free / capacity", "queued", "in flight", "redelivered", "est. wait"
+    )
+    for row in rows:
+        wait = "no workers" if row.estimated_wait_s is None else f"{row.estimated_wait_s:.2f} s"
+        table.add_row(
+            row.model,
+            row.version,
+            str(row.workers),
+            f"{row.free_slots} / {row.capacity}",
+            str(row.queued),
+            str(row.in_flight),
+            str(row.redelivered),
+            wait,
+        )
+    Console().print(table)
 
 
 @keys_app.command("new")

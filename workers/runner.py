@@ -63,6 +63,7 @@ class RequestRunner:
         self._cancellations = cancellations
         self._live: dict[str, _Liveness] = {}
         self.served = 0
+        self.avg_service_ms: float | None = None  # moving average, for the capacity view
 
     async def handle(self, msg: Msg) -> None:
         picked_up_ms = _now_ms()
@@ -102,6 +103,10 @@ class RequestRunner:
         self._live[envelope.id] = _Liveness(msg, writer)
         try:
             outcome = await self._execute(envelope, writer, picked_up_ms, attempt)
+            took = _now_ms() - picked_up_ms
+            self.avg_service_ms = (
+                took if self.avg_service_ms is None else 0.9 * self.avg_service_ms + 0.1 * took
+            )
         except asyncio.CancelledError:
             if not self._cancellations.is_cancelled(envelope.id) or current.cancelling() > 1:
                 # The worker is stopping: hand the request to another worker straight away.

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
 
+from dispatcher.capacity import open_registry
 from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_consumer, ensure_streams
+from schemas.capacity import WorkerStatus
 from schemas.config import ModelbusConfig
 from schemas.envelope import Lane
 from workers.backends import Backend, build_backend
@@ -49,6 +53,30 @@ class Worker:
             await self._serve(nc, config_store, stop)
         finally:
             await nc.drain()
+
+    @property
+    def _registry_key(self) -> str:
+        return self.subjects.worker_key(self.model.name, self.settings.version, self.settings.worker_id)
+
+    async def _heartbeat(self, registry: KeyValue, runner: RequestRunner, backend: str) -> None:
+        assert self.puller is not None
+        while True:
+            status = WorkerStatus(
+                worker=self.settings.worker_id,
+                model=self.model.name,
+                version=self.settings.version,
+                backend=backend,
+                capacity=self.puller.capacity,
+                in_flight=self.puller.in_flight,
+                served=runner.served,
+                avg_service_ms=runner.avg_service_ms,
+                updated_ms=int(time.time() * 1000),
+            )
+            try:
+                await registry.put(self._registry_key, status.model_dump_json().encode())
+            except Exception as exc:  # noqa: BLE001 - the next beat retries; the TTL covers the gap
+                log.warning("heartbeat not stored: %s", exc)
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _serve(self, nc: NATS, config_store: ConfigStore, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -102,9 +130,11 @@ class Worker:
                     )
                 self.model, self.backend_config = model, backend_config
 
+            registry = await open_registry(js, self.subjects, settings)
             pulling = asyncio.create_task(self.puller.run())
             keeping_alive = asyncio.create_task(runner.keep_alive())
             following = asyncio.create_task(config_store.follow(on_change))
+            heartbeating = asyncio.create_task(self._heartbeat(registry, runner, backend.description))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({pulling, stopped}, return_when=asyncio.FIRST_COMPLETED)
             self.puller.stop()
@@ -115,9 +145,10 @@ class Worker:
             except TimeoutError:
                 pulling.cancel()
                 await asyncio.gather(pulling, return_exceptions=True)
-            for task in (stopped, keeping_alive, following):
+            for task in (stopped, keeping_alive, following, heartbeating):
                 task.cancel()
-            await asyncio.gather(stopped, keeping_alive, following, return_exceptions=True)
+            await asyncio.gather(stopped, keeping_alive, following, heartbeating, return_exceptions=True)
+            await registry.delete(self._registry_key)  # gone at once, not after the TTL
             for old in retired:
                 await old.aclose()  # nothing runs on them any more: the puller has drained
         finally:

@@ -10,8 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
 from dispatcher.audit.store import AuditFilter, AuditStore
+from dispatcher.capacity import capacity_view
 from ingress.auth import Admin
 from ingress.errors import APIError
+from ingress.live_config import live_config
 
 router = APIRouter(prefix="/admin")
 
@@ -55,3 +57,13 @@ async def audit_compare(
 async def audit_verify(request: Request, _: Admin) -> Response:
     checked, problems = await _store(request).verify()
     return _json({"rows": checked, "ok": not problems, "problems": [str(p) for p in problems]})
+
+
+@router.get("/capacity")
+async def capacity(request: Request, _: Admin) -> Response:
+    """Per model and version: live workers, free slots, queue depth and the estimated wait."""
+    state = request.app.state
+    view = await capacity_view(
+        state.nc.jetstream(), state.subjects, state.registry, live_config(request).config
+    )
+    return _json({"object": "list", "data": [entry.model_dump() for entry in view]})

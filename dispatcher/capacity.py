@@ -1,0 +1,105 @@
+"""The live capacity view: worker heartbeats in a KV bucket with TTL, joined with JetStream lag.
+
+Workers put their status every `heartbeat_s` under `<model>.<version>.<worker>`; the bucket's TTL
+drops a worker that stopped heartbeating (crashed, partitioned) within a few seconds, and a worker
+that stops cleanly deletes its key at once. The view per (model, version) then adds consumer lag:
+messages waiting, in flight and redelivered, and an estimate of the queue wait.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from dispatcher.settings import BusSettings
+from dispatcher.subjects import Subjects
+from schemas.capacity import ModelCapacity, WorkerStatus
+from schemas.config import ModelbusConfig
+from schemas.envelope import Lane
+
+log = logging.getLogger(__name__)
+
+# A worker is gone after missing this many heartbeats.
+_MISSED_HEARTBEATS = 3
+
+
+async def open_registry(js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> KeyValue:
+    return await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=subjects.worker_bucket,
+            description="Modelbus live workers (heartbeats)",
+            history=1,
+            ttl=max(3.0, settings.heartbeat_s * _MISSED_HEARTBEATS),
+            storage=api.StorageType.MEMORY,
+            replicas=settings.stream_replicas,
+        )
+    )
+
+
+async def live_workers(registry: KeyValue) -> list[WorkerStatus]:
+    try:
+        keys = await registry.keys()
+    except NotFoundError:
+        return []
+    except Exception as exc:
+        if type(exc).__name__ == "NoKeysError":
+            return []
+        raise
+    workers = []
+    for key in keys:
+        try:
+            entry = await registry.get(key)
+        except NotFoundError:
+            continue  # expired between listing and reading
+        if entry.value:
+            try:
+                workers.append(WorkerStatus.model_validate_json(entry.value))
+            except ValidationError:
+                log.warning("unreadable worker status %s ignored", key)
+    return workers
+
+
+async def capacity_view(
+    js: JetStreamContext, subjects: Subjects, registry: KeyValue, config: ModelbusConfig
+) -> list[ModelCapacity]:
+    workers = await live_workers(registry)
+    view = []
+    for model in config.models:
+        for version in model.version_names:
+            mine = [w for w in workers if w.model == model.name and w.version == version]
+            queued = in_flight = redelivered = 0
+            for lane in Lane:
+                try:
+                    info = await js.consumer_info(
+                        subjects.request_stream, subjects.consumer(model.name, version, lane)
+                    )
+                except NotFoundError:
+                    continue
+                queued += info.num_pending or 0
+                in_flight += info.num_ack_pending or 0
+                redelivered += info.num_redelivered or 0
+            capacity = sum(w.capacity for w in mine)
+            times = [w.avg_service_ms for w in mine if w.avg_service_ms]
+            estimate = None
+            if capacity:
+                service_s = (sum(times) / len(times) / 1000) if times else 0.0
+                # Everything ahead must clear the model's slots first.
+                estimate = (queued + max(0, in_flight - capacity)) / capacity * service_s
+            view.append(
+                ModelCapacity(
+                    model=model.name,
+                    version=version,
+                    workers=len(mine),
+                    capacity=capacity,
+                    free_slots=sum(w.free_slots for w in mine),
+                    queued=queued,
+                    in_flight=in_flight,
+                    redelivered=redelivered,
+                    estimated_wait_s=estimate,
+                )
+            )
+    return view

@@ -1,0 +1,35 @@
+"""The live capacity view: what each worker reports, and what that adds up to per model."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class WorkerStatus(BaseModel):
+    """A worker's heartbeat, refreshed every few seconds; it expires with the worker."""
+
+    worker: str
+    model: str
+    version: str
+    backend: str
+    capacity: int
+    in_flight: int
+    served: int
+    avg_service_ms: float | None = None
+    updated_ms: int
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.capacity - self.in_flight)
+
+
+class ModelCapacity(BaseModel):
+    model: str
+    version: str
+    workers: int
+    capacity: int
+    free_slots: int
+    queued: int  # waiting in the stream (all lanes)
+    in_flight: int  # delivered to workers, not yet acked
+    redelivered: int
+    estimated_wait_s: float | None  # None: no live worker, the wait is unbounded
