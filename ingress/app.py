@@ -22,8 +22,10 @@ from dispatcher.tasks.store import TaskStore
 from dispatcher.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
 from ingress.audit import AuditMiddleware
 from ingress.batches import BatchIntake
+from ingress.degradation import Degradation
 from ingress.errors import install_error_handlers
 from ingress.live_config import LiveConfig
+from ingress.model_health import ModelHealth
 from ingress.relay import Relay
 from ingress.routes import admin, batches, files, health, inference, models, tasks
 from ingress.settings import IngressSettings
@@ -73,7 +75,10 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             app.state.config_store = config_store
             app.state.audit = audit
             app.state.tasks = intake
-            app.state.relay = Relay(bus, live, settings, intake)
+            health = ModelHealth(
+                js, subjects, app.state.registry, live, stale_after_s=3 * settings.heartbeat_s
+            )
+            app.state.relay = Relay(bus, live, settings, intake, Degradation(live, health, intake))
             app.state.engine = engine
             app.state.batches = batch_store
             app.state.batch_intake = (
@@ -83,6 +88,8 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             background = [
                 asyncio.create_task(audit.run()),
                 asyncio.create_task(config_store.follow(on_change)),
+                asyncio.create_task(health.watch_workers()),
+                asyncio.create_task(health.refresh_queues()),
             ]
             log.info(
                 "ingress %s ready: %d models, config revision %d",

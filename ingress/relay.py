@@ -24,6 +24,8 @@ from ingress.audit import AuditDraft, draft_of
 from ingress.auth import Identity
 from ingress.body import parse, read_body
 from ingress.catalog import SCHEMAS
+from ingress.degradation import HEADER as DEGRADED
+from ingress.degradation import Degradation
 from ingress.errors import APIError, error_body, from_bus_error
 from ingress.live_config import LiveConfig
 from ingress.routing import choose_version
@@ -38,10 +40,16 @@ _SDK_TIMEOUT = "x-stainless-read-timeout"
 
 class Relay:
     def __init__(
-        self, bus: BusClient, live: LiveConfig, settings: IngressSettings, tasks: TaskIntake
+        self,
+        bus: BusClient,
+        live: LiveConfig,
+        settings: IngressSettings,
+        tasks: TaskIntake,
+        degradation: Degradation,
     ) -> None:
         self._bus = bus
         self._live = live
+        self._degradation = degradation
         self._settings = settings
         self._tasks = tasks
         # Leave room for the envelope around the body inside one NATS message.
@@ -59,6 +67,10 @@ class Relay:
         target = self._live.catalog.resolve(model_name, endpoint)
         if wants_async(request):
             return await self._tasks.accept(request, identity, endpoint, target, orjson.loads(body))
+        route = await self._degradation.route(request, identity, endpoint, target, orjson.loads(body))
+        if isinstance(route, Response):
+            return route  # queued as an async task
+        target = route.target
         stream = bool(getattr(parsed, "stream", False))
         created_ms = int(time.time() * 1000)
         request_id = draft.request_id if draft is not None else uuid.uuid4().hex
@@ -83,9 +95,10 @@ class Relay:
         reply = await self._bus.submit(envelope, body)
         draft.envelope = envelope
         try:
-            if stream:
-                return await self._stream(request, reply, draft)
-            return await self._complete(request, reply, draft)
+            response = await (self._stream if stream else self._complete)(request, reply, draft)
+            if route.degraded:
+                response.headers[DEGRADED] = route.degraded
+            return response
         except BaseException:
             await reply.close()
             raise

@@ -68,6 +68,7 @@ class ModelConfig(_Config):
     owned_by: str = "modelbus"
     versions: list[VersionConfig] = Field(default_factory=list, description="none: one version, 'default'")
     sticky: bool = Field(default=False, description="keep each consumer on one version")
+    fallbacks: list[str] = Field(default_factory=list, description="models to fall back to, in order")
 
     @model_validator(mode="after")
     def _versions(self) -> ModelConfig:
@@ -107,6 +108,12 @@ class ConsumerConfig(_Config):
     name: str = Field(min_length=1, max_length=128)
     keys: list[ApiKey] = Field(default_factory=list)
     admin: bool = Field(default=False, description="may use the /admin API (audit queries)")
+    degradation: list[Literal["fallback", "queue", "fail"]] = Field(
+        default_factory=list,
+        description="what to do, in order, when a model has no live worker or would exceed the wait "
+        "budget; empty: wait in the queue until the deadline",
+    )
+    wait_budget_s: float | None = Field(default=None, gt=0, description="longest acceptable queue wait")
 
 
 class ModelbusConfig(_Config):
@@ -119,6 +126,11 @@ class ModelbusConfig(_Config):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"duplicate model names: {sorted(dupes)}")
+        known = set(names)
+        for model in self.models:
+            unknown = [name for name in model.fallbacks if name not in known or name == model.name]
+            if unknown:
+                raise ValueError(f"model {model.name!r} falls back to unknown models {unknown}")
         key_ids = [k.id for c in self.consumers for k in c.keys]
         dupes = {k for k in key_ids if key_ids.count(k) > 1}
         if dupes:
@@ -127,3 +139,6 @@ class ModelbusConfig(_Config):
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def consumer(self, name: str) -> ConsumerConfig | None:
+        return next((c for c in self.consumers if c.name == name), None)

@@ -167,8 +167,10 @@ class Cluster:
             wait_until(lambda: "serving" in proc.log(), 30, f"worker did not start:\n{proc.log()}", proc)
         return proc
 
-    def dispatcher(self, config_path: Path, database_url: str, **extra: str) -> Proc:
-        env = self.env(config_path, MODELBUS_DATABASE_URL=database_url, **extra)
+    def dispatcher(self, config_path: Path, database_url: str | None = None, **extra: str) -> Proc:
+        if database_url is not None:
+            extra = {**extra, "MODELBUS_DATABASE_URL": database_url}
+        env = self.env(config_path, **extra)
         proc = self.spawn("dispatcher", ["dispatcher"], env)
         wait_until(
             lambda: "dispatcher running" in proc.log(), 30, f"dispatcher did not start:\n{proc.log()}", proc

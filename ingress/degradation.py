@@ -1,0 +1,72 @@
+"""Graceful degradation, chosen per consumer: when a model has no live worker or its queue would
+exceed the consumer's wait budget, fall back along the model's chain, queue the request as an async
+task (202), or fail fast (503 with Retry-After). The response says what happened in the
+`x-modelbus-degraded` header. A consumer with no policy waits in the queue until its deadline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from starlette.responses import Response
+
+from ingress.auth import Identity
+from ingress.errors import APIError
+from ingress.live_config import LiveConfig
+from ingress.model_health import ModelHealth
+from ingress.tasks import TaskIntake
+from schemas.config import ModelConfig
+from schemas.envelope import Endpoint
+
+HEADER = "x-modelbus-degraded"
+
+
+@dataclass(frozen=True)
+class Route:
+    target: ModelConfig
+    degraded: str | None = None  # e.g. "fallback:small-model"
+
+
+class Degradation:
+    def __init__(self, live: LiveConfig, health: ModelHealth | None, tasks: TaskIntake) -> None:
+        self._live = live
+        self._health = health
+        self._tasks = tasks
+
+    async def route(
+        self,
+        request: Request,
+        identity: Identity,
+        endpoint: Endpoint,
+        target: ModelConfig,
+        payload: dict[str, Any],
+    ) -> Route | Response:
+        consumer = self._live.config.consumer(identity.consumer)
+        if self._health is None or consumer is None or not consumer.degradation:
+            return Route(target)
+        trouble = self._health.trouble(target, consumer.wait_budget_s)
+        if trouble is None:
+            return Route(target)
+        for step in consumer.degradation:
+            if step == "fallback":
+                for name in target.fallbacks:
+                    fallback = self._live.config.model(name)
+                    if (
+                        fallback is not None
+                        and endpoint in fallback.endpoints
+                        and (self._health.trouble(fallback, consumer.wait_budget_s) is None)
+                    ):
+                        return Route(fallback, f"fallback:{name}")
+            elif step == "queue":
+                response = await self._tasks.accept(request, identity, endpoint, target, payload)
+                response.headers[HEADER] = f"queued:{trouble}"
+                return response
+            elif step == "fail":
+                raise APIError(
+                    503,
+                    f"the model {target.name!r} cannot serve now ({trouble.replace('_', ' ')})",
+                    "model_unavailable",
+                    headers={"Retry-After": "5", HEADER: f"failed:{trouble}"},
+                )
+        return Route(target)

@@ -1,0 +1,103 @@
+"""What an ingress knows about each model's workers, kept current without touching the hot path.
+
+A watch on the worker registry keeps live workers in memory (an entry counts until its heartbeat
+is older than the registry's TTL); queue depths are refreshed once a second from consumer info.
+Requests then ask `trouble()`, which is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from dispatcher.subjects import Subjects
+from ingress.live_config import LiveConfig
+from schemas.capacity import WorkerStatus
+from schemas.config import ModelConfig
+from schemas.envelope import Lane
+
+log = logging.getLogger(__name__)
+
+
+class ModelHealth:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        registry: KeyValue,
+        live: LiveConfig,
+        stale_after_s: float,
+    ) -> None:
+        self._js = js
+        self._subjects = subjects
+        self._registry = registry
+        self._live = live
+        self._stale_after_s = stale_after_s
+        self._workers: dict[str, WorkerStatus] = {}  # registry key -> latest status
+        self._queued: dict[str, int] = {}  # model -> messages waiting, all versions and lanes
+
+    def live_workers(self, model: str) -> list[WorkerStatus]:
+        oldest = (time.time() - self._stale_after_s) * 1000
+        return [w for w in self._workers.values() if w.model == model and w.updated_ms >= oldest]
+
+    def estimated_wait_s(self, model: str) -> float | None:
+        workers = self.live_workers(model)
+        capacity = sum(w.capacity for w in workers)
+        if not capacity:
+            return None
+        times = [w.avg_service_ms for w in workers if w.avg_service_ms]
+        service_s = sum(times) / len(times) / 1000 if times else 0.0
+        return self._queued.get(model, 0) / capacity * service_s
+
+    def trouble(self, model: ModelConfig, wait_budget_s: float | None) -> str | None:
+        """Why `model` cannot serve a request now, or None if it can."""
+        if not self.live_workers(model.name):
+            return "no_live_workers"
+        wait = self.estimated_wait_s(model.name)
+        if wait_budget_s is not None and wait is not None and wait > wait_budget_s:
+            return "wait_over_budget"
+        return None
+
+    async def watch_workers(self) -> None:
+        watcher = await self._registry.watchall()
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
+                except TimeoutError:
+                    continue
+                if entry is None:
+                    continue
+                if entry.operation is not None or not entry.value:  # deleted: stopped cleanly
+                    self._workers.pop(entry.key, None)
+                    continue
+                try:
+                    self._workers[entry.key] = WorkerStatus.model_validate_json(entry.value)
+                except ValidationError:
+                    log.warning("unreadable worker status %s ignored", entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def refresh_queues(self, every_s: float = 1.0) -> None:
+        while True:
+            for model in self._live.config.models:
+                total = 0
+                for version in model.version_names:
+                    for lane in Lane:
+                        name = self._subjects.consumer(model.name, version, lane)
+                        try:
+                            info = await self._js.consumer_info(self._subjects.request_stream, name)
+                        except NotFoundError:
+                            continue
+                        except Exception as exc:  # noqa: BLE001 - keep the last figure; retry next round
+                            log.debug("queue depth of %s unknown: %s", name, exc)
+                            continue
+                        total += info.num_pending or 0
+                self._queued[model.name] = total
+            await asyncio.sleep(every_s)

@@ -1,0 +1,87 @@
+"""Graceful degradation per consumer when a model has no live worker: fallback, queue, or fail fast."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from ingress.auth import hash_key
+from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
+from tests.servers import Cluster, wait_until
+
+MSG = [{"role": "user", "content": "hello"}]
+KEYS = {policy: f"mb-test-{policy}-key-0123456789abcdef0123" for policy in ("fallback", "queue", "fail")}
+
+
+def _auth(policy: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[policy]}"}
+
+
+def test_each_consumer_gets_its_own_degradation_when_the_model_is_down(cluster: Cluster) -> None:
+    fast = SimulatorBackend(ttft_ms=2, tokens_per_s=2000)
+    config = cluster.write_config(
+        ModelbusConfig(
+            models=[
+                ModelConfig(name="big", backend=fast, fallbacks=["small"]),
+                ModelConfig(name="small", backend=fast),
+            ],
+            consumers=[
+                ConsumerConfig(
+                    name=policy,
+                    degradation=[policy],  # type: ignore[list-item]
+                    keys=[ApiKey(id=policy, hash=hash_key(key))],
+                )
+                for policy, key in KEYS.items()
+            ],
+        )
+    )
+    cluster.dispatcher(config)  # its task collector finishes queued requests
+    gateway = cluster.ingress(config)
+    big = cluster.worker("big", config, "w-big")
+    cluster.worker("small", config, "w-small")
+    with httpx.Client(base_url=gateway, timeout=30) as http:
+        body = {"model": "big", "messages": MSG, "max_tokens": 2}
+        wait_until(
+            lambda: (
+                "x-modelbus-degraded"
+                not in http.post("/chat/completions", json=body, headers=_auth("fail")).headers
+            ),
+            10,
+            "big never served normally",
+        )
+        healthy = http.post("/chat/completions", json=body, headers=_auth("fallback"))
+        assert healthy.headers["x-modelbus-model"] == "big" and "x-modelbus-degraded" not in healthy.headers
+
+        big.stop()  # all workers of "big" gone
+
+        wait_until(
+            lambda: http.post("/chat/completions", json=body, headers=_auth("fail")).status_code == 503,
+            5,
+            "the ingress never noticed the model was down",
+        )
+        started = time.monotonic()
+        failed = http.post("/chat/completions", json=body, headers=_auth("fail"))
+        assert failed.status_code == 503 and time.monotonic() - started < 0.5  # fast, not at the deadline
+        assert (
+            failed.headers["retry-after"]
+            and failed.headers["x-modelbus-degraded"] == "failed:no_live_workers"
+        )
+        assert failed.json()["error"]["code"] == "model_unavailable"
+
+        fell_back = http.post("/chat/completions", json=body, headers=_auth("fallback"))
+        assert fell_back.status_code == 200
+        assert fell_back.headers["x-modelbus-degraded"] == "fallback:small"
+        assert fell_back.headers["x-modelbus-model"] == "small" and fell_back.json()["model"] == "small"
+
+        queued = http.post("/chat/completions", json=body, headers=_auth("queue"))
+        assert queued.status_code == 202 and queued.headers["x-modelbus-degraded"] == "queued:no_live_workers"
+        task_id = queued.json()["id"]
+        assert http.get(f"/tasks/{task_id}", headers=_auth("queue")).json()["status"] == "queued"
+        cluster.worker("big", config, "w-big-again")  # the model comes back
+        wait_until(
+            lambda: http.get(f"/tasks/{task_id}", headers=_auth("queue")).json()["status"] == "completed",
+            20,
+            "queued task never completed",
+        )
+        assert http.get(f"/tasks/{task_id}", headers=_auth("queue")).json()["worker"] == "w-big-again"
