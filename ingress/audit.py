@@ -47,6 +47,7 @@ class AuditDraft:
     error_message: str | None = None
     cancelled: bool = False
     deferred: bool = False  # an async task: its row is written when the task finishes
+    policy_actions: list[str] = field(default_factory=list)  # e.g. route:<rule>, degraded:<how>
 
 
 def draft_of(request: Request) -> AuditDraft | None:
@@ -160,6 +161,7 @@ def build_event(draft: AuditDraft, http_status: int) -> AuditEvent:
         picked_up_ms=timings.picked_up_ms if timings else None,
         first_token_ms=timings.first_token_ms if timings else None,
         finished_ms=int(time.time() * 1000),
+        policy_actions=draft.policy_actions,
         trace_id=_trace_id(envelope.traceparent if envelope else None),
     )
 

@@ -10,6 +10,7 @@ from fastapi import Request
 
 from ingress.auth import KeyStore
 from ingress.catalog import Catalog
+from ingress.content_routing import ContentRouter
 from schemas.config import ModelbusConfig
 
 
@@ -17,12 +18,14 @@ class LiveConfig:
     def __init__(self, config: ModelbusConfig, revision: int = 0) -> None:
         self.catalog = Catalog(config)
         self.keys = KeyStore(config)
+        self.router = ContentRouter(config)
         self.config = config
         self.revision = revision
 
     def swap(self, config: ModelbusConfig, revision: int) -> None:
-        catalog, keys = Catalog(config), KeyStore(config)
-        self.catalog, self.keys, self.config, self.revision = catalog, keys, config, revision
+        catalog, keys, router = Catalog(config), KeyStore(config), ContentRouter(config)
+        self.catalog, self.keys, self.router = catalog, keys, router
+        self.config, self.revision = config, revision
 
 
 def live_config(request: Request) -> LiveConfig:

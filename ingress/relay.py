@@ -64,13 +64,22 @@ class Relay:
         model_name: str = parsed.model  # type: ignore[attr-defined]  # every schema here has one
         if draft is not None:
             draft.model_requested = model_name
-        target = self._live.catalog.resolve(model_name, endpoint)
+        payload = orjson.loads(body)
+        live = self._live  # one revision for the whole request
+        routed_name, rule = live.router.route(model_name, payload, identity.consumer)
+        target = live.catalog.resolve(model_name, endpoint)
+        if rule is not None:
+            target = live.catalog.resolve(routed_name, endpoint)
+            if draft is not None:
+                draft.policy_actions.append(f"route:{rule}")
         if wants_async(request):
-            return await self._tasks.accept(request, identity, endpoint, target, orjson.loads(body))
-        route = await self._degradation.route(request, identity, endpoint, target, orjson.loads(body))
+            return await self._tasks.accept(request, identity, endpoint, target, payload)
+        route = await self._degradation.route(request, identity, endpoint, target, payload)
         if isinstance(route, Response):
             return route  # queued as an async task
         target = route.target
+        if route.degraded and draft is not None:
+            draft.policy_actions.append(f"degraded:{route.degraded}")
         stream = bool(getattr(parsed, "stream", False))
         created_ms = int(time.time() * 1000)
         request_id = draft.request_id if draft is not None else uuid.uuid4().hex
@@ -88,7 +97,7 @@ class Relay:
             reply_to=self._bus.reply_subject(request_id),
             traceparent=request.headers.get("traceparent"),
             # The body as the client sent it (validated above): unknown fields pass through.
-            payload=orjson.loads(body),
+            payload=payload,
         )
         draft = draft or AuditDraft(request_id, endpoint.value, created_ms)  # unaudited caller
         draft.enqueued_ms = int(time.time() * 1000)  # handed to JetStream (a worker may beat the ack)
@@ -98,6 +107,8 @@ class Relay:
             response = await (self._stream if stream else self._complete)(request, reply, draft)
             if route.degraded:
                 response.headers[DEGRADED] = route.degraded
+            if rule is not None:
+                response.headers["x-modelbus-route"] = rule
             return response
         except BaseException:
             await reply.close()

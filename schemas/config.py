@@ -93,6 +93,27 @@ class ModelConfig(_Config):
         return found.backend or self.backend, found.max_concurrency or self.max_concurrency
 
 
+class RouteMatch(_Config):
+    """All given conditions must hold; an absent one always holds."""
+
+    model: str = Field(description="the model name the client asked for")
+    languages: list[str] | None = Field(default=None, description="ISO 639-1 codes of the prompt's language")
+    min_prompt_chars: int | None = Field(default=None, ge=0)
+    max_prompt_chars: int | None = Field(default=None, ge=0)
+    features: list[Literal["tools", "json_mode", "stream"]] | None = Field(
+        default=None, description="requested features that must all be present"
+    )
+    consumers: list[str] | None = None
+
+
+class RouteRule(_Config):
+    """Content-based routing: the first rule that matches a request sends it to `target`."""
+
+    name: str = Field(min_length=1, max_length=128)
+    match: RouteMatch
+    target: str
+
+
 class ApiKey(_Config):
     id: str = Field(min_length=1, max_length=64, description="public identifier, safe to log")
     hash: str = Field(description="sha256:<hex> of the key; the key itself is never stored")
@@ -119,6 +140,7 @@ class ConsumerConfig(_Config):
 class ModelbusConfig(_Config):
     models: list[ModelConfig] = Field(default_factory=list)
     consumers: list[ConsumerConfig] = Field(default_factory=list)
+    routes: list[RouteRule] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> ModelbusConfig:
@@ -131,6 +153,9 @@ class ModelbusConfig(_Config):
             unknown = [name for name in model.fallbacks if name not in known or name == model.name]
             if unknown:
                 raise ValueError(f"model {model.name!r} falls back to unknown models {unknown}")
+        for rule in self.routes:
+            if rule.target not in known or rule.match.model not in known:
+                raise ValueError(f"route {rule.name!r} names an unknown model")
         key_ids = [k.id for c in self.consumers for k in c.keys]
         dupes = {k for k in key_ids if key_ids.count(k) > 1}
         if dupes:

