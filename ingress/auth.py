@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 
 from ingress.errors import APIError
 from schemas.config import ModelbusConfig
+from schemas.envelope import Lane
 
 KEY_PREFIX = "mb-"
 
@@ -27,6 +28,7 @@ class Identity:
     key_id: str
     key_hash: str
     admin: bool = False
+    lane: Lane = Lane.INTERACTIVE
 
 
 def hash_key(key: str) -> str:
@@ -40,7 +42,7 @@ def new_key() -> str:
 class KeyStore:
     def __init__(self, config: ModelbusConfig) -> None:
         self._by_hash: dict[str, Identity] = {
-            key.hash: Identity(consumer.name, key.id, key.hash, consumer.admin)
+            key.hash: Identity(consumer.name, key.id, key.hash, consumer.admin, consumer.lane)
             for consumer in config.consumers
             for key in consumer.keys
         }

@@ -89,6 +89,7 @@ class Relay:
             model=model_name,
             target=target.name,
             version=choose_version(target, identity.consumer),
+            lane=identity.lane,
             consumer=identity.consumer,
             key_id=identity.key_id,
             stream=stream,

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
-from schemas.envelope import Endpoint
+from schemas.envelope import Endpoint, Lane
 from schemas.openai import MAX_MODEL_NAME_LENGTH
 
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -135,6 +135,7 @@ class ConsumerConfig(_Config):
         "budget; empty: wait in the queue until the deadline",
     )
     wait_budget_s: float | None = Field(default=None, gt=0, description="longest acceptable queue wait")
+    lane: Lane = Field(default=Lane.INTERACTIVE, description="priority of this consumer's requests")
 
 
 class ModelbusConfig(_Config):

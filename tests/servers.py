@@ -22,6 +22,7 @@ from dispatcher.subjects import Subjects
 from ingress.auth import hash_key
 from modelbus.embedded_nats import free_port
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig
+from schemas.envelope import Lane
 
 TEST_KEY = "mb-test-key-0123456789abcdef0123456789abcdef"
 OTHER_KEY = "mb-test-key-other-fedcba9876543210fedcba98765"
@@ -184,12 +185,16 @@ class Cluster:
         wait_until(lambda: _ok(f"{base}/health"), 30, f"simulator did not start:\n{proc.log()}", proc)
         return base, proc
 
-    def consumer_info(self, model: str) -> nats.js.api.ConsumerInfo:
+    def consumer_info(
+        self, model: str, lane: Lane = Lane.INTERACTIVE, version: str = "default"
+    ) -> nats.js.api.ConsumerInfo:
         async def query() -> nats.js.api.ConsumerInfo:
             nc = await nats.connect(self.nats_url)
             try:
                 subjects = self.subjects
-                return await nc.jetstream().consumer_info(subjects.request_stream, subjects.consumer(model))
+                return await nc.jetstream().consumer_info(
+                    subjects.request_stream, subjects.consumer(model, version, lane)
+                )
             finally:
                 await nc.close()
 
