@@ -80,8 +80,8 @@ def test_request_survives_worker_killed_mid_request(cluster: Cluster) -> None:
     caller = threading.Thread(target=call)
     caller.start()
     wait_until(lambda: cluster.consumer_info("slow").num_ack_pending == 1, 10, "worker never picked it up")
+    doomed.kill()  # mid-request: the backend has not answered yet (1.5 s to the first token)
     cluster.worker("slow", config, "w-survivor")
-    doomed.kill()
     caller.join(30)
     response = result["response"]
     assert response.status_code == 200, response.text
