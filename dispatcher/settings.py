@@ -44,6 +44,7 @@ class BusSettings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="postgresql:// URL of the audit and task database"
     )
+    cache_ttl_s: float = Field(default=3600.0, gt=0, description="how long cached answers may be served")
     task_timeout_s: float = Field(default=24 * 3600, gt=0, description="deadline of an async task")
     webhook_secret: str | None = Field(default=None, description="HMAC key for task webhooks")
     max_ack_pending: int = Field(default=10_000, ge=1, description="in flight per model, all workers")

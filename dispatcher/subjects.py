@@ -151,6 +151,10 @@ class Subjects:
     def worker_key(model: str, version: str, worker_id: str) -> str:
         return f"{encode_token(model)}.{encode_token(version)}.{encode_token(worker_id)}"
 
+    @property
+    def cache_bucket(self) -> str:
+        return f"{self.namespace}-cache"
+
     # configuration ---------------------------------------------------------------------------
     @property
     def config_bucket(self) -> str:

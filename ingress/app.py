@@ -17,6 +17,7 @@ from dispatcher.config_file import load_config
 from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.db.engine import create_engine
+from dispatcher.response_cache import ResponseCache
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.store import TaskStore
 from dispatcher.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
@@ -78,7 +79,8 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             health = ModelHealth(
                 js, subjects, app.state.registry, live, stale_after_s=3 * settings.heartbeat_s
             )
-            app.state.relay = Relay(bus, live, settings, intake, Degradation(live, health, intake))
+            cache = await ResponseCache.open(js, subjects, settings)
+            app.state.relay = Relay(bus, live, settings, intake, Degradation(live, health, intake, cache))
             app.state.engine = engine
             app.state.batches = batch_store
             app.state.batch_intake = (

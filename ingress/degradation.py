@@ -1,16 +1,21 @@
-"""Graceful degradation, chosen per consumer: when a model has no live worker or its queue would
-exceed the consumer's wait budget, fall back along the model's chain, queue the request as an async
-task (202), or fail fast (503 with Retry-After). The response says what happened in the
-`x-modelbus-degraded` header. A consumer with no policy waits in the queue until its deadline."""
+"""Graceful degradation, chosen per consumer.
+
+When a model has no live worker or its queue would exceed the consumer's wait budget: fall back
+along the model's chain, serve a cached answer, queue the request as an async task (202), or fail
+fast (503 with Retry-After). The response says what happened in the `x-modelbus-degraded` header.
+A consumer with no policy waits in the queue until its deadline.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from starlette.responses import Response
 
+from dispatcher.response_cache import ResponseCache
 from ingress.auth import Identity
 from ingress.errors import APIError
 from ingress.live_config import LiveConfig
@@ -29,10 +34,26 @@ class Route:
 
 
 class Degradation:
-    def __init__(self, live: LiveConfig, health: ModelHealth | None, tasks: TaskIntake) -> None:
+    def __init__(
+        self,
+        live: LiveConfig,
+        health: ModelHealth | None,
+        tasks: TaskIntake,
+        cache: ResponseCache | None = None,
+    ) -> None:
         self._live = live
         self._health = health
         self._tasks = tasks
+        self._cache = cache
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def remember(self, model: ModelConfig, payload: dict[str, Any], body: bytes) -> None:
+        """Keep a plain answer for the cache step, after the response (never on its path)."""
+        if self._cache is None or not model.cache or payload.get("stream"):
+            return
+        task = asyncio.create_task(self._cache.put(model.name, payload, body))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def route(
         self,
@@ -58,6 +79,11 @@ class Degradation:
                         and (self._health.trouble(fallback, consumer.wait_budget_s) is None)
                     ):
                         return Route(fallback, f"fallback:{name}")
+            elif step == "cache" and self._cache is not None and not payload.get("stream"):
+                cached = await self._cache.get(target.name, payload)
+                if cached is not None:
+                    headers = {HEADER: f"cache:{trouble}", "x-modelbus-model": target.name}
+                    return Response(cached, media_type="application/json", headers=headers)
             elif step == "queue":
                 response = await self._tasks.accept(request, identity, endpoint, target, payload)
                 response.headers[HEADER] = f"queued:{trouble}"

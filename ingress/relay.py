@@ -106,6 +106,8 @@ class Relay:
         draft.envelope = envelope
         try:
             response = await (self._stream if stream else self._complete)(request, reply, draft)
+            if draft.body is not None and response.status_code == 200:
+                self._degradation.remember(target, payload, draft.body)
             if route.degraded:
                 response.headers[DEGRADED] = route.degraded
             if rule is not None:

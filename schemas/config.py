@@ -69,6 +69,7 @@ class ModelConfig(_Config):
     versions: list[VersionConfig] = Field(default_factory=list, description="none: one version, 'default'")
     sticky: bool = Field(default=False, description="keep each consumer on one version")
     fallbacks: list[str] = Field(default_factory=list, description="models to fall back to, in order")
+    cache: bool = Field(default=False, description="keep plain answers for the `cache` degradation step")
 
     @model_validator(mode="after")
     def _versions(self) -> ModelConfig:
@@ -129,7 +130,7 @@ class ConsumerConfig(_Config):
     name: str = Field(min_length=1, max_length=128)
     keys: list[ApiKey] = Field(default_factory=list)
     admin: bool = Field(default=False, description="may use the /admin API (audit queries)")
-    degradation: list[Literal["fallback", "queue", "fail"]] = Field(
+    degradation: list[Literal["fallback", "cache", "queue", "fail"]] = Field(
         default_factory=list,
         description="what to do, in order, when a model has no live worker or would exceed the wait "
         "budget; empty: wait in the queue until the deadline",

@@ -11,7 +11,9 @@ from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, 
 from tests.servers import Cluster, wait_until
 
 MSG = [{"role": "user", "content": "hello"}]
-KEYS = {policy: f"mb-test-{policy}-key-0123456789abcdef0123" for policy in ("fallback", "queue", "fail")}
+KEYS = {
+    policy: f"mb-test-{policy}-key-0123456789abcdef0123" for policy in ("fallback", "queue", "fail", "cache")
+}
 
 
 def _auth(policy: str) -> dict[str, str]:
@@ -23,13 +25,13 @@ def test_each_consumer_gets_its_own_degradation_when_the_model_is_down(cluster: 
     config = cluster.write_config(
         ModelbusConfig(
             models=[
-                ModelConfig(name="big", backend=fast, fallbacks=["small"]),
+                ModelConfig(name="big", backend=fast, fallbacks=["small"], cache=True),
                 ModelConfig(name="small", backend=fast),
             ],
             consumers=[
                 ConsumerConfig(
                     name=policy,
-                    degradation=[policy],  # type: ignore[list-item]
+                    degradation=["cache", "fail"] if policy == "cache" else [policy],  # type: ignore[list-item]
                     keys=[ApiKey(id=policy, hash=hash_key(key))],
                 )
                 for policy, key in KEYS.items()
@@ -52,6 +54,7 @@ def test_each_consumer_gets_its_own_degradation_when_the_model_is_down(cluster: 
         )
         healthy = http.post("/chat/completions", json=body, headers=_auth("fallback"))
         assert healthy.headers["x-modelbus-model"] == "big" and "x-modelbus-degraded" not in healthy.headers
+        remembered = http.post("/chat/completions", json=body, headers=_auth("cache"))  # now in the cache
 
         big.stop()  # all workers of "big" gone
 
@@ -73,6 +76,17 @@ def test_each_consumer_gets_its_own_degradation_when_the_model_is_down(cluster: 
         assert fell_back.status_code == 200
         assert fell_back.headers["x-modelbus-degraded"] == "fallback:small"
         assert fell_back.headers["x-modelbus-model"] == "small" and fell_back.json()["model"] == "small"
+
+        from_cache = http.post("/chat/completions", json=body, headers=_auth("cache"))
+        assert (
+            from_cache.status_code == 200
+            and from_cache.headers["x-modelbus-degraded"] == "cache:no_live_workers"
+        )
+        assert from_cache.json() == remembered.json()
+        other = {**body, "messages": [{"role": "user", "content": "never asked before"}]}
+        assert (
+            http.post("/chat/completions", json=other, headers=_auth("cache")).status_code == 503
+        )  # then fail
 
         queued = http.post("/chat/completions", json=body, headers=_auth("queue"))
         assert queued.status_code == 202 and queued.headers["x-modelbus-degraded"] == "queued:no_live_workers"
