@@ -70,6 +70,10 @@ class ModelConfig(_Config):
     sticky: bool = Field(default=False, description="keep each consumer on one version")
     fallbacks: list[str] = Field(default_factory=list, description="models to fall back to, in order")
     cache: bool = Field(default=False, description="keep plain answers for the `cache` degradation step")
+    coalesce_ms: float = Field(default=0.0, ge=0, le=100, description="embeddings: gather requests this long")
+    coalesce_max_inputs: int = Field(
+        default=64, ge=1, le=4096, description="embeddings: inputs per backend call"
+    )
 
     @model_validator(mode="after")
     def _versions(self) -> ModelConfig:

@@ -27,6 +27,7 @@ from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.openai import Usage
 from workers.backends.base import Backend, BackendError, Json
 from workers.cancellations import Cancellations
+from workers.coalescer import EmbeddingCoalescer
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,19 @@ class RequestRunner:
         settings: WorkerSettings,
         backend: Backend,
         cancellations: Cancellations,
+        coalesce_ms: float = 0.0,
+        coalesce_max_inputs: int = 64,
     ) -> None:
         self._nc = nc
         self._settings = settings
         self._backend = backend
         self._cancellations = cancellations
         self._live: dict[str, _Liveness] = {}
+        self.coalescer = (
+            EmbeddingCoalescer(lambda: self._backend, coalesce_ms / 1000, coalesce_max_inputs)
+            if coalesce_ms
+            else None
+        )
         self.served = 0
         self.avg_service_ms: float | None = None  # moving average, for the capacity view
 
@@ -193,7 +201,10 @@ class RequestRunner:
         attempt = 0
         while True:
             try:
-                body = await self._backend.complete(envelope.endpoint, envelope.payload)
+                if self.coalescer is not None and envelope.endpoint is Endpoint.EMBEDDINGS:
+                    body = await self.coalescer.embed(envelope.payload)
+                else:
+                    body = await self._backend.complete(envelope.endpoint, envelope.payload)
                 break
             except BackendError as exc:
                 await self._backoff(attempt, exc)

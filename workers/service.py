@@ -93,7 +93,9 @@ class Worker:
             )
             cancellations = Cancellations(nc, self.subjects)
             await cancellations.start()
-            runner = RequestRunner(nc, settings, backend, cancellations)
+            runner = RequestRunner(
+                nc, settings, backend, cancellations, self.model.coalesce_ms, self.model.coalesce_max_inputs
+            )
             self.puller = CapacityPuller(
                 nc,
                 self.subjects.request_stream,
