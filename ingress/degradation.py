@@ -1,7 +1,7 @@
 """Graceful degradation, chosen per consumer.
 
 When a model has no live worker or its queue would exceed the consumer's wait budget: fall back
-along the model's chain, serve a cached answer, queue the request as an async task (202), or fail
+along the model's chain (also when the model fails a request), serve a cached answer, queue the request as an async task (202), or fail
 fast (503 with Retry-After). The response says what happened in the `x-modelbus-degraded` header.
 A consumer with no policy waits in the queue until its deadline.
 """
@@ -54,6 +54,22 @@ class Degradation:
         task = asyncio.create_task(self._cache.put(model.name, payload, body))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+
+    def after_failure(
+        self, identity: Identity, endpoint: Endpoint, target: ModelConfig, status: int
+    ) -> ModelConfig | None:
+        """A healthy fallback for a model that just failed a request, if the consumer wants one."""
+        consumer = self._live.config.consumer(identity.consumer)
+        if status < 500 or consumer is None or "fallback" not in consumer.degradation:
+            return None
+        for name in target.fallbacks:
+            fallback = self._live.config.model(name)
+            healthy = (
+                self._health is None or self._health.trouble(fallback, None) is None if fallback else False
+            )
+            if fallback is not None and endpoint in fallback.endpoints and healthy:
+                return fallback
+        return None
 
     async def route(
         self,

@@ -11,6 +11,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import Request
@@ -18,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from dispatcher.client import BusClient, ReplyStream
-from dispatcher.errors import Interrupted, ModelbusError
+from dispatcher.errors import Interrupted, ModelbusError, RemoteError
 from dispatcher.reply_stream import Frame
 from ingress.audit import AuditDraft, draft_of
 from ingress.auth import Identity
@@ -32,10 +34,26 @@ from ingress.routing import choose_version
 from ingress.settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
 from ingress.tasks import TaskIntake, wants_async
+from schemas.config import ModelConfig
 from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, RequestEnvelope, StartFrame
 
 # The openai SDK sends its read timeout; for a non-streaming call that is how long it will wait.
 _SDK_TIMEOUT = "x-stainless-read-timeout"
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One client request, as the relay sends it (possibly twice, the second time to a fallback)."""
+
+    request: Request
+    identity: Identity
+    endpoint: Endpoint
+    model_name: str
+    payload: dict[str, Any]
+    body: bytes
+    stream: bool
+    draft: AuditDraft
+    deadline_ms: int
 
 
 class Relay:
@@ -83,36 +101,62 @@ class Relay:
         stream = bool(getattr(parsed, "stream", False))
         created_ms = int(time.time() * 1000)
         request_id = draft.request_id if draft is not None else uuid.uuid4().hex
+        draft = draft or AuditDraft(request_id, endpoint.value, created_ms)  # unaudited caller
+        call = _Call(
+            request,
+            identity,
+            endpoint,
+            model_name,
+            payload,
+            body,
+            stream,
+            draft,
+            deadline_ms=created_ms + int(self._timeout_s(request, stream) * 1000),
+        )
+        degraded = route.degraded
+        try:
+            response = await self._run(call, target, request_id)
+        except RemoteError as exc:
+            # The model failed (not the request): the consumer's fallback chain may still answer.
+            fallback = self._degradation.after_failure(identity, endpoint, target, exc.status)
+            if fallback is None:
+                raise
+            degraded = f"fallback:{fallback.name}"
+            draft.policy_actions.append(f"degraded:{degraded}:after:{exc.code.value}")
+            target = fallback
+            response = await self._run(call, fallback, f"{request_id}-fallback")
+        if draft.body is not None and response.status_code == 200:
+            self._degradation.remember(target, payload, draft.body)
+        if degraded:
+            response.headers[DEGRADED] = degraded
+        if rule is not None:
+            response.headers["x-modelbus-route"] = rule
+        return response
+
+    async def _run(self, call: _Call, target: ModelConfig, request_id: str) -> Response:
+        """Queue the request for `target` and relay its answer."""
         envelope = RequestEnvelope(
             id=request_id,
-            endpoint=endpoint,
-            model=model_name,
+            endpoint=call.endpoint,
+            model=call.model_name,
             target=target.name,
-            version=choose_version(target, identity.consumer),
-            lane=identity.lane,
-            consumer=identity.consumer,
-            key_id=identity.key_id,
-            stream=stream,
-            created_ms=created_ms,
-            deadline_ms=created_ms + int(self._timeout_s(request, stream) * 1000),
+            version=choose_version(target, call.identity.consumer),
+            lane=call.identity.lane,
+            consumer=call.identity.consumer,
+            key_id=call.identity.key_id,
+            stream=call.stream,
+            created_ms=int(time.time() * 1000),
+            deadline_ms=call.deadline_ms,
             reply_to=self._bus.reply_subject(request_id),
-            traceparent=request.headers.get("traceparent"),
+            traceparent=call.request.headers.get("traceparent"),
             # The body as the client sent it (validated above): unknown fields pass through.
-            payload=payload,
+            payload=call.payload,
         )
-        draft = draft or AuditDraft(request_id, endpoint.value, created_ms)  # unaudited caller
-        draft.enqueued_ms = int(time.time() * 1000)  # handed to JetStream (a worker may beat the ack)
-        reply = await self._bus.submit(envelope, body)
-        draft.envelope = envelope
+        call.draft.enqueued_ms = int(time.time() * 1000)  # handed to JetStream (a worker may beat the ack)
+        reply = await self._bus.submit(envelope, call.body)
+        call.draft.envelope = envelope
         try:
-            response = await (self._stream if stream else self._complete)(request, reply, draft)
-            if draft.body is not None and response.status_code == 200:
-                self._degradation.remember(target, payload, draft.body)
-            if route.degraded:
-                response.headers[DEGRADED] = route.degraded
-            if rule is not None:
-                response.headers["x-modelbus-route"] = rule
-            return response
+            return await (self._stream if call.stream else self._complete)(call.request, reply, call.draft)
         except BaseException:
             await reply.close()
             raise

@@ -99,3 +99,34 @@ def test_each_consumer_gets_its_own_degradation_when_the_model_is_down(cluster: 
             "queued task never completed",
         )
         assert http.get(f"/tasks/{task_id}", headers=_auth("queue")).json()["worker"] == "w-big-again"
+
+
+def test_a_failing_model_falls_back_for_consumers_who_want_it(cluster: Cluster) -> None:
+    cluster.env_overrides["MODELBUS_MAX_DELIVER"] = "1"  # fail on the first delivery, to keep this quick
+    config = cluster.write_config(
+        ModelbusConfig(
+            models=[
+                ModelConfig(name="flaky", backend=SimulatorBackend(error_rate=1.0), fallbacks=["small"]),
+                ModelConfig(name="small", backend=SimulatorBackend(ttft_ms=2)),
+            ],
+            consumers=[
+                ConsumerConfig(
+                    name=policy,
+                    degradation=[policy],  # type: ignore[list-item]
+                    keys=[ApiKey(id=policy, hash=hash_key(KEYS[policy]))],
+                )
+                for policy in ("fallback", "fail")
+            ],
+        )
+    )
+    gateway = cluster.ingress(config)
+    cluster.worker("flaky", config, "w-flaky")
+    cluster.worker("small", config, "w-small")
+    with httpx.Client(base_url=gateway, timeout=30) as http:
+        body = {"model": "flaky", "messages": MSG, "max_tokens": 2}
+        rescued = http.post("/chat/completions", json=body, headers=_auth("fallback"))
+        assert rescued.status_code == 200, rescued.text
+        assert rescued.headers["x-modelbus-degraded"] == "fallback:small"
+        assert rescued.headers["x-modelbus-worker"] == "w-small"
+        failed = http.post("/chat/completions", json=body, headers=_auth("fail"))
+        assert failed.status_code == 503 and failed.json()["error"]["code"] == "backend_unavailable"
