@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
+from dispatcher.topology import ensure_bucket
 from schemas.capacity import ModelCapacity, WorkerStatus
 from schemas.config import ModelbusConfig
 from schemas.envelope import Lane
@@ -28,15 +29,9 @@ _MISSED_HEARTBEATS = 3
 
 
 async def open_registry(js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> KeyValue:
-    return await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=subjects.worker_bucket,
-            description="Modelbus live workers (heartbeats)",
-            history=1,
-            ttl=max(3.0, settings.heartbeat_s * _MISSED_HEARTBEATS),
-            storage=api.StorageType.MEMORY,
-            replicas=settings.stream_replicas,
-        )
+    ttl = max(3.0, settings.heartbeat_s * _MISSED_HEARTBEATS)
+    return await ensure_bucket(
+        js, settings, subjects.worker_bucket, "Modelbus live workers (heartbeats)", ttl_s=ttl, in_memory=True
     )
 
 

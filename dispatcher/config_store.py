@@ -14,13 +14,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from dispatcher.config_file import ConfigError, parse_config
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
+from dispatcher.topology import ensure_bucket
 from schemas.config import ModelbusConfig
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,8 @@ class ConfigStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> ConfigStore:
-        kv = await js.create_key_value(
-            api.KeyValueConfig(
-                bucket=subjects.config_bucket,
-                description="Modelbus configuration, one revision per apply",
-                history=_HISTORY,
-                storage=api.StorageType.FILE,
-                replicas=settings.stream_replicas,
-            )
-        )
-        return cls(kv)
+        description = "Modelbus configuration, one revision per apply"
+        return cls(await ensure_bucket(js, settings, subjects.config_bucket, description, history=_HISTORY))
 
     async def current(self) -> Revision | None:
         try:

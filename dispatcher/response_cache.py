@@ -12,12 +12,13 @@ import logging
 from typing import Any
 
 import orjson
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
+from dispatcher.topology import ensure_bucket
 
 log = logging.getLogger(__name__)
 _IGNORED = ("stream", "stream_options", "user")
@@ -36,17 +37,10 @@ class ResponseCache:
 
     @classmethod
     async def open(cls, js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> ResponseCache:
-        kv = await js.create_key_value(
-            api.KeyValueConfig(
-                bucket=subjects.cache_bucket,
-                description="Modelbus exact-match answers for degradation",
-                history=1,
-                ttl=settings.cache_ttl_s,
-                storage=api.StorageType.FILE,
-                replicas=settings.stream_replicas,
-            )
+        description = "Modelbus exact-match answers for degradation"
+        return cls(
+            await ensure_bucket(js, settings, subjects.cache_bucket, description, ttl_s=settings.cache_ttl_s)
         )
-        return cls(kv)
 
     async def get(self, model: str, payload: dict[str, Any]) -> bytes | None:
         try:

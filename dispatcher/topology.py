@@ -129,17 +129,36 @@ def task_collector_consumer_config(subjects: Subjects) -> api.ConsumerConfig:
     )
 
 
-async def ensure_task_bucket(js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> KeyValue:
-    """Task status by id, readable from any ingress; entries expire after a week."""
+async def ensure_bucket(
+    js: JetStreamContext,
+    settings: BusSettings,
+    name: str,
+    description: str,
+    history: int = 1,
+    ttl_s: float | None = None,
+    in_memory: bool = False,
+) -> KeyValue:
+    """A KV bucket with the gateway's replica count; creating an existing one is harmless."""
     return await js.create_key_value(
         api.KeyValueConfig(
-            bucket=subjects.task_bucket,
-            description="Modelbus async task status and small results",
-            history=1,
-            ttl=7 * 24 * 3600,
-            storage=api.StorageType.FILE,
+            bucket=name,
+            description=description,
+            history=history,
+            ttl=ttl_s,
+            storage=api.StorageType.MEMORY if in_memory else api.StorageType.FILE,
             replicas=settings.stream_replicas,
         )
+    )
+
+
+async def ensure_task_bucket(js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> KeyValue:
+    """Task status by id, readable from any ingress; entries expire after a week."""
+    return await ensure_bucket(
+        js,
+        settings,
+        subjects.task_bucket,
+        "Modelbus async task status and small results",
+        ttl_s=7 * 24 * 3600,
     )
 
 
