@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import httpx
@@ -10,6 +11,33 @@ from schemas.config import ModelConfig, SimulatorBackend, VersionConfig
 from tests.servers import OTHER_KEY, TEST_KEY, Cluster, with_consumers
 
 MSG = [{"role": "user", "content": "hello"}]
+
+
+def _many(model: str, gateway: str, count: int) -> Counter[str]:
+    """`count` requests, 32 at a time; which version served each, from the response headers."""
+
+    async def run() -> Counter[str]:
+        served: Counter[str] = Counter()
+        slots = asyncio.Semaphore(32)
+        async with httpx.AsyncClient(
+            base_url=gateway,
+            headers={"Authorization": f"Bearer {TEST_KEY}"},
+            timeout=60,
+            limits=httpx.Limits(max_connections=32),
+        ) as client:
+
+            async def one() -> None:
+                async with slots:
+                    r = await client.post(
+                        "/chat/completions", json={"model": model, "messages": MSG, "max_tokens": 1}
+                    )
+                    assert r.status_code == 200
+                    served[r.headers["x-modelbus-version"]] += 1
+
+            await asyncio.gather(*(one() for _ in range(count)))
+        return served
+
+    return asyncio.run(run())
 
 
 def test_canary_split_and_stickiness_through_the_gateway(cluster: Cluster) -> None:
@@ -38,7 +66,8 @@ def test_canary_split_and_stickiness_through_the_gateway(cluster: Cluster) -> No
                 served[version] += 1
             return served
 
-    split = versions_served("canary", TEST_KEY, 600)
-    assert 0.05 <= split["v2"] / 600 <= 0.15, split  # 10 % ± 5 points on 600 requests
+    split = _many("canary", gateway, 10_000)
+    assert sum(split.values()) == 10_000
+    assert abs(split["v2"] / 10_000 - 0.10) <= 0.02, split  # 90/10 within ±2 points over 10,000 requests
     for key in (TEST_KEY, OTHER_KEY):
         assert len(versions_served("sticky", key, 30)) == 1  # each consumer stays on one version
