@@ -67,7 +67,9 @@ async def test_closing_the_stream_stops_generation_on_the_server(llama: str) -> 
     while _busy_slots(llama) and time.monotonic() - closed < 5:
         await asyncio.sleep(0.05)
     assert _busy_slots(llama) == 0
-    assert time.monotonic() - closed < 1.0
+    # llama.cpp notices the closed connection at its next token; on a busy 2-core machine a token
+    # can take a few hundred ms, hence more room than the gateway's own 1 s check (test_delivery).
+    assert time.monotonic() - closed < 2.0
     await backend.aclose()
 
 
