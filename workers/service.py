@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -133,6 +134,8 @@ class Worker:
                 self.model, self.backend_config = model, backend_config
 
             registry = await open_registry(js, self.subjects, settings)
+            gc.collect()
+            gc.freeze()  # start-up objects live on; full collections need not walk them (bench/gc_trace.py)
             pulling = asyncio.create_task(self.puller.run())
             keeping_alive = asyncio.create_task(runner.keep_alive())
             following = asyncio.create_task(config_store.follow(on_change))
