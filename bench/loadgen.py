@@ -1,0 +1,419 @@
+"""Load generator for `bench/gateway_overhead.py`, run as a process of its own.
+
+    python -m bench.loadgen < plan.json > results.json      (progress goes to stderr)
+
+The client is kept as light as practical so that its own cost is small, and identical on the direct
+and the gateway path: asyncio protocols on uvloop, responses parsed by httptools (llhttp, in C),
+one keep-alive HTTP/1.1 connection per virtual user, and the next request written from the very
+callback that completes the previous one — no task, future or coroutine per request. Timestamps
+are taken in those callbacks, so event-loop scheduling does not inflate them.
+
+Besides the closed-loop runs it measures relayed tokens per second on long streams, the CPU time
+that each watched server process spends per request (from /proc), and, optionally, the single hops
+of the gateway's path in isolation (`bench.hop_probes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypeVar, cast
+
+import httptools
+import uvloop
+
+Measure = Literal["complete", "ttft"]
+# Every content token of an OpenAI chat chunk, as serialized by orjson (no spaces), on both paths.
+# Bytes arrive in arbitrary pieces, so the last len(marker) - 1 bytes of each piece are kept and
+# searched again with the next one: a marker split across two pieces is found, and none is counted
+# twice (a marker found entirely in one piece ends before the kept tail begins).
+CONTENT_MARKER = b'"content":'
+_TAIL = len(CONTENT_MARKER) - 1
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+# --- the plan (written by the orchestrator, read here) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    """`concurrency` users on their own connections send `warmup` then `requests` requests back to back."""
+
+    key: str
+    port: int
+    method: str
+    path: str
+    body: str
+    concurrency: int
+    requests: int
+    warmup: int
+    measure: Measure = "complete"
+    expect_status: int = 200
+
+
+@dataclass(frozen=True)
+class RelayRun:
+    """`streams` concurrent long streams, `repeats` times; tokens counted as they arrive."""
+
+    key: str
+    port: int
+    path: str
+    body: str
+    streams: int
+    repeats: int
+    tokens: int  # expected per stream, checked
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    nats_url: str
+    backend_port: int
+    backend_path: str
+    backend_body: str
+    iterations: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    host: str
+    headers: dict[str, str]
+    watch: dict[str, int]  # process name -> pid; their CPU time is sampled around each load run
+    loads: list[LoadRun]
+    relays: list[RelayRun] = field(default_factory=list)
+    probe: ProbePlan | None = None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Plan:
+        probe = raw.get("probe")
+        return cls(
+            host=raw["host"],
+            headers=raw["headers"],
+            watch=raw["watch"],
+            loads=[LoadRun(**item) for item in raw["loads"]],
+            relays=[RelayRun(**item) for item in raw.get("relays", [])],
+            probe=ProbePlan(**probe) if probe else None,
+        )
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks; `ordered` must be sorted and non-empty."""
+    position = q / 100 * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize_ms(samples_s: list[float]) -> dict[str, float]:
+    """Latency summary in milliseconds."""
+    ordered = sorted(s * 1000 for s in samples_s)
+    summary = {f"p{q:g}".replace(".", ""): percentile(ordered, q) for q in (50, 90, 95, 99, 99.9)}
+    summary["max"] = ordered[-1]
+    summary["mean"] = statistics.fmean(ordered)
+    return summary
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        # The command name may hold spaces; the numeric fields start after its closing parenthesis.
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(watch: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in watch.items()}
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all processes together have used so far: user, nice, system, irq and softirq."""
+    with open("/proc/stat", "rb") as stat:
+        fields = stat.readline().split()  # cpu user nice system idle iowait irq softirq ...
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7)) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuUsage:
+    """CPU time used between construction and `stop()`: by this client, by each watched process,
+    and by everything else on the machine (`foreign`: other jobs, which make the figures noisy)."""
+
+    def __init__(self, watch: dict[str, int]) -> None:
+        self._watch = watch
+        self._before = cpu_snapshot(watch)
+        self._client_before = time.process_time()
+        self._machine_before = machine_busy_seconds()
+        self.by_process: dict[str, float] = {}
+        self.foreign = 0.0
+
+    def stop(self) -> None:
+        after = cpu_snapshot(self._watch)
+        self.by_process = {"client": time.process_time() - self._client_before}
+        self.by_process.update({name: after[name] - self._before[name] for name in self._watch})
+        machine = machine_busy_seconds() - self._machine_before
+        self.foreign = max(0.0, machine - sum(self.by_process.values()))
+
+
+# --- HTTP/1.1 over asyncio protocols ----------------------------------------------------------
+
+
+def http_request(method: str, host: str, port: int, path: str, headers: dict[str, str], body: bytes) -> bytes:
+    """One complete request, serialized once and written as is for every repetition."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class ClosedLoop:
+    """Shared state of one closed-loop run: how many requests are left and what was measured."""
+
+    def __init__(self, request: bytes, measure: Measure, expect_status: int, users: int) -> None:
+        self.request = request
+        self.measure = measure
+        self.expect_status = expect_status
+        self.remaining = 0
+        self.samples: list[float] = []
+        self.errors = 0
+        self._idle_users = 0
+        self._users = users
+        self._all_idle: asyncio.Future[None] | None = None
+
+    def phase(self, requests: int) -> asyncio.Future[None]:
+        """Arm a new phase of `requests` requests; the future resolves when every user is idle."""
+        self.remaining = requests
+        self.samples = []
+        self.errors = 0
+        self._idle_users = 0
+        self._all_idle = asyncio.get_running_loop().create_future()
+        return self._all_idle
+
+    def take(self) -> bool:
+        if self.remaining <= 0:
+            self._idle_users += 1
+            if self._idle_users == self._users and self._all_idle and not self._all_idle.done():
+                self._all_idle.set_result(None)
+            return False
+        self.remaining -= 1
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        if self._all_idle is not None and not self._all_idle.done():
+            self._all_idle.set_exception(exc)
+
+
+class _Connection(asyncio.Protocol):
+    """One virtual user: sends a request, records its latency, sends the next, until none are left."""
+
+    def __init__(self, loop_state: ClosedLoop) -> None:
+        self._run = loop_state
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._sent_at = 0.0
+        self._first_at = 0.0
+        self._tail = b""
+        self._busy = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._run.fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._busy:
+            self._run.fail(exc or ConnectionError("the server closed the connection mid-response"))
+
+    # driving
+    def next(self) -> None:
+        if self._run.take():
+            self._busy = True
+            self._first_at = 0.0
+            self._tail = b""
+            assert self._transport is not None
+            self._sent_at = time.perf_counter()
+            self._transport.write(self._run.request)
+        else:
+            self._busy = False
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # httptools callbacks
+    def on_body(self, body: bytes) -> None:
+        if self._run.measure == "ttft" and not self._first_at:
+            window = self._tail + body
+            if CONTENT_MARKER in window:
+                self._first_at = time.perf_counter()
+            else:
+                self._tail = window[-_TAIL:]
+
+    def on_message_complete(self) -> None:
+        done_at = time.perf_counter()
+        ok = self._parser.get_status_code() == self._run.expect_status
+        if self._run.measure == "ttft":
+            ok = ok and bool(self._first_at)
+            done_at = self._first_at
+        if ok:
+            self._run.samples.append(done_at - self._sent_at)
+        else:
+            self._run.errors += 1
+        self.next()
+
+
+async def _open(host: str, port: int, factory: Callable[[], P]) -> P:
+    _, protocol = await asyncio.get_running_loop().create_connection(factory, host, port)
+    return protocol
+
+
+async def closed_loop(
+    host: str, headers: dict[str, str], run: LoadRun, watch: dict[str, int]
+) -> dict[str, Any]:
+    request = http_request(run.method, host, run.port, run.path, headers, run.body.encode())
+    state = ClosedLoop(request, run.measure, run.expect_status, run.concurrency)
+    connections = [await _open(host, run.port, lambda: _Connection(state)) for _ in range(run.concurrency)]
+    try:
+        # The warm-up uses the same connections, so the measured phase opens none.
+        if run.warmup:
+            await _drive(state, connections, run.warmup)
+        usage = CpuUsage(watch)
+        began_at, began = time.time(), time.perf_counter()
+        await _drive(state, connections, run.requests)
+        wall = time.perf_counter() - began
+        usage.stop()
+    finally:
+        for connection in connections:
+            connection.close()
+    done = len(state.samples)
+    if not done:
+        raise RuntimeError(f"{run.key}: no request succeeded ({state.errors} errors)")
+    return {
+        "requests": done,
+        "errors": state.errors,
+        "wall_s": wall,
+        "window": [began_at, began_at + wall],  # epoch seconds, to match other processes' records
+        "rps": (done + state.errors) / wall,
+        "latency_ms": summarize_ms(state.samples),
+        "foreign_cores": usage.foreign / wall,
+        "cpu_us_per_request": {name: used / run.requests * 1e6 for name, used in usage.by_process.items()},
+    }
+
+
+async def _drive(state: ClosedLoop, connections: list[_Connection], requests: int) -> None:
+    finished = state.phase(requests)
+    for connection in connections:
+        connection.next()
+    await finished
+
+
+# --- relayed tokens per second ----------------------------------------------------------------
+
+
+class _TokenCounter(asyncio.Protocol):
+    """Receives one stream and counts content tokens in it, as they arrive."""
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self.tokens = 0
+        self._tail = b""
+        self.finished: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished.done():
+            self.finished.set_exception(exc or ConnectionError("stream closed early"))
+
+    def on_body(self, body: bytes) -> None:
+        window = self._tail + body
+        self.tokens += window.count(CONTENT_MARKER)
+        self._tail = window[-_TAIL:]
+
+    def on_message_complete(self) -> None:
+        if self._parser.get_status_code() != 200:
+            self.finished.set_exception(RuntimeError(f"HTTP {self._parser.get_status_code()}"))
+        else:
+            self.finished.set_result(time.perf_counter())
+
+
+async def relay(host: str, headers: dict[str, str], run: RelayRun, watch: dict[str, int]) -> dict[str, Any]:
+    request = http_request("POST", host, run.port, run.path, headers, run.body.encode())
+    rates: list[float] = []
+    usage, started = CpuUsage(watch), time.perf_counter()
+    for _ in range(run.repeats):
+        streams = [await _open(host, run.port, _TokenCounter) for _ in range(run.streams)]
+        began = time.perf_counter()
+        for stream in streams:
+            assert stream.transport is not None
+            stream.transport.write(request)
+        ended = max(await asyncio.gather(*(s.finished for s in streams)))
+        tokens = sum(s.tokens for s in streams)
+        for stream in streams:
+            assert stream.transport is not None
+            stream.transport.close()
+        if tokens != run.tokens * run.streams:
+            raise RuntimeError(f"{run.key}: {tokens} tokens received, {run.tokens * run.streams} expected")
+        rates.append(tokens / (ended - began))
+    usage.stop()
+    return {
+        "tokens_per_s_median": statistics.median(rates),
+        "tokens_per_s_runs": rates,
+        "foreign_cores": usage.foreign / (time.perf_counter() - started),
+    }
+
+
+# --- the whole plan ---------------------------------------------------------------------------
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def execute(plan: Plan) -> dict[str, Any]:
+    results: dict[str, Any] = {"loads": {}, "relays": {}, "probes": {}}
+    for run in plan.loads:
+        result = await closed_loop(plan.host, plan.headers, run, plan.watch)
+        results["loads"][run.key] = result
+        latency = result["latency_ms"]
+        _progress(
+            f"  {run.key:<26} p50 {latency['p50']:7.2f}  p99 {latency['p99']:7.2f} ms"
+            f"  {result['rps']:8,.0f} req/s  errors {result['errors']}  foreign CPU {result['foreign_cores']:.2f}"
+        )
+    for relay_run in plan.relays:
+        result = await relay(plan.host, plan.headers, relay_run, plan.watch)
+        results["relays"][relay_run.key] = result
+        _progress(
+            f"  {relay_run.key:<26} {result['tokens_per_s_median']:10,.0f} tokens/s"
+            f"  foreign CPU {result['foreign_cores']:.2f}"
+        )
+    if plan.probe is not None:
+        from bench.hop_probes import run_probes  # nats-py and aiohttp only when probing
+
+        results["probes"] = await run_probes(plan.probe, plan.host, plan.headers, _progress)
+    return results
+
+
+def main() -> None:
+    plan = Plan.from_json(json.load(sys.stdin))
+    results = uvloop.run(execute(plan))
+    json.dump({"plan": asdict(plan), "results": results}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
