@@ -7,7 +7,6 @@ the draft becomes an `AuditEvent` for the audit stream. Keys and tokens never en
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dispatcher.audit.chain import prompt_hash
 from dispatcher.audit.publisher import AuditPublisher
 from schemas.audit import AuditEvent, AuditStatus
 from schemas.envelope import FinalFrame, RequestEnvelope, StartFrame
@@ -87,13 +87,6 @@ class AuditMiddleware:
                 publisher.emit(build_event(draft, status))
 
 
-def _prompt(payload: dict[str, Any]) -> Any:
-    for key in ("messages", "prompt", "input"):
-        if key in payload:
-            return payload[key]
-    return None
-
-
 def _output(draft: AuditDraft) -> Any:
     if draft.body is not None:
         body = orjson.loads(draft.body)
@@ -126,7 +119,6 @@ def _status(draft: AuditDraft, http_status: int) -> AuditStatus:
 
 def build_event(draft: AuditDraft, http_status: int) -> AuditEvent:
     envelope, final, start = draft.envelope, draft.final, draft.start
-    prompt = _prompt(envelope.payload) if envelope else None
     usage = final.usage if final else None
     timings = final.timings if final else None
     return AuditEvent(
@@ -147,11 +139,7 @@ def build_event(draft: AuditDraft, http_status: int) -> AuditEvent:
         backend=start.backend if start else None,
         input=envelope.payload if envelope else None,
         output=_output(draft),
-        prompt_hash=(
-            hashlib.sha256(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS)).hexdigest()
-            if prompt is not None
-            else None
-        ),
+        prompt_hash=prompt_hash(envelope.payload) if envelope else None,
         finish_reason=final.finish_reason if final else None,
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,

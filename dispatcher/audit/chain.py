@@ -47,6 +47,14 @@ def _clean(value: Any) -> Any:
     return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
+def prompt_hash(payload: Mapping[str, Any]) -> str | None:
+    """Digest of what was asked (messages, prompt or input), to pair answers across versions."""
+    prompt = next((payload[k] for k in ("messages", "prompt", "input") if k in payload), None)
+    if prompt is None:
+        return None
+    return hashlib.sha256(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def canonical(event: AuditEvent, seq: int) -> str:
     body = {"seq": seq, **event.model_dump(mode="json")}
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()

@@ -10,7 +10,6 @@ already finished and is ignored.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from typing import Literal
@@ -21,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
+from dispatcher.audit.chain import prompt_hash
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.batches import BatchStore
 from dispatcher.reply_stream import Frame, decode_frame
@@ -146,7 +146,6 @@ def audit_event(task: Task, frame: Frame, kind: Literal["async", "batch"] = "asy
     final = frame if isinstance(frame, FinalFrame) else None
     error = frame if isinstance(frame, ErrorFrame) else None
     request = task.request or {}
-    prompt = next((request[k] for k in ("messages", "prompt", "input") if k in request), None)
     usage = final.usage if final else None
     return AuditEvent(
         event_id=task.request_id,
@@ -164,9 +163,7 @@ def audit_event(task: Task, frame: Frame, kind: Literal["async", "batch"] = "asy
         worker=task.worker,
         input=request or None,
         output=task.result,
-        prompt_hash=(
-            hashlib.sha256(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS)).hexdigest() if prompt else None
-        ),
+        prompt_hash=prompt_hash(request),
         finish_reason=final.finish_reason if final else None,
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
