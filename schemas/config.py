@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from schemas.envelope import Endpoint, Lane
 from schemas.openai import MAX_MODEL_NAME_LENGTH
+from schemas.policy import BUILTIN_ROLES, GuardrailsConfig, Limits, OidcIssuerConfig, RoleConfig
 
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -74,6 +76,7 @@ class ModelConfig(_Config):
     coalesce_max_inputs: int = Field(
         default=64, ge=1, le=4096, description="embeddings: inputs per backend call"
     )
+    guardrails: GuardrailsConfig | None = None
 
     @model_validator(mode="after")
     def _versions(self) -> ModelConfig:
@@ -122,6 +125,7 @@ class RouteRule(_Config):
 class ApiKey(_Config):
     id: str = Field(min_length=1, max_length=64, description="public identifier, safe to log")
     hash: str = Field(description="sha256:<hex> of the key; the key itself is never stored")
+    expires_at: datetime | None = Field(default=None, description="no expiry if unset")
 
     @model_validator(mode="after")
     def _hash_format(self) -> ApiKey:
@@ -133,7 +137,14 @@ class ApiKey(_Config):
 class ConsumerConfig(_Config):
     name: str = Field(min_length=1, max_length=128)
     keys: list[ApiKey] = Field(default_factory=list)
-    admin: bool = Field(default=False, description="may use the /admin API (audit queries)")
+    roles: list[str] = Field(default_factory=list, description="what it may use; none: nothing")
+    admin: bool = Field(default=False, description="shorthand for the `admin` role")
+    limits: Limits | None = Field(default=None, description="over all models together")
+    model_limits: dict[str, Limits] = Field(default_factory=dict, description="model name -> limits")
+    over_limit: Literal["reject", "queue"] = Field(
+        default="reject", description="reject: 429 + Retry-After; queue: wait for room until the deadline"
+    )
+    guardrails: GuardrailsConfig | None = None
     degradation: list[Literal["fallback", "cache", "queue", "fail"]] = Field(
         default_factory=list,
         description="what to do, in order, when a model has no live worker or would exceed the wait "
@@ -147,6 +158,8 @@ class ModelbusConfig(_Config):
     models: list[ModelConfig] = Field(default_factory=list)
     consumers: list[ConsumerConfig] = Field(default_factory=list)
     routes: list[RouteRule] = Field(default_factory=list)
+    roles: list[RoleConfig] = Field(default_factory=list, description="besides the built-in user, admin")
+    oidc: list[OidcIssuerConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> ModelbusConfig:
@@ -166,7 +179,21 @@ class ModelbusConfig(_Config):
         dupes = {k for k in key_ids if key_ids.count(k) > 1}
         if dupes:
             raise ValueError(f"duplicate key ids: {sorted(dupes)}")
+        roles = {r.name for r in self.all_roles}
+        for consumer in self.consumers:
+            unknown = sorted(set(consumer.roles) - roles)
+            if unknown:
+                raise ValueError(f"consumer {consumer.name!r} has unknown roles {unknown}")
+        consumers = {c.name for c in self.consumers}
+        for issuer in self.oidc:
+            if issuer.default_consumer is not None and issuer.default_consumer not in consumers:
+                raise ValueError(f"issuer {issuer.issuer!r}: unknown default_consumer")
         return self
+
+    @property
+    def all_roles(self) -> list[RoleConfig]:
+        defined = {r.name for r in self.roles}
+        return [*self.roles, *(r for r in BUILTIN_ROLES if r.name not in defined)]
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
