@@ -31,8 +31,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.http_client import Connection
+from dispatcher.api_keys import hash_key
 from dispatcher.config_file import dump_config
-from ingress.auth import hash_key
 from modelbus.embedded_nats import free_port, nats_server_binary, single_server
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, OpenAIBackend
 from schemas.envelope import Endpoint
@@ -89,7 +89,9 @@ def stack(workdir: Path) -> Iterator[Endpoints]:
                     name="bench-embed", endpoints=[Endpoint.EMBEDDINGS], backend=backend, max_concurrency=256
                 ),
             ],
-            consumers=[ConsumerConfig(name="bench", keys=[ApiKey(id="bench", hash=hash_key(KEY))])],
+            consumers=[
+                ConsumerConfig(name="bench", roles=["user"], keys=[ApiKey(id="bench", hash=hash_key(KEY))])
+            ],
         )
         config_path = workdir / "config.yaml"
         config_path.write_text(dump_config(config))

@@ -73,6 +73,7 @@ class Subjects:
       <ns>.req.<model>.<version>.<lane>   requests, persisted in the request stream
       <ns>.reply.<ingress>.<request>      reply frames (core NATS), read by one ingress only
       <ns>.cancel.<request>               cancellation broadcast to workers (core NATS)
+      <ns>.quota.<consumer>.<model|_all>.<window>.<period>   usage counters (JetStream counters)
     """
 
     namespace: str = "mb"
@@ -159,6 +160,24 @@ class Subjects:
     @property
     def config_bucket(self) -> str:
         return f"{self.namespace}-config"
+
+    # identity and quotas ----------------------------------------------------------------------
+    @property
+    def key_bucket(self) -> str:
+        return f"{self.namespace}-keys"
+
+    @property
+    def quota_stream(self) -> str:
+        return f"{self.namespace.upper()}_QUOTAS"
+
+    @property
+    def all_quotas(self) -> str:
+        return f"{self.namespace}.quota.>"
+
+    def quota(self, consumer: str, model: str | None, window: str, period: str) -> str:
+        """One counter: a consumer's use (of one model, or of all with None) in one time window."""
+        scope = encode_token(model) if model is not None else "_all"
+        return f"{self.namespace}.quota.{encode_token(consumer)}.{scope}.{window}.{period}"
 
     # replies and cancellation --------------------------------------------------------------
     def reply_inbox(self, ingress_id: str) -> str:

@@ -8,8 +8,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import aiohttp
 from fastapi import FastAPI
 
+from dispatcher.api_keys import KeyRegistry
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.batches import BatchStore
 from dispatcher.capacity import open_registry
@@ -28,8 +30,9 @@ from ingress.degradation import Degradation
 from ingress.errors import install_error_handlers
 from ingress.live_config import LiveConfig
 from ingress.model_health import ModelHealth
+from ingress.oidc import OidcVerifier
 from ingress.relay import Relay
-from ingress.routes import admin, batches, files, health, inference, models, tasks
+from ingress.routes import admin, batches, files, health, inference, keys, models, tasks
 from ingress.settings import IngressSettings
 from ingress.tasks import TaskIntake
 from schemas.config import ModelbusConfig
@@ -55,8 +58,16 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             await ensure_model_consumers(js, subjects, settings, current)
             live = LiveConfig(current, revision)
 
+            # Only the JWKS fetches use this session; it is idle unless OIDC issuers are configured.
+            http = aiohttp.ClientSession()
+            cleanup.push_async_callback(http.close)
+            oidc = OidcVerifier(current.oidc, http)
+            key_registry = await KeyRegistry.open(js, subjects, settings)
+            live.keys.replace_issued({r.hash: r for r in await key_registry.list()})
+
             async def on_change(new: ModelbusConfig, number: int) -> None:
                 await ensure_model_consumers(js, subjects, settings, new)
+                oidc.reconfigure(new.oidc)
                 live.swap(new, number)
 
             bus = BusClient(nc, subjects, settings, settings.ingress_id, msg_ttl)
@@ -74,6 +85,8 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             app.state.subjects = subjects
             app.state.registry = await open_registry(js, subjects, settings)
             app.state.live = live
+            app.state.oidc = oidc
+            app.state.key_registry = key_registry
             app.state.config_store = config_store
             app.state.audit = audit
             app.state.tasks = intake
@@ -91,6 +104,7 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             background = [
                 asyncio.create_task(audit.run()),
                 asyncio.create_task(config_store.follow(on_change)),
+                asyncio.create_task(key_registry.follow(live.keys.replace_issued)),
                 asyncio.create_task(health.watch_workers()),
                 asyncio.create_task(health.refresh_queues()),
             ]
@@ -114,6 +128,6 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
     app = FastAPI(title="Modelbus", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
-    for router in (inference, models, tasks, files, batches, admin, health):
+    for router in (inference, models, tasks, files, batches, admin, keys, health):
         app.include_router(router.router)
     return app

@@ -1,89 +1,90 @@
-"""Bearer API-key authentication. Keys are known only by their SHA-256; the key itself is never kept.
+"""Who is calling: an API key (ours) or a bearer JWT from a configured OpenID Connect issuer.
 
-API keys are long random strings, so a fast hash is enough (there is nothing to brute-force, unlike
-a password). Lookup is by digest: an attacker controls the key but not its digest, so the timing
-of the lookup reveals nothing about stored keys; the final comparison is constant-time anyway.
+Every failure is a 401 in OpenAI's shape that says what was wrong with the credential but never
+echoes it, not even in part.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from ingress.errors import APIError
-from schemas.config import ModelbusConfig
+from ingress.live_config import LiveConfig
+from ingress.oidc import OidcVerifier, TokenRejected, looks_like_jwt
+from schemas.config import ConsumerConfig
 from schemas.envelope import Lane
-
-KEY_PREFIX = "mb-"
+from schemas.policy import Operation
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
     consumer: str
-    key_id: str
-    key_hash: str
-    admin: bool = False
+    key_id: str  # which credential: an API key id or `jwt:<subject>`; never secret
+    roles: frozenset[str] = frozenset()
     lane: Lane = Lane.INTERACTIVE
-
-
-def hash_key(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-class KeyStore:
-    def __init__(self, config: ModelbusConfig) -> None:
-        self._by_hash: dict[str, Identity] = {
-            key.hash: Identity(consumer.name, key.id, key.hash, consumer.admin, consumer.lane)
-            for consumer in config.consumers
-            for key in consumer.keys
-        }
-
-    def identify(self, key: str) -> Identity | None:
-        digest = hash_key(key)
-        identity = self._by_hash.get(digest)
-        if identity is None or not hmac.compare_digest(identity.key_hash, digest):
-            return None
-        return identity
+    settings: ConsumerConfig | None = None  # limits, guardrails, degradation (None: defaults)
 
 
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+def _rejected(message: str, code: str = "invalid_api_key") -> APIError:
+    return APIError(401, message, code, headers=_UNAUTHORIZED)
+
+
+def _identity(consumer: str, key_id: str, settings: ConsumerConfig | None, roles: frozenset[str]) -> Identity:
+    if settings is not None:
+        roles = roles | frozenset(settings.roles) | (frozenset({"admin"}) if settings.admin else frozenset())
+        return Identity(consumer, key_id, roles, settings.lane, settings)
+    return Identity(consumer, key_id, roles)
 
 
 async def authenticate(request: Request) -> Identity:
     """FastAPI dependency: the caller's identity, or 401 in OpenAI's shape."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise APIError(
-            401,
-            "missing API key: send 'Authorization: Bearer <key>'",
-            "missing_api_key",
-            headers=_UNAUTHORIZED,
-        )
-    keys: KeyStore = request.app.state.live.keys
-    identity = keys.identify(token.strip())
-    if identity is None:
-        # Never echo the key back, not even in part.
-        raise APIError(401, "invalid API key", "invalid_api_key", headers=_UNAUTHORIZED)
-    return identity
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _rejected("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
+    live: LiveConfig = request.app.state.live
+    config = live.config
+    if config.oidc and looks_like_jwt(token):
+        verifier: OidcVerifier = request.app.state.oidc
+        try:
+            verified = await verifier.verify(token)
+        except TokenRejected as exc:
+            raise _rejected(str(exc)) from None
+        settings = config.consumer(verified.consumer)
+        if settings is None and verified.issuer.default_consumer is not None:
+            settings = config.consumer(verified.issuer.default_consumer)
+        return _identity(verified.consumer, f"jwt:{verified.subject}"[:64], settings, verified.roles)
+    found = live.keys.identify(token)
+    if found is None:
+        raise _rejected("invalid API key (unknown, expired or revoked)")
+    consumer, key_id = found
+    settings = config.consumer(consumer)
+    if settings is None:  # an issued key outlived its consumer's entry in the config
+        raise _rejected("invalid API key (its consumer no longer exists)")
+    return _identity(consumer, key_id, settings, frozenset())
 
 
 Caller = Annotated[Identity, Depends(authenticate)]
 
 
-async def require_admin(identity: Caller) -> Identity:
-    """FastAPI dependency for the admin API: 403 unless the consumer is an administrator."""
-    if not identity.admin:
-        raise APIError(403, "this key may not use the admin API", "permission_denied")
+def authorize(request: Request, identity: Identity, model: str | None, operation: Operation) -> None:
+    """403 unless the caller's roles grant `operation` on `model`."""
+    live: LiveConfig = request.app.state.live
+    if not live.authorizer.permits(identity.roles, model, operation):
+        target = f" on the model {model!r}" if model is not None else ""
+        raise APIError(403, f"your roles do not allow {operation}{target}", "permission_denied")
+
+
+async def require_admin(request: Request, identity: Caller) -> Identity:
+    """FastAPI dependency for the admin API: 403 unless a role grants `admin`."""
+    authorize(request, identity, None, "admin")
     return identity
 
 

@@ -14,7 +14,7 @@ from dispatcher.batches import BatchStore
 from dispatcher.client import BusClient
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.store import TaskStore
-from ingress.auth import Identity
+from ingress.auth import Identity, authorize
 from ingress.catalog import SCHEMAS
 from ingress.errors import APIError
 from ingress.live_config import LiveConfig
@@ -65,7 +65,9 @@ class BatchIntake:
                     f"line {number}: url {line.url} differs from the batch endpoint",
                     "invalid_batch_line",
                 )
-            target = self._live.catalog.resolve(str(line.body.get("model")), endpoint)
+            model = str(line.body.get("model"))
+            authorize(request, identity, model, "batch")
+            target = self._live.catalog.resolve(model, endpoint)
             lines.append((line, target))
         if not lines or len(lines) > _MAX_LINES:
             raise APIError(400, f"a batch holds 1 to {_MAX_LINES} requests", "invalid_batch_file")

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 from ingress.errors import APIError
 from schemas.config import ModelbusConfig, ModelConfig
 from schemas.envelope import Endpoint
-from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Model, ModelList
+from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 SCHEMAS: dict[Endpoint, type[BaseModel]] = {
     Endpoint.CHAT: ChatCompletionRequest,
@@ -36,6 +36,3 @@ class Catalog:
                 "model",
             )
         return model
-
-    def listing(self) -> ModelList:
-        return ModelList(data=[Model(id=m.name, owned_by=m.owned_by) for m in self._models.values()])

@@ -59,7 +59,7 @@ class Degradation:
         self, identity: Identity, endpoint: Endpoint, target: ModelConfig, status: int
     ) -> ModelConfig | None:
         """A healthy fallback for a model that just failed a request, if the consumer wants one."""
-        consumer = self._live.config.consumer(identity.consumer)
+        consumer = identity.settings
         if status < 500 or consumer is None or "fallback" not in consumer.degradation:
             return None
         for name in target.fallbacks:
@@ -79,7 +79,7 @@ class Degradation:
         target: ModelConfig,
         payload: dict[str, Any],
     ) -> Route | Response:
-        consumer = self._live.config.consumer(identity.consumer)
+        consumer = identity.settings
         if self._health is None or consumer is None or not consumer.degradation:
             return Route(target)
         trouble = self._health.trouble(target, consumer.wait_budget_s)

@@ -23,13 +23,14 @@ from dispatcher.client import BusClient, ReplyStream
 from dispatcher.errors import Interrupted, ModelbusError, RemoteError
 from dispatcher.reply_stream import Frame
 from ingress.audit import AuditDraft, draft_of
-from ingress.auth import Identity
+from ingress.auth import Identity, authorize
 from ingress.body import parse, read_body
 from ingress.catalog import SCHEMAS
 from ingress.degradation import HEADER as DEGRADED
 from ingress.degradation import Degradation
 from ingress.errors import APIError, error_body, from_bus_error
 from ingress.live_config import LiveConfig
+from ingress.rbac import OPERATION_OF
 from ingress.routing import choose_version
 from ingress.settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
@@ -82,6 +83,7 @@ class Relay:
         model_name: str = parsed.model  # type: ignore[attr-defined]  # every schema here has one
         if draft is not None:
             draft.model_requested = model_name
+        authorize(request, identity, model_name, OPERATION_OF[endpoint])
         payload = orjson.loads(body)
         live = self._live  # one revision for the whole request
         routed_name, rule = live.router.route(model_name, payload, identity.consumer)

@@ -257,7 +257,7 @@ def capacity(
 @keys_app.command("new")
 def keys_new(key_id: Annotated[str, typer.Option("--id", help="public key id")] = "key-1") -> None:
     """Generate an API key; prints it once, and the config entry that stores only its hash."""
-    from ingress.auth import hash_key, new_key
+    from dispatcher.api_keys import hash_key, new_key
 
     key = new_key()
     typer.echo(f"key (shown once): {key}")

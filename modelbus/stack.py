@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from dispatcher.api_keys import hash_key, new_key
 from dispatcher.config_file import dump_config, load_config
 from dispatcher.db.migrate import upgrade
-from ingress.auth import hash_key, new_key
 from modelbus.embedded_nats import NatsServer, port_in_use, single_server
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint
@@ -39,7 +39,11 @@ def demo_config(dev_key: str) -> ModelbusConfig:
                 max_concurrency=32,
             ),
         ],
-        consumers=[ConsumerConfig(name="dev", admin=True, keys=[ApiKey(id="dev", hash=hash_key(dev_key))])],
+        consumers=[
+            ConsumerConfig(
+                name="dev", roles=["user"], admin=True, keys=[ApiKey(id="dev", hash=hash_key(dev_key))]
+            )
+        ],
     )
 
 

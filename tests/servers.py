@@ -17,9 +17,9 @@ import httpx
 import nats
 from sqlalchemy.engine import make_url
 
+from dispatcher.api_keys import hash_key
 from dispatcher.config_file import dump_config
 from dispatcher.subjects import Subjects
-from ingress.auth import hash_key
 from modelbus.embedded_nats import free_port
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig
 from schemas.envelope import Lane
@@ -69,10 +69,17 @@ def with_consumers(models: list[ModelConfig]) -> ModelbusConfig:
     return ModelbusConfig(
         models=models,
         consumers=[
-            ConsumerConfig(name="tester", keys=[ApiKey(id="test-key", hash=hash_key(TEST_KEY))]),
-            ConsumerConfig(name="other", keys=[ApiKey(id="other-key", hash=hash_key(OTHER_KEY))]),
             ConsumerConfig(
-                name="auditor", admin=True, keys=[ApiKey(id="admin-key", hash=hash_key(ADMIN_KEY))]
+                name="tester", roles=["user"], keys=[ApiKey(id="test-key", hash=hash_key(TEST_KEY))]
+            ),
+            ConsumerConfig(
+                name="other", roles=["user"], keys=[ApiKey(id="other-key", hash=hash_key(OTHER_KEY))]
+            ),
+            ConsumerConfig(
+                name="auditor",
+                roles=["user"],
+                admin=True,
+                keys=[ApiKey(id="admin-key", hash=hash_key(ADMIN_KEY))],
             ),
         ],
     )

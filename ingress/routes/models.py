@@ -8,20 +8,27 @@ from starlette.responses import Response
 from ingress.auth import Caller
 from ingress.errors import APIError
 from ingress.live_config import live_config
-from schemas.openai import Model
+from schemas.openai import Model, ModelList
 
 router = APIRouter(prefix="/v1")
 
 
 @router.get("/models")
-async def list_models(request: Request, _: Caller) -> Response:
-    return Response(live_config(request).catalog.listing().model_dump_json(), media_type="application/json")
+async def list_models(request: Request, identity: Caller) -> Response:
+    """Only the models the caller's roles let it use."""
+    live = live_config(request)
+    visible = set(live.authorizer.visible(identity.roles, (m.name for m in live.catalog.models)))
+    listing = ModelList(
+        data=[Model(id=m.name, owned_by=m.owned_by) for m in live.catalog.models if m.name in visible]
+    )
+    return Response(listing.model_dump_json(), media_type="application/json")
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(model_id: str, request: Request, _: Caller) -> Response:
-    for model in live_config(request).catalog.models:
-        if model.name == model_id:
+async def get_model(model_id: str, request: Request, identity: Caller) -> Response:
+    live = live_config(request)
+    for model in live.catalog.models:
+        if model.name == model_id and live.authorizer.visible(identity.roles, [model_id]):
             return Response(
                 Model(id=model.name, owned_by=model.owned_by).model_dump_json(), media_type="application/json"
             )

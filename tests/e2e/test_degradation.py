@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from ingress.auth import hash_key
+from dispatcher.api_keys import hash_key
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
 from tests.servers import Cluster, wait_until
 
@@ -31,6 +31,7 @@ def test_each_consumer_gets_its_own_degradation_when_the_model_is_down(cluster: 
             consumers=[
                 ConsumerConfig(
                     name=policy,
+                    roles=["user"],
                     degradation=["cache", "fail"] if policy == "cache" else [policy],  # type: ignore[list-item]
                     keys=[ApiKey(id=policy, hash=hash_key(key))],
                 )
@@ -112,6 +113,7 @@ def test_a_failing_model_falls_back_for_consumers_who_want_it(cluster: Cluster) 
             consumers=[
                 ConsumerConfig(
                     name=policy,
+                    roles=["user"],
                     degradation=[policy],  # type: ignore[list-item]
                     keys=[ApiKey(id=policy, hash=hash_key(KEYS[policy]))],
                 )

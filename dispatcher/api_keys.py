@@ -1,0 +1,142 @@
+"""Run-time API keys in a KV bucket: created and revoked by any admin, seen by every ingress at once.
+
+Keys are long random strings, so a fast hash is enough (there is nothing to brute-force, unlike a
+password). Ingresses look keys up by digest: an attacker controls the key but not its digest, so the
+timing of the lookup reveals nothing about stored keys. The bucket keeps only digests.
+
+Revocation keeps the record (with `revoked_at`) so `keys list` can still show it and a key id is never
+reused; ingresses watch the bucket and drop a revoked key as soon as the update arrives (milliseconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from dispatcher.settings import BusSettings
+from dispatcher.subjects import Subjects, encode_token
+from dispatcher.topology import ensure_bucket
+from schemas.keys import ApiKeyRecord
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "mb-"
+
+
+def hash_key(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+class KeyExists(Exception):
+    """A key with that id exists (ids are never reused, not even after revocation)."""
+
+
+class KeyNotFound(Exception):
+    pass
+
+
+class KeyRegistry:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> KeyRegistry:
+        return cls(await ensure_bucket(js, settings, subjects.key_bucket, "Modelbus API keys (hashes only)"))
+
+    async def create(
+        self,
+        consumer: str,
+        key_id: str | None = None,
+        expires_in: timedelta | None = None,
+        description: str = "",
+    ) -> tuple[ApiKeyRecord, str]:
+        """A new key for `consumer`: its record and the key itself, which nothing keeps."""
+        key = new_key()
+        now = datetime.now(UTC)
+        record = ApiKeyRecord(
+            id=key_id or "k-" + secrets.token_hex(6),
+            consumer=consumer,
+            hash=hash_key(key),
+            created_at=now,
+            expires_at=now + expires_in if expires_in is not None else None,
+            description=description,
+        )
+        try:
+            await self._kv.create(encode_token(record.id), record.model_dump_json().encode())
+        except KeyWrongLastSequenceError:
+            raise KeyExists(record.id) from None
+        return record, key
+
+    async def revoke(self, key_id: str) -> ApiKeyRecord:
+        """Mark a key revoked (idempotent); compare-and-set so a concurrent change is not lost."""
+        while True:
+            try:
+                entry = await self._kv.get(encode_token(key_id))
+            except KeyNotFoundError:
+                raise KeyNotFound(key_id) from None
+            assert entry.value is not None and entry.revision is not None
+            record = ApiKeyRecord.model_validate_json(entry.value)
+            if record.revoked_at is not None:
+                return record
+            record = record.model_copy(update={"revoked_at": datetime.now(UTC)})
+            try:
+                await self._kv.update(encode_token(key_id), record.model_dump_json().encode(), entry.revision)
+                return record
+            except KeyWrongLastSequenceError:
+                continue
+
+    async def list(self) -> list[ApiKeyRecord]:
+        try:
+            names = await self._kv.keys()
+        except Exception as exc:  # nats-py raises NoKeysError for an empty bucket
+            if type(exc).__name__ == "NoKeysError":
+                return []
+            raise
+        records = []
+        for name in names:
+            try:
+                entry = await self._kv.get(name)
+            except KeyNotFoundError:
+                continue
+            if entry.value:
+                records.append(ApiKeyRecord.model_validate_json(entry.value))
+        return sorted(records, key=lambda r: r.created_at)
+
+    async def follow(self, on_change: Callable[[dict[str, ApiKeyRecord]], Awaitable[None] | None]) -> None:
+        """Call `on_change` with all records by hash, first once everything present is read, then on
+        every change. Runs until cancelled; an unreadable record is skipped and logged, never fatal."""
+        records: dict[str, ApiKeyRecord] = {}
+        watcher = await self._kv.watchall()
+        initial = True
+        try:
+            async for entry in watcher:
+                if entry is None:  # end of the initial values
+                    initial = False
+                elif entry.operation in ("DEL", "PURGE") or not entry.value:
+                    records.pop(entry.key, None)
+                else:
+                    try:
+                        records[entry.key] = ApiKeyRecord.model_validate_json(entry.value)
+                    except ValidationError:
+                        log.error("unreadable key record %s skipped", entry.key)
+                        continue
+                if initial:
+                    continue
+                result = on_change({r.hash: r for r in records.values()})
+                if asyncio.iscoroutine(result):
+                    await result
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
