@@ -53,6 +53,7 @@ class ReplyWriter:
         self.last_sent = time.monotonic()
         self.finished = False
         self.sent_data = False  # once true, a retry would duplicate output the client has seen
+        self.usage: Usage | None = None  # as the final frame reported it
 
     async def _send(self, frame: Frame, payload: bytes = b"") -> None:
         await self._nc.publish(self._subject, encode_frame(frame, payload))
@@ -93,6 +94,7 @@ class ReplyWriter:
             timings=timings,
         )
         await self._send(frame, body)
+        self.usage = usage
         self.finished = True
 
     async def error(self, code: ErrorCode, message: str, status: int, retryable: bool) -> None:

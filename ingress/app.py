@@ -20,6 +20,7 @@ from dispatcher.config_file import load_config
 from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.db.engine import create_engine
+from dispatcher.quotas import Limiter, QuotaLedger
 from dispatcher.response_cache import ResponseCache
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.store import TaskStore
@@ -31,6 +32,7 @@ from ingress.errors import install_error_handlers
 from ingress.live_config import LiveConfig
 from ingress.model_health import ModelHealth
 from ingress.oidc import OidcVerifier
+from ingress.quota import QuotaGate
 from ingress.relay import Relay
 from ingress.routes import admin, batches, files, health, inference, keys, models, tasks
 from ingress.settings import IngressSettings
@@ -94,7 +96,12 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
                 js, subjects, app.state.registry, live, stale_after_s=3 * settings.heartbeat_s
             )
             cache = await ResponseCache.open(js, subjects, settings)
-            app.state.relay = Relay(bus, live, settings, intake, Degradation(live, health, intake, cache))
+            ledger = await QuotaLedger.open(nc, subjects, settings)
+            cleanup.push_async_callback(ledger.drain)
+            quota = QuotaGate(Limiter(ledger, subjects), ledger)
+            app.state.relay = Relay(
+                bus, live, settings, intake, Degradation(live, health, intake, cache), quota
+            )
             app.state.engine = engine
             app.state.batches = batch_store
             app.state.batch_intake = (

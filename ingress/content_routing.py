@@ -9,25 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ingress.prompt import prompt_text
 from schemas.config import ModelbusConfig, RouteRule
-
-
-def prompt_text(payload: dict[str, Any]) -> str:
-    """The user's words: every user message's text (chat) or the prompt (completions)."""
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        parts: list[str] = []
-        for message in messages:
-            if not isinstance(message, dict) or message.get("role") != "user":
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        return "\n".join(parts)
-    prompt = payload.get("prompt")
-    return prompt if isinstance(prompt, str) else ""
 
 
 def detect_language(text: str) -> str | None:

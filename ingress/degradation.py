@@ -20,6 +20,7 @@ from ingress.auth import Identity
 from ingress.errors import APIError
 from ingress.live_config import LiveConfig
 from ingress.model_health import ModelHealth
+from ingress.quota import Held
 from ingress.tasks import TaskIntake
 from schemas.config import ModelConfig
 from schemas.envelope import Endpoint
@@ -78,6 +79,7 @@ class Degradation:
         endpoint: Endpoint,
         target: ModelConfig,
         payload: dict[str, Any],
+        quota: Held | None = None,
     ) -> Route | Response:
         consumer = identity.settings
         if self._health is None or consumer is None or not consumer.degradation:
@@ -101,7 +103,7 @@ class Degradation:
                     headers = {HEADER: f"cache:{trouble}", "x-modelbus-model": target.name}
                     return Response(cached, media_type="application/json", headers=headers)
             elif step == "queue":
-                response = await self._tasks.accept(request, identity, endpoint, target, payload)
+                response = await self._tasks.accept(request, identity, endpoint, target, payload, quota=quota)
                 response.headers[HEADER] = f"queued:{trouble}"
                 return response
             elif step == "fail":

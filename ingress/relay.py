@@ -30,6 +30,7 @@ from ingress.degradation import HEADER as DEGRADED
 from ingress.degradation import Degradation
 from ingress.errors import APIError, error_body, from_bus_error
 from ingress.live_config import LiveConfig
+from ingress.quota import Held, QuotaGate
 from ingress.rbac import OPERATION_OF
 from ingress.routing import choose_version
 from ingress.settings import IngressSettings
@@ -55,6 +56,7 @@ class _Call:
     stream: bool
     draft: AuditDraft
     deadline_ms: int
+    quota: Held
 
 
 class Relay:
@@ -65,7 +67,9 @@ class Relay:
         settings: IngressSettings,
         tasks: TaskIntake,
         degradation: Degradation,
+        quota: QuotaGate,
     ) -> None:
+        self._quota = quota
         self._bus = bus
         self._live = live
         self._degradation = degradation
@@ -92,29 +96,35 @@ class Relay:
             target = live.catalog.resolve(routed_name, endpoint)
             if draft is not None:
                 draft.policy_actions.append(f"route:{rule}")
-        if wants_async(request):
-            return await self._tasks.accept(request, identity, endpoint, target, payload)
-        route = await self._degradation.route(request, identity, endpoint, target, payload)
-        if isinstance(route, Response):
-            return route  # queued as an async task
-        target = route.target
-        if route.degraded and draft is not None:
-            draft.policy_actions.append(f"degraded:{route.degraded}")
         stream = bool(getattr(parsed, "stream", False))
         created_ms = int(time.time() * 1000)
+        deadline_ms = created_ms + int(self._timeout_s(request, stream) * 1000)
+        is_async = wants_async(request)
+        held = Held(
+            await self._quota.admit(
+                identity, model_name, endpoint, payload, None if is_async else deadline_ms
+            )
+        )
         request_id = draft.request_id if draft is not None else uuid.uuid4().hex
         draft = draft or AuditDraft(request_id, endpoint.value, created_ms)  # unaudited caller
-        call = _Call(
-            request,
-            identity,
-            endpoint,
-            model_name,
-            payload,
-            body,
-            stream,
-            draft,
-            deadline_ms=created_ms + int(self._timeout_s(request, stream) * 1000),
-        )
+        call = _Call(request, identity, endpoint, model_name, payload, body, stream, draft, deadline_ms, held)
+        try:
+            if is_async:
+                return await self._tasks.accept(request, identity, endpoint, target, payload, quota=held)
+            return await self._dispatch(call, target, rule)
+        finally:
+            self._quota.release(held)
+
+    async def _dispatch(self, call: _Call, target: ModelConfig, rule: str | None) -> Response:
+        """Degrade if the model is in trouble, run the request, fall back if the model fails it."""
+        identity, endpoint, draft, payload = call.identity, call.endpoint, call.draft, call.payload
+        request_id = draft.request_id
+        route = await self._degradation.route(call.request, identity, endpoint, target, payload, call.quota)
+        if isinstance(route, Response):
+            return route  # queued as an async task, or answered from the cache
+        target = route.target
+        if route.degraded:
+            draft.policy_actions.append(f"degraded:{route.degraded}")
         degraded = route.degraded
         try:
             response = await self._run(call, target, request_id)
@@ -151,6 +161,7 @@ class Relay:
             deadline_ms=call.deadline_ms,
             reply_to=self._bus.reply_subject(request_id),
             traceparent=call.request.headers.get("traceparent"),
+            quota=call.quota.take(),
             # The body as the client sent it (validated above): unknown fields pass through.
             payload=call.payload,
         )

@@ -21,6 +21,7 @@ from dispatcher.tasks.store import TaskStore
 from ingress.audit import draft_of
 from ingress.auth import Identity
 from ingress.errors import APIError
+from ingress.quota import Held
 from ingress.routing import choose_version
 from schemas.config import ModelConfig
 from schemas.envelope import Endpoint, RequestEnvelope
@@ -54,6 +55,7 @@ class TaskIntake:
         target: ModelConfig,
         payload: dict[str, Any],
         webhook_url: str | None = None,
+        quota: Held | None = None,
     ) -> Response:
         task_id = "task_" + uuid.uuid4().hex
         key = request.headers.get("idempotency-key")
@@ -94,6 +96,7 @@ class TaskIntake:
             deadline_ms=task.deadline_ms,
             reply_to=self._subjects.task_reply(task_id),
             traceparent=request.headers.get("traceparent"),
+            quota=quota.take() if quota is not None else None,
             payload=payload,
         )
         await self._bus.enqueue(envelope, orjson.dumps(payload))

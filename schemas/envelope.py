@@ -28,6 +28,15 @@ class Lane(StrEnum):
     BATCH = "batch"
 
 
+class QuotaReservation(BaseModel):
+    """Tokens taken from a consumer's budgets at admission; the worker settles them with real usage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    counters: list[str]  # quota counter subjects the tokens were added to
+    tokens: int
+
+
 class RequestEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -45,6 +54,7 @@ class RequestEnvelope(BaseModel):
     deadline_ms: int  # epoch milliseconds after which nobody waits for the answer
     reply_to: str  # subject that only the waiting ingress reads
     traceparent: str | None = None
+    quota: QuotaReservation | None = None
     payload: dict[str, Any]
 
 

@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from dispatcher.quotas import QuotaLedger
 from dispatcher.reply_stream import ReplyWriter
 from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.openai import Usage
@@ -59,8 +60,10 @@ class RequestRunner:
         cancellations: Cancellations,
         coalesce_ms: float = 0.0,
         coalesce_max_inputs: int = 64,
+        quotas: QuotaLedger | None = None,
     ) -> None:
         self._nc = nc
+        self._quotas = quotas
         self._settings = settings
         self._backend = backend
         self._cancellations = cancellations
@@ -96,6 +99,7 @@ class RequestRunner:
             else:
                 await writer.error(ErrorCode.CANCELLED, "the request was cancelled", 499, False)
             await msg.term()
+            self._settle_quota(envelope, 0)
             return
         attempt = msg.metadata.num_delivered
         writer = ReplyWriter(self._nc, envelope.reply_to, attempt)
@@ -129,6 +133,12 @@ class RequestRunner:
             self._cancellations.untrack(envelope.id)
             del self._live[envelope.id]
         await self._settle(msg, outcome)
+        if outcome is not Outcome.RETRY:
+            self._settle_quota(envelope, _tokens_used(writer))
+
+    def _settle_quota(self, envelope: RequestEnvelope, used: int | None) -> None:
+        if envelope.quota is not None and self._quotas is not None:
+            self._quotas.settle(envelope.quota, used)
 
     @property
     def backend(self) -> Backend:
@@ -299,6 +309,14 @@ def _rewrite(body: Json, envelope: RequestEnvelope) -> None:
     if prefix:
         body["id"] = f"{prefix}-{envelope.id}"
     body["model"] = envelope.target
+
+
+def _tokens_used(writer: ReplyWriter) -> int | None:
+    """What the request cost: the backend's count; nothing if it failed before any output; unknown
+    (None: the reservation stands) if it failed part-way."""
+    if writer.usage is not None:
+        return writer.usage.total_tokens or writer.usage.prompt_tokens + writer.usage.completion_tokens
+    return None if writer.sent_data else 0
 
 
 def _usage(body: Json) -> Usage | None:

@@ -13,6 +13,7 @@ from nats.js.kv import KeyValue
 from dispatcher.capacity import open_registry
 from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect, supports_msg_ttl
+from dispatcher.quotas import QuotaLedger
 from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_consumer, ensure_streams
 from schemas.capacity import WorkerStatus
@@ -95,7 +96,13 @@ class Worker:
             cancellations = Cancellations(nc, self.subjects)
             await cancellations.start()
             runner = RequestRunner(
-                nc, settings, backend, cancellations, self.model.coalesce_ms, self.model.coalesce_max_inputs
+                nc,
+                settings,
+                backend,
+                cancellations,
+                self.model.coalesce_ms,
+                self.model.coalesce_max_inputs,
+                QuotaLedger(nc, self.subjects),
             )
             self.puller = CapacityPuller(
                 nc,
