@@ -15,9 +15,9 @@ import typer
 from dispatcher.config_file import ConfigError, load_config
 from modelbus.audit_cli import audit_app, db_app
 from modelbus.config_cli import config_app
+from modelbus.keys_cli import keys_app
 
 app = typer.Typer(help="Modelbus: an on-premises AI gateway over NATS JetStream.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
@@ -252,16 +252,6 @@ def capacity(
             wait,
         )
     Console().print(table)
-
-
-@keys_app.command("new")
-def keys_new(key_id: Annotated[str, typer.Option("--id", help="public key id")] = "key-1") -> None:
-    """Generate an API key; prints it once, and the config entry that stores only its hash."""
-    from dispatcher.api_keys import hash_key, new_key
-
-    key = new_key()
-    typer.echo(f"key (shown once): {key}")
-    typer.echo(f'config entry:     {{id: {key_id}, hash: "{hash_key(key)}"}}')
 
 
 if __name__ == "__main__":
