@@ -29,6 +29,7 @@ from schemas.openai import Usage
 from workers.backends.base import Backend, BackendError, Json
 from workers.cancellations import Cancellations
 from workers.coalescer import EmbeddingCoalescer
+from workers.normalize import normalize
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ class RequestRunner:
             except BackendError as exc:
                 await self._backoff(attempt, exc)
                 attempt += 1
-        _rewrite(body, envelope)
+        normalize(body, envelope)
         usage = _usage(body)
         timings.finished_ms = _now_ms()
         choices = body.get("choices") or [{}]
@@ -249,7 +250,7 @@ class RequestRunner:
                     chunk.pop("usage", None)
                 if timings.first_token_ms is None:
                     timings.first_token_ms = _now_ms()
-                _rewrite(chunk, envelope)
+                normalize(chunk, envelope, chunk=True)
                 buffer.append(orjson.dumps(chunk))
                 ready.set()
             exhausted = True
@@ -301,14 +302,6 @@ async def _prepend(first: Json, rest: AsyncIterator[Json]) -> AsyncIterator[Json
             yield item
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
-
-
-def _rewrite(body: Json, envelope: RequestEnvelope) -> None:
-    """Our id and the public model name replace the backend's own."""
-    prefix = {Endpoint.CHAT: "chatcmpl", Endpoint.COMPLETIONS: "cmpl"}.get(envelope.endpoint)
-    if prefix:
-        body["id"] = f"{prefix}-{envelope.id}"
-    body["model"] = envelope.target
 
 
 def _tokens_used(writer: ReplyWriter) -> int | None:
