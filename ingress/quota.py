@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +41,17 @@ class Held:
 
 
 class QuotaGate:
-    def __init__(self, limiter: Limiter, ledger: QuotaLedger) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        ledger: QuotaLedger,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._limiter = limiter
         self._ledger = ledger
+        self._clock = clock  # injectable so tests can cross minute windows without waiting them out
+        self._sleep = sleep
         self.rejections = 0
 
     def release(self, held: Held) -> None:
@@ -73,7 +82,7 @@ class QuotaGate:
         may_wait = settings.over_limit == "queue" and deadline_ms is not None
         while True:
             try:
-                return await self._limiter.admit(identity.consumer, scoped, tokens)
+                return await self._limiter.admit(identity.consumer, scoped, tokens, self._clock())
             except QuotaUnavailable:
                 raise APIError(
                     503,
@@ -82,9 +91,9 @@ class QuotaGate:
                     headers={"Retry-After": "1"},
                 ) from None
             except QuotaExceeded as exc:
-                left_s = (deadline_ms - time.time() * 1000) / 1000 if deadline_ms is not None else 0.0
+                left_s = (deadline_ms - self._clock() * 1000) / 1000 if deadline_ms is not None else 0.0
                 if may_wait and not exc.impossible and exc.retry_after_s < left_s:
-                    await asyncio.sleep(exc.retry_after_s)
+                    await self._sleep(exc.retry_after_s)
                     continue
                 self.rejections += 1
                 raise _too_many(exc, tokens) from None
