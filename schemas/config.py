@@ -19,6 +19,21 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ScriptedReply(_Config):
+    """The simulator answers `reply` when the last user message matches `match` (a regex)."""
+
+    match: str = Field(min_length=1)
+    reply: str
+
+    @model_validator(mode="after")
+    def _compiles(self) -> ScriptedReply:
+        try:
+            re.compile(self.match)
+        except re.error as exc:
+            raise ValueError(f"bad pattern {self.match!r}: {exc}") from None
+        return self
+
+
 class SimulatorBackend(_Config):
     """A model backend simulator: no GPU, configurable timing, capacity and failures."""
 
@@ -31,6 +46,10 @@ class SimulatorBackend(_Config):
     context_length: int = Field(default=32768, ge=1, description="longer requests get a 400")
     embedding_dim: int = Field(default=32, ge=1)
     embedding_latency_ms: float = Field(default=2.0, ge=0)
+    script: list[ScriptedReply] = Field(
+        default_factory=list,
+        description="fixed answers by prompt, streamed in pieces of up to 4 characters like BPE tokens",
+    )
 
 
 class OpenAIBackend(_Config):

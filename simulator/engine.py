@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -84,8 +85,15 @@ class SimulatedModel:
             self.stats.failed += 1
             raise SimulatedFailure("simulated backend failure")
 
-    async def tokens(self, max_tokens: int) -> AsyncIterator[str]:
-        """Yield `max_tokens` tokens: the first after ttft, then at tokens_per_s.
+    def scripted(self, prompt: str) -> list[str] | None:
+        """The tokens of the first scripted reply whose pattern the prompt matches."""
+        for entry in self.config.script:
+            if re.search(entry.match, prompt):
+                return re.findall(r"\s*\S{1,4}", entry.reply) or [""]
+        return None
+
+    async def tokens(self, max_tokens: int, words: list[str] | None = None) -> AsyncIterator[str]:
+        """Yield `max_tokens` tokens (or `words`, if fewer): the first after ttft, then at tokens_per_s.
 
         Closing the iterator early (the caller went away) counts as an abort.
         """
@@ -104,12 +112,15 @@ class SimulatedModel:
                 start = time.monotonic()
                 if self.config.ttft_ms:
                     await asyncio.sleep(self.config.ttft_ms / 1000)
-                for index in range(max_tokens):
+                for index in range(min(max_tokens, len(words)) if words is not None else max_tokens):
                     if index and interval >= 1e-5:
                         # Sleep to an absolute schedule so slow event-loop turns do not add up.
                         due = start + self.config.ttft_ms / 1000 + index * interval
                         await asyncio.sleep(max(0.0, due - time.monotonic()))
-                    yield ("" if index == 0 else " ") + _WORDS[index % len(_WORDS)]
+                    if words is not None:
+                        yield words[index]
+                    else:
+                        yield ("" if index == 0 else " ") + _WORDS[index % len(_WORDS)]
                 finished = True
                 self.stats.completed += 1
             finally:

@@ -43,8 +43,12 @@ async def stream_chunks(
         "created": int(time.time()),
         "model": name,
     }
+    messages = payload.get("messages") or []
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    last = str(users[-1].get("content") or "") if users else str(payload.get("prompt", ""))
+    words = model.scripted(last)
     count = 0
-    async for token in model.tokens(limit):
+    async for token in model.tokens(limit, words):
         if chat:
             delta: Json = {"content": token}
             if count == 0:
@@ -56,6 +60,13 @@ async def stream_chunks(
         if count == limit:
             choice["finish_reason"] = "length"
         yield {**base, "choices": [choice]}
+    if count < limit:  # a scripted reply ended before max_tokens: a natural stop
+        end: Json = (
+            {"index": 0, "delta": {}, "finish_reason": "stop"}
+            if chat
+            else {"index": 0, "text": "", "finish_reason": "stop"}
+        )
+        yield {**base, "choices": [end]}
     yield {**base, "choices": [], "usage": _usage(prompt, count)}
 
 
@@ -76,7 +87,7 @@ async def complete(model: SimulatedModel, endpoint: Endpoint, payload: Json, nam
     finish = "stop"
     async for chunk in stream_chunks(model, endpoint, payload, name):
         for choice in chunk["choices"]:
-            parts.append(choice["delta"]["content"] if endpoint is Endpoint.CHAT else choice["text"])
+            parts.append(choice["delta"].get("content", "") if endpoint is Endpoint.CHAT else choice["text"])
             finish = choice["finish_reason"] or finish
         usage = chunk.get("usage") or usage
     text = "".join(parts)
