@@ -18,10 +18,10 @@ from ingress.auth import Identity, authorize
 from ingress.catalog import SCHEMAS
 from ingress.errors import APIError
 from ingress.live_config import LiveConfig
-from ingress.routing import choose_version
+from ingress.routing import envelope_to
 from schemas.batches import Batch, BatchCreate, BatchLine
 from schemas.config import ModelConfig
-from schemas.envelope import Endpoint, Lane, RequestEnvelope
+from schemas.envelope import Endpoint, Lane
 from schemas.tasks import Task, TaskStatus
 
 _ENDPOINTS = {
@@ -121,14 +121,13 @@ class BatchIntake:
             custom_id=line.custom_id,
         )
         await self._tasks.create(task)
-        envelope = RequestEnvelope(
-            id=task_id,
+        envelope = envelope_to(
+            target,
+            identity.consumer,
+            task_id,
             endpoint=endpoint,
             model=str(line.body.get("model")),
-            target=target.name,
-            version=choose_version(target, identity.consumer),
             lane=Lane.BATCH,
-            consumer=identity.consumer,
             key_id=identity.key_id,
             created_ms=now_ms,
             deadline_ms=deadline_ms,

@@ -32,12 +32,12 @@ from ingress.errors import APIError, error_body, from_bus_error
 from ingress.live_config import LiveConfig
 from ingress.quota import Held, QuotaGate
 from ingress.rbac import OPERATION_OF
-from ingress.routing import choose_version
+from ingress.routing import envelope_to
 from ingress.settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
 from ingress.tasks import TaskIntake, wants_async
 from schemas.config import ModelConfig
-from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, RequestEnvelope, StartFrame
+from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, StartFrame
 
 # The openai SDK sends its read timeout; for a non-streaming call that is how long it will wait.
 _SDK_TIMEOUT = "x-stainless-read-timeout"
@@ -147,14 +147,13 @@ class Relay:
 
     async def _run(self, call: _Call, target: ModelConfig, request_id: str) -> Response:
         """Queue the request for `target` and relay its answer."""
-        envelope = RequestEnvelope(
-            id=request_id,
+        envelope = envelope_to(
+            target,
+            call.identity.consumer,
+            request_id,
             endpoint=call.endpoint,
             model=call.model_name,
-            target=target.name,
-            version=choose_version(target, call.identity.consumer),
             lane=call.identity.lane,
-            consumer=call.identity.consumer,
             key_id=call.identity.key_id,
             stream=call.stream,
             created_ms=int(time.time() * 1000),

@@ -1,11 +1,14 @@
-"""Choosing the version of a model that serves a request: weighted canaries, optionally sticky."""
+"""Addressing a request: which version of its model serves it (weighted canaries, optionally sticky),
+and the envelope that carries it there."""
 
 from __future__ import annotations
 
 import hashlib
 import random
+from typing import Any
 
 from schemas.config import DEFAULT_VERSION, ModelConfig
+from schemas.envelope import RequestEnvelope
 
 
 def _draw(model: ModelConfig, consumer: str) -> float:
@@ -27,3 +30,14 @@ def choose_version(model: ModelConfig, consumer: str) -> str:
         if point < 0:
             return version.name
     return next(v.name for v in reversed(model.versions) if v.weight > 0)
+
+
+def envelope_to(target: ModelConfig, consumer: str, request_id: str, **fields: Any) -> RequestEnvelope:
+    """The envelope that takes a request to `target`, in the version chosen for `consumer`."""
+    return RequestEnvelope(
+        id=request_id,
+        target=target.name,
+        version=choose_version(target, consumer),
+        consumer=consumer,
+        **fields,
+    )

@@ -22,9 +22,9 @@ from ingress.audit import draft_of
 from ingress.auth import Identity
 from ingress.errors import APIError
 from ingress.quota import Held
-from ingress.routing import choose_version
+from ingress.routing import envelope_to
 from schemas.config import ModelConfig
-from schemas.envelope import Endpoint, RequestEnvelope
+from schemas.envelope import Endpoint
 from schemas.tasks import Task, TaskStatus
 
 _ENDPOINT_NAMES = {
@@ -84,13 +84,12 @@ class TaskIntake:
             request=payload,
         )
         await self._store.create(task)
-        envelope = RequestEnvelope(
-            id=task_id,
+        envelope = envelope_to(
+            target,
+            identity.consumer,
+            task_id,
             endpoint=endpoint,
             model=str(payload.get("model")),
-            target=target.name,
-            version=choose_version(target, identity.consumer),
-            consumer=identity.consumer,
             key_id=identity.key_id,
             created_ms=now_ms,
             deadline_ms=task.deadline_ms,
