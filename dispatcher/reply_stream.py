@@ -84,7 +84,12 @@ class ReplyWriter:
             await self._send(frame, b"\n".join(chunks))
 
     async def final(
-        self, timings: Timings, usage: Usage | None, finish_reason: str | None, body: bytes = b""
+        self,
+        timings: Timings,
+        usage: Usage | None,
+        finish_reason: str | None,
+        body: bytes = b"",
+        guard_events: list[str] | None = None,
     ) -> None:
         frame = FinalFrame(
             attempt=self._attempt,
@@ -92,6 +97,7 @@ class ReplyWriter:
             usage=usage,
             finish_reason=finish_reason,
             timings=timings,
+            guard_events=guard_events or [],
         )
         await self._send(frame, body)
         self.usage = usage

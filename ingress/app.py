@@ -27,8 +27,10 @@ from dispatcher.tasks.store import TaskStore
 from dispatcher.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
 from ingress.audit import AuditMiddleware
 from ingress.batches import BatchIntake
+from ingress.classifier import InjectionClassifier
 from ingress.degradation import Degradation
 from ingress.errors import install_error_handlers
+from ingress.guarding import Guardrails
 from ingress.live_config import LiveConfig
 from ingress.model_health import ModelHealth
 from ingress.oidc import OidcVerifier
@@ -99,8 +101,9 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             ledger = await QuotaLedger.open(nc, subjects, settings)
             cleanup.push_async_callback(ledger.drain)
             quota = QuotaGate(Limiter(ledger, subjects), ledger)
+            guardrails = Guardrails(live, InjectionClassifier(bus, live))
             app.state.relay = Relay(
-                bus, live, settings, intake, Degradation(live, health, intake, cache), quota
+                bus, live, settings, intake, Degradation(live, health, intake, cache), quota, guardrails
             )
             app.state.engine = engine
             app.state.batches = batch_store

@@ -29,6 +29,7 @@ from ingress.catalog import SCHEMAS
 from ingress.degradation import HEADER as DEGRADED
 from ingress.degradation import Degradation
 from ingress.errors import APIError, error_body, from_bus_error
+from ingress.guarding import Guardrails
 from ingress.live_config import LiveConfig
 from ingress.quota import Held, QuotaGate
 from ingress.rbac import OPERATION_OF
@@ -37,7 +38,7 @@ from ingress.settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
 from ingress.tasks import TaskIntake, wants_async
 from schemas.config import ModelConfig
-from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, StartFrame
+from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, OutputGuardrails, StartFrame
 
 # The openai SDK sends its read timeout; for a non-streaming call that is how long it will wait.
 _SDK_TIMEOUT = "x-stainless-read-timeout"
@@ -57,6 +58,7 @@ class _Call:
     draft: AuditDraft
     deadline_ms: int
     quota: Held
+    output_guard: OutputGuardrails | None
 
 
 class Relay:
@@ -68,8 +70,10 @@ class Relay:
         tasks: TaskIntake,
         degradation: Degradation,
         quota: QuotaGate,
+        guardrails: Guardrails,
     ) -> None:
         self._quota = quota
+        self._guardrails = guardrails
         self._bus = bus
         self._live = live
         self._degradation = degradation
@@ -96,6 +100,11 @@ class Relay:
             target = live.catalog.resolve(routed_name, endpoint)
             if draft is not None:
                 draft.policy_actions.append(f"route:{rule}")
+        input_policy, output_guard = self._guardrails.policies(target, identity)
+        if input_policy.active or input_policy.max_input_tokens is not None:
+            rewritten = await self._guardrails.check_input(input_policy, endpoint, payload, draft)
+            if rewritten is not None:
+                payload, body = rewritten, orjson.dumps(rewritten)
         stream = bool(getattr(parsed, "stream", False))
         created_ms = int(time.time() * 1000)
         deadline_ms = created_ms + int(self._timeout_s(request, stream) * 1000)
@@ -107,10 +116,24 @@ class Relay:
         )
         request_id = draft.request_id if draft is not None else uuid.uuid4().hex
         draft = draft or AuditDraft(request_id, endpoint.value, created_ms)  # unaudited caller
-        call = _Call(request, identity, endpoint, model_name, payload, body, stream, draft, deadline_ms, held)
+        call = _Call(
+            request,
+            identity,
+            endpoint,
+            model_name,
+            payload,
+            body,
+            stream,
+            draft,
+            deadline_ms,
+            held,
+            output_guard,
+        )
         try:
             if is_async:
-                return await self._tasks.accept(request, identity, endpoint, target, payload, quota=held)
+                return await self._tasks.accept(
+                    request, identity, endpoint, target, payload, quota=held, output_guard=output_guard
+                )
             return await self._dispatch(call, target, rule)
         finally:
             self._quota.release(held)
@@ -161,6 +184,7 @@ class Relay:
             reply_to=self._bus.reply_subject(request_id),
             traceparent=call.request.headers.get("traceparent"),
             quota=call.quota.take(),
+            output_guard=call.output_guard,
             # The body as the client sent it (validated above): unknown fields pass through.
             payload=call.payload,
         )
@@ -196,6 +220,7 @@ class Relay:
         try:
             with _interrupt_on_disconnect(request.receive, reply):
                 draft.final, body = await _await_final(reply)
+                draft.policy_actions.extend(draft.final.guard_events)
             draft.body, draft.start = body, reply.start
         except Interrupted:
             draft.cancelled, draft.start = True, reply.start
@@ -250,6 +275,7 @@ class Relay:
                         out.extend(data_event(line) for line in lines)
                     elif isinstance(frame, FinalFrame):
                         draft.final = frame
+                        draft.policy_actions.extend(frame.guard_events)
                         out.append(DONE)
                         finished = True
                     elif isinstance(frame, StartFrame):

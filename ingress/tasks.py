@@ -24,7 +24,7 @@ from ingress.errors import APIError
 from ingress.quota import Held
 from ingress.routing import envelope_to
 from schemas.config import ModelConfig
-from schemas.envelope import Endpoint
+from schemas.envelope import Endpoint, OutputGuardrails
 from schemas.tasks import Task, TaskStatus
 
 _ENDPOINT_NAMES = {
@@ -56,6 +56,7 @@ class TaskIntake:
         payload: dict[str, Any],
         webhook_url: str | None = None,
         quota: Held | None = None,
+        output_guard: OutputGuardrails | None = None,
     ) -> Response:
         task_id = "task_" + uuid.uuid4().hex
         key = request.headers.get("idempotency-key")
@@ -96,6 +97,7 @@ class TaskIntake:
             reply_to=self._subjects.task_reply(task_id),
             traceparent=request.headers.get("traceparent"),
             quota=quota.take() if quota is not None else None,
+            output_guard=output_guard,
             payload=payload,
         )
         await self._bus.enqueue(envelope, orjson.dumps(payload))

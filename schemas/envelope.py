@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.openai import Usage
+from schemas.policy import PII_KINDS, GuardAction, PiiKind
 
 
 class Endpoint(StrEnum):
@@ -37,6 +38,16 @@ class QuotaReservation(BaseModel):
     tokens: int
 
 
+class OutputGuardrails(BaseModel):
+    """What the worker must do to the answer before it leaves (resolved by the ingress)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pii: GuardAction = "off"
+    pii_kinds: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
+    sanitize: bool = False
+
+
 class RequestEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -55,6 +66,7 @@ class RequestEnvelope(BaseModel):
     reply_to: str  # subject that only the waiting ingress reads
     traceparent: str | None = None
     quota: QuotaReservation | None = None
+    output_guard: OutputGuardrails | None = None
     payload: dict[str, Any]
 
 
@@ -105,6 +117,7 @@ class FinalFrame(_Frame):
     usage: Usage | None = None
     finish_reason: str | None = None
     timings: Timings
+    guard_events: list[str] = Field(default_factory=list)  # output guardrail findings, "<kind>:<action>"
 
 
 class ErrorFrame(_Frame):

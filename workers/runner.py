@@ -30,6 +30,7 @@ from workers.backends.base import Backend, BackendError, Json
 from workers.cancellations import Cancellations
 from workers.coalescer import EmbeddingCoalescer
 from workers.normalize import normalize
+from workers.response_guard import ResponseGuard
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -221,11 +222,14 @@ class RequestRunner:
                 await self._backoff(attempt, exc)
                 attempt += 1
         normalize(body, envelope)
+        guard = ResponseGuard(envelope.output_guard, envelope.endpoint) if envelope.output_guard else None
+        if guard is not None:
+            guard.body(body)
         usage = _usage(body)
         timings.finished_ms = _now_ms()
         choices = body.get("choices") or [{}]
         finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
-        await writer.final(timings, usage, finish, orjson.dumps(body))
+        await writer.final(timings, usage, finish, orjson.dumps(body), guard.events if guard else None)
 
     async def _stream(self, envelope: RequestEnvelope, writer: ReplyWriter, timings: Timings) -> None:
         wants_usage = bool((envelope.payload.get("stream_options") or {}).get("include_usage"))
@@ -234,6 +238,7 @@ class RequestRunner:
         buffer: list[bytes] = []
         ready = asyncio.Event()
         exhausted = False
+        guard = ResponseGuard(envelope.output_guard, envelope.endpoint) if envelope.output_guard else None
 
         async def pump(chunks: AsyncIterator[Json]) -> None:
             # Runs ahead of the publisher: chunks that arrive together leave in one frame.
@@ -251,8 +256,12 @@ class RequestRunner:
                 if timings.first_token_ms is None:
                     timings.first_token_ms = _now_ms()
                 normalize(chunk, envelope, chunk=True)
+                if guard is not None:
+                    guard.chunk(chunk)
                 buffer.append(orjson.dumps(chunk))
                 ready.set()
+            if guard is not None and (rest := guard.finish()) is not None:
+                buffer.append(orjson.dumps(rest))
             exhausted = True
             ready.set()
 
@@ -268,7 +277,7 @@ class RequestRunner:
                 if exhausted and not buffer:
                     break
         timings.finished_ms = _now_ms()
-        await writer.final(timings, usage, finish)
+        await writer.final(timings, usage, finish, guard_events=guard.events if guard else None)
 
     async def _open_stream(self, envelope: RequestEnvelope) -> AsyncIterator[Json]:
         """Open the backend stream and wait for its first chunk, retrying while that is safe."""

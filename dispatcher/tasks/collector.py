@@ -165,6 +165,7 @@ def audit_event(task: Task, frame: Frame, kind: Literal["async", "batch"] = "asy
         output=task.result,
         prompt_hash=prompt_hash(request),
         finish_reason=final.finish_reason if final else None,
+        policy_actions=list(final.guard_events) if final else [],
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
         total_tokens=usage.total_tokens if usage else None,

@@ -1,0 +1,42 @@
+"""What a detector reports: a kind and where in the text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str  # a PII kind ("email", "card", ...), "injection", or "content:<category>"
+    start: int
+    end: int
+
+    @property
+    def label(self) -> str:
+        """What replaces the entity when masked: `[EMAIL]`, `[CARD]`, `[CONTENT]`."""
+        return "[" + self.kind.split(":", 1)[0].upper() + "]"
+
+
+def non_overlapping(findings: list[Finding]) -> list[Finding]:
+    """Earliest first; of overlapping ones, the longest wins."""
+    ordered = sorted(findings, key=lambda f: (f.start, -(f.end - f.start)))
+    kept: list[Finding] = []
+    for finding in ordered:
+        if kept and finding.start < kept[-1].end:
+            continue
+        kept.append(finding)
+    return kept
+
+
+def mask(text: str, findings: list[Finding]) -> str:
+    """`text` with every finding replaced by its label."""
+    if not findings:
+        return text
+    out: list[str] = []
+    at = 0
+    for finding in non_overlapping(findings):
+        out.append(text[at : finding.start])
+        out.append(finding.label)
+        at = finding.end
+    out.append(text[at:])
+    return "".join(out)

@@ -1,0 +1,73 @@
+"""Masking a streamed answer: hold back just enough that an entity split across chunks is still
+caught whole, and emit the rest at once.
+
+The cut between what is emitted and what is held is always at whitespace, at least `hold`
+characters before the end of what has arrived, and never inside a detected entity. An entity without
+inner whitespace (e-mail, key, token, IBAN without spaces) is therefore never split: the word it sits
+in is held whole. Entities with inner whitespace (cards, IBANs and phone numbers in groups) are
+shorter than `hold`, so by the time the cut passes their start they have fully arrived and been
+detected. An unterminated PEM private key is held until its END line (up to `max_hold`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from dispatcher.guardrails.findings import Finding, mask, non_overlapping
+
+_SPACE = re.compile(r"\s")
+
+
+class StreamMasker:
+    def __init__(
+        self, detect: Callable[[str], list[Finding]], hold: int = 128, max_hold: int = 16384
+    ) -> None:
+        self._detect = detect
+        self._hold = hold
+        self._max_hold = max_hold
+        self._pending = ""
+        self.findings: list[Finding] = []  # what was masked, for the audit row and metrics
+
+    def feed(self, chunk: str) -> str:
+        """Text that is safe to send now, masked."""
+        self._pending += chunk
+        if len(self._pending) <= self._hold:
+            return ""
+        return self._emit(final=False)
+
+    def flush(self) -> str:
+        """The rest, masked, at the end of the stream."""
+        return self._emit(final=True) if self._pending else ""
+
+    def _emit(self, final: bool) -> str:
+        text = self._pending
+        found = non_overlapping(self._detect(text))
+        cut = len(text) if final else self._cut(text, found)
+        if cut <= 0:
+            return ""
+        emitted = [f for f in found if f.end <= cut]
+        self.findings.extend(emitted)
+        self._pending = text[cut:]
+        return mask(text[:cut], emitted)
+
+    def _cut(self, text: str, found: list[Finding]) -> int:
+        limit = len(text) - self._hold
+        cut = _last_space_before(text, limit)
+        if cut == 0 and len(text) > self._max_hold:
+            cut = limit  # one enormous word: give up holding it whole rather than grow forever
+        for finding in found:
+            if finding.start < cut < finding.end:
+                cut = finding.start
+        begin = text.rfind("-----BEGIN", 0, cut)
+        if begin != -1 and "-----END" not in text[begin:] and len(text) - begin < self._max_hold:
+            cut = min(cut, begin)
+        return cut
+
+
+def _last_space_before(text: str, limit: int) -> int:
+    """Index just after the last whitespace before `limit` (0 if none)."""
+    for index in range(min(limit, len(text)) - 1, -1, -1):
+        if text[index].isspace():
+            return index + 1
+    return 0
