@@ -20,7 +20,8 @@ class _Config(BaseModel):
 
 
 class ScriptedReply(_Config):
-    """The simulator answers `reply` when the last user message matches `match` (a regex)."""
+    """The simulator answers `reply` when the last user message matches `match` (a regex); `{prompt}` in
+    the reply stands for that message, so a test can see exactly what the model received."""
 
     match: str = Field(min_length=1)
     reply: str

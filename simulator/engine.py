@@ -89,7 +89,8 @@ class SimulatedModel:
         """The tokens of the first scripted reply whose pattern the prompt matches."""
         for entry in self.config.script:
             if re.search(entry.match, prompt):
-                return re.findall(r"\s*\S{1,4}", entry.reply) or [""]
+                reply = entry.reply.replace("{prompt}", prompt)
+                return re.findall(r"\s*\S{1,4}", reply) or [""]
         return None
 
     async def tokens(self, max_tokens: int, words: list[str] | None = None) -> AsyncIterator[str]:
