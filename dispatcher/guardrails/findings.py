@@ -17,9 +17,13 @@ class Finding:
         return "[" + self.kind.split(":", 1)[0].upper() + "]"
 
 
+# Of two findings on the same span, the more specific kind names it (an SSN also looks like a phone).
+_PRIORITY = {"secret": 0, "card": 1, "iban": 2, "ssn": 3, "national_id": 4, "email": 5, "ip": 6, "phone": 7}
+
+
 def non_overlapping(findings: list[Finding]) -> list[Finding]:
-    """Earliest first; of overlapping ones, the longest wins."""
-    ordered = sorted(findings, key=lambda f: (f.start, -(f.end - f.start)))
+    """Earliest first; of overlapping ones, the longest wins, then the most specific."""
+    ordered = sorted(findings, key=lambda f: (f.start, -(f.end - f.start), _PRIORITY.get(f.kind, 9)))
     kept: list[Finding] = []
     for finding in ordered:
         if kept and finding.start < kept[-1].end:

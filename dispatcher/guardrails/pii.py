@@ -48,19 +48,42 @@ def _emails(text: str) -> Iterator[Finding]:
 
 
 # --- payment cards ------------------------------------------------------------------------------
-_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,}(?![\d-])")
 _CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9]|2)|35)")
+
+
+_DIGIT_RUN = re.compile(r"\d+")
 
 
 def _cards(text: str) -> Iterator[Finding]:
     for m in _CARD.finditer(text):
-        raw = m.group()
-        digits = raw.replace(" ", "").replace("-", "")
-        if 13 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and _luhn(digits):
+        # The run may hold a card next to other numbers ("card 4111 ... 1111 123"): try each span of
+        # whole digit groups, longest first, for one that is a card.
+        runs = [(r.start() + m.start(), r.end() + m.start()) for r in _DIGIT_RUN.finditer(m.group())]
+        spans: list[tuple[int, int]] = []
+        for a in range(len(runs)):
+            count = 0
+            for b in range(a, len(runs)):
+                count += runs[b][1] - runs[b][0]
+                if count > 19:
+                    break
+                if count >= 13:
+                    spans.append((a, b))
+        spans.sort(key=lambda ab: (runs[ab[0]][0] - runs[ab[1]][1], runs[ab[0]][0]))
+        taken_until = -1
+        for a, b in spans:
+            start, end = runs[a][0], runs[b][1]
+            if start < taken_until:
+                continue
+            raw = text[start:end]
+            digits = raw.replace(" ", "").replace("-", "")
+            if not (13 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and _luhn(digits)):
+                continue
             # Separators, if any, must be consistent groups (4-4-4-4, 4-6-5), not random spacing.
-            groups = re.split(r"[ -]", raw)
-            if len(groups) == 1 or all(3 <= len(g) <= 6 for g in groups):
-                yield Finding("card", m.start(), m.end())
+            if b > a and not all(3 <= r[1] - r[0] <= 6 for r in runs[a : b + 1]):
+                continue
+            yield Finding("card", start, end)
+            taken_until = end
 
 
 # --- IBAN ---------------------------------------------------------------------------------------
@@ -183,7 +206,7 @@ def _phones(text: str) -> Iterator[Finding]:
 
 
 # --- IP addresses -------------------------------------------------------------------------------
-_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+_IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
 
@@ -264,7 +287,7 @@ assert set(_IN_WINDOWS) | set(_IN_TEXT) == set(PII_KINDS)
 # Cards, IBANs, SSNs, phone numbers and the numeric national ids hold 9 or more digits with at most
 # single separators between them (a Spanish DNI: 8 and a letter); text without such a cluster skips
 # all of those detectors. ISO dates (8 digits) are not clusters.
-_CLUSTER = re.compile(r"\d(?:[ .-]?\d){8,}|\d{8}-?[A-Z]")
+_CLUSTER = re.compile(r"\d(?:[ .()-]{0,2}\d){8,}|\d{8}-?[A-Z]")
 
 
 def detect_pii(text: str, kinds: Collection[str] = PII_KINDS) -> list[Finding]:

@@ -11,12 +11,11 @@ detected. An unterminated PEM private key is held until its END line (up to `max
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from dispatcher.guardrails.findings import Finding, mask, non_overlapping
 
-_SPACE = re.compile(r"\s")
+_CONTEXT = 64
 
 
 class StreamMasker:
@@ -27,6 +26,7 @@ class StreamMasker:
         self._hold = hold
         self._max_hold = max_hold
         self._pending = ""
+        self._context = ""  # the raw tail of what was already sent: detectors that look back need it
         self.findings: list[Finding] = []  # what was masked, for the audit row and metrics
 
     def feed(self, chunk: str) -> str:
@@ -42,13 +42,22 @@ class StreamMasker:
 
     def _emit(self, final: bool) -> str:
         text = self._pending
-        found = non_overlapping(self._detect(text))
+        context = self._context
+        shift = len(context)
+        found = non_overlapping(
+            [
+                Finding(f.kind, f.start - shift, f.end - shift)
+                for f in self._detect(context + text)
+                if f.start >= shift
+            ]
+        )
         cut = len(text) if final else self._cut(text, found)
         if cut <= 0:
             return ""
         emitted = [f for f in found if f.end <= cut]
         self.findings.extend(emitted)
         self._pending = text[cut:]
+        self._context = (context + text[:cut])[-_CONTEXT:]
         return mask(text[:cut], emitted)
 
     def _cut(self, text: str, found: list[Finding]) -> int:
