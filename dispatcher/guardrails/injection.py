@@ -21,6 +21,12 @@ _PATTERNS = [
     # System-prompt exfiltration
     r"\b(?:reveal|show|print|display|repeat|output|leak|disclose|tell me|give me|what (?:is|are|was|were)|write out|spell out)\b[^.?!\n]{0,40}\b(?:your|the)\s+(?:system|initial|original|hidden|secret|full|complete|developer|internal)\s+(?:prompt|instructions?|message|rules|guidelines|configuration)",
     r"\b(?:repeat|print|output)\s+(?:the\s+)?(?:text|words|everything)\s+(?:above|before)\b",
+    r"\b(?:output|print|repeat|give me|write out)\s+the\s+first\s+\d+\s+words\b",
+    r"\b(?:rules|instructions|guidelines|directions)\s+you\s+(?:were|have been|got)\s+given\b",
+    (
+        r"\b(?:disable|turn off|deactivate|remove|switch off)\s+(?:your|all|the|any)\s+"
+        r"(?:safety|content|moderation|ethical)\s+(?:guidelines|filters?|rules|restrictions|policies|settings|guardrails)"
+    ),
     # Persona jailbreaks
     r"\b(?:DAN|do anything now|developer mode|jailbreak(?:ed)?|god ?mode|unrestricted mode|evil mode|STAN|DUDE mode)\b",
     r"\byou are (?:now |no longer )?(?:an? )?(?:unrestricted|unfiltered|uncensored|jailbroken|free of (?:all )?(?:rules|restrictions))\b",
@@ -49,6 +55,17 @@ _WORDS = re.compile(r"[^\W\d_]+")
 # set intersection over the prompt's words costs a fraction of running the patterns.
 _TRIGGERS = frozenset(
     [
+        "print",
+        "output",
+        "reveal",
+        "disclose",
+        "leak",
+        "rules",
+        "given",
+        "developer",
+        "mode",
+        "disable",
+        "words",
         "ignore",
         "ignoring",
         "disregard",

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterator
 
-from dispatcher.guardrails.findings import Finding
+from dispatcher.guardrails.findings import Finding, non_overlapping
 from schemas.policy import PII_KINDS
 
 Detector = Callable[[str], Iterator[Finding]]
@@ -49,7 +49,7 @@ def _emails(text: str) -> Iterator[Finding]:
 
 # --- payment cards ------------------------------------------------------------------------------
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,}(?![\d-])")
-_CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9]|2)|35)")
+_CARD_PREFIX = re.compile(r"^(?:4|5[0-9]|2[2-7]|3[47]|3[0689]|6|35)")  # Visa, Mastercard, Maestro, Amex, ...
 
 
 _DIGIT_RUN = re.compile(r"\d+")
@@ -247,11 +247,15 @@ _SECRET = re.compile(
     r"|\bmb-[A-Za-z0-9_-]{30,}"
 )
 _ASSIGNED = re.compile(
-    r"(?i)\b(?:password|passwd|pwd|passphrase|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token"
-    r"|aws_secret_access_key|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?([^\s\"',;]{6,})"
+    r"(?i)(?<![a-z])(?:password|passwd|pwd|passphrase|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token"
+    r"|aws_secret_access_key|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?(?!\[[A-Z_]+\])([^\s\"',;]{6,})"
 )
 _SECRET_HINTS = ("-----BEGIN", "AKIA", "ASIA", "_", "glpat-", "xox", "sk-", "AIza", "eyJ", "mb-")
 _ASSIGNED_HINTS = ("pass", "pwd", "secret", "key", "token")
+# "the password is X": only when X looks like a password (a digit or a symbol in it), not "reset".
+_SAID = re.compile(
+    r"(?i)(?<![a-z])(?:password|passwd|pwd|passphrase)\s+(?:is|was)\s+[\"']?(?!\[[A-Z_]+\])((?=\S*[\d\W])[^\s\"',;]{6,})"
+)
 
 
 def _secrets(text: str) -> Iterator[Finding]:
@@ -264,6 +268,9 @@ def _secrets(text: str) -> Iterator[Finding]:
         if any(hint in lowered for hint in _ASSIGNED_HINTS):
             for m in _ASSIGNED.finditer(text):
                 yield Finding("secret", m.start(1), m.end(1))
+    if "pass" in text.lower() or "pwd" in text.lower():
+        for m in _SAID.finditer(text):
+            yield Finding("secret", m.start(1), m.end(1))
 
 
 # Detectors of digit-bearing entities run only on the windows around digit clusters; the others
@@ -287,7 +294,7 @@ assert set(_IN_WINDOWS) | set(_IN_TEXT) == set(PII_KINDS)
 # Cards, IBANs, SSNs, phone numbers and the numeric national ids hold 9 or more digits with at most
 # single separators between them (a Spanish DNI: 8 and a letter); text without such a cluster skips
 # all of those detectors. ISO dates (8 digits) are not clusters.
-_CLUSTER = re.compile(r"\d(?:[ .()-]{0,2}\d){8,}|\d{8}-?[A-Z]")
+_CLUSTER = re.compile(r"\d(?:[ .()-]{0,2}\d){8,}|\d{8}-?[A-Z]|\+\d(?:[ .()-]{0,2}\d){6,}")
 
 
 def detect_pii(text: str, kinds: Collection[str] = PII_KINDS) -> list[Finding]:
@@ -302,7 +309,8 @@ def detect_pii(text: str, kinds: Collection[str] = PII_KINDS) -> list[Finding]:
             piece = text[start:end]
             for scan in numeric:
                 found.extend(Finding(f.kind, f.start + start, f.end + start) for f in scan(piece))
-    return found
+    # One entity, one kind: an IBAN's digits may also pass another id's checksum by chance.
+    return non_overlapping(found)
 
 
 _PAD = 48  # context each side of a digit cluster: country codes, "phone:", "SSN" and the like
