@@ -15,6 +15,7 @@ import typer
 from dispatcher.config_file import ConfigError, load_config
 from modelbus.audit_cli import audit_app, db_app
 from modelbus.config_cli import config_app
+from modelbus.nats_config_cli import nats_config
 
 app = typer.Typer(help="Modelbus: an on-premises AI gateway over NATS JetStream.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -22,6 +23,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.command("nats-config")(nats_config)
 
 
 def _logging(level: str) -> None:
