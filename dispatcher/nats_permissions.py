@@ -63,7 +63,8 @@ def _kv_read(bucket: str) -> list[str]:
         f"{_JS}.DIRECT.GET.{stream}.>",
         f"{_JS}.CONSUMER.CREATE.{stream}",
         f"{_JS}.CONSUMER.CREATE.{stream}.>",
-        f"{_JS}.CONSUMER.DELETE.{stream}.>",
+        f"{_JS}.CONSUMER.INFO.{stream}.*",
+        f"{_JS}.CONSUMER.DELETE.{stream}.*",
         f"$JS.FC.{stream}.>",
     ]
 
@@ -97,6 +98,7 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
     s = Subjects(namespace)
     user = user_name(namespace, "ingress", ingress_id)
     publish = [
+        f"{_JS}.INFO",  # account limits: readiness
         s.all_requests,
         s.all_cancels,
         s.audit(f"ingress-{ingress_id}"),
@@ -122,6 +124,7 @@ def worker(namespace: str, worker_id: str, models: Mapping[str, Sequence[str]]) 
     s = Subjects(namespace)
     user = user_name(namespace, "worker", worker_id)
     publish = [
+        f"{_JS}.INFO",
         f"{s.namespace}.reply.*.*",
         s.all_task_replies,
         *_kv_read(s.config_bucket),

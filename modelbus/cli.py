@@ -87,6 +87,8 @@ def ingress(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
     log_level: Annotated[str, typer.Option()] = "info",
+    tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="private key of --tls-cert")] = None,
 ) -> None:
     """Run one ingress (HTTP API) process. Settings come from MODELBUS_* variables."""
     import uvicorn
@@ -95,7 +97,8 @@ def ingress(
     from ingress.settings import IngressSettings
 
     _logging(log_level)
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    given = {"host": host, "port": port, "tls_cert": tls_cert, "tls_key": tls_key}
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = IngressSettings(**overrides)  # type: ignore[arg-type]
     try:
         application = create_app(settings)
@@ -112,6 +115,9 @@ def ingress(
         # Generations last minutes: only idle keep-alive connections are closed early.
         timeout_keep_alive=75,
         timeout_graceful_shutdown=30,
+        # With a certificate the port speaks only TLS: plain HTTP is never served on it.
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
 
 
