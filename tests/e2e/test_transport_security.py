@@ -16,10 +16,12 @@ from nats.errors import NoServersError
 from modelbus.embedded_nats import free_port
 from schemas.config import ModelConfig, SimulatorBackend
 from tests.secure_nats import SecureNats, start_secure_nats
-from tests.servers import TEST_KEY, Cluster, Proc, wait_until, with_consumers
+from tests.servers import TEST_KEY, Cluster, Proc, sql, wait_until, with_consumers
 from tests.tls_files import TlsFiles, make_tls_files, nats_tls_block
 
 NS = "sec"
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+CHAT = {"model": "chat-sim", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}
 
 
 @pytest.fixture
@@ -65,14 +67,18 @@ def _https_ingress(cluster: Cluster, config: Path, env: dict[str, str], tls: Tls
 
 
 def test_request_flows_with_restricted_users_over_tls(
-    cluster: Cluster, secure: SecureNats, tls: TlsFiles
+    database_url: str, cluster: Cluster, secure: SecureNats, tls: TlsFiles
 ) -> None:
     config = cluster.write_config(
         with_consumers([ModelConfig(name="chat-sim", backend=SimulatorBackend(ttft_ms=5, tokens_per_s=2000))])
     )
-    procs = [cluster.dispatcher(config, **secure.env(f"{NS}-dispatcher"))]
+    procs = [cluster.dispatcher(config, database_url, **secure.env(f"{NS}-dispatcher"))]
     procs.append(cluster.worker("chat-sim", config, "w1", **secure.env(f"{NS}-worker-w1")))
-    ingress_env = {**secure.env(f"{NS}-ingress-i1"), "MODELBUS_INGRESS_ID": "i1"}
+    ingress_env = {
+        **secure.env(f"{NS}-ingress-i1"),
+        "MODELBUS_INGRESS_ID": "i1",
+        "MODELBUS_DATABASE_URL": database_url,
+    }
     base, ingress = _https_ingress(cluster, config, ingress_env, tls)
     procs.append(ingress)
 
@@ -91,6 +97,14 @@ def test_request_flows_with_restricted_users_over_tls(
         model="chat-sim", messages=[{"role": "user", "content": "hello"}], max_tokens=3, stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    # An async task: the worker answers on a task subject, the dispatcher collects it.
+    with httpx.Client(base_url=f"{base}/v1", verify=_verify(tls), headers=AUTH, timeout=30) as http:
+        task = http.post("/tasks", json={"endpoint": "chat.completions", "body": CHAT}).json()
+        wait_until(
+            lambda: http.get(f"/tasks/{task['id']}").json()["status"] == "completed", 30, "task not done"
+        )
+    # Audit events travel ingress -> stream -> dispatcher's sink -> Postgres.
+    wait_until(lambda: len(sql(database_url, "SELECT 1 FROM audit_log")) >= 3, 30, "audit rows missing")
     for proc in procs:
         # Complete permissions: no component was refused anything on the bus.
         assert "permissions violation" not in proc.log().lower(), proc.log()
