@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,16 +30,24 @@ def generate(
         password = secrets.token_urlsafe(24)
         users.append(NatsUser(component.user, component.permissions, hash_password(password)))
         path = out_dir / f"{component.user}.env"
-        path.touch(mode=0o600)
-        path.write_text(
+        _write_private(
+            path,
             f"MODELBUS_NAMESPACE={namespace}\n"
             f"MODELBUS_NATS_USER={component.user}\n"
             f"MODELBUS_NATS_PASSWORD={password}\n"
-            f"MODELBUS_MANAGE_TOPOLOGY={'true' if component.manage_topology else 'false'}\n"
+            f"MODELBUS_MANAGE_TOPOLOGY={'true' if component.manage_topology else 'false'}\n",
         )
         written[component.user] = path
     (out_dir / SERVER_FILE).write_text(render_server_config(users))
     return written
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Readable by the owner only, even when the file existed with wider permissions."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def _worker_models(specs: list[str], config: Path | None) -> dict[str, dict[str, list[str]]]:
