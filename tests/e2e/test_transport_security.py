@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +108,18 @@ def test_request_flows_with_restricted_users_over_tls(
         )
     # Audit events travel ingress -> stream -> dispatcher's sink -> Postgres.
     wait_until(lambda: len(sql(database_url, "SELECT 1 FROM audit_log")) >= 3, 30, "audit rows missing")
+    # The operator's CLI with the admin user sees the live worker.
+    admin = subprocess.run(
+        [sys.executable, "-m", "modelbus.cli", "capacity", "--json"],
+        env=cluster.env(config, **secure.env(f"{NS}-admin")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert admin.returncode == 0, admin.stderr
+    assert "permissions violation" not in admin.stderr.lower()
+    [row] = json.loads(admin.stdout)
+    assert (row["model"], row["workers"]) == ("chat-sim", 1)
     for proc in procs:
         # Complete permissions: no component was refused anything on the bus.
         assert "permissions violation" not in proc.log().lower(), proc.log()
