@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
+import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
 from dispatcher.connection import auth_options
+from dispatcher.dead_letters import DeadLetterer
 from dispatcher.nats_permissions import NatsUser, hash_password, ingress, render_server_config
+from dispatcher.reply_stream import decode_frame
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_consumer, ensure_streams
-from schemas.envelope import Lane
+from schemas.envelope import Endpoint, ErrorCode, ErrorFrame, Lane, RequestEnvelope
 from tests.secure_nats import SecureNats, start_secure_nats
 from tests.servers import small_streams
 
@@ -170,3 +174,50 @@ def test_server_config_holds_hashes_not_passwords() -> None:
     assert '"mb.reply.x.*"' in text  # its own replies only
     with pytest.raises(ValueError):
         render_server_config([NatsUser("u", ingress("mb", "x"), "plain")])
+
+
+async def test_dispatcher_user_dead_letters_and_tells_the_ingress(secure: SecureNats) -> None:
+    """The dispatcher's grant covers the advisory, the stream message calls and the reply frame."""
+    subjects = Subjects(NS)
+    settings = _settings(secure, f"{NS}-dispatcher").model_copy(update={"ack_wait_s": 0.5, "max_deliver": 2})
+    dispatcher = await _connect(secure, f"{NS}-dispatcher")
+    js = dispatcher.nc.jetstream()
+    await ensure_streams(js, subjects, settings, dispatcher.nc.max_payload, msg_ttl=True)
+    consumer = await ensure_consumer(js, subjects, settings, "model-a")
+    await DeadLetterer(dispatcher.nc, subjects).start()
+
+    front = await _connect(secure, f"{NS}-ingress-i1")
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_reply(msg: nats.aio.msg.Msg) -> None:
+        await replies.put(msg.data)
+
+    await front.nc.subscribe(subjects.reply_inbox("i1"), cb=on_reply)
+    now = int(time.time() * 1000)
+    envelope = RequestEnvelope(
+        id="req-1",
+        endpoint=Endpoint.CHAT,
+        model="model-a",
+        target="model-a",
+        consumer="c",
+        created_ms=now,
+        deadline_ms=now + 60_000,
+        reply_to=subjects.reply("i1", "req-1"),
+        payload={"model": "model-a"},
+    )
+    await front.nc.jetstream().publish(subjects.request("model-a"), envelope.model_dump_json().encode())
+
+    worker = await _connect(secure, f"{NS}-worker-wa")
+    sub = await worker.nc.jetstream().pull_subscribe_bind(consumer, subjects.request_stream)
+    for _ in range(2):
+        await sub.fetch(1, timeout=5)  # taken and never acked, twice
+    with pytest.raises(nats.errors.TimeoutError):
+        await sub.fetch(1, timeout=2)
+
+    frame, _ = decode_frame(await asyncio.wait_for(replies.get(), 10))
+    assert isinstance(frame, ErrorFrame) and frame.code is ErrorCode.DEAD_LETTERED
+    dead = await js.get_last_msg(subjects.dead_letter_stream, subjects.dead_letter("model-a"))
+    assert orjson.loads(dead.data)["id"] == "req-1"
+    assert dispatcher.errors == front.errors == worker.errors == []
+    for client in (dispatcher, front, worker):
+        await client.nc.close()
