@@ -73,7 +73,10 @@ def evaluate(rows: list[dict[str, object]]) -> tuple[dict[str, Score], list[str]
 
 
 def table(scores: dict[str, Score]) -> str:
-    lines = ["| detector | positives | precision | recall | false positives | missed |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| detector | positives | precision | recall | false positives | missed |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in scores.items():
         lines.append(f"| {name} | {s.tp + s.fn} | {s.precision:.2f} | {s.recall:.2f} | {s.fp} | {s.fn} |")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -11,6 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from dispatcher.nats_permissions import inbox_prefix
 from dispatcher.settings import BusSettings
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,7 @@ async def connect(settings: BusSettings, name: str) -> NATS:
     async def on_reconnect() -> None:
         log.info("nats reconnected (%s)", name)
 
-    options: dict[str, object] = {}
-    if settings.nats_creds is not None:
-        options["user_credentials"] = str(settings.nats_creds)
+    options = auth_options(settings)
     # The first connection is retried too: processes may start before the broker is up.
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type((OSError, NoServersError, asyncio.TimeoutError)),
@@ -82,6 +82,32 @@ async def _connect_once(
         reconnected_cb=on_reconnect,
         **options,
     )
+
+
+def auth_options(settings: BusSettings) -> dict[str, object]:
+    """Credentials, TLS and inbox prefix for `nats.connect`, from the settings."""
+    options: dict[str, object] = {}
+    if settings.nats_creds is not None:
+        options["user_credentials"] = str(settings.nats_creds)
+    if settings.nats_user is not None:
+        options["user"] = settings.nats_user
+        if settings.nats_password is not None:
+            options["password"] = settings.nats_password.get_secret_value()
+    prefix = settings.nats_inbox_prefix
+    if prefix is None and settings.nats_user is not None:
+        prefix = inbox_prefix(settings.namespace, settings.nats_user)
+    if prefix is not None:
+        # A restricted user may subscribe only to inboxes under its own prefix.
+        options["inbox_prefix"] = prefix
+    if settings.nats_tls_ca is not None or settings.nats_tls_cert is not None:
+        context = ssl.create_default_context(
+            cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca is not None else None
+        )
+        if settings.nats_tls_cert is not None:
+            key = str(settings.nats_tls_key) if settings.nats_tls_key is not None else None
+            context.load_cert_chain(str(settings.nats_tls_cert), key)
+        options["tls"] = context
+    return options
 
 
 def supports_msg_ttl(nc: NATS) -> bool:

@@ -10,11 +10,13 @@ from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.audit.sink import AuditSink
 from dispatcher.audit.store import AuditStore
 from dispatcher.batches import BatchStore
+from dispatcher.capacity import open_registry
 from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.db.engine import create_engine
 from dispatcher.db.migrate import upgrade_async
 from dispatcher.dead_letters import DeadLetterer
+from dispatcher.response_cache import ResponseCache
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.collector import TaskCollector
@@ -48,6 +50,9 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         audit = AuditPublisher(js, subjects, "dispatcher")
         webhooks = WebhookSender(settings.webhook_secret)
         task_store = TaskStore(await ensure_task_bucket(js, subjects, settings), engine)
+        # Ingresses and workers with restricted NATS users cannot create buckets; they find these.
+        await open_registry(js, subjects, settings)
+        await ResponseCache.open(js, subjects, settings)
         batches = BatchStore(engine) if engine is not None else None
         collector = TaskCollector(nc, subjects, task_store, audit, webhooks, batches)
         publishers.append(asyncio.create_task(audit.run()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,17 @@ class BusSettings(BaseSettings):
     )
     connect_wait_s: float = Field(default=60.0, ge=0, description="how long to wait for NATS at start")
     nats_creds: Path | None = Field(default=None, description="NATS credentials file")
+    nats_user: str | None = Field(default=None, description="NATS user (see `modelbus nats-config`)")
+    nats_password: SecretStr | None = Field(default=None, description="password of nats_user")
+    nats_tls_ca: Path | None = Field(default=None, description="CA that signed the NATS server's cert")
+    nats_tls_cert: Path | None = Field(default=None, description="client certificate, if NATS asks")
+    nats_tls_key: Path | None = Field(default=None, description="key of nats_tls_cert")
+    nats_inbox_prefix: str | None = Field(
+        default=None, description="inbox subject prefix; default `_INBOX_<ns>_<user>` when a user is set"
+    )
+    # Restricted NATS users may not create or change streams, consumers or buckets: they look them
+    # up, and the dispatcher (or an admin) creates them.
+    manage_topology: bool = Field(default=True, description="create streams, consumers and buckets")
     namespace: str = Field(default="mb", description="prefix of every subject, stream and bucket")
     config: Path | None = Field(default=None, description="Modelbus config file (YAML)")
     stream_replicas: int = Field(default=1, ge=1, le=5)

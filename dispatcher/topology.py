@@ -8,6 +8,7 @@ evicting accepted ones.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from nats.js import JetStreamContext, api
@@ -139,6 +140,8 @@ async def ensure_bucket(
     in_memory: bool = False,
 ) -> KeyValue:
     """A KV bucket with the gateway's replica count; creating an existing one is harmless."""
+    if not settings.manage_topology:
+        return await _wait_for_bucket(js, settings, name)
     return await js.create_key_value(
         api.KeyValueConfig(
             bucket=name,
@@ -162,6 +165,19 @@ async def ensure_task_bucket(js: JetStreamContext, subjects: Subjects, settings:
     )
 
 
+async def _wait_for_bucket(js: JetStreamContext, settings: BusSettings, name: str) -> KeyValue:
+    """A bucket someone else creates (the dispatcher); processes may start before it has."""
+    deadline = asyncio.get_running_loop().time() + settings.connect_wait_s
+    while True:
+        try:
+            return await js.key_value(name)
+        except NotFoundError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("waiting for bucket %s (created by the dispatcher)", name)
+            await asyncio.sleep(1.0)
+
+
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     assert config.name is not None
     try:
@@ -183,6 +199,8 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
 async def ensure_streams(
     js: JetStreamContext, subjects: Subjects, settings: BusSettings, max_msg_size: int, msg_ttl: bool
 ) -> None:
+    if not settings.manage_topology:
+        return
     await _ensure_stream(js, request_stream_config(subjects, settings, max_msg_size, msg_ttl))
     await _ensure_stream(js, dead_letter_stream_config(subjects, settings))
     await _ensure_stream(js, audit_stream_config(subjects, settings))
@@ -200,6 +218,8 @@ async def ensure_consumer(
     """Create or update the shared durable consumer of one (model, version, lane); return its name."""
     config = consumer_config(subjects, settings, model, version, lane)
     assert config.durable_name is not None
+    if not settings.manage_topology:
+        return config.durable_name
     # The server's create call is create-or-update: an existing consumer takes the new settings.
     await js.add_consumer(subjects.request_stream, config)
     return config.durable_name
@@ -209,6 +229,8 @@ async def ensure_model_consumers(
     js: JetStreamContext, subjects: Subjects, settings: BusSettings, config: ModelbusConfig
 ) -> None:
     """Every lane's consumer of every configured model, so queue depth is visible before any worker."""
+    if not settings.manage_topology:
+        return
     for model in config.models:
         for version in model.version_names:
             for lane in Lane:

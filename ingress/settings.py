@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dispatcher.settings import BusSettings
 
@@ -12,8 +13,16 @@ from dispatcher.settings import BusSettings
 class IngressSettings(BusSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    tls_cert: Path | None = Field(default=None, description="serve HTTPS with this certificate (PEM)")
+    tls_key: Path | None = Field(default=None, description="private key of tls_cert (PEM)")
     ingress_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="larger bodies get 413")
     default_timeout_s: float = Field(default=600.0, gt=0, description="deadline when the client sets none")
     max_timeout_s: float = Field(default=3600.0, gt=0)
     sse_keepalive_s: float = Field(default=10.0, gt=0, description="comment lines while queued")
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> IngressSettings:
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key is set without tls_cert")
+        return self

@@ -16,12 +16,14 @@ from dispatcher.config_file import ConfigError, load_config
 from modelbus.audit_cli import audit_app, db_app
 from modelbus.config_cli import config_app
 from modelbus.keys_cli import keys_app
+from modelbus.nats_config_cli import nats_config
 
 app = typer.Typer(help="Modelbus: an on-premises AI gateway over NATS JetStream.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.command("nats-config")(nats_config)
 
 
 def _logging(level: str) -> None:
@@ -85,6 +87,8 @@ def ingress(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
     log_level: Annotated[str, typer.Option()] = "info",
+    tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="private key of --tls-cert")] = None,
 ) -> None:
     """Run one ingress (HTTP API) process. Settings come from MODELBUS_* variables."""
     import uvicorn
@@ -93,7 +97,8 @@ def ingress(
     from ingress.settings import IngressSettings
 
     _logging(log_level)
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    given = {"host": host, "port": port, "tls_cert": tls_cert, "tls_key": tls_key}
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = IngressSettings(**overrides)  # type: ignore[arg-type]
     try:
         application = create_app(settings)
@@ -110,6 +115,9 @@ def ingress(
         # Generations last minutes: only idle keep-alive connections are closed early.
         timeout_keep_alive=75,
         timeout_graceful_shutdown=30,
+        # With a certificate the port speaks only TLS: plain HTTP is never served on it.
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
 
 
