@@ -46,7 +46,12 @@ def user_name(namespace: str, role: str, component_id: str = "") -> str:
 
 
 def _buckets(s: Subjects) -> tuple[str, ...]:
-    return (s.config_bucket, s.worker_bucket, s.task_bucket, s.cache_bucket)
+    return (s.config_bucket, s.worker_bucket, s.task_bucket, s.cache_bucket, s.key_bucket)
+
+
+def _quota_use(s: Subjects) -> list[str]:
+    """Add to usage counters (a JetStream publish answered with the new total) and read them."""
+    return [s.all_quotas, f"{_JS}.DIRECT.GET.{s.quota_stream}.>"]
 
 
 def _kv_stream(bucket: str) -> str:
@@ -89,7 +94,7 @@ def _stream_admin(stream: str) -> list[str]:
 
 
 def _streams(s: Subjects) -> list[str]:
-    streams = [s.request_stream, s.dead_letter_stream, s.audit_stream, s.task_reply_stream]
+    streams = [s.request_stream, s.dead_letter_stream, s.audit_stream, s.task_reply_stream, s.quota_stream]
     return streams + [_kv_stream(b) for b in _buckets(s)]
 
 
@@ -105,6 +110,8 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
         f"{_JS}.CONSUMER.INFO.{s.request_stream}.*",  # queue depth per model
         *_kv_write(s.task_bucket),
         *_kv_write(s.cache_bucket),
+        *_kv_write(s.key_bucket),  # the admin API (RBAC: admin role) issues and revokes keys
+        *_quota_use(s),
     ]
     for bucket in _buckets(s):
         publish += _kv_read(bucket)
@@ -129,6 +136,7 @@ def worker(namespace: str, worker_id: str, models: Mapping[str, Sequence[str]]) 
         s.all_task_replies,
         *_kv_read(s.config_bucket),
         f"{_JS}.STREAM.INFO.{_kv_stream(s.worker_bucket)}",
+        s.all_quotas,  # settling token reservations with the backend's usage
     ]
     for model, versions in models.items():
         publish += _kv_write(s.worker_bucket, f"{encode_token(model)}.>")

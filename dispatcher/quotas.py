@@ -77,6 +77,8 @@ class QuotaLedger:
     @classmethod
     async def open(cls, nc: NATS, subjects: Subjects, settings: BusSettings) -> QuotaLedger:
         """Create the counter stream if needed (nats-py has no typed config for counters yet)."""
+        if not settings.manage_topology:
+            return cls(nc, subjects)  # the dispatcher creates it
         config = {
             "name": subjects.quota_stream,
             "subjects": [subjects.all_quotas],

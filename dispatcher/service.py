@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from dispatcher.api_keys import KeyRegistry
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.audit.sink import AuditSink
 from dispatcher.audit.store import AuditStore
@@ -16,6 +17,7 @@ from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.db.engine import create_engine
 from dispatcher.db.migrate import upgrade_async
 from dispatcher.dead_letters import DeadLetterer
+from dispatcher.quotas import QuotaLedger
 from dispatcher.response_cache import ResponseCache
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
@@ -53,6 +55,8 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         # Ingresses and workers with restricted NATS users cannot create buckets; they find these.
         await open_registry(js, subjects, settings)
         await ResponseCache.open(js, subjects, settings)
+        await KeyRegistry.open(js, subjects, settings)
+        await QuotaLedger.open(nc, subjects, settings)
         batches = BatchStore(engine) if engine is not None else None
         collector = TaskCollector(nc, subjects, task_store, audit, webhooks, batches)
         publishers.append(asyncio.create_task(audit.run()))

@@ -18,8 +18,9 @@ from nats.errors import NoServersError
 
 from modelbus.embedded_nats import free_port
 from schemas.config import ModelConfig, SimulatorBackend
+from schemas.policy import Limits
 from tests.secure_nats import SecureNats, start_secure_nats
-from tests.servers import TEST_KEY, Cluster, Proc, sql, wait_until, with_consumers
+from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, Proc, sql, wait_until, with_consumers
 from tests.tls_files import TlsFiles, make_tls_files, nats_tls_block
 
 NS = "sec"
@@ -72,9 +73,13 @@ def _https_ingress(cluster: Cluster, config: Path, env: dict[str, str], tls: Tls
 def test_request_flows_with_restricted_users_over_tls(
     database_url: str, cluster: Cluster, secure: SecureNats, tls: TlsFiles
 ) -> None:
-    config = cluster.write_config(
-        with_consumers([ModelConfig(name="chat-sim", backend=SimulatorBackend(ttft_ms=5, tokens_per_s=2000))])
+    modelbus_config = with_consumers(
+        [ModelConfig(name="chat-sim", backend=SimulatorBackend(ttft_ms=5, tokens_per_s=2000))]
     )
+    # Limits make the ingress admit against the quota counters and the worker settle them, so those
+    # subjects are exercised through the restricted users too.
+    modelbus_config.consumers[0].limits = Limits(requests_per_min=1000, tokens_per_day=1_000_000)
+    config = cluster.write_config(modelbus_config)
     procs = [cluster.dispatcher(config, database_url, **secure.env(f"{NS}-dispatcher"))]
     procs.append(cluster.worker("chat-sim", config, "w1", **secure.env(f"{NS}-worker-w1")))
     ingress_env = {
@@ -100,6 +105,22 @@ def test_request_flows_with_restricted_users_over_tls(
         model="chat-sim", messages=[{"role": "user", "content": "hello"}], max_tokens=3, stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    # A key issued through the admin API (the ingress writes the key bucket) works at once.
+    issued = httpx.post(
+        f"{base}/admin/keys",
+        json={"consumer": "tester"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        verify=_verify(tls),
+        timeout=30,
+    )
+    assert issued.status_code == 201, issued.text
+    with_issued = openai.OpenAI(
+        base_url=f"{base}/v1",
+        api_key=issued.json()["key"],
+        max_retries=0,
+        http_client=httpx.Client(verify=_verify(tls)),
+    )
+    wait_until(lambda: bool(with_issued.models.list().data), 5, "issued key not accepted")
     # An async task: the worker answers on a task subject, the dispatcher collects it.
     with httpx.Client(base_url=f"{base}/v1", verify=_verify(tls), headers=AUTH, timeout=30) as http:
         task = http.post("/tasks", json={"endpoint": "chat.completions", "body": CHAT}).json()
