@@ -2,7 +2,7 @@
 
 The key set is fetched at first use and cached; a token signed with a key id the cache does not know
 triggers one refetch (issuers rotate keys by publishing the new one first), at most once per
-`_REFETCH_GAP_S` per issuer so that tokens with made-up key ids cannot turn the gateway into a
+`jwks_refetch_s` (default 10 s) per issuer so that tokens with made-up key ids cannot turn the gateway into a
 load generator against the identity provider.
 """
 
@@ -21,7 +21,6 @@ from schemas.policy import OidcIssuerConfig
 
 log = logging.getLogger(__name__)
 
-_REFETCH_GAP_S = 10.0
 _MAX_AGE_S = 3600.0
 
 
@@ -53,7 +52,7 @@ class _KeySet:
         if not self._keys or now - self._fetched_at > _MAX_AGE_S:
             await self._refresh(http, force=True)
         found = self._lookup(kid)
-        if found is None and time.monotonic() - self._fetched_at > _REFETCH_GAP_S:
+        if found is None and time.monotonic() - self._fetched_at > self.issuer.jwks_refetch_s:
             await self._refresh(http, force=False)
             found = self._lookup(kid)
         if found is None:
@@ -67,7 +66,7 @@ class _KeySet:
 
     async def _refresh(self, http: aiohttp.ClientSession, force: bool) -> None:
         async with self._lock:
-            if not force and time.monotonic() - self._fetched_at <= _REFETCH_GAP_S:
+            if not force and time.monotonic() - self._fetched_at <= self.issuer.jwks_refetch_s:
                 return  # another request refetched while this one waited
             url = str(self.issuer.jwks_url)
             try:

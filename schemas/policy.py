@@ -92,6 +92,9 @@ class OidcIssuerConfig(_Config):
         default_factory=lambda: ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
     )
     leeway_s: float = Field(default=60.0, ge=0, le=600, description="allowed clock skew")
+    jwks_refetch_s: float = Field(
+        default=10.0, ge=0, description="at most one key-set refetch per this many seconds (unknown key ids)"
+    )
     consumer_claim: str = Field(
         default="sub",
         description="claim naming the consumer (e.g. `azp` for Keycloak clients, `appid` for Entra ID)",

@@ -218,6 +218,7 @@ def test_oidc_tokens_from_three_issuer_shapes(cluster: Cluster, jwks: _Jwks) -> 
             consumer_claim="azp",
             roles_claim="realm_access.roles",
             default_consumer="sso-default",
+            jwks_refetch_s=1.0,
         ),
         # Okta: groups mapped to roles.
         OidcIssuerConfig(
@@ -285,3 +286,9 @@ def test_oidc_tokens_from_three_issuer_shapes(cluster: Cluster, jwks: _Jwks) -> 
     # The key set was fetched once per issuer (plus at most one refetch for the unknown key id, which
     # is rate-limited), not once per request.
     assert 3 <= jwks.fetches <= 4, jwks.fetches
+
+    # Key rotation: the issuer publishes a new key and signs with it; the first token with the new key
+    # id makes the gateway refetch (once the refetch gap, 1 s here, has passed) and it is accepted.
+    rotated = jwks.add("k2")
+    time.sleep(1.1)
+    assert _chat(base, _token(rotated, "k2", **claims)).status_code == 200
