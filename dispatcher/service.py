@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.js import JetStreamContext
+from prometheus_client import start_http_server
+
 from dispatcher.api_keys import KeyRegistry
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.audit.sink import AuditSink
@@ -24,6 +27,10 @@ from dispatcher.subjects import Subjects
 from dispatcher.tasks.collector import TaskCollector
 from dispatcher.tasks.store import TaskStore
 from dispatcher.tasks.webhooks import WebhookSender
+from dispatcher.telemetry import metrics
+from dispatcher.telemetry.lag import refresh_lag
+from dispatcher.telemetry.metrics import watch_config, watch_nats
+from dispatcher.telemetry.tracing import setup_tracing, shutdown_tracing
 from dispatcher.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
 from schemas.config import ModelbusConfig
 
@@ -32,7 +39,11 @@ log = logging.getLogger(__name__)
 
 async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: asyncio.Event) -> None:
     subjects = Subjects(settings.namespace)
+    setup_tracing("modelbus-dispatcher", settings.otlp_endpoint, settings.trace_file)
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     nc = await connect(settings, name="modelbus-dispatcher")
+    watch_nats(nc, "dispatcher")
     engine = None
     audit: AuditPublisher | None = None
     webhooks: WebhookSender | None = None
@@ -65,10 +76,17 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         current, _ = await load_initial(config_store, config)
         await ensure_model_consumers(js, subjects, settings, current)
 
+        latest = [current]
+
         async def on_change(new: ModelbusConfig, revision: int) -> None:
             await ensure_model_consumers(js, subjects, settings, new)
+            latest[0] = new
 
         publishers.append(asyncio.create_task(config_store.follow(on_change)))
+        watch_config(config_store, "dispatcher")
+        registry = await open_registry(js, subjects, settings)
+        publishers.append(asyncio.create_task(refresh_lag(js, subjects, registry, lambda: latest[0])))
+        publishers.append(asyncio.create_task(_refresh_audit_backlog(js, subjects)))
         log.info("dispatcher running (namespace %s)", settings.namespace)
         await stop.wait()
     finally:
@@ -95,3 +113,15 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         except Exception as exc:  # noqa: BLE001 - shutting down anyway
             log.warning("final flush failed: %s", exc)
         await nc.close()
+        shutdown_tracing()
+
+
+async def _refresh_audit_backlog(js: JetStreamContext, subjects: Subjects, every_s: float = 5.0) -> None:
+    """`modelbus_audit_sink_pending`: audit events waiting for Postgres (the AuditSinkBehind alert)."""
+    while True:
+        try:
+            info = await js.consumer_info(subjects.audit_stream, subjects.audit_sink_consumer)
+            metrics.AUDIT_SINK_PENDING.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+        except Exception as exc:  # noqa: BLE001 - no sink yet (no database) or NATS away: retry later
+            log.debug("audit backlog unknown: %s", exc)
+        await asyncio.sleep(every_s)

@@ -7,6 +7,7 @@ variables (or CLI flags) and passed down; nothing below reads the environment it
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,17 @@ class BusSettings(BaseSettings):
     task_timeout_s: float = Field(default=24 * 3600, gt=0, description="deadline of an async task")
     webhook_secret: str | None = Field(default=None, description="HMAC key for task webhooks")
     max_ack_pending: int = Field(default=10_000, ge=1, description="in flight per model, all workers")
+
+    # Telemetry: nothing leaves the process unless asked for.
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces endpoint, e.g. http://otel:4318/v1/traces"
+    )
+    trace_file: Path | None = Field(default=None, description="append finished spans as JSON lines here")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="workers and dispatcher: serve /metrics on this port"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="address the /metrics port binds")
+    log_format: Literal["json", "text"] = Field(default="json", description="json: one object per line")
 
     @property
     def nats_servers(self) -> list[str]:

@@ -24,6 +24,10 @@ from dispatcher.quotas import Limiter, QuotaLedger
 from dispatcher.response_cache import ResponseCache
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.store import TaskStore
+from dispatcher.telemetry.lag import refresh_lag
+from dispatcher.telemetry.metrics import watch_config, watch_nats
+from dispatcher.telemetry.tracing import setup_tracing, shutdown_tracing
+from dispatcher.telemetry.traffic import TrafficWatch
 from dispatcher.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
 from ingress.audit import AuditMiddleware
 from ingress.batches import BatchIntake
@@ -36,7 +40,7 @@ from ingress.model_health import ModelHealth
 from ingress.oidc import OidcVerifier
 from ingress.quota import QuotaGate
 from ingress.relay import Relay
-from ingress.routes import admin, batches, files, health, inference, keys, models, tasks
+from ingress.routes import admin, batches, files, health, inference, keys, models, ops, tasks
 from ingress.settings import IngressSettings
 from ingress.tasks import TaskIntake
 from schemas.config import ModelbusConfig
@@ -50,7 +54,9 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         subjects = Subjects(settings.namespace)
+        setup_tracing("modelbus-ingress", settings.otlp_endpoint, settings.trace_file)
         async with AsyncExitStack() as cleanup:
+            cleanup.callback(shutdown_tracing)
             nc = await connect(settings, name=f"modelbus-ingress {settings.ingress_id}")
             cleanup.push_async_callback(nc.drain)
             js = nc.jetstream()
@@ -88,6 +94,11 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             app.state.nc = nc
             app.state.subjects = subjects
             app.state.registry = await open_registry(js, subjects, settings)
+            traffic = TrafficWatch(nc, subjects)
+            await traffic.start()
+            app.state.traffic = traffic
+            watch_nats(nc, "ingress")
+            watch_config(config_store, "ingress")
             app.state.live = live
             app.state.oidc = oidc
             app.state.key_registry = key_registry
@@ -117,6 +128,7 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
                 asyncio.create_task(key_registry.follow(live.keys.replace_issued)),
                 asyncio.create_task(health.watch_workers()),
                 asyncio.create_task(health.refresh_queues()),
+                asyncio.create_task(refresh_lag(js, subjects, app.state.registry, lambda: live.config)),
             ]
             log.info(
                 "ingress %s ready: %d models, config revision %d",
@@ -135,9 +147,25 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
 
-    app = FastAPI(title="Modelbus", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Modelbus",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # FastAPI's own instrumentation would add a server span and spans per dependency to every
+        # request, probes included; the gateway records its own spans and metrics (ingress/audit.py,
+        # ingress/telemetry.py) on the inference endpoints only, at a fraction of the cost.
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        },
+    )
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
-    for router in (inference, models, tasks, files, batches, admin, keys, health):
+    for router in (inference, models, tasks, files, batches, admin, keys, ops, health):
         app.include_router(router.router)
     return app

@@ -13,14 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher.audit.chain import prompt_hash
 from dispatcher.audit.publisher import AuditPublisher
+from dispatcher.telemetry.tracing import context_from, trace_id_of
+from ingress.telemetry import record
 from schemas.audit import AuditEvent, AuditStatus
 from schemas.envelope import FinalFrame, RequestEnvelope, StartFrame
 
+_TRACER = trace.get_tracer("modelbus.ingress")
 _AUDITED = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
@@ -48,6 +54,7 @@ class AuditDraft:
     cancelled: bool = False
     deferred: bool = False  # an async task: its row is written when the task finishes
     policy_actions: list[str] = field(default_factory=list)  # e.g. route:<rule>, degraded:<how>
+    trace_id: str | None = None
 
 
 def draft_of(request: Request) -> AuditDraft | None:
@@ -77,14 +84,43 @@ class AuditMiddleware:
                 if not any(name == b"x-request-id" for name, _ in headers):
                     headers.append((b"x-request-id", draft.request_id.encode()))
                     message = {**message, "headers": headers}
+                for name, value in headers:
+                    # Degradations answered without a model run (cache, queued, failed) say so here.
+                    if name == b"x-modelbus-degraded":
+                        how = "degraded:" + value.decode("latin-1")
+                        if not any(a.startswith("degraded:") for a in draft.policy_actions):
+                            draft.policy_actions.append(how)
             await send(message)
 
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            publisher: AuditPublisher | None = getattr(scope["app"].state, "audit", None)
-            if publisher is not None and not (draft.deferred and status == 202):
-                publisher.emit(build_event(draft, status))
+        caller = _caller_context(scope)
+        with _TRACER.start_as_current_span(
+            f"POST {scope.get('path', '')}",
+            context=caller,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": "POST",
+                "url.path": scope.get("path", ""),
+                "modelbus.request_id": draft.request_id,
+            },
+        ) as span:
+            draft.trace_id = trace_id_of(span) or None
+            try:
+                await self.app(scope, receive, capture)
+            finally:
+                span.set_attribute("http.response.status_code", status)
+                if draft.model_requested:
+                    span.set_attribute("gen_ai.request.model", draft.model_requested)
+                publisher: AuditPublisher | None = getattr(scope["app"].state, "audit", None)
+                if publisher is not None and not (draft.deferred and status == 202):
+                    publisher.emit(build_event(draft, status))
+                record(draft, status, draft.trace_id or "")
+
+
+def _caller_context(scope: Scope) -> Context | None:
+    for name, value in scope.get("headers", []):
+        if name == b"traceparent":
+            return context_from(value.decode("latin-1"))
+    return None
 
 
 def _output(draft: AuditDraft) -> Any:
@@ -150,7 +186,7 @@ def build_event(draft: AuditDraft, http_status: int) -> AuditEvent:
         first_token_ms=timings.first_token_ms if timings else None,
         finished_ms=int(time.time() * 1000),
         policy_actions=draft.policy_actions,
-        trace_id=_trace_id(envelope.traceparent if envelope else None),
+        trace_id=draft.trace_id or _trace_id(envelope.traceparent if envelope else None),
     )
 
 

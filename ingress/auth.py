@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from opentelemetry import trace
 
 from ingress.errors import APIError
 from ingress.live_config import LiveConfig
@@ -29,6 +30,7 @@ class Identity:
 
 
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+_TRACER = trace.get_tracer("modelbus.ingress")
 
 
 def _rejected(message: str, code: str = "invalid_api_key") -> APIError:
@@ -44,6 +46,11 @@ def _identity(consumer: str, key_id: str, settings: ConsumerConfig | None, roles
 
 async def authenticate(request: Request) -> Identity:
     """FastAPI dependency: the caller's identity, or 401 in OpenAI's shape."""
+    with _TRACER.start_as_current_span("auth"):
+        return await _authenticate(request)
+
+
+async def _authenticate(request: Request) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()

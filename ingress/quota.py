@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.quotas import Limiter, QuotaExceeded, QuotaLedger, QuotaUnavailable
+from dispatcher.telemetry import metrics
 from ingress.auth import Identity
 from ingress.errors import APIError
 from ingress.prompt import estimate_tokens
@@ -96,6 +97,7 @@ class QuotaGate:
                     await self._sleep(exc.retry_after_s)
                     continue
                 self.rejections += 1
+                metrics.RATE_LIMITED.labels(identity.consumer, model, exc.limit).inc()
                 raise _too_many(exc, tokens) from None
 
 

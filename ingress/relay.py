@@ -16,12 +16,15 @@ from typing import Any
 
 import orjson
 from fastapi import Request
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from starlette.responses import Response
 from starlette.types import Receive
 
 from dispatcher.client import BusClient, ReplyStream
 from dispatcher.errors import Interrupted, ModelbusError, RemoteError
 from dispatcher.reply_stream import Frame
+from dispatcher.telemetry.tracing import traceparent_of
 from ingress.audit import AuditDraft, draft_of
 from ingress.auth import Identity, authorize
 from ingress.body import parse, read_body
@@ -40,6 +43,7 @@ from ingress.tasks import TaskIntake, wants_async
 from schemas.config import ModelConfig
 from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, OutputGuardrails, StartFrame
 
+_TRACER = trace.get_tracer("modelbus.ingress")
 # The openai SDK sends its read timeout; for a non-streaming call that is how long it will wait.
 _SDK_TIMEOUT = "x-stainless-read-timeout"
 
@@ -100,20 +104,18 @@ class Relay:
             target = live.catalog.resolve(routed_name, endpoint)
             if draft is not None:
                 draft.policy_actions.append(f"route:{rule}")
-        input_policy, output_guard = self._guardrails.policies(target, identity)
-        if input_policy.active or input_policy.max_input_tokens is not None:
-            rewritten = await self._guardrails.check_input(input_policy, endpoint, payload, draft)
-            if rewritten is not None:
-                payload, body = rewritten, orjson.dumps(rewritten)
         stream = bool(getattr(parsed, "stream", False))
         created_ms = int(time.time() * 1000)
         deadline_ms = created_ms + int(self._timeout_s(request, stream) * 1000)
         is_async = wants_async(request)
-        held = Held(
-            await self._quota.admit(
-                identity, model_name, endpoint, payload, None if is_async else deadline_ms
-            )
-        )
+        with _TRACER.start_as_current_span("policy"):
+            input_policy, output_guard = self._guardrails.policies(target, identity)
+            if input_policy.active or input_policy.max_input_tokens is not None:
+                rewritten = await self._guardrails.check_input(input_policy, endpoint, payload, draft)
+                if rewritten is not None:
+                    payload, body = rewritten, orjson.dumps(rewritten)
+            wait_until = None if is_async else deadline_ms
+            held = Held(await self._quota.admit(identity, model_name, endpoint, payload, wait_until))
         request_id = draft.request_id if draft is not None else uuid.uuid4().hex
         draft = draft or AuditDraft(request_id, endpoint.value, created_ms)  # unaudited caller
         call = _Call(
@@ -170,6 +172,26 @@ class Relay:
 
     async def _run(self, call: _Call, target: ModelConfig, request_id: str) -> Response:
         """Queue the request for `target` and relay its answer."""
+        with _TRACER.start_as_current_span(
+            "enqueue",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": target.name,
+                "gen_ai.request.model": target.name,
+            },
+        ) as span:
+            reply = await self._enqueue(call, target, request_id, traceparent_of(span))
+        try:
+            return await (self._stream if call.stream else self._complete)(call.request, reply, call.draft)
+        except BaseException:
+            await reply.close()
+            raise
+
+    async def _enqueue(
+        self, call: _Call, target: ModelConfig, request_id: str, traceparent: str | None
+    ) -> ReplyStream:
         envelope = envelope_to(
             target,
             call.identity.consumer,
@@ -182,7 +204,7 @@ class Relay:
             created_ms=int(time.time() * 1000),
             deadline_ms=call.deadline_ms,
             reply_to=self._bus.reply_subject(request_id),
-            traceparent=call.request.headers.get("traceparent"),
+            traceparent=traceparent,
             quota=call.quota.take(),
             output_guard=call.output_guard,
             # The body as the client sent it (validated above): unknown fields pass through.
@@ -191,11 +213,7 @@ class Relay:
         call.draft.enqueued_ms = int(time.time() * 1000)  # handed to JetStream (a worker may beat the ack)
         reply = await self._bus.submit(envelope, call.body)
         call.draft.envelope = envelope
-        try:
-            return await (self._stream if call.stream else self._complete)(call.request, reply, call.draft)
-        except BaseException:
-            await reply.close()
-            raise
+        return reply
 
     def _timeout_s(self, request: Request, stream: bool) -> float:
         """The client's own timeout bounds the deadline: a queued request never outlives its caller.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 from pathlib import Path
@@ -27,7 +26,10 @@ app.command("nats-config")(nats_config)
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dispatcher.telemetry.logs import configure_logging
+
+    fmt = os.environ.get("MODELBUS_LOG_FORMAT", "json")
+    configure_logging(level, "text" if fmt == "text" else "json")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -176,6 +178,20 @@ def dispatcher(log_level: Annotated[str, typer.Option()] = "info") -> None:
         await run_dispatcher(settings, load_config(settings.config), stop)
 
     uvloop.run(main())
+
+
+@app.command()
+def top(
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
+) -> None:
+    """Live terminal view: per model queue depth and trend, workers, traffic, latency; per consumer usage."""
+    from modelbus.top import run_top
+
+    try:
+        asyncio.run(run_top(interval, once))
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

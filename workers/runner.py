@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from dispatcher.quotas import QuotaLedger
 from dispatcher.reply_stream import ReplyWriter
+from dispatcher.telemetry import metrics
 from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.openai import Usage
 from workers.backends.base import Backend, BackendError, Json
@@ -32,6 +33,7 @@ from workers.coalescer import EmbeddingCoalescer
 from workers.normalize import normalize
 from workers.response_guard import ResponseGuard
 from workers.settings import WorkerSettings
+from workers.telemetry import post_processing, processing, record_inference, record_post_processing
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,8 @@ class RequestRunner:
         self._cancellations.track(envelope.id, current)
         self._live[envelope.id] = _Liveness(msg, writer)
         try:
-            outcome = await self._execute(envelope, writer, picked_up_ms, attempt)
+            with processing(envelope, picked_up_ms, self._settings.worker_id):
+                outcome = await self._execute(envelope, writer, picked_up_ms, attempt)
             took = _now_ms() - picked_up_ms
             self.avg_service_ms = (
                 took if self.avg_service_ms is None else 0.9 * self.avg_service_ms + 0.1 * took
@@ -135,12 +138,17 @@ class RequestRunner:
             self._cancellations.untrack(envelope.id)
             del self._live[envelope.id]
         await self._settle(msg, outcome)
+        metrics.WORKER_REQUESTS.labels(envelope.target, outcome.value).inc()
         if outcome is not Outcome.RETRY:
             self._settle_quota(envelope, _tokens_used(writer))
 
     def _settle_quota(self, envelope: RequestEnvelope, used: int | None) -> None:
         if envelope.quota is not None and self._quotas is not None:
             self._quotas.settle(envelope.quota, used)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._live)
 
     @property
     def backend(self) -> Backend:
@@ -188,6 +196,7 @@ class RequestRunner:
                     await self._stream(envelope, writer, timings)
                 else:
                     await self._complete(envelope, writer, timings)
+            record_inference(timings)
             return Outcome.ACK
         except TimeoutError:
             await writer.error(ErrorCode.DEADLINE_EXCEEDED, "the request deadline passed", 504, True)
@@ -221,12 +230,13 @@ class RequestRunner:
             except BackendError as exc:
                 await self._backoff(attempt, exc)
                 attempt += 1
-        normalize(body, envelope)
-        guard = ResponseGuard(envelope.output_guard, envelope.endpoint) if envelope.output_guard else None
-        if guard is not None:
-            guard.body(body)
-        usage = _usage(body)
         timings.finished_ms = _now_ms()
+        with post_processing():
+            normalize(body, envelope)
+            guard = ResponseGuard(envelope.output_guard, envelope.endpoint) if envelope.output_guard else None
+            if guard is not None:
+                guard.body(body)
+        usage = _usage(body)
         choices = body.get("choices") or [{}]
         finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
         await writer.final(timings, usage, finish, orjson.dumps(body), guard.events if guard else None)
@@ -239,10 +249,11 @@ class RequestRunner:
         ready = asyncio.Event()
         exhausted = False
         guard = ResponseGuard(envelope.output_guard, envelope.endpoint) if envelope.output_guard else None
+        post_ns = 0  # time spent on normalization and output guardrails, chunk by chunk
 
         async def pump(chunks: AsyncIterator[Json]) -> None:
             # Runs ahead of the publisher: chunks that arrive together leave in one frame.
-            nonlocal usage, finish, exhausted
+            nonlocal usage, finish, exhausted, post_ns
             async for chunk in chunks:
                 if chunk.get("usage"):
                     usage = Usage.model_validate(chunk["usage"])
@@ -255,9 +266,11 @@ class RequestRunner:
                     chunk.pop("usage", None)
                 if timings.first_token_ms is None:
                     timings.first_token_ms = _now_ms()
+                began = time.perf_counter_ns()
                 normalize(chunk, envelope, chunk=True)
                 if guard is not None:
                     guard.chunk(chunk)
+                post_ns += time.perf_counter_ns() - began
                 buffer.append(orjson.dumps(chunk))
                 ready.set()
             if guard is not None and (rest := guard.finish()) is not None:
@@ -277,6 +290,7 @@ class RequestRunner:
                 if exhausted and not buffer:
                     break
         timings.finished_ms = _now_ms()
+        record_post_processing(post_ns, timings.finished_ms)
         await writer.final(timings, usage, finish, guard_events=guard.events if guard else None)
 
     async def _open_stream(self, envelope: RequestEnvelope) -> AsyncIterator[Json]:

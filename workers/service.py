@@ -9,12 +9,16 @@ import time
 
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
+from prometheus_client import start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from dispatcher.capacity import open_registry
 from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.quotas import QuotaLedger
 from dispatcher.subjects import Subjects
+from dispatcher.telemetry.metrics import watch, watch_config, watch_nats
+from dispatcher.telemetry.tracing import setup_tracing, shutdown_tracing
 from dispatcher.topology import ensure_consumer, ensure_streams
 from schemas.capacity import WorkerStatus
 from schemas.config import ModelbusConfig
@@ -39,7 +43,11 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop`; raises LookupError if the model is in no configuration."""
         settings = self.settings
+        setup_tracing("modelbus-worker", settings.otlp_endpoint, settings.trace_file)
+        if settings.metrics_port is not None:
+            start_http_server(settings.metrics_port, addr=settings.metrics_host)
         nc = await connect(settings, name=f"modelbus-worker {settings.worker_id}")
+        watch_nats(nc, "worker")
         try:
             config_store = await ConfigStore.open(nc.jetstream(), self.subjects, settings)
             config, _ = await load_initial(config_store, self.bootstrap)
@@ -55,6 +63,7 @@ class Worker:
             await self._serve(nc, config_store, stop)
         finally:
             await nc.drain()
+            shutdown_tracing()
 
     @property
     def _registry_key(self) -> str:
@@ -79,6 +88,19 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - the next beat retries; the TTL covers the gap
                 log.warning("heartbeat not stored: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    def _gauges(self, runner: RequestRunner) -> list[Metric]:
+        """Backend connection use: the worker holds at most one backend connection per request in
+        flight, and its pool is capped at its capacity."""
+        labels = [self.model.name]
+        connections = GaugeMetricFamily(
+            "modelbus_backend_connections", "Worker connections to its backend", labels=["model", "state"]
+        )
+        connections.add_metric([*labels, "in_use"], float(runner.in_flight))
+        connections.add_metric(
+            [*labels, "limit"], float(self.puller.capacity if self.puller else self.capacity)
+        )
+        return [connections]
 
     async def _serve(self, nc: NATS, config_store: ConfigStore, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -141,6 +163,8 @@ class Worker:
                 self.model, self.backend_config = model, backend_config
 
             registry = await open_registry(js, self.subjects, settings)
+            watch_config(config_store, "worker")
+            watch(lambda: self._gauges(runner))
             gc.collect()
             gc.freeze()  # start-up objects live on; full collections need not walk them (bench/gc_trace.py)
             pulling = asyncio.create_task(self.puller.run())

@@ -1,4 +1,4 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and the Prometheus scrape endpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 
 from fastapi import APIRouter, Request
 from nats.aio.client import Client as NATS
-from starlette.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
 
 router = APIRouter()
 
@@ -29,3 +30,9 @@ async def readyz(request: Request) -> JSONResponse:
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         return JSONResponse({"status": "unavailable", "jetstream": type(exc).__name__}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus text exposition. Labels carry model, consumer and key-free names only."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Telemetry shared by every process: traces (OpenTelemetry), Prometheus metrics, JSON logs."""

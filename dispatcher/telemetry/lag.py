@@ -1,0 +1,62 @@
+"""Per-model JetStream lag and worker capacity as gauges, refreshed in the background.
+
+Consumer info is a JetStream API round trip per (model, version, lane); doing it on a timer rather
+than at scrape time keeps a scrape from ever waiting on NATS, and bounds the API load however often
+Prometheus (or `modelbus top`) asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+
+from dispatcher.capacity import live_workers
+from dispatcher.subjects import Subjects
+from dispatcher.telemetry import metrics
+from schemas.config import ModelbusConfig
+from schemas.envelope import Lane
+
+log = logging.getLogger(__name__)
+
+
+async def refresh_lag(
+    js: JetStreamContext,
+    subjects: Subjects,
+    registry: KeyValue,
+    config: Callable[[], ModelbusConfig],
+    every_s: float = 2.0,
+) -> None:
+    while True:
+        try:
+            await _refresh_once(js, subjects, registry, config())
+        except Exception as exc:  # noqa: BLE001 - a metric refresher must never die; next round retries
+            log.debug("lag refresh failed: %s", exc)
+        await asyncio.sleep(every_s)
+
+
+async def _refresh_once(
+    js: JetStreamContext, subjects: Subjects, registry: KeyValue, config: ModelbusConfig
+) -> None:
+    workers = await live_workers(registry)
+    for model in config.models:
+        for version in model.version_names:
+            mine = [w for w in workers if w.model == model.name and w.version == version]
+            metrics.WORKERS.labels(model.name, version).set(len(mine))
+            metrics.FREE_SLOTS.labels(model.name, version).set(sum(w.free_slots for w in mine))
+            for lane in Lane:
+                try:
+                    info = await js.consumer_info(
+                        subjects.request_stream, subjects.consumer(model.name, version, lane)
+                    )
+                except NotFoundError:
+                    continue
+                labels = (model.name, version, lane.value)
+                metrics.QUEUE_PENDING.labels(*labels).set(info.num_pending or 0)
+                metrics.QUEUE_ACK_PENDING.labels(*labels).set(info.num_ack_pending or 0)
+                metrics.QUEUE_REDELIVERED.labels(*labels).set(info.num_redelivered or 0)
+                metrics.QUEUE_WAITING_PULLS.labels(*labels).set(info.num_waiting or 0)

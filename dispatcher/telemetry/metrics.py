@@ -1,0 +1,142 @@
+"""Prometheus metrics every process exposes, named after the OpenTelemetry GenAI semantic conventions
+where they exist (`gen_ai_*`) and `modelbus_*` otherwise.
+
+Families are module-level singletons in the default registry (one registry per process). Hot paths
+call `.labels(...)` on them; label values are bounded (models and consumers come from the config,
+statuses and phases are fixed sets), never request ids or free text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Latency buckets from 1 ms to 5 min: gateway overheads sit at the bottom, generations at the top.
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TOKENS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+
+REQUESTS = Counter(
+    "modelbus_requests", "Requests by outcome", ["model", "version", "consumer", "endpoint", "status"]
+)
+OPERATION_DURATION = Histogram(
+    "gen_ai_client_operation_duration_seconds",
+    "End-to-end duration of a model call as the client sees it",
+    ["gen_ai_operation_name", "gen_ai_request_model", "status"],
+    buckets=_SECONDS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "gen_ai_server_time_to_first_token_seconds",
+    "From pick-up by a worker to the first token",
+    ["gen_ai_request_model"],
+    buckets=_SECONDS,
+)
+PHASE = Histogram(
+    "modelbus_request_phase_seconds",
+    "Where a request's time goes: gateway_overhead, queue_wait, time_to_first_token, inference, post_processing",
+    ["phase", "model"],
+    buckets=_SECONDS,
+)
+TOKEN_USAGE = Histogram(
+    "gen_ai_client_token_usage",
+    "Tokens per request, by type (input, output)",
+    ["gen_ai_token_type", "gen_ai_request_model"],
+    buckets=_TOKENS,
+)
+TOKENS = Counter("modelbus_tokens", "Tokens, by type (input, output)", ["model", "consumer", "type"])
+RATE_LIMITED = Counter(
+    "modelbus_ratelimit_rejections",
+    "Requests refused by a rate limit or budget",
+    ["consumer", "model", "limit"],
+)
+GUARDRAIL_ACTIONS = Counter(
+    "modelbus_guardrail_actions", "Guardrail findings acted on", ["detector", "action", "direction"]
+)
+DEGRADATIONS = Counter("modelbus_degradations", "Requests served in a degraded way", ["model", "how"])
+
+QUEUE_PENDING = Gauge("modelbus_queue_pending", "Requests waiting in JetStream", ["model", "version", "lane"])
+QUEUE_ACK_PENDING = Gauge(
+    "modelbus_queue_ack_pending", "Requests delivered, not yet acked", ["model", "version", "lane"]
+)
+QUEUE_REDELIVERED = Gauge(
+    "modelbus_queue_redelivered", "Requests delivered more than once", ["model", "version", "lane"]
+)
+QUEUE_WAITING_PULLS = Gauge(
+    "modelbus_queue_waiting_pulls", "Open pull requests of workers", ["model", "version", "lane"]
+)
+WORKERS = Gauge("modelbus_workers", "Live workers", ["model", "version"])
+FREE_SLOTS = Gauge("modelbus_free_slots", "Free worker slots", ["model", "version"])
+
+AUDIT_SINK_PENDING = Gauge(
+    "modelbus_audit_sink_pending", "Audit events in JetStream not yet written to Postgres"
+)
+WORKER_REQUESTS = Counter(
+    "modelbus_worker_requests", "Requests a worker settled, by outcome", ["model", "outcome"]
+)
+BACKEND_CONNECTIONS = Gauge(
+    "modelbus_backend_connections", "Worker connections to its backend", ["model", "state"]
+)
+WORKER_IN_FLIGHT = Gauge("modelbus_worker_in_flight", "Requests a worker is running", ["model", "version"])
+
+
+# Families whose values are read at scrape time (below), for tools that check names statically.
+CALLBACK_FAMILIES = (
+    "modelbus_nats_connected",
+    "modelbus_nats_reconnects_total",
+    "modelbus_config_reloads_total",
+)
+
+
+class _Callbacks(Collector):
+    """Values read at scrape time from objects that already keep them (no double bookkeeping)."""
+
+    def __init__(self) -> None:
+        self._sources: list[Callable[[], Iterable[Metric]]] = []
+
+    def add(self, source: Callable[[], Iterable[Metric]]) -> None:
+        self._sources.append(source)
+
+    def collect(self) -> Iterable[Metric]:
+        for source in self._sources:
+            yield from source()
+
+
+_CALLBACKS = _Callbacks()
+REGISTRY.register(_CALLBACKS)
+
+
+def watch_nats(nc: object, component: str) -> None:
+    """`modelbus_nats_connected` and `modelbus_nats_reconnects_total` of one connection."""
+
+    def collect() -> Iterable[Metric]:
+        connected = GaugeMetricFamily(
+            "modelbus_nats_connected", "1 while connected to NATS", labels=["component"]
+        )
+        connected.add_metric([component], 1.0 if getattr(nc, "is_connected", False) else 0.0)
+        reconnects = CounterMetricFamily(
+            "modelbus_nats_reconnects", "Reconnects to NATS", labels=["component"]
+        )
+        reconnects.add_metric([component], float(getattr(nc, "stats", {}).get("reconnects", 0)))
+        return [connected, reconnects]
+
+    _CALLBACKS.add(collect)
+
+
+def watch_config(store: object, component: str) -> None:
+    """`modelbus_config_reloads_total{result=applied|rejected}` from a ConfigStore's own counts."""
+
+    def collect() -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "modelbus_config_reloads", "Configuration revisions", labels=["component", "result"]
+        )
+        family.add_metric([component, "applied"], float(getattr(store, "reloads", 0)))
+        family.add_metric([component, "rejected"], float(getattr(store, "rejected", 0)))
+        return [family]
+
+    _CALLBACKS.add(collect)
+
+
+def watch(source: Callable[[], Iterable[Metric]]) -> None:
+    _CALLBACKS.add(source)

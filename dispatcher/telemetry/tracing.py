@@ -1,0 +1,99 @@
+"""Traces across the bus: the ingress starts a trace per request, the W3C `traceparent` travels in the
+request envelope through JetStream, and the worker continues it.
+
+Spans are recorded by the OpenTelemetry SDK and exported only when configured: OTLP over HTTP to a
+collector (`MODELBUS_OTLP_ENDPOINT`), or JSON lines to a file (`MODELBUS_TRACE_FILE`, for tests and
+debugging). With neither, spans are still created (their ids go into the logs) but never exported.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import Span, SpanContext, TraceFlags, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class JsonLinesExporter(SpanExporter):
+    """One JSON object per finished span, appended to a file (several processes may share it)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = []
+        for span in spans:
+            context = span.get_span_context()
+            assert context is not None
+            lines.append(
+                json.dumps(
+                    {
+                        "name": span.name,
+                        "service": span.resource.attributes.get("service.name"),
+                        "trace_id": f"{context.trace_id:032x}",
+                        "span_id": f"{context.span_id:016x}",
+                        "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
+                        "kind": span.kind.name,
+                        "start_ns": span.start_time,
+                        "end_ns": span.end_time,
+                        "attributes": {k: v for k, v in (span.attributes or {}).items()},
+                    }
+                )
+            )
+        with self._lock, open(self._path, "a", encoding="utf-8") as out:
+            out.write("".join(line + "\n" for line in lines))
+        return SpanExportResult.SUCCESS
+
+
+def setup_tracing(service: str, otlp_endpoint: str | None = None, trace_file: Path | None = None) -> Tracer:
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+    if trace_file is not None:
+        provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(trace_file)))
+    trace.set_tracer_provider(provider)
+    return trace.get_tracer("modelbus")
+
+
+def shutdown_tracing() -> None:
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
+
+
+def traceparent_of(span: Span) -> str | None:
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
+    return carrier.get("traceparent")
+
+
+def context_from(traceparent: str | None) -> Context | None:
+    """The remote parent a `traceparent` names (None if absent or malformed)."""
+    if not traceparent:
+        return None
+    context = _PROPAGATOR.extract({"traceparent": traceparent})
+    span_context: SpanContext = trace.get_current_span(context).get_span_context()
+    return context if span_context.is_valid else None
+
+
+def trace_id_of(span: Span) -> str:
+    context = span.get_span_context()
+    return f"{context.trace_id:032x}" if context.trace_flags & TraceFlags.SAMPLED or context.is_valid else ""

@@ -1,0 +1,81 @@
+"""Cluster-wide request traffic per model over the last minute, read off the audit subjects.
+
+Every request leaves exactly one audit event, so a plain core-NATS subscription to the audit subjects
+sees all traffic of all ingresses and task collectors, with no consumer to create or clean up and
+nothing added to the request path. Used by `modelbus top` and the ops page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from dispatcher.subjects import Subjects
+
+WINDOW_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    requests_per_s: float
+    p50_s: float | None
+    p95_s: float | None
+    tokens_per_s: float
+    errors: int
+
+
+@dataclass
+class _Window:
+    done: deque[tuple[float, float, int, bool]] = field(default_factory=deque)  # at, latency, tokens, ok
+
+    def figures(self, now: float) -> Figures:
+        while self.done and self.done[0][0] < now - WINDOW_S:
+            self.done.popleft()
+        if not self.done:
+            return Figures(0.0, None, None, 0.0, 0)
+        span = max(1.0, min(WINDOW_S, now - self.done[0][0]))
+        latencies = sorted(d[1] for d in self.done)
+        return Figures(
+            requests_per_s=len(self.done) / span,
+            p50_s=latencies[len(latencies) // 2],
+            p95_s=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+            tokens_per_s=sum(d[2] for d in self.done) / span,
+            errors=sum(1 for d in self.done if not d[3]),
+        )
+
+
+class TrafficWatch:
+    def __init__(self, nc: NATS, subjects: Subjects) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._models: dict[str, _Window] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._subjects.all_audit, cb=self._on_event)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            event = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            return
+        model = event.get("model_requested") or event.get("model_served")
+        received, finished = event.get("received_ms"), event.get("finished_ms")
+        if not model or received is None or finished is None:
+            return
+        ok = event.get("status") == "served"
+        window = self._models.setdefault(model, _Window())
+        window.done.append((time.time(), (finished - received) / 1000, event.get("total_tokens") or 0, ok))
+
+    def figures(self, model: str) -> Figures:
+        return self._models.get(model, _Window()).figures(time.time())
