@@ -95,7 +95,8 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             app.state.subjects = subjects
             app.state.registry = await open_registry(js, subjects, settings)
             traffic = TrafficWatch(nc, subjects)
-            await traffic.start()
+            if settings.nats_user is None:  # restricted users may not read audit events
+                await traffic.start()
             app.state.traffic = traffic
             watch_nats(nc, "ingress")
             watch_config(config_store, "ingress")

@@ -114,6 +114,12 @@ class AuditMiddleware:
                 if publisher is not None and not (draft.deferred and status == 202):
                     publisher.emit(build_event(draft, status))
                 record(draft, status, draft.trace_id or "")
+                traffic = getattr(scope["app"].state, "traffic", None)
+                if traffic is not None and traffic.local and draft.model_requested:
+                    final = draft.final
+                    tokens = final.usage.total_tokens if final and final.usage else 0
+                    latency = time.time() - draft.received_ms / 1000
+                    traffic.observe(draft.model_requested, latency, tokens, status < 400)
 
 
 def _caller_context(scope: Scope) -> Context | None:

@@ -3,6 +3,10 @@
 Every request leaves exactly one audit event, so a plain core-NATS subscription to the audit subjects
 sees all traffic of all ingresses and task collectors, with no consumer to create or clean up and
 nothing added to the request path. Used by `modelbus top` and the ops page.
+
+Audit events carry prompts and answers, so restricted NATS users (an ingress with per-component
+permissions) may not read them; such an ingress feeds the watch with its own requests instead
+(`local`), and its ops page shows that ingress's traffic.
 """
 
 from __future__ import annotations
@@ -56,9 +60,14 @@ class TrafficWatch:
         self._subjects = subjects
         self._models: dict[str, _Window] = {}
         self._sub: Subscription | None = None
+        self.local = True  # until subscribed to the cluster's audit subjects
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._subjects.all_audit, cb=self._on_event)
+        self.local = False
+
+    def observe(self, model: str, latency_s: float, tokens: int, ok: bool) -> None:
+        self._models.setdefault(model, _Window()).done.append((time.time(), latency_s, tokens, ok))
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -74,8 +83,7 @@ class TrafficWatch:
         if not model or received is None or finished is None:
             return
         ok = event.get("status") == "served"
-        window = self._models.setdefault(model, _Window())
-        window.done.append((time.time(), (finished - received) / 1000, event.get("total_tokens") or 0, ok))
+        self.observe(model, (finished - received) / 1000, event.get("total_tokens") or 0, ok)
 
     def figures(self, model: str) -> Figures:
         return self._models.get(model, _Window()).figures(time.time())
