@@ -6,8 +6,8 @@ Runs the exact hooks the gateway runs per request — the ingress's server, auth
 spans with traceparent injection, `ingress.telemetry.record` (every metric family plus the JSON log
 line, written to a real file), and the worker's process, queue-wait, inference, generation and
 post-processing spans plus its counter — with an SDK tracer provider, once with no exporter (the
-default) and, with --otlp, with a batching OTLP exporter pointed at a closed port (export happens off
-the request path; this shows what remains on it). All of it is CPU work on the request's own path,
+default) and, with --otlp, with the batching OTLP/HTTP exporter sending to a local receiver (export
+runs on its own thread; this shows what remains on the request path). All of it is CPU work on the request's own path,
 so the sum is the growth of gateway-added latency.
 """
 
@@ -18,7 +18,9 @@ import logging
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -102,6 +104,24 @@ def measure(requests: int) -> dict[str, list[float]]:
     return out
 
 
+def _collector() -> str:
+    """A stand-in OTLP/HTTP receiver that accepts every export, so the exporter runs as in production."""
+
+    class Accept(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Accept)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
@@ -112,7 +132,7 @@ def main() -> None:
     handler.setFormatter(JsonFormatter())
     logging.getLogger().handlers[:] = [handler]
     logging.getLogger().setLevel(logging.INFO)
-    setup_tracing("bench", "http://127.0.0.1:9/v1/traces" if args.otlp else None)
+    setup_tracing("bench", _collector() if args.otlp else None)
     assert context_from(ingress_hooks(trace.get_tracer("bench"))) is not None  # the link really works
     measure(2000)  # warm-up
     timings = measure(args.requests)

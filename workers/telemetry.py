@@ -24,7 +24,7 @@ _MS = 1_000_000  # nanoseconds per millisecond
 
 @contextmanager
 def processing(envelope: RequestEnvelope, picked_up_ms: int, worker: str) -> Iterator[Span]:
-    tracer = trace.get_tracer("modelbus.worker")
+    tracer = _TRACER
     parent = context_from(envelope.traceparent)
     with tracer.start_as_current_span(
         f"process {envelope.target}",
@@ -49,7 +49,7 @@ def record_inference(timings: Timings) -> None:
     """Spans for inference and generation, from the timings the runner measured."""
     if not timings.finished_ms:
         return
-    tracer = trace.get_tracer("modelbus.worker")
+    tracer = _TRACER
     inference = tracer.start_span("inference", start_time=timings.picked_up_ms * _MS)
     if timings.first_token_ms is not None:
         ttft_ms = timings.first_token_ms - timings.picked_up_ms
@@ -67,12 +67,12 @@ def record_inference(timings: Timings) -> None:
 def record_post_processing(spent_ns: int, finished_ms: int) -> None:
     """A stream's post-processing happens chunk by chunk; one span carries its total, at the end."""
     end = finished_ms * _MS
-    span = trace.get_tracer("modelbus.worker").start_span("post-processing", start_time=end - spent_ns)
+    span = _TRACER.start_span("post-processing", start_time=end - spent_ns)
     span.set_attribute("modelbus.streamed", True)
     span.end(end_time=end)
 
 
 @contextmanager
 def post_processing() -> Iterator[None]:
-    with trace.get_tracer("modelbus.worker").start_as_current_span("post-processing"):
+    with _TRACER.start_as_current_span("post-processing"):
         yield
