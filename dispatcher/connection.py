@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
+from nats.js import JetStreamContext
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from dispatcher.settings import BusSettings
@@ -82,6 +83,20 @@ async def _connect_once(
         reconnected_cb=on_reconnect,
         **options,
     )
+
+
+def jetstream(nc: NATS, settings: BusSettings) -> JetStreamContext:
+    """The JetStream context, in the hub's domain when this process sits behind a leaf node.
+
+    A leaf-node server without JetStream of its own does not forward the plain `$JS.API` prefix;
+    the hub's domain prefix (`$JS.<domain>.API`) is how its clients reach the hub's streams.
+    """
+    return nc.jetstream(domain=settings.js_domain)
+
+
+def api_prefix(settings: BusSettings) -> str:
+    """The JetStream API subject prefix matching `jetstream()`, for raw API requests."""
+    return f"$JS.{settings.js_domain}.API" if settings.js_domain else "$JS.API"
 
 
 def supports_msg_ttl(nc: NATS) -> bool:

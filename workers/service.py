@@ -12,7 +12,7 @@ from nats.js.kv import KeyValue
 
 from dispatcher.capacity import open_registry
 from dispatcher.config_store import ConfigStore, load_initial
-from dispatcher.connection import connect, supports_msg_ttl
+from dispatcher.connection import api_prefix, connect, jetstream, supports_msg_ttl
 from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_consumer, ensure_streams
 from schemas.capacity import WorkerStatus
@@ -40,7 +40,7 @@ class Worker:
         settings = self.settings
         nc = await connect(settings, name=f"modelbus-worker {settings.worker_id}")
         try:
-            config_store = await ConfigStore.open(nc.jetstream(), self.subjects, settings)
+            config_store = await ConfigStore.open(jetstream(nc, settings), self.subjects, settings)
             config, _ = await load_initial(config_store, self.bootstrap)
             found = config.model(self.model_name)
             if found is None:
@@ -84,7 +84,7 @@ class Worker:
         backend = build_backend(self.backend_config, self.model.name, self.capacity)
         runner: RequestRunner | None = None
         try:
-            js = nc.jetstream()
+            js = jetstream(nc, settings)
             await ensure_streams(js, self.subjects, settings, nc.max_payload, supports_msg_ttl(nc))
             consumer = await ensure_consumer(
                 js, self.subjects, settings, self.model.name, settings.version, Lane.INTERACTIVE
@@ -104,6 +104,7 @@ class Worker:
                 self.capacity,
                 runner.handle,
                 batch_consumer=batch_consumer,
+                api_prefix=api_prefix(settings),
             )
             log.info(
                 "worker %s serving %r with %d slots (%s)",
