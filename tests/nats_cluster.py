@@ -55,7 +55,12 @@ class NatsCluster:
 
     @property
     def url(self) -> str:
-        return ",".join(node.url for node in self.nodes)
+        """All nodes, comma-separated, as MODELBUS_NATS_URL takes them."""
+        return ",".join(self.urls)
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
 
     def kill(self, index: int) -> None:
         self.nodes[index].kill()
@@ -68,7 +73,7 @@ class NatsCluster:
 
         async def probe() -> bool:
             try:
-                nc = await nats.connect(self.url, connect_timeout=2, max_reconnect_attempts=1)
+                nc = await nats.connect(self.urls, connect_timeout=2, max_reconnect_attempts=1)
             except Exception:  # noqa: BLE001 - not up yet
                 return False
             try:
