@@ -16,8 +16,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from dispatcher.errors import (
     BusUnavailable,
@@ -38,6 +43,24 @@ log = logging.getLogger(__name__)
 # JetStream API error codes for a stream at its limits with discard=new.
 _STREAM_FULL = {10077, 10078, 10047}
 _STRAY_MEMORY = 4096
+# What a JetStream publish raises while the stream has no leader (an R3 election after a node
+# loss takes seconds) or the connection is moving to another node: retried with the same
+# Nats-Msg-Id, so a publish that did land is deduplicated. nats-py reports "no responders" to a
+# JetStream publish as NoStreamResponseError, and "JetStream temporarily unavailable" as a 503.
+_TRANSIENT = (
+    NatsTimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT) or (isinstance(exc, APIError) and exc.code == 503)
+
+
 # A private object, compared by identity: no message from the network can be this one.
 _INTERRUPT = bytes(bytearray(b"\x00interrupt"))
 
@@ -245,16 +268,16 @@ class BusClient:
         subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type((NatsTimeoutError, NoRespondersError, asyncio.TimeoutError)),
+                retry=retry_if_exception(_transient),
                 stop=stop_after_delay(min(10.0, float(ttl_s))),
                 wait=wait_exponential(multiplier=0.05, max=1.0),
                 reraise=True,
             ):
                 with attempt:
                     await self._js.publish(subject, data, timeout=2.0, headers=headers)
+        except _TRANSIENT as exc:
+            raise BusUnavailable("JetStream did not confirm the request in time") from exc
         except APIError as exc:
             if exc.err_code in _STREAM_FULL:
                 raise QueueFull("the request queue is full") from exc
             raise BusUnavailable(f"JetStream refused the request: {exc.description}") from exc
-        except (TimeoutError, NatsTimeoutError, NoRespondersError, ConnectionError) as exc:
-            raise BusUnavailable("JetStream did not confirm the request in time") from exc

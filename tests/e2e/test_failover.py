@@ -28,6 +28,7 @@ from tests.nats_cluster import NatsCluster
 from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
 from tests.stoppable_postgres import StoppablePostgres
 
+pytestmark = pytest.mark.timeout(900 if os.environ.get("MODELBUS_SOAK") == "1" else 420)
 SOAK = os.environ.get("MODELBUS_SOAK") == "1"
 PG_OUTAGE_S = 120 if SOAK else 30
 SETTLE_S = 20 if SOAK else 6

@@ -8,11 +8,13 @@ import time
 from collections import Counter
 
 import httpx
+import pytest
 
 from schemas.config import ModelConfig, SimulatorBackend
 from tests.load import LoadRun, report
 from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
 
+pytestmark = pytest.mark.timeout(300)
 MODEL = "rolling"
 PAUSE_S = 3
 
