@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -46,7 +48,11 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path, namespace: str) -> Iterator[Stack]:
-    postgres = StoppablePostgres(tmp_path / "pg")
+    # Outside pytest's tmp root: that is 0700 root, and pg_ctl runs as another user. Other
+    # sessions sharing /tmp/pytest-of-root can tighten it at any moment.
+    pg_root = Path(tempfile.mkdtemp(prefix="modelbus-ha-pg-"))
+    pg_root.chmod(0o755)
+    postgres = StoppablePostgres(pg_root / "pg")
     upgrade(postgres.url)
     nats_cluster = NatsCluster(tmp_path / "nats")
     nats_cluster.start()
@@ -71,6 +77,8 @@ def stack(tmp_path: Path, namespace: str) -> Iterator[Stack]:
     finally:
         cluster.close()
         nats_cluster.stop()
+        postgres.server.cleanup()
+        shutil.rmtree(pg_root, ignore_errors=True)
 
 
 def _stream_leader(stack: Stack) -> int:
