@@ -14,9 +14,7 @@ from collections import OrderedDict
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import APIError
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -24,6 +22,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from dispatcher.connection import TRANSIENT, is_transient
 from dispatcher.errors import (
     BusUnavailable,
     DeadlineExceeded,
@@ -43,24 +42,6 @@ log = logging.getLogger(__name__)
 # JetStream API error codes for a stream at its limits with discard=new.
 _STREAM_FULL = {10077, 10078, 10047}
 _STRAY_MEMORY = 4096
-# What a JetStream publish raises while the stream has no leader (an R3 election after a node
-# loss takes seconds) or the connection is moving to another node: retried with the same
-# Nats-Msg-Id, so a publish that did land is deduplicated. nats-py reports "no responders" to a
-# JetStream publish as NoStreamResponseError, and "JetStream temporarily unavailable" as a 503.
-_TRANSIENT = (
-    NatsTimeoutError,
-    NoRespondersError,
-    NoStreamResponseError,
-    ServiceUnavailableError,
-    asyncio.TimeoutError,
-    ConnectionError,
-)
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, _TRANSIENT) or (isinstance(exc, APIError) and exc.code == 503)
-
-
 # A private object, compared by identity: no message from the network can be this one.
 _INTERRUPT = bytes(bytearray(b"\x00interrupt"))
 
@@ -268,14 +249,14 @@ class BusClient:
         subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_transient),
+                retry=retry_if_exception(is_transient),
                 stop=stop_after_delay(min(10.0, float(ttl_s))),
                 wait=wait_exponential(multiplier=0.05, max=1.0),
                 reraise=True,
             ):
                 with attempt:
                     await self._js.publish(subject, data, timeout=2.0, headers=headers)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise BusUnavailable("JetStream did not confirm the request in time") from exc
         except APIError as exc:
             if exc.err_code in _STREAM_FULL:

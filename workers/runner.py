@@ -22,7 +22,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from dispatcher.connection import jetstream
 from dispatcher.reply_stream import ReplyWriter
+from dispatcher.subjects import Subjects
 from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.openai import Usage
 from workers.backends.base import Backend, BackendError, Json
@@ -61,6 +63,8 @@ class RequestRunner:
         coalesce_max_inputs: int = 64,
     ) -> None:
         self._nc = nc
+        self._js = jetstream(nc, settings)
+        self._subjects = Subjects(settings.namespace)
         self._settings = settings
         self._backend = backend
         self._cancellations = cancellations
@@ -88,7 +92,7 @@ class RequestRunner:
             log.info(
                 "request %s dropped: %s before pick-up", envelope.id, "expired" if expired else "cancelled"
             )
-            writer = ReplyWriter(self._nc, envelope.reply_to, msg.metadata.num_delivered)
+            writer = self._writer(envelope, msg.metadata.num_delivered)
             if expired:
                 await writer.error(
                     ErrorCode.DEADLINE_EXCEEDED, "the request deadline passed in the queue", 504, True
@@ -98,7 +102,7 @@ class RequestRunner:
             await msg.term()
             return
         attempt = msg.metadata.num_delivered
-        writer = ReplyWriter(self._nc, envelope.reply_to, attempt)
+        writer = self._writer(envelope, attempt)
         await writer.start(
             self._settings.worker_id,
             self._backend.description,
@@ -129,6 +133,10 @@ class RequestRunner:
             self._cancellations.untrack(envelope.id)
             del self._live[envelope.id]
         await self._settle(msg, outcome)
+
+    def _writer(self, envelope: RequestEnvelope, attempt: int) -> ReplyWriter:
+        durable = self._subjects.is_task_reply(envelope.reply_to)
+        return ReplyWriter(self._nc, envelope.reply_to, attempt, self._js if durable else None)
 
     @property
     def backend(self) -> Backend:

@@ -10,6 +10,7 @@ Run: `python -m pytest -s tests/e2e/test_failover.py` (`MODELBUS_SOAK=1` for lon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -168,10 +169,11 @@ def test_mixed_load_survives_node_ingress_worker_and_postgres_faults(stack: Stac
         pending.update({k: v for k, v in _task_states(stack, tasks).items() if v != "completed"})
         return not pending
 
-    wait_until(all_done, 120, "async tasks did not complete")
-    wait_until(
-        lambda: all(_audit_counts(stack.postgres.url)[t] >= 1 for t in tasks), 120, "audit rows missing"
-    )
+    # Waits are bounded; what is still missing after them counts as lost (and fails the test).
+    with contextlib.suppress(AssertionError):
+        wait_until(all_done, 120, "async tasks did not complete")
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: all(_audit_counts(stack.postgres.url)[t] >= 1 for t in tasks), 60, "")
     time.sleep(2)  # a late duplicate would land now
     audit = _audit_counts(stack.postgres.url)
     lost = sum(audit[t] == 0 for t in tasks) + len(pending)
@@ -182,6 +184,7 @@ def test_mixed_load_survives_node_ingress_worker_and_postgres_faults(stack: Stac
     print("\n" + table)
     (Path(os.environ.get("MODELBUS_HA_REPORT", stack.cluster.tmp / "ha-report.md"))).write_text(table)
 
+    print("tasks not completed:", dict(list(pending.items())[:10]))
     bad = [o for o in outcomes if o.result == "bad"]
     assert not bad, bad[:5]
     assert lost == 0 and duplicated == 0
