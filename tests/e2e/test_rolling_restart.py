@@ -4,6 +4,7 @@ retryable errors keep sending sync, streaming and async requests. They see no fa
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 
@@ -29,10 +30,11 @@ def test_restarting_every_process_one_at_a_time_fails_no_request(database_url: s
         cluster.worker(MODEL, config, worker)
 
     load = LoadRun(gateways, MODEL, concurrency=6)
-    load.window("steady state")
+    steady = load.window("steady state")
     load.start()
     try:
         time.sleep(PAUSE_S)
+        steady.end = time.monotonic()
         for gateway in gateways:
             port = int(gateway.rsplit(":", 1)[1].split("/", 1)[0])
             window = load.window(f"restart ingress :{port}")
@@ -55,23 +57,30 @@ def test_restarting_every_process_one_at_a_time_fails_no_request(database_url: s
         load.stop()
 
     tasks = [o.task_id for o in load.outcomes if o.task_id]
+    pending = set(tasks)
     with httpx.Client(headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=10) as client:
 
         def all_completed() -> bool:
-            return all(client.get(f"{gateways[0]}/tasks/{t}").json()["status"] == "completed" for t in tasks)
+            for t in list(pending):
+                if client.get(f"{gateways[0]}/tasks/{t}").json()["status"] == "completed":
+                    pending.discard(t)
+            return not pending
 
-        wait_until(all_completed, 90, "async tasks did not complete")
+        with contextlib.suppress(AssertionError):  # bounded; what is left counts as lost
+            wait_until(all_completed, 90, "")
 
     def audited() -> Counter[str]:
         rows = sql(database_url, "SELECT request_id, count(*) AS n FROM audit_log GROUP BY request_id")
         return Counter({str(row["request_id"]): int(row["n"]) for row in rows})
 
-    wait_until(lambda: all(audited()[t] >= 1 for t in tasks), 60, "task audit rows missing")
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: all(audited()[t] >= 1 for t in tasks), 60, "")
     time.sleep(1)
     counts = audited()
+    lost = len(pending | {t for t in tasks if counts[t] == 0})
     duplicated = sum(n - 1 for n in counts.values() if n > 1)
-    print("\n" + report(load, lost=0, duplicated=duplicated))
+    print("\n" + report(load, lost=lost, duplicated=duplicated))
     failed = [o for o in load.outcomes if o.result != "ok"]
     assert not failed, failed[:5]
-    assert duplicated == 0
+    assert lost == 0 and duplicated == 0
     assert {o.kind for o in load.outcomes} == {"sync", "stream", "async"}
