@@ -14,11 +14,15 @@ from collections import OrderedDict
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
 
+from dispatcher.connection import TRANSIENT, is_transient
 from dispatcher.errors import (
     BusUnavailable,
     DeadlineExceeded,
@@ -245,16 +249,16 @@ class BusClient:
         subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type((NatsTimeoutError, NoRespondersError, asyncio.TimeoutError)),
+                retry=retry_if_exception(is_transient),
                 stop=stop_after_delay(min(10.0, float(ttl_s))),
                 wait=wait_exponential(multiplier=0.05, max=1.0),
                 reraise=True,
             ):
                 with attempt:
                     await self._js.publish(subject, data, timeout=2.0, headers=headers)
+        except TRANSIENT as exc:
+            raise BusUnavailable("JetStream did not confirm the request in time") from exc
         except APIError as exc:
             if exc.err_code in _STREAM_FULL:
                 raise QueueFull("the request queue is full") from exc
             raise BusUnavailable(f"JetStream refused the request: {exc.description}") from exc
-        except (TimeoutError, NatsTimeoutError, NoRespondersError, ConnectionError) as exc:
-            raise BusUnavailable("JetStream did not confirm the request in time") from exc

@@ -9,13 +9,52 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.errors import NoServersError
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError, NoServersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from dispatcher.nats_permissions import inbox_prefix
 from dispatcher.settings import BusSettings
 
 log = logging.getLogger(__name__)
+
+# What a JetStream publish raises while the stream has no leader (an R3 election after a node
+# loss takes seconds) or the connection is moving to another node: retried with the same
+# Nats-Msg-Id, so a publish that did land is deduplicated. nats-py reports "no responders" to a
+# JetStream publish as NoStreamResponseError, and "JetStream temporarily unavailable" as a 503.
+TRANSIENT = (
+    NatsTimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT) or (isinstance(exc, APIError) and exc.code == 503)
+
+
+async def fetch_or_wait(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+    """A pull that survives a fail-over: [] when nothing came, or JetStream is briefly away.
+
+    During an R3 leader election or a reconnect a fetch fails with "no responders" or a 503 for a
+    few seconds; a consumer loop that let that escape would stop for good (no audit rows, no task
+    outcomes recorded) while its process looked healthy.
+    """
+    try:
+        return await sub.fetch(batch, timeout=timeout)
+    except (TimeoutError, NatsTimeoutError):
+        return []
+    except NatsError as exc:
+        log.warning("fetch failed, retrying: %s", type(exc).__name__)
+        await asyncio.sleep(min(timeout, 0.5))
+        return []
 
 
 async def connect(settings: BusSettings, name: str) -> NATS:
@@ -108,6 +147,20 @@ def auth_options(settings: BusSettings) -> dict[str, object]:
             context.load_cert_chain(str(settings.nats_tls_cert), key)
         options["tls"] = context
     return options
+
+
+def jetstream(nc: NATS, settings: BusSettings) -> JetStreamContext:
+    """The JetStream context, in the hub's domain when this process sits behind a leaf node.
+
+    A leaf-node server without JetStream of its own does not forward the plain `$JS.API` prefix;
+    the hub's domain prefix (`$JS.<domain>.API`) is how its clients reach the hub's streams.
+    """
+    return nc.jetstream(domain=settings.js_domain)
+
+
+def api_prefix(settings: BusSettings) -> str:
+    """The JetStream API subject prefix matching `jetstream()`, for raw API requests."""
+    return f"$JS.{settings.js_domain}.API" if settings.js_domain else "$JS.API"
 
 
 def supports_msg_ttl(nc: NATS) -> bool:

@@ -31,7 +31,13 @@ class DeadLetterer:
         self.dead_lettered = 0
 
     async def start(self) -> None:
-        await self._nc.subscribe(self._subjects.max_deliveries_advisory(), cb=self._on_advisory)
+        # A queue group: with several dispatcher replicas each advisory is handled by one of them,
+        # not copied, fetched and answered by all (the dedupe id made that harmless, not cheap).
+        await self._nc.subscribe(
+            self._subjects.max_deliveries_advisory(),
+            queue=self._subjects.dead_letter_stream,
+            cb=self._on_advisory,
+        )
 
     async def _on_advisory(self, msg: Msg) -> None:
         try:

@@ -14,8 +14,11 @@ import time
 from collections.abc import Sequence
 
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from pydantic import TypeAdapter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
+from dispatcher.connection import is_transient
 from dispatcher.errors import StreamBroken
 from schemas.envelope import (
     ChunkFrame,
@@ -30,6 +33,9 @@ from schemas.envelope import (
 from schemas.openai import Usage
 
 _FRAME: TypeAdapter[ReplyFrame] = TypeAdapter(ReplyFrame)
+# Longer than an R3 leader election; if JetStream stays away longer the worker does not ack, and
+# the request is redelivered.
+_DURABLE_RETRY_S = 30.0
 Frame = StartFrame | ChunkFrame | FinalFrame | ErrorFrame | HeartbeatFrame
 
 
@@ -43,10 +49,16 @@ def decode_frame(data: bytes) -> tuple[Frame, bytes]:
 
 
 class ReplyWriter:
-    """Worker side: publishes the frames of one delivery attempt of one request, numbered."""
+    """Worker side: publishes the frames of one delivery attempt of one request, numbered.
 
-    def __init__(self, nc: NATS, subject: str, attempt: int) -> None:
+    With `js` (an async task's reply, which a stream keeps for the collector), the last frame is
+    published through JetStream and awaited: a core publish during a leader election is dropped
+    silently, and the worker would then ack a request whose outcome nobody recorded.
+    """
+
+    def __init__(self, nc: NATS, subject: str, attempt: int, js: JetStreamContext | None = None) -> None:
         self._nc = nc
+        self._js = js
         self._subject = subject
         self._attempt = attempt
         self._seq = 0
@@ -57,6 +69,23 @@ class ReplyWriter:
 
     async def _send(self, frame: Frame, payload: bytes = b"") -> None:
         await self._nc.publish(self._subject, encode_frame(frame, payload))
+        self.last_sent = time.monotonic()
+
+    async def _send_last(self, frame: Frame, payload: bytes = b"") -> None:
+        if self._js is None:
+            await self._send(frame, payload)
+            return
+        data = encode_frame(frame, payload)
+        # Same id on every retry: a publish whose ack was lost is deduplicated by the stream.
+        headers = {"Nats-Msg-Id": f"{self._subject}.{self._attempt}.{frame.seq}"}
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_delay(_DURABLE_RETRY_S),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        ):
+            with attempt:
+                await self._js.publish(self._subject, data, timeout=2.0, headers=headers)
         self.last_sent = time.monotonic()
 
     def _next_seq(self) -> int:
@@ -99,7 +128,7 @@ class ReplyWriter:
             timings=timings,
             guard_events=guard_events or [],
         )
-        await self._send(frame, body)
+        await self._send_last(frame, body)
         self.usage = usage
         self.finished = True
 
@@ -112,7 +141,7 @@ class ReplyWriter:
             status=status,
             retryable=retryable,
         )
-        await self._send(frame)
+        await self._send_last(frame)
         self.finished = True
 
     async def heartbeat(self) -> None:

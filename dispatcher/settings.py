@@ -36,6 +36,10 @@ class BusSettings(BaseSettings):
     namespace: str = Field(default="mb", description="prefix of every subject, stream and bucket")
     config: Path | None = Field(default=None, description="Modelbus config file (YAML)")
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    js_domain: str | None = Field(
+        default=None,
+        description="JetStream domain of the hub, for a process attached through a leaf node",
+    )
 
     # Delivery: a worker holds a request for ack_wait without news before JetStream redelivers it;
     # it sends in-progress acks well within that, so long generations never need a huge ack_wait.

@@ -133,6 +133,9 @@ class Subjects:
         """Workers answer an async task here; the stream keeps the frames for the collector."""
         return f"{self.namespace}.task.{encode_token(task_id)}"
 
+    def is_task_reply(self, subject: str) -> bool:
+        return subject.startswith(f"{self.namespace}.task.")
+
     @property
     def all_task_replies(self) -> str:
         return f"{self.namespace}.task.*"

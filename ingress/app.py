@@ -88,7 +88,9 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             if engine is not None:
                 cleanup.push_async_callback(engine.dispose)
             task_store = TaskStore(await ensure_task_bucket(js, subjects, settings), engine)
-            intake = TaskIntake(bus, task_store, subjects, settings.task_timeout_s)
+            intake = TaskIntake(
+                bus, task_store, subjects, settings.task_timeout_s, settings.duplicate_window_s
+            )
             batch_store = BatchStore(engine) if engine is not None else None
 
             app.state.nc = nc

@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from nats.errors import Error as NatsError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -125,6 +126,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         return _noted(request, APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})))
+
+    @app.exception_handler(NatsError)
+    async def _nats(request: Request, exc: NatsError) -> Response:
+        # Task status and idempotency live in NATS KV: during a JetStream leader election or a
+        # reconnect those calls fail for a few seconds. That is the bus being away, not a bug.
+        log.warning("NATS unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return _noted(request, from_bus_error(BusUnavailable(str(exc))))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -41,11 +41,20 @@ def wants_async(request: Request) -> bool:
 
 
 class TaskIntake:
-    def __init__(self, bus: BusClient, store: TaskStore, subjects: Subjects, timeout_s: float) -> None:
+    def __init__(
+        self,
+        bus: BusClient,
+        store: TaskStore,
+        subjects: Subjects,
+        timeout_s: float,
+        duplicate_window_s: float,
+    ) -> None:
         self._bus = bus
         self._store = store
         self._subjects = subjects
         self._timeout_s = timeout_s
+        # A replayed submission may publish again only while the stream still dedupes it.
+        self._republish_s = duplicate_window_s / 2
 
     async def accept(
         self,
@@ -59,6 +68,7 @@ class TaskIntake:
         output_guard: OutputGuardrails | None = None,
     ) -> Response:
         task_id = "task_" + uuid.uuid4().hex
+        existing: Task | None = None
         key = request.headers.get("idempotency-key")
         if key is not None:
             if not key or len(key) > _MAX_IDEMPOTENCY_KEY:
@@ -66,8 +76,15 @@ class TaskIntake:
             claimed = await self._store.claim(identity.consumer, key, task_id)
             if claimed != task_id:
                 existing = await self._store.get(claimed)
-                if existing is not None:
+                if existing is not None and (
+                    existing.status is not TaskStatus.QUEUED
+                    or time.time() - existing.created_at > self._republish_s
+                ):
                     return _accepted(existing, request, replayed=True)
+                # The first attempt may have failed between its claim and its publish (a broker
+                # fail-over answered 503): finish it under the same id. Should its publish have
+                # landed after all, the stream drops this one as a duplicate (same Nats-Msg-Id).
+                task_id = claimed
         payload = {**payload, "stream": False} if endpoint is not Endpoint.EMBEDDINGS else payload
         payload.pop("stream_options", None)
         now_ms = int(time.time() * 1000)
@@ -84,7 +101,10 @@ class TaskIntake:
             deadline_ms=now_ms + int(self._timeout_s * 1000),
             request=payload,
         )
-        await self._store.create(task)
+        if existing is None:
+            await self._store.create_once(task)
+        else:
+            task = existing
         envelope = envelope_to(
             target,
             identity.consumer,
@@ -104,7 +124,7 @@ class TaskIntake:
         draft = draft_of(request)
         if draft is not None:
             draft.deferred = True  # the collector writes this task's audit row when it finishes
-        return _accepted(task, request, replayed=False)
+        return _accepted(task, request, replayed=existing is not None)
 
     async def status(self, task_id: str, identity: Identity) -> Task:
         task = await self._store.get(task_id) if task_id.startswith("task_") else None

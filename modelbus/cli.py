@@ -73,7 +73,9 @@ def up(
         typer.echo(f"  models:   {', '.join(m.name for m in cfg.models) or '(none)'}")
         if key:
             typer.echo(f"  API key:  {key}")
-        typer.echo(f"  watch:    MODELBUS_NATS_URL={nats_url} modelbus top   (or {base.removesuffix('/v1')}/ops)")
+        typer.echo(
+            f"  watch:    MODELBUS_NATS_URL={nats_url} modelbus top   (or {base.removesuffix('/v1')}/ops)"
+        )
         typer.echo(f"  logs:     {data_dir / 'logs'}\nCtrl-C stops it.")
         stack.supervise(stopping)
     finally:

@@ -44,12 +44,14 @@ def write_config(
     cluster: tuple[str, int, list[int]] | None = None,
     server_name: str | None = None,
     extra: str = "",
+    js_domain: str | None = None,
 ) -> None:
+    domain = f", domain: {js_domain}" if js_domain else ""
     lines = [
         "host: 127.0.0.1",
         f"port: {port}",
         f"max_payload: {MAX_PAYLOAD}",
-        f'jetstream {{ store_dir: "{store_dir}" }}',
+        f'jetstream {{ store_dir: "{store_dir}"{domain} }}',
     ]
     if server_name:
         lines.append(f"server_name: {server_name}")

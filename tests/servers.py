@@ -143,6 +143,11 @@ class Cluster:
         path.write_text(dump_config(config))
         return path
 
+    def _count(self, name: str, marker: str) -> int:
+        """How often a process of this name has logged `marker`: a restart appends to the same log."""
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace").count(marker) if path.exists() else 0
+
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
         log_path = self.tmp / f"{name}.log"
         with open(log_path, "ab") as log:
@@ -153,8 +158,9 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def ingress(self, config_path: Path, **extra: str) -> str:
-        port = free_port()
+    def ingress(self, config_path: Path, port: int | None = None, **extra: str) -> str:
+        """Start an ingress (on `port` to restart one in place) and return its /v1 base URL."""
+        port = port or free_port()
         proc = self.spawn(f"ingress-{port}", ["ingress", "--port", str(port)], self.env(config_path, **extra))
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: _ok(f"{base}/readyz"), 30, f"ingress did not start:\n{proc.log()}", proc)
@@ -170,18 +176,25 @@ class Cluster:
         **extra: str,
     ) -> Proc:
         args = ["worker", "--model", model, "--version", version]
+        before = self._count(worker_id, "serving")
         proc = self.spawn(worker_id, args, self.env(config_path, MODELBUS_WORKER_ID=worker_id, **extra))
         if wait:
-            wait_until(lambda: "serving" in proc.log(), 30, f"worker did not start:\n{proc.log()}", proc)
+            wait_until(
+                lambda: proc.log().count("serving") > before, 30, f"worker did not start:\n{proc.log()}", proc
+            )
         return proc
 
     def dispatcher(self, config_path: Path, database_url: str | None = None, **extra: str) -> Proc:
         if database_url is not None:
             extra = {**extra, "MODELBUS_DATABASE_URL": database_url}
         env = self.env(config_path, **extra)
+        before = self._count("dispatcher", "dispatcher running")
         proc = self.spawn("dispatcher", ["dispatcher"], env)
         wait_until(
-            lambda: "dispatcher running" in proc.log(), 30, f"dispatcher did not start:\n{proc.log()}", proc
+            lambda: proc.log().count("dispatcher running") > before,
+            30,
+            f"dispatcher did not start:\n{proc.log()}",
+            proc,
         )
         return proc
 
@@ -206,6 +219,10 @@ class Cluster:
                 await nc.close()
 
         return asyncio.run(query())
+
+    def proc(self, name: str) -> Proc:
+        """The most recent process of this name (restarts reuse names)."""
+        return next(p for p in reversed(self.procs) if p.name == name)
 
     def close(self) -> None:
         for proc in reversed(self.procs):

@@ -49,11 +49,12 @@ class CapacityPuller:
         pull_expires_s: float = 5.0,
         batch_consumer: str | None = None,
         batch_share: float = 0.75,
+        api_prefix: str = "$JS.API",
     ) -> None:
         self._nc = nc
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._batch_subject = (
-            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{batch_consumer}" if batch_consumer else None
+            f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{batch_consumer}" if batch_consumer else None
         )
         self._batch_limit = max(1, int(capacity * batch_share))
         self._batch_next = False  # the interactive queue was just found empty

@@ -22,8 +22,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from dispatcher.connection import jetstream
 from dispatcher.quotas import QuotaLedger
 from dispatcher.reply_stream import ReplyWriter
+from dispatcher.subjects import Subjects
 from dispatcher.telemetry import metrics
 from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.openai import Usage
@@ -68,6 +70,8 @@ class RequestRunner:
     ) -> None:
         self._nc = nc
         self._quotas = quotas
+        self._js = jetstream(nc, settings)
+        self._subjects = Subjects(settings.namespace)
         self._settings = settings
         self._backend = backend
         self._cancellations = cancellations
@@ -95,7 +99,7 @@ class RequestRunner:
             log.info(
                 "request %s dropped: %s before pick-up", envelope.id, "expired" if expired else "cancelled"
             )
-            writer = ReplyWriter(self._nc, envelope.reply_to, msg.metadata.num_delivered)
+            writer = self._writer(envelope, msg.metadata.num_delivered)
             if expired:
                 await writer.error(
                     ErrorCode.DEADLINE_EXCEEDED, "the request deadline passed in the queue", 504, True
@@ -106,7 +110,7 @@ class RequestRunner:
             self._settle_quota(envelope, 0)
             return
         attempt = msg.metadata.num_delivered
-        writer = ReplyWriter(self._nc, envelope.reply_to, attempt)
+        writer = self._writer(envelope, attempt)
         await writer.start(
             self._settings.worker_id,
             self._backend.description,
@@ -149,6 +153,10 @@ class RequestRunner:
     @property
     def in_flight(self) -> int:
         return len(self._live)
+
+    def _writer(self, envelope: RequestEnvelope, attempt: int) -> ReplyWriter:
+        durable = self._subjects.is_task_reply(envelope.reply_to)
+        return ReplyWriter(self._nc, envelope.reply_to, attempt, self._js if durable else None)
 
     @property
     def backend(self) -> Backend:

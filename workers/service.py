@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from dispatcher.capacity import open_registry
 from dispatcher.config_store import ConfigStore, load_initial
-from dispatcher.connection import connect, supports_msg_ttl
+from dispatcher.connection import api_prefix, connect, jetstream, supports_msg_ttl
 from dispatcher.quotas import QuotaLedger
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry.metrics import watch, watch_config, watch_nats
@@ -49,7 +49,7 @@ class Worker:
         nc = await connect(settings, name=f"modelbus-worker {settings.worker_id}")
         watch_nats(nc, "worker")
         try:
-            config_store = await ConfigStore.open(nc.jetstream(), self.subjects, settings)
+            config_store = await ConfigStore.open(jetstream(nc, settings), self.subjects, settings)
             config, _ = await load_initial(config_store, self.bootstrap)
             found = config.model(self.model_name)
             if found is None:
@@ -107,7 +107,7 @@ class Worker:
         backend = build_backend(self.backend_config, self.model.name, self.capacity)
         runner: RequestRunner | None = None
         try:
-            js = nc.jetstream()
+            js = jetstream(nc, settings)
             await ensure_streams(js, self.subjects, settings, nc.max_payload, supports_msg_ttl(nc))
             consumer = await ensure_consumer(
                 js, self.subjects, settings, self.model.name, settings.version, Lane.INTERACTIVE
@@ -133,6 +133,7 @@ class Worker:
                 self.capacity,
                 runner.handle,
                 batch_consumer=batch_consumer,
+                api_prefix=api_prefix(settings),
             )
             log.info(
                 "worker %s serving %r with %d slots (%s)",

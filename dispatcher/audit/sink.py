@@ -13,10 +13,10 @@ import time
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from dispatcher.audit.store import AuditStore
+from dispatcher.connection import fetch_or_wait
 from dispatcher.subjects import Subjects
 from dispatcher.topology import audit_sink_consumer_config
 from schemas.audit import AuditEvent
@@ -39,11 +39,9 @@ class AuditSink:
         sub = await js.pull_subscribe_bind(self._subjects.audit_sink_consumer, self._subjects.audit_stream)
         try:
             while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(self._batch_size, timeout=1)
-                except (TimeoutError, NatsTimeoutError):
-                    continue
-                await self._write(msgs)
+                msgs = await fetch_or_wait(sub, self._batch_size, timeout=1)
+                if msgs:
+                    await self._write(msgs)
         finally:
             # Late pull statuses left in a pull subscription would make the connection's drain wait.
             await sub.unsubscribe()

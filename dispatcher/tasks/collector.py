@@ -17,12 +17,12 @@ from typing import Literal
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from dispatcher.audit.chain import prompt_hash
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.batches import BatchStore
+from dispatcher.connection import fetch_or_wait
 from dispatcher.reply_stream import Frame, decode_frame
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.store import TaskStore
@@ -66,10 +66,7 @@ class TaskCollector:
         )
         try:
             while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(_PARALLEL, timeout=1)
-                except (TimeoutError, NatsTimeoutError):
-                    continue
+                msgs = await fetch_or_wait(sub, _PARALLEL, timeout=1)
                 # Frames of one task arrive in order within a fetch; handle each task's in order.
                 by_task: dict[str, list[Msg]] = {}
                 for msg in msgs:
@@ -86,12 +83,20 @@ class TaskCollector:
             await sub.unsubscribe()
 
     async def _handle_group(self, msgs: list[Msg]) -> None:
+        done = 0
         try:
             for msg in msgs:
                 await self._handle(msg)
                 await msg.ack()
-        except Exception:
-            log.exception("task reply not recorded; it will be redelivered")
+                done += 1
+        except Exception as exc:  # noqa: BLE001 - KV or broker trouble: have them back soon
+            log.warning("task reply not recorded yet (%s); redelivering", type(exc).__name__)
+            # Without a nak they would wait out the 120 s ack wait; in order, so frames stay ordered.
+            for msg in msgs[done:]:
+                try:
+                    await msg.nak(delay=1)
+                except Exception:  # noqa: BLE001 - then the ack wait redelivers them
+                    break
         finally:
             self._slots.release()
 

