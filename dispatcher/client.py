@@ -64,6 +64,8 @@ class ReplyStream:
         self._relayed = False
         self._done = False
         self._pending_error: ErrorFrame | None = None
+        # Reply frames are core NATS: any that arrive while this ingress is reconnecting are gone.
+        self._reconnects = client.reconnects
 
     @property
     def request_id(self) -> str:
@@ -93,6 +95,10 @@ class ReplyStream:
             if self._last_activity is not None and now - self._last_activity > self._client.idle_timeout_s:
                 if self._relayed:
                     raise WorkerLost("the worker stopped answering in the middle of the reply")
+                if self._client.reconnects != self._reconnects:
+                    # The worker may have finished (and acked) while this ingress was away from NATS,
+                    # its answer published to nobody: no redelivery would ever come. Retryable.
+                    raise WorkerLost("the answer may have been lost while the gateway reconnected to NATS")
                 # Nothing reached the client yet: JetStream will redeliver to another worker.
                 log.info("request %s: worker silent, waiting for redelivery", self.request_id)
                 self._last_activity = None
@@ -174,6 +180,10 @@ class BusClient:
         self._strays: OrderedDict[str, None] = OrderedDict()
         self._sub: object | None = None
         self.idle_timeout_s = settings.idle_timeout_s
+
+    @property
+    def reconnects(self) -> int:
+        return int(self._nc.stats.get("reconnects", 0))
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(
