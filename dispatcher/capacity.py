@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
@@ -58,6 +58,24 @@ async def live_workers(registry: KeyValue) -> list[WorkerStatus]:
     return workers
 
 
+async def lane_consumers(
+    js: JetStreamContext, subjects: Subjects, model: str, version: str
+) -> list[tuple[Lane, api.ConsumerInfo]]:
+    """Consumer info of each lane of one model version (lanes whose consumer does not exist yet are left out)."""
+    found = []
+    for lane in Lane:
+        try:
+            found.append(
+                (
+                    lane,
+                    await js.consumer_info(subjects.request_stream, subjects.consumer(model, version, lane)),
+                )
+            )
+        except NotFoundError:
+            continue
+    return found
+
+
 async def capacity_view(
     js: JetStreamContext, subjects: Subjects, registry: KeyValue, config: ModelbusConfig
 ) -> list[ModelCapacity]:
@@ -67,13 +85,7 @@ async def capacity_view(
         for version in model.version_names:
             mine = [w for w in workers if w.model == model.name and w.version == version]
             queued = in_flight = redelivered = 0
-            for lane in Lane:
-                try:
-                    info = await js.consumer_info(
-                        subjects.request_stream, subjects.consumer(model.name, version, lane)
-                    )
-                except NotFoundError:
-                    continue
+            for _, info in await lane_consumers(js, subjects, model.name, version):
                 queued += info.num_pending or 0
                 in_flight += info.num_ack_pending or 0
                 redelivered += info.num_redelivered or 0

@@ -12,14 +12,12 @@ import logging
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from dispatcher.capacity import live_workers
+from dispatcher.capacity import lane_consumers, live_workers
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry import metrics
 from schemas.config import ModelbusConfig
-from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +46,7 @@ async def _refresh_once(
             mine = [w for w in workers if w.model == model.name and w.version == version]
             metrics.WORKERS.labels(model.name, version).set(len(mine))
             metrics.FREE_SLOTS.labels(model.name, version).set(sum(w.free_slots for w in mine))
-            for lane in Lane:
-                try:
-                    info = await js.consumer_info(
-                        subjects.request_stream, subjects.consumer(model.name, version, lane)
-                    )
-                except NotFoundError:
-                    continue
+            for lane, info in await lane_consumers(js, subjects, model.name, version):
                 labels = (model.name, version, lane.value)
                 metrics.QUEUE_PENDING.labels(*labels).set(info.num_pending or 0)
                 metrics.QUEUE_ACK_PENDING.labels(*labels).set(info.num_ack_pending or 0)
