@@ -112,7 +112,14 @@ class TaskCollector:
             log.error("reply for unknown task %s dropped", task_id)
             return
         if task.status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
-            return  # a redelivered request answered twice; the first answer stands
+            # The first answer stands. But this may be the same final frame again, redelivered because
+            # recording it failed part-way (the status reached KV, then NATS or Postgres timed out):
+            # finish the rest. Both steps are idempotent — the row is upserted, and the audit event
+            # keeps its id, so the stream and the sink each keep one.
+            if isinstance(frame, (FinalFrame, ErrorFrame)):
+                await self._persist(task)
+                self._audit.emit(audit_event(task, frame, "batch" if task.batch_id else "async"))
+            return
         if isinstance(frame, StartFrame):
             task.status, task.started_at, task.worker = TaskStatus.RUNNING, int(time.time()), frame.worker
             await self._store.update(task)
