@@ -150,6 +150,7 @@ def _audit_counts(url: str) -> Counter[str]:
     return Counter({str(row["request_id"]): int(row["n"]) for row in rows})
 
 
+@pytest.mark.faults
 def test_mixed_load_survives_node_ingress_worker_and_postgres_faults(stack: Stack) -> None:
     load = LoadRun(stack.gateways, MODEL, concurrency=6)
     load.window("steady state")
