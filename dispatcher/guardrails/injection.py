@@ -28,9 +28,20 @@ _PATTERNS = [
         r"(?:safety|content|moderation|ethical)\s+(?:guidelines|filters?|rules|restrictions|policies|settings|guardrails)"
     ),
     # Persona jailbreaks
-    r"\b(?:DAN|do anything now|developer mode|jailbreak(?:ed)?|god ?mode|unrestricted mode|evil mode|STAN|DUDE mode)\b",
+    # Persona names alone are ordinary words ("Dan from accounting", "a developer mode toggle"): only
+    # being told to become one, or to switch into one, is an attack.
+    r"\bdo anything now\b",
+    r"\b(?:DAN|STAN|DUDE|jailbreak|unrestricted|evil)\s+mode\s+(?:enabled|activated|on)\b",
+    (
+        r"\b(?:you are|you're|act as|become|pretend to be|stay|respond as|answer as)\s+(?:now\s+)?(?:an?\s+)?"
+        r"(?:DAN|STAN|DUDE|AIM|jailbroken|jailbreak(?:ed)?)\b"
+    ),
+    (
+        r"\b(?:enable|enter|activate|switch (?:in)?to|turn on|you are (?:now )?in|now in|stay in|simulate|unlock)\s+"
+        r"(?:the\s+)?(?:DAN|developer|dev|god|evil|unrestricted|jailbreak|DUDE|STAN)\s*mode\b"
+    ),
     r"\byou are (?:now |no longer )?(?:an? )?(?:unrestricted|unfiltered|uncensored|jailbroken|free of (?:all )?(?:rules|restrictions))\b",
-    r"\b(?:pretend|act|behave|roleplay|role-play|imagine)\b[^.?!\n]{0,60}\b(?:no|without|free of|not bound by|ignor\w+)\s+(?:any\s+)?(?:rules|restrictions|filters|limits|limitations|guidelines|ethics|policies|censorship)",
+    r"\b(?:pretend|act|behave|roleplay|role-play|imagine)\b[^.?!\n]{0,60}\b(?:no|without|free of|not bound by|ignor\w+)\s+(?:any\s+)?(?:rules|restrictions|filters|guidelines|ethics|policies|censorship)",
     r"\bfrom now on,? you (?:will|must|are|shall|should)\b[^.?!\n]{0,80}\b(?:ignore|no longer|without|not (?:follow|obey)|unrestricted|anything)",
     r"\bnew (?:system )?instructions?\s*:",
     r"\byour (?:new )?(?:task|instructions?|rules?) (?:is|are) now\b",
@@ -78,6 +89,7 @@ _TRIGGERS = frozenset(
         "discard",
         "neglect",
         "dan",
+        "aim",
         "jailbreak",
         "jailbroken",
         "jailbreaked",

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher.guardrails.engine import input_guard, resolve
-from dispatcher.guardrails.findings import mask
+from dispatcher.guardrails.findings import Finding, mask
 from dispatcher.guardrails.pii import detect_pii
 from dispatcher.guardrails.stream import StreamMasker
 from schemas.policy import GuardrailsConfig
@@ -79,3 +79,27 @@ def test_unterminated_private_key_is_held_until_it_ends() -> None:
     key = "-----BEGIN PRIVATE KEY-----\n" + "QUJD" * 200 + "\n-----END PRIVATE KEY-----"
     sent = "".join(masker.feed(key[i : i + 7]) for i in range(0, len(key), 7)) + masker.flush()
     assert "QUJD" not in sent and sent == "[SECRET]"
+
+
+def test_text_without_spaces_still_streams() -> None:
+    # Chinese and Japanese have no spaces; waiting for one would turn the stream into one late reply.
+    masker = StreamMasker(detect_pii)
+    text = "这是一个很长的中文回答，没有任何空格。" * 50 + "卡号4111 1111 1111 1111。"
+    sent = [masker.feed(text[i : i + 4]) for i in range(0, len(text), 4)]
+    assert sum(map(len, sent)) > len(text) - 200  # all but the hold-back went out before the end
+    assert "".join(sent) + masker.flush() == mask(text, detect_pii(text))
+
+
+def test_a_long_unbroken_word_costs_no_detection_per_chunk() -> None:
+    calls = 0
+
+    def counting(text: str) -> list[Finding]:
+        nonlocal calls
+        calls += 1
+        return detect_pii(text)
+
+    masker = StreamMasker(counting)
+    blob = "QUJD" * 20_000  # 80,000 characters without a break, as a base64 image would be
+    sent = "".join(masker.feed(blob[i : i + 4]) for i in range(0, len(blob), 4)) + masker.flush()
+    assert sent == blob
+    assert calls < 100  # only when something can be sent (each 16 KiB), not every 32 characters
