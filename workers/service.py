@@ -90,9 +90,13 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat_s)
 
     def _gauges(self, runner: RequestRunner) -> list[Metric]:
-        """Backend connection use: the worker holds at most one backend connection per request in
-        flight, and its pool is capped at its capacity."""
+        """In-flight requests and backend connection use, read from the runner at scrape time: the
+        worker holds at most one backend connection per request in flight, capped at its capacity."""
         labels = [self.model.name]
+        in_flight = GaugeMetricFamily(
+            "modelbus_worker_in_flight", "Requests a worker is running", labels=["model", "version"]
+        )
+        in_flight.add_metric([*labels, self.settings.version], float(runner.in_flight))
         connections = GaugeMetricFamily(
             "modelbus_backend_connections", "Worker connections to its backend", labels=["model", "state"]
         )
@@ -100,7 +104,7 @@ class Worker:
         connections.add_metric(
             [*labels, "limit"], float(self.puller.capacity if self.puller else self.capacity)
         )
-        return [connections]
+        return [in_flight, connections]
 
     async def _serve(self, nc: NATS, config_store: ConfigStore, stop: asyncio.Event) -> None:
         settings = self.settings

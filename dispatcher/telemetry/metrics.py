@@ -78,7 +78,6 @@ WORKER_REQUESTS = Counter(
 BACKEND_CONNECTIONS = Gauge(
     "modelbus_backend_connections", "Worker connections to its backend", ["model", "state"]
 )
-WORKER_IN_FLIGHT = Gauge("modelbus_worker_in_flight", "Requests a worker is running", ["model", "version"])
 
 
 # Families whose values are read at scrape time (below), for tools that check names statically.
@@ -86,6 +85,8 @@ CALLBACK_FAMILIES = (
     "modelbus_nats_connected",
     "modelbus_nats_reconnects_total",
     "modelbus_config_reloads_total",
+    "modelbus_backend_connections",
+    "modelbus_worker_in_flight",
 )
 
 

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import Span, SpanContext, TraceFlags, Tracer
+from opentelemetry.trace import Span, SpanContext, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -96,4 +96,4 @@ def context_from(traceparent: str | None) -> Context | None:
 
 def trace_id_of(span: Span) -> str:
     context = span.get_span_context()
-    return f"{context.trace_id:032x}" if context.trace_flags & TraceFlags.SAMPLED or context.is_valid else ""
+    return f"{context.trace_id:032x}" if context.is_valid else ""

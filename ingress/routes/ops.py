@@ -20,15 +20,13 @@ from ingress.auth import Admin
 from ingress.live_config import live_config
 
 router = APIRouter()
+_CSP = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:"
 _PAGE = files("ingress").joinpath("static/ops.html").read_text(encoding="utf-8")
 
 
 @router.get("/ops", include_in_schema=False)
 async def ops_page() -> HTMLResponse:
     return HTMLResponse(_PAGE, headers={"Cache-Control": "no-store", "Content-Security-Policy": _CSP})
-
-
-_CSP = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:"
 
 
 @router.get("/admin/ops/data")

@@ -144,6 +144,8 @@ def test_metrics_after_a_scripted_scenario(cluster: Cluster, database_url: str) 
     worker = _samples(httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=10).text)
     assert _value(worker, "modelbus_backend_connections", model="m", state="limit") == 4
     assert _value(worker, "modelbus_backend_connections", model="m", state="in_use") == 0
+    assert ("modelbus_worker_in_flight", frozenset({("model", "m"), ("version", "default")})) in worker
+    assert _value(worker, "modelbus_worker_in_flight", model="m") == 0
     assert (
         _value(worker, "modelbus_worker_requests_total", model="m", outcome="ack") == 9
     )  # 5 + 3 + the fallback
