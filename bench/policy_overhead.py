@@ -24,19 +24,21 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dispatcher.admission.guardrails import Guardrails
+from dispatcher.admission.identity import identity_for
+from dispatcher.admission.live_config import LiveConfig
+from dispatcher.admission.prompt import estimate_tokens
+from dispatcher.admission.quota import Held, QuotaGate
 from dispatcher.api_keys import hash_key
+from dispatcher.guardrails.response import ResponseGuard
 from dispatcher.quotas import Limiter, QuotaLedger
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
-from ingress.auth import _identity
-from ingress.guarding import Guardrails
-from ingress.live_config import LiveConfig
-from ingress.quota import Held, QuotaGate
+from ingress.keys import KeyRing
 from modelbus.embedded_nats import single_server
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig
 from schemas.envelope import Endpoint
 from schemas.policy import GuardrailsConfig, Limits
-from workers.response_guard import ResponseGuard
 
 KEY = "mb-bench-policy-0123456789abcdef0123456789abcdef"
 _SENTENCE = (
@@ -82,9 +84,10 @@ async def run(requests: int) -> dict[str, list[float]]:
         subjects = Subjects("pb")
         config = _config()
         live = LiveConfig(config)
+        keys = KeyRing(config)
         ledger = await QuotaLedger.open(nc, subjects, BusSettings(nats_url=server.url))
         gate = QuotaGate(Limiter(ledger, subjects), ledger)
-        guardrails = Guardrails(live, None)
+        guardrails = Guardrails(None)
         model = config.models[0]
         timings: dict[str, list[float]] = {
             k: [] for k in ("identity", "rbac", "input guardrails", "quota", "total")
@@ -100,15 +103,16 @@ async def run(requests: int) -> dict[str, list[float]]:
                 "messages": [{"role": "user", "content": prompt}],
             }
             t0 = time.perf_counter()
-            consumer, key_id = live.keys.identify(KEY)  # type: ignore[misc]
-            identity = _identity(consumer, key_id, config.consumer(consumer), frozenset())
+            consumer, key_id = keys.identify(KEY)  # type: ignore[misc]
+            identity = identity_for(consumer, key_id, config.consumer(consumer), frozenset())
             t1 = time.perf_counter()
             assert live.authorizer.permits(identity.roles, "m", "chat")
             t2 = time.perf_counter()
-            policy, output = guardrails.policies(model, identity)
-            await guardrails.check_input(policy, Endpoint.CHAT, payload, None)
+            policy, output = guardrails.policies(live.revision, model, identity)
+            payload = await guardrails.check_input(policy, payload, [])
             t3 = time.perf_counter()
-            held = Held(await gate.admit(identity, "m", Endpoint.CHAT, payload, None))
+            tokens = estimate_tokens(Endpoint.CHAT, payload, 256)
+            held = Held(await gate.admit(identity, "m", tokens, None))
             t4 = time.perf_counter()
             held.take()
             timings["identity"].append(t1 - t0)

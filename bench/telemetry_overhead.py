@@ -77,7 +77,7 @@ def worker_hooks(traceparent: str | None) -> None:
     now_ms = int(time.time() * 1000)
     envelope = RequestEnvelope(
         id="r1", endpoint=Endpoint.CHAT, model="llama", target="llama", consumer="team-a",
-        created_ms=now_ms - 5, deadline_ms=now_ms + 60_000, reply_to="x", traceparent=traceparent, payload={},
+        created_ms=now_ms - 5, deadline_ms=now_ms + 60_000, reply_to="x", traceparent=traceparent, quota=None, output_guard=None, payload={},
     )  # fmt: skip
     with processing(envelope, now_ms - 4, "w1"):
         with post_processing():

@@ -18,13 +18,15 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from dispatcher.kv_watch import watch_bucket
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects, encode_token
 from dispatcher.topology import ensure_bucket
+from schemas.config import ModelbusConfig
 from schemas.keys import ApiKeyRecord
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,25 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def config_key_ids(config: ModelbusConfig) -> set[str]:
+    """Ids of the keys the configuration file defines (they are revoked by editing the file)."""
+    return {key.id for consumer in config.consumers for key in consumer.keys}
+
+
+def config_key_active(config: ModelbusConfig, key_id: str) -> bool | None:
+    """Whether the configuration's key `key_id` is unexpired; None if the configuration has no such key."""
+    for consumer in config.consumers:
+        for key in consumer.keys:
+            if key.id == key_id:
+                return key.expires_at is None or aware(key.expires_at) > datetime.now(UTC)
+    return None
+
+
+def aware(moment: datetime) -> datetime:
+    """Config files may give naive timestamps; they mean UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class KeyExists(Exception):
     """A key with that id exists (ids are never reused, not even after revocation)."""
 
@@ -49,21 +70,31 @@ class KeyNotFound(Exception):
 
 
 class KeyRegistry:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
+        self._js = js
         self._kv = kv
+        self._bucket = bucket
 
     @classmethod
     async def open(cls, js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> KeyRegistry:
-        return cls(await ensure_bucket(js, settings, subjects.key_bucket, "Modelbus API keys (hashes only)"))
+        kv = await ensure_bucket(js, settings, subjects.key_bucket, "Modelbus API keys (hashes only)")
+        return cls(js, kv, subjects.key_bucket)
 
     async def create(
         self,
         consumer: str,
-        key_id: str | None = None,
-        expires_in: timedelta | None = None,
-        description: str = "",
+        key_id: str | None,
+        expires_in: timedelta | None,
+        description: str,
+        *,
+        config: ModelbusConfig,
     ) -> tuple[ApiKeyRecord, str]:
-        """A new key for `consumer`: its record and the key itself, which nothing keeps."""
+        """A new key for `consumer`: its record and the key itself, which nothing keeps.
+
+        Key ids are unique across the configuration's keys and issued ones (KeyExists otherwise):
+        audit rows and `keys revoke` name keys by id, so an id must mean one key."""
+        if key_id is not None and key_id in config_key_ids(config):
+            raise KeyExists(key_id)
         key = new_key()
         now = datetime.now(UTC)
         record = ApiKeyRecord(
@@ -79,6 +110,13 @@ class KeyRegistry:
         except KeyWrongLastSequenceError:
             raise KeyExists(record.id) from None
         return record, key
+
+    async def get(self, key_id: str) -> ApiKeyRecord | None:
+        try:
+            entry = await self._kv.get(encode_token(key_id))
+        except KeyNotFoundError:
+            return None
+        return ApiKeyRecord.model_validate_json(entry.value) if entry.value else None
 
     async def revoke(self, key_id: str) -> ApiKeyRecord:
         """Mark a key revoked (idempotent); compare-and-set so a concurrent change is not lost."""
@@ -101,10 +139,8 @@ class KeyRegistry:
     async def list(self) -> list[ApiKeyRecord]:
         try:
             names = await self._kv.keys()
-        except Exception as exc:  # nats-py raises NoKeysError for an empty bucket
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
+        except NoKeysError:  # an empty bucket
+            return []
         records = []
         for name in names:
             try:
@@ -117,26 +153,23 @@ class KeyRegistry:
 
     async def follow(self, on_change: Callable[[dict[str, ApiKeyRecord]], Awaitable[None] | None]) -> None:
         """Call `on_change` with all records by hash, first once everything present is read, then on
-        every change. Runs until cancelled; an unreadable record is skipped and logged, never fatal."""
+        every change. Runs until cancelled or the watch is lost (under a Supervisor, which starts it
+        again from a full read); an unreadable record is skipped and logged, never fatal."""
         records: dict[str, ApiKeyRecord] = {}
-        watcher = await self._kv.watchall()
         initial = True
-        try:
-            async for entry in watcher:
-                if entry is None:  # end of the initial values
-                    initial = False
-                elif entry.operation in ("DEL", "PURGE") or not entry.value:
-                    records.pop(entry.key, None)
-                else:
-                    try:
-                        records[entry.key] = ApiKeyRecord.model_validate_json(entry.value)
-                    except ValidationError:
-                        log.error("unreadable key record %s skipped", entry.key)
-                        continue
-                if initial:
+        async for entry in watch_bucket(self._js, self._kv, self._bucket):
+            if entry is None:  # end of the initial values
+                initial = False
+            elif entry.operation in ("DEL", "PURGE") or not entry.value:
+                records.pop(entry.key, None)
+            else:
+                try:
+                    records[entry.key] = ApiKeyRecord.model_validate_json(entry.value)
+                except ValidationError:
+                    log.error("unreadable key record %s skipped", entry.key)
                     continue
-                result = on_change({r.hash: r for r in records.values()})
-                if asyncio.iscoroutine(result):
-                    await result
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            if initial:
+                continue
+            result = on_change({r.hash: r for r in records.values()})
+            if asyncio.iscoroutine(result):
+                await result

@@ -11,7 +11,8 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas.batches import Batch, FileObject, RequestCounts
+from schemas.batches import COMPLETION_WINDOW_S, Batch, FileObject, RequestCounts
+from schemas.openai import error_body
 
 _DONE = ("completed", "failed")
 
@@ -133,7 +134,7 @@ class BatchStore:
                     "input": input_file_id,
                     "total": total,
                     "metadata": orjson.dumps(metadata).decode() if metadata else None,
-                    "expires": datetime.now(UTC) + timedelta(hours=24),
+                    "expires": datetime.now(UTC) + timedelta(seconds=COMPLETION_WINDOW_S),
                 },
             )
         return batch_id
@@ -185,6 +186,13 @@ class BatchStore:
             request_counts=RequestCounts(total=row.total, completed=counts.ok, failed=counts.failed),
             metadata=_json(row.metadata),
         )
+
+    async def status(self, batch_id: str) -> str | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(text("SELECT status FROM batches WHERE id = :id"), {"id": batch_id})
+            ).first()
+        return str(row.status) if row is not None else None
 
     async def batches(self, consumer: str, limit: int = 20) -> list[Batch]:
         async with self._engine.connect() as conn:
@@ -266,15 +274,18 @@ def _result_files(records: list[dict[str, Any]]) -> tuple[bytes, bytes]:
             )
         else:
             error = record.get("error") or {"code": "failed", "message": "the request failed", "status": 500}
+            status = error.get("status", 500)
+            body = error_body(status, error.get("message") or "", error.get("code"), error.get("param"))
             errors.append(
                 orjson.dumps(
                     {
                         "id": line_id,
                         "custom_id": record.get("custom_id"),
+                        # The body a synchronous call would have been answered with.
                         "response": {
-                            "status_code": error.get("status", 500),
+                            "status_code": status,
                             "request_id": record["request_id"],
-                            "body": {"error": {"message": error.get("message"), "code": error.get("code")}},
+                            "body": body.model_dump(),
                         },
                         "error": {"code": error.get("code"), "message": error.get("message")},
                     }

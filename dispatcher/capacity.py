@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -38,12 +38,8 @@ async def open_registry(js: JetStreamContext, subjects: Subjects, settings: BusS
 async def live_workers(registry: KeyValue) -> list[WorkerStatus]:
     try:
         keys = await registry.keys()
-    except NotFoundError:
+    except (NotFoundError, NoKeysError):
         return []
-    except Exception as exc:
-        if type(exc).__name__ == "NoKeysError":
-            return []
-        raise
     workers = []
     for key in keys:
         try:

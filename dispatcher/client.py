@@ -14,22 +14,13 @@ from collections import OrderedDict
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import APIError
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential,
-)
 
-from dispatcher.connection import TRANSIENT, is_transient
+from dispatcher.connection import publish_durably
 from dispatcher.errors import (
-    BusUnavailable,
     DeadlineExceeded,
     Interrupted,
-    ModelbusError,
-    QueueFull,
     RemoteError,
+    RequestTooLarge,
     WorkerLost,
 )
 from dispatcher.reply_stream import Frame, ReplySequencer, decode_frame
@@ -39,15 +30,9 @@ from schemas.envelope import ErrorFrame, HeartbeatFrame, RequestEnvelope, StartF
 
 log = logging.getLogger(__name__)
 
-# JetStream API error codes for a stream at its limits with discard=new.
-_STREAM_FULL = {10077, 10078, 10047}
 _STRAY_MEMORY = 4096
 # A private object, compared by identity: no message from the network can be this one.
 _INTERRUPT = bytes(bytearray(b"\x00interrupt"))
-
-
-class RequestTooLarge(ModelbusError):
-    """The request does not fit in one NATS message."""
 
 
 class ReplyStream:
@@ -168,7 +153,14 @@ class ReplyStream:
 
 class BusClient:
     def __init__(
-        self, nc: NATS, subjects: Subjects, settings: BusSettings, ingress_id: str, msg_ttl: bool
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        settings: BusSettings,
+        ingress_id: str,
+        msg_ttl: bool,
+        *,
+        shared_inbox: bool = False,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -179,6 +171,9 @@ class BusClient:
         self._routes: dict[str, asyncio.Queue[bytes]] = {}
         self._strays: OrderedDict[str, None] = OrderedDict()
         self._sub: object | None = None
+        # Several processes may read one inbox (dispatcher replicas): replies to another's request
+        # are then not strays to cancel, just not ours.
+        self._shared_inbox = shared_inbox
         self.idle_timeout_s = settings.idle_timeout_s
 
     @property
@@ -206,7 +201,7 @@ class BusClient:
         queue = self._routes.get(request_id)
         if queue is not None:
             queue.put_nowait(msg.data)
-        elif request_id not in self._strays:
+        elif not self._shared_inbox and request_id not in self._strays:
             # Nobody waits for this request any more (client left, deadline passed): stop its worker.
             self._strays[request_id] = None
             if len(self._strays) > _STRAY_MEMORY:
@@ -236,8 +231,9 @@ class BusClient:
             raise
         return ReplyStream(self, envelope, queue)
 
-    async def enqueue(self, envelope: RequestEnvelope, raw_payload: bytes | None = None) -> None:
+    async def enqueue(self, envelope: RequestEnvelope, raw_payload: bytes | None = None) -> bool:
         """Persist the request in JetStream; its replies go wherever `envelope.reply_to` says.
+        Returns True if the stream already had it (a retry of an earlier publish).
 
         Publishes are retried with the same `Nats-Msg-Id` (the request id), so a retry after a lost
         PubAck is deduplicated by the stream rather than queued twice. `raw_payload`, the payload
@@ -257,18 +253,4 @@ class BusClient:
         if self._msg_ttl:
             headers["Nats-TTL"] = f"{ttl_s}s"
         subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(is_transient),
-                stop=stop_after_delay(min(10.0, float(ttl_s))),
-                wait=wait_exponential(multiplier=0.05, max=1.0),
-                reraise=True,
-            ):
-                with attempt:
-                    await self._js.publish(subject, data, timeout=2.0, headers=headers)
-        except TRANSIENT as exc:
-            raise BusUnavailable("JetStream did not confirm the request in time") from exc
-        except APIError as exc:
-            if exc.err_code in _STREAM_FULL:
-                raise QueueFull("the request queue is full") from exc
-            raise BusUnavailable(f"JetStream refused the request: {exc.description}") from exc
+        return await publish_durably(self._js, subject, data, headers, min(10.0, float(ttl_s)))

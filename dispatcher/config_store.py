@@ -8,7 +8,6 @@ validate is refused and the running configuration stays.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from dispatcher.config_file import ConfigError, parse_config
+from dispatcher.kv_watch import watch_bucket
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_bucket
@@ -41,15 +41,18 @@ OnChange = Callable[[ModelbusConfig, int], Awaitable[None] | None]
 
 
 class ConfigStore:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
+        self._js = js
         self._kv = kv
+        self._bucket = bucket
         self.reloads = 0
         self.rejected = 0
 
     @classmethod
     async def open(cls, js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> ConfigStore:
         description = "Modelbus configuration, one revision per apply"
-        return cls(await ensure_bucket(js, settings, subjects.config_bucket, description, history=_HISTORY))
+        kv = await ensure_bucket(js, settings, subjects.config_bucket, description, history=_HISTORY)
+        return cls(js, kv, subjects.config_bucket)
 
     async def current(self) -> Revision | None:
         try:
@@ -75,31 +78,30 @@ class ConfigStore:
             for e in entries
         ]
 
-    async def follow(self, on_change: OnChange, stop: asyncio.Event | None = None) -> None:
-        """Call `on_change` with every valid new revision, until cancelled (or `stop`)."""
-        watcher = await self._kv.watch(_KEY, include_history=False)
-        try:
-            while stop is None or not stop.is_set():
-                try:
-                    entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
-                except TimeoutError:  # nats-py's own timeout error derives from it
-                    continue
-                if entry is None or entry.value is None or entry.operation is not None:
-                    continue  # the initial "no more history" marker, or a delete
-                revision = int(entry.revision or 0)
-                try:
-                    config = parse_config(entry.value.decode(), f"config revision {revision}")
-                except ConfigError as exc:
-                    self.rejected += 1
-                    log.error("config revision %d refused, keeping the running one: %s", revision, exc)
-                    continue
-                result = on_change(config, revision)
-                if result is not None:
-                    await result
-                self.reloads += 1
-                log.info("config revision %d applied", revision)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    async def follow(self, on_change: OnChange) -> None:
+        """Call `on_change` with the current revision, then with every valid new one, until cancelled.
+
+        Meant to run under a Supervisor: a lost watch raises, and the next run starts from the current
+        revision again (applying a revision twice is harmless)."""
+        last = -1
+        async for entry in watch_bucket(self._js, self._kv, self._bucket, _KEY):
+            if entry is None or entry.value is None or entry.operation is not None:
+                continue  # the "no more history" marker, or a delete
+            revision = int(entry.revision or 0)
+            if revision == last:
+                continue
+            last = revision
+            try:
+                config = parse_config(entry.value.decode(), f"config revision {revision}")
+            except ConfigError as exc:
+                self.rejected += 1
+                log.error("config revision %d refused, keeping the running one: %s", revision, exc)
+                continue
+            result = on_change(config, revision)
+            if result is not None:
+                await result
+            self.reloads += 1
+            log.info("config revision %d applied", revision)
 
 
 async def load_initial(store: ConfigStore, fallback: ModelbusConfig) -> tuple[ModelbusConfig, int]:

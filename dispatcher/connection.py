@@ -15,8 +15,15 @@ from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
+from dispatcher.errors import BusUnavailable, QueueFull
 from dispatcher.nats_permissions import inbox_prefix
 from dispatcher.settings import BusSettings
 
@@ -38,6 +45,34 @@ TRANSIENT = (
 
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT) or (isinstance(exc, APIError) and exc.code == 503)
+
+
+# JetStream API error codes for a stream at its limits with discard=new.
+_STREAM_FULL = {10077, 10078, 10047}
+
+
+async def publish_durably(
+    js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str], max_s: float
+) -> bool:
+    """Publish to a stream and await its PubAck, retrying transient failures for up to `max_s` with
+    the same headers (so `Nats-Msg-Id` dedupes a retry of a publish that did land). Returns whether
+    the stream already had the message; raises BusUnavailable, or QueueFull when the stream is full."""
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_delay(max_s),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        ):
+            with attempt:
+                ack = await js.publish(subject, data, timeout=2.0, headers=headers)
+    except TRANSIENT as exc:
+        raise BusUnavailable("JetStream did not confirm the publish in time") from exc
+    except APIError as exc:
+        if exc.err_code in _STREAM_FULL:
+            raise QueueFull("the stream is full") from exc
+        raise BusUnavailable(f"JetStream refused the publish: {exc.description}") from exc
+    return bool(ack.duplicate)
 
 
 async def fetch_or_wait(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:

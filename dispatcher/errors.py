@@ -1,6 +1,29 @@
-"""Errors the bus layer raises. The ingress maps them to HTTP in one place (ingress/errors.py)."""
+"""Errors the bus layer raises. The ingress maps them to HTTP in one place (ingress/errors.py); the
+batch feeder turns a refusal into the error line a sync caller would have got as a response.
+
+    ModelbusError
+    ├── Refused                  admission said no; carries the HTTP status and OpenAI code
+    │   ├── InvalidRequest       400: the body does not validate
+    │   ├── Unauthenticated      401: the credential no longer holds (a batch's key was revoked)
+    │   ├── Forbidden            403: no role grants the operation on the model
+    │   ├── NotFound             404: no such model (or not on this endpoint), task, file, batch
+    │   ├── PolicyViolation      400: a guardrail blocked the input, or it is over the token limit
+    │   ├── OverLimit            429: a rate limit or token budget is used up
+    │   ├── LimitsUnavailable    503: the usage counters cannot be reached (fails closed)
+    │   └── Withdrawn            a batch line whose batch was cancelled or expired before it ran
+    ├── BusUnavailable           NATS or JetStream could not take the request
+    ├── RequestTooLarge          the request does not fit in one NATS message
+    ├── QueueFull                the request stream is at its limits
+    ├── DeadlineExceeded         no complete answer before the deadline
+    ├── WorkerLost               the worker went silent mid-reply
+    ├── StreamBroken             reply frames lost in transit
+    ├── Interrupted              the waiting side gave up (client disconnected)
+    └── RemoteError              the worker or its backend answered with an error frame
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from schemas.envelope import ErrorCode
 
@@ -11,10 +34,82 @@ class ModelbusError(Exception):
     retryable: bool = False
 
 
+class Refused(ModelbusError):
+    """Admission refused the request before it reached the bus."""
+
+    status = 400
+
+    def __init__(
+        self,
+        message: str,
+        code: str,
+        param: str | None = None,
+        *,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(Refused):
+    status = 400
+
+
+class Unauthenticated(Refused):
+    status = 401
+
+
+class Forbidden(Refused):
+    status = 403
+
+
+class NotFound(Refused):
+    status = 404
+
+
+class PolicyViolation(Refused):
+    status = 400
+
+
+Window = Literal["minute", "day", "month"]
+
+
+class OverLimit(Refused):
+    """`window` says which kind of limit: a batch line waits out a minute limit, but fails on a
+    day or month budget; `impossible` means the request alone is larger than the limit."""
+
+    status = 429
+
+    def __init__(
+        self, message: str, code: str, *, retry_after_s: float, window: Window, impossible: bool
+    ) -> None:
+        super().__init__(message, code, retry_after_s=retry_after_s)
+        self.window = window
+        self.impossible = impossible
+
+
+class LimitsUnavailable(Refused):
+    status = 503
+    retryable = True
+
+
+class Withdrawn(Refused):
+    """Not refused on its merits: its batch was cancelled, or its completion window passed."""
+
+    status = 499
+
+
 class BusUnavailable(ModelbusError):
     """NATS or JetStream could not take the request (disconnected, no quorum, publish timed out)."""
 
     retryable = True
+
+
+class RequestTooLarge(ModelbusError):
+    """The request does not fit in one NATS message."""
 
 
 class QueueFull(ModelbusError):

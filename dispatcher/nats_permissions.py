@@ -94,7 +94,14 @@ def _stream_admin(stream: str) -> list[str]:
 
 
 def _streams(s: Subjects) -> list[str]:
-    streams = [s.request_stream, s.dead_letter_stream, s.audit_stream, s.task_reply_stream, s.quota_stream]
+    streams = [
+        s.request_stream,
+        s.dead_letter_stream,
+        s.audit_stream,
+        s.task_reply_stream,
+        s.quota_stream,
+        s.batch_line_stream,
+    ]
     return streams + [_kv_stream(b) for b in _buckets(s)]
 
 
@@ -106,6 +113,7 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
         f"{_JS}.INFO",  # account limits: readiness
         s.all_requests,
         s.all_cancels,
+        s.all_batch_lines,  # a new batch's lines, admitted later by the dispatcher
         s.audit(f"ingress-{ingress_id}"),
         f"{_JS}.CONSUMER.INFO.{s.request_stream}.*",  # queue depth per model
         *_kv_write(s.task_bucket),
@@ -156,7 +164,8 @@ def worker(namespace: str, worker_id: str, models: Mapping[str, Sequence[str]]) 
 
 
 def dispatcher(namespace: str) -> Permissions:
-    """Owns the topology: every stream and bucket of the namespace, dead letters, audit, tasks."""
+    """Owns the topology: every stream and bucket of the namespace, dead letters, audit, tasks; admits
+    batch lines (RBAC, guardrails, quotas) and queues them like an ingress does."""
     s = Subjects(namespace)
     user = user_name(namespace, "dispatcher")
     publish = [
@@ -165,6 +174,9 @@ def dispatcher(namespace: str) -> Permissions:
         f"{s.namespace}.reply.*.*",  # tells the waiting ingress a request was dead-lettered
         s.all_task_replies,
         s.audit("dispatcher"),
+        s.all_requests,  # admitted batch lines, and calls to an injection classifier model
+        s.all_cancels,
+        *_quota_use(s),
     ]
     for stream in _streams(s):
         publish += _stream_admin(stream)
@@ -172,7 +184,11 @@ def dispatcher(namespace: str) -> Permissions:
         publish += _kv_write(bucket)
     return Permissions(
         publish_allow=tuple(publish),
-        subscribe_allow=(s.max_deliveries_advisory(), f"{inbox_prefix(namespace, user)}.>"),
+        subscribe_allow=(
+            s.max_deliveries_advisory(),
+            s.reply_inbox("dispatcher"),  # answers of its classifier calls (dispatcher/service.py)
+            f"{inbox_prefix(namespace, user)}.>",
+        ),
     )
 
 

@@ -73,6 +73,8 @@ class Subjects:
       <ns>.req.<model>.<version>.<lane>   requests, persisted in the request stream
       <ns>.reply.<ingress>.<request>      reply frames (core NATS), read by one ingress only
       <ns>.cancel.<request>               cancellation broadcast to workers (core NATS)
+      <ns>.task.<task>                    async task replies, persisted for the collector
+      <ns>.batchline.<batch>              batch lines waiting for admission (work queue)
       <ns>.quota.<consumer>.<model|_all>.<window>.<period>   usage counters (JetStream counters)
     """
 
@@ -145,6 +147,21 @@ class Subjects:
         return f"{self.namespace}-tasks"
 
     task_collector_consumer = "task-collector"
+
+    # batch lines ------------------------------------------------------------------------------
+    @property
+    def batch_line_stream(self) -> str:
+        return f"{self.namespace.upper()}_BATCH_LINES"
+
+    def batch_lines(self, batch_id: str) -> str:
+        """A batch's lines wait here for admission, which runs when each is fed to the bus."""
+        return f"{self.namespace}.batchline.{encode_token(batch_id)}"
+
+    @property
+    def all_batch_lines(self) -> str:
+        return f"{self.namespace}.batchline.*"
+
+    batch_feeder_consumer = "batch-feeder"
 
     # worker registry -------------------------------------------------------------------------
     @property

@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
+from schemas.batches import COMPLETION_WINDOW_S
 from schemas.config import ModelbusConfig
 from schemas.envelope import Lane
 
@@ -130,6 +131,34 @@ def task_collector_consumer_config(subjects: Subjects) -> api.ConsumerConfig:
     )
 
 
+def batch_line_stream_config(subjects: Subjects, settings: BusSettings) -> api.StreamConfig:
+    """Batch lines between batch creation and their admission (a work queue: gone once admitted)."""
+    return api.StreamConfig(
+        name=subjects.batch_line_stream,
+        description="Modelbus batch lines waiting for admission",
+        subjects=[subjects.all_batch_lines],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        discard=api.DiscardPolicy.NEW,
+        # A line still here after its batch's window is past use; the feeder fails it before that.
+        max_age=COMPLETION_WINDOW_S + 3600,
+        max_bytes=settings.request_stream_max_bytes,
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.stream_replicas,
+    )
+
+
+def batch_feeder_consumer_config(subjects: Subjects) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        durable_name=subjects.batch_feeder_consumer,
+        description="admits batch lines and queues them on the batch lane; acks once queued or refused",
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=60,
+        max_deliver=-1,  # a line waits out rate limits by being put back; it is never dropped
+        max_ack_pending=1024,
+    )
+
+
 async def ensure_bucket(
     js: JetStreamContext,
     settings: BusSettings,
@@ -205,6 +234,7 @@ async def ensure_streams(
     await _ensure_stream(js, dead_letter_stream_config(subjects, settings))
     await _ensure_stream(js, audit_stream_config(subjects, settings))
     await _ensure_stream(js, task_reply_stream_config(subjects, settings))
+    await _ensure_stream(js, batch_line_stream_config(subjects, settings))
 
 
 async def ensure_consumer(

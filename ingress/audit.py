@@ -1,16 +1,21 @@
-"""One audit event per inference request, whatever became of it, emitted after the response is sent.
+"""One audit event per inference request and per administrative action, whatever became of it,
+emitted after the response is sent.
 
-`AuditMiddleware` opens a draft for every inference call; authentication, the relay and the error
-handlers fill it in as the request goes; when the response (or the event stream) has been sent,
-the draft becomes an `AuditEvent` for the audit stream. Keys and tokens never enter the draft.
+`AuditMiddleware` opens a draft for every inference call (`kind` sync) and every action that changes
+something (`kind` admin: key create and revoke, file upload and delete, batch create and cancel);
+authentication, admission, the relay, the routes and the error handlers fill it in as the request
+goes; when the response (or the event stream) has been sent, the draft becomes an `AuditEvent` for
+the audit stream. Keys and tokens never enter the draft: an action's row holds what it acted on
+(`target`), never its response.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from opentelemetry import trace
@@ -20,26 +25,41 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher.audit.chain import prompt_hash
-from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.telemetry.tracing import context_from, trace_id_of
+from ingress.deps import Services, services_of
 from ingress.telemetry import record
 from schemas.audit import AuditEvent, AuditStatus
+from schemas.endpoints import ENDPOINTS
 from schemas.envelope import FinalFrame, RequestEnvelope, StartFrame
 
 _TRACER = trace.get_tracer("modelbus.ingress")
-_AUDITED = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-    "/v1/tasks": "tasks",
-}
+_INFERENCE = {spec.path: spec.audit_name for spec in ENDPOINTS.values()} | {"/v1/tasks": "tasks"}
+_ACTIONS = (
+    ("POST", re.compile(r"/admin/keys/?"), "keys.create"),
+    ("DELETE", re.compile(r"/admin/keys/[^/]+"), "keys.revoke"),
+    ("POST", re.compile(r"/v1/files/?"), "files.upload"),
+    ("DELETE", re.compile(r"/v1/files/[^/]+"), "files.delete"),
+    ("POST", re.compile(r"/v1/batches/?"), "batches.create"),
+    ("POST", re.compile(r"/v1/batches/[^/]+/cancel"), "batches.cancel"),
+)
+
+
+def _audited(method: str, path: str) -> tuple[Literal["sync", "admin"], str] | None:
+    if method == "POST" and path in _INFERENCE:
+        return "sync", _INFERENCE[path]
+    for verb, pattern, action in _ACTIONS:
+        if method == verb and pattern.fullmatch(path):
+            return "admin", action
+    return None
 
 
 @dataclass
 class AuditDraft:
     request_id: str
-    endpoint: str
+    endpoint: str  # an inference endpoint, or an action such as `keys.revoke`
     received_ms: int
+    kind: Literal["sync", "admin"] = "sync"
+    target: dict[str, Any] | None = None  # what an action acted on (ids, never secrets)
     consumer: str | None = None
     key_id: str | None = None
     model_requested: str | None = None
@@ -62,16 +82,26 @@ def draft_of(request: Request) -> AuditDraft | None:
     return draft
 
 
+def note_target(request: Request, **target: Any) -> None:
+    """Record what an administrative action acts on, for its audit row."""
+    draft = draft_of(request)
+    if draft is not None:
+        draft.target = {**(draft.target or {}), **target}
+
+
 class AuditMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = _AUDITED.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if endpoint is None or scope.get("method") != "POST":
+        audited = (
+            _audited(scope.get("method", ""), scope.get("path", "")) if scope["type"] == "http" else None
+        )
+        if audited is None:
             await self.app(scope, receive, send)
             return
-        draft = AuditDraft(uuid.uuid4().hex, endpoint, int(time.time() * 1000))
+        kind, endpoint = audited
+        draft = AuditDraft(uuid.uuid4().hex, endpoint, int(time.time() * 1000), kind)
         scope.setdefault("state", {})["audit"] = draft
         status = 500
 
@@ -93,12 +123,13 @@ class AuditMiddleware:
             await send(message)
 
         caller = _caller_context(scope)
+        method = scope.get("method", "")
         with _TRACER.start_as_current_span(
-            f"POST {scope.get('path', '')}",
+            f"{method} {scope.get('path', '')}",
             context=caller,
             kind=SpanKind.SERVER,
             attributes={
-                "http.request.method": "POST",
+                "http.request.method": method,
                 "url.path": scope.get("path", ""),
                 "modelbus.request_id": draft.request_id,
             },
@@ -110,16 +141,22 @@ class AuditMiddleware:
                 span.set_attribute("http.response.status_code", status)
                 if draft.model_requested:
                     span.set_attribute("gen_ai.request.model", draft.model_requested)
-                publisher: AuditPublisher | None = getattr(scope["app"].state, "audit", None)
-                if publisher is not None and not (draft.deferred and status == 202):
-                    publisher.emit(build_event(draft, status))
-                record(draft, status, draft.trace_id or "")
-                traffic = getattr(scope["app"].state, "traffic", None)
-                if traffic is not None and traffic.local and draft.model_requested:
-                    final = draft.final
-                    tokens = final.usage.total_tokens if final and final.usage else 0
-                    latency = time.time() - draft.received_ms / 1000
-                    traffic.observe(draft.model_requested, latency, tokens, status < 400)
+                services = services_of(scope)
+                if services is not None and not (draft.deferred and status == 202):
+                    services.audit.emit(build_event(draft, status))
+                if kind == "sync":
+                    _observe(draft, status, services)
+
+
+def _observe(draft: AuditDraft, status: int, services: Services | None) -> None:
+    """Request metrics, and this ingress's own traffic figures for its ops page."""
+    record(draft, status, draft.trace_id or "")
+    traffic = services.traffic if services is not None else None
+    if traffic is not None and traffic.local and draft.model_requested:
+        final = draft.final
+        tokens = final.usage.total_tokens if final and final.usage else 0
+        latency = time.time() - draft.received_ms / 1000
+        traffic.observe(draft.model_requested, latency, tokens, status < 400)
 
 
 def _caller_context(scope: Scope) -> Context | None:
@@ -166,7 +203,7 @@ def build_event(draft: AuditDraft, http_status: int) -> AuditEvent:
     return AuditEvent(
         event_id=draft.request_id,
         request_id=draft.request_id,
-        kind="sync",
+        kind=draft.kind,
         endpoint=draft.endpoint,
         status=_status(draft, http_status),
         http_status=http_status,
@@ -179,7 +216,7 @@ def build_event(draft: AuditDraft, http_status: int) -> AuditEvent:
         version=start.version if start else None,
         worker=start.worker if start else None,
         backend=start.backend if start else None,
-        input=envelope.payload if envelope else None,
+        input=envelope.payload if envelope else draft.target,
         output=_output(draft),
         prompt_hash=prompt_hash(envelope.payload) if envelope else None,
         finish_reason=final.finish_reason if final else None,

@@ -1,15 +1,14 @@
-"""Reading and validating a request body: size-capped, strict JSON, errors naming the field."""
+"""Reading a request body: size-capped before anything is parsed. Validation is admission's
+(`dispatcher.admission.validation.parse`), the same for every entry point."""
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from fastapi import Request
-from pydantic import BaseModel, ValidationError
 
+from dispatcher.admission.validation import parse
 from ingress.errors import APIError
 
-M = TypeVar("M", bound=BaseModel)
+__all__ = ["parse", "read_body"]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -27,20 +26,3 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise APIError(413, f"request body exceeds {limit} bytes", "request_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def parse(model: type[M], body: bytes) -> M:
-    if not body.strip():
-        raise APIError(400, "the request body is empty; send a JSON object", "invalid_json")
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        if error["type"] in ("json_invalid", "json_type"):
-            raise APIError(400, "the request body is not valid JSON", "invalid_json") from None
-        if error["type"] == "model_type":
-            raise APIError(400, "the request body must be a JSON object", "invalid_json") from None
-        param = ".".join(str(part) for part in error["loc"]) or None
-        raise APIError(
-            400, f"{param}: {error['msg']}" if param else error["msg"], "invalid_value", param
-        ) from None

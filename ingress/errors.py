@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,29 +11,22 @@ from nats.errors import Error as NatsError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from dispatcher.client import RequestTooLarge
 from dispatcher.errors import (
     BusUnavailable,
     DeadlineExceeded,
     ModelbusError,
     QueueFull,
+    Refused,
     RemoteError,
+    RequestTooLarge,
     StreamBroken,
+    Unauthenticated,
     WorkerLost,
 )
 from schemas.envelope import ErrorCode
-from schemas.openai import ErrorDetail, ErrorResponse
+from schemas.openai import error_body
 
 log = logging.getLogger(__name__)
-
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
 
 
 class APIError(Exception):
@@ -54,17 +48,16 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-def error_type(status: int) -> str:
-    return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-
-
-def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> ErrorResponse:
-    return ErrorResponse(error=ErrorDetail(message=message, type=error_type(status), param=param, code=code))
-
-
 def from_bus_error(exc: ModelbusError) -> APIError:
     """The one mapping from bus failures to HTTP; retryable ones carry Retry-After."""
     retry = {"Retry-After": "1"}
+    if isinstance(exc, Refused):
+        headers = {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+        if isinstance(exc, Unauthenticated):
+            headers["WWW-Authenticate"] = "Bearer"
+        return APIError(exc.status, exc.message, exc.code, exc.param, headers)
     if isinstance(exc, RemoteError):
         headers = retry if exc.retryable else {}
         return APIError(exc.status, exc.message, exc.code.value, headers=headers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from datetime import UTC, datetime
 
-from dispatcher.api_keys import hash_key
+from dispatcher.api_keys import aware, hash_key
 from schemas.config import ModelbusConfig
 from schemas.keys import ApiKeyRecord
 
@@ -36,7 +36,7 @@ class KeyRing:
         static = self._static.get(digest)
         if static is not None:
             consumer, key_id, expires_at = static
-            if expires_at is not None and _aware(expires_at) <= now:
+            if expires_at is not None and aware(expires_at) <= now:
                 return None
             return consumer, key_id
         issued = self._issued.get(digest)
@@ -44,8 +44,3 @@ class KeyRing:
         if issued is None or not hmac.compare_digest(issued.hash, digest) or issued.status(now) != "active":
             return None
         return issued.consumer, issued.id
-
-
-def _aware(moment: datetime) -> datetime:
-    """Config files may give naive timestamps; they mean UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -16,8 +16,9 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from dispatcher.admission.live_config import LiveConfig
+from dispatcher.kv_watch import watch_bucket
 from dispatcher.subjects import Subjects
-from ingress.live_config import LiveConfig
 from schemas.capacity import WorkerStatus
 from schemas.config import ModelConfig
 from schemas.envelope import Lane
@@ -65,24 +66,18 @@ class ModelHealth:
         return None
 
     async def watch_workers(self) -> None:
-        watcher = await self._registry.watchall()
-        try:
-            while True:
-                try:
-                    entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
-                except TimeoutError:
-                    continue
-                if entry is None:
-                    continue
-                if entry.operation is not None or not entry.value:  # deleted: stopped cleanly
-                    self._workers.pop(entry.key, None)
-                    continue
-                try:
-                    self._workers[entry.key] = WorkerStatus.model_validate_json(entry.value)
-                except ValidationError:
-                    log.warning("unreadable worker status %s ignored", entry.key)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        """Keep `live_workers` current until cancelled or the watch is lost (then, supervised, again)."""
+        bucket = self._subjects.worker_bucket
+        async for entry in watch_bucket(self._js, self._registry, bucket):
+            if entry is None:
+                continue
+            if entry.operation is not None or not entry.value:  # deleted: stopped cleanly
+                self._workers.pop(entry.key, None)
+                continue
+            try:
+                self._workers[entry.key] = WorkerStatus.model_validate_json(entry.value)
+            except ValidationError:
+                log.warning("unreadable worker status %s ignored", entry.key)
 
     async def refresh_queues(self, every_s: float = 1.0) -> None:
         while True:

@@ -12,36 +12,31 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
 from fastapi import Request
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from starlette.responses import Response
 from starlette.types import Receive
 
+from dispatcher.admission.admitted import Admitted, envelope_for
+from dispatcher.admission.identity import Identity
+from dispatcher.admission.pipeline import Admission, Submission
 from dispatcher.client import BusClient, ReplyStream
 from dispatcher.errors import Interrupted, ModelbusError, RemoteError
 from dispatcher.reply_stream import Frame
 from dispatcher.telemetry.tracing import traceparent_of
 from ingress.audit import AuditDraft, draft_of
-from ingress.auth import Identity, authorize
-from ingress.body import parse, read_body
-from ingress.catalog import SCHEMAS
+from ingress.body import read_body
 from ingress.degradation import HEADER as DEGRADED
 from ingress.degradation import Degradation
-from ingress.errors import APIError, error_body, from_bus_error
-from ingress.guarding import Guardrails
-from ingress.live_config import LiveConfig
-from ingress.quota import Held, QuotaGate
-from ingress.rbac import OPERATION_OF
-from ingress.routing import envelope_to
+from ingress.errors import APIError, from_bus_error
 from ingress.settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
 from ingress.tasks import TaskIntake, wants_async
-from schemas.config import ModelConfig
-from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, OutputGuardrails, StartFrame
+from schemas.endpoints import EndpointSpec
+from schemas.envelope import ChunkFrame, FinalFrame, StartFrame
+from schemas.openai import error_body
 
 _TRACER = trace.get_tracer("modelbus.ingress")
 # The openai SDK sends its read timeout; for a non-streaming call that is how long it will wait.
@@ -50,170 +45,124 @@ _SDK_TIMEOUT = "x-stainless-read-timeout"
 
 @dataclass(frozen=True)
 class _Call:
-    """One client request, as the relay sends it (possibly twice, the second time to a fallback)."""
+    """One client request on its way through the relay (possibly sent twice: again to a fallback)."""
 
     request: Request
-    identity: Identity
-    endpoint: Endpoint
-    model_name: str
-    payload: dict[str, Any]
-    body: bytes
-    stream: bool
     draft: AuditDraft
     deadline_ms: int
-    quota: Held
-    output_guard: OutputGuardrails | None
 
 
 class Relay:
     def __init__(
         self,
         bus: BusClient,
-        live: LiveConfig,
         settings: IngressSettings,
+        admission: Admission,
         tasks: TaskIntake,
         degradation: Degradation,
-        quota: QuotaGate,
-        guardrails: Guardrails,
     ) -> None:
-        self._quota = quota
-        self._guardrails = guardrails
         self._bus = bus
-        self._live = live
-        self._degradation = degradation
         self._settings = settings
+        self._admission = admission
         self._tasks = tasks
+        self._degradation = degradation
         # Leave room for the envelope around the body inside one NATS message.
         self.max_body = min(settings.max_body_bytes, bus.max_payload - 16 * 1024)
 
-    async def serve(self, request: Request, identity: Identity, endpoint: Endpoint) -> Response:
-        draft = draft_of(request)
-        if draft is not None:
-            draft.consumer, draft.key_id = identity.consumer, identity.key_id
+    async def serve(self, request: Request, identity: Identity, spec: EndpointSpec) -> Response:
+        """A direct inference call: answered now (JSON or SSE), or accepted as a task (202) when the
+        caller prefers `respond-async`."""
         body = await read_body(request, self.max_body)
-        parsed = parse(SCHEMAS[endpoint], body)
-        model_name: str = parsed.model  # type: ignore[attr-defined]  # every schema here has one
-        if draft is not None:
-            draft.model_requested = model_name
-        authorize(request, identity, model_name, OPERATION_OF[endpoint])
-        payload = orjson.loads(body)
-        live = self._live  # one revision for the whole request
-        routed_name, rule = live.router.route(model_name, payload, identity.consumer)
-        target = live.catalog.resolve(model_name, endpoint)
-        if rule is not None:
-            target = live.catalog.resolve(routed_name, endpoint)
-            if draft is not None:
-                draft.policy_actions.append(f"route:{rule}")
-        stream = bool(getattr(parsed, "stream", False))
+        return await self.admit_and_run(request, identity, spec, body, wants_async(request), None)
+
+    async def admit_and_run(
+        self,
+        request: Request,
+        identity: Identity,
+        spec: EndpointSpec,
+        body: bytes,
+        is_async: bool,
+        webhook_url: str | None,
+    ) -> Response:
+        """Admission, then either queue a task or relay the answer; what no worker took is given back."""
+        draft = draft_of(request) or AuditDraft(uuid.uuid4().hex, spec.audit_name, int(time.time() * 1000))
         created_ms = int(time.time() * 1000)
-        deadline_ms = created_ms + int(self._timeout_s(request, stream) * 1000)
-        is_async = wants_async(request)
+        # A consumer whose over-limit policy is `queue` may wait for room while its caller waits.
+        wait_until = None if is_async else created_ms + int(self._timeout_s(request, False) * 1000)
         with _TRACER.start_as_current_span("policy"):
-            input_policy, output_guard = self._guardrails.policies(target, identity)
-            if input_policy.active or input_policy.max_input_tokens is not None:
-                rewritten = await self._guardrails.check_input(input_policy, endpoint, payload, draft)
-                if rewritten is not None:
-                    payload, body = rewritten, orjson.dumps(rewritten)
-            wait_until = None if is_async else deadline_ms
-            held = Held(await self._quota.admit(identity, model_name, endpoint, payload, wait_until))
-        request_id = draft.request_id if draft is not None else uuid.uuid4().hex
-        draft = draft or AuditDraft(request_id, endpoint.value, created_ms)  # unaudited caller
-        call = _Call(
-            request,
-            identity,
-            endpoint,
-            model_name,
-            payload,
-            body,
-            stream,
-            draft,
-            deadline_ms,
-            held,
-            output_guard,
-        )
+            admitted = await self._admission.admit(
+                Submission(identity, spec, body, wait_until_ms=wait_until), draft
+            )
         try:
             if is_async:
-                return await self._tasks.accept(
-                    request, identity, endpoint, target, payload, quota=held, output_guard=output_guard
-                )
-            return await self._dispatch(call, target, rule)
+                return await self._tasks.accept(request, admitted.as_task(), webhook_url)
+            deadline_ms = created_ms + int(self._timeout_s(request, admitted.stream) * 1000)
+            return await self._dispatch(_Call(request, draft, deadline_ms), admitted)
         finally:
-            self._quota.release(held)
+            self._admission.release(admitted)
 
-    async def _dispatch(self, call: _Call, target: ModelConfig, rule: str | None) -> Response:
+    async def _dispatch(self, call: _Call, admitted: Admitted) -> Response:
         """Degrade if the model is in trouble, run the request, fall back if the model fails it."""
-        identity, endpoint, draft, payload = call.identity, call.endpoint, call.draft, call.payload
+        draft = call.draft
         request_id = draft.request_id
-        route = await self._degradation.route(call.request, identity, endpoint, target, payload, call.quota)
+        route = await self._degradation.route(call.request, admitted, draft)
         if isinstance(route, Response):
             return route  # queued as an async task, or answered from the cache
-        target = route.target
-        if route.degraded:
-            draft.policy_actions.append(f"degraded:{route.degraded}")
-        degraded = route.degraded
+        admitted, degraded = route.admitted, route.degraded
+        if degraded:
+            draft.policy_actions.append(f"degraded:{degraded}")
         try:
-            response = await self._run(call, target, request_id)
+            response = await self._run(call, admitted, request_id)
         except RemoteError as exc:
             # The model failed (not the request): the consumer's fallback chain may still answer.
-            fallback = self._degradation.after_failure(identity, endpoint, target, exc.status)
+            fallback = await self._degradation.after_failure(admitted, exc.status, draft)
             if fallback is None:
                 raise
-            degraded = f"fallback:{fallback.name}"
+            degraded = f"fallback:{fallback.target.name}"
             draft.policy_actions.append(f"degraded:{degraded}:after:{exc.code.value}")
-            target = fallback
+            admitted = fallback
             response = await self._run(call, fallback, f"{request_id}-fallback")
         if draft.body is not None and response.status_code == 200:
-            self._degradation.remember(target, payload, draft.body)
+            self._degradation.remember(admitted, draft.body)
         if degraded:
             response.headers[DEGRADED] = degraded
-        if rule is not None:
-            response.headers["x-modelbus-route"] = rule
+        if admitted.rule is not None:
+            response.headers["x-modelbus-route"] = admitted.rule
         return response
 
-    async def _run(self, call: _Call, target: ModelConfig, request_id: str) -> Response:
-        """Queue the request for `target` and relay its answer."""
+    async def _run(self, call: _Call, admitted: Admitted, request_id: str) -> Response:
+        """Queue the request for its target and relay the answer."""
+        target = admitted.target.name
         with _TRACER.start_as_current_span(
             "enqueue",
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "nats",
                 "messaging.operation.type": "send",
-                "messaging.destination.name": target.name,
-                "gen_ai.request.model": target.name,
+                "messaging.destination.name": target,
+                "gen_ai.request.model": target,
             },
         ) as span:
-            reply = await self._enqueue(call, target, request_id, traceparent_of(span))
+            envelope = envelope_for(
+                admitted,
+                request_id,
+                reply_to=self._bus.reply_subject(request_id),
+                created_ms=int(time.time() * 1000),
+                deadline_ms=call.deadline_ms,
+                traceparent=traceparent_of(span),
+            )
+            call.draft.enqueued_ms = int(
+                time.time() * 1000
+            )  # handed to JetStream (a worker may beat the ack)
+            reply = await self._bus.submit(envelope, admitted.body)
+            call.draft.envelope = envelope
         try:
-            return await (self._stream if call.stream else self._complete)(call.request, reply, call.draft)
+            return await (self._stream if admitted.stream else self._complete)(
+                call.request, reply, call.draft
+            )
         except BaseException:
             await reply.close()
             raise
-
-    async def _enqueue(
-        self, call: _Call, target: ModelConfig, request_id: str, traceparent: str | None
-    ) -> ReplyStream:
-        envelope = envelope_to(
-            target,
-            call.identity.consumer,
-            request_id,
-            endpoint=call.endpoint,
-            model=call.model_name,
-            lane=call.identity.lane,
-            key_id=call.identity.key_id,
-            stream=call.stream,
-            created_ms=int(time.time() * 1000),
-            deadline_ms=call.deadline_ms,
-            reply_to=self._bus.reply_subject(request_id),
-            traceparent=traceparent,
-            quota=call.quota.take(),
-            output_guard=call.output_guard,
-            # The body as the client sent it (validated above): unknown fields pass through.
-            payload=call.payload,
-        )
-        call.draft.enqueued_ms = int(time.time() * 1000)  # handed to JetStream (a worker may beat the ack)
-        reply = await self._bus.submit(envelope, call.body)
-        call.draft.envelope = envelope
-        return reply
 
     def _timeout_s(self, request: Request, stream: bool) -> float:
         """The client's own timeout bounds the deadline: a queued request never outlives its caller.
@@ -310,7 +259,7 @@ class Relay:
             await reply.cancel()
             error = from_bus_error(exc)
             draft.error_code, draft.error_message = error.code, error.message
-            yield error_event(error_body(error.status, error.message, error.code))
+            yield error_event(error_body(error.status, error.message, error.code, error.param))
         finally:
             await reply.close()
 

@@ -7,32 +7,26 @@ process. `Idempotency-Key` makes a retried submission return the task it already
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from typing import Any
 
 import orjson
 from fastapi import Request
 from starlette.responses import Response
 
+from dispatcher.admission.admitted import Admitted, envelope_for
+from dispatcher.admission.identity import Identity
 from dispatcher.client import BusClient
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.store import TaskStore
 from ingress.audit import draft_of
-from ingress.auth import Identity
 from ingress.errors import APIError
-from ingress.quota import Held
-from ingress.routing import envelope_to
-from schemas.config import ModelConfig
-from schemas.envelope import Endpoint, OutputGuardrails
 from schemas.tasks import Task, TaskStatus
 
-_ENDPOINT_NAMES = {
-    Endpoint.CHAT: "chat.completions",
-    Endpoint.COMPLETIONS: "completions",
-    Endpoint.EMBEDDINGS: "embeddings",
-}
 _MAX_IDEMPOTENCY_KEY = 255
+# Task ids the gateway hands out: `task_<32 hex>`, or `task_<32 hex>_<line>` for a batch line.
+_TASK_ID = re.compile(r"^task_[0-9a-f]{32}(?:_[0-9]{1,6})?$")
 
 
 def wants_async(request: Request) -> bool:
@@ -56,17 +50,9 @@ class TaskIntake:
         # A replayed submission may publish again only while the stream still dedupes it.
         self._republish_s = duplicate_window_s / 2
 
-    async def accept(
-        self,
-        request: Request,
-        identity: Identity,
-        endpoint: Endpoint,
-        target: ModelConfig,
-        payload: dict[str, Any],
-        webhook_url: str | None = None,
-        quota: Held | None = None,
-        output_guard: OutputGuardrails | None = None,
-    ) -> Response:
+    async def accept(self, request: Request, admitted: Admitted, webhook_url: str | None = None) -> Response:
+        """Record an admitted request as a task and queue it; 202 with the task."""
+        identity = admitted.identity
         task_id = "task_" + uuid.uuid4().hex
         existing: Task | None = None
         key = request.headers.get("idempotency-key")
@@ -85,51 +71,43 @@ class TaskIntake:
                 # fail-over answered 503): finish it under the same id. Should its publish have
                 # landed after all, the stream drops this one as a duplicate (same Nats-Msg-Id).
                 task_id = claimed
-        payload = {**payload, "stream": False} if endpoint is not Endpoint.EMBEDDINGS else payload
-        payload.pop("stream_options", None)
         now_ms = int(time.time() * 1000)
+        draft = draft_of(request)
         task = Task(
             id=task_id,
             status=TaskStatus.QUEUED,
-            endpoint=_ENDPOINT_NAMES[endpoint],
-            model=target.name,
+            endpoint=admitted.spec.task_name,
+            model=admitted.target.name,
             consumer=identity.consumer,
             key_id=identity.key_id,
             created_at=now_ms // 1000,
             webhook_url=webhook_url,
             request_id=task_id,
             deadline_ms=now_ms + int(self._timeout_s * 1000),
-            request=payload,
+            request=admitted.payload,
+            policy_actions=list(draft.policy_actions) if draft is not None else [],
         )
         if existing is None:
             await self._store.create_once(task)
         else:
             task = existing
-        envelope = envelope_to(
-            target,
-            identity.consumer,
+        envelope = envelope_for(
+            admitted,
             task_id,
-            endpoint=endpoint,
-            model=str(payload.get("model")),
-            key_id=identity.key_id,
+            reply_to=self._subjects.task_reply(task_id),
             created_ms=now_ms,
             deadline_ms=task.deadline_ms,
-            reply_to=self._subjects.task_reply(task_id),
             traceparent=request.headers.get("traceparent"),
-            quota=quota.take() if quota is not None else None,
-            output_guard=output_guard,
-            payload=payload,
         )
-        await self._bus.enqueue(envelope, orjson.dumps(payload))
-        draft = draft_of(request)
+        await self._bus.enqueue(envelope, admitted.body)
         if draft is not None:
             draft.deferred = True  # the collector writes this task's audit row when it finishes
         return _accepted(task, request, replayed=existing is not None)
 
     async def status(self, task_id: str, identity: Identity) -> Task:
-        task = await self._store.get(task_id) if task_id.startswith("task_") else None
+        task = await self._store.get(task_id) if _TASK_ID.match(task_id) else None
         if task is None or task.consumer != identity.consumer:
-            # Someone else's task is indistinguishable from none at all.
+            # Someone else's task, or an id we never issue, is indistinguishable from none at all.
             raise APIError(404, f"no task {task_id!r}", "task_not_found", "task_id")
         if task.status in (TaskStatus.QUEUED, TaskStatus.RUNNING) and time.time() * 1000 > task.deadline_ms:
             task.status = TaskStatus.FAILED

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 
+from dispatcher.api_keys import KeyRegistry, config_key_ids
 from dispatcher.config_file import ConfigError, parse_config
 from dispatcher.config_store import ConfigStore
 from dispatcher.connection import connect
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
+from modelbus.cli_audit import audit_action
 
 config_app = typer.Typer(help="Validate, apply and inspect the configuration.", no_args_is_help=True)
 T = TypeVar("T")
@@ -31,6 +34,28 @@ def _with_store(work: Callable[[ConfigStore], Awaitable[T]]) -> T:
             await nc.close()
 
     return asyncio.run(main())
+
+
+async def _apply(text: str, source: str) -> int:
+    """Store a revision, unless it gives a key an id an issued key has; audited."""
+    settings = BusSettings()
+    subjects = Subjects(settings.namespace)
+    nc = await connect(settings, name="modelbus-config")
+    try:
+        js = nc.jetstream()
+        store = await ConfigStore.open(js, subjects, settings)
+        issued = {record.id for record in await (await KeyRegistry.open(js, subjects, settings)).list()}
+        clash = sorted(config_key_ids(parse_config(text, source)) & issued)
+        if clash:
+            raise ConfigError(
+                f"{source}: key ids {clash} belong to issued keys (`modelbus keys list`); choose other ids"
+            )
+        revision = await store.apply(text, source)
+        target = {"revision": revision, "source": source, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        await audit_action(js, subjects, "config.apply", target)
+        return revision
+    finally:
+        await nc.close()
 
 
 def _read(path: Path) -> str:
@@ -62,7 +87,11 @@ def validate(file: Path) -> None:
 def apply(file: Path) -> None:
     """Validate and store a new revision; every running process switches to it."""
     text = _validated(file)
-    revision = _with_store(lambda store: store.apply(text, str(file)))
+    try:
+        revision = asyncio.run(_apply(text, str(file)))
+    except ConfigError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"applied {file} as revision {revision}")
 
 

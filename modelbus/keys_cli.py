@@ -6,23 +6,25 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from dispatcher.api_keys import KeyExists, KeyNotFound, KeyRegistry, hash_key, new_key
+from dispatcher.api_keys import KeyExists, KeyNotFound, KeyRegistry, config_key_ids, hash_key, new_key
 from dispatcher.config_file import load_config, parse_config
 from dispatcher.config_store import ConfigStore
 from dispatcher.connection import connect
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
+from modelbus.cli_audit import audit_action
 from schemas.config import ModelbusConfig
 from schemas.keys import ApiKeyView
 
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 T = TypeVar("T")
+Audit = Callable[[str, dict[str, Any]], Awaitable[None]]
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -34,7 +36,7 @@ def _duration(text: str) -> timedelta:
     return timedelta(seconds=int(found.group(1)) * _UNITS[found.group(2)])
 
 
-def _with_registry(work: Callable[[KeyRegistry, ConfigStore], Awaitable[T]]) -> T:
+def _with_registry(work: Callable[[KeyRegistry, ConfigStore, Audit], Awaitable[T]]) -> T:
     async def main() -> T:
         settings = BusSettings()
         subjects = Subjects(settings.namespace)
@@ -42,7 +44,11 @@ def _with_registry(work: Callable[[KeyRegistry, ConfigStore], Awaitable[T]]) -> 
         try:
             js = nc.jetstream()
             registry = await KeyRegistry.open(js, subjects, settings)
-            return await work(registry, await ConfigStore.open(js, subjects, settings))
+
+            async def audit(action: str, target: dict[str, Any]) -> None:
+                await audit_action(js, subjects, action, target)
+
+            return await work(registry, await ConfigStore.open(js, subjects, settings), audit)
         finally:
             await nc.close()
 
@@ -72,13 +78,15 @@ def create(
     """Issue a key now; every ingress accepts it within moments. The key is printed once."""
     expiry = _duration(expires_in) if expires_in else None
 
-    async def work(registry: KeyRegistry, store: ConfigStore) -> None:
-        if (await _config(store)).consumer(consumer) is None:
+    async def work(registry: KeyRegistry, store: ConfigStore, audit: Audit) -> None:
+        config = await _config(store)
+        if config.consumer(consumer) is None:
             raise _fail(f"no consumer {consumer!r} in the configuration")
         try:
-            record, key = await registry.create(consumer, key_id, expiry, description)
+            record, key = await registry.create(consumer, key_id, expiry, description, config=config)
         except KeyExists:
             raise _fail(f"a key with id {key_id!r} exists (ids are never reused)") from None
+        await audit("keys.create", {"key_id": record.id, "consumer": consumer})
         typer.echo(f"key (shown once, store it now): {key}")
         typer.echo(f"id: {record.id}  consumer: {record.consumer}  expires: {record.expires_at or 'never'}")
 
@@ -89,7 +97,7 @@ def create(
 def list_keys(consumer: Annotated[str | None, typer.Option("--consumer", "-c")] = None) -> None:
     """Issued keys and their status (never the keys or their hashes)."""
 
-    async def work(registry: KeyRegistry, _: ConfigStore) -> None:
+    async def work(registry: KeyRegistry, _: ConfigStore, __: Audit) -> None:
         table = Table("id", "consumer", "status", "created", "expires", "description")
         for record in await registry.list():
             if consumer in (None, record.consumer):
@@ -111,11 +119,14 @@ def list_keys(consumer: Annotated[str | None, typer.Option("--consumer", "-c")] 
 def revoke(key_id: Annotated[str, typer.Argument(help="the key's id")]) -> None:
     """Revoke a key: every ingress refuses it within moments (watched, not polled)."""
 
-    async def work(registry: KeyRegistry, _: ConfigStore) -> None:
+    async def work(registry: KeyRegistry, store: ConfigStore, audit: Audit) -> None:
+        if key_id in config_key_ids(await _config(store)):
+            raise _fail(f"the key {key_id!r} is defined in the configuration: remove it there and apply it")
         try:
             record = await registry.revoke(key_id)
         except KeyNotFound:
             raise _fail(f"no key with id {key_id!r}") from None
+        await audit("keys.revoke", {"key_id": record.id, "consumer": record.consumer})
         typer.echo(f"revoked {record.id} (consumer {record.consumer}) at {record.revoked_at}")
 
     _with_registry(work)

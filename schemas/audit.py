@@ -22,8 +22,8 @@ class AuditEvent(BaseModel):
 
     event_id: str = Field(min_length=1, max_length=128, description="one row per event id")
     request_id: str
-    kind: Literal["sync", "async", "batch"] = "sync"
-    endpoint: str
+    kind: Literal["sync", "async", "batch", "admin"] = "sync"
+    endpoint: str  # an inference endpoint, or for `admin` the action (`keys.revoke`, `config.apply`)
     status: AuditStatus
     http_status: int
     error_code: str | None = None
@@ -35,7 +35,8 @@ class AuditEvent(BaseModel):
     version: str | None = None
     worker: str | None = None
     backend: str | None = None
-    input: dict[str, Any] | None = None  # the payload as sent to the model (after masking)
+    input: dict[str, Any] | None = None  # the payload as sent to the model (after masking); for
+    # an admin action, what it acted on
     output: Any = None  # the answer as delivered: response body, or the streamed text
     prompt_hash: str | None = None  # sha256 of the canonical prompt, to compare versions
     finish_reason: str | None = None

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.endpoints import BY_PATH
+
+# How long a batch may take (OpenAI's only completion window); lines not run by then fail.
+COMPLETION_WINDOW_S = 24 * 3600
+
+
+def _known_path(value: str) -> str:
+    if value not in BY_PATH:
+        raise ValueError(f"must be one of {', '.join(BY_PATH)}")
+    return value
 
 
 class FileObject(BaseModel):
@@ -24,17 +35,47 @@ class BatchLine(BaseModel):
 
     custom_id: str = Field(min_length=1, max_length=512)
     method: Literal["POST"]
-    url: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    url: str
     body: dict[str, Any]
+
+    _url = field_validator("url")(_known_path)
 
 
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input_file_id: str
-    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    endpoint: str
     completion_window: Literal["24h"] = "24h"
     metadata: dict[str, str] | None = None
+
+    _endpoint = field_validator("endpoint")(_known_path)
+
+
+class IdentitySnapshot(BaseModel):
+    """The identity a batch was created under; its lines run as it (re-derived when they run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    consumer: str
+    key_id: str
+    credential_roles: list[str] = Field(default_factory=list)  # roles from a JWT's claims
+    settings_consumer: str | None = None  # the consumer entry whose limits and guardrails apply
+
+
+class QueuedLine(BaseModel):
+    """One batch line on its way to admission (the batch-line stream's message)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str
+    index: int
+    custom_id: str
+    url: str
+    body: dict[str, Any]
+    identity: IdentitySnapshot
+    traceparent: str | None = None
+    deadline_ms: int
 
 
 class RequestCounts(BaseModel):

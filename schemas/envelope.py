@@ -65,8 +65,9 @@ class RequestEnvelope(BaseModel):
     deadline_ms: int  # epoch milliseconds after which nobody waits for the answer
     reply_to: str  # subject that only the waiting ingress reads
     traceparent: str | None = None
-    quota: QuotaReservation | None = None
-    output_guard: OutputGuardrails | None = None
+    # No defaults: whoever builds an envelope must say what admission decided, even if it is None.
+    quota: QuotaReservation | None
+    output_guard: OutputGuardrails | None
     payload: dict[str, Any]
 
 

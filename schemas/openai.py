@@ -118,6 +118,8 @@ class ChatCompletionChunk(_PassThrough):
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = Field(default=None, ge=1, le=20)  # sequences generated, of which n return
+    suffix: str | None = None
 
 
 class CompletionChoice(_PassThrough):
@@ -190,6 +192,26 @@ class ErrorDetail(_Strict):
 
 class ErrorResponse(_Strict):
     error: ErrorDetail
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status."""
+    return _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> ErrorResponse:
+    """The body OpenAI answers with for an error: what every refusal looks like, sync or batch."""
+    return ErrorResponse(error=ErrorDetail(message=message, type=error_type(status), param=param, code=code))
 
 
 InferenceRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest

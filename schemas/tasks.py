@@ -5,9 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
-from schemas.envelope import Endpoint
+from schemas.endpoints import BY_TASK_NAME, EndpointSpec
 
 
 class TaskStatus(StrEnum):
@@ -28,22 +28,29 @@ class TaskCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: Literal["chat.completions", "completions", "embeddings"]
+    endpoint: str
     body: dict[str, Any]
     webhook: Webhook | None = None
 
-    def bus_endpoint(self) -> Endpoint:
-        return {
-            "chat.completions": Endpoint.CHAT,
-            "completions": Endpoint.COMPLETIONS,
-            "embeddings": Endpoint.EMBEDDINGS,
-        }[self.endpoint]
+    @field_validator("endpoint")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in BY_TASK_NAME:
+            raise ValueError(f"must be one of {', '.join(BY_TASK_NAME)}")
+        return value
+
+    @property
+    def spec(self) -> EndpointSpec:
+        return BY_TASK_NAME[self.endpoint]
 
 
 class TaskError(BaseModel):
+    """Why a task failed, as the error body a synchronous call would have answered."""
+
     code: str
     message: str
     status: int
+    param: str | None = None
 
 
 class Task(BaseModel):
@@ -53,7 +60,8 @@ class Task(BaseModel):
     object: Literal["task"] = "task"
     status: TaskStatus
     endpoint: str
-    model: str
+    model: str  # the model that serves it
+    model_requested: str | None = None  # the name the caller used, when routing chose another
     consumer: str  # the owner; only the owner may read the task
     key_id: str | None = None
     created_at: int  # epoch seconds, as OpenAI objects do
@@ -65,11 +73,15 @@ class Task(BaseModel):
     webhook_url: str | None = None
     request_id: str
     deadline_ms: int
-    request: dict[str, Any] | None = None  # the body as sent, for the audit record
+    request: dict[str, Any] | None = None  # the body as the model received it, for the audit record
+    policy_actions: list[str] = Field(default_factory=list)  # what admission did, for the audit record
     batch_id: str | None = None  # set when the task is one line of a batch
     line: int | None = None
     custom_id: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The API view: internal fields stay inside."""
-        return self.model_dump(mode="json", exclude={"consumer", "key_id", "request", "deadline_ms"})
+        return self.model_dump(
+            mode="json",
+            exclude={"consumer", "key_id", "request", "deadline_ms", "policy_actions", "model_requested"},
+        )

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from dispatcher.connection import jetstream
+from dispatcher.guardrails.response import ResponseGuard
 from dispatcher.quotas import QuotaLedger
 from dispatcher.reply_stream import ReplyWriter
 from dispatcher.subjects import Subjects
@@ -33,7 +34,6 @@ from workers.backends.base import Backend, BackendError, Json
 from workers.cancellations import Cancellations
 from workers.coalescer import EmbeddingCoalescer
 from workers.normalize import normalize
-from workers.response_guard import ResponseGuard
 from workers.settings import WorkerSettings
 from workers.telemetry import post_processing, processing, record_inference, record_post_processing
 

@@ -9,16 +9,16 @@ import time
 
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
-from prometheus_client import start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from dispatcher.capacity import open_registry
 from dispatcher.config_store import ConfigStore, load_initial
-from dispatcher.connection import api_prefix, connect, jetstream, supports_msg_ttl
+from dispatcher.connection import api_prefix, jetstream, supports_msg_ttl
 from dispatcher.quotas import QuotaLedger
+from dispatcher.runtime import process_runtime
 from dispatcher.subjects import Subjects
-from dispatcher.telemetry.metrics import watch, watch_config, watch_nats
-from dispatcher.telemetry.tracing import setup_tracing, shutdown_tracing
+from dispatcher.supervisor import Supervisor
+from dispatcher.telemetry.metrics import watch, watch_config
 from dispatcher.topology import ensure_consumer, ensure_streams
 from schemas.capacity import WorkerStatus
 from schemas.config import ModelbusConfig
@@ -43,13 +43,10 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop`; raises LookupError if the model is in no configuration."""
         settings = self.settings
-        setup_tracing("modelbus-worker", settings.otlp_endpoint, settings.trace_file)
-        if settings.metrics_port is not None:
-            start_http_server(settings.metrics_port, addr=settings.metrics_host)
-        nc = await connect(settings, name=f"modelbus-worker {settings.worker_id}")
-        watch_nats(nc, "worker")
-        try:
-            config_store = await ConfigStore.open(jetstream(nc, settings), self.subjects, settings)
+        name = f"modelbus-worker {settings.worker_id}"
+        async with process_runtime(settings, "worker", name) as runtime:
+            nc, supervisor = runtime.nc, runtime.supervisor
+            config_store = await ConfigStore.open(runtime.js, self.subjects, settings)
             config, _ = await load_initial(config_store, self.bootstrap)
             found = config.model(self.model_name)
             if found is None:
@@ -60,10 +57,7 @@ class Worker:
             self.model = found
             self.backend_config, max_concurrency = deployment
             self.capacity = settings.max_concurrency or max_concurrency
-            await self._serve(nc, config_store, stop)
-        finally:
-            await nc.drain()
-            shutdown_tracing()
+            await self._serve(nc, config_store, supervisor, stop)
 
     @property
     def _registry_key(self) -> str:
@@ -106,7 +100,9 @@ class Worker:
         )
         return [in_flight, connections]
 
-    async def _serve(self, nc: NATS, config_store: ConfigStore, stop: asyncio.Event) -> None:
+    async def _serve(
+        self, nc: NATS, config_store: ConfigStore, supervisor: Supervisor, stop: asyncio.Event
+    ) -> None:
         settings = self.settings
         backend = build_backend(self.backend_config, self.model.name, self.capacity)
         runner: RequestRunner | None = None
@@ -173,9 +169,9 @@ class Worker:
             gc.collect()
             gc.freeze()  # start-up objects live on; full collections need not walk them (bench/gc_trace.py)
             pulling = asyncio.create_task(self.puller.run())
-            keeping_alive = asyncio.create_task(runner.keep_alive())
-            following = asyncio.create_task(config_store.follow(on_change))
-            heartbeating = asyncio.create_task(self._heartbeat(registry, runner, backend.description))
+            supervisor.supervise("keep-alive", runner.keep_alive)
+            supervisor.supervise("config-watch", lambda: config_store.follow(on_change))
+            supervisor.supervise("heartbeat", lambda: self._heartbeat(registry, runner, backend.description))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({pulling, stopped}, return_when=asyncio.FIRST_COMPLETED)
             self.puller.stop()
@@ -186,9 +182,8 @@ class Worker:
             except TimeoutError:
                 pulling.cancel()
                 await asyncio.gather(pulling, return_exceptions=True)
-            for task in (stopped, keeping_alive, following, heartbeating):
-                task.cancel()
-            await asyncio.gather(stopped, keeping_alive, following, heartbeating, return_exceptions=True)
+            stopped.cancel()
+            await supervisor.aclose()  # no more heartbeats: the registry entry goes for good
             await registry.delete(self._registry_key)  # gone at once, not after the TTL
             for old in retired:
                 await old.aclose()  # nothing runs on them any more: the puller has drained

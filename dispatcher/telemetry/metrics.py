@@ -55,6 +55,14 @@ GUARDRAIL_ACTIONS = Counter(
     "modelbus_guardrail_actions", "Guardrail findings acted on", ["detector", "action", "direction"]
 )
 DEGRADATIONS = Counter("modelbus_degradations", "Requests served in a degraded way", ["model", "how"])
+BACKGROUND_UP = Gauge(
+    "modelbus_background_task_up",
+    "1 while a supervised background task (watcher, consumer loop) runs, 0 while it is down",
+    ["component", "task"],
+)
+BACKGROUND_RESTARTS = Counter(
+    "modelbus_background_task_restarts", "Restarts of a supervised background task", ["component", "task"]
+)
 
 QUEUE_PENDING = Gauge("modelbus_queue_pending", "Requests waiting in JetStream", ["model", "version", "lane"])
 QUEUE_ACK_PENDING = Gauge(

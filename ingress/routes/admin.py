@@ -5,21 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 
 import orjson
-from fastapi import APIRouter, Query, Request
-from sqlalchemy.ext.asyncio import AsyncEngine
+from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from dispatcher.audit.store import AuditFilter, AuditStore
 from dispatcher.capacity import capacity_view
 from ingress.auth import Admin
+from ingress.deps import Services, ServicesDep
 from ingress.errors import APIError
-from ingress.live_config import live_config
 
 router = APIRouter(prefix="/admin")
 
 
-def _store(request: Request) -> AuditStore:
-    engine: AsyncEngine | None = request.app.state.engine
+def _store(services: Services) -> AuditStore:
+    engine = services.engine
     if engine is None:
         raise APIError(503, "the audit API needs a database: set MODELBUS_DATABASE_URL", "no_database")
     return AuditStore(engine)
@@ -31,8 +30,8 @@ def _json(body: object) -> Response:
 
 @router.get("/audit")
 async def audit_query(
-    request: Request,
     _: Admin,
+    services: ServicesDep,
     model: str | None = None,
     version: str | None = None,
     consumer: str | None = None,
@@ -43,27 +42,31 @@ async def audit_query(
     limit: int = Query(default=100, ge=1, le=10_000),
 ) -> Response:
     where = AuditFilter(model, version, consumer, status, since, until, text, limit)
-    return _json({"object": "list", "data": await _store(request).query(where)})
+    return _json({"object": "list", "data": await _store(services).query(where)})
 
 
 @router.get("/audit/compare")
 async def audit_compare(
-    request: Request, _: Admin, model: str, old: str, new: str, limit: int = Query(default=50, ge=1, le=1000)
+    _: Admin,
+    services: ServicesDep,
+    model: str,
+    old: str,
+    new: str,
+    limit: int = Query(default=50, ge=1, le=1000),
 ) -> Response:
-    return _json(await _store(request).compare_versions(model, old, new, limit))
+    return _json(await _store(services).compare_versions(model, old, new, limit))
 
 
 @router.get("/audit/verify")
-async def audit_verify(request: Request, _: Admin) -> Response:
-    checked, problems = await _store(request).verify()
+async def audit_verify(_: Admin, services: ServicesDep) -> Response:
+    checked, problems = await _store(services).verify()
     return _json({"rows": checked, "ok": not problems, "problems": [str(p) for p in problems]})
 
 
 @router.get("/capacity")
-async def capacity(request: Request, _: Admin) -> Response:
+async def capacity(_: Admin, services: ServicesDep) -> Response:
     """Per model and version: live workers, free slots, queue depth and the estimated wait."""
-    state = request.app.state
     view = await capacity_view(
-        state.nc.jetstream(), state.subjects, state.registry, live_config(request).config
+        services.nc.jetstream(), services.subjects, services.workers, services.live.config
     )
     return _json({"object": "list", "data": [entry.model_dump() for entry in view]})

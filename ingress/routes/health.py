@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
-from nats.aio.client import Client as NATS
+from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
+
+from ingress.deps import ServicesDep
 
 router = APIRouter()
 
@@ -19,9 +20,13 @@ async def healthz() -> JSONResponse:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    """Ready when JetStream answers: otherwise requests could not be queued."""
-    nc: NATS = request.app.state.nc
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Ready when JetStream answers (otherwise requests could not be queued) and every background
+    watcher runs (a dead key watcher would keep accepting revoked keys)."""
+    down = services.supervisor.down
+    if down:
+        return JSONResponse({"status": "unavailable", "down": down}, status_code=503)
+    nc = services.nc
     if not nc.is_connected:
         return JSONResponse({"status": "unavailable", "nats": "disconnected"}, status_code=503)
     try:

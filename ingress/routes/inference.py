@@ -1,32 +1,26 @@
-"""POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
+"""The inference endpoints, one route per row of the endpoint table (schemas/endpoints.py)."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ingress.auth import Caller
-from ingress.relay import Relay
-from schemas.envelope import Endpoint
+from ingress.deps import ServicesDep
+from schemas.endpoints import ENDPOINTS, EndpointSpec
 
-router = APIRouter(prefix="/v1")
-
-
-def _relay(request: Request) -> Relay:
-    relay: Relay = request.app.state.relay
-    return relay
+router = APIRouter()
 
 
-@router.post("/chat/completions")
-async def chat_completions(request: Request, identity: Caller) -> Response:
-    return await _relay(request).serve(request, identity, Endpoint.CHAT)
+def _route(spec: EndpointSpec) -> Callable[[Request, Caller, ServicesDep], Awaitable[Response]]:
+    async def serve(request: Request, identity: Caller, services: ServicesDep) -> Response:
+        return await services.relay.serve(request, identity, spec)
+
+    serve.__name__ = spec.task_name.replace(".", "_")
+    return serve
 
 
-@router.post("/completions")
-async def completions(request: Request, identity: Caller) -> Response:
-    return await _relay(request).serve(request, identity, Endpoint.COMPLETIONS)
-
-
-@router.post("/embeddings")
-async def embeddings(request: Request, identity: Caller) -> Response:
-    return await _relay(request).serve(request, identity, Endpoint.EMBEDDINGS)
+for _spec in ENDPOINTS.values():
+    router.add_api_route(_spec.path, _route(_spec), methods=["POST"], name=_spec.task_name)

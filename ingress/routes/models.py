@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
 from ingress.auth import Caller
+from ingress.deps import ServicesDep
 from ingress.errors import APIError
-from ingress.live_config import live_config
 from schemas.openai import Model, ModelList
 
 router = APIRouter(prefix="/v1")
 
 
 @router.get("/models")
-async def list_models(request: Request, identity: Caller) -> Response:
+async def list_models(identity: Caller, services: ServicesDep) -> Response:
     """Only the models the caller's roles let it use."""
-    live = live_config(request)
+    live = services.live.current
     visible = set(live.authorizer.visible(identity.roles, (m.name for m in live.catalog.models)))
     listing = ModelList(
         data=[Model(id=m.name, owned_by=m.owned_by) for m in live.catalog.models if m.name in visible]
@@ -25,8 +25,8 @@ async def list_models(request: Request, identity: Caller) -> Response:
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(model_id: str, request: Request, identity: Caller) -> Response:
-    live = live_config(request)
+async def get_model(model_id: str, identity: Caller, services: ServicesDep) -> Response:
+    live = services.live.current
     for model in live.catalog.models:
         if model.name == model_id and live.authorizer.visible(identity.roles, [model_id]):
             return Response(

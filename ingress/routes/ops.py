@@ -11,13 +11,12 @@ from __future__ import annotations
 from importlib.resources import files
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import HTMLResponse, Response
 
 from dispatcher.capacity import capacity_view
-from dispatcher.telemetry.traffic import TrafficWatch
 from ingress.auth import Admin
-from ingress.live_config import live_config
+from ingress.deps import ServicesDep
 
 router = APIRouter()
 _CSP = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:"
@@ -30,12 +29,11 @@ async def ops_page() -> HTMLResponse:
 
 
 @router.get("/admin/ops/data")
-async def ops_data(request: Request, _: Admin) -> Response:
-    state = request.app.state
+async def ops_data(_: Admin, services: ServicesDep) -> Response:
     view = await capacity_view(
-        state.nc.jetstream(), state.subjects, state.registry, live_config(request).config
+        services.nc.jetstream(), services.subjects, services.workers, services.live.config
     )
-    traffic: TrafficWatch = state.traffic
+    traffic = services.traffic
     rows = []
     for row in view:
         figures = traffic.figures(row.model)

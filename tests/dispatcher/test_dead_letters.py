@@ -51,6 +51,8 @@ async def test_request_that_exhausts_its_deliveries_is_dead_lettered(nats_server
         created_ms=now,
         deadline_ms=now + 60_000,
         reply_to=reply_to,
+        quota=None,
+        output_guard=None,
         payload={"model": "poison"},
     )
     await js.publish(subjects.request("poison"), envelope.model_dump_json().encode())

@@ -203,6 +203,8 @@ async def test_dispatcher_user_dead_letters_and_tells_the_ingress(secure: Secure
         created_ms=now,
         deadline_ms=now + 60_000,
         reply_to=subjects.reply("i1", "req-1"),
+        quota=None,
+        output_guard=None,
         payload={"model": "model-a"},
     )
     await front.nc.jetstream().publish(subjects.request("model-a"), envelope.model_dump_json().encode())

@@ -36,6 +36,8 @@ def _flood(cluster: Cluster, count: int) -> None:
                     created_ms=now,
                     deadline_ms=now + 600_000,
                     reply_to=f"{cluster.namespace}.nobody.{n}",
+                    quota=None,
+                    output_guard=None,
                     payload={"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "b"}]},
                 )
                 for n in range(start, min(count, start + 200))

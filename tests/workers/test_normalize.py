@@ -19,6 +19,8 @@ def _envelope(endpoint: Endpoint) -> RequestEnvelope:
         created_ms=0,
         deadline_ms=1,
         reply_to="x",
+        quota=None,
+        output_guard=None,
         payload={},
     )
 

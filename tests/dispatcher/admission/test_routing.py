@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ingress.routing import choose_version
+from dispatcher.admission.routing import choose_version
 from schemas.config import ModelConfig, VersionConfig
 
 

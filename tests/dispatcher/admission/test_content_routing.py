@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ingress.content_routing import ContentRouter, detect_language
+from dispatcher.admission.routing import ContentRouter, detect_language
 from schemas.config import ModelbusConfig
 
 CONFIG = ModelbusConfig.model_validate(

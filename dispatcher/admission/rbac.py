@@ -7,14 +7,7 @@ import re
 from collections.abc import Iterable
 
 from schemas.config import ModelbusConfig
-from schemas.envelope import Endpoint
 from schemas.policy import Operation
-
-OPERATION_OF: dict[Endpoint, Operation] = {
-    Endpoint.CHAT: "chat",
-    Endpoint.COMPLETIONS: "completions",
-    Endpoint.EMBEDDINGS: "embeddings",
-}
 
 
 class Authorizer:

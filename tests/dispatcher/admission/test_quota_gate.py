@@ -1,4 +1,4 @@
-"""The ingress side of quotas against real JetStream counters: reject or queue by the consumer's
+"""Admission's side of quotas against real JetStream counters: reject or queue by the consumer's
 policy, within its deadline; reservations given back when nothing took them."""
 
 from __future__ import annotations
@@ -8,18 +8,17 @@ import uuid
 import nats
 import pytest
 
+from dispatcher.admission.identity import Identity
+from dispatcher.admission.quota import Held, QuotaGate
+from dispatcher.errors import OverLimit
 from dispatcher.quotas import Limiter, QuotaLedger
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
-from ingress.auth import Identity
-from ingress.errors import APIError
-from ingress.quota import Held, QuotaGate
 from modelbus.embedded_nats import NatsServer
 from schemas.config import ConsumerConfig
-from schemas.envelope import Endpoint
 from schemas.policy import Limits
 
-CHAT = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "x" * 40}]}
+TOKENS = 24  # what a small chat request reserves
 
 
 class _Clock:
@@ -55,11 +54,12 @@ async def test_reject_policy_answers_429_with_retry_after(nats_server: NatsServe
     identity = _identity("reject")
     deadline = int((clock.now + 600) * 1000)
     for _ in range(2):
-        await gate.admit(identity, "m", Endpoint.CHAT, CHAT, deadline)
-    with pytest.raises(APIError) as refused:
-        await gate.admit(identity, "m", Endpoint.CHAT, CHAT, deadline)
+        await gate.admit(identity, "m", TOKENS, deadline)
+    with pytest.raises(OverLimit) as refused:
+        await gate.admit(identity, "m", TOKENS, deadline)
     assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
-    assert 1 <= int(refused.value.headers["Retry-After"]) <= 90
+    assert refused.value.window == "minute" and not refused.value.impossible
+    assert refused.value.retry_after_s is not None and 1 <= refused.value.retry_after_s <= 90
     assert clock.slept == [] and gate.rejections == 1
     await nc.close()
 
@@ -69,20 +69,20 @@ async def test_queue_policy_waits_for_room_within_the_deadline(nats_server: Nats
     nc, gate, _, _ = await _gate(nats_server, clock)
     identity = _identity("queue")
     for _ in range(2):
-        await gate.admit(identity, "m", Endpoint.CHAT, CHAT, int((clock.now + 600) * 1000))
+        await gate.admit(identity, "m", TOKENS, int((clock.now + 600) * 1000))
     start = clock.now
-    await gate.admit(identity, "m", Endpoint.CHAT, CHAT, int((clock.now + 600) * 1000))
+    await gate.admit(identity, "m", TOKENS, int((clock.now + 600) * 1000))
     waited = clock.now - start
     # Two requests at :30 of a minute with a limit of 2/min: the third fits once the sliding window
     # has let half a request's weight go, i.e. some time after the next minute begins.
     assert 30 <= waited <= 90 and gate.rejections == 0, clock.slept
     # A deadline too close to wait for: refused, not held.
-    with pytest.raises(APIError) as refused:
-        await gate.admit(identity, "m", Endpoint.CHAT, CHAT, int((clock.now + 1) * 1000))
+    with pytest.raises(OverLimit) as refused:
+        await gate.admit(identity, "m", TOKENS, int((clock.now + 1) * 1000))
     assert refused.value.status == 429
     # Async callers (no deadline to wait within) are refused at once too.
-    with pytest.raises(APIError):
-        await gate.admit(identity, "m", Endpoint.CHAT, CHAT, None)
+    with pytest.raises(OverLimit):
+        await gate.admit(identity, "m", TOKENS, None)
     await nc.close()
 
 
@@ -92,13 +92,13 @@ async def test_unclaimed_reservation_is_given_back(nats_server: NatsServer) -> N
     identity = Identity(
         "c", "k", frozenset({"user"}), settings=ConsumerConfig(name="c", limits=Limits(tokens_per_day=10_000))
     )
-    held = Held(await gate.admit(identity, "m", Endpoint.CHAT, CHAT, None))
+    held = Held(await gate.admit(identity, "m", TOKENS, None))
     day = subjects.quota("c", None, "tpd", "20270115")
     assert await ledger.value(day) == held.reservation.tokens > 0  # type: ignore[union-attr]
     gate.release(held)  # e.g. answered from the cache: nothing reached a worker
     await ledger.drain()
     assert await ledger.value(day) == 0
-    taken = Held(await gate.admit(identity, "m", Endpoint.CHAT, CHAT, None))
+    taken = Held(await gate.admit(identity, "m", TOKENS, None))
     first = taken.take()
     assert first is not None and first.tokens > 0
     second = taken.take()  # a fallback after the first worker settled: carries nothing

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingress.rbac import Authorizer
+from dispatcher.admission.rbac import Authorizer
 from schemas.config import ConsumerConfig, ModelbusConfig, ModelConfig
 from schemas.policy import RoleConfig
 

@@ -1,0 +1,149 @@
+"""The one admission path. Every way in — a sync call, `Prefer: respond-async`, `POST /v1/tasks`,
+each batch line when it runs, a degradation fallback — calls `Admission.admit` (or `retarget` for a
+fallback of an admitted request) and gets an `Admitted` or a `Refused` error:
+
+    validate the body → RBAC on the model → route (rules, then version) → input guardrails
+    → token reservation against limits and budgets → Admitted
+
+Identity comes in already established (the ingress checks credentials; a batch line carries the
+identity its batch was created under). Nothing here knows HTTP or how the answer travels back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import orjson
+
+from dispatcher.admission.admitted import Admitted
+from dispatcher.admission.guardrails import Guardrails
+from dispatcher.admission.identity import Identity
+from dispatcher.admission.live_config import LiveConfig
+from dispatcher.admission.prompt import completion_budget, estimate_tokens, normalized
+from dispatcher.admission.quota import Held, QuotaGate
+from dispatcher.admission.routing import choose_version
+from dispatcher.admission.validation import parse
+from dispatcher.errors import Forbidden, PolicyViolation
+from schemas.config import ModelbusConfig, ModelConfig
+from schemas.endpoints import EndpointSpec
+from schemas.envelope import Lane
+from schemas.policy import Operation
+
+
+class Notes(Protocol):
+    """Where admission records what it learnt, also when it refuses: the audit draft of the request."""
+
+    model_requested: str | None
+    policy_actions: list[str]
+
+
+@dataclass
+class AuditNotes:
+    """Notes for callers that keep no draft of their own (the batch feeder)."""
+
+    model_requested: str | None = None
+    policy_actions: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Submission:
+    identity: Identity
+    spec: EndpointSpec
+    body: bytes  # the request body as received; validated here
+    operation: Operation | None = None  # what RBAC checks; default: the endpoint's own operation
+    lane: Lane | None = None  # default: the identity's lane
+    # Sync calls of consumers whose over-limit policy is `queue` may wait for room until then.
+    wait_until_ms: int | None = None
+
+
+class Admission:
+    def __init__(self, live: LiveConfig, guardrails: Guardrails, quota: QuotaGate) -> None:
+        self._live = live
+        self._guardrails = guardrails
+        self._quota = quota
+
+    async def admit(self, submission: Submission, notes: Notes) -> Admitted:
+        """Everything the request needs downstream, or a Refused error (nothing reserved)."""
+        identity, spec = submission.identity, submission.spec
+        parsed = parse(spec.schema, submission.body)
+        model: str = parsed.model  # type: ignore[attr-defined]  # every inference schema has one
+        notes.model_requested = model
+        revision = self._live.current  # one revision for the whole request
+        operation = submission.operation or spec.operation
+        _authorize(revision.authorizer.permits(identity.roles, model, operation), operation, model)
+        target = revision.catalog.resolve(model, spec.endpoint)
+        raw: dict[str, Any] = orjson.loads(submission.body)
+        payload = normalized(parsed, raw)
+        routed, rule = revision.router.route(model, payload, identity.consumer)
+        if rule is not None:
+            target = revision.catalog.resolve(routed, spec.endpoint)
+            notes.policy_actions.append(f"route:{rule}")
+        input_policy, output_guard = self._guardrails.policies(revision.number, target, identity)
+        if input_policy.active or input_policy.max_input_tokens is not None:
+            payload = await self._guardrails.check_input(input_policy, payload, notes.policy_actions)
+        max_output, sequences = completion_budget(parsed)
+        tokens = estimate_tokens(spec.endpoint, payload, max_output, sequences)
+        reservation = await self._quota.admit(identity, model, tokens, submission.wait_until_ms)
+        return Admitted(
+            identity=identity,
+            spec=spec,
+            model=model,
+            target=target,
+            version=choose_version(target, identity.consumer),
+            lane=submission.lane or identity.lane,
+            rule=rule,
+            payload=payload,
+            body=submission.body if payload is raw else orjson.dumps(payload),
+            stream=bool(getattr(parsed, "stream", False)),
+            quota=Held(reservation),
+            output_guard=output_guard,
+            revision=revision.number,
+            operation=operation,
+        )
+
+    async def retarget(self, admitted: Admitted, target: ModelConfig, notes: Notes) -> Admitted | None:
+        """The same request for another model (a degradation fallback), held to that model's RBAC
+        and guardrails; None if they do not allow it. The quota hold stays the same: the request was
+        counted once and is settled by whichever worker serves it."""
+        identity = admitted.identity
+        revision = self._live.current
+        if admitted.spec.endpoint not in target.endpoints:
+            return None
+        if not revision.authorizer.permits(identity.roles, target.name, admitted.operation):
+            notes.policy_actions.append(f"fallback_denied:{target.name}")
+            return None
+        input_policy, output_guard = self._guardrails.policies(revision.number, target, identity)
+        payload = admitted.payload
+        if input_policy.active or input_policy.max_input_tokens is not None:
+            try:
+                payload = await self._guardrails.check_input(input_policy, payload, notes.policy_actions)
+            except PolicyViolation:
+                notes.policy_actions.append(f"fallback_refused:{target.name}")
+                return None
+        return replace(
+            admitted,
+            target=target,
+            version=choose_version(target, identity.consumer),
+            payload=payload,
+            body=admitted.body if payload is admitted.payload else orjson.dumps(payload),
+            output_guard=output_guard,
+            revision=revision.number,
+        )
+
+    @property
+    def config(self) -> ModelbusConfig:
+        return self._live.config
+
+    def release(self, admitted: Admitted) -> None:
+        """Give back a reservation no worker took (a cache hit, a replayed task, an error)."""
+        self._quota.release(admitted.quota)
+
+    def refund(self, admitted: Admitted) -> None:
+        """Give back a reservation whose envelope was dropped as a duplicate (or never published)."""
+        self._quota.refund(admitted.quota)
+
+
+def _authorize(permitted: bool, operation: Operation, model: str) -> None:
+    if not permitted:
+        raise Forbidden(f"your roles do not allow {operation} on the model {model!r}", "permission_denied")

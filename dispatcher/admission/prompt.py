@@ -1,0 +1,241 @@
+"""What a request says: every text the model will see, read and rewritten in one place so routing,
+guardrails and token estimates all see the same words.
+
+A model sees more than message contents: tool-call arguments, tool and function descriptions (and
+the descriptions inside their parameter schemas), message `name`s, `user`, a response-format schema's
+descriptions, a completion's `suffix`. Any of them can carry an injection or personal data, so the
+guardrails scan them all and masking rewrites them where they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.envelope import Endpoint
+
+# Without max_tokens a completion is reserved this many tokens; the worker settles the difference.
+DEFAULT_COMPLETION_RESERVE = 256
+_CHARS_PER_TOKEN = 4  # a conservative average for English-like text and common BPE vocabularies
+_PER_TEXT = 4  # role, separators, field names
+_SCHEMA_TEXT_KEYS = ("description", "title")
+
+Change = Callable[[str], str]
+
+
+def prompt_text(payload: dict[str, Any]) -> str:
+    """The user's words: every user message's text (chat) or the prompt (completions)."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        texts: list[str] = []
+        for message in messages:
+            if isinstance(message, dict) and message.get("role") == "user":
+                _content(message.get("content"), _collect(texts))
+        return "\n".join(texts)
+    prompt = payload.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
+def input_texts(payload: dict[str, Any]) -> list[str]:
+    """Every text the client sends to the model, wherever it sits in the request."""
+    texts: list[str] = []
+    visit_texts(payload, _collect(texts))
+    return texts
+
+
+def rewrite_texts(payload: dict[str, Any], change: Change) -> dict[str, Any]:
+    """`payload` with `change` applied to every text `input_texts` finds; containers are copied only
+    where something changed, so the caller's payload is never modified."""
+    return visit_texts(payload, change)
+
+
+def visit_texts(payload: dict[str, Any], change: Change) -> dict[str, Any]:
+    out = payload
+    out = _field(out, "messages", lambda messages: _list(messages, _message, change))
+    for name in ("prompt", "input", "suffix", "user"):
+        out = _field(out, name, lambda value: _strings(value, change))
+    for name in ("tools", "functions"):
+        out = _field(out, name, lambda tools: _list(tools, _tool, change))
+    out = _field(out, "response_format", lambda fmt: _response_format(fmt, change))
+    return out
+
+
+def estimate_tokens(
+    endpoint: Endpoint, payload: dict[str, Any], max_output: int | None = None, sequences: int = 1
+) -> int:
+    """Prompt tokens (estimated from characters) plus the most the completion may use.
+
+    `max_output` and `sequences` come from the validated request (see `completion_budget`), so a
+    limit sent as a string or a float counts exactly as the backend will apply it.
+    """
+    chars = 0
+    pieces = 0
+    for text in input_texts(payload):
+        chars += len(text)
+        pieces += 1
+    for name in ("prompt", "input"):  # token-id inputs count one token per id
+        value = payload.get(name)
+        if isinstance(value, list):
+            chars += _CHARS_PER_TOKEN * sum(
+                len(v) if isinstance(v, list) else 1 for v in value if not isinstance(v, str)
+            )
+    prompt = math.ceil(chars / _CHARS_PER_TOKEN) + _PER_TEXT * pieces
+    if endpoint is Endpoint.EMBEDDINGS:
+        return prompt
+    completion = max_output if max_output is not None and max_output > 0 else DEFAULT_COMPLETION_RESERVE
+    return prompt + completion * max(sequences, 1)
+
+
+def completion_budget(parsed: BaseModel) -> tuple[int | None, int]:
+    """(the most tokens one sequence may generate, how many sequences) of a validated request.
+
+    `max_completion_tokens` wins over the older `max_tokens`, as OpenAI and vLLM apply them; `best_of`
+    (legacy completions) generates that many sequences even when fewer are returned.
+    """
+    limit = getattr(parsed, "max_completion_tokens", None) or getattr(parsed, "max_tokens", None)
+    sequences = max(getattr(parsed, "n", None) or 1, getattr(parsed, "best_of", None) or 1)
+    return limit, sequences
+
+
+def normalized(parsed: BaseModel, payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` with each declared scalar field as validation coerced it (`"21000"` -> 21000,
+    `"false"` -> False), so the backend reads exactly the values the gateway admitted."""
+    out = payload
+    for name in type(parsed).model_fields:
+        if name not in payload:
+            continue
+        value = getattr(parsed, name)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            raw = payload[name]
+            if type(raw) is not type(value) or raw != value:
+                if out is payload:
+                    out = dict(payload)
+                out[name] = value
+    return out
+
+
+# --- where the texts are -------------------------------------------------------------------------
+
+
+def _collect(texts: list[str]) -> Change:
+    def keep(text: str) -> str:
+        texts.append(text)
+        return text
+
+    return keep
+
+
+def _field(holder: dict[str, Any], name: str, visit: Callable[[Any], Any]) -> dict[str, Any]:
+    value = holder.get(name)
+    if value is None:
+        return holder
+    new = visit(value)
+    if new is value:
+        return holder
+    return {**holder, name: new}
+
+
+def _list(items: Any, visit: Callable[[Any, Change], Any], change: Change) -> Any:
+    if not isinstance(items, list):
+        return items
+    out: list[Any] | None = None
+    for i, item in enumerate(items):
+        new = visit(item, change)
+        if new is not item:
+            if out is None:
+                out = list(items)
+            out[i] = new
+    return out if out is not None else items
+
+
+def _strings(value: Any, change: Change) -> Any:
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, list):
+        return _list(value, lambda item, c: c(item) if isinstance(item, str) else item, change)
+    return value
+
+
+def _content(content: Any, change: Change) -> Any:
+    if isinstance(content, str):
+        return change(content)
+    return _list(content, _part, change)
+
+
+def _part(part: Any, change: Change) -> Any:
+    if not isinstance(part, dict):
+        return part
+    out = part
+    for name in ("text", "refusal"):
+        out = _field(out, name, lambda value: change(value) if isinstance(value, str) else value)
+    return out
+
+
+def _message(message: Any, change: Change) -> Any:
+    if not isinstance(message, dict):
+        return message
+    out = _field(message, "content", lambda content: _content(content, change))
+    out = _field(out, "name", lambda name: change(name) if isinstance(name, str) else name)
+    out = _field(out, "tool_calls", lambda calls: _list(calls, _tool_call, change))
+    return _field(out, "function_call", lambda call: _arguments(call, change))
+
+
+def _tool_call(call: Any, change: Change) -> Any:
+    if not isinstance(call, dict):
+        return call
+    return _field(call, "function", lambda function: _arguments(function, change))
+
+
+def _arguments(function: Any, change: Change) -> Any:
+    if not isinstance(function, dict):
+        return function
+    return _field(function, "arguments", lambda args: change(args) if isinstance(args, str) else args)
+
+
+def _tool(tool: Any, change: Change) -> Any:
+    """A tool (`{"type": "function", "function": {...}}`) or a legacy function definition."""
+    if not isinstance(tool, dict):
+        return tool
+    if isinstance(tool.get("function"), dict):
+        return _field(tool, "function", lambda function: _definition(function, change))
+    return _definition(tool, change)
+
+
+def _definition(function: dict[str, Any], change: Change) -> dict[str, Any]:
+    out = _field(function, "description", lambda text: change(text) if isinstance(text, str) else text)
+    return _field(out, "parameters", lambda schema: _schema(schema, change))
+
+
+def _response_format(fmt: Any, change: Change) -> Any:
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("json_schema"), dict):
+        return fmt
+    return _field(fmt, "json_schema", lambda spec: _definition_schema(spec, change))
+
+
+def _definition_schema(spec: dict[str, Any], change: Change) -> dict[str, Any]:
+    out = _field(spec, "description", lambda text: change(text) if isinstance(text, str) else text)
+    return _field(out, "schema", lambda schema: _schema(schema, change))
+
+
+def _schema(node: Any, change: Change) -> Any:
+    """Descriptions and titles anywhere in a JSON schema (the model reads them as instructions)."""
+    if isinstance(node, list):
+        return _list(node, _schema, change)
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] | None = None
+    for key, value in node.items():
+        if key in _SCHEMA_TEXT_KEYS and isinstance(value, str):
+            new = change(value)
+        elif isinstance(value, (dict, list)):
+            new = _schema(value, change)
+        else:
+            continue
+        if new is not value:
+            if out is None:
+                out = dict(node)
+            out[key] = new
+    return out if out is not None else node

@@ -1,0 +1,70 @@
+"""The ingress's services, built once in the lifespan and handed to routes as typed dependencies.
+
+Routes declare what they use (`services: ServicesDep`, `identity: Caller`) instead of reading an
+untyped `app.state`; the one place that knows where the services live is `services()` below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+from starlette.types import Scope
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+    from nats.js.kv import KeyValue
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from dispatcher.admission.live_config import LiveConfig
+    from dispatcher.admission.pipeline import Admission
+    from dispatcher.api_keys import KeyRegistry
+    from dispatcher.audit.publisher import AuditPublisher
+    from dispatcher.batches import BatchStore
+    from dispatcher.config_store import ConfigStore
+    from dispatcher.subjects import Subjects
+    from dispatcher.supervisor import Supervisor
+    from dispatcher.telemetry.traffic import TrafficWatch
+    from ingress.batches import BatchIntake
+    from ingress.keys import KeyRing
+    from ingress.oidc import OidcVerifier
+    from ingress.relay import Relay
+    from ingress.settings import IngressSettings
+    from ingress.tasks import TaskIntake
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: IngressSettings
+    nc: NATS
+    subjects: Subjects
+    supervisor: Supervisor
+    live: LiveConfig
+    keys: KeyRing
+    oidc: OidcVerifier
+    key_registry: KeyRegistry
+    config_store: ConfigStore
+    audit: AuditPublisher
+    admission: Admission
+    relay: Relay
+    tasks: TaskIntake
+    workers: KeyValue  # the worker registry (capacity views)
+    traffic: TrafficWatch
+    engine: AsyncEngine | None  # None without MODELBUS_DATABASE_URL: no files, batches or audit API
+    batches: BatchStore | None
+    batch_intake: BatchIntake | None
+
+
+def services_of(scope: Scope) -> Services | None:
+    """For ASGI middleware, which sees the scope before any dependency runs (None during start-up)."""
+    found: Services | None = getattr(scope["app"].state, "services", None)
+    return found
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+ServicesDep = Annotated[Services, Depends(services)]
