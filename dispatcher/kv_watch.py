@@ -11,12 +11,16 @@ every current value again).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
+
+log = logging.getLogger(__name__)
 
 _CHECK_EVERY_S = 1.0
 
@@ -58,7 +62,13 @@ async def watch_bucket(
                 yield entry
             if idle or time.monotonic() >= next_check:
                 next_check = time.monotonic() + check_every_s
-                info = await _stream_info(js, stream)
+                try:
+                    info = await _stream_info(js, stream)
+                except (NatsError, TimeoutError) as exc:
+                    # NATS is away for a moment (a reconnect): check again next time. A watch that
+                    # does not resume afterwards shows up as overdue changes then.
+                    log.debug("bucket %s not checked: %s", bucket, type(exc).__name__)
+                    continue
                 if info.created != created:
                     raise WatchLost(f"bucket {bucket} was created anew")
                 if overdue is not None and seen < overdue:

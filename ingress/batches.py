@@ -97,13 +97,14 @@ class BatchIntake:
                     )
                 model: str = validate(spec.schema, line.body).model  # type: ignore[attr-defined]
                 if model not in models:
-                    revision.catalog.resolve(model, spec.endpoint)
+                    # RBAC before the lookup, as for a direct call: a caller cannot probe for models.
                     if not revision.authorizer.permits(identity.roles, model, "batch"):
                         raise APIError(
                             403,
                             f"line {number}: your roles do not allow batch on the model {model!r}",
                             "permission_denied",
                         )
+                    revision.catalog.resolve(model, spec.endpoint)
                     models.add(model)
             except ValidationError as exc:
                 refusal = invalid(exc)

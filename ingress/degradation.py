@@ -102,6 +102,7 @@ class Degradation:
                     headers = {HEADER: f"cache:{trouble}", "x-modelbus-model": target.name}
                     return Response(body, media_type="application/json", headers=headers)
             elif step == "queue":
+                draft.policy_actions.append(f"degraded:queued:{trouble}")  # into the task's audit row
                 response = await self._tasks.accept(request, admitted.as_task())
                 response.headers[HEADER] = f"queued:{trouble}"
                 return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -54,6 +55,12 @@ def sql(database_url: str, query: str) -> list[dict[str, Any]]:
             await conn.close()
 
     return asyncio.run(run())
+
+
+def audit_records(database_url: str, where: str = "TRUE") -> list[dict[str, Any]]:
+    """Audit events as the sink stored them (each row's `record`), oldest first."""
+    rows = sql(database_url, f"SELECT record FROM audit_log WHERE {where} ORDER BY seq")
+    return [json.loads(r["record"]) for r in rows]
 
 
 def small_streams() -> dict[str, int]:

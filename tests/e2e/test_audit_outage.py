@@ -13,17 +13,17 @@ import pytest
 from dispatcher.db.migrate import upgrade
 from schemas.config import ModelConfig, SimulatorBackend
 from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
-from tests.stoppable_postgres import StoppablePostgres
+from tests.stoppable_postgres import StoppablePostgres, stoppable_postgres
 
 REQUESTS = 1000
 OUTAGE_S = 60
 
 
 @pytest.fixture
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoppablePostgres]:
-    pg = StoppablePostgres(tmp_path_factory.mktemp("outage-pg"))
-    upgrade(pg.url)
-    yield pg
+def postgres() -> Iterator[StoppablePostgres]:
+    with stoppable_postgres("modelbus-outage-pg-") as pg:
+        upgrade(pg.url)
+        yield pg
 
 
 def _counts(url: str) -> tuple[int, int]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from schemas.config import ModelConfig, SimulatorBackend
 from tests.load import LoadRun, report
 from tests.nats_cluster import NatsCluster
 from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
-from tests.stoppable_postgres import StoppablePostgres
+from tests.stoppable_postgres import StoppablePostgres, stoppable_postgres
 
 pytestmark = pytest.mark.timeout(900 if os.environ.get("MODELBUS_SOAK") == "1" else 420)
 SOAK = os.environ.get("MODELBUS_SOAK") == "1"
@@ -49,12 +47,12 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path, namespace: str) -> Iterator[Stack]:
-    # Outside pytest's tmp root: that is 0700 root, and pg_ctl runs as another user. Other
-    # sessions sharing /tmp/pytest-of-root can tighten it at any moment.
-    pg_root = Path(tempfile.mkdtemp(prefix="modelbus-ha-pg-"))
-    pg_root.chmod(0o755)
-    postgres = StoppablePostgres(pg_root / "pg")
-    upgrade(postgres.url)
+    with stoppable_postgres("modelbus-ha-pg-") as postgres:
+        upgrade(postgres.url)
+        yield from _stack(tmp_path, namespace, postgres)
+
+
+def _stack(tmp_path: Path, namespace: str, postgres: StoppablePostgres) -> Iterator[Stack]:
     nats_cluster = NatsCluster(tmp_path / "nats")
     nats_cluster.start()
     cluster = Cluster(tmp_path, nats_cluster.url, namespace)
@@ -78,8 +76,6 @@ def stack(tmp_path: Path, namespace: str) -> Iterator[Stack]:
     finally:
         cluster.close()
         nats_cluster.stop()
-        postgres.server.cleanup()
-        shutil.rmtree(pg_root, ignore_errors=True)
 
 
 def _stream_leader(stack: Stack) -> int:

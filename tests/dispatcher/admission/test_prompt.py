@@ -1,0 +1,165 @@
+"""Every text the model sees is found, and rewritten where it is; token reservations count the values
+validation admitted."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+
+from dispatcher.admission.prompt import (
+    DEFAULT_COMPLETION_RESERVE,
+    completion_budget,
+    estimate_tokens,
+    input_texts,
+    normalized,
+    rewrite_texts,
+)
+from dispatcher.admission.validation import parse
+from schemas.envelope import Endpoint
+from schemas.openai import ChatCompletionRequest, CompletionRequest
+
+REQUEST: dict[str, Any] = {
+    "model": "m",
+    "user": "user-text",
+    "messages": [
+        {"role": "system", "content": "system-text", "name": "system-name"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "part-text"},
+                {"type": "image_url", "image_url": {"url": "u"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "args-text"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "tool-result-text"},
+        {
+            "role": "assistant",
+            "content": [{"type": "refusal", "refusal": "refusal-text"}],
+            "function_call": {"name": "g", "arguments": "legacy-args-text"},
+        },
+    ],
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "description": "tool-description-text",
+                "parameters": {
+                    "type": "object",
+                    "title": "schema-title-text",
+                    "properties": {
+                        "description": {"type": "string", "description": "param-description-text"},
+                        "items": {"type": "array", "items": {"type": "string", "description": "nested-text"}},
+                    },
+                },
+            },
+        }
+    ],
+    "functions": [
+        {"name": "g", "description": "function-description-text", "parameters": {"type": "object"}}
+    ],
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "s",
+            "description": "format-description-text",
+            "schema": {
+                "type": "object",
+                "properties": {"a": {"type": "string", "description": "format-field-text"}},
+            },
+        },
+    },
+}
+EVERY_TEXT = {
+    "user-text",
+    "system-text",
+    "system-name",
+    "part-text",
+    "args-text",
+    "tool-result-text",
+    "refusal-text",
+    "legacy-args-text",
+    "tool-description-text",
+    "schema-title-text",
+    "param-description-text",
+    "nested-text",
+    "function-description-text",
+    "format-description-text",
+    "format-field-text",
+}
+
+
+def test_every_text_the_model_sees_is_found() -> None:
+    assert set(input_texts(REQUEST)) == EVERY_TEXT
+
+
+def test_rewrite_changes_every_text_in_place_and_leaves_the_original_alone() -> None:
+    before = copy.deepcopy(REQUEST)
+    rewritten = rewrite_texts(REQUEST, str.upper)
+    assert REQUEST == before
+    assert set(input_texts(rewritten)) == {text.upper() for text in EVERY_TEXT}
+    # Structure, names and non-text fields are untouched.
+    assert rewritten["tools"][0]["function"]["name"] == "f"
+    assert rewritten["messages"][1]["content"][1] == before["messages"][1]["content"][1]
+    assert set(rewritten["tools"][0]["function"]["parameters"]["properties"]) == {"description", "items"}
+
+
+def test_nothing_is_copied_when_nothing_changes() -> None:
+    assert rewrite_texts(REQUEST, lambda text: text) is REQUEST
+
+
+def test_prompt_and_embedding_inputs_and_suffix() -> None:
+    assert input_texts({"prompt": ["a", "b"], "suffix": "c"}) == ["a", "b", "c"]
+    assert input_texts({"input": "x"}) == ["x"]
+    assert input_texts({"input": [[1, 2, 3]]}) == []
+
+
+def test_string_max_tokens_is_reserved_as_the_backend_reads_it() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": "21000",
+        "n": "2",
+        "stream": "false",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    parsed = parse(ChatCompletionRequest, orjson.dumps(body))
+    payload = normalized(parsed, body)
+    assert payload["max_tokens"] == 21000 and payload["n"] == 2 and payload["stream"] is False
+    assert body["max_tokens"] == "21000"  # the caller's dict is not modified
+    limit, sequences = completion_budget(parsed)
+    assert (limit, sequences) == (21000, 2)
+    assert estimate_tokens(Endpoint.CHAT, payload, limit, sequences) > 42_000
+
+
+def test_max_completion_tokens_wins_and_best_of_counts() -> None:
+    chat = parse(
+        ChatCompletionRequest,
+        orjson.dumps(
+            {
+                "model": "m",
+                "max_tokens": 10,
+                "max_completion_tokens": 300,
+                "messages": [{"role": "user", "content": "x"}],
+            }
+        ),
+    )
+    assert completion_budget(chat) == (300, 1)
+    legacy = parse(
+        CompletionRequest,
+        orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 5.0, "n": 2, "best_of": 4}),
+    )
+    assert completion_budget(legacy) == (5, 4)
+    assert estimate_tokens(Endpoint.COMPLETIONS, {"prompt": "x"}, None, 1) >= DEFAULT_COMPLETION_RESERVE
+
+
+def test_unchanged_payload_is_the_same_object() -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    assert normalized(parse(ChatCompletionRequest, orjson.dumps(body)), body) is body
