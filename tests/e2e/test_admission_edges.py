@@ -188,11 +188,20 @@ def test_task_ids_we_never_issue_are_404_and_refused_tasks_name_their_consumer(
     config.consumers[0].roles = ["open-only"]  # the tester
     path = cluster.write_config(config)
     cluster.dispatcher(path, database_url)
-    gateway = cluster.ingress(path)
+    gateway = cluster.ingress(path, MODELBUS_DATABASE_URL=database_url)
     with _client(gateway) as client:
         for task_id in ("a.b", "task_*", "task_>", "x" * 300, "task_0123", "%2E%2E"):
             found = client.get(f"/tasks/{task_id}")
             assert found.status_code == 404 and found.json()["error"]["code"] == "task_not_found", task_id
+        for bad in ("a.b", "file-*", "'; drop table files; --", "x" * 300):
+            for path_, code in (
+                (f"/files/{bad}", "file_not_found"),
+                (f"/files/{bad}/content", "file_not_found"),
+                (f"/batches/{bad}", "batch_not_found"),
+            ):
+                found = client.get(path_)
+                assert found.status_code == 404 and found.json()["error"]["code"] == code, path_
+            assert client.post(f"/batches/{bad}/cancel").status_code == 404
         body = {"model": "closed", "messages": [{"role": "user", "content": "hi"}]}
         refused = client.post("/tasks", json={"endpoint": "chat.completions", "body": body})
         assert refused.status_code == 403
