@@ -6,14 +6,17 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from dispatcher.audit.store import AuditFilter, AuditStore
-from dispatcher.db.engine import create_engine
-from dispatcher.db.migrate import upgrade
 from dispatcher.settings import BusSettings
+
+if TYPE_CHECKING:
+    from dispatcher.audit.store import AuditStore
+
+# SQLAlchemy and alembic are imported by the commands that use them: every `modelbus` process
+# (workers included) imports this module, and they cost a third of a second to load.
 
 audit_app = typer.Typer(help="Query and verify the audit trail.", no_args_is_help=True)
 db_app = typer.Typer(help="The database.", no_args_is_help=True)
@@ -29,6 +32,9 @@ def _database_url() -> str:
 
 
 def _with_store(work: Callable[[AuditStore], Awaitable[T]]) -> T:
+    from dispatcher.audit.store import AuditStore
+    from dispatcher.db.engine import create_engine
+
     async def main() -> T:
         engine = create_engine(_database_url(), pool_size=1)
         try:
@@ -52,6 +58,8 @@ def _print(value: Any) -> None:
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
+    from dispatcher.db.migrate import upgrade
+
     """Apply schema migrations (also done by the dispatcher at start-up)."""
     upgrade(_database_url())
     typer.echo("database schema is up to date")
@@ -75,6 +83,8 @@ def audit_query(
         start = _when(on)
         assert start is not None
         end = start + timedelta(days=1)
+    from dispatcher.audit.store import AuditFilter
+
     where = AuditFilter(model, version, consumer, status, start, end, text, limit)
     _print(_with_store(lambda store: store.query(where)))
 
