@@ -84,7 +84,12 @@ class LoadRun:
             async def loop(worker: int) -> None:
                 while not self._stop.is_set():
                     n = next(counter)
-                    self.outcomes.append(await self._one(client, KINDS[n % 3], n))
+                    started = time.monotonic()
+                    try:
+                        outcome = await self._one(client, KINDS[n % 3], n)
+                    except Exception as exc:  # noqa: BLE001 - a client-side surprise is a bad outcome, never a quiet end
+                        outcome = Outcome(KINDS[n % 3], started, time.monotonic(), "bad", _named(exc))
+                    self.outcomes.append(outcome)
 
             await asyncio.gather(*(loop(i) for i in range(self.concurrency)))
 
@@ -104,6 +109,9 @@ class LoadRun:
                 verdict, detail, task_id = "retry", f"connection: {type(exc).__name__}", None
             except httpx.TimeoutException as exc:
                 verdict, detail, task_id = "bad", f"timeout: {type(exc).__name__}", None
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError) as exc:
+                # A write error, another protocol error, a 200 that is not the JSON it should be.
+                verdict, detail, task_id = "bad", _named(exc), None
             if verdict != "retry":
                 return Outcome(kind, started, time.monotonic(), verdict, detail, attempts, task_id, key)
             if time.monotonic() - started > self.retry_budget_s:
@@ -144,6 +152,10 @@ class LoadRun:
             if error.get("message"):
                 return "clean", f"stream error {error}", None
         return "bad", f"stream ended without [DONE] or an error event: {events[-2:]}", None
+
+
+def _named(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _error_verdict(r: httpx.Response) -> str:
