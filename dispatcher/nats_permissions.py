@@ -46,7 +46,14 @@ def user_name(namespace: str, role: str, component_id: str = "") -> str:
 
 
 def _buckets(s: Subjects) -> tuple[str, ...]:
-    return (s.config_bucket, s.worker_bucket, s.task_bucket, s.cache_bucket, s.key_bucket)
+    return (
+        s.config_bucket,
+        s.worker_bucket,
+        s.task_bucket,
+        s.cache_bucket,
+        s.key_bucket,
+        s.audit_checkpoint_bucket,
+    )
 
 
 def _quota_use(s: Subjects) -> list[str]:

@@ -15,6 +15,7 @@ from dispatcher.admission.live_config import LiveConfig
 from dispatcher.admission.pipeline import Admission
 from dispatcher.admission.quota import QuotaGate
 from dispatcher.api_keys import KeyRegistry
+from dispatcher.audit.checkpoints import Checkpointer, CheckpointLog, signing_key
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.audit.sink import AuditSink
 from dispatcher.audit.store import AuditStore
@@ -61,7 +62,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
             await upgrade_async(settings.database_url)
             engine = create_engine(settings.database_url)
             cleanup.push_async_callback(engine.dispose)
-            sink = AuditSink(nc, subjects, AuditStore(engine))
+            sink = AuditSink(nc, subjects, AuditStore(engine), await _checkpointer(js, subjects, settings))
             supervisor.supervise("audit-sink", lambda: sink.run(stopping))
         else:
             log.warning("no MODELBUS_DATABASE_URL: audit events stay queued in JetStream")
@@ -105,6 +106,19 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         supervisor.supervise("audit-backlog", lambda: _refresh_audit_backlog(js, subjects))
         log.info("dispatcher running (namespace %s)", settings.namespace)
         await stop.wait()
+
+
+async def _checkpointer(
+    js: JetStreamContext, subjects: Subjects, settings: BusSettings
+) -> Checkpointer | None:
+    if settings.audit_signing_key is None:
+        log.warning(
+            "no MODELBUS_AUDIT_SIGNING_KEY: audit checkpoints are not signed, and removal of the newest "
+            "audit rows could not be detected"
+        )
+        return None
+    key = signing_key(settings.audit_signing_key.get_secret_value())
+    return Checkpointer(await CheckpointLog.open(js, subjects, settings), key)
 
 
 async def _refresh_audit_backlog(js: JetStreamContext, subjects: Subjects, every_s: float = 5.0) -> None:

