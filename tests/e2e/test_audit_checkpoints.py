@@ -36,7 +36,9 @@ def test_removing_the_newest_rows_as_superuser_is_detected(cluster: Cluster, dat
     cluster.dispatcher(path, database_url, MODELBUS_AUDIT_SIGNING_KEY=private)
     gateway = cluster.ingress(path)
     cluster.worker("m", path, "w-1")
-    with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as client:
+    with httpx.Client(
+        base_url=gateway, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30
+    ) as client:
         for n in range(REQUESTS):
             body = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": f"n{n}"}]}
             assert client.post("/chat/completions", json=body).status_code == 200
