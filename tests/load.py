@@ -36,6 +36,7 @@ class Outcome:
     attempts: int = 1
     task_id: str | None = None
     idempotency_key: str | None = None
+    request_ids: list[str] = field(default_factory=list)  # every x-request-id an ingress answered with
 
 
 @dataclass
@@ -99,11 +100,12 @@ class LoadRun:
         body = {"model": self.model, "max_tokens": 6, "messages": [{"role": "user", "content": f"r{n}"}]}
         attempts = 0
         detail = ""
+        seen: list[str] = []
         while True:
             attempts += 1
             base = self.gateways[(n + attempts) % len(self.gateways)]
             try:
-                verdict, detail, task_id = await self._attempt(client, base, kind, body, key)
+                verdict, detail, task_id = await self._attempt(client, base, kind, body, key, seen)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 # Nothing was answered: the ingress is gone. Another one will do.
                 verdict, detail, task_id = "retry", f"connection: {type(exc).__name__}", None
@@ -113,16 +115,23 @@ class LoadRun:
                 # A write error, another protocol error, a 200 that is not the JSON it should be.
                 verdict, detail, task_id = "bad", _named(exc), None
             if verdict != "retry":
-                return Outcome(kind, started, time.monotonic(), verdict, detail, attempts, task_id, key)
+                return Outcome(kind, started, time.monotonic(), verdict, detail, attempts, task_id, key, seen)
             if time.monotonic() - started > self.retry_budget_s:
-                return Outcome(kind, started, time.monotonic(), "clean", detail, attempts, None, key)
+                return Outcome(kind, started, time.monotonic(), "clean", detail, attempts, None, key, seen)
             await asyncio.sleep(min(0.2 * attempts, 1.0))
 
     async def _attempt(
-        self, client: httpx.AsyncClient, base: str, kind: str, body: dict[str, object], key: str | None
+        self,
+        client: httpx.AsyncClient,
+        base: str,
+        kind: str,
+        body: dict[str, object],
+        key: str | None,
+        seen: list[str],
     ) -> tuple[str, str, str | None]:
         if kind == "sync":
             r = await client.post(f"{base}/chat/completions", json=body)
+            seen.append(r.headers.get("x-request-id", ""))
             if r.status_code == 200:
                 ok = bool(r.json()["choices"][0]["message"]["content"])
                 return ("ok" if ok else "bad"), "", None
@@ -132,10 +141,13 @@ class LoadRun:
             r = await client.post(
                 f"{base}/tasks", json={"endpoint": "chat.completions", "body": body}, headers=headers
             )
+            if r.status_code != 202:
+                seen.append(r.headers.get("x-request-id", ""))  # a refusal is audited under this id
             if r.status_code == 202:
                 return "ok", "", str(r.json()["id"])
             return _error_verdict(r), f"{r.status_code} {r.text[:200]}", None
         async with client.stream("POST", f"{base}/chat/completions", json={**body, "stream": True}) as r:
+            seen.append(r.headers.get("x-request-id", ""))
             if r.status_code != 200:
                 await r.aread()
                 return _error_verdict(r), f"{r.status_code} {r.text[:200]}", None
