@@ -63,7 +63,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
             engine = create_engine(settings.database_url)
             cleanup.push_async_callback(engine.dispose)
             sink = AuditSink(nc, subjects, AuditStore(engine), await _checkpointer(js, subjects, settings))
-            supervisor.supervise("audit-sink", lambda: sink.run(stopping))
+            supervisor.supervise("audit-sink", lambda: sink.run(stopping), graceful=True)
         else:
             log.warning("no MODELBUS_DATABASE_URL: audit events stay queued in JetStream")
         audit = AuditPublisher(js, subjects, "dispatcher")
@@ -81,7 +81,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         recorder = TaskRecorder(task_store, audit, webhooks, batches)
         collector = TaskCollector(nc, subjects, task_store, recorder)
         supervisor.supervise("audit-publisher", audit.run)
-        supervisor.supervise("task-collector", lambda: collector.run(stopping))
+        supervisor.supervise("task-collector", lambda: collector.run(stopping), graceful=True)
 
         config_store = await ConfigStore.open(js, subjects, settings)
         current, revision = await load_initial(config_store, config)
@@ -101,7 +101,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
                 live, Guardrails(InjectionClassifier(bus, live)), QuotaGate(Limiter(ledger, subjects), ledger)
             )
             feeder = BatchFeeder(nc, subjects, admission, bus, task_store, recorder, batches, keys)
-            supervisor.supervise("batch-feeder", lambda: feeder.run(stopping))
+            supervisor.supervise("batch-feeder", lambda: feeder.run(stopping), graceful=True)
         supervisor.supervise("lag-gauges", lambda: refresh_lag(js, subjects, registry, lambda: live.config))
         supervisor.supervise("audit-backlog", lambda: _refresh_audit_backlog(js, subjects))
         log.info("dispatcher running (namespace %s)", settings.namespace)
