@@ -6,7 +6,7 @@ Invariants: every accepted async task completes exactly once (one audit row each
 streaming request succeeds or ends in a clean, OpenAI-shaped error; nothing hangs.
 The CI-sized test (a stream-leader and a worker kill -9, about a minute) runs in every test run; the
 full one is opt-in: `python -m pytest -s -m faults tests/e2e/test_failover.py` (`MODELBUS_SOAK=1`
-for longer fault windows), and `scripts/failover-repeat.sh N` runs it N times and tabulates them.
+for longer fault windows), and `python bench/failover_repeat.py --runs N` runs it N times and tabulates them.
 """
 
 from __future__ import annotations
