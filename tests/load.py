@@ -26,6 +26,13 @@ RETRYABLE_STREAM_CODES = {"worker_lost", "stream_broken", "deadline_exceeded", "
 KINDS = ("sync", "stream", "async")
 
 
+@dataclass(frozen=True)
+class Answer:
+    request_id: str
+    gateway: str
+    at: float  # monotonic time the response headers arrived
+
+
 @dataclass
 class Outcome:
     kind: str
@@ -36,7 +43,7 @@ class Outcome:
     attempts: int = 1
     task_id: str | None = None
     idempotency_key: str | None = None
-    request_ids: list[str] = field(default_factory=list)  # every x-request-id an ingress answered with
+    answers: list[Answer] = field(default_factory=list)  # every answer an ingress gave (its request id)
 
 
 @dataclass
@@ -100,7 +107,7 @@ class LoadRun:
         body = {"model": self.model, "max_tokens": 6, "messages": [{"role": "user", "content": f"r{n}"}]}
         attempts = 0
         detail = ""
-        seen: list[str] = []
+        seen: list[Answer] = []
         while True:
             attempts += 1
             base = self.gateways[(n + attempts) % len(self.gateways)]
@@ -127,11 +134,11 @@ class LoadRun:
         kind: str,
         body: dict[str, object],
         key: str | None,
-        seen: list[str],
+        seen: list[Answer],
     ) -> tuple[str, str, str | None]:
         if kind == "sync":
             r = await client.post(f"{base}/chat/completions", json=body)
-            seen.append(r.headers.get("x-request-id", ""))
+            seen.append(_answer(r, base))
             if r.status_code == 200:
                 ok = bool(r.json()["choices"][0]["message"]["content"])
                 return ("ok" if ok else "bad"), "", None
@@ -142,12 +149,12 @@ class LoadRun:
                 f"{base}/tasks", json={"endpoint": "chat.completions", "body": body}, headers=headers
             )
             if r.status_code != 202:
-                seen.append(r.headers.get("x-request-id", ""))  # a refusal is audited under this id
+                seen.append(_answer(r, base))  # a refusal is audited under this id
             if r.status_code == 202:
                 return "ok", "", str(r.json()["id"])
             return _error_verdict(r), f"{r.status_code} {r.text[:200]}", None
         async with client.stream("POST", f"{base}/chat/completions", json={**body, "stream": True}) as r:
-            seen.append(r.headers.get("x-request-id", ""))
+            seen.append(_answer(r, base))
             if r.status_code != 200:
                 await r.aread()
                 return _error_verdict(r), f"{r.status_code} {r.text[:200]}", None
@@ -164,6 +171,10 @@ class LoadRun:
             if error.get("message"):
                 return "clean", f"stream error {error}", None
         return "bad", f"stream ended without [DONE] or an error event: {events[-2:]}", None
+
+
+def _answer(r: httpx.Response, base: str) -> Answer:
+    return Answer(r.headers.get("x-request-id", ""), base, time.monotonic())
 
 
 def _named(exc: BaseException) -> str:

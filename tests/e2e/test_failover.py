@@ -109,8 +109,11 @@ def _kill_stream_leader(stack: Stack, load: LoadRun) -> None:
     window.end = time.monotonic()
 
 
+KILLED_INGRESS = "ingress kill -9"
+
+
 def _kill_ingress(stack: Stack, load: LoadRun) -> None:
-    window = load.window("ingress kill -9")
+    window = load.window(KILLED_INGRESS)
     port = _port(stack.gateways[0])
     stack.cluster.proc(f"ingress-{port}").kill()
     time.sleep(2)
@@ -166,12 +169,12 @@ def _audit_counts(url: str) -> Counter[str]:
 
 @pytest.mark.faults
 def test_mixed_load_survives_node_ingress_worker_and_postgres_faults(stack: Stack) -> None:
-    _check(stack, _under_load(stack, FULL), killed_ingress=True)
+    _check(stack, _under_load(stack, FULL))
 
 
 def test_ci_sized_failover_loses_and_duplicates_nothing(stack: Stack) -> None:
     """In every CI run: the stream leader and a worker are killed -9 under mixed load."""
-    _check(stack, _under_load(stack, CI_SIZED), killed_ingress=False)
+    _check(stack, _under_load(stack, CI_SIZED))
 
 
 def _under_load(stack: Stack, faults: tuple[Fault, ...]) -> LoadRun:
@@ -185,7 +188,7 @@ def _under_load(stack: Stack, faults: tuple[Fault, ...]) -> LoadRun:
     return load
 
 
-def _check(stack: Stack, load: LoadRun, killed_ingress: bool) -> None:
+def _check(stack: Stack, load: LoadRun) -> None:
     outcomes = load.outcomes
     tasks = [o.task_id for o in outcomes if o.kind == "async" and o.task_id]
     assert len(tasks) == len(set(tasks))  # one task per Idempotency-Key
@@ -199,7 +202,8 @@ def _check(stack: Stack, load: LoadRun, killed_ingress: bool) -> None:
     # Waits are bounded; what is still missing after them counts as lost (and fails the test).
     with contextlib.suppress(AssertionError):
         wait_until(all_done, 120, "async tasks did not complete")
-    answered = [i for o in outcomes for i in o.request_ids if i]
+    answered = [a.request_id for o in outcomes for a in o.answers]
+    assert all(answered), "an answer without x-request-id"
     with contextlib.suppress(AssertionError):
         wait_until(
             lambda: all(_audit_counts(stack.postgres.url)[i] >= 1 for i in [*tasks, *answered]), 60, ""
@@ -211,25 +215,36 @@ def _check(stack: Stack, load: LoadRun, killed_ingress: bool) -> None:
     # Sync requests are audited by the ingress: one row per request id, retries have new ids.
     duplicated += sum(n - 1 for request_id, n in audit.items() if n > 1 and request_id not in tasks)
     # Every answer an ingress gave names a request with its one audit row. An ingress killed -9 can
-    # take the rows of its last answers with it (they are published after the response).
-    unaudited = [i for i in answered if audit[i] != 1]
+    # take the rows of its very last answers with it (they are published just after the response):
+    # only those may be missing, never a duplicate, never anyone else's.
+    unaudited = [a for o in outcomes for a in o.answers if audit[a.request_id] != 1]
+    kill = next((w for w in load.windows if w.name == KILLED_INGRESS), None)
+    excused = [
+        a
+        for a in unaudited
+        if kill is not None
+        and audit[a.request_id] == 0
+        and a.gateway == stack.gateways[0]
+        and kill.start - 1.0 <= a.at <= kill.start + 0.5
+    ]
     table = report(load, lost, duplicated)
     print("\n" + table)
-    print(f"answers without exactly one audit row: {len(unaudited)} of {len(answered)}")
+    audited = f"answers without exactly one audit row: {len(unaudited)} of {len(answered)}"
+    audited += f" ({len(excused)} given by the killed ingress in its last second)"
+    print(audited)
     (Path(os.environ.get("MODELBUS_HA_REPORT", stack.cluster.tmp / "ha-report.md"))).write_text(
-        table + f"\nanswers without exactly one audit row: {len(unaudited)} of {len(answered)}\n"
+        table + "\n" + audited + "\n"
     )
 
     print("tasks not completed:", dict(list(pending.items())[:10]))
     bad = [o for o in outcomes if o.result == "bad"]
     assert not bad, bad[:5]
     assert lost == 0 and duplicated == 0
-    if not killed_ingress:
-        assert not unaudited, unaudited[:5]
+    assert len(unaudited) == len(excused), [a for a in unaudited if a not in excused][:5]
     # A clean failure is an OpenAI-shaped error after every retry the client may make: the faults
     # here last seconds and the clients retry for 40 s, so none should remain.
     clean = [o for o in outcomes if o.result == "clean"]
-    assert len(clean) <= (0 if not killed_ingress else len(outcomes) // 100), clean[:5]
+    assert not clean, clean[:5]
     assert sum(o.kind == "async" and o.result == "ok" for o in outcomes) >= 30
     for kind in ("sync", "stream", "async"):
         assert sum(o.kind == kind and o.result == "ok" for o in outcomes) > 0
