@@ -67,9 +67,18 @@ async def test_two_deliveries_of_one_request_on_one_worker_both_settle(nats_serv
     cancellations = Cancellations(nc, subjects)
     backend = build_backend(SimulatorBackend(ttft_ms=200, tokens_per_s=200), "m", 8)
     runner = RequestRunner(nc, settings, backend, cancellations)
+    # As in a worker: in-progress acks keep both deliveries (a busy machine may take over the ack
+    # wait of 1 s to run them) from being handed out a third time.
+    keeping_alive = asyncio.create_task(runner.keep_alive())
     await asyncio.gather(runner.handle(first), runner.handle(second))  # concurrently, on one worker
+    keeping_alive.cancel()
     assert runner.in_flight == 0 and runner.served == 2
-    info = await js.consumer_info(subjects.request_stream, consumer)
-    assert info.num_ack_pending == 0 and info.num_pending == 0  # settled, not left to redeliver
+    # Settled, not left to redeliver (acks are applied asynchronously: allow them a moment).
+    for _ in range(40):
+        info = await js.consumer_info(subjects.request_stream, consumer)
+        if info.num_ack_pending == 0 and info.num_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert info.num_ack_pending == 0 and info.num_pending == 0, info
     await backend.aclose()
     await nc.close()
