@@ -72,7 +72,7 @@ class Degradation:
         config = self._admission.config
         for name in admitted.target.fallbacks:
             model = config.model(name)
-            if model is None or admitted.endpoint not in model.endpoints:
+            if model is None or not model.serves(admitted.endpoint):
                 continue
             if self._health is not None and self._health.trouble(model, wait_budget_s) is not None:
                 continue

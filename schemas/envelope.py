@@ -20,6 +20,15 @@ class Endpoint(StrEnum):
     CHAT = "chat"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"  # OpenAI's Responses API
+    MESSAGES = "messages"  # Anthropic's Messages API
+    RERANK = "rerank"
+    TOKENIZE = "tokenize"
+    DETOKENIZE = "detokenize"
+
+
+# Served by any chat model: translated to and from chat completions unless the backend has them.
+CHAT_DIALECTS = (Endpoint.RESPONSES, Endpoint.MESSAGES)
 
 
 class Lane(StrEnum):

@@ -108,7 +108,7 @@ class Admission:
         counted once and is settled by whichever worker serves it."""
         identity = admitted.identity
         revision = self._live.current
-        if admitted.spec.endpoint not in target.endpoints:
+        if not target.serves(admitted.spec.endpoint):
             return None
         if not revision.authorizer.permits(identity.roles, target.name, admitted.operation):
             notes.policy_actions.append(f"fallback_denied:{target.name}")
