@@ -27,6 +27,7 @@ from dispatcher.db.engine import create_engine
 from dispatcher.quotas import Limiter, QuotaLedger
 from dispatcher.response_cache import ResponseCache
 from dispatcher.runtime import Runtime, process_runtime
+from dispatcher.stored_responses import ResponseStore
 from dispatcher.tasks.store import TaskStore
 from dispatcher.telemetry.lag import refresh_lag
 from dispatcher.telemetry.metrics import watch_config
@@ -41,7 +42,7 @@ from ingress.keys import KeyRing
 from ingress.model_health import ModelHealth
 from ingress.oidc import OidcVerifier
 from ingress.relay import Relay
-from ingress.routes import admin, batches, files, health, inference, keys, models, ops, tasks
+from ingress.routes import admin, batches, files, health, inference, keys, models, ops, responses, tasks
 from ingress.settings import IngressSettings
 from ingress.tasks import TaskIntake
 from schemas.config import ModelbusConfig
@@ -82,7 +83,7 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
     )
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
-    for router in (inference, models, tasks, files, batches, admin, keys, ops, health):
+    for router in (inference, responses, models, tasks, files, batches, admin, keys, ops, health):
         app.include_router(router.router)
     return app
 
@@ -132,10 +133,12 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
     cache = await ResponseCache.open(js, subjects, settings)
     ledger = await QuotaLedger.open(nc, subjects, settings)
     cleanup.push_async_callback(ledger.drain)
+    responses = await ResponseStore.open(js, subjects, settings, nc.max_payload)
     admission = Admission(
         live,
         Guardrails(InjectionClassifier(bus, live)),
         QuotaGate(Limiter(ledger, subjects), ledger),
+        responses,
     )
     relay = Relay(bus, settings, admission, intake, Degradation(admission, health, intake, cache))
 
@@ -161,6 +164,7 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
         audit=audit,
         admission=admission,
         relay=relay,
+        responses=responses,
         tasks=intake,
         workers=workers,
         traffic=traffic,

@@ -19,12 +19,22 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ScriptedToolCall(_Config):
+    """A function call the simulator makes, as a model with tool calling would."""
+
+    name: str = Field(min_length=1)
+    arguments: str = Field(default="{}", description="JSON text, as models write it")
+
+
 class ScriptedReply(_Config):
-    """The simulator answers `reply` when the last user message matches `match` (a regex); `{prompt}` in
-    the reply stands for that message, so a test can see exactly what the model received."""
+    """The simulator answers `reply` when the last user message (or, after a tool call, the tool's
+    answer) matches `match` (a regex); `{prompt}` in the reply stands for that message, so a test can
+    see exactly what the model received. With `tool_calls`, a request that offers tools gets those
+    calls after the reply's text."""
 
     match: str = Field(min_length=1)
-    reply: str
+    reply: str = ""
+    tool_calls: list[ScriptedToolCall] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _compiles(self) -> ScriptedReply:

@@ -101,3 +101,53 @@ class TokenizeRequest(_PassThrough):
 class DetokenizeRequest(_PassThrough):
     model: ModelName
     tokens: list[int] = Field(min_length=1)
+
+
+class StoredResponse(BaseModel):
+    """A Responses API answer as kept for `GET /v1/responses/{id}` and `previous_response_id`.
+
+    Each record holds its whole conversation (`context`), so it never depends on an earlier record:
+    deleting or expiring one response does not break the responses that continued from it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    consumer: str  # the owner: nobody else can read, continue or delete it
+    created_at: int
+    context: list[dict[str, Any]]  # the input items the model saw, earlier turns included
+    response: dict[str, Any]  # the response body as the client received it
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """The input items of a response that continues this one: its context, then its output."""
+        output = self.response.get("output") or []
+        return [*self.context, *(item for item in output if isinstance(item, dict) and _replayed(item))]
+
+
+def _replayed(item: dict[str, Any]) -> bool:
+    # Reasoning items are the backend's own business; messages and function calls are the dialogue.
+    return item.get("type") in ("message", "function_call")
+
+
+def input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A Responses `input` as a list of items (a string is one user message)."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    return list(value)
+
+
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def anthropic_error(status: int, message: str) -> dict[str, Any]:
+    """An error as the Messages API answers it (its clients read `error.type`, not the status)."""
+    kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}

@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from schemas.dialects import (
     DetokenizeRequest,
     MessagesRequest,
-    ResponsesRequest,
     RerankRequest,
+    ResponsesRequest,
     TokenizeRequest,
 )
 from schemas.envelope import Endpoint
@@ -98,9 +98,7 @@ _ROWS = (
         named_events=True,
         errors="anthropic",
     ),
-    EndpointSpec(
-        Endpoint.RERANK, "/v1/rerank", "rerank", RerankRequest, "rerank", "rerank", False, "rerank"
-    ),
+    EndpointSpec(Endpoint.RERANK, "/v1/rerank", "rerank", RerankRequest, "rerank", "rerank", False, "rerank"),
     EndpointSpec(
         Endpoint.TOKENIZE,
         "/tokenize",

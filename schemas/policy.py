@@ -13,7 +13,15 @@ class _Config(BaseModel):
 
 
 Operation = Literal["chat", "completions", "embeddings", "rerank", "tokenize", "batch", "admin"]
-OPERATIONS: tuple[Operation, ...] = ("chat", "completions", "embeddings", "rerank", "tokenize", "batch", "admin")
+OPERATIONS: tuple[Operation, ...] = (
+    "chat",
+    "completions",
+    "embeddings",
+    "rerank",
+    "tokenize",
+    "batch",
+    "admin",
+)
 _INFERENCE: tuple[Operation, ...] = ("chat", "completions", "embeddings", "rerank", "tokenize", "batch")
 
 
