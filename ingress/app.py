@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from dispatcher.admission.classifier import InjectionClassifier
 from dispatcher.admission.guardrails import Guardrails
@@ -46,6 +47,7 @@ from ingress.routes import admin, batches, files, health, inference, keys, model
 from ingress.settings import IngressSettings
 from ingress.tasks import TaskIntake
 from schemas.config import ModelbusConfig
+from schemas.endpoints import BY_PATH
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,24 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             "auto_configure": False,
         },
     )
-    install_error_handlers(app)
+    routers = [
+        m.router for m in (inference, responses, models, tasks, files, batches, admin, keys, ops, health)
+    ]
+    install_error_handlers(app, _client_api(routers))
     app.add_middleware(AuditMiddleware)
-    for router in (inference, responses, models, tasks, files, batches, admin, keys, ops, health):
-        app.include_router(router.router)
+    for router in routers:
+        app.include_router(router)
     return app
+
+
+def _client_api(routers: list[APIRouter]) -> list[str]:
+    """Every route under /v1 and the tokenizer endpoints (not probes, metrics or admin)."""
+    served = []
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and (route.path.startswith("/v1/") or route.path in BY_PATH):
+                served += [f"{method} {route.path}" for method in sorted(route.methods or ())]
+    return served
 
 
 async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: Runtime) -> Services:

@@ -8,7 +8,6 @@ import math
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from nats.errors import Error as NatsError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -114,7 +113,9 @@ def _noted(request: Request, error: APIError) -> Response:
     return error_response(error, spec.errors if spec is not None else "openai")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, served: list[str]) -> None:
+    """`served`: the client API's routes (`POST /v1/responses`, ...), named when there is no route."""
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
         return _noted(request, exc)
@@ -135,7 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
             # No route: say so in a way that tells a gateway limitation from a typo.
             message = f"Modelbus does not serve {request.method} {request.url.path}; it serves " + ", ".join(
-                _served(app)
+                served
             )
             return _noted(request, APIError(exc.status_code, message, "unsupported_endpoint"))
         return _noted(request, APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})))
@@ -151,12 +152,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _noted(request, APIError(500, "internal gateway error", "internal_error"))
-
-
-def _served(app: FastAPI) -> list[str]:
-    """The client API: every route under /v1 and the tokenizer endpoints (not probes or admin)."""
-    served = []
-    for route in app.routes:
-        if isinstance(route, APIRoute) and (route.path.startswith("/v1/") or route.path in BY_PATH):
-            served += [f"{method} {route.path}" for method in sorted(route.methods or ())]
-    return served

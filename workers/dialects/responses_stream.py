@@ -75,9 +75,10 @@ class ResponsesFromChat(_Events):
         if self._started:
             return []
         self._started = True
+        # Copies as they are now: the output list fills before these events are serialized.
         return [
-            self._event("response.created", response=dict(self._body)),
-            self._event("response.in_progress", response=dict(self._body)),
+            self._event("response.created", response={**self._body, "output": []}),
+            self._event("response.in_progress", response={**self._body, "output": []}),
         ]
 
     def _text_delta(self, text: str) -> list[Json]:
