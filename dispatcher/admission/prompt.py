@@ -185,10 +185,14 @@ def _string_or_item(item: Any, change: Change) -> Any:
         return change(item)
     if not isinstance(item, dict):
         return item  # a token id
-    # A Responses input item: a message, a function call (its arguments) or a call's output.
-    out = _message(item, change)
-    out = _field(out, "arguments", lambda args: change(args) if isinstance(args, str) else args)
-    return _field(out, "output", lambda output: _content(output, change))
+    # A Responses input item: a function call (its arguments, not its name), a call's output, or a
+    # message.
+    kind = item.get("type")
+    if kind == "function_call":
+        return _field(item, "arguments", lambda args: change(args) if isinstance(args, str) else args)
+    if kind == "function_call_output":
+        return _field(item, "output", lambda output: _content(output, change))
+    return _message(item, change)
 
 
 def _document(document: Any, change: Change) -> Any:
