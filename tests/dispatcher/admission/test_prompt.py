@@ -182,7 +182,10 @@ MESSAGES_REQUEST: dict[str, Any] = {
     "system": [{"type": "text", "text": "system-block-text"}],
     "messages": [
         {"role": "user", "content": "user-text"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"q": "use-text"}}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"q": "use-text"}}],
+        },
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "result-text"}]},
     ],
     "tools": [{"name": "f", "description": "anthropic-tool-text", "input_schema": {"title": "schema-text"}}],
@@ -194,7 +197,14 @@ def test_responses_and_messages_texts_are_all_found_and_rewritten() -> None:
         "instructions-text", "input-text", "call-args-text", "call-output-text", "flat-tool-text", "format-text",
     }  # fmt: skip
     assert set(input_texts(RESPONSES_REQUEST)) == expected
-    anthropic = {"system-block-text", "user-text", "use-text", "result-text", "anthropic-tool-text", "schema-text"}
+    anthropic = {
+        "system-block-text",
+        "user-text",
+        "use-text",
+        "result-text",
+        "anthropic-tool-text",
+        "schema-text",
+    }
     assert set(input_texts(MESSAGES_REQUEST)) == anthropic
     for request in (RESPONSES_REQUEST, MESSAGES_REQUEST):
         before = copy.deepcopy(request)
