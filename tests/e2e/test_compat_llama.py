@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not fetch it: loopback only
@@ -55,26 +56,27 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     tmp = tmp_path_factory.mktemp("llama-compat")
-    with run_llama_server(free_port(), tmp / "llama.log", ctx_size=CTX, reranking=True) as url:
-        backend = OpenAIBackend(base_url=url, served_model=ALIAS, native=["responses", "messages"])
-        endpoints = [
-            Endpoint.CHAT,
-            Endpoint.COMPLETIONS,
-            Endpoint.RERANK,
-            Endpoint.TOKENIZE,
-            Endpoint.DETOKENIZE,
-        ]
-        model = ModelConfig(name="gemma", endpoints=endpoints, backend=backend, max_concurrency=2)
-        cluster = Cluster(tmp, nats_server.url, "t" + uuid.uuid4().hex[:10])
-        config = cluster.write_config(with_consumers([model]))
-        gateway = cluster.ingress(config)
-        cluster.worker("gemma", config, "w-llama")
-        yield Pair(url.removesuffix("/v1"), gateway.removesuffix("/v1"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    backend = OpenAIBackend(base_url=url, served_model=ALIAS, native=["responses", "messages"])
+    endpoints = [Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RERANK, Endpoint.TOKENIZE, Endpoint.DETOKENIZE]
+    model = ModelConfig(name="gemma", endpoints=endpoints, backend=backend, max_concurrency=2)
+    cluster = Cluster(tmp, nats_server.url, "t" + uuid.uuid4().hex[:10])
+    config = cluster.write_config(with_consumers([model]))
+    try:
+        # The gateway starts while the server loads its model; the worker needs the server only later.
+        with ThreadPoolExecutor(2) as pool:
+            gateway = pool.submit(cluster.ingress, config)
+            worker = pool.submit(cluster.worker, "gemma", config, "w-llama")
+            with run_llama_server(port, tmp / "llama.log", ctx_size=CTX, reranking=True):
+                worker.result()
+                yield Pair(url.removesuffix("/v1"), gateway.result().removesuffix("/v1"))
+    finally:
         cluster.close()
 
 
 def test_responses_plain_and_streamed_match_the_server(pair: Pair) -> None:
-    ask = {"input": PROMPT, "max_output_tokens": 8, "temperature": 0}
+    ask = {"input": PROMPT, "max_output_tokens": 5, "temperature": 0}
     expected = pair.openai(False).responses.create(model=ALIAS, **ask)
     client = pair.openai(True)
     raw = client.responses.with_raw_response.create(model="gemma", **ask)
@@ -111,7 +113,7 @@ def test_anthropic_messages_plain_and_streamed_match_the_server(pair: Pair) -> N
 
 
 def test_rerank_and_tokenizer_return_what_the_server_returns(pair: Pair) -> None:
-    documents = ["Paris is the capital of France.", "Bananas are yellow.", "France is in Europe."]
+    documents = ["Paris is the capital of France.", "Bananas are yellow."]
     calls = [
         ("/v1/rerank", {"query": "capital of France", "documents": documents, "top_n": 2}),
         ("/tokenize", {"content": "Hello world", "add_special": False}),

@@ -12,6 +12,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,9 +74,17 @@ def gateway(
     cluster = Cluster(tmp_path_factory.mktemp("compat"), nats_server.url, "t" + uuid.uuid4().hex[:10])
     endpoints = [Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RERANK, Endpoint.TOKENIZE, Endpoint.DETOKENIZE]
     config = cluster.write_config(with_consumers([ModelConfig(name="sim", endpoints=endpoints, backend=SIM)]))
-    cluster.dispatcher(config, module_database_url)
-    urls = (cluster.ingress(config), cluster.ingress(config))
-    cluster.worker("sim", config, "w-sim")
+    # Started side by side: each process spends its start-up importing, which overlaps on two cores.
+    with ThreadPoolExecutor(4) as pool:
+        starting = [
+            pool.submit(cluster.dispatcher, config, module_database_url),
+            pool.submit(cluster.worker, "sim", config, "w-sim"),
+            pool.submit(cluster.ingress, config),
+            pool.submit(cluster.ingress, config),
+        ]
+        urls = (starting[2].result(), starting[3].result())
+        for future in starting[:2]:
+            future.result()
     yield Gateway(urls, module_database_url)
     cluster.close()
 
