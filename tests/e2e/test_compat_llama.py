@@ -97,7 +97,7 @@ def test_responses_plain_and_streamed_match_the_server(pair: Pair) -> None:
 def test_anthropic_messages_plain_and_streamed_match_the_server(pair: Pair) -> None:
     # This SDK no longer takes `temperature`; servers still read it, and greedy decoding is the point.
     ask = {
-        "max_tokens": 8,
+        "max_tokens": 5,
         "messages": [{"role": "user", "content": PROMPT}],
         "extra_body": {"temperature": 0},
     }
