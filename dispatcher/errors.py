@@ -143,9 +143,19 @@ class Interrupted(ModelbusError):
 class RemoteError(ModelbusError):
     """The worker or its backend answered with an error frame."""
 
-    def __init__(self, code: ErrorCode, message: str, status: int, retryable: bool) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        status: int,
+        retryable: bool,
+        api_code: str | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
         self.retryable = retryable
+        self.api_code = api_code  # the backend's meaning, in OpenAI's codes (context_length_exceeded)
+        self.param = param

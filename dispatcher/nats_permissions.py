@@ -53,6 +53,7 @@ def _buckets(s: Subjects) -> tuple[str, ...]:
         s.cache_bucket,
         s.key_bucket,
         s.audit_checkpoint_bucket,
+        s.response_bucket,
     )
 
 
@@ -126,6 +127,7 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
         *_kv_write(s.task_bucket),
         *_kv_write(s.cache_bucket),
         *_kv_write(s.key_bucket),  # the admin API (RBAC: admin role) issues and revokes keys
+        *_kv_write(s.response_bucket),  # DELETE /v1/responses/{id}
         *_quota_use(s),
     ]
     for bucket in _buckets(s):
@@ -152,6 +154,9 @@ def worker(namespace: str, worker_id: str, models: Mapping[str, Sequence[str]]) 
         *_kv_read(s.config_bucket),
         f"{_JS}.STREAM.INFO.{_kv_stream(s.worker_bucket)}",
         s.all_quotas,  # settling token reservations with the backend's usage
+        # Storing Responses API answers before they go out (any ingress may be asked to continue one).
+        f"{_JS}.STREAM.INFO.{_kv_stream(s.response_bucket)}",
+        *_kv_write(s.response_bucket),
     ]
     for model, versions in models.items():
         publish += _kv_write(s.worker_bucket, f"{encode_token(model)}.>")

@@ -132,7 +132,15 @@ class ReplyWriter:
         self.usage = usage
         self.finished = True
 
-    async def error(self, code: ErrorCode, message: str, status: int, retryable: bool) -> None:
+    async def error(
+        self,
+        code: ErrorCode,
+        message: str,
+        status: int,
+        retryable: bool,
+        api_code: str | None = None,
+        param: str | None = None,
+    ) -> None:
         frame = ErrorFrame(
             attempt=self._attempt,
             seq=self._next_seq(),
@@ -140,6 +148,8 @@ class ReplyWriter:
             message=message,
             status=status,
             retryable=retryable,
+            api_code=api_code,
+            param=param,
         )
         await self._send_last(frame)
         self.finished = True

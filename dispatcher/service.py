@@ -31,6 +31,7 @@ from dispatcher.quotas import Limiter, QuotaLedger
 from dispatcher.response_cache import ResponseCache
 from dispatcher.runtime import process_runtime
 from dispatcher.settings import BusSettings
+from dispatcher.stored_responses import ResponseStore
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.batch_feeder import BatchFeeder
 from dispatcher.tasks.collector import TaskCollector
@@ -74,6 +75,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         # Ingresses and workers with restricted NATS users cannot create buckets; they find these.
         registry = await open_registry(js, subjects, settings)
         await ResponseCache.open(js, subjects, settings)
+        responses = await ResponseStore.open(js, subjects, settings, nc.max_payload)
         keys = await KeyRegistry.open(js, subjects, settings)
         ledger = await QuotaLedger.open(nc, subjects, settings)
         cleanup.push_async_callback(ledger.drain)
@@ -98,7 +100,10 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
             bus = BusClient(nc, subjects, settings, _BUS_ID, msg_ttl, shared_inbox=True)
             await bus.start()
             admission = Admission(
-                live, Guardrails(InjectionClassifier(bus, live)), QuotaGate(Limiter(ledger, subjects), ledger)
+                live,
+                Guardrails(InjectionClassifier(bus, live)),
+                QuotaGate(Limiter(ledger, subjects), ledger),
+                responses,
             )
             feeder = BatchFeeder(nc, subjects, admission, bus, task_store, recorder, batches, keys)
             supervisor.supervise("batch-feeder", lambda: feeder.run(stopping), graceful=True)

@@ -62,6 +62,9 @@ class BusSettings(BaseSettings):
     )
     cache_ttl_s: float = Field(default=3600.0, gt=0, description="how long cached answers may be served")
     task_timeout_s: float = Field(default=24 * 3600, gt=0, description="deadline of an async task")
+    response_ttl_s: float = Field(
+        default=30 * 24 * 3600, gt=0, description="how long stored Responses API responses are kept"
+    )
     webhook_secret: str | None = Field(default=None, description="HMAC key for task webhooks")
     audit_signing_key: SecretStr | None = Field(
         default=None,

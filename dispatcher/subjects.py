@@ -180,6 +180,11 @@ class Subjects:
     def cache_bucket(self) -> str:
         return f"{self.namespace}-cache"
 
+    @property
+    def response_bucket(self) -> str:
+        """Stored responses of the Responses API, by response id."""
+        return f"{self.namespace}-responses"
+
     # configuration ---------------------------------------------------------------------------
     @property
     def config_bucket(self) -> str:

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from dispatcher.admission.classifier import InjectionClassifier
 from dispatcher.admission.guardrails import Guardrails
@@ -27,6 +28,7 @@ from dispatcher.db.engine import create_engine
 from dispatcher.quotas import Limiter, QuotaLedger
 from dispatcher.response_cache import ResponseCache
 from dispatcher.runtime import Runtime, process_runtime
+from dispatcher.stored_responses import ResponseStore
 from dispatcher.tasks.store import TaskStore
 from dispatcher.telemetry.lag import refresh_lag
 from dispatcher.telemetry.metrics import watch_config
@@ -41,10 +43,11 @@ from ingress.keys import KeyRing
 from ingress.model_health import ModelHealth
 from ingress.oidc import OidcVerifier
 from ingress.relay import Relay
-from ingress.routes import admin, batches, files, health, inference, keys, models, ops, tasks
+from ingress.routes import admin, batches, files, health, inference, keys, models, ops, responses, tasks
 from ingress.settings import IngressSettings
 from ingress.tasks import TaskIntake
 from schemas.config import ModelbusConfig
+from schemas.endpoints import BY_PATH
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +83,24 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             "auto_configure": False,
         },
     )
-    install_error_handlers(app)
+    routers = [
+        m.router for m in (inference, responses, models, tasks, files, batches, admin, keys, ops, health)
+    ]
+    install_error_handlers(app, _client_api(routers))
     app.add_middleware(AuditMiddleware)
-    for router in (inference, models, tasks, files, batches, admin, keys, ops, health):
-        app.include_router(router.router)
+    for router in routers:
+        app.include_router(router)
     return app
+
+
+def _client_api(routers: list[APIRouter]) -> list[str]:
+    """Every route under /v1 and the tokenizer endpoints (not probes, metrics or admin)."""
+    served = []
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and (route.path.startswith("/v1/") or route.path in BY_PATH):
+                served += [f"{method} {route.path}" for method in sorted(route.methods or ())]
+    return served
 
 
 async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: Runtime) -> Services:
@@ -132,10 +148,12 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
     cache = await ResponseCache.open(js, subjects, settings)
     ledger = await QuotaLedger.open(nc, subjects, settings)
     cleanup.push_async_callback(ledger.drain)
+    responses = await ResponseStore.open(js, subjects, settings, nc.max_payload)
     admission = Admission(
         live,
         Guardrails(InjectionClassifier(bus, live)),
         QuotaGate(Limiter(ledger, subjects), ledger),
+        responses,
     )
     relay = Relay(bus, settings, admission, intake, Degradation(admission, health, intake, cache))
 
@@ -161,6 +179,7 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
         audit=audit,
         admission=admission,
         relay=relay,
+        responses=responses,
         tasks=intake,
         workers=workers,
         traffic=traffic,

@@ -39,6 +39,7 @@ _ACTIONS = (
     ("DELETE", re.compile(r"/admin/keys/[^/]+"), "keys.revoke"),
     ("POST", re.compile(r"/v1/files/?"), "files.upload"),
     ("DELETE", re.compile(r"/v1/files/[^/]+"), "files.delete"),
+    ("DELETE", re.compile(r"/v1/responses/[^/]+"), "responses.delete"),
     ("POST", re.compile(r"/v1/batches/?"), "batches.create"),
     ("POST", re.compile(r"/v1/batches/[^/]+/cancel"), "batches.cancel"),
 )
@@ -179,6 +180,14 @@ def _output(draft: AuditDraft) -> Any:
         parts: list[str] = []
         for line in draft.chunks:
             chunk = orjson.loads(line)
+            kind = chunk.get("type")
+            if kind in ("response.completed", "response.incomplete"):
+                return chunk.get("response")  # the whole Response, as a plain call would have it
+            delta = chunk.get("delta")
+            if kind == "response.output_text.delta" and isinstance(delta, str):
+                parts.append(delta)
+            elif kind == "content_block_delta" and isinstance(delta, dict):  # Anthropic
+                parts.append(delta.get("text") or delta.get("partial_json") or "")
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 parts.append(delta.get("content") or choice.get("text") or "")

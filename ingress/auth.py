@@ -1,4 +1,5 @@
-"""Who is calling: an API key (ours) or a bearer JWT from a configured OpenID Connect issuer.
+"""Who is calling: an API key (ours) or a bearer JWT from a configured OpenID Connect issuer, sent
+as `Authorization: Bearer ...` or, as Anthropic's clients do, `x-api-key: ...`.
 
 Every failure is a 401 in OpenAI's shape that says what was wrong with the credential but never
 echoes it, not even in part. Once the caller is known, the request's audit draft names it, so even a
@@ -40,8 +41,13 @@ async def _authenticate(request: Request, services: ServicesDep) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
+    if not header and (api_key := request.headers.get("x-api-key", "").strip()):
+        # Anthropic's clients send the key this way (with `anthropic-version`, which needs no answer).
+        scheme, token = "bearer", api_key
     if scheme.lower() != "bearer" or not token:
-        raise _rejected("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
+        raise _rejected(
+            "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'", "missing_api_key"
+        )
     config = services.live.config
     if config.oidc and looks_like_jwt(token):
         try:

@@ -27,6 +27,7 @@ from ingress.audit import AuditDraft
 from ingress.errors import APIError
 from ingress.model_health import ModelHealth
 from ingress.tasks import TaskIntake
+from schemas.envelope import Endpoint
 
 HEADER = "x-modelbus-degraded"
 
@@ -55,6 +56,8 @@ class Degradation:
         """Keep a plain answer for the cache step, after the response (never on its path)."""
         if self._cache is None or not admitted.target.cache or admitted.stream:
             return
+        if admitted.endpoint is Endpoint.RESPONSES:
+            return  # a response has its own id and stored conversation: it is never another's answer
         task = asyncio.create_task(self._cache.put(admitted.target.name, admitted.payload, body))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
@@ -72,7 +75,7 @@ class Degradation:
         config = self._admission.config
         for name in admitted.target.fallbacks:
             model = config.model(name)
-            if model is None or admitted.endpoint not in model.endpoints:
+            if model is None or not model.serves(admitted.endpoint):
                 continue
             if self._health is not None and self._health.trouble(model, wait_budget_s) is not None:
                 continue

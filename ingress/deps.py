@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from dispatcher.audit.publisher import AuditPublisher
     from dispatcher.batches import BatchStore
     from dispatcher.config_store import ConfigStore
+    from dispatcher.stored_responses import ResponseStore
     from dispatcher.subjects import Subjects
     from dispatcher.supervisor import Supervisor
     from dispatcher.telemetry.traffic import TrafficWatch
@@ -48,6 +49,7 @@ class Services:
     audit: AuditPublisher
     admission: Admission
     relay: Relay
+    responses: ResponseStore  # stored Responses API answers (GET, DELETE, previous_response_id)
     tasks: TaskIntake
     workers: KeyValue  # the worker registry (capacity views)
     traffic: TrafficWatch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from nats.errors import Error as NatsError
@@ -23,6 +24,8 @@ from dispatcher.errors import (
     Unauthenticated,
     WorkerLost,
 )
+from schemas.dialects import anthropic_error
+from schemas.endpoints import BY_PATH, ErrorStyle
 from schemas.envelope import ErrorCode
 from schemas.openai import error_body
 
@@ -60,7 +63,7 @@ def from_bus_error(exc: ModelbusError) -> APIError:
         return APIError(exc.status, exc.message, exc.code, exc.param, headers)
     if isinstance(exc, RemoteError):
         headers = retry if exc.retryable else {}
-        return APIError(exc.status, exc.message, exc.code.value, headers=headers)
+        return APIError(exc.status, exc.message, exc.api_code or exc.code.value, exc.param, headers)
     if isinstance(exc, RequestTooLarge):
         return APIError(413, str(exc), "request_too_large")
     if isinstance(exc, QueueFull):
@@ -85,10 +88,19 @@ def from_bus_error(exc: ModelbusError) -> APIError:
     return APIError(502, "the request failed in the gateway", "gateway_error", headers=retry)
 
 
-def error_response(error: APIError) -> Response:
-    body = error_body(error.status, error.message, error.code, error.param)
+def error_payload(error: APIError, style: ErrorStyle = "openai") -> bytes:
+    """The error body in the shape the endpoint's clients parse: OpenAI's, or Anthropic's."""
+    if style == "anthropic":
+        return orjson.dumps(anthropic_error(error.status, error.message))
+    return error_body(error.status, error.message, error.code, error.param).model_dump_json().encode()
+
+
+def error_response(error: APIError, style: ErrorStyle = "openai") -> Response:
     return Response(
-        body.model_dump_json(), status_code=error.status, headers=error.headers, media_type="application/json"
+        error_payload(error, style),
+        status_code=error.status,
+        headers=error.headers,
+        media_type="application/json",
     )
 
 
@@ -97,10 +109,13 @@ def _noted(request: Request, error: APIError) -> Response:
     draft = request.scope.get("state", {}).get("audit")
     if draft is not None:
         draft.error_code, draft.error_message = error.code, error.message
-    return error_response(error)
+    spec = BY_PATH.get(request.url.path)
+    return error_response(error, spec.errors if spec is not None else "openai")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, served: list[str]) -> None:
+    """`served`: the client API's routes (`POST /v1/responses`, ...), named when there is no route."""
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
         return _noted(request, exc)
@@ -118,6 +133,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
+            # No route: say so in a way that tells a gateway limitation from a typo.
+            message = f"Modelbus does not serve {request.method} {request.url.path}; it serves " + ", ".join(
+                served
+            )
+            return _noted(request, APIError(exc.status_code, message, "unsupported_endpoint"))
         return _noted(request, APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})))
 
     @app.exception_handler(NatsError)

@@ -32,7 +32,7 @@ from ingress.degradation import HEADER as DEGRADED
 from ingress.degradation import Degradation
 from ingress.errors import APIError, from_bus_error
 from ingress.settings import IngressSettings
-from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event
+from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event, named_event
 from ingress.tasks import TaskIntake, wants_async
 from schemas.endpoints import EndpointSpec
 from schemas.envelope import ChunkFrame, FinalFrame, StartFrame
@@ -157,9 +157,9 @@ class Relay:
             reply = await self._bus.submit(envelope, admitted.body)
             call.draft.envelope = envelope
         try:
-            return await (self._stream if admitted.stream else self._complete)(
-                call.request, reply, call.draft
-            )
+            if admitted.stream:
+                return await self._stream(call.request, reply, call.draft, admitted.spec)
+            return await self._complete(call.request, reply, call.draft)
         except BaseException:
             await reply.close()
             raise
@@ -200,7 +200,9 @@ class Relay:
             await reply.close()
         return Response(body, media_type="application/json", headers=_headers(reply))
 
-    async def _stream(self, request: Request, reply: ReplyStream, draft: AuditDraft) -> Response:
+    async def _stream(
+        self, request: Request, reply: ReplyStream, draft: AuditDraft, spec: EndpointSpec
+    ) -> Response:
         # Wait briefly for the first token, so the headers can name the worker and an early failure
         # (bad request, backend down) is still an HTTP status; a longer wait continues inside the
         # event stream with keep-alive comments.
@@ -222,11 +224,13 @@ class Relay:
             draft.cancelled = True
             await reply.cancel()
 
-        return EventStreamResponse(self._events(reply, first, draft), _headers(reply), client_left)
+        events = self._events(reply, first, draft, spec)
+        return EventStreamResponse(events, _headers(reply), client_left)
 
     async def _events(
-        self, reply: ReplyStream, first: list[tuple[Frame, bytes]], draft: AuditDraft
+        self, reply: ReplyStream, first: list[tuple[Frame, bytes]], draft: AuditDraft, spec: EndpointSpec
     ) -> AsyncIterator[bytes]:
+        event = named_event if spec.named_events else data_event
         pending = first
         try:
             if not pending:
@@ -239,11 +243,12 @@ class Relay:
                         reply.mark_relayed()
                         lines = payload.split(b"\n")
                         draft.chunks.extend(lines)
-                        out.extend(data_event(line) for line in lines)
+                        out.extend(event(line) for line in lines)
                     elif isinstance(frame, FinalFrame):
                         draft.final = frame
                         draft.policy_actions.extend(frame.guard_events)
-                        out.append(DONE)
+                        if not spec.named_events:  # Responses and Messages streams just end
+                            out.append(DONE)
                         finished = True
                     elif isinstance(frame, StartFrame):
                         draft.start = frame
@@ -259,7 +264,8 @@ class Relay:
             await reply.cancel()
             error = from_bus_error(exc)
             draft.error_code, draft.error_message = error.code, error.message
-            yield error_event(error_body(error.status, error.message, error.code, error.param))
+            body = error_body(error.status, error.message, error.code, error.param)
+            yield error_event(body, error.status, spec.errors, spec.named_events)
         finally:
             await reply.close()
 

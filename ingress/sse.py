@@ -13,6 +13,8 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from schemas.dialects import anthropic_error
+from schemas.endpoints import ErrorStyle
 from schemas.openai import ErrorResponse
 
 SSE_HEADERS = {
@@ -27,11 +29,29 @@ def data_event(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
+def named_event(payload: bytes) -> bytes:
+    """`event: <type>` then the data: how the Responses and Messages APIs frame their events (the
+    anthropic SDK dispatches on the event name). The type is the payload's own `type` field."""
+    kind = orjson.loads(payload).get("type", "message")
+    return b"event: " + str(kind).encode() + b"\n" + data_event(payload)
+
+
 def comment(text: str) -> bytes:
     return b": " + text.encode() + b"\n\n"
 
 
-def error_event(error: ErrorResponse) -> bytes:
+def error_event(
+    error: ErrorResponse, status: int, style: ErrorStyle = "openai", named: bool = False
+) -> bytes:
+    """A failure after the stream began, as each API reports it: an `error` object in a data line
+    (chat; the openai SDK raises on it), an `error` event (Responses: its fields, and the `error`
+    object too so that the SDK raises rather than end quietly), or Anthropic's `error` event."""
+    detail = error.error
+    if style == "anthropic":
+        return named_event(orjson.dumps(anthropic_error(status, detail.message)))
+    if named:
+        fields = {"type": "error", "code": detail.code, "message": detail.message, "param": detail.param}
+        return named_event(orjson.dumps({**fields, "sequence_number": 0, "error": detail.model_dump()}))
     return data_event(orjson.dumps(error.model_dump()))
 
 

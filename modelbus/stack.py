@@ -25,18 +25,19 @@ DEFAULT_NATS_PORT = 14222
 
 
 def demo_config(dev_key: str) -> ModelbusConfig:
-    """Two simulated models and one consumer: enough to try every endpoint with no GPU."""
+    """Two simulated models and one consumer: enough to try every endpoint with no GPU (demo-chat also
+    answers the Responses and Messages APIs, translated to chat by its worker)."""
     return ModelbusConfig(
         models=[
             ModelConfig(
                 name="demo-chat",
-                endpoints=[Endpoint.CHAT, Endpoint.COMPLETIONS],
+                endpoints=[Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.TOKENIZE, Endpoint.DETOKENIZE],
                 backend=SimulatorBackend(ttft_ms=30, tokens_per_s=200, default_max_tokens=32, capacity=16),
                 max_concurrency=16,
             ),
             ModelConfig(
                 name="demo-embed",
-                endpoints=[Endpoint.EMBEDDINGS],
+                endpoints=[Endpoint.EMBEDDINGS, Endpoint.RERANK],
                 backend=SimulatorBackend(embedding_dim=384, embedding_latency_ms=2, capacity=32),
                 max_concurrency=32,
             ),

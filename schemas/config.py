@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
-from schemas.envelope import Endpoint, Lane
+from schemas.envelope import CHAT_DIALECTS, Endpoint, Lane
 from schemas.openai import MAX_MODEL_NAME_LENGTH
 from schemas.policy import BUILTIN_ROLES, GuardrailsConfig, Limits, OidcIssuerConfig, RoleConfig
 
@@ -19,12 +19,22 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ScriptedToolCall(_Config):
+    """A function call the simulator makes, as a model with tool calling would."""
+
+    name: str = Field(min_length=1)
+    arguments: str = Field(default="{}", description="JSON text, as models write it")
+
+
 class ScriptedReply(_Config):
-    """The simulator answers `reply` when the last user message matches `match` (a regex); `{prompt}` in
-    the reply stands for that message, so a test can see exactly what the model received."""
+    """The simulator answers `reply` when the last user message (or, after a tool call, the tool's
+    answer) matches `match` (a regex); `{prompt}` in the reply stands for that message, so a test can
+    see exactly what the model received. With `tool_calls`, a request that offers tools gets those
+    calls after the reply's text."""
 
     match: str = Field(min_length=1)
-    reply: str
+    reply: str = ""
+    tool_calls: list[ScriptedToolCall] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _compiles(self) -> ScriptedReply:
@@ -64,6 +74,11 @@ class OpenAIBackend(_Config):
     # Generations may take minutes, so there is no total timeout, only a bound on silence.
     read_timeout_s: float = Field(default=300.0, gt=0)
     max_retries: int = Field(default=2, ge=0, description="retries before the first token only")
+    native: list[Literal["responses", "messages"]] = Field(
+        default_factory=list,
+        description="APIs the server serves itself (vLLM and llama.cpp serve both); the others are "
+        "translated to chat completions by the worker",
+    )
 
 
 Backend = Annotated[SimulatorBackend | OpenAIBackend, Field(discriminator="type")]
@@ -106,6 +121,11 @@ class ModelConfig(_Config):
         if self.versions and not sum(v.weight for v in self.versions) > 0:
             raise ValueError("at least one version needs a weight above 0")
         return self
+
+    def serves(self, endpoint: Endpoint) -> bool:
+        """Listed endpoints, and the Responses and Messages APIs of every chat model (the worker
+        translates them to chat completions when the backend does not serve them itself)."""
+        return endpoint in self.endpoints or (endpoint in CHAT_DIALECTS and Endpoint.CHAT in self.endpoints)
 
     @property
     def version_names(self) -> list[str]:

@@ -20,6 +20,15 @@ class Endpoint(StrEnum):
     CHAT = "chat"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"  # OpenAI's Responses API
+    MESSAGES = "messages"  # Anthropic's Messages API
+    RERANK = "rerank"
+    TOKENIZE = "tokenize"
+    DETOKENIZE = "detokenize"
+
+
+# Served by any chat model: translated to and from chat completions unless the backend has them.
+CHAT_DIALECTS = (Endpoint.RESPONSES, Endpoint.MESSAGES)
 
 
 class Lane(StrEnum):
@@ -127,6 +136,14 @@ class ErrorFrame(_Frame):
     message: str
     status: int = 502
     retryable: bool = False
+    # What the client sees as the error's `code` when the backend said more than `code` does, e.g.
+    # OpenAI's `context_length_exceeded` for a prompt longer than the model's context.
+    api_code: str | None = None
+    param: str | None = None
+
+    @property
+    def client_code(self) -> str:
+        return self.api_code or self.code.value
 
 
 class HeartbeatFrame(_Frame):

@@ -12,9 +12,17 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-Operation = Literal["chat", "completions", "embeddings", "batch", "admin"]
-OPERATIONS: tuple[Operation, ...] = ("chat", "completions", "embeddings", "batch", "admin")
-_INFERENCE: tuple[Operation, ...] = ("chat", "completions", "embeddings", "batch")
+Operation = Literal["chat", "completions", "embeddings", "rerank", "tokenize", "batch", "admin"]
+OPERATIONS: tuple[Operation, ...] = (
+    "chat",
+    "completions",
+    "embeddings",
+    "rerank",
+    "tokenize",
+    "batch",
+    "admin",
+)
+_INFERENCE: tuple[Operation, ...] = ("chat", "completions", "embeddings", "rerank", "tokenize", "batch")
 
 
 class RoleConfig(_Config):

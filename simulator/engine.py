@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.config import SimulatorBackend
+from schemas.config import ScriptedToolCall, SimulatorBackend
 
 _WORDS = [
     "the",
@@ -85,12 +85,12 @@ class SimulatedModel:
             self.stats.failed += 1
             raise SimulatedFailure("simulated backend failure")
 
-    def scripted(self, prompt: str) -> list[str] | None:
-        """The tokens of the first scripted reply whose pattern the prompt matches."""
+    def scripted(self, prompt: str) -> tuple[list[str], list[ScriptedToolCall]] | None:
+        """The tokens and tool calls of the first scripted reply whose pattern the prompt matches."""
         for entry in self.config.script:
             if re.search(entry.match, prompt):
                 reply = entry.reply.replace("{prompt}", prompt)
-                return re.findall(r"\s*\S{1,4}", reply) or [""]
+                return pieces(reply) or ([] if entry.tool_calls else [""]), entry.tool_calls
         return None
 
     async def tokens(self, max_tokens: int, words: list[str] | None = None) -> AsyncIterator[str]:
@@ -138,6 +138,11 @@ class SimulatedModel:
             if self.config.embedding_latency_ms:
                 await asyncio.sleep(self.config.embedding_latency_ms / 1000)
         return [_vector(text, self.config.embedding_dim) for text in texts]
+
+
+def pieces(text: str) -> list[str]:
+    """Text cut like BPE tokens: up to 4 characters with the whitespace before them."""
+    return re.findall(r"\s*\S{1,4}", text)
 
 
 def _vector(text: str, dim: int) -> list[float]:

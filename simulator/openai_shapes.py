@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from schemas.envelope import Endpoint
-from simulator.engine import SimulatedModel
+from simulator import retrieval
+from simulator.engine import SimulatedBadRequest, SimulatedModel
 
 Json = dict[str, Any]
 
@@ -30,12 +31,30 @@ def _usage(prompt: int, completion: int) -> Json:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _last_text(payload: Json) -> str:
+    """What a scripted reply is matched against: the last user message, or the tool's answer when the
+    conversation ends with one (so a script can answer after its own tool call), or the prompt."""
+    messages = [m for m in payload.get("messages") or [] if isinstance(m, dict)]
+    if messages and messages[-1].get("role") == "tool":
+        return str(messages[-1].get("content") or "")
+    users = [m for m in messages if m.get("role") == "user"]
+    return str(users[-1].get("content") or "") if users else str(payload.get("prompt", ""))
+
+
 async def stream_chunks(
     model: SimulatedModel, endpoint: Endpoint, payload: Json, name: str
 ) -> AsyncIterator[Json]:
     """Chunks for chat or completions; the last one carries usage, as with include_usage."""
     limit = _max_tokens(payload, model.config.default_max_tokens)
     prompt = _prompt_tokens(endpoint, payload)
+    context = model.config.context_length
+    if prompt + limit > context:
+        # vLLM's words, which clients (and the gateway) recognize as a context overflow.
+        raise SimulatedBadRequest(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt + limit} tokens ({prompt} in the messages, {limit} in the completion). "
+            "Please reduce the length of the messages or completion."
+        )
     chat = endpoint is Endpoint.CHAT
     base: Json = {
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
@@ -43,10 +62,10 @@ async def stream_chunks(
         "created": int(time.time()),
         "model": name,
     }
-    messages = payload.get("messages") or []
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    last = str(users[-1].get("content") or "") if users else str(payload.get("prompt", ""))
-    words = model.scripted(last)
+    scripted = model.scripted(_last_text(payload))
+    words, calls = scripted if scripted is not None else (None, [])
+    if not (chat and payload.get("tools")):
+        calls = []
     count = 0
     async for token in model.tokens(limit, words):
         if chat:
@@ -60,11 +79,23 @@ async def stream_chunks(
         if count == limit:
             choice["finish_reason"] = "length"
         yield {**base, "choices": [choice]}
-    if count < limit:  # a scripted reply ended before max_tokens: a natural stop
+    for index, call in enumerate(calls):
+        head: Json = {"index": index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
+        head["function"] = {"name": call.name, "arguments": ""}
+        opening: Json = {"tool_calls": [head]}
+        if count == 0 and index == 0:
+            opening["role"] = "assistant"
+        yield {**base, "choices": [{"index": 0, "delta": opening, "finish_reason": None}]}
+        for piece in (call.arguments[i : i + 8] for i in range(0, len(call.arguments), 8)):
+            delta = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            yield {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            count += 1
+    if calls or count < limit:  # a scripted reply ended before max_tokens: a natural stop
+        reason = "tool_calls" if calls else "stop"
         end: Json = (
-            {"index": 0, "delta": {}, "finish_reason": "stop"}
+            {"index": 0, "delta": {}, "finish_reason": reason}
             if chat
-            else {"index": 0, "text": "", "finish_reason": "stop"}
+            else {"index": 0, "text": "", "finish_reason": reason}
         )
         yield {**base, "choices": [end]}
     yield {**base, "choices": [], "usage": _usage(prompt, count)}
@@ -82,18 +113,33 @@ async def complete(model: SimulatedModel, endpoint: Endpoint, payload: Json, nam
             "model": name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+    if endpoint in (Endpoint.RERANK, Endpoint.TOKENIZE, Endpoint.DETOKENIZE):
+        return retrieval.answer(model, endpoint, payload, name)
     parts: list[str] = []
+    calls: dict[int, Json] = {}
     usage: Json = {}
     finish = "stop"
     async for chunk in stream_chunks(model, endpoint, payload, name):
         for choice in chunk["choices"]:
-            parts.append(choice["delta"].get("content", "") if endpoint is Endpoint.CHAT else choice["text"])
+            if endpoint is Endpoint.CHAT:
+                parts.append(choice["delta"].get("content", ""))
+                for call in choice["delta"].get("tool_calls") or ():
+                    whole = calls.setdefault(call["index"], {"function": {"arguments": ""}})
+                    whole.update({k: v for k, v in call.items() if k not in ("index", "function")})
+                    function = call.get("function") or {}
+                    whole["function"].setdefault("name", function.get("name"))
+                    whole["function"]["arguments"] += function.get("arguments", "")
+            else:
+                parts.append(choice["text"])
             finish = choice["finish_reason"] or finish
         usage = chunk.get("usage") or usage
     text = "".join(parts)
     chat = endpoint is Endpoint.CHAT
+    message: Json = {"role": "assistant", "content": text or (None if calls else "")}
+    if calls:
+        message["tool_calls"] = [calls[index] for index in sorted(calls)]
     choice_out: Json = (
-        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        {"index": 0, "message": message, "finish_reason": finish}
         if chat
         else {"index": 0, "text": text, "finish_reason": finish}
     )

@@ -23,7 +23,11 @@ _ENDPOINTS = {
     "/v1/chat/completions": Endpoint.CHAT,
     "/v1/completions": Endpoint.COMPLETIONS,
     "/v1/embeddings": Endpoint.EMBEDDINGS,
+    "/v1/rerank": Endpoint.RERANK,
+    "/tokenize": Endpoint.TOKENIZE,
+    "/detokenize": Endpoint.DETOKENIZE,
 }
+_STREAMS = (Endpoint.CHAT, Endpoint.COMPLETIONS)
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -45,7 +49,7 @@ def create_app(config: SimulatorBackend, model_name: str = "simulated") -> Starl
             return _error(400, "invalid JSON")
         name = str(payload.get("model") or model_name)
         try:
-            if payload.get("stream") and endpoint is not Endpoint.EMBEDDINGS:
+            if payload.get("stream") and endpoint in _STREAMS:
                 chunks = openai_shapes.stream_chunks(model, endpoint, payload, name)
                 first = await anext(chunks)  # fail before the 200 if the simulated failure hits
                 return StreamingResponse(_sse(first, chunks), media_type="text/event-stream")

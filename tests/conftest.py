@@ -55,6 +55,16 @@ def database_url(postgres_admin_url: str) -> Iterator[str]:
 
     Request it before `cluster`, so the processes stop before their database is dropped.
     """
+    yield from fresh_database(postgres_admin_url)
+
+
+@pytest.fixture(scope="module")
+def module_database_url(postgres_admin_url: str) -> Iterator[str]:
+    """One database for a module whose tests share one gateway."""
+    yield from fresh_database(postgres_admin_url)
+
+
+def fresh_database(postgres_admin_url: str) -> Iterator[str]:
     name = "mbtest_" + uuid.uuid4().hex[:12]
     admin = make_url(postgres_admin_url)
 

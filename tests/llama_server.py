@@ -70,12 +70,19 @@ def _healthy(url: str) -> bool:
 
 @contextmanager
 def run_llama_server(
-    port: int, log_path: Path | None = None, *, parallel: int = 2, ctx_size: int = 2048
+    port: int,
+    log_path: Path | None = None,
+    *,
+    parallel: int = 2,
+    ctx_size: int = 2048,
+    reranking: bool = False,
 ) -> Iterator[str]:
     """Serve the model on 127.0.0.1:port with `parallel` slots; yields the OpenAI base URL (`.../v1`).
 
     `ctx_size` is per slot. The server's output goes to `log_path` when given (kept for debugging),
     otherwise to a temporary file; either way its tail is in the error if the server fails to start.
+    `reranking` also serves `/v1/rerank` (Gemma is no reranker: the scores mean nothing, but they are
+    the server's own, which is what a test comparing the gateway with the server needs).
     """
     binary = find_llama_server()
     if binary is None:
@@ -92,6 +99,8 @@ def run_llama_server(
         "--threads", "2",
         "--alias", ALIAS,
     ]  # fmt: skip
+    if reranking:
+        args.append("--reranking")
     # llama-server takes LLAMA_ARG_* variables as defaults for its flags: a developer's shell must not
     # change what the tests run.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}

@@ -36,11 +36,19 @@ _OBJECT = {
     (Endpoint.EMBEDDINGS, False): "list",
 }
 _PREFIX = {Endpoint.CHAT: "chatcmpl", Endpoint.COMPLETIONS: "cmpl"}
+_GENERATIONS = (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS)
 
 
-def normalize(body: Json, envelope: RequestEnvelope, chunk: bool = False) -> None:
-    """Fix `body` (a whole response, or one stream chunk) in place."""
-    endpoint = envelope.endpoint
+def normalize(
+    body: Json, envelope: RequestEnvelope, chunk: bool = False, endpoint: Endpoint | None = None
+) -> None:
+    """Fix `body` (a whole response, or one stream chunk) of `endpoint` (default: the envelope's) in
+    place. Rerank and tokenizer answers keep the backend's shape: only a model name becomes ours."""
+    endpoint = endpoint or envelope.endpoint
+    if endpoint not in _GENERATIONS:
+        if "model" in body:
+            body["model"] = envelope.target
+        return
     prefix = _PREFIX.get(endpoint)
     if prefix:
         body["id"] = f"{prefix}-{envelope.id}"

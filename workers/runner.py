@@ -26,11 +26,14 @@ from dispatcher.connection import jetstream
 from dispatcher.guardrails.response import ResponseGuard
 from dispatcher.quotas import QuotaLedger
 from dispatcher.reply_stream import ReplyWriter
+from dispatcher.stored_responses import ResponseStore
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry import metrics
 from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.openai import Usage
+from workers import dialects
 from workers.backends.base import Backend, BackendError, Json
+from workers.backends.errors import overflow_message
 from workers.cancellations import Cancellations
 from workers.coalescer import EmbeddingCoalescer
 from workers.normalize import normalize
@@ -67,9 +70,11 @@ class RequestRunner:
         coalesce_ms: float = 0.0,
         coalesce_max_inputs: int = 64,
         quotas: QuotaLedger | None = None,
+        responses: ResponseStore | None = None,
     ) -> None:
         self._nc = nc
         self._quotas = quotas
+        self._responses = responses
         self._js = jetstream(nc, settings)
         self._subjects = Subjects(settings.namespace)
         self._settings = settings
@@ -214,7 +219,10 @@ class RequestRunner:
         except BackendError as exc:
             if not exc.retryable:
                 code = ErrorCode.INVALID_REQUEST if exc.status == 400 else ErrorCode.BACKEND_ERROR
-                await writer.error(code, exc.message, exc.status, False)
+                message = exc.message
+                if exc.overflow is not None:  # said the way the client's API says it
+                    message = overflow_message(*exc.overflow, envelope.endpoint is Endpoint.MESSAGES)
+                await writer.error(code, message, exc.status, False, exc.code)
                 return Outcome.ACK
             if attempt < self._settings.max_deliver and writer.sent_data is False:
                 log.warning("request %s: backend unavailable, leaving it for redelivery", envelope.id)
@@ -229,66 +237,93 @@ class RequestRunner:
         await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
 
     async def _complete(self, envelope: RequestEnvelope, writer: ReplyWriter, timings: Timings) -> None:
+        plan = dialects.plan(envelope, self._backend.native)
         attempt = 0
         while True:
             try:
                 if self.coalescer is not None and envelope.endpoint is Endpoint.EMBEDDINGS:
                     body = await self.coalescer.embed(envelope.payload)
                 else:
-                    body = await self._backend.complete(envelope.endpoint, envelope.payload)
+                    body = await self._backend.complete(plan.endpoint, plan.payload)
                 break
             except BackendError as exc:
                 await self._backoff(attempt, exc)
                 attempt += 1
         timings.finished_ms = _now_ms()
         with post_processing():
-            normalize(body, envelope)
-            guard = ResponseGuard(envelope.output_guard, envelope.endpoint) if envelope.output_guard else None
+            normalize(body, envelope, endpoint=plan.endpoint)
+            guard = ResponseGuard(envelope.output_guard, plan.endpoint) if envelope.output_guard else None
             if guard is not None:
                 guard.body(body)
-        usage = _usage(body)
         choices = body.get("choices") or [{}]
         finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+        body, usage = plan.body(body, _usage(body))
+        finish = finish or body.get("stop_reason") or body.get("status")
+        if plan.stores:
+            await self._store(envelope, body)
         await writer.final(timings, usage, finish, orjson.dumps(body), guard.events if guard else None)
 
+    async def _store(self, envelope: RequestEnvelope, response: Json) -> None:
+        """Keep a Responses answer before anyone can see it; if it cannot be kept, the answer says so."""
+        if self._responses is None or not await self._responses.save(dialects.stored(envelope, response)):
+            response["store"] = False
+
     async def _stream(self, envelope: RequestEnvelope, writer: ReplyWriter, timings: Timings) -> None:
-        wants_usage = bool((envelope.payload.get("stream_options") or {}).get("include_usage"))
+        plan = dialects.plan(envelope, self._backend.native)
+        presenter = plan.presenter()
+        chat_side = plan.endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS)  # chunks with choices
+        wants_usage = not plan.translated and bool(
+            (envelope.payload.get("stream_options") or {}).get("include_usage")
+        )
         usage: Usage | None = None
         finish: str | None = None
         buffer: list[bytes] = []
         ready = asyncio.Event()
         exhausted = False
-        guard = ResponseGuard(envelope.output_guard, envelope.endpoint) if envelope.output_guard else None
+        guard = ResponseGuard(envelope.output_guard, plan.endpoint) if envelope.output_guard else None
         post_ns = 0  # time spent on normalization and output guardrails, chunk by chunk
+
+        def emit(events: list[Json]) -> None:
+            buffer.extend(orjson.dumps(event) for event in events)
+            if events:
+                ready.set()
 
         async def pump(chunks: AsyncIterator[Json]) -> None:
             # Runs ahead of the publisher: chunks that arrive together leave in one frame.
             nonlocal usage, finish, exhausted, post_ns
             async for chunk in chunks:
-                if chunk.get("usage"):
-                    usage = Usage.model_validate(chunk["usage"])
-                for choice in chunk.get("choices") or ():
-                    finish = choice.get("finish_reason") or finish
-                if not chunk.get("choices"):
-                    if not wants_usage:
-                        continue  # a usage-only chunk the client did not ask for
-                elif not wants_usage:
-                    chunk.pop("usage", None)
+                if chat_side:
+                    if chunk.get("usage"):
+                        usage = Usage.model_validate(chunk["usage"])
+                    for choice in chunk.get("choices") or ():
+                        finish = choice.get("finish_reason") or finish
+                    if not chunk.get("choices"):
+                        if not wants_usage:
+                            continue  # a usage-only chunk the client did not ask for
+                    elif not wants_usage:
+                        chunk.pop("usage", None)
                 if timings.first_token_ms is None:
                     timings.first_token_ms = _now_ms()
                 began = time.perf_counter_ns()
-                normalize(chunk, envelope, chunk=True)
+                if chat_side:
+                    normalize(chunk, envelope, chunk=True, endpoint=plan.endpoint)
                 if guard is not None:
                     guard.chunk(chunk)
                 post_ns += time.perf_counter_ns() - began
-                buffer.append(orjson.dumps(chunk))
-                ready.set()
+                emit(presenter.chunk(chunk))
             if guard is not None and (rest := guard.finish()) is not None:
-                buffer.append(orjson.dumps(rest))
+                emit(presenter.chunk(rest))
+            closing = presenter.finish(usage, finish)
+            usage = presenter.usage or usage
+            if plan.stores and presenter.response is not None:
+                # Stored before `response.completed` leaves: the client may continue it at once.
+                await self._store(envelope, presenter.response)
+                finish = finish or presenter.response.get("status")
+            emit(closing)
             exhausted = True
             ready.set()
 
-        chunks = await self._open_stream(envelope)
+        chunks = await self._open_stream(plan)
         async with asyncio.TaskGroup() as group:
             group.create_task(pump(chunks))
             while True:
@@ -303,11 +338,11 @@ class RequestRunner:
         record_post_processing(post_ns, timings.finished_ms)
         await writer.final(timings, usage, finish, guard_events=guard.events if guard else None)
 
-    async def _open_stream(self, envelope: RequestEnvelope) -> AsyncIterator[Json]:
+    async def _open_stream(self, plan: dialects.Plan) -> AsyncIterator[Json]:
         """Open the backend stream and wait for its first chunk, retrying while that is safe."""
         attempt = 0
         while True:
-            stream = self._backend.stream(envelope.endpoint, envelope.payload)
+            stream = self._backend.stream(plan.endpoint, plan.payload)
             try:
                 first = await anext(stream)
             except StopAsyncIteration:

@@ -16,6 +16,7 @@ from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import api_prefix, jetstream, supports_msg_ttl
 from dispatcher.quotas import QuotaLedger
 from dispatcher.runtime import process_runtime
+from dispatcher.stored_responses import ResponseStore
 from dispatcher.subjects import Subjects
 from dispatcher.supervisor import Supervisor
 from dispatcher.telemetry.metrics import watch, watch_config
@@ -125,6 +126,7 @@ class Worker:
                 self.model.coalesce_ms,
                 self.model.coalesce_max_inputs,
                 QuotaLedger(nc, self.subjects),
+                await ResponseStore.open(js, self.subjects, settings, nc.max_payload),
             )
             self.puller = CapacityPuller(
                 nc,

@@ -22,7 +22,7 @@ class Catalog:
         model = self._models.get(name)
         if model is None:
             raise NotFound(f"the model {name!r} does not exist", "model_not_found", "model")
-        if endpoint not in model.endpoints:
+        if not model.serves(endpoint):
             raise NotFound(
                 f"the model {name!r} does not serve the {endpoint.value} endpoint", "model_not_found", "model"
             )

@@ -2,8 +2,9 @@
 each batch line when it runs, a degradation fallback — calls `Admission.admit` (or `retarget` for a
 fallback of an admitted request) and gets an `Admitted` or a `Refused` error:
 
-    validate the body → RBAC on the model → route (rules, then version) → input guardrails
-    → token reservation against limits and budgets → Admitted
+    validate the body → RBAC on the model → the stored conversation a Responses request continues
+    → route (rules, then version) → input guardrails → token reservation against limits and budgets
+    → Admitted
 
 Identity comes in already established (the ingress checks credentials; a batch line carries the
 identity its batch was created under). Nothing here knows HTTP or how the answer travels back.
@@ -25,9 +26,10 @@ from dispatcher.admission.quota import Held, QuotaGate
 from dispatcher.admission.routing import choose_version
 from dispatcher.admission.validation import parse
 from dispatcher.errors import Forbidden, PolicyViolation
+from dispatcher.stored_responses import ResponseStore
 from schemas.config import ModelbusConfig, ModelConfig
 from schemas.endpoints import EndpointSpec
-from schemas.envelope import Lane
+from schemas.envelope import Endpoint, Lane
 from schemas.policy import Operation
 
 
@@ -58,10 +60,13 @@ class Submission:
 
 
 class Admission:
-    def __init__(self, live: LiveConfig, guardrails: Guardrails, quota: QuotaGate) -> None:
+    def __init__(
+        self, live: LiveConfig, guardrails: Guardrails, quota: QuotaGate, responses: ResponseStore
+    ) -> None:
         self._live = live
         self._guardrails = guardrails
         self._quota = quota
+        self._responses = responses
 
     async def admit(self, submission: Submission, notes: Notes) -> Admitted:
         """Everything the request needs downstream, or a Refused error (nothing reserved)."""
@@ -75,6 +80,10 @@ class Admission:
         target = revision.catalog.resolve(model, spec.endpoint)
         raw: dict[str, Any] = orjson.loads(submission.body)
         payload = normalized(parsed, raw)
+        if spec.endpoint is Endpoint.RESPONSES and payload.get("previous_response_id"):
+            # The whole conversation goes through the guardrails and counts against the limits: it
+            # is what the model will read.
+            payload = await self._responses.continued(payload, identity.consumer)
         routed, rule = revision.router.route(model, payload, identity.consumer)
         if rule is not None:
             target = revision.catalog.resolve(routed, spec.endpoint)
@@ -108,7 +117,7 @@ class Admission:
         counted once and is settled by whichever worker serves it."""
         identity = admitted.identity
         revision = self._live.current
-        if admitted.spec.endpoint not in target.endpoints:
+        if not target.serves(admitted.spec.endpoint):
             return None
         if not revision.authorizer.permits(identity.roles, target.name, admitted.operation):
             notes.policy_actions.append(f"fallback_denied:{target.name}")

@@ -4,7 +4,10 @@ guardrails and token estimates all see the same words.
 A model sees more than message contents: tool-call arguments, tool and function descriptions (and
 the descriptions inside their parameter schemas), message `name`s, `user`, a response-format schema's
 descriptions, a completion's `suffix`. Any of them can carry an injection or personal data, so the
-guardrails scan them all and masking rewrites them where they are.
+guardrails scan them all and masking rewrites them where they are. The Responses API adds
+`instructions`, input items (messages, function calls and their outputs) and `text.format`; the
+Messages API `system`, `tool_use` inputs, `tool_result` contents and `input_schema`; rerank its query
+and documents; tokenize its `content`.
 """
 
 from __future__ import annotations
@@ -22,21 +25,28 @@ DEFAULT_COMPLETION_RESERVE = 256
 _CHARS_PER_TOKEN = 4  # a conservative average for English-like text and common BPE vocabularies
 _PER_TEXT = 4  # role, separators, field names
 _SCHEMA_TEXT_KEYS = ("description", "title")
+# Endpoints that generate nothing: a request costs its input only.
+_PROMPT_ONLY = frozenset({Endpoint.EMBEDDINGS, Endpoint.RERANK, Endpoint.TOKENIZE, Endpoint.DETOKENIZE})
 
 Change = Callable[[str], str]
 
 
 def prompt_text(payload: dict[str, Any]) -> str:
-    """The user's words: every user message's text (chat) or the prompt (completions)."""
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        texts: list[str] = []
-        for message in messages:
-            if isinstance(message, dict) and message.get("role") == "user":
-                _content(message.get("content"), _collect(texts))
-        return "\n".join(texts)
-    prompt = payload.get("prompt")
-    return prompt if isinstance(prompt, str) else ""
+    """The user's words: every user message's text (chat, Messages, Responses items), the prompt
+    (completions) or the input (a Responses string, embeddings), the query (rerank)."""
+    for name in ("messages", "input"):
+        items = payload.get(name)
+        if isinstance(items, list) and any(isinstance(item, dict) for item in items):
+            texts: list[str] = []
+            for item in items:
+                if isinstance(item, dict) and item.get("role") == "user":
+                    _content(item.get("content"), _collect(texts))
+            return "\n".join(texts)
+    for name in ("prompt", "input", "query", "content"):
+        value = payload.get(name)
+        if isinstance(value, str):
+            return value
+    return ""
 
 
 def input_texts(payload: dict[str, Any]) -> list[str]:
@@ -55,11 +65,14 @@ def rewrite_texts(payload: dict[str, Any], change: Change) -> dict[str, Any]:
 def visit_texts(payload: dict[str, Any], change: Change) -> dict[str, Any]:
     out = payload
     out = _field(out, "messages", lambda messages: _list(messages, _message, change))
-    for name in ("prompt", "input", "suffix", "user"):
+    for name in ("prompt", "input", "suffix", "user", "instructions", "query", "content"):
         out = _field(out, name, lambda value: _strings(value, change))
+    out = _field(out, "system", lambda system: _content(system, change))
+    out = _field(out, "documents", lambda documents: _list(documents, _document, change))
     for name in ("tools", "functions"):
         out = _field(out, name, lambda tools: _list(tools, _tool, change))
     out = _field(out, "response_format", lambda fmt: _response_format(fmt, change))
+    out = _field(out, "text", lambda text: _text_format(text, change))
     return out
 
 
@@ -82,8 +95,11 @@ def estimate_tokens(
             chars += _CHARS_PER_TOKEN * sum(
                 len(v) if isinstance(v, list) else 1 for v in value if not isinstance(v, str)
             )
+    tokens = payload.get("tokens")  # detokenize
+    if isinstance(tokens, list):
+        chars += _CHARS_PER_TOKEN * len(tokens)
     prompt = math.ceil(chars / _CHARS_PER_TOKEN) + _PER_TEXT * pieces
-    if endpoint is Endpoint.EMBEDDINGS:
+    if endpoint in _PROMPT_ONLY:
         return prompt
     completion = max_output if max_output is not None and max_output > 0 else DEFAULT_COMPLETION_RESERVE
     return prompt + completion * max(sequences, 1)
@@ -95,7 +111,11 @@ def completion_budget(parsed: BaseModel) -> tuple[int | None, int]:
     `max_completion_tokens` wins over the older `max_tokens`, as OpenAI and vLLM apply them; `best_of`
     (legacy completions) generates that many sequences even when fewer are returned.
     """
-    limit = getattr(parsed, "max_completion_tokens", None) or getattr(parsed, "max_tokens", None)
+    limit = (
+        getattr(parsed, "max_completion_tokens", None)
+        or getattr(parsed, "max_output_tokens", None)  # Responses API
+        or getattr(parsed, "max_tokens", None)
+    )
     sequences = max(getattr(parsed, "n", None) or 1, getattr(parsed, "best_of", None) or 1)
     return limit, sequences
 
@@ -152,10 +172,47 @@ def _list(items: Any, visit: Callable[[Any, Change], Any], change: Change) -> An
 
 
 def _strings(value: Any, change: Change) -> Any:
+    """A string, or a list of strings (embeddings) or of Responses input items."""
     if isinstance(value, str):
         return change(value)
     if isinstance(value, list):
-        return _list(value, lambda item, c: c(item) if isinstance(item, str) else item, change)
+        return _list(value, _string_or_item, change)
+    return value
+
+
+def _string_or_item(item: Any, change: Change) -> Any:
+    if isinstance(item, str):
+        return change(item)
+    if not isinstance(item, dict):
+        return item  # a token id
+    # A Responses input item: a function call (its arguments, not its name), a call's output, or a
+    # message.
+    kind = item.get("type")
+    if kind == "function_call":
+        return _field(item, "arguments", lambda args: change(args) if isinstance(args, str) else args)
+    if kind == "function_call_output":
+        return _field(item, "output", lambda output: _content(output, change))
+    return _message(item, change)
+
+
+def _document(document: Any, change: Change) -> Any:
+    """A rerank document: a string, or an object with `text`."""
+    if isinstance(document, str):
+        return change(document)
+    return _part(document, change)
+
+
+def _json_strings(value: Any, change: Change) -> Any:
+    """Every string inside a JSON value (an Anthropic `tool_use` input the model wrote)."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, list):
+        return _list(value, _json_strings, change)
+    if isinstance(value, dict):
+        out = value
+        for key in value:
+            out = _field(out, key, lambda inner: _json_strings(inner, change))
+        return out
     return value
 
 
@@ -171,6 +228,10 @@ def _part(part: Any, change: Change) -> Any:
     out = part
     for name in ("text", "refusal"):
         out = _field(out, name, lambda value: change(value) if isinstance(value, str) else value)
+    if part.get("type") == "tool_use":  # Anthropic: the arguments of a call the model made
+        out = _field(out, "input", lambda value: _json_strings(value, change))
+    if part.get("type") == "tool_result":  # Anthropic: what the tool answered
+        out = _field(out, "content", lambda value: _content(value, change))
     return out
 
 
@@ -206,6 +267,7 @@ def _tool(tool: Any, change: Change) -> Any:
 
 def _definition(function: dict[str, Any], change: Change) -> dict[str, Any]:
     out = _field(function, "description", lambda text: change(text) if isinstance(text, str) else text)
+    out = _field(out, "input_schema", lambda schema: _schema(schema, change))  # Anthropic
     return _field(out, "parameters", lambda schema: _schema(schema, change))
 
 
@@ -213,6 +275,13 @@ def _response_format(fmt: Any, change: Change) -> Any:
     if not isinstance(fmt, dict) or not isinstance(fmt.get("json_schema"), dict):
         return fmt
     return _field(fmt, "json_schema", lambda spec: _definition_schema(spec, change))
+
+
+def _text_format(text: Any, change: Change) -> Any:
+    """The Responses API's `text: {"format": {"type": "json_schema", "schema": ...}}`."""
+    if not isinstance(text, dict) or not isinstance(text.get("format"), dict):
+        return text
+    return _field(text, "format", lambda fmt: _definition_schema(fmt, change))
 
 
 def _definition_schema(spec: dict[str, Any], change: Change) -> dict[str, Any]:

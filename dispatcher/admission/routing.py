@@ -31,6 +31,9 @@ def _features(payload: dict[str, Any]) -> set[str]:
     if payload.get("tools") or payload.get("functions"):
         features.add("tools")
     response_format = payload.get("response_format")
+    text = payload.get("text")  # the Responses API's spelling
+    if isinstance(text, dict):
+        response_format = text.get("format")
     if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
         features.add("json_mode")
     if payload.get("stream"):

@@ -52,7 +52,9 @@ class TaskRecorder:
             task.status, task.result = TaskStatus.COMPLETED, orjson.loads(payload) if payload else None
         elif isinstance(frame, ErrorFrame):
             task.status = TaskStatus.FAILED
-            task.error = TaskError(code=frame.code.value, message=frame.message, status=frame.status)
+            task.error = TaskError(
+                code=frame.client_code, message=frame.message, status=frame.status, param=frame.param
+            )
         await self._store.update(task, revision)
         await self.record(task, frame)
         if self._webhooks is not None:
@@ -109,7 +111,7 @@ def audit_event(task: Task, frame: Frame) -> AuditEvent:
         endpoint=_endpoint(task),
         status=AuditStatus.SERVED if final else AuditStatus.FAILED,
         http_status=200 if final else (error.status if error else 502),
-        error_code=error.code.value if error else None,
+        error_code=error.client_code if error else None,
         error_message=error.message if error else None,
         consumer=task.consumer,
         key_id=task.key_id,

@@ -17,14 +17,27 @@ class BackendError(Exception):
     5xx, 429); false when the request itself is at fault (4xx): retrying would fail the same way.
     """
 
-    def __init__(self, message: str, status: int = 502, retryable: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = 502,
+        retryable: bool = True,
+        code: str | None = None,
+        overflow: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retryable = retryable
+        self.code = code  # the OpenAI error code the client should see, when the backend said one
+        self.overflow = overflow  # (prompt tokens, context size) of a prompt the model cannot hold
 
 
 class Backend(Protocol):
+    # Endpoints beyond chat, completions and embeddings that the backend serves itself; the worker
+    # translates Responses and Messages requests to chat completions for a backend without them.
+    native: frozenset[Endpoint]
+
     @property
     def description(self) -> str:
         """Says which backend served a request (type and address); never contains credentials."""

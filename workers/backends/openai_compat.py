@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 from schemas.config import OpenAIBackend
+from schemas.endpoints import ENDPOINTS
 from schemas.envelope import Endpoint
 from workers.backends.base import BackendError, Json
+from workers.backends.errors import backend_error
 
-_PATHS = {
-    Endpoint.CHAT: "chat/completions",
-    Endpoint.COMPLETIONS: "completions",
-    Endpoint.EMBEDDINGS: "embeddings",
-}
+# Generation endpoints whose streams end with a usage chunk only when asked for one.
+_USAGE_ON_REQUEST = (Endpoint.CHAT, Endpoint.COMPLETIONS)
 
 
 class OpenAICompatBackend:
@@ -37,6 +37,8 @@ class OpenAICompatBackend:
                 raise ValueError(f"environment variable {config.api_key_env} (backend key) is empty")
             self._headers["Authorization"] = f"Bearer {key}"
         self._base_url = str(config.base_url).rstrip("/") + "/"
+        self._root_url = urlsplit(self._base_url)._replace(path="", query="", fragment="").geturl()
+        self.native = frozenset(Endpoint(name) for name in config.native)
         self._max_concurrency = max_concurrency
         self._session: aiohttp.ClientSession | None = None
         self._description = f"openai:{self._base_url}"
@@ -62,19 +64,25 @@ class OpenAICompatBackend:
             )
         return self._session
 
-    def _body(self, payload: Json, stream: bool) -> bytes:
-        body = {**payload, "model": self._served_model, "stream": stream}
-        if stream:
+    def _body(self, endpoint: Endpoint, payload: Json, stream: bool) -> bytes:
+        body = {**payload, "model": self._served_model}
+        if ENDPOINTS[endpoint].streams:
+            body["stream"] = stream
+        if stream and endpoint in _USAGE_ON_REQUEST:
             # Usage is needed for quotas and audit even when the client did not ask for it.
             body["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
         else:
             body.pop("stream_options", None)
         return orjson.dumps(body)
 
+    def _url(self, endpoint: Endpoint) -> str:
+        path = ENDPOINTS[endpoint].backend_path
+        return self._root_url + path if path.startswith("/") else self._base_url + path
+
     async def _post(self, endpoint: Endpoint, payload: Json, stream: bool) -> aiohttp.ClientResponse:
         try:
             return await self._client().post(
-                self._base_url + _PATHS[endpoint], data=self._body(payload, stream), headers=self._headers
+                self._url(endpoint), data=self._body(endpoint, payload, stream), headers=self._headers
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"backend unreachable: {type(exc).__name__}", 503, True) from exc
@@ -88,7 +96,7 @@ class OpenAICompatBackend:
         finally:
             response.release()
         if response.status >= 400:
-            raise _error(response.status, content)
+            raise backend_error(response.status, content)
         try:
             body: Json = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
@@ -100,7 +108,7 @@ class OpenAICompatBackend:
         finished = False
         try:
             if response.status >= 400:
-                raise _error(response.status, await response.read())
+                raise backend_error(response.status, await response.read())
             async for raw in response.content:
                 line = raw.strip()
                 if not line.startswith(b"data:"):
@@ -113,9 +121,12 @@ class OpenAICompatBackend:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError as exc:
                     raise BackendError("backend sent an invalid stream chunk", 502, False) from exc
-                if isinstance(chunk, dict) and "error" in chunk:
+                if isinstance(chunk, dict) and ("error" in chunk or chunk.get("type") == "error"):
+                    # Chat streams put an `error` object in a chunk; Responses and Anthropic streams
+                    # send an event of type `error`.
                     raise BackendError(f"backend error mid-stream: {_message(chunk)}", 502, False)
                 yield chunk
+            finished = True  # [DONE], or the end of a stream that has none (Responses, Messages)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"backend stream failed: {type(exc).__name__}", 502, False) from exc
         finally:
@@ -137,15 +148,5 @@ def _message(body: object) -> str:
             return str(error.get("message", ""))[:500]
         if isinstance(error, str):
             return error[:500]
+        return str(body.get("message", ""))[:500]
     return ""
-
-
-def _error(status: int, content: bytes) -> BackendError:
-    try:
-        detail = _message(orjson.loads(content))
-    except orjson.JSONDecodeError:
-        detail = ""
-    retryable = status >= 500 or status == 429
-    text = f"backend answered {status}" + (f": {detail}" if detail else "")
-    # A 4xx is the request's fault and is reported as such; anything else is the backend's.
-    return BackendError(text, 400 if 400 <= status < 500 and status != 429 else 502, retryable)

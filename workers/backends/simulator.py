@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import orjson
+
 from schemas.config import SimulatorBackend
 from schemas.envelope import Endpoint
 from simulator import openai_shapes
 from simulator.engine import SimulatedBadRequest, SimulatedFailure, SimulatedModel
 from workers.backends.base import BackendError, Json
+from workers.backends.errors import backend_error
 
 
 class SimulatorAdapter:
+    # Responses and Messages requests reach the simulator translated to chat completions.
+    native: frozenset[Endpoint] = frozenset()
+
     def __init__(self, config: SimulatorBackend, model: str) -> None:
         self.model = SimulatedModel(config)
         self._name = model
@@ -26,7 +32,7 @@ class SimulatorAdapter:
         except SimulatedFailure as exc:
             raise BackendError(str(exc), status=503, retryable=True) from exc
         except SimulatedBadRequest as exc:
-            raise BackendError(str(exc), status=400, retryable=False) from exc
+            raise _bad_request(exc) from exc
 
     async def stream(self, endpoint: Endpoint, payload: Json) -> AsyncIterator[Json]:
         chunks = openai_shapes.stream_chunks(self.model, endpoint, payload, self._name)
@@ -36,9 +42,14 @@ class SimulatorAdapter:
         except SimulatedFailure as exc:
             raise BackendError(str(exc), status=503, retryable=True) from exc
         except SimulatedBadRequest as exc:
-            raise BackendError(str(exc), status=400, retryable=False) from exc
+            raise _bad_request(exc) from exc
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
         return None
+
+
+def _bad_request(exc: SimulatedBadRequest) -> BackendError:
+    """Read like the same words from an HTTP backend (a context overflow keeps its meaning)."""
+    return backend_error(400, orjson.dumps({"error": {"message": str(exc)}}))

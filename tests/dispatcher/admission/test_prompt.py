@@ -163,3 +163,59 @@ def test_max_completion_tokens_wins_and_best_of_counts() -> None:
 def test_unchanged_payload_is_the_same_object() -> None:
     body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     assert normalized(parse(ChatCompletionRequest, orjson.dumps(body)), body) is body
+
+
+RESPONSES_REQUEST: dict[str, Any] = {
+    "model": "m",
+    "instructions": "instructions-text",
+    "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "input-text"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "call-args-text"},
+        {"type": "function_call_output", "call_id": "c1", "output": "call-output-text"},
+    ],
+    "tools": [{"type": "function", "name": "f", "description": "flat-tool-text", "parameters": {}}],
+    "text": {"format": {"type": "json_schema", "name": "s", "schema": {"description": "format-text"}}},
+}
+MESSAGES_REQUEST: dict[str, Any] = {
+    "model": "m",
+    "max_tokens": 5,
+    "system": [{"type": "text", "text": "system-block-text"}],
+    "messages": [
+        {"role": "user", "content": "user-text"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"q": "use-text"}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "result-text"}]},
+    ],
+    "tools": [{"name": "f", "description": "anthropic-tool-text", "input_schema": {"title": "schema-text"}}],
+}
+
+
+def test_responses_and_messages_texts_are_all_found_and_rewritten() -> None:
+    expected = {
+        "instructions-text", "input-text", "call-args-text", "call-output-text", "flat-tool-text", "format-text",
+    }  # fmt: skip
+    assert set(input_texts(RESPONSES_REQUEST)) == expected
+    anthropic = {
+        "system-block-text",
+        "user-text",
+        "use-text",
+        "result-text",
+        "anthropic-tool-text",
+        "schema-text",
+    }
+    assert set(input_texts(MESSAGES_REQUEST)) == anthropic
+    for request in (RESPONSES_REQUEST, MESSAGES_REQUEST):
+        before = copy.deepcopy(request)
+        masked = rewrite_texts(request, lambda text: "X" * len(text))
+        assert all(set(text) == {"X"} for text in input_texts(masked))
+        assert request == before  # the caller's payload is never modified
+
+
+def test_rerank_and_tokenize_texts_are_found_and_cost_their_input_only() -> None:
+    rerank = {"model": "m", "query": "query-text", "documents": ["doc-text", {"text": "doc-object-text"}]}
+    assert input_texts(rerank) == ["query-text", "doc-text", "doc-object-text"]
+    assert input_texts({"model": "m", "content": "tokenize-text"}) == ["tokenize-text"]
+    assert estimate_tokens(Endpoint.RERANK, rerank) < DEFAULT_COMPLETION_RESERVE
+    assert estimate_tokens(Endpoint.DETOKENIZE, {"model": "m", "tokens": [1] * 40}) == 40
