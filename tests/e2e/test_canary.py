@@ -11,6 +11,7 @@ from schemas.config import ModelConfig, SimulatorBackend, VersionConfig
 from tests.servers import OTHER_KEY, TEST_KEY, Cluster, with_consumers
 
 MSG = [{"role": "user", "content": "hello"}]
+SPLIT_REQUESTS = 3000
 
 
 def _many(model: str, gateway: str, count: int) -> Counter[str]:
@@ -66,8 +67,10 @@ def test_canary_split_and_stickiness_through_the_gateway(cluster: Cluster) -> No
                 served[version] += 1
             return served
 
-    split = _many("canary", gateway, 10_000)
-    assert sum(split.values()) == 10_000
-    assert abs(split["v2"] / 10_000 - 0.10) <= 0.02, split  # 90/10 within ±2 points over 10,000 requests
+    # 3,000 requests: the v2 share's standard deviation is 0.55 points, so ±2 points is 3.6 of them
+    # (the split itself is checked over 10,000 draws in tests/dispatcher/admission/test_routing.py).
+    split = _many("canary", gateway, SPLIT_REQUESTS)
+    assert sum(split.values()) == SPLIT_REQUESTS
+    assert abs(split["v2"] / SPLIT_REQUESTS - 0.10) <= 0.02, split
     for key in (TEST_KEY, OTHER_KEY):
         assert len(versions_served("sticky", key, 30)) == 1  # each consumer stays on one version
