@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from dispatcher.config_file import ConfigError, parse_config
@@ -67,6 +67,15 @@ class ConfigStore:
         """Validate and store a new revision; raises ConfigError (nothing stored) if invalid."""
         parse_config(text, source)
         return int(await self._kv.put(_KEY, text.encode()))
+
+    async def apply_first(self, text: str, source: str = "<config>") -> int | None:
+        """Store `text` as the first revision, or do nothing (None) if one is applied already;
+        atomic, so of two starts racing exactly one stores its configuration."""
+        parse_config(text, source)
+        try:
+            return int(await self._kv.create(_KEY, text.encode()))
+        except KeyWrongLastSequenceError:
+            return None
 
     async def history(self) -> list[Revision]:
         try:

@@ -13,10 +13,11 @@ import typer
 
 from dispatcher.api_keys import KeyRegistry, config_key_ids
 from dispatcher.config_file import ConfigError, parse_config
-from dispatcher.config_store import ConfigStore
-from dispatcher.connection import connect
+from dispatcher.config_store import ConfigStore, Revision
+from dispatcher.connection import connect, supports_msg_ttl
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
+from dispatcher.topology import ensure_streams
 from modelbus.cli_audit import audit_action
 
 config_app = typer.Typer(help="Validate, apply and inspect the configuration.", no_args_is_help=True)
@@ -36,13 +37,16 @@ def _with_store(work: Callable[[ConfigStore], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-async def _apply(text: str, source: str) -> int:
-    """Store a revision, unless it gives a key an id an issued key has; audited."""
-    settings = BusSettings()
+async def apply_text(settings: BusSettings, text: str, source: str, *, first: bool = False) -> int | None:
+    """Store a revision, unless it gives a key an id an issued key has; audited with the diff.
+
+    `first`: only if nothing is applied yet (`modelbus up`); returns None when something was."""
     subjects = Subjects(settings.namespace)
     nc = await connect(settings, name="modelbus-config")
     try:
         js = nc.jetstream()
+        # The audit row below needs the audit stream, which a stack being started has not made yet.
+        await ensure_streams(js, subjects, settings, nc.max_payload, supports_msg_ttl(nc))
         store = await ConfigStore.open(js, subjects, settings)
         issued = {record.id for record in await (await KeyRegistry.open(js, subjects, settings)).list()}
         clash = sorted(config_key_ids(parse_config(text, source)) & issued)
@@ -50,12 +54,27 @@ async def _apply(text: str, source: str) -> int:
             raise ConfigError(
                 f"{source}: key ids {clash} belong to issued keys (`modelbus keys list`); choose other ids"
             )
-        revision = await store.apply(text, source)
-        target = {"revision": revision, "source": source, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        current = await store.current()
+        revision = await store.apply_first(text, source) if first else await store.apply(text, source)
+        if revision is None:
+            return None
+        old = current.text if current is not None else ""
+        target = {
+            "revision": revision,
+            "previous": current.number if current is not None else None,
+            "source": source,
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "diff": _unified(old, text, current, source),
+        }
         await audit_action(js, subjects, "config.apply", target)
         return revision
     finally:
         await nc.close()
+
+
+def _unified(old: str, new: str, current: Revision | None, source: str) -> str:
+    label = f"revision {current.number}" if current else "(nothing applied)"
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), label, source))
 
 
 def _read(path: Path) -> str:
@@ -88,7 +107,7 @@ def apply(file: Path) -> None:
     """Validate and store a new revision; every running process switches to it."""
     text = _validated(file)
     try:
-        revision = asyncio.run(_apply(text, str(file)))
+        revision = asyncio.run(apply_text(BusSettings(), text, str(file)))
     except ConfigError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
@@ -117,10 +136,7 @@ def diff(file: Path) -> None:
     """What applying `file` would change, as a unified diff against the applied revision."""
     new = _read(file)
     current = _with_store(lambda store: store.current())
-    old = current.text if current else ""
-    label = f"revision {current.number}" if current else "(nothing applied)"
-    lines = difflib.unified_diff(old.splitlines(True), new.splitlines(True), label, str(file))
-    typer.echo("".join(lines) or "no changes", nl=False)
+    typer.echo(_unified(current.text if current else "", new, current, str(file)) or "no changes", nl=False)
 
 
 @config_app.command("history")

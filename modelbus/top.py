@@ -9,6 +9,7 @@ Per consumer with limits: usage this minute and today against the limits (the qu
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
 
@@ -134,7 +135,8 @@ async def run_top(interval_s: float, once: bool) -> None:
         config, _ = await load_initial(store, load_config(settings.config))
         top = Top(nc, subjects, config, settings)
         await top.start()
-        console = Console()
+        # Piped or redirected, rich assumes 80 columns and cuts model names: a file has no width.
+        console = Console() if sys.stdout.isatty() else Console(width=200)
         if once:
             console.print(await top.frame())
             return
