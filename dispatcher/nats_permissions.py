@@ -46,7 +46,14 @@ def user_name(namespace: str, role: str, component_id: str = "") -> str:
 
 
 def _buckets(s: Subjects) -> tuple[str, ...]:
-    return (s.config_bucket, s.worker_bucket, s.task_bucket, s.cache_bucket, s.key_bucket)
+    return (
+        s.config_bucket,
+        s.worker_bucket,
+        s.task_bucket,
+        s.cache_bucket,
+        s.semantic_cache_bucket,
+        s.key_bucket,
+    )
 
 
 def _quota_use(s: Subjects) -> list[str]:
@@ -118,6 +125,7 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
         f"{_JS}.CONSUMER.INFO.{s.request_stream}.*",  # queue depth per model
         *_kv_write(s.task_bucket),
         *_kv_write(s.cache_bucket),
+        *_kv_write(s.semantic_cache_bucket),
         *_kv_write(s.key_bucket),  # the admin API (RBAC: admin role) issues and revokes keys
         *_quota_use(s),
     ]

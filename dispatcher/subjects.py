@@ -176,6 +176,10 @@ class Subjects:
     def cache_bucket(self) -> str:
         return f"{self.namespace}-cache"
 
+    @property
+    def semantic_cache_bucket(self) -> str:
+        return f"{self.namespace}-semcache"
+
     # configuration ---------------------------------------------------------------------------
     @property
     def config_bucket(self) -> str:

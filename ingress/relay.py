@@ -108,7 +108,7 @@ class Relay:
         route = await self._degradation.route(call.request, admitted, draft)
         if isinstance(route, Response):
             return route  # queued as an async task, or answered from the cache
-        admitted, degraded = route.admitted, route.degraded
+        admitted, degraded, probe = route.admitted, route.degraded, route.probe
         if degraded:
             draft.policy_actions.append(f"degraded:{degraded}")
         try:
@@ -123,7 +123,7 @@ class Relay:
             admitted = fallback
             response = await self._run(call, fallback, f"{request_id}-fallback")
         if draft.body is not None and response.status_code == 200:
-            self._degradation.remember(admitted, draft.body)
+            self._degradation.remember(admitted, draft.body, request_id, probe)
         if degraded:
             response.headers[DEGRADED] = degraded
         if admitted.rule is not None:

@@ -53,7 +53,7 @@ def _run_as_printed(command: str, extra: list[str]) -> subprocess.CompletedProce
         env[name] = value
     assert words[0] == "modelbus", command
     argv = [sys.executable, "-m", "modelbus.cli", *words[1:], *extra]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=60)
 
 
 def _alive(pid: int) -> bool:
