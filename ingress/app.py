@@ -137,6 +137,7 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
         live,
         Guardrails(InjectionClassifier(bus, live)),
         QuotaGate(Limiter(ledger, subjects), ledger),
+        health.estimated_wait_s,
     )
     semantic = await SemanticCache.open(js, subjects, settings, bus, live)
     relay = Relay(bus, settings, admission, intake, Degradation(admission, health, intake, cache, semantic))

@@ -240,6 +240,9 @@ class ModelbusConfig(_Config):
             unknown = [m for m in pool.members if m not in known]
             if unknown:
                 raise ValueError(f"pool {pool.name!r} has unknown members {unknown}")
+            unpriced = [m.name for m in self.models if m.name in pool.members and m.cost is None]
+            if unpriced:
+                raise ValueError(f"pool {pool.name!r}: members {unpriced} need a `cost` to be chosen by it")
 
     def pool(self, name: str) -> PoolConfig | None:
         return next((p for p in self.pools if p.name == name), None)

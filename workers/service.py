@@ -125,6 +125,7 @@ class Worker:
                 self.model.coalesce_ms,
                 self.model.coalesce_max_inputs,
                 QuotaLedger(nc, self.subjects),
+                lambda: self.model.cost,
             )
             self.puller = CapacityPuller(
                 nc,

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 
-from dispatcher.config_file import dump_config
 from schemas.config import Endpoint, ModelConfig, SimulatorBackend, VersionConfig
 from schemas.traffic import SemanticCacheConfig
 from tests.servers import OTHER_KEY, TEST_KEY, Cluster, audit_records, wait_until, with_consumers
