@@ -1,7 +1,7 @@
 """The semantic cache: answers to earlier requests that meant the same, shared by every ingress.
 
 Entries live in the KV bucket `<ns>-semcache` (one per answered prompt: partition, vector, expiry,
-the answering request's id, the answer). Every ingress keeps all live vectors in an in-memory index
+the answering request's id, the prompt's last user turn, the answer). Every ingress keeps all live vectors in an in-memory index
 fed by a watch on the bucket, so a lookup costs one embedding call through the bus plus a matrix
 product in memory; a hit costs one KV read for the answer. An answer stored by one ingress is found
 by the others as soon as the watch delivers it (milliseconds). Why not Postgres with a vector index:
@@ -31,7 +31,7 @@ from dispatcher.admission.live_config import LiveConfig
 from dispatcher.client import BusClient
 from dispatcher.internal_calls import ask
 from dispatcher.kv_watch import watch_bucket
-from dispatcher.semantic_keys import Probe, probe_for
+from dispatcher.semantic_keys import Probe, conflict, probe_for
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry import metrics
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 _STORE_TIMEOUT_S = 10.0
 _MAX_TEXT = 8000  # characters embedded; far beyond what a small embedding model reads anyway
 _EXPIRE_EVERY_S = 60.0
+# The nearest entries above the threshold tried in turn: the best may fail the pairwise check.
+_CANDIDATES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,21 +107,23 @@ class SemanticCache:
             metrics.SEMANTIC_CACHE.labels(model, "unavailable").inc()
             return None
         now_ms = int(time.time() * 1000)
-        match = self._index.nearest(probe.partition, vector, now_ms)
-        if match is None or match.similarity < config.threshold:
-            metrics.SEMANTIC_CACHE.labels(model, "miss").inc()
-            return None
-        try:
-            entry = await self._kv.get(match.key)
-            data = orjson.loads(entry.value or b"{}")
-        except (KeyNotFoundError, orjson.JSONDecodeError):
-            self._index.drop(match.key)  # gone (expired or replaced) since the watch saw it
-            data = {}
-        if data.get("p") != probe.partition or int(data.get("x", 0)) <= now_ms:
-            metrics.SEMANTIC_CACHE.labels(model, "miss").inc()
-            return None
-        metrics.SEMANTIC_CACHE.labels(model, "hit").inc()
-        return Hit(str(data["b"]).encode(), match.similarity, str(data.get("r", "")))
+        for match in self._index.nearest(probe.partition, vector, now_ms, _CANDIDATES):
+            if match.similarity < config.threshold:
+                break
+            try:
+                entry = await self._kv.get(match.key)
+                data = orjson.loads(entry.value or b"{}")
+            except (KeyNotFoundError, orjson.JSONDecodeError):
+                self._index.drop(match.key)  # gone (expired or replaced) since the watch saw it
+                continue
+            if data.get("p") != probe.partition or int(data.get("x", 0)) <= now_ms:
+                continue
+            if config.match_entities and conflict(probe.text, str(data.get("t", ""))) is not None:
+                continue  # similar, but opposite words or another order: not the same question
+            metrics.SEMANTIC_CACHE.labels(model, "hit").inc()
+            return Hit(str(data["b"]).encode(), match.similarity, str(data.get("r", "")))
+        metrics.SEMANTIC_CACHE.labels(model, "miss").inc()
+        return None
 
     async def store(self, admitted: Admitted, probe: Probe, body: bytes, request_id: str) -> None:
         """Keep an answer (called after it was sent); a failure only means one entry fewer."""
@@ -136,6 +140,7 @@ class SemanticCache:
                 "m": admitted.target.name,
                 "x": expires_ms,
                 "r": request_id,
+                "t": probe.text,
                 "v": base64.b64encode(vector.tobytes()).decode(),
                 "b": body.decode(),
             }

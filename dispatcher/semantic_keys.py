@@ -38,6 +38,39 @@ _NEGATIONS = frozenset(
      "cant", "won't", "don't", "doesn't", "didn't", "isn't", "aren't", "wasn't", "shouldn't"}
 )  # fmt: skip
 _PRONOUN_I = frozenset({"i", "i'm", "i've", "i'd", "i'll"})
+# Words whose opposite is one word away in embedding space ("enable" and "disable" score 0.88 with
+# all-MiniLM-L6-v2, "less salty" and "more salty" 0.99): a hit needs the same side of each pair.
+# General English opposites, not a domain's vocabulary; prefixed opposites (un-, dis-, de-) are
+# found by rule below.
+_OPPOSITES = (
+    ("on", "off"), ("in", "out"), ("into", "out"), ("up", "down"), ("before", "after"), ("enable", "disable"),
+    ("add", "remove"), ("increase", "decrease"), ("raise", "lower"), ("more", "less"), ("most", "least"),
+    ("buy", "sell"), ("open", "close"), ("start", "stop"), ("begin", "end"), ("import", "export"),
+    ("upload", "download"), ("push", "pull"), ("ascending", "descending"), ("maximum", "minimum"),
+    ("max", "min"), ("hot", "cold"), ("warm", "cool"), ("early", "late"), ("arrive", "depart"),
+    ("arriving", "departing"), ("arrival", "departure"), ("freeze", "thaw"), ("thick", "thin"),
+    ("thicker", "thinner"), ("gain", "lose"), ("win", "lose"), ("high", "low"), ("higher", "lower"),
+    ("approve", "reject"), ("approve", "refuse"), ("accept", "reject"), ("allow", "deny"),
+    ("allow", "forbid"), ("hire", "fire"), ("join", "leave"), ("promote", "demote"), ("lend", "borrow"),
+    ("encrypt", "decrypt"), ("compress", "extract"), ("include", "exclude"), ("inside", "outside"),
+    ("above", "below"), ("over", "under"), ("first", "last"), ("next", "previous"), ("new", "old"),
+    ("young", "old"), ("fast", "slow"), ("faster", "slower"), ("cheap", "expensive"), ("big", "small"),
+    ("large", "small"), ("long", "short"), ("longer", "shorter"), ("closer", "farther"),
+    ("near", "far"), ("cause", "prevent"), ("cause", "reduce"), ("absorb", "release"), ("send", "receive"),
+    ("check-in", "check-out"), ("login", "logout"), ("log-in", "log-out"),
+    ("sign-in", "sign-out"), ("true", "false"), ("positive", "negative"), ("plus", "minus"),
+    ("buyer", "seller"), ("lender", "borrower"), ("left", "right"), ("north", "south"), ("east", "west"),
+    ("with", "without"), ("with", "instead"), ("before", "during"), ("during", "after"),
+    ("enter", "exit"), ("enter", "leave"), ("float", "sink"), ("born", "die"), ("live", "die"),
+    ("increase", "cut"), ("rise", "fall"), ("win", "lose"), ("pass", "fail"), ("success", "failure"),
+    ("always", "never"), ("all", "none"), ("everyone", "nobody"), ("forward", "backward"),
+    ("attack", "defend"), ("teacher", "student"), ("parent", "child"), ("employer", "employee"),
+)  # fmt: skip
+_POLARITY: dict[str, list[tuple[int, str]]] = {}
+for _index, (_one, _other) in enumerate(_OPPOSITES):
+    _POLARITY.setdefault(_one, []).append((_index, "+"))
+    _POLARITY.setdefault(_other, []).append((_index, "-"))
+_NEGATING_PREFIXES = ("un", "dis", "de")
 
 
 @dataclass
@@ -94,10 +127,63 @@ def key_tokens(text: str) -> list[str]:
         lower = word.lower().replace("’", "'")
         if lower in _NEGATIONS or lower.endswith("n't"):
             found.add("~not")
+
         elif not sentence_start and word[0].isupper() and lower not in _PRONOUN_I:
             found.add(lower.removesuffix("'s"))
         sentence_start = text[match.end() : match.end() + 2].lstrip(" ")[:1] in (".", "?", "!", ":", "\n")
     return sorted(found)
+
+
+def conflict(one: str, other: str) -> str | None:
+    """Why two similar texts may still mean different things, or None: the same words in another
+    order ("A to B" and "B to A": mean-pooled embeddings barely see order, 0.99 here), or opposite
+    words ("enable"/"disable", "install"/"uninstall") where the rest is alike."""
+    first = [w.lower().replace("’", "'") for w in _WORD.findall(one)]
+    second = [w.lower().replace("’", "'") for w in _WORD.findall(other)]
+    if sorted(first) == sorted(second) and first != second:
+        return "word order"
+    words, others = set(first), set(second)
+    sides: dict[int, tuple[set[str], set[str]]] = {}
+    for word in words | others:
+        for pair, sign in _polarity(word):
+            mine, theirs = sides.setdefault(pair, (set(), set()))
+            if word in words:
+                mine.add(sign)
+            if word in others:
+                theirs.add(sign)
+    for pair, (mine, theirs) in sides.items():
+        if mine - theirs and theirs - mine:
+            return "opposites {}/{}".format(*_OPPOSITES[pair])
+        if len(mine) == len(theirs) == 2 and _first_side(first, pair) != _first_side(second, pair):
+            return "direction {}/{}".format(*_OPPOSITES[pair])  # "from hot to cold" / "from cold to hot"
+    for word in words ^ others:
+        for prefix in _NEGATING_PREFIXES:
+            stem = word.removeprefix(prefix)
+            if stem != word and len(stem) >= 4 and stem in (others if word in words else words):
+                return f"{word}/{stem}"
+    return None
+
+
+def _first_side(words: list[str], pair: int) -> str | None:
+    for word in words:
+        for found, sign in _polarity(word):
+            if found == pair:
+                return sign
+    return None
+
+
+def _polarity(word: str) -> list[tuple[int, str]]:
+    """The opposite pairs a word takes a side in, also inflected ("increases", "died", "cutting")."""
+    found = _POLARITY.get(word)
+    if found is not None:
+        return found
+    for suffix in ("s", "es", "d", "ed", "ing", "ting"):
+        stem = word.removesuffix(suffix)
+        if stem != word and len(stem) >= 3:
+            found = _POLARITY.get(stem) or _POLARITY.get(stem + "e")
+            if found is not None:
+                return found
+    return []
 
 
 def deployment(model: ModelConfig) -> str:

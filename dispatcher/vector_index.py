@@ -51,15 +51,14 @@ class _Partition:
             self.vectors[row], self.expires[row] = self.vectors[last], self.expires[last]
         self.keys.pop()
 
-    def nearest(self, vector: Vector, now_ms: int) -> tuple[str, float] | None:
+    def nearest(self, vector: Vector, now_ms: int, k: int) -> list[tuple[str, float]]:
         count = len(self.keys)
         if not count:
-            return None
+            return []
         scores = self.vectors[:count] @ vector
         scores[self.expires[:count] <= now_ms] = -np.inf
-        best = int(np.argmax(scores))
-        score = float(scores[best])
-        return (self.keys[best], score) if score > -np.inf else None
+        top = np.argsort(-scores)[:k] if count > k else np.argsort(-scores)
+        return [(self.keys[i], float(scores[i])) for i in top if scores[i] > -np.inf]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +96,12 @@ class VectorIndex:
         if not part.keys:
             del self._partitions[partition]
 
-    def nearest(self, partition: str, vector: Vector, now_ms: int) -> Match | None:
+    def nearest(self, partition: str, vector: Vector, now_ms: int, k: int = 1) -> list[Match]:
+        """The `k` live rows most similar to `vector`, best first."""
         part = self._partitions.get(partition)
         if part is None or part.vectors.shape[1] != vector.shape[0]:
-            return None
-        found = part.nearest(vector, now_ms)
-        return Match(*found) if found is not None else None
+            return []
+        return [Match(key, score) for key, score in part.nearest(vector, now_ms, k)]
 
     def expire(self, now_ms: int) -> int:
         """Forget rows past their time to live (the bucket drops them without telling watchers)."""
