@@ -254,7 +254,7 @@ def main() -> None:
                 chosen = max(fitting, key=lambda r: (r[full]["paraphrase_hits"], -r["threshold"]))
                 settings = BusSettings(nats_url=nats_url, namespace="semeval")
                 text = dump_config(_config(embed_port, chosen["threshold"]))
-                asyncio.run(apply_text(settings, text, "bench/semantic_cache_eval.py"))
+                asyncio.run(apply_text(settings, text, "bench/semantic_cache_eval.py", confirm_weakening=True))
                 time.sleep(2.0)
                 e2e = end_to_end(http, paraphrases, near)
                 cost = latency(http, args.latency_requests)

@@ -63,10 +63,20 @@ class ConfigStore:
             return None
         return Revision(int(entry.revision or 0), entry.value.decode(), getattr(entry, "created", None))
 
-    async def apply(self, text: str, source: str = "<config>") -> int:
-        """Validate and store a new revision; raises ConfigError (nothing stored) if invalid."""
+    async def apply(self, text: str, source: str = "<config>", after: int | None = None) -> int:
+        """Validate and store a new revision; raises ConfigError (nothing stored) if invalid, or if
+        `after` is given and another revision was applied since that one (0: none at all)."""
         parse_config(text, source)
-        return int(await self._kv.put(_KEY, text.encode()))
+        if after is None:
+            return int(await self._kv.put(_KEY, text.encode()))
+        try:
+            if after == 0:
+                return int(await self._kv.create(_KEY, text.encode()))
+            return int(await self._kv.update(_KEY, text.encode(), last=after))
+        except KeyWrongLastSequenceError:
+            raise ConfigError(
+                f"{source}: another revision was applied meanwhile; check and apply again"
+            ) from None
 
     async def apply_first(self, text: str, source: str = "<config>") -> int | None:
         """Store `text` as the first revision, or do nothing (None) if one is applied already;

@@ -57,7 +57,8 @@ class _Partition:
             return []
         scores = self.vectors[:count] @ vector
         scores[self.expires[:count] <= now_ms] = -np.inf
-        top = np.argsort(-scores)[:k] if count > k else np.argsort(-scores)
+        top = np.argpartition(-scores, k)[:k] if count > k else np.arange(count)
+        top = top[np.argsort(-scores[top])]
         return [(self.keys[i], float(scores[i])) for i in top if scores[i] > -np.inf]
 
 

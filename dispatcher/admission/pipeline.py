@@ -69,8 +69,9 @@ class Submission:
 
 class Admission:
     def __init__(
-        self, live: LiveConfig, guardrails: Guardrails, quota: QuotaGate, wait_of: WaitOf | None = None
+        self, live: LiveConfig, guardrails: Guardrails, quota: QuotaGate | None, wait_of: WaitOf | None = None
     ) -> None:
+        """`quota` None: a rehearsal (`modelbus config test`), every step but the token reservation."""
         self._live = live
         self._guardrails = guardrails
         self._quota = quota
@@ -104,7 +105,9 @@ class Admission:
         if input_policy.active or input_policy.max_input_tokens is not None:
             payload = await self._guardrails.check_input(input_policy, payload, notes.policy_actions)
         tokens = estimate_tokens(spec.endpoint, payload, max_output, sequences)
-        reservation = await self._quota.admit(identity, model, tokens, submission.wait_until_ms)
+        reservation = None
+        if self._quota is not None:
+            reservation = await self._quota.admit(identity, model, tokens, submission.wait_until_ms)
         return Admitted(
             identity=identity,
             spec=spec,
@@ -195,11 +198,13 @@ class Admission:
 
     def release(self, admitted: Admitted) -> None:
         """Give back a reservation no worker took (a cache hit, a replayed task, an error)."""
-        self._quota.release(admitted.quota)
+        if self._quota is not None:
+            self._quota.release(admitted.quota)
 
     def refund(self, admitted: Admitted) -> None:
         """Give back a reservation whose envelope was dropped as a duplicate (or never published)."""
-        self._quota.refund(admitted.quota)
+        if self._quota is not None:
+            self._quota.refund(admitted.quota)
 
 
 def _authorize(permitted: bool, operation: Operation, model: str) -> None:
