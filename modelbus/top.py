@@ -10,12 +10,11 @@ prices (the quota counters).
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections import deque
 
 from nats.aio.client import Client as NATS
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
@@ -27,6 +26,7 @@ from dispatcher.quotas import COST_UNIT, QuotaLedger, QuotaUnavailable
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry.traffic import TrafficWatch
+from modelbus.console import console
 from schemas.capacity import ModelCapacity
 from schemas.config import ModelbusConfig
 from schemas.policy import Limits
@@ -147,12 +147,11 @@ async def run_top(interval_s: float, once: bool) -> None:
         config, _ = await load_initial(store, load_config(settings.config))
         top = Top(nc, subjects, config, settings)
         await top.start()
-        # Piped or redirected, rich assumes 80 columns and cuts model names: a file has no width.
-        console = Console() if sys.stdout.isatty() else Console(width=200)
+        terminal = console()
         if once:
-            console.print(await top.frame())
+            terminal.print(await top.frame())
             return
-        with Live(await top.frame(), console=console, refresh_per_second=4, screen=False) as live:
+        with Live(await top.frame(), console=terminal, refresh_per_second=4, screen=False) as live:
             while True:
                 await asyncio.sleep(interval_s)
                 live.update(await top.frame())
