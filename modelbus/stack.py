@@ -18,6 +18,7 @@ from dispatcher.db.migrate import upgrade
 from modelbus.embedded_nats import NatsServer, port_in_use, single_server
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint
+from schemas.traffic import SemanticCacheConfig
 
 # NATS's own default port, which is also every `modelbus` command's default URL: commands run from
 # another shell (`top`, `capacity`, `config show`) find the stack with no variable to export.
@@ -25,7 +26,9 @@ DEFAULT_NATS_PORT = 4222
 
 
 def demo_config(dev_key: str) -> ModelbusConfig:
-    """Two simulated models and one consumer: enough to try every endpoint with no GPU."""
+    """Two simulated models and one consumer: enough to try every endpoint with no GPU. When
+    demo-chat has no worker, the consumer gets answers to similar earlier questions (the semantic
+    cache, embedded by demo-embed), and otherwise waits in the queue."""
     return ModelbusConfig(
         models=[
             ModelConfig(
@@ -33,6 +36,7 @@ def demo_config(dev_key: str) -> ModelbusConfig:
                 endpoints=[Endpoint.CHAT, Endpoint.COMPLETIONS],
                 backend=SimulatorBackend(ttft_ms=30, tokens_per_s=200, default_max_tokens=32, capacity=16),
                 max_concurrency=16,
+                semantic_cache=SemanticCacheConfig(embedding_model="demo-embed"),
             ),
             ModelConfig(
                 name="demo-embed",
@@ -43,7 +47,11 @@ def demo_config(dev_key: str) -> ModelbusConfig:
         ],
         consumers=[
             ConsumerConfig(
-                name="dev", roles=["user"], admin=True, keys=[ApiKey(id="dev", hash=hash_key(dev_key))]
+                name="dev",
+                roles=["user"],
+                admin=True,
+                keys=[ApiKey(id="dev", hash=hash_key(dev_key))],
+                degradation=["semantic_cache"],
             )
         ],
     )
