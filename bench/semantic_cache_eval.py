@@ -164,11 +164,21 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def latency(http: httpx.Client, n: int) -> dict[str, Any]:
+def latency(http: httpx.Client, embed_port: int, n: int) -> dict[str, Any]:
     def timed(model: str, text: str) -> float:
         start = time.perf_counter()
         _ask(http, model, text)
         return time.perf_counter() - start
+
+    def embedded(url: str, text: str) -> float:
+        start = time.perf_counter()
+        httpx.post(url, json={"model": "minilm", "input": text}, headers=http.headers).raise_for_status()
+        return time.perf_counter() - start
+
+    direct, through = [], []
+    for i in range(n):  # what a miss spends on its embedding: the model itself, and through the bus
+        direct.append(embedded(f"http://127.0.0.1:{embed_port}/v1/embeddings", f"A direct sentence {i}."))
+        through.append(embedded(f"{http.base_url}embeddings", f"A sentence through the gateway {i}."))
 
     for i in range(20):  # warm both paths
         timed("plain", f"warm-up {i} plain")
@@ -254,13 +264,16 @@ def main() -> None:
                 chosen = max(fitting, key=lambda r: (r[full]["paraphrase_hits"], -r["threshold"]))
                 settings = BusSettings(nats_url=nats_url, namespace="semeval")
                 text = dump_config(_config(embed_port, chosen["threshold"]))
-                asyncio.run(apply_text(settings, text, "bench/semantic_cache_eval.py", confirm_weakening=True))
+                asyncio.run(
+                    apply_text(settings, text, "bench/semantic_cache_eval.py", confirm_weakening=True)
+                )
                 time.sleep(2.0)
                 e2e = end_to_end(http, paraphrases, near)
-                cost = latency(http, args.latency_requests)
+                cost = latency(http, embed_port, args.latency_requests)
         finally:
             procs.stop_all()
     result = {
+        "load_average_at_end": os.getloadavg(),
         "pairs": {"paraphrase": len(paraphrases), "near_miss": len(near)},
         "embedding_model": "all-MiniLM-L6-v2 (bench/embedding_server.py, CPU)",
         "sweep": rows,
