@@ -90,7 +90,7 @@ async def run(events: int, admin_url: str) -> dict[str, float]:
             publish_s = time.perf_counter() - began
 
             engine = create_engine(url)
-            sink = AuditSink(nc, subjects, AuditStore(engine), batch_size=1000)
+            sink = AuditSink(nc, subjects, AuditStore(engine), None, batch_size=1000)
             stop = asyncio.Event()
             began = time.perf_counter()
             draining = asyncio.create_task(sink.run(stop))

@@ -53,6 +53,7 @@ def _buckets(s: Subjects) -> tuple[str, ...]:
         s.cache_bucket,
         s.semantic_cache_bucket,
         s.key_bucket,
+        s.audit_checkpoint_bucket,
     )
 
 

@@ -16,6 +16,7 @@ from dispatcher.admission.live_config import LiveConfig
 from dispatcher.admission.pipeline import Admission
 from dispatcher.admission.quota import QuotaGate
 from dispatcher.api_keys import KeyRegistry
+from dispatcher.audit.checkpoints import Checkpointer, CheckpointLog, signing_key
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.audit.sink import AuditSink
 from dispatcher.audit.store import AuditStore
@@ -62,8 +63,8 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
             await upgrade_async(settings.database_url)
             engine = create_engine(settings.database_url)
             cleanup.push_async_callback(engine.dispose)
-            sink = AuditSink(nc, subjects, AuditStore(engine))
-            supervisor.supervise("audit-sink", lambda: sink.run(stopping))
+            sink = AuditSink(nc, subjects, AuditStore(engine), await _checkpointer(js, subjects, settings))
+            supervisor.supervise("audit-sink", lambda: sink.run(stopping), graceful=True)
         else:
             log.warning("no MODELBUS_DATABASE_URL: audit events stay queued in JetStream")
         audit = AuditPublisher(js, subjects, "dispatcher")
@@ -82,7 +83,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         recorder = TaskRecorder(task_store, audit, webhooks, batches)
         collector = TaskCollector(nc, subjects, task_store, recorder)
         supervisor.supervise("audit-publisher", audit.run)
-        supervisor.supervise("task-collector", lambda: collector.run(stopping))
+        supervisor.supervise("task-collector", lambda: collector.run(stopping), graceful=True)
 
         config_store = await ConfigStore.open(js, subjects, settings)
         current, revision = await load_initial(config_store, config)
@@ -102,11 +103,24 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
                 live, Guardrails(InjectionClassifier(bus, live)), QuotaGate(Limiter(ledger, subjects), ledger)
             )
             feeder = BatchFeeder(nc, subjects, admission, bus, task_store, recorder, batches, keys)
-            supervisor.supervise("batch-feeder", lambda: feeder.run(stopping))
+            supervisor.supervise("batch-feeder", lambda: feeder.run(stopping), graceful=True)
         supervisor.supervise("lag-gauges", lambda: refresh_lag(js, subjects, registry, lambda: live.config))
         supervisor.supervise("audit-backlog", lambda: _refresh_audit_backlog(js, subjects))
         log.info("dispatcher running (namespace %s)", settings.namespace)
         await stop.wait()
+
+
+async def _checkpointer(
+    js: JetStreamContext, subjects: Subjects, settings: BusSettings
+) -> Checkpointer | None:
+    if settings.audit_signing_key is None:
+        log.warning(
+            "no MODELBUS_AUDIT_SIGNING_KEY: audit checkpoints are not signed, and removal of the newest "
+            "audit rows could not be detected"
+        )
+        return None
+    key = signing_key(settings.audit_signing_key.get_secret_value())
+    return Checkpointer(await CheckpointLog.open(js, subjects, settings), key)
 
 
 async def _refresh_audit_backlog(js: JetStreamContext, subjects: Subjects, every_s: float = 5.0) -> None:

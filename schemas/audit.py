@@ -50,3 +50,14 @@ class AuditEvent(BaseModel):
     finished_ms: int | None = None
     policy_actions: list[str] = Field(default_factory=list)
     trace_id: str | None = None
+
+
+class AuditCheckpoint(BaseModel):
+    """A signed statement that the chain reached `seq` with `row_hash` at `at_ms` (kept in NATS KV)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int
+    row_hash: str
+    at_ms: int
+    signature: str  # base64 Ed25519 over "modelbus-audit-head\n<seq>\n<row_hash>\n<at_ms>"

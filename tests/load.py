@@ -26,6 +26,13 @@ RETRYABLE_STREAM_CODES = {"worker_lost", "stream_broken", "deadline_exceeded", "
 KINDS = ("sync", "stream", "async")
 
 
+@dataclass(frozen=True)
+class Answer:
+    request_id: str
+    gateway: str
+    at: float  # monotonic time the response headers arrived
+
+
 @dataclass
 class Outcome:
     kind: str
@@ -36,6 +43,7 @@ class Outcome:
     attempts: int = 1
     task_id: str | None = None
     idempotency_key: str | None = None
+    answers: list[Answer] = field(default_factory=list)  # every answer an ingress gave (its request id)
 
 
 @dataclass
@@ -84,7 +92,12 @@ class LoadRun:
             async def loop(worker: int) -> None:
                 while not self._stop.is_set():
                     n = next(counter)
-                    self.outcomes.append(await self._one(client, KINDS[n % 3], n))
+                    started = time.monotonic()
+                    try:
+                        outcome = await self._one(client, KINDS[n % 3], n)
+                    except Exception as exc:  # noqa: BLE001 - a client-side surprise is a bad outcome, never a quiet end
+                        outcome = Outcome(KINDS[n % 3], started, time.monotonic(), "bad", _named(exc))
+                    self.outcomes.append(outcome)
 
             await asyncio.gather(*(loop(i) for i in range(self.concurrency)))
 
@@ -94,27 +107,38 @@ class LoadRun:
         body = {"model": self.model, "max_tokens": 6, "messages": [{"role": "user", "content": f"r{n}"}]}
         attempts = 0
         detail = ""
+        seen: list[Answer] = []
         while True:
             attempts += 1
             base = self.gateways[(n + attempts) % len(self.gateways)]
             try:
-                verdict, detail, task_id = await self._attempt(client, base, kind, body, key)
+                verdict, detail, task_id = await self._attempt(client, base, kind, body, key, seen)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 # Nothing was answered: the ingress is gone. Another one will do.
                 verdict, detail, task_id = "retry", f"connection: {type(exc).__name__}", None
             except httpx.TimeoutException as exc:
                 verdict, detail, task_id = "bad", f"timeout: {type(exc).__name__}", None
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError) as exc:
+                # A write error, another protocol error, a 200 that is not the JSON it should be.
+                verdict, detail, task_id = "bad", _named(exc), None
             if verdict != "retry":
-                return Outcome(kind, started, time.monotonic(), verdict, detail, attempts, task_id, key)
+                return Outcome(kind, started, time.monotonic(), verdict, detail, attempts, task_id, key, seen)
             if time.monotonic() - started > self.retry_budget_s:
-                return Outcome(kind, started, time.monotonic(), "clean", detail, attempts, None, key)
+                return Outcome(kind, started, time.monotonic(), "clean", detail, attempts, None, key, seen)
             await asyncio.sleep(min(0.2 * attempts, 1.0))
 
     async def _attempt(
-        self, client: httpx.AsyncClient, base: str, kind: str, body: dict[str, object], key: str | None
+        self,
+        client: httpx.AsyncClient,
+        base: str,
+        kind: str,
+        body: dict[str, object],
+        key: str | None,
+        seen: list[Answer],
     ) -> tuple[str, str, str | None]:
         if kind == "sync":
             r = await client.post(f"{base}/chat/completions", json=body)
+            seen.append(_answer(r, base))
             if r.status_code == 200:
                 ok = bool(r.json()["choices"][0]["message"]["content"])
                 return ("ok" if ok else "bad"), "", None
@@ -124,10 +148,13 @@ class LoadRun:
             r = await client.post(
                 f"{base}/tasks", json={"endpoint": "chat.completions", "body": body}, headers=headers
             )
+            if r.status_code != 202:
+                seen.append(_answer(r, base))  # a refusal is audited under this id
             if r.status_code == 202:
                 return "ok", "", str(r.json()["id"])
             return _error_verdict(r), f"{r.status_code} {r.text[:200]}", None
         async with client.stream("POST", f"{base}/chat/completions", json={**body, "stream": True}) as r:
+            seen.append(_answer(r, base))
             if r.status_code != 200:
                 await r.aread()
                 return _error_verdict(r), f"{r.status_code} {r.text[:200]}", None
@@ -144,6 +171,14 @@ class LoadRun:
             if error.get("message"):
                 return "clean", f"stream error {error}", None
         return "bad", f"stream ended without [DONE] or an error event: {events[-2:]}", None
+
+
+def _answer(r: httpx.Response, base: str) -> Answer:
+    return Answer(r.headers.get("x-request-id", ""), base, time.monotonic())
+
+
+def _named(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _error_verdict(r: httpx.Response) -> str:

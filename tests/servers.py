@@ -58,6 +58,20 @@ def sql(database_url: str, query: str) -> list[dict[str, Any]]:
     return asyncio.run(run())
 
 
+def execute(database_url: str, statements: str) -> None:
+    """Run SQL statements (several allowed, no results) against a test database."""
+
+    async def run() -> None:
+        dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(statements)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def audit_records(database_url: str, where: str = "TRUE") -> list[dict[str, Any]]:
     """Audit events as the sink stored them (each row's `record`), oldest first."""
     rows = sql(database_url, f"SELECT record FROM audit_log WHERE {where} ORDER BY seq")

@@ -24,7 +24,7 @@ class Cancellations:
         self._nc = nc
         self._subjects = subjects
         self._remember_s = remember_s
-        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._running: dict[str, set[asyncio.Task[Any]]] = {}  # several deliveries may run at once
         self._recent: OrderedDict[str, float] = OrderedDict()
         self.cancelled_running = 0
 
@@ -36,10 +36,14 @@ class Cancellations:
         return expiry is not None and expiry > time.monotonic()
 
     def track(self, request_id: str, task: asyncio.Task[Any]) -> None:
-        self._running[request_id] = task
+        self._running.setdefault(request_id, set()).add(task)
 
-    def untrack(self, request_id: str) -> None:
-        self._running.pop(request_id, None)
+    def untrack(self, request_id: str, task: asyncio.Task[Any]) -> None:
+        running = self._running.get(request_id)
+        if running is not None:
+            running.discard(task)
+            if not running:
+                del self._running[request_id]
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
@@ -50,7 +54,7 @@ class Cancellations:
         self._recent.move_to_end(request_id)
         while len(self._recent) > _MEMORY:
             self._recent.popitem(last=False)
-        task = self._running.get(request_id)
-        if task is not None and not task.done():
-            self.cancelled_running += 1
-            task.cancel()
+        for task in list(self._running.get(request_id, ())):
+            if not task.done():
+                self.cancelled_running += 1
+                task.cancel()

@@ -78,7 +78,9 @@ class RequestRunner:
         self._settings = settings
         self._backend = backend
         self._cancellations = cancellations
-        self._live: dict[str, _Liveness] = {}
+        # Keyed by (request, delivery): a request JetStream redelivered while its first delivery still
+        # runs here (its in-progress acks lost in a NATS outage) is two entries, not one overwritten.
+        self._live: dict[tuple[str, int], _Liveness] = {}
         self.coalescer = (
             EmbeddingCoalescer(lambda: self._backend, coalesce_ms / 1000, coalesce_max_inputs)
             if coalesce_ms
@@ -123,7 +125,7 @@ class RequestRunner:
         current = asyncio.current_task()
         assert current is not None
         self._cancellations.track(envelope.id, current)
-        self._live[envelope.id] = _Liveness(msg, writer)
+        self._live[(envelope.id, attempt)] = _Liveness(msg, writer)
         try:
             with processing(envelope, picked_up_ms, self._settings.worker_id):
                 outcome = await self._execute(envelope, writer, picked_up_ms, attempt)
@@ -142,8 +144,8 @@ class RequestRunner:
                 await writer.error(ErrorCode.CANCELLED, "the request was cancelled", 499, False)
             outcome = Outcome.TERM
         finally:
-            self._cancellations.untrack(envelope.id)
-            del self._live[envelope.id]
+            self._cancellations.untrack(envelope.id, current)
+            del self._live[(envelope.id, attempt)]
         await self._settle(msg, outcome)
         metrics.WORKER_REQUESTS.labels(envelope.target, outcome.value).inc()
         if outcome is not Outcome.RETRY:

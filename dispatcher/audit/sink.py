@@ -1,6 +1,8 @@
 """The audit sink: JetStream → Postgres in batches, idempotent, acked only after commit.
 
-While Postgres is down the sink holds its current batch (keeping it alive with in-progress acks)
+After each commit the sink signs the chain head it reached and keeps it in NATS KV
+(dispatcher/audit/checkpoints.py), so rows removed from the end of the table later do not go
+unnoticed. While Postgres is down the sink holds its current batch (keeping it alive with in-progress acks)
 and retries; everything else waits in the audit stream, so nothing is lost and the gateway keeps
 serving. When Postgres returns the backlog drains at batch speed.
 """
@@ -15,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from dispatcher.audit.checkpoints import Checkpointer
 from dispatcher.audit.store import AuditStore
 from dispatcher.connection import fetch_or_wait
 from dispatcher.subjects import Subjects
@@ -25,10 +28,18 @@ log = logging.getLogger(__name__)
 
 
 class AuditSink:
-    def __init__(self, nc: NATS, subjects: Subjects, store: AuditStore, batch_size: int = 1000) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        store: AuditStore,
+        checkpointer: Checkpointer | None,
+        batch_size: int = 1000,
+    ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._store = store
+        self._checkpointer = checkpointer  # None: no signing key configured (verify says so)
         self._batch_size = batch_size
         self.written = 0
         self.failures = 0
@@ -75,4 +86,7 @@ class AuditSink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.written += added
+        if added and self._checkpointer is not None and self._store.last_head is not None:
+            # Before the acks: a head committed but never signed would be one truncation could hide.
+            await self._checkpointer.record(*self._store.last_head)
         await asyncio.gather(*(m.ack() for m in msgs))

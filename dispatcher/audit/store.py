@@ -8,12 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dispatcher.audit.chain import GENESIS, Problem, row_for, verify
+from dispatcher.audit.checkpoints import check
 from dispatcher.audit.compare import answer_of, text_similarity
-from schemas.audit import AuditEvent
+from schemas.audit import AuditCheckpoint, AuditEvent
 
 _COLUMNS = (
     "seq, received_at, event_id, request_id, kind, endpoint, status, http_status, consumer, key_id, "
@@ -57,6 +59,7 @@ class AuditStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._partitions: set[str] = set()
+        self.last_head: tuple[int, str] | None = None  # (seq, row hash) after this store's last commit
 
     async def append(self, events: Sequence[AuditEvent]) -> int:
         """Append events in one transaction, skipping any already stored; returns rows added.
@@ -92,7 +95,8 @@ class AuditStore:
                 text("UPDATE audit_chain_head SET seq = :seq, hash = :hash WHERE id = 1"),
                 {"seq": seq, "hash": prev},
             )
-            return len(rows)
+        self.last_head = (seq, prev)
+        return len(rows)
 
     async def _ensure_partition(self, conn: AsyncConnection, moment: datetime) -> None:
         start, end = _month(moment)
@@ -137,6 +141,20 @@ class AuditStore:
         anchor = (int(anchor_row.last_seq), str(anchor_row.last_hash)) if anchor_row else (0, GENESIS)
         rows = [row async for row in self.rows()]
         return len(rows), verify(rows, anchor)
+
+    async def against_checkpoints(
+        self, checkpoints: list[AuditCheckpoint], public: Ed25519PublicKey
+    ) -> list[Problem]:
+        """What the signed heads kept outside Postgres say about the table (see checkpoints.py)."""
+        seqs = sorted({c.seq for c in checkpoints})
+        async with self._engine.connect() as conn:
+            head = (await conn.execute(text("SELECT seq FROM audit_chain_head WHERE id = 1"))).scalar_one()
+            last = (await conn.execute(text("SELECT coalesce(max(seq), 0) FROM audit_log"))).scalar_one()
+            found = await conn.execute(
+                text("SELECT seq, row_hash FROM audit_log WHERE seq = ANY(:seqs)"), {"seqs": seqs}
+            )
+            rows = {int(r.seq): str(r.row_hash) for r in found}
+        return check(checkpoints, public, rows, int(head), int(last))
 
     async def query(self, where: AuditFilter) -> list[dict[str, Any]]:
         clauses: list[str] = ["TRUE"]

@@ -18,16 +18,17 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from dispatcher.connection import fetch_or_wait
-from dispatcher.reply_stream import decode_frame
+from dispatcher.reply_stream import Frame, decode_frame
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.recorder import TaskRecorder
-from dispatcher.tasks.store import TaskStore
+from dispatcher.tasks.store import TaskChanged, TaskStore
 from dispatcher.topology import task_collector_consumer_config
 from schemas.envelope import ErrorFrame, FinalFrame, StartFrame
-from schemas.tasks import TaskStatus
+from schemas.tasks import Task, TaskStatus
 
 log = logging.getLogger(__name__)
 _PARALLEL = 32
+_CAS_ATTEMPTS = 5
 
 
 class TaskCollector:
@@ -97,10 +98,23 @@ class TaskCollector:
         except (ValueError, ValidationError):
             log.error("undecodable reply frame for task %s dropped", task_id)
             return
-        task = await self._store.get(task_id)
-        if task is None:
-            log.error("reply for unknown task %s dropped", task_id)
-            return
+        # Frames of one task can be handled at the same time (split over two fetches, redelivered,
+        # or taken by two dispatcher replicas): every write is a compare-and-set on what was read,
+        # and a conflict means reading again, so a late start frame never undoes a finished task.
+        for _ in range(_CAS_ATTEMPTS):
+            found = await self._store.get_versioned(task_id)
+            if found is None:
+                log.error("reply for unknown task %s dropped", task_id)
+                return
+            task, revision = found
+            try:
+                await self._apply(task, revision, frame, payload)
+                return
+            except TaskChanged:
+                continue
+        raise TaskChanged(task_id)  # still racing: nak'ed and handled again in a second
+
+    async def _apply(self, task: Task, revision: int | None, frame: Frame, payload: bytes) -> None:
         if task.status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
             # The first answer stands. But this may be the same final frame again, redelivered because
             # recording it failed part-way (the status reached KV, then NATS or Postgres timed out):
@@ -111,7 +125,7 @@ class TaskCollector:
             return
         if isinstance(frame, StartFrame):
             task.status, task.started_at, task.worker = TaskStatus.RUNNING, int(time.time()), frame.worker
-            await self._store.update(task)
+            await self._store.update(task, revision)
         elif isinstance(frame, (FinalFrame, ErrorFrame)):
-            await self._recorder.finish(task, frame, payload)
+            await self._recorder.finish(task, frame, payload, revision)
             self.finished += 1

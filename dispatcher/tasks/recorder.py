@@ -44,15 +44,16 @@ class TaskRecorder:
         self._webhooks = webhooks
         self._batches = batches
 
-    async def finish(self, task: Task, frame: Frame, payload: bytes) -> None:
-        """A worker's final or error frame: the task's outcome."""
+    async def finish(self, task: Task, frame: Frame, payload: bytes, revision: int | None) -> None:
+        """A worker's final or error frame: the task's outcome. `revision` is the KV revision the task
+        was read at (TaskChanged if it moved on: the caller reads it again)."""
         task.completed_at = int(time.time())
         if isinstance(frame, FinalFrame):
             task.status, task.result = TaskStatus.COMPLETED, orjson.loads(payload) if payload else None
         elif isinstance(frame, ErrorFrame):
             task.status = TaskStatus.FAILED
             task.error = TaskError(code=frame.code.value, message=frame.message, status=frame.status)
-        await self._store.update(task)
+        await self._store.update(task, revision)
         await self.record(task, frame)
         if self._webhooks is not None:
             await self._webhooks.deliver(task)

@@ -21,6 +21,10 @@ from schemas.tasks import Task
 _KV_RESULT_LIMIT = 512 * 1024
 
 
+class TaskChanged(Exception):
+    """The task's entry moved on since it was read (another frame, another collector): read again."""
+
+
 class TaskStore:
     def __init__(self, kv: KeyValue, engine: AsyncEngine | None = None) -> None:
         self._kv = kv
@@ -59,14 +63,34 @@ class TaskStore:
             return task
         return await self._from_db(task_id) if self._engine is not None else None
 
-    async def update(self, task: Task) -> None:
-        """Status for every ingress to see; a large result is left to Postgres."""
+    async def get_versioned(self, task_id: str) -> tuple[Task, int | None] | None:
+        """The task and the KV revision it was read at (None: only Postgres still has it)."""
+        try:
+            entry = await self._kv.get(task_id)
+        except KeyNotFoundError:
+            entry = None
+        if entry is not None and entry.value:
+            return Task.model_validate_json(entry.value), entry.revision
+        found = await self._from_db(task_id) if self._engine is not None else None
+        return (found, None) if found is not None else None
+
+    async def update(self, task: Task, revision: int | None = None) -> None:
+        """Status for every ingress to see; a large result is left to Postgres.
+
+        With `revision` (what `get_versioned` returned) the write is a compare-and-set: TaskChanged if
+        the entry moved on meanwhile, so a late "running" can never overwrite "completed"."""
         data = orjson.dumps(task.model_dump(mode="json"))
         if len(data) > _KV_RESULT_LIMIT:
             data = orjson.dumps(
                 task.model_copy(update={"result": None, "request": None}).model_dump(mode="json")
             )
-        await self._kv.put(task.id, data)
+        if revision is None:
+            await self._kv.put(task.id, data)
+            return
+        try:
+            await self._kv.update(task.id, data, last=revision)
+        except KeyWrongLastSequenceError:
+            raise TaskChanged(task.id) from None
 
     async def persist(self, task: Task) -> None:
         if self._engine is None:

@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
+from dispatcher.audit.checkpoints import NOT_CHECKED, against_checkpoints, public_key
 from dispatcher.audit.store import AuditFilter, AuditStore
 from dispatcher.capacity import capacity_view
 from ingress.auth import Admin
@@ -59,8 +60,15 @@ async def audit_compare(
 
 @router.get("/audit/verify")
 async def audit_verify(_: Admin, services: ServicesDep) -> Response:
-    checked, problems = await _store(services).verify()
-    return _json({"rows": checked, "ok": not problems, "problems": [str(p) for p in problems]})
+    """The chain, and the table against the signed heads in NATS when a verify key is configured."""
+    store = _store(services)
+    checked, problems = await store.verify()
+    public = public_key(services.settings)
+    note = NOT_CHECKED if public is None else None
+    if public is not None:
+        problems += await against_checkpoints(store, services.nc.jetstream(), services.subjects, public)
+    body = {"rows": checked, "ok": not problems, "problems": [str(p) for p in problems]}
+    return _json(body | ({"note": note} if note else {}))
 
 
 @router.get("/capacity")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -132,3 +133,55 @@ def test_a_failing_model_falls_back_for_consumers_who_want_it(cluster: Cluster) 
         assert rescued.headers["x-modelbus-worker"] == "w-small"
         failed = http.post("/chat/completions", json=body, headers=_auth("fail"))
         assert failed.status_code == 503 and failed.json()["error"]["code"] == "backend_unavailable"
+
+
+def test_a_queue_longer_than_the_wait_budget_fails_fast(cluster: Cluster) -> None:
+    hasty = "mb-test-hasty-key-0123456789abcdef0123"
+    config = ModelbusConfig(
+        models=[
+            ModelConfig(name="slow", max_concurrency=1, backend=SimulatorBackend(ttft_ms=300, capacity=1))
+        ],
+        consumers=[
+            ConsumerConfig(
+                name="patient", roles=["user"], keys=[ApiKey(id="patient", hash=hash_key(KEYS["queue"]))]
+            ),
+            ConsumerConfig(
+                name="hasty",
+                roles=["user"],
+                degradation=["fail"],
+                wait_budget_s=1.0,
+                keys=[ApiKey(id="hasty", hash=hash_key(hasty))],
+            ),
+        ],
+    )
+    path = cluster.write_config(config)
+    gateway = cluster.ingress(path)
+    cluster.worker("slow", path, "w-slow")
+    body = {"model": "slow", "messages": MSG, "max_tokens": 1}
+    with httpx.Client(base_url=gateway, timeout=60) as http:
+        # The worker's service time is known once it has served something.
+        assert http.post("/chat/completions", json=body, headers=_auth("queue")).status_code == 200
+        backlog = ThreadPoolExecutor(max_workers=16)
+        futures = [
+            backlog.submit(http.post, "/chat/completions", json=body, headers=_auth("queue"))
+            for _ in range(16)
+        ]
+        try:
+            # 15 queued behind one slot of ~0.3 s: an estimated wait of seconds, over the 1 s budget.
+            time.sleep(1.5)  # queue depths are refreshed once a second
+
+            def refused() -> bool:
+                # A probe the budget let through would wait its turn: give it up after half a second.
+                headers = {"Authorization": f"Bearer {hasty}", "x-modelbus-timeout": "0.5"}
+                answer = http.post("/chat/completions", json=body, headers=headers)
+                return (
+                    answer.status_code == 503
+                    and answer.headers.get("x-modelbus-degraded") == "failed:wait_over_budget"
+                )
+
+            wait_until(refused, 10, "the wait budget was never applied")
+            answer = http.post("/chat/completions", json=body, headers={"Authorization": f"Bearer {hasty}"})
+            assert answer.json()["error"]["code"] == "model_unavailable" and answer.headers["retry-after"]
+        finally:
+            assert all(f.result().status_code == 200 for f in futures)  # the patient ones were all served
+            backlog.shutdown()

@@ -4,7 +4,9 @@ SIGKILL and restarted, and Postgres is stopped for 30 s.
 
 Invariants: every accepted async task completes exactly once (one audit row each); every sync or
 streaming request succeeds or ends in a clean, OpenAI-shaped error; nothing hangs.
-Run: `python -m pytest -s tests/e2e/test_failover.py` (`MODELBUS_SOAK=1` for longer fault windows).
+The CI-sized test (a stream-leader and a worker kill -9, about a minute) runs in every test run; the
+full one is opt-in: `python -m pytest -s -m faults tests/e2e/test_failover.py` (`MODELBUS_SOAK=1`
+for longer fault windows), and `python bench/failover_repeat.py --runs N` runs it N times and tabulates them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +99,7 @@ def _port(base: str) -> int:
     return int(base.rsplit(":", 1)[1].split("/", 1)[0])
 
 
-def _inject_faults(stack: Stack, load: LoadRun) -> None:
-    time.sleep(SETTLE_S)
-    load.windows[-1].end = time.monotonic()
-
+def _kill_stream_leader(stack: Stack, load: LoadRun) -> None:
     window = load.window("NATS stream leader kill -9")
     leader = _stream_leader(stack)
     stack.nats.kill(leader)
@@ -109,7 +108,12 @@ def _inject_faults(stack: Stack, load: LoadRun) -> None:
     time.sleep(SETTLE_S)
     window.end = time.monotonic()
 
-    window = load.window("ingress kill -9")
+
+KILLED_INGRESS = "ingress kill -9"
+
+
+def _kill_ingress(stack: Stack, load: LoadRun) -> None:
+    window = load.window(KILLED_INGRESS)
     port = _port(stack.gateways[0])
     stack.cluster.proc(f"ingress-{port}").kill()
     time.sleep(2)
@@ -117,6 +121,8 @@ def _inject_faults(stack: Stack, load: LoadRun) -> None:
     time.sleep(SETTLE_S)
     window.end = time.monotonic()
 
+
+def _kill_worker(stack: Stack, load: LoadRun) -> None:
     window = load.window("worker kill -9")
     stack.cluster.proc("w-1").kill()
     time.sleep(2)
@@ -124,12 +130,27 @@ def _inject_faults(stack: Stack, load: LoadRun) -> None:
     time.sleep(SETTLE_S)
     window.end = time.monotonic()
 
+
+def _stop_postgres(stack: Stack, load: LoadRun) -> None:
     window = load.window(f"Postgres stopped {PG_OUTAGE_S} s")
     stack.postgres.stop()
     time.sleep(PG_OUTAGE_S)
     stack.postgres.start()
     time.sleep(SETTLE_S)
     window.end = time.monotonic()
+
+
+Fault = Callable[[Stack, LoadRun], None]
+FULL: tuple[Fault, ...] = (_kill_stream_leader, _kill_ingress, _kill_worker, _stop_postgres)
+# What every CI run proves in about a minute: an R3 leader election and a lost worker under load.
+CI_SIZED: tuple[Fault, ...] = (_kill_stream_leader, _kill_worker)
+
+
+def _inject_faults(stack: Stack, load: LoadRun, faults: tuple[Fault, ...]) -> None:
+    time.sleep(SETTLE_S)
+    load.windows[-1].end = time.monotonic()
+    for fault in faults:
+        fault(stack, load)
 
 
 def _task_states(stack: Stack, task_ids: list[str]) -> dict[str, str]:
@@ -148,14 +169,26 @@ def _audit_counts(url: str) -> Counter[str]:
 
 @pytest.mark.faults
 def test_mixed_load_survives_node_ingress_worker_and_postgres_faults(stack: Stack) -> None:
+    _check(stack, _under_load(stack, FULL))
+
+
+def test_ci_sized_failover_loses_and_duplicates_nothing(stack: Stack) -> None:
+    """In every CI run: the stream leader and a worker are killed -9 under mixed load."""
+    _check(stack, _under_load(stack, CI_SIZED))
+
+
+def _under_load(stack: Stack, faults: tuple[Fault, ...]) -> LoadRun:
     load = LoadRun(stack.gateways, MODEL, concurrency=6)
     load.window("steady state")
     load.start()
     try:
-        _inject_faults(stack, load)
+        _inject_faults(stack, load, faults)
     finally:
         load.stop()
+    return load
 
+
+def _check(stack: Stack, load: LoadRun) -> None:
     outcomes = load.outcomes
     tasks = [o.task_id for o in outcomes if o.kind == "async" and o.task_id]
     assert len(tasks) == len(set(tasks))  # one task per Idempotency-Key
@@ -169,22 +202,53 @@ def test_mixed_load_survives_node_ingress_worker_and_postgres_faults(stack: Stac
     # Waits are bounded; what is still missing after them counts as lost (and fails the test).
     with contextlib.suppress(AssertionError):
         wait_until(all_done, 120, "async tasks did not complete")
+    answered = [a.request_id for o in outcomes for a in o.answers]
+    assert all(answered), "an answer without x-request-id"
+    expected = [*tasks, *answered]
+
+    def all_audited() -> bool:
+        counts = _audit_counts(stack.postgres.url)  # one query per check, not one per request
+        return all(counts[i] >= 1 for i in expected)
+
     with contextlib.suppress(AssertionError):
-        wait_until(lambda: all(_audit_counts(stack.postgres.url)[t] >= 1 for t in tasks), 60, "")
+        wait_until(all_audited, 60, "")
     time.sleep(2)  # a late duplicate would land now
     audit = _audit_counts(stack.postgres.url)
     lost = sum(audit[t] == 0 for t in tasks) + len(pending)
     duplicated = sum(audit[t] - 1 for t in tasks if audit[t] > 1)
     # Sync requests are audited by the ingress: one row per request id, retries have new ids.
     duplicated += sum(n - 1 for request_id, n in audit.items() if n > 1 and request_id not in tasks)
+    # Every answer an ingress gave names a request with its one audit row. An ingress killed -9 can
+    # take the rows of its very last answers with it (they are published just after the response):
+    # only those may be missing, never a duplicate, never anyone else's.
+    unaudited = [a for o in outcomes for a in o.answers if audit[a.request_id] != 1]
+    kill = next((w for w in load.windows if w.name == KILLED_INGRESS), None)
+    excused = [
+        a
+        for a in unaudited
+        if kill is not None
+        and audit[a.request_id] == 0
+        and a.gateway == stack.gateways[0]
+        and kill.start - 1.0 <= a.at <= kill.start + 0.5
+    ]
     table = report(load, lost, duplicated)
     print("\n" + table)
-    (Path(os.environ.get("MODELBUS_HA_REPORT", stack.cluster.tmp / "ha-report.md"))).write_text(table)
+    audited = f"answers without exactly one audit row: {len(unaudited)} of {len(answered)}"
+    audited += f" ({len(excused)} given by the killed ingress in its last second)"
+    print(audited)
+    (Path(os.environ.get("MODELBUS_HA_REPORT", stack.cluster.tmp / "ha-report.md"))).write_text(
+        table + "\n" + audited + "\n"
+    )
 
     print("tasks not completed:", dict(list(pending.items())[:10]))
     bad = [o for o in outcomes if o.result == "bad"]
     assert not bad, bad[:5]
     assert lost == 0 and duplicated == 0
+    assert len(unaudited) == len(excused), [a for a in unaudited if a not in excused][:5]
+    # A clean failure is an OpenAI-shaped error after every retry the client may make: the faults
+    # here last seconds and the clients retry for 40 s, so none should remain.
+    clean = [o for o in outcomes if o.result == "clean"]
+    assert not clean, clean[:5]
     assert sum(o.kind == "async" and o.result == "ok" for o in outcomes) >= 30
     for kind in ("sync", "stream", "async"):
         assert sum(o.kind == kind and o.result == "ok" for o in outcomes) > 0

@@ -1,8 +1,9 @@
-"""Limits hold across replicas: a burst spread over three ingresses admits no more than the limit plus
-one in-flight request per replica, and the rest get OpenAI's 429 with Retry-After."""
+"""Limits hold across replicas: a burst spread over three ingresses admits exactly the limit, and the
+rest get OpenAI's 429 with Retry-After."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -32,6 +33,14 @@ def _burst(gateways: list[str], key: str, n: int, max_tokens: int) -> list[httpx
         return list(pool.map(one, range(n)))
 
 
+def _clear_of_a_minute_boundary(needed_s: float = 15.0) -> None:
+    """Start a burst where it ends inside the same minute. A burst straddling a boundary is held to
+    the sliding window (the previous minute counted by its overlap), which is the design, but not a
+    figure a test can state exactly."""
+    while 60 - time.time() % 60 < needed_s:
+        time.sleep(0.5)
+
+
 def test_limits_hold_across_three_ingresses(cluster: Cluster) -> None:
     config = with_consumers([ModelConfig(name="m", backend=FAST, max_concurrency=64)])
     config.consumers += [
@@ -52,11 +61,13 @@ def test_limits_hold_across_three_ingresses(cluster: Cluster) -> None:
     gateways = [cluster.ingress(path) for _ in range(3)]
     cluster.worker("m", path, "w1")
 
+    _clear_of_a_minute_boundary()
     responses = _burst(gateways, RPM_KEY, 300, 1)
     admitted = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code == 429]
     assert len(admitted) + len(refused) == 300, {r.status_code for r in responses}
-    assert 100 - 3 <= len(admitted) <= 100 + 3, len(admitted)
+    # Exact: every admission adds first and looks second on one JetStream counter.
+    assert len(admitted) == 100, len(admitted)
     print(f"requests: {len(admitted)} of 300 admitted against a limit of 100 per minute")
     for response in refused[:5]:
         error = response.json()["error"]

@@ -112,13 +112,15 @@ def test_semantic_cache_step_answers_when_the_model_is_down(cluster: Cluster) ->
     assert CACHE not in second.headers  # no first look: a healthy model answers itself
     worker.stop()
     wait_until(
-        lambda: httpx.post(
-            f"{gateway}/chat/completions",
-            json={"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
-            headers={"Authorization": f"Bearer {TEST_KEY}"},
-            timeout=10,
-        ).status_code
-        == 503,
+        lambda: (
+            httpx.post(
+                f"{gateway}/chat/completions",
+                json={"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
+                headers={"Authorization": f"Bearer {TEST_KEY}"},
+                timeout=10,
+            ).status_code
+            == 503
+        ),
         15,
         "the model never counted as down",
     )

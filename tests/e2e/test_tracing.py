@@ -6,8 +6,11 @@ of what an OTLP collector would receive; the test joins them and checks the pare
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import openai
 
@@ -72,3 +75,54 @@ def test_streamed_request_is_one_connected_trace_across_processes(cluster: Clust
             assert server["name"] in ancestors(span), (span["name"], ancestors(span))
     assert names["generation"]["parent_id"] == names["inference"]["span_id"]
     assert names["inference"]["attributes"]["gen_ai.server.time_to_first_token"] >= 0.02
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """A live OTLP/HTTP endpoint on loopback: keeps what the exporters POST."""
+
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.received.append((self.path, self.headers.get("content-type", ""), body))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_spans_reach_a_live_otlp_receiver(cluster: Cluster) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    _Receiver.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+    try:
+        path = cluster.write_config(
+            with_consumers([ModelConfig(name="m", backend=SimulatorBackend(ttft_ms=1))])
+        )
+        base = cluster.ingress(path, MODELBUS_OTLP_ENDPOINT=endpoint)
+        cluster.worker("m", path, "w1", MODELBUS_OTLP_ENDPOINT=endpoint)
+        client = openai.OpenAI(base_url=base, api_key=TEST_KEY, max_retries=0)
+        client.chat.completions.create(model="m", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+
+        def services() -> set[str]:
+            found = set()
+            for _, _, body in list(_Receiver.received):
+                request = ExportTraceServiceRequest.FromString(body)
+                for resource_spans in request.resource_spans:
+                    for attribute in resource_spans.resource.attributes:
+                        if attribute.key == "service.name":
+                            found.add(attribute.value.string_value)
+            return found
+
+        # The batching exporters send within their schedule delay.
+        wait_until(
+            lambda: services() >= {"modelbus-ingress", "modelbus-worker"}, 20, "no OTLP export arrived"
+        )
+        assert all(p == "/v1/traces" and t == "application/x-protobuf" for p, t, _ in _Receiver.received)
+    finally:
+        server.shutdown()
