@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from dispatcher.config_file import ConfigError, parse_config
@@ -90,7 +90,7 @@ class ConfigStore:
     async def history(self) -> list[Revision]:
         try:
             entries = await self._kv.history(_KEY)
-        except KeyNotFoundError:
+        except (KeyNotFoundError, NoKeysError):  # nothing applied yet
             return []
         return [
             Revision(int(e.revision or 0), (e.value or b"").decode(), getattr(e, "created", None))
