@@ -72,6 +72,17 @@ async def lane_consumers(
     return found
 
 
+def estimated_wait_s(workers: list[WorkerStatus], queued: int, in_flight: int) -> float | None:
+    """How long a request sent now would wait for a slot; None if no worker serves the model."""
+    capacity = sum(w.capacity for w in workers)
+    if not capacity:
+        return None
+    times = [w.avg_service_ms for w in workers if w.avg_service_ms]
+    service_s = (sum(times) / len(times) / 1000) if times else 0.0
+    # Everything ahead must clear the model's slots first.
+    return (queued + max(0, in_flight - capacity)) / capacity * service_s
+
+
 async def capacity_view(
     js: JetStreamContext, subjects: Subjects, registry: KeyValue, config: ModelbusConfig
 ) -> list[ModelCapacity]:
@@ -86,12 +97,7 @@ async def capacity_view(
                 in_flight += info.num_ack_pending or 0
                 redelivered += info.num_redelivered or 0
             capacity = sum(w.capacity for w in mine)
-            times = [w.avg_service_ms for w in mine if w.avg_service_ms]
-            estimate = None
-            if capacity:
-                service_s = (sum(times) / len(times) / 1000) if times else 0.0
-                # Everything ahead must clear the model's slots first.
-                estimate = (queued + max(0, in_flight - capacity)) / capacity * service_s
+            estimate = estimated_wait_s(mine, queued, in_flight)
             view.append(
                 ModelCapacity(
                     model=model.name,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from dispatcher.config_file import ConfigError, parse_config
@@ -63,15 +63,34 @@ class ConfigStore:
             return None
         return Revision(int(entry.revision or 0), entry.value.decode(), getattr(entry, "created", None))
 
-    async def apply(self, text: str, source: str = "<config>") -> int:
-        """Validate and store a new revision; raises ConfigError (nothing stored) if invalid."""
+    async def apply(self, text: str, source: str = "<config>", after: int | None = None) -> int:
+        """Validate and store a new revision; raises ConfigError (nothing stored) if invalid, or if
+        `after` is given and another revision was applied since that one (0: none at all)."""
         parse_config(text, source)
-        return int(await self._kv.put(_KEY, text.encode()))
+        if after is None:
+            return int(await self._kv.put(_KEY, text.encode()))
+        try:
+            if after == 0:
+                return int(await self._kv.create(_KEY, text.encode()))
+            return int(await self._kv.update(_KEY, text.encode(), last=after))
+        except KeyWrongLastSequenceError:
+            raise ConfigError(
+                f"{source}: another revision was applied meanwhile; check and apply again"
+            ) from None
+
+    async def apply_first(self, text: str, source: str = "<config>") -> int | None:
+        """Store `text` as the first revision, or do nothing (None) if one is applied already;
+        atomic, so of two starts racing exactly one stores its configuration."""
+        parse_config(text, source)
+        try:
+            return int(await self._kv.create(_KEY, text.encode()))
+        except KeyWrongLastSequenceError:
+            return None
 
     async def history(self) -> list[Revision]:
         try:
             entries = await self._kv.history(_KEY)
-        except KeyNotFoundError:
+        except (KeyNotFoundError, NoKeysError):  # nothing applied yet
             return []
         return [
             Revision(int(e.revision or 0), (e.value or b"").decode(), getattr(e, "created", None))

@@ -51,6 +51,7 @@ def _buckets(s: Subjects) -> tuple[str, ...]:
         s.worker_bucket,
         s.task_bucket,
         s.cache_bucket,
+        s.semantic_cache_bucket,
         s.key_bucket,
         s.audit_checkpoint_bucket,
         s.response_bucket,
@@ -126,6 +127,7 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
         f"{_JS}.CONSUMER.INFO.{s.request_stream}.*",  # queue depth per model
         *_kv_write(s.task_bucket),
         *_kv_write(s.cache_bucket),
+        *_kv_write(s.semantic_cache_bucket),
         *_kv_write(s.key_bucket),  # the admin API (RBAC: admin role) issues and revokes keys
         *_kv_write(s.response_bucket),  # DELETE /v1/responses/{id}
         *_quota_use(s),

@@ -12,6 +12,11 @@ the limit. Day and month budgets are calendar windows in UTC.
 
 Tokens are reserved at admission (prompt estimate + `max_tokens`); the worker that serves the request
 reconciles with the usage the backend reported (`settle`), for sync, async and batch work alike.
+
+Money is counted, not reserved: the worker adds what a request cost at its model's prices (in
+millionths, counters hold integers) to the consumer's day and month counters once it is known, and
+admission refuses a consumer whose money budget is already spent. A budget can thus be overshot by
+the requests in flight when it runs out, never by more.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from schemas.policy import Limits
 log = logging.getLogger(__name__)
 
 _TIMEOUT_S = 2.0
+COST_UNIT = 1_000_000  # cost counters count millionths of the configured currency
 # Long enough for a calendar month plus a day; older window counters simply age out.
 _MAX_AGE_S = 33 * 24 * 3600
 
@@ -152,6 +158,17 @@ class QuotaLedger:
             await asyncio.wait(set(self._background), timeout=timeout_s)
 
 
+def cost_counters(subjects: Subjects, consumer: str, model: str, now: float) -> list[str]:
+    """The counters one request's cost adds to: this day and month, for all models and for `model`."""
+    gm = time.gmtime(now)
+    day, month = time.strftime("%Y%m%d", gm), time.strftime("%Y%m", gm)
+    return [
+        subjects.quota(consumer, scope, window, period)
+        for scope in (None, model)
+        for window, period in (("cost", day), ("costmo", month))
+    ]
+
+
 class Limiter:
     """Admission against a consumer's limits; shared state only in the ledger."""
 
@@ -165,6 +182,8 @@ class Limiter:
         """Take one request and `tokens` from every applicable limit, or raise QuotaExceeded having
         taken nothing. `scoped` pairs a model name (None: all models together) with its limits."""
         now = time.time() if now is None else now
+        for model, limits in scoped:
+            await self._money_left(consumer, model, limits, now)
         checks = [c for model, limits in scoped for c in self._checks(consumer, model, limits, tokens, now)]
         if not checks:
             return None
@@ -182,6 +201,21 @@ class Limiter:
             raise max(exceeded, key=lambda e: (e.impossible, e.retry_after_s))
         counters = [c.subject for c in checks if c.name.startswith("tokens_")]
         return QuotaReservation(counters=counters, tokens=tokens) if counters else None
+
+    async def _money_left(self, consumer: str, model: str | None, limits: Limits, now: float) -> None:
+        """Raise QuotaExceeded if a money budget is spent (costs are known only after the fact)."""
+        gm = time.gmtime(now)
+        day_end = (math.floor(now / 86400) + 1) * 86400
+        next_month = calendar.timegm((gm.tm_year + gm.tm_mon // 12, gm.tm_mon % 12 + 1, 1, 0, 0, 0))
+        for name, limit, window, period, ends in (
+            ("cost_per_day", limits.cost_per_day, "cost", time.strftime("%Y%m%d", gm), day_end),
+            ("cost_per_month", limits.cost_per_month, "costmo", time.strftime("%Y%m", gm), next_month),
+        ):
+            if limit is None:
+                continue
+            used = await self._ledger.value(self._subjects.quota(consumer, model, window, period))
+            if used >= limit * COST_UNIT:
+                raise QuotaExceeded(name, model if model is not None else "all models", ends - now)
 
     def _checks(
         self, consumer: str, model: str | None, limits: Limits, tokens: int, now: float

@@ -9,6 +9,7 @@ import logging
 
 from nats.js import JetStreamContext
 
+from dispatcher import semantic_cache
 from dispatcher.admission.classifier import InjectionClassifier
 from dispatcher.admission.guardrails import Guardrails
 from dispatcher.admission.live_config import LiveConfig
@@ -76,6 +77,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         registry = await open_registry(js, subjects, settings)
         await ResponseCache.open(js, subjects, settings)
         responses = await ResponseStore.open(js, subjects, settings, nc.max_payload)
+        await semantic_cache.open_bucket(js, subjects, settings)
         keys = await KeyRegistry.open(js, subjects, settings)
         ledger = await QuotaLedger.open(nc, subjects, settings)
         cleanup.push_async_callback(ledger.drain)

@@ -61,6 +61,12 @@ class BusSettings(BaseSettings):
         default=None, description="postgresql:// URL of the audit and task database"
     )
     cache_ttl_s: float = Field(default=3600.0, gt=0, description="how long cached answers may be served")
+    semantic_cache_max_age_s: float = Field(
+        default=24 * 3600, gt=0, description="semantic cache: no entry outlives this, whatever its ttl_s"
+    )
+    semantic_cache_max_bytes: int = Field(
+        default=256 << 20, gt=0, description="semantic cache bucket size; the oldest entries go first"
+    )
     task_timeout_s: float = Field(default=24 * 3600, gt=0, description="deadline of an async task")
     response_ttl_s: float = Field(
         default=30 * 24 * 3600, gt=0, description="how long stored Responses API responses are kept"

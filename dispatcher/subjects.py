@@ -185,6 +185,10 @@ class Subjects:
         """Stored responses of the Responses API, by response id."""
         return f"{self.namespace}-responses"
 
+    @property
+    def semantic_cache_bucket(self) -> str:
+        return f"{self.namespace}-semcache"
+
     # configuration ---------------------------------------------------------------------------
     @property
     def config_bucket(self) -> str:

@@ -167,6 +167,7 @@ async def ensure_bucket(
     history: int = 1,
     ttl_s: float | None = None,
     in_memory: bool = False,
+    max_bytes: int | None = None,
 ) -> KeyValue:
     """A KV bucket with the gateway's replica count; creating an existing one is harmless."""
     if not settings.manage_topology:
@@ -179,6 +180,7 @@ async def ensure_bucket(
             ttl=ttl_s,
             storage=api.StorageType.MEMORY if in_memory else api.StorageType.FILE,
             replicas=settings.stream_replicas,
+            max_bytes=max_bytes,
         )
     )
 

@@ -28,6 +28,7 @@ from dispatcher.db.engine import create_engine
 from dispatcher.quotas import Limiter, QuotaLedger
 from dispatcher.response_cache import ResponseCache
 from dispatcher.runtime import Runtime, process_runtime
+from dispatcher.semantic_cache import SemanticCache
 from dispatcher.stored_responses import ResponseStore
 from dispatcher.tasks.store import TaskStore
 from dispatcher.telemetry.lag import refresh_lag
@@ -154,13 +155,16 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
         Guardrails(InjectionClassifier(bus, live)),
         QuotaGate(Limiter(ledger, subjects), ledger),
         responses,
+        health.estimated_wait_s,
     )
-    relay = Relay(bus, settings, admission, intake, Degradation(admission, health, intake, cache))
+    semantic = await SemanticCache.open(js, subjects, settings, bus, live)
+    relay = Relay(bus, settings, admission, intake, Degradation(admission, health, intake, cache, semantic))
 
     supervisor.supervise("audit-publisher", audit.run)
     supervisor.supervise("config-watch", lambda: config_store.follow(on_change))
     supervisor.supervise("key-watch", lambda: key_registry.follow(key_ring.replace_issued))
     supervisor.supervise("worker-watch", health.watch_workers)
+    supervisor.supervise("semantic-cache-watch", semantic.watch)
     supervisor.supervise("queue-depths", health.refresh_queues)
     supervisor.supervise("lag-gauges", lambda: refresh_lag(js, subjects, workers, lambda: live.config))
     log.info(

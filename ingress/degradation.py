@@ -1,9 +1,11 @@
 """Graceful degradation, chosen per consumer.
 
 When a model has no live worker or its queue would exceed the consumer's wait budget: fall back
-along the model's chain (also when the model fails a request), serve a cached answer, queue the
-request as an async task (202), or fail fast (503 with Retry-After). The response says what happened
-in the `x-modelbus-degraded` header. A consumer with no policy waits in the queue until its deadline.
+along the model's chain (also when the model fails a request), serve a cached answer (the same
+request's, or a similar one's from the semantic cache), queue the request as an async task (202), or
+fail fast (503 with Retry-After). The response says what happened in the `x-modelbus-degraded`
+header. A consumer with no policy waits in the queue until its deadline. Models whose semantic cache
+takes the first look answer similar requests from it before anything else (`x-modelbus-cache`).
 
 Every step keeps what admission decided: a fallback is re-admitted for its own model (RBAC and that
 model's guardrails; a fallback they refuse is skipped), a queued task carries the same quota hold and
@@ -13,7 +15,9 @@ output guardrails, and a cached answer passes the caller's output guardrails bef
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import Request
@@ -23,6 +27,8 @@ from dispatcher.admission.admitted import Admitted
 from dispatcher.admission.pipeline import Admission, Notes
 from dispatcher.guardrails.response import ResponseGuard
 from dispatcher.response_cache import ResponseCache
+from dispatcher.semantic_cache import Hit, SemanticCache
+from dispatcher.semantic_keys import Probe
 from ingress.audit import AuditDraft
 from ingress.errors import APIError
 from ingress.model_health import ModelHealth
@@ -30,12 +36,14 @@ from ingress.tasks import TaskIntake
 from schemas.envelope import Endpoint
 
 HEADER = "x-modelbus-degraded"
+CACHE_HEADER = "x-modelbus-cache"
 
 
 @dataclass(frozen=True)
 class Route:
     admitted: Admitted
     degraded: str | None = None  # e.g. "fallback:small-model"
+    probe: Probe | None = None  # the semantic cache's view of the request, to keep its answer
 
 
 class Degradation:
@@ -45,20 +53,32 @@ class Degradation:
         health: ModelHealth | None,
         tasks: TaskIntake,
         cache: ResponseCache | None = None,
+        semantic: SemanticCache | None = None,
     ) -> None:
         self._admission = admission
         self._health = health
         self._tasks = tasks
         self._cache = cache
+        self._semantic = semantic
         self._writes: set[asyncio.Task[None]] = set()
 
-    def remember(self, admitted: Admitted, body: bytes) -> None:
-        """Keep a plain answer for the cache step, after the response (never on its path)."""
-        if self._cache is None or not admitted.target.cache or admitted.stream:
-            return
+    def remember(self, admitted: Admitted, body: bytes, request_id: str, probe: Probe | None) -> None:
+        """Keep a plain answer for the cache steps, after the response (never on its path)."""
         if admitted.endpoint is Endpoint.RESPONSES:
             return  # a response has its own id and stored conversation: it is never another's answer
-        task = asyncio.create_task(self._cache.put(admitted.target.name, admitted.payload, body))
+        if self._cache is not None and admitted.target.cache and not admitted.stream:
+            self._later(self._cache.put(admitted.target.name, admitted.payload, body))
+        if self._semantic is None:
+            return
+        found = self._semantic.probe(admitted)  # for the model that answered (a fallback, maybe)
+        if found is None:
+            return
+        if probe is not None and probe.embedding_model == found.embedding_model:
+            found.vector = probe.vector  # embedded once per request
+        self._later(self._semantic.store(admitted, found, body, request_id))
+
+    def _later(self, write: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(write)
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
@@ -85,18 +105,24 @@ class Degradation:
         return None
 
     async def route(self, request: Request, admitted: Admitted, draft: AuditDraft) -> Route | Response:
+        probe = self._semantic.probe(admitted) if self._semantic is not None else None
+        semantic = admitted.target.semantic_cache
+        if probe is not None and semantic is not None and semantic.first_look:
+            hit = await self._semantic_hit(admitted, probe)
+            if hit is not None:
+                return _from_semantic_cache(admitted, hit, draft, {})
         consumer = admitted.identity.settings
         if self._health is None or consumer is None or not consumer.degradation:
-            return Route(admitted)
+            return Route(admitted, probe=probe)
         target = admitted.target
         trouble = self._health.trouble(target, consumer.wait_budget_s)
         if trouble is None:
-            return Route(admitted)
+            return Route(admitted, probe=probe)
         for step in consumer.degradation:
             if step == "fallback":
                 fallback = await self._fallback(admitted, consumer.wait_budget_s, draft)
                 if fallback is not None:
-                    return Route(fallback, f"fallback:{fallback.target.name}")
+                    return Route(fallback, f"fallback:{fallback.target.name}", probe)
             elif step == "cache" and self._cache is not None and not admitted.stream:
                 cached = await self._cache.get(target.name, admitted.payload)
                 if cached is not None:
@@ -104,6 +130,10 @@ class Degradation:
                     draft.body = body
                     headers = {HEADER: f"cache:{trouble}", "x-modelbus-model": target.name}
                     return Response(body, media_type="application/json", headers=headers)
+            elif step == "semantic_cache" and probe is not None:
+                hit = await self._semantic_hit(admitted, probe)
+                if hit is not None:
+                    return _from_semantic_cache(admitted, hit, draft, {HEADER: f"semantic_cache:{trouble}"})
             elif step == "queue":
                 draft.policy_actions.append(f"degraded:queued:{trouble}")  # into the task's audit row
                 response = await self._tasks.accept(request, admitted.as_task())
@@ -116,7 +146,26 @@ class Degradation:
                     "model_unavailable",
                     headers={"Retry-After": "5", HEADER: f"failed:{trouble}"},
                 )
-        return Route(admitted)
+        return Route(admitted, probe=probe)
+
+    async def _semantic_hit(self, admitted: Admitted, probe: Probe) -> Hit | None:
+        assert self._semantic is not None
+        return await self._semantic.lookup(admitted, probe)
+
+
+def _from_semantic_cache(
+    admitted: Admitted, hit: Hit, draft: AuditDraft, headers: dict[str, str]
+) -> Response:
+    """A similar request's answer, as this caller may see it; the audit row names where it came from."""
+    body = _guarded(admitted, hit.body, draft)
+    draft.body = body
+    draft.policy_actions.append(f"cache:semantic;similarity={hit.similarity:.3f};from={hit.source}")
+    headers = {
+        **headers,
+        CACHE_HEADER: f"semantic;similarity={hit.similarity:.2f}",
+        "x-modelbus-model": admitted.target.name,
+    }
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def _guarded(admitted: Admitted, cached: bytes, draft: AuditDraft) -> bytes:

@@ -12,16 +12,15 @@ import logging
 import time
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from dispatcher.admission.live_config import LiveConfig
+from dispatcher.capacity import estimated_wait_s, lane_consumers
 from dispatcher.kv_watch import watch_bucket
 from dispatcher.subjects import Subjects
 from schemas.capacity import WorkerStatus
 from schemas.config import ModelConfig
-from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +40,16 @@ class ModelHealth:
         self._live = live
         self._stale_after_s = stale_after_s
         self._workers: dict[str, WorkerStatus] = {}  # registry key -> latest status
-        self._queued: dict[str, int] = {}  # model -> messages waiting, all versions and lanes
+        # model -> (messages waiting, messages in flight), all versions and lanes
+        self._queued: dict[str, tuple[int, int]] = {}
 
     def live_workers(self, model: str) -> list[WorkerStatus]:
         oldest = (time.time() - self._stale_after_s) * 1000
         return [w for w in self._workers.values() if w.model == model and w.updated_ms >= oldest]
 
     def estimated_wait_s(self, model: str) -> float | None:
-        workers = self.live_workers(model)
-        capacity = sum(w.capacity for w in workers)
-        if not capacity:
-            return None
-        times = [w.avg_service_ms for w in workers if w.avg_service_ms]
-        service_s = sum(times) / len(times) / 1000 if times else 0.0
-        return self._queued.get(model, 0) / capacity * service_s
+        queued, in_flight = self._queued.get(model, (0, 0))
+        return estimated_wait_s(self.live_workers(model), queued, in_flight)
 
     def trouble(self, model: ModelConfig, wait_budget_s: float | None) -> str | None:
         """Why `model` cannot serve a request now, or None if it can."""
@@ -82,17 +77,15 @@ class ModelHealth:
     async def refresh_queues(self, every_s: float = 1.0) -> None:
         while True:
             for model in self._live.config.models:
-                total = 0
+                queued = in_flight = 0
                 for version in model.version_names:
-                    for lane in Lane:
-                        name = self._subjects.consumer(model.name, version, lane)
-                        try:
-                            info = await self._js.consumer_info(self._subjects.request_stream, name)
-                        except NotFoundError:
-                            continue
-                        except Exception as exc:  # noqa: BLE001 - keep the last figure; retry next round
-                            log.debug("queue depth of %s unknown: %s", name, exc)
-                            continue
-                        total += info.num_pending or 0
-                self._queued[model.name] = total
+                    try:
+                        lanes = await lane_consumers(self._js, self._subjects, model.name, version)
+                    except Exception as exc:  # noqa: BLE001 - keep the last figure; retry next round
+                        log.debug("queue depth of %s unknown: %s", model.name, exc)
+                        continue
+                    for _, info in lanes:
+                        queued += info.num_pending or 0
+                        in_flight += info.num_ack_pending or 0
+                self._queued[model.name] = (queued, in_flight)
             await asyncio.sleep(every_s)

@@ -37,6 +37,7 @@ from ingress.tasks import TaskIntake, wants_async
 from schemas.endpoints import EndpointSpec
 from schemas.envelope import ChunkFrame, FinalFrame, StartFrame
 from schemas.openai import error_body
+from schemas.traffic import RouteNeeds
 
 _TRACER = trace.get_tracer("modelbus.ingress")
 # The openai SDK sends its read timeout; for a non-streaming call that is how long it will wait.
@@ -91,7 +92,7 @@ class Relay:
         wait_until = None if is_async else created_ms + int(self._timeout_s(request, False) * 1000)
         with _TRACER.start_as_current_span("policy"):
             admitted = await self._admission.admit(
-                Submission(identity, spec, body, wait_until_ms=wait_until), draft
+                Submission(identity, spec, body, wait_until_ms=wait_until, needs=_route_needs(request)), draft
             )
         try:
             if is_async:
@@ -108,7 +109,7 @@ class Relay:
         route = await self._degradation.route(call.request, admitted, draft)
         if isinstance(route, Response):
             return route  # queued as an async task, or answered from the cache
-        admitted, degraded = route.admitted, route.degraded
+        admitted, degraded, probe = route.admitted, route.degraded, route.probe
         if degraded:
             draft.policy_actions.append(f"degraded:{degraded}")
         try:
@@ -123,7 +124,7 @@ class Relay:
             admitted = fallback
             response = await self._run(call, fallback, f"{request_id}-fallback")
         if draft.body is not None and response.status_code == 200:
-            self._degradation.remember(admitted, draft.body)
+            self._degradation.remember(admitted, draft.body, request_id, probe)
         if degraded:
             response.headers[DEGRADED] = degraded
         if admitted.rule is not None:
@@ -268,6 +269,23 @@ class Relay:
             yield error_event(body, error.status, spec.errors, spec.named_events)
         finally:
             await reply.close()
+
+
+def _route_needs(request: Request) -> RouteNeeds | None:
+    """What the caller asks of a pool's route: `x-modelbus-max-wait-ms`, `x-modelbus-max-cost`."""
+    found: dict[str, float] = {}
+    for field, header in (("max_wait_ms", "x-modelbus-max-wait-ms"), ("max_cost", "x-modelbus-max-cost")):
+        raw = request.headers.get(header)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise APIError(400, f"header {header} must be a number", "invalid_header") from None
+        if not value >= 0 or value == float("inf") or (field == "max_wait_ms" and value == 0):
+            raise APIError(400, f"header {header} must be a positive number", "invalid_header")
+        found[field] = value
+    return RouteNeeds(**found) if found else None
 
 
 async def _first_output(reply: ReplyStream, wait_s: float) -> list[tuple[Frame, bytes]]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from dispatcher.settings import BusSettings
+from modelbus.console import console
 
 if TYPE_CHECKING:
     from dispatcher.audit.store import AuditStore
@@ -76,8 +77,10 @@ def audit_query(
     on: Annotated[str | None, typer.Option(help="one whole day, e.g. 2026-11-24")] = None,
     text: Annotated[str | None, typer.Option(help="substring anywhere in the record")] = None,
     limit: Annotated[int, typer.Option()] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="the full records, for tools")] = False,
 ) -> None:
-    """Audit records, newest first, as JSON. E.g. what model X told consumer Y on day Z."""
+    """Audit records, newest first, as a table (answers shortened). E.g. what model X told consumer Y
+    on day Z."""
     start, end = _when(since), _when(until)
     if on is not None:
         start = _when(on)
@@ -86,7 +89,13 @@ def audit_query(
     from dispatcher.audit.store import AuditFilter
 
     where = AuditFilter(model, version, consumer, status, start, end, text, limit)
-    _print(_with_store(lambda store: store.query(where)))
+    records = _with_store(lambda store: store.query(where))
+    if as_json:
+        _print(records)
+        return
+    from modelbus.audit_view import query_table
+
+    console().print(query_table(records))
 
 
 @audit_app.command("compare")
@@ -94,10 +103,32 @@ def audit_compare(
     model: Annotated[str, typer.Option()],
     old: Annotated[str, typer.Option(help="the earlier version")],
     new: Annotated[str, typer.Option(help="the later version")],
-    limit: Annotated[int, typer.Option(help="prompt pairs to show")] = 50,
+    limit: Annotated[int, typer.Option(help="prompt pairs to show, the most changed first")] = 50,
+    semantic: Annotated[
+        str | None, typer.Option(help="also compare meaning, with this embeddings model (through the bus)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the full report, for tools")] = False,
 ) -> None:
-    """How a model's output changed between two versions: paired outputs and aggregates."""
-    _print(_with_store(lambda store: store.compare_versions(model, old, new, limit)))
+    """How a model's output changed between two versions: per version requests, tokens, latency,
+    errors and finish reasons; then the prompts both answered, ranked by how much the answer changed."""
+    report = _with_store(lambda store: store.compare_versions(model, old, new, limit))
+    meaning = None
+    if semantic is not None:
+        from modelbus.audit_view import meaning_similarity
+
+        try:
+            meaning = asyncio.run(meaning_similarity(semantic, report["pairs"], old, new))
+        except LookupError as exc:
+            typer.secho(f"modelbus: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        for pair, score in zip(report["pairs"], meaning, strict=True):
+            pair["meaning_similarity"] = round(score, 4)
+    if as_json:
+        _print(report)
+        return
+    from modelbus.audit_view import compare_view
+
+    console().print(compare_view(report, old, new, meaning))
 
 
 @audit_app.command("verify")

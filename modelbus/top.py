@@ -3,7 +3,8 @@
 Per model: queue depth and its trend, ack pending, redeliveries, workers and free slots (JetStream
 consumer info and the worker registry), and requests/s, p50/p95 latency and tokens/s over the last
 minute (from the audit stream, which every request passes through — nothing extra on the hot path).
-Per consumer with limits: usage this minute and today against the limits (the quota counters).
+Per consumer: usage this minute and today against its limits, and its cost today at the models'
+prices (the quota counters).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections import deque
 
 from nats.aio.client import Client as NATS
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
@@ -21,12 +22,14 @@ from dispatcher.capacity import capacity_view, open_registry
 from dispatcher.config_file import load_config
 from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect
-from dispatcher.quotas import QuotaLedger, QuotaUnavailable
+from dispatcher.quotas import COST_UNIT, QuotaLedger, QuotaUnavailable
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry.traffic import TrafficWatch
+from modelbus.console import console
 from schemas.capacity import ModelCapacity
 from schemas.config import ModelbusConfig
+from schemas.policy import Limits
 
 
 class Top:
@@ -80,31 +83,47 @@ class Top:
         except QuotaUnavailable:
             return -1
 
+    async def _against(
+        self, consumer: str, model: str | None, window: str, period: str, limit: int | None
+    ) -> str:
+        """Usage against a limit; a window without a limit has no counter."""
+        if limit is None:
+            return "-"
+        used = await self._used(consumer, model, window, period)
+        return "?" if used < 0 else f"{used}/{limit}"
+
     async def _consumers(self) -> Table:
-        table = Table(title="consumers (usage against limits)", title_justify="left")
-        for column in ("consumer", "scope", "requests this min", "tokens this min", "tokens today"):
+        table = Table(
+            title="consumers (usage against limits; cost at the models' prices)", title_justify="left"
+        )
+        columns = ("consumer", "scope", "requests this min", "tokens this min", "tokens today", "cost today")
+        for column in columns:
             table.add_column(column, justify="left" if column in ("consumer", "scope") else "right")
         now = time.time()
         minute = int(now // 60)
         day = time.strftime("%Y%m%d", time.gmtime(now))
         for consumer in self._config.consumers:
-            scopes = [(None, consumer.limits)] if consumer.limits else []
+            # Every consumer has a row for all models (its cost); models it is limited on, one each.
+            scopes: list[tuple[str | None, Limits]] = [(None, consumer.limits or Limits())]
             scopes += list(consumer.model_limits.items())
             for model, limits in scopes:
-                if limits is None:
-                    continue
+                name = consumer.name
                 table.add_row(
-                    consumer.name,
+                    name,
                     model or "all models",
-                    _against(
-                        await self._used(consumer.name, model, "rpm", str(minute)), limits.requests_per_min
-                    ),
-                    _against(
-                        await self._used(consumer.name, model, "tpm", str(minute)), limits.tokens_per_min
-                    ),
-                    _against(await self._used(consumer.name, model, "tpd", day), limits.tokens_per_day),
+                    await self._against(name, model, "rpm", str(minute), limits.requests_per_min),
+                    await self._against(name, model, "tpm", str(minute), limits.tokens_per_min),
+                    await self._against(name, model, "tpd", day, limits.tokens_per_day),
+                    _money(await self._used(name, model, "cost", day), limits.cost_per_day),
                 )
         return table
+
+
+def _money(used: int, limit: float | None) -> str:
+    if used < 0:
+        return "?"
+    spent = f"{used / COST_UNIT:.4f}"
+    return f"{spent}/{limit:g}" if limit else spent
 
 
 def _trend(history: deque[int]) -> str:
@@ -119,12 +138,6 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f} ms"
 
 
-def _against(used: int, limit: int | None) -> str:
-    if used < 0:
-        return "?"
-    return f"{used}/{limit}" if limit else str(used)
-
-
 async def run_top(interval_s: float, once: bool) -> None:
     settings = BusSettings()
     subjects = Subjects(settings.namespace)
@@ -134,11 +147,11 @@ async def run_top(interval_s: float, once: bool) -> None:
         config, _ = await load_initial(store, load_config(settings.config))
         top = Top(nc, subjects, config, settings)
         await top.start()
-        console = Console()
+        terminal = console()
         if once:
-            console.print(await top.frame())
+            terminal.print(await top.frame())
             return
-        with Live(await top.frame(), console=console, refresh_per_second=4, screen=False) as live:
+        with Live(await top.frame(), console=terminal, refresh_per_second=4, screen=False) as live:
             while True:
                 await asyncio.sleep(interval_s)
                 live.update(await top.frame())

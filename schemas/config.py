@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from schemas.envelope import CHAT_DIALECTS, Endpoint, Lane
 from schemas.openai import MAX_MODEL_NAME_LENGTH
 from schemas.policy import BUILTIN_ROLES, GuardrailsConfig, Limits, OidcIssuerConfig, RoleConfig
+from schemas.traffic import Cost, PoolConfig, RouteNeeds, SemanticCacheConfig
 
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -107,6 +108,10 @@ class ModelConfig(_Config):
     sticky: bool = Field(default=False, description="keep each consumer on one version")
     fallbacks: list[str] = Field(default_factory=list, description="models to fall back to, in order")
     cache: bool = Field(default=False, description="keep plain answers for the `cache` degradation step")
+    semantic_cache: SemanticCacheConfig | None = Field(
+        default=None, description="answers to similar requests (first look, or `semantic_cache` degradation)"
+    )
+    cost: Cost | None = Field(default=None, description="token prices: cost routing and per-consumer cost")
     coalesce_ms: float = Field(default=0.0, ge=0, le=100, description="embeddings: gather requests this long")
     coalesce_max_inputs: int = Field(
         default=64, ge=1, le=4096, description="embeddings: inputs per backend call"
@@ -185,19 +190,25 @@ class ConsumerConfig(_Config):
         default="reject", description="reject: 429 + Retry-After; queue: wait for room until the deadline"
     )
     guardrails: GuardrailsConfig | None = None
-    degradation: list[Literal["fallback", "cache", "queue", "fail"]] = Field(
+    degradation: list[Literal["fallback", "cache", "semantic_cache", "queue", "fail"]] = Field(
         default_factory=list,
         description="what to do, in order, when a model has no live worker or would exceed the wait "
         "budget; empty: wait in the queue until the deadline",
     )
     wait_budget_s: float | None = Field(default=None, gt=0, description="longest acceptable queue wait")
     lane: Lane = Field(default=Lane.INTERACTIVE, description="priority of this consumer's requests")
+    route_needs: RouteNeeds | None = Field(
+        default=None, description="default longest wait and highest cost when asking a pool"
+    )
 
 
 class ModelbusConfig(_Config):
     models: list[ModelConfig] = Field(default_factory=list)
     consumers: list[ConsumerConfig] = Field(default_factory=list)
     routes: list[RouteRule] = Field(default_factory=list)
+    pools: list[PoolConfig] = Field(
+        default_factory=list, description="interchangeable models, by cost and wait"
+    )
     roles: list[RoleConfig] = Field(default_factory=list, description="besides the built-in user, admin")
     oidc: list[OidcIssuerConfig] = Field(default_factory=list)
 
@@ -215,6 +226,16 @@ class ModelbusConfig(_Config):
         for rule in self.routes:
             if rule.target not in known or rule.match.model not in known:
                 raise ValueError(f"route {rule.name!r} names an unknown model")
+        self._check_pools(known)
+        for model in self.models:
+            semantic = model.semantic_cache
+            if semantic is None:
+                continue
+            embedder = self.model(semantic.embedding_model)
+            if embedder is None or Endpoint.EMBEDDINGS not in embedder.endpoints:
+                raise ValueError(
+                    f"model {model.name!r}: semantic_cache.embedding_model must be an embeddings model"
+                )
         key_ids = [k.id for c in self.consumers for k in c.keys]
         dupes = {k for k in key_ids if key_ids.count(k) > 1}
         if dupes:
@@ -229,6 +250,22 @@ class ModelbusConfig(_Config):
             if issuer.default_consumer is not None and issuer.default_consumer not in consumers:
                 raise ValueError(f"issuer {issuer.issuer!r}: unknown default_consumer")
         return self
+
+    def _check_pools(self, known: set[str]) -> None:
+        pools = [p.name for p in self.pools]
+        clash = sorted({n for n in pools if pools.count(n) > 1} | (set(pools) & known))
+        if clash:
+            raise ValueError(f"pool names must be unique and differ from model names: {clash}")
+        for pool in self.pools:
+            unknown = [m for m in pool.members if m not in known]
+            if unknown:
+                raise ValueError(f"pool {pool.name!r} has unknown members {unknown}")
+            unpriced = [m.name for m in self.models if m.name in pool.members and m.cost is None]
+            if unpriced:
+                raise ValueError(f"pool {pool.name!r}: members {unpriced} need a `cost` to be chosen by it")
+
+    def pool(self, name: str) -> PoolConfig | None:
+        return next((p for p in self.pools if p.name == name), None)
 
     @property
     def all_roles(self) -> list[RoleConfig]:

@@ -47,6 +47,10 @@ class Limits(_Config):
     tokens_per_min: int | None = Field(default=None, ge=1)
     tokens_per_day: int | None = Field(default=None, ge=1, description="UTC calendar day")
     tokens_per_month: int | None = Field(default=None, ge=1, description="UTC calendar month")
+    cost_per_day: float | None = Field(
+        default=None, gt=0, description="money budget per UTC day, at the models' `cost` prices"
+    )
+    cost_per_month: float | None = Field(default=None, gt=0, description="money budget per UTC month")
 
 
 PiiKind = Literal["email", "phone", "card", "iban", "ssn", "national_id", "ip", "secret"]

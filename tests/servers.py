@@ -40,6 +40,7 @@ FAST_BUS = {
     "MODELBUS_REQUEST_STREAM_MAX_BYTES": str(32 << 20),
     "MODELBUS_AUDIT_STREAM_MAX_BYTES": str(32 << 20),
     "MODELBUS_DEAD_LETTER_MAX_BYTES": str(8 << 20),
+    "MODELBUS_SEMANTIC_CACHE_MAX_BYTES": str(8 << 20),
 }
 
 
@@ -83,6 +84,7 @@ def small_streams() -> dict[str, int]:
         "request_stream_max_bytes": 32 << 20,
         "audit_stream_max_bytes": 32 << 20,
         "dead_letter_max_bytes": 8 << 20,
+        "semantic_cache_max_bytes": 8 << 20,
     }
 
 

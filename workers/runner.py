@@ -14,7 +14,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -24,13 +24,14 @@ from pydantic import ValidationError
 
 from dispatcher.connection import jetstream
 from dispatcher.guardrails.response import ResponseGuard
-from dispatcher.quotas import QuotaLedger
+from dispatcher.quotas import COST_UNIT, QuotaLedger, cost_counters
 from dispatcher.reply_stream import ReplyWriter
 from dispatcher.stored_responses import ResponseStore
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry import metrics
 from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.openai import Usage
+from schemas.traffic import Cost
 from workers import dialects
 from workers.backends.base import Backend, BackendError, Json
 from workers.backends.errors import overflow_message
@@ -71,10 +72,12 @@ class RequestRunner:
         coalesce_max_inputs: int = 64,
         quotas: QuotaLedger | None = None,
         responses: ResponseStore | None = None,
+        price: Callable[[], Cost | None] | None = None,
     ) -> None:
         self._nc = nc
         self._quotas = quotas
         self._responses = responses
+        self._price = price  # the model's token prices now (the configuration may change them)
         self._js = jetstream(nc, settings)
         self._subjects = Subjects(settings.namespace)
         self._settings = settings
@@ -152,6 +155,18 @@ class RequestRunner:
         metrics.WORKER_REQUESTS.labels(envelope.target, outcome.value).inc()
         if outcome is not Outcome.RETRY:
             self._settle_quota(envelope, _tokens_used(writer))
+            self._count_cost(envelope, writer.usage)
+
+    def _count_cost(self, envelope: RequestEnvelope, usage: Usage | None) -> None:
+        """What the request cost at its model's prices: a metric, and the consumer's money counters."""
+        price = self._price() if self._price is not None else None
+        if price is None or usage is None:
+            return
+        cost = price.of(usage.prompt_tokens, usage.completion_tokens)
+        metrics.COST.labels(envelope.target, envelope.consumer).inc(cost)
+        if self._quotas is not None and cost > 0:
+            for counter in cost_counters(self._subjects, envelope.consumer, envelope.model, time.time()):
+                self._quotas.add_soon(counter, round(cost * COST_UNIT))
 
     def _settle_quota(self, envelope: RequestEnvelope, used: int | None) -> None:
         if envelope.quota is not None and self._quotas is not None:

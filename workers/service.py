@@ -127,6 +127,7 @@ class Worker:
                 self.model.coalesce_max_inputs,
                 QuotaLedger(nc, self.subjects),
                 await ResponseStore.open(js, self.subjects, settings, nc.max_payload),
+                lambda: self.model.cost,
             )
             self.puller = CapacityPuller(
                 nc,

@@ -21,8 +21,10 @@ from schemas.endpoints import ENDPOINTS, EndpointSpec
 from schemas.envelope import Endpoint, Lane, OutputGuardrails, RequestEnvelope
 from schemas.policy import Operation
 
-# Internal requests (the injection classifier) act as this consumer; it is no configured consumer.
+# Internal requests act as these consumers (the injection classifier, the semantic cache); neither is
+# a configured consumer.
 SYSTEM_CONSUMER = "modelbus-guardrails"
+CACHE_CONSUMER = "modelbus-cache"
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,19 @@ class Admitted:
         )
 
     @classmethod
-    def internal(cls, target: ModelConfig, endpoint: Endpoint, payload: dict[str, Any]) -> Admitted:
-        """A request the gateway makes for itself (a classifier call): no consumer limits or guards."""
-        identity = Identity(SYSTEM_CONSUMER, "internal")
+    def internal(
+        cls, target: ModelConfig, endpoint: Endpoint, payload: dict[str, Any], consumer: str = SYSTEM_CONSUMER
+    ) -> Admitted:
+        """A request the gateway makes for itself (a classifier call, a cache's embedding): no consumer
+        limits or guards."""
+        identity = Identity(consumer, "internal")
+        spec = ENDPOINTS[endpoint]
         return cls(
             identity=identity,
-            spec=ENDPOINTS[endpoint],
+            spec=spec,
             model=target.name,
             target=target,
-            version=choose_version(target, SYSTEM_CONSUMER),
+            version=choose_version(target, consumer),
             lane=Lane.INTERACTIVE,
             rule=None,
             payload=payload,
@@ -74,7 +80,7 @@ class Admitted:
             quota=Held(None),
             output_guard=None,
             revision=0,
-            operation="chat",
+            operation=spec.operation,
         )
 
 

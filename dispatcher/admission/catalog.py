@@ -10,6 +10,10 @@ from schemas.envelope import Endpoint
 class Catalog:
     def __init__(self, config: ModelbusConfig) -> None:
         self._models = {m.name: m for m in config.models}
+        # What a client may ask for by name: models and pools of interchangeable models.
+        self.listed: dict[str, str] = {m.name: m.owned_by for m in config.models} | {
+            p.name: p.owned_by for p in config.pools
+        }
 
     @property
     def models(self) -> list[ModelConfig]:

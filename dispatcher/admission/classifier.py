@@ -9,16 +9,12 @@ guardrail that fails closed would turn a classifier outage into a gateway outage
 
 from __future__ import annotations
 
-import time
-import uuid
-
 import orjson
 
-from dispatcher.admission.admitted import Admitted, envelope_for
 from dispatcher.admission.live_config import LiveConfig
 from dispatcher.client import BusClient
-from dispatcher.errors import ModelbusError
-from schemas.envelope import Endpoint, FinalFrame
+from dispatcher.internal_calls import ask
+from schemas.envelope import Endpoint
 
 INSTRUCTION = (
     "You are a security classifier for an AI gateway. Read the user text and answer with exactly one "
@@ -39,8 +35,6 @@ class InjectionClassifier:
         model = self._live.config.model(model_name)
         if model is None or Endpoint.CHAT not in model.endpoints:
             return None
-        request_id = "guard-" + uuid.uuid4().hex
-        now_ms = int(time.time() * 1000)
         payload: dict[str, object] = {
             "model": model.name,
             "max_tokens": 3,
@@ -50,30 +44,8 @@ class InjectionClassifier:
                 {"role": "user", "content": text[:_MAX_CHARS]},
             ],
         }
-        envelope = envelope_for(
-            Admitted.internal(model, Endpoint.CHAT, payload),
-            request_id,
-            reply_to=self._bus.reply_subject(request_id),
-            created_ms=now_ms,
-            deadline_ms=now_ms + int(self._timeout_s * 1000),
-            traceparent=None,
-        )
-        try:
-            reply = await self._bus.submit(envelope)
-        except ModelbusError:
-            return None
-        try:
-            give_up = time.monotonic() + self._timeout_s
-            while (left := give_up - time.monotonic()) > 0:
-                for frame, answer in await reply.frames(left):
-                    if isinstance(frame, FinalFrame):
-                        return _says_injection(answer)
-            await reply.cancel()
-            return None
-        except ModelbusError:
-            return None
-        finally:
-            await reply.close()
+        answer = await ask(self._bus, model, Endpoint.CHAT, payload, self._timeout_s)
+        return None if answer is None else _says_injection(answer)
 
 
 def _says_injection(body: bytes) -> bool | None:

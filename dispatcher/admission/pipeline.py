@@ -3,8 +3,8 @@ each batch line when it runs, a degradation fallback — calls `Admission.admit`
 fallback of an admitted request) and gets an `Admitted` or a `Refused` error:
 
     validate the body → RBAC on the model → the stored conversation a Responses request continues
-    → route (rules, then version) → input guardrails → token reservation against limits and budgets
-    → Admitted
+    → route (a pool's member by cost and wait, or content rules; then the version)
+    → input guardrails → token reservation against limits and budgets → Admitted
 
 Identity comes in already established (the ingress checks credentials; a batch line carries the
 identity its batch was created under). Nothing here knows HTTP or how the answer travels back.
@@ -20,17 +20,25 @@ import orjson
 from dispatcher.admission.admitted import Admitted
 from dispatcher.admission.guardrails import Guardrails
 from dispatcher.admission.identity import Identity
-from dispatcher.admission.live_config import LiveConfig
-from dispatcher.admission.prompt import completion_budget, estimate_tokens, normalized
+from dispatcher.admission.live_config import LiveConfig, Revision
+from dispatcher.admission.pools import PoolChoice, WaitOf, choose_member
+from dispatcher.admission.prompt import (
+    completion_budget,
+    completion_reserve,
+    estimate_prompt_tokens,
+    estimate_tokens,
+    normalized,
+)
 from dispatcher.admission.quota import Held, QuotaGate
 from dispatcher.admission.routing import choose_version
 from dispatcher.admission.validation import parse
-from dispatcher.errors import Forbidden, PolicyViolation
+from dispatcher.errors import Forbidden, InvalidRequest, NotFound, PolicyViolation
 from dispatcher.stored_responses import ResponseStore
 from schemas.config import ModelbusConfig, ModelConfig
 from schemas.endpoints import EndpointSpec
 from schemas.envelope import Endpoint, Lane
 from schemas.policy import Operation
+from schemas.traffic import PoolConfig, RouteNeeds
 
 
 class Notes(Protocol):
@@ -57,16 +65,25 @@ class Submission:
     lane: Lane | None = None  # default: the identity's lane
     # Sync calls of consumers whose over-limit policy is `queue` may wait for room until then.
     wait_until_ms: int | None = None
+    needs: RouteNeeds | None = None  # what the request asks of a pool's route (its headers)
 
 
 class Admission:
     def __init__(
-        self, live: LiveConfig, guardrails: Guardrails, quota: QuotaGate, responses: ResponseStore
+        self,
+        live: LiveConfig,
+        guardrails: Guardrails,
+        quota: QuotaGate | None,
+        responses: ResponseStore | None,
+        wait_of: WaitOf | None = None,
     ) -> None:
+        """`quota` and `responses` None: a rehearsal (`modelbus config test`), every step but the
+        token reservation and reading stored conversations."""
         self._live = live
         self._guardrails = guardrails
         self._quota = quota
         self._responses = responses
+        self._wait_of = wait_of  # estimated queue waits (an ingress's live view); None: unknown
 
     async def admit(self, submission: Submission, notes: Notes) -> Admitted:
         """Everything the request needs downstream, or a Refused error (nothing reserved)."""
@@ -77,23 +94,34 @@ class Admission:
         revision = self._live.current  # one revision for the whole request
         operation = submission.operation or spec.operation
         _authorize(revision.authorizer.permits(identity.roles, model, operation), operation, model)
-        target = revision.catalog.resolve(model, spec.endpoint)
         raw: dict[str, Any] = orjson.loads(submission.body)
         payload = normalized(parsed, raw)
         if spec.endpoint is Endpoint.RESPONSES and payload.get("previous_response_id"):
             # The whole conversation goes through the guardrails and counts against the limits: it
             # is what the model will read.
+            if self._responses is None:
+                raise InvalidRequest("stored conversations are not available here", "unsupported_parameter")
             payload = await self._responses.continued(payload, identity.consumer)
-        routed, rule = revision.router.route(model, payload, identity.consumer)
+        max_output, sequences = completion_budget(parsed)
+        pool = revision.config.pool(model)
+        rule: str | None
+        if pool is not None:
+            choice = self._pool_member(revision, pool, submission, operation, payload, max_output, sequences)
+            target, rule = choice.model, choice.reason
+        else:
+            target = revision.catalog.resolve(model, spec.endpoint)
+            routed, rule = revision.router.route(model, payload, identity.consumer)
+            if rule is not None:
+                target = revision.catalog.resolve(routed, spec.endpoint)
         if rule is not None:
-            target = revision.catalog.resolve(routed, spec.endpoint)
             notes.policy_actions.append(f"route:{rule}")
         input_policy, output_guard = self._guardrails.policies(revision.number, target, identity)
         if input_policy.active or input_policy.max_input_tokens is not None:
             payload = await self._guardrails.check_input(input_policy, payload, notes.policy_actions)
-        max_output, sequences = completion_budget(parsed)
         tokens = estimate_tokens(spec.endpoint, payload, max_output, sequences)
-        reservation = await self._quota.admit(identity, model, tokens, submission.wait_until_ms)
+        reservation = None
+        if self._quota is not None:
+            reservation = await self._quota.admit(identity, model, tokens, submission.wait_until_ms)
         return Admitted(
             identity=identity,
             spec=spec,
@@ -140,17 +168,57 @@ class Admission:
             revision=revision.number,
         )
 
+    def _pool_member(
+        self,
+        revision: Revision,
+        pool: PoolConfig,
+        submission: Submission,
+        operation: Operation,
+        payload: dict[str, Any],
+        max_output: int | None,
+        sequences: int,
+    ) -> PoolChoice:
+        """The member of `pool` that serves this request: among those the caller may use here, the
+        cheapest whose estimated wait fits what the request (or its consumer) asks."""
+        identity, endpoint = submission.identity, submission.spec.endpoint
+        members = [
+            m
+            for m in (revision.catalog.get(name) for name in pool.members)
+            if m is not None
+            and m.serves(endpoint)
+            and revision.authorizer.permits(identity.roles, m.name, operation)
+        ]
+        if not members:
+            raise NotFound(
+                f"the pool {pool.name!r} has no model you may use on the {endpoint.value} endpoint",
+                "model_not_found",
+                "model",
+            )
+        defaults = identity.settings.route_needs if identity.settings is not None else None
+        asked = submission.needs or RouteNeeds()
+        needs = RouteNeeds(
+            max_wait_ms=asked.max_wait_ms or (defaults.max_wait_ms if defaults else None),
+            max_cost=asked.max_cost
+            if asked.max_cost is not None
+            else (defaults.max_cost if defaults else None),
+        )
+        prompt = estimate_prompt_tokens(payload)
+        output = 0 if endpoint is Endpoint.EMBEDDINGS else completion_reserve(max_output, sequences)
+        return choose_member(pool, members, needs, prompt, output, self._wait_of)
+
     @property
     def config(self) -> ModelbusConfig:
         return self._live.config
 
     def release(self, admitted: Admitted) -> None:
         """Give back a reservation no worker took (a cache hit, a replayed task, an error)."""
-        self._quota.release(admitted.quota)
+        if self._quota is not None:
+            self._quota.release(admitted.quota)
 
     def refund(self, admitted: Admitted) -> None:
         """Give back a reservation whose envelope was dropped as a duplicate (or never published)."""
-        self._quota.refund(admitted.quota)
+        if self._quota is not None:
+            self._quota.refund(admitted.quota)
 
 
 def _authorize(permitted: bool, operation: Operation, model: str) -> None:

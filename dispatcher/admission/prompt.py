@@ -84,6 +84,13 @@ def estimate_tokens(
     `max_output` and `sequences` come from the validated request (see `completion_budget`), so a
     limit sent as a string or a float counts exactly as the backend will apply it.
     """
+    prompt = estimate_prompt_tokens(payload)
+    if endpoint in _PROMPT_ONLY:
+        return prompt
+    return prompt + completion_reserve(max_output, sequences)
+
+
+def estimate_prompt_tokens(payload: dict[str, Any]) -> int:
     chars = 0
     pieces = 0
     for text in input_texts(payload):
@@ -98,11 +105,13 @@ def estimate_tokens(
     tokens = payload.get("tokens")  # detokenize
     if isinstance(tokens, list):
         chars += _CHARS_PER_TOKEN * len(tokens)
-    prompt = math.ceil(chars / _CHARS_PER_TOKEN) + _PER_TEXT * pieces
-    if endpoint in _PROMPT_ONLY:
-        return prompt
+    return math.ceil(chars / _CHARS_PER_TOKEN) + _PER_TEXT * pieces
+
+
+def completion_reserve(max_output: int | None, sequences: int = 1) -> int:
+    """The most the completion may use: `max_output` per sequence, or the default reserve."""
     completion = max_output if max_output is not None and max_output > 0 else DEFAULT_COMPLETION_RESERVE
-    return prompt + completion * max(sequences, 1)
+    return completion * max(sequences, 1)
 
 
 def completion_budget(parsed: BaseModel) -> tuple[int | None, int]:

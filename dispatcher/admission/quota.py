@@ -28,6 +28,8 @@ _WINDOWS: dict[str, Window] = {
     "tokens_per_min": "minute",
     "tokens_per_day": "day",
     "tokens_per_month": "month",
+    "cost_per_day": "day",
+    "cost_per_month": "month",
 }
 
 

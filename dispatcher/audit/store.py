@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dispatcher.audit.chain import GENESIS, Problem, row_for, verify
 from dispatcher.audit.checkpoints import check
+from dispatcher.audit.compare import answer_of, text_similarity
 from schemas.audit import AuditCheckpoint, AuditEvent
 
 _COLUMNS = (
@@ -185,8 +186,11 @@ class AuditStore:
             result = await conn.execute(text(sql), params)
             return [orjson.loads(row.record) for row in result]
 
-    async def compare_versions(self, model: str, old: str, new: str, limit: int = 50) -> dict[str, Any]:
-        """Outputs side by side for prompts seen on both versions, plus per-version aggregates."""
+    async def compare_versions(
+        self, model: str, old: str, new: str, limit: int = 50, scan: int = 5000
+    ) -> dict[str, Any]:
+        """Outputs side by side for prompts seen on both versions, the most changed first (of up to
+        `scan` prompts), plus per-version aggregates."""
         async with self._engine.connect() as conn:
             aggregates = await conn.execute(
                 text(
@@ -215,9 +219,9 @@ class AuditStore:
                     " ORDER BY prompt_hash, seq DESC) a "
                     "JOIN (SELECT DISTINCT ON (prompt_hash) prompt_hash, record FROM audit_log "
                     " WHERE model_served = :model AND version = :new AND status = 'served' "
-                    " ORDER BY prompt_hash, seq DESC) b USING (prompt_hash) LIMIT :limit"
+                    " ORDER BY prompt_hash, seq DESC) b USING (prompt_hash) LIMIT :scan"
                 ),
-                {"model": model, "old": old, "new": new, "limit": limit},
+                {"model": model, "old": old, "new": new, "scan": scan},
             )
             per_version: dict[str, dict[str, Any]] = {}
             for row in aggregates:
@@ -228,15 +232,18 @@ class AuditStore:
             side_by_side = []
             for row in pairs:
                 old_record, new_record = orjson.loads(row.old_record), orjson.loads(row.new_record)
+                before, after = old_record.get("output"), new_record.get("output")
                 side_by_side.append(
                     {
                         "prompt_hash": row.prompt_hash,
                         "input": old_record.get("input"),
-                        old: old_record.get("output"),
-                        new: new_record.get("output"),
+                        old: before,
+                        new: after,
+                        "similarity": round(text_similarity(answer_of(before), answer_of(after)), 4),
                     }
                 )
-        return {"model": model, "versions": per_version, "pairs": side_by_side}
+        side_by_side.sort(key=lambda pair: (pair["similarity"], pair["prompt_hash"]))
+        return {"model": model, "versions": per_version, "pairs": side_by_side[:limit]}
 
     async def remove_partitions_before(self, cutoff: datetime) -> list[dict[str, Any]]:
         """Retention: drop whole monthly partitions that end before `cutoff`, recording each.

@@ -55,6 +55,16 @@ GUARDRAIL_ACTIONS = Counter(
     "modelbus_guardrail_actions", "Guardrail findings acted on", ["detector", "action", "direction"]
 )
 DEGRADATIONS = Counter("modelbus_degradations", "Requests served in a degraded way", ["model", "how"])
+SEMANTIC_CACHE = Counter(
+    "modelbus_semantic_cache_lookups",
+    "Semantic cache lookups by result (hit, miss, unavailable: no embedding in time)",
+    ["model", "result"],
+)
+COST = Counter(
+    "modelbus_cost",
+    "Token cost at the configured prices (models with `cost`), in the configuration's currency",
+    ["model", "consumer"],
+)
 BACKGROUND_UP = Gauge(
     "modelbus_background_task_up",
     "1 while a supervised background task (watcher, consumer loop) runs, 0 while it is down",

@@ -15,11 +15,11 @@ router = APIRouter(prefix="/v1")
 
 @router.get("/models")
 async def list_models(identity: Caller, services: ServicesDep) -> Response:
-    """Only the models the caller's roles let it use."""
-    live = services.live.current
-    visible = set(live.authorizer.visible(identity.roles, (m.name for m in live.catalog.models)))
+    """Only the models (and pools) the caller's roles let it use."""
+    listed = services.live.current.catalog.listed
+    visible = set(services.live.current.authorizer.visible(identity.roles, listed))
     listing = ModelList(
-        data=[Model(id=m.name, owned_by=m.owned_by) for m in live.catalog.models if m.name in visible]
+        data=[Model(id=name, owned_by=owner) for name, owner in listed.items() if name in visible]
     )
     return Response(listing.model_dump_json(), media_type="application/json")
 
@@ -27,9 +27,7 @@ async def list_models(identity: Caller, services: ServicesDep) -> Response:
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, identity: Caller, services: ServicesDep) -> Response:
     live = services.live.current
-    for model in live.catalog.models:
-        if model.name == model_id and live.authorizer.visible(identity.roles, [model_id]):
-            return Response(
-                Model(id=model.name, owned_by=model.owned_by).model_dump_json(), media_type="application/json"
-            )
+    owner = live.catalog.listed.get(model_id)
+    if owner is not None and live.authorizer.visible(identity.roles, [model_id]):
+        return Response(Model(id=model_id, owned_by=owner).model_dump_json(), media_type="application/json")
     raise APIError(404, f"the model {model_id!r} does not exist", "model_not_found", "model")

@@ -124,6 +124,7 @@ async def test_version_comparison_pairs_outputs_by_prompt(store: AuditStore) -> 
             "input": _event(1).input,
             "v1": {"text": "old answer"},
             "v2": {"text": "new answer"},
+            "similarity": 0.5,  # one word of two changed
         }
     ]
     assert report["versions"]["v1"]["requests"] == 1

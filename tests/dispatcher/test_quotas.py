@@ -9,7 +9,7 @@ import uuid
 import nats
 import pytest
 
-from dispatcher.quotas import Limiter, QuotaExceeded, QuotaLedger
+from dispatcher.quotas import COST_UNIT, Limiter, QuotaExceeded, QuotaLedger, cost_counters
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from modelbus.embedded_nats import NatsServer
@@ -86,4 +86,22 @@ async def test_token_budgets_all_or_nothing_and_settlement(nats_server: NatsServ
     assert impossible.value.impossible
     # The day budget is a calendar day: the next one starts empty.
     await limiter.admit("c", [(None, Limits(tokens_per_day=1000))], 900, now=T0 + 86400)
+    await nc.close()
+
+
+async def test_money_budget_refuses_once_spent(nats_server: NatsServer) -> None:
+    nc, limiter, ledger, subjects = await _limiter(nats_server)
+    limits = [(None, Limits(cost_per_day=2.0)), ("m", Limits(cost_per_month=10.0))]
+    await limiter.admit("c", limits, 10, now=T0)
+    # What workers add once they know a request's cost (in millionths), for all models and for "m".
+    for counter in cost_counters(subjects, "c", "m", T0):
+        await ledger.add(counter, int(1.5 * COST_UNIT))
+    await limiter.admit("c", limits, 10, now=T0)  # 1.5 of 2.0 spent: still room
+    for counter in cost_counters(subjects, "c", "m", T0):
+        await ledger.add(counter, int(0.5 * COST_UNIT))
+    with pytest.raises(QuotaExceeded) as spent:
+        await limiter.admit("c", limits, 10, now=T0)
+    assert spent.value.limit == "cost_per_day" and spent.value.scope == "all models"
+    assert spent.value.retry_after_s == 16 * 3600  # until the next UTC day
+    await limiter.admit("c", limits, 10, now=T0 + 86400)  # a new day; the month has 8 left
     await nc.close()

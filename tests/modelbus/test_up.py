@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,6 +34,26 @@ def _children(pid: int) -> set[int]:
 
 def _audit_rows(url: str) -> list[dict[str, object]]:
     return sql(url, "SELECT consumer, status FROM audit_log")
+
+
+def _printed(tmp_path: Path, label: str) -> str:
+    return next(
+        line.split(label, 1)[1].split("(or")[0].strip()
+        for line in (tmp_path / "up.log").read_text().splitlines()
+        if label in line
+    )
+
+
+def _run_as_printed(command: str, extra: list[str]) -> subprocess.CompletedProcess[str]:
+    """A command as `up` told the user to type it, in a fresh shell: none of the stack's variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELBUS_")}
+    words = shlex.split(command)
+    while "=" in words[0]:
+        name, value = words.pop(0).split("=", 1)
+        env[name] = value
+    assert words[0] == "modelbus", command
+    argv = [sys.executable, "-m", "modelbus.cli", *words[1:], *extra]
+    return subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=60)
 
 
 def _alive(pid: int) -> bool:
@@ -85,8 +107,16 @@ def test_up_serves_both_demo_models_and_stops_cleanly(tmp_path: Path) -> None:
             for line in (tmp_path / "up.log").read_text().splitlines()
             if "database:" in line
         )
-        wait_until(lambda: len(_audit_rows(database)) == 2, 30, "audit rows did not reach Postgres")
-        assert {row["consumer"] for row in _audit_rows(database)} == {"dev"}
+        # Two inference rows, and the `config.apply` row of revision 1, made by `up` itself.
+        wait_until(lambda: len(_audit_rows(database)) == 3, 30, "audit rows did not reach Postgres")
+        rows = _audit_rows(database)
+        assert sorted(str(row["consumer"]).split(":")[0] for row in rows) == ["cli", "dev", "dev"]
+        assert "Warning" not in (tmp_path / "up.log").read_text()  # a clean start prints no warnings
+        top = _run_as_printed(_printed(tmp_path, "watch:"), ["--once"])
+        assert top.returncode == 0, top.stderr
+        for model in ("demo-chat", "demo-embed"):
+            # model, version, queued, trend, ack pending, redelivered, workers: each has its worker.
+            assert re.search(rf"│\s*{model}\s*│\s*default\s*│(?:[^│]*│){{4}}\s*1\s*│", top.stdout), top.stdout
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(60)
