@@ -35,7 +35,7 @@ def _route(
     waits: dict[str, float | None] | None, consumer: str = "plain", needs: RouteNeeds | None = None
 ) -> str:
     admission = Admission(
-        LiveConfig(CONFIG), Guardrails(None), None, waits.get if waits is not None else None
+        LiveConfig(CONFIG), Guardrails(None), None, None, wait_of=waits.get if waits is not None else None
     )
     identity = identity_for(consumer, "k", CONFIG.consumer(consumer), frozenset())
     body = orjson.dumps({"model": "chat", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
