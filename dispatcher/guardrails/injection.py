@@ -20,6 +20,7 @@ import base64
 import binascii
 import codecs
 import re
+import unicodedata
 from bisect import bisect_left
 from collections.abc import Iterable
 
@@ -29,7 +30,9 @@ from dispatcher.guardrails.injection_phrases import phrases
 from dispatcher.guardrails.normalize import Normalized, normalize
 
 Span = tuple[int, int]
-_UNSPACED = re.compile(r"[\u0600-\u06ff\u0900-\u097f\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")
+# Scripts whose words take no space before them or have particles and prefixes glued on (Arabic,
+# Hindi, Japanese, Chinese, Korean): their terms match anywhere, not only at a word start.
+_UNSPACED = re.compile(r"[\u0600-\u06ff\u0900-\u097f\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
 def _trie_pattern(terms: Iterable[str]) -> str:
@@ -43,10 +46,11 @@ def _trie_pattern(terms: Iterable[str]) -> str:
 
     def build(node: dict[str, dict]) -> str:  # type: ignore[type-arg]
         branches = []
-        for ch in sorted(k for k in node if k):
+        # Longer terms first: "$" (a word ends here) after every letter that could continue one.
+        for ch in sorted((k for k in node if k), key=lambda k: (k == "$", k)):
             piece = r"\s+" if ch == " " else re.escape(ch)
             if ch == "$":
-                piece = r"(?![^\W_])"
+                piece = r"(?![a-z0-9])"  # a whole word; "DANモード" still names DAN
             branches.append(piece + build(node[ch]))
         if "" in node:
             branches.append("")  # the term may end here; longer ones are tried first
@@ -63,6 +67,10 @@ def _compile() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, frozenset[st
         for term in terms:
             key = normalize(term.lower()).text
             concepts.setdefault(key, set()).add(concept)
+            # Also without accents: people type "instrucoes", "regles", "zasad" on any keyboard.
+            plain = "".join(c for c in unicodedata.normalize("NFKD", key) if not unicodedata.combining(c))
+            if plain != key and plain.isascii():
+                concepts.setdefault(plain, set()).add(concept)
     bounded = [t for t in concepts if not _UNSPACED.search(t)]
     unbounded = [t for t in concepts if _UNSPACED.search(t)]
     # Matched against lower-cased text: IGNORECASE made the pass 2.5 times slower.
@@ -82,10 +90,13 @@ Rule = tuple[str, str, int, str | None]
 _RULES: tuple[tuple[str, Rule], ...] = (
     ("override", ("IGNORE", "RULES", 60, "PRIOR")),
     ("override", ("IGNORE", "SYSTEM_PROMPT", 60, None)),
+    ("override", ("DISABLE", "LIMITS", 40, "YOU")),
     ("exfiltration", ("REVEAL", "SYSTEM_PROMPT", 60, None)),
     ("persona", ("PERSONA", "FREE", 120, None)),
     ("persona", ("PERSONA", "UNLIMITED", 120, None)),
     ("persona", ("PERSONA", "PERSONA_NAME", 40, None)),
+    ("devmode", ("PERSONA", "MODE", 40, None)),
+    ("devmode", ("ACTIVATE", "PERSONA_NAME", 30, None)),
     ("devmode", ("ACTIVATE", "MODE", 30, "YOU")),
     ("refusal", ("NEVER", "REFUSE", 25, "YOU")),
     ("fiction", ("FICTION", "FREE", 150, None)),
@@ -98,6 +109,7 @@ _RULES: tuple[tuple[str, Rule], ...] = (
     ("indirect", ("AI_ADDRESS", "HIDE", 200, None)),
     ("indirect", ("AI_ADDRESS", "EXFILTRATE", 200, None)),
     ("indirect", ("HIDE", "EXFILTRATE", 200, None)),
+    ("indirect", ("AI_ADDRESS", "IGNORE", 120, None)),
 )
 _NEAR_THIRD = 40  # how far outside the pair the third concept may stand
 
@@ -118,7 +130,7 @@ def concept_hits(text: str) -> dict[str, list[Span]]:
     for spans in hits.values():
         spans.sort()
     # Derived concepts: "no" + "restrictions" is unlimited; "send" + "the conversation" exfiltrates.
-    hits["UNLIMITED"] = _pairs(hits, "NEGATED", "LIMITS", 20, None, ordered=True)
+    hits["UNLIMITED"] = _pairs(hits, "NEGATED", "LIMITS", 20, None, ordered=False)
     hits["EXFILTRATE"] = _pairs(hits, "SEND", "LOOT", 80, None, ordered=False)
     return hits
 
@@ -141,11 +153,11 @@ def _pairs(
         i = 0
         for start, end in right:
             # The latest `left` hit that ends before this one starts.
-            while i + 1 < len(left) and left[i + 1][1] <= start:
+            while i + 1 < len(left) and left[i + 1][0] < start:
                 i += 1
             a_start, a_end = left[i]
-            if a_end > start or start - a_end > gap:
-                continue
+            if a_start >= start or start - a_end > gap:
+                continue  # overlapping hits count ("quelles sont tes" + "tes instructions")
             if third_starts is not None:
                 k = bisect_left(third_starts, a_start - _NEAR_THIRD)
                 if k == len(third_starts) or third_starts[k] > end + _NEAR_THIRD:
@@ -176,6 +188,7 @@ def detect_injection(text: str) -> list[Finding]:
 
 # --- disguises ------------------------------------------------------------------------------------
 _LEET = str.maketrans("0134578@$|!", "oieastbasli")
+_LEET_L = str.maketrans("0134578@$|!", "oleastbasli")  # "ru13s": a 1 is an l as often as an i
 # Hints start with a rare character class, so the scan skips ahead at C speed (8-19 µs on 2,000
 # characters, where patterns starting with a letter class cost 60).
 _LEET_HINT = re.compile(r"[0134578@$|!](?:(?<=[a-zA-Z].)|(?=[a-zA-Z]))")
@@ -194,15 +207,47 @@ def _disguised(text: str) -> list[Span]:
     spans: list[Span] = []
     if _LEET_HINT.search(text):
         # 1:1, offsets unchanged: only the mixed letter-and-digit words are read as letters.
-        plain = _LEET_WORD.sub(lambda m: m.group().translate(_LEET), text)
-        if plain != text:
-            spans.extend(_scan(plain))
+        for table in (_LEET, _LEET_L) if "1" in text else (_LEET,):
+            plain = _LEET_WORD.sub(lambda m, t=table: m.group().translate(t), text)  # type: ignore[misc]
+            if plain != text:
+                spans.extend(_scan(plain))
     if _SPREAD_HINT.search(text) and _SPREAD.search(text):
         spread = _collapse_spread(text)
         spans.extend(spread.original(s, e) for s, e in _scan(spread.text))
     lowered = text.lower()
     if any(hint in lowered for hint in _ROT13_HINTS):
         spans.extend(_scan(codecs.encode(text, "rot13")))
+    spans.extend(
+        (m.start(), m.end()) for m, decoded in _encoded(text) if decoded is not None and _scan(decoded)
+    )
+    assigned = list(_ASSIGNED.finditer(text)) if text.count("=") >= 2 else []
+    if len(assigned) >= 2 and _scan("".join(m.group(2) for m in assigned)):
+        spans.append((assigned[0].start(), assigned[-1].end()))
+    return spans
+
+
+def undisguised(text: str) -> list[str]:
+    """The disguised parts of `text` read plainly (for the classifier model, which embeds them)."""
+    view = normalize(text).text
+    readings: list[str] = []
+    if _LEET_HINT.search(view):
+        for table in (_LEET, _LEET_L) if "1" in view else (_LEET,):
+            plain = _LEET_WORD.sub(lambda m, t=table: m.group().translate(t), view)  # type: ignore[misc]
+            if plain != view:
+                readings.append(plain)
+    if _SPREAD_HINT.search(view) and _SPREAD.search(view):
+        readings.append(_collapse_spread(view).text)
+    if any(hint in view.lower() for hint in _ROT13_HINTS):
+        readings.append(codecs.encode(view, "rot13"))
+    readings.extend(decoded for _, decoded in _encoded(view) if decoded is not None)
+    assigned = list(_ASSIGNED.finditer(view)) if view.count("=") >= 2 else []
+    if len(assigned) >= 2:
+        readings.append("".join(m.group(2) for m in assigned))
+    return readings
+
+
+def _encoded(text: str) -> list[tuple[re.Match[str], str | None]]:
+    """Base64 and hex spans with what they decode to (None: not text)."""
     encoded: list[tuple[re.Match[str], str | None]] = []
     if "\\x" in text:
         encoded.extend((m, _from_hex(m.group())) for m in _HEX.finditer(text))
@@ -210,27 +255,28 @@ def _disguised(text: str) -> list[Span]:
         for m in _BASE64.finditer(text):
             hex_run = _HEX_RUN.fullmatch(m.group())
             encoded.append((m, _from_hex(m.group()) if hex_run else _from_base64(m.group())))
-    spans.extend((m.start(), m.end()) for m, decoded in encoded if decoded is not None and _scan(decoded))
-    assigned = list(_ASSIGNED.finditer(text)) if text.count("=") >= 2 else []
-    if len(assigned) >= 2 and _scan("".join(m.group(2) for m in assigned)):
-        spans.append((assigned[0].start(), assigned[-1].end()))
-    return spans
+    return encoded
 
 
 def _collapse_spread(text: str) -> Normalized:
-    """ "i g n o r e  a l l" read as "ignore all": separators between single letters removed."""
+    """ "i g n o r e  a l l" or "i.g.n.o.r.e a.l.l" read as "ignore all": in a run of single letters,
+    the commonest separator is dropped and any other one becomes the space between words."""
     out: list[str] = []
     changes: list[tuple[int, int, int]] = []
     at = 0
+    n = 0
     for m in _SPREAD.finditer(text):
         out.append(text[at : m.start()])
-        n = sum(map(len, out))
+        n += m.start() - at
+        separators = text[m.start() + 1 : m.end() : 2]
+        inner = max(set(separators), key=separators.count)
         for i in range(m.start(), m.end()):
-            if (i - m.start()) % 2:
-                changes.append((n, i, 0))  # the separator is dropped
-            else:
-                out.append(text[i])
-                n += 1
+            ch = text[i]
+            if (i - m.start()) % 2 and ch == inner:
+                changes.append((n, i, 0))
+                continue
+            out.append(" " if (i - m.start()) % 2 else ch)
+            n += 1
         at = m.end()
     out.append(text[at:])
     return Normalized("".join(out), changes)

@@ -15,6 +15,8 @@ from __future__ import annotations
 LEXICON: dict[str, tuple[str, ...]] = {
     # --- override -------------------------------------------------------------------------------
     "IGNORE": (
+        "do not follow", "don't follow", "dont follow", "cease following",
+        "気にせず", "気にしないで", "setze außer",
         "ignore", "ignoring", "disregard", "forget$", "forget all", "forget every", "forget your",
         "forget the", "override", "bypass", "set aside", "throw out", "discard", "abandon", "skip all",
         "drop all", "drop your", "pay no attention", "no longer follow", "stop following", "stop obeying",
@@ -35,6 +37,8 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "yok say", "görmezden gel", "unut", "dikkate alma", "uyma$",
     ),
     "PRIOR": (
+        "before$",
+        "पुराने", "अपने", "old$",
         "all$", "any$", "previous", "prior", "above", "earlier", "preceding", "original", "initial",
         "existing", "your$", "system", "everything", "whatever", "these$", "those$",
         "alle", "vorherig", "bisherig", "obig", "vorige", "ursprünglich", "deine$", "ihre$", "sämtliche",
@@ -72,6 +76,8 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- system prompt exfiltration -------------------------------------------------------------------
     "SYSTEM_PROMPT": (
+        "everything before this", "everything before", "text before", "first 100 words", "first 50 words", "words of your conversation", "your configuration",
+        "hidden preamble", "your preamble", "the preamble", "instructions were you given", "instructions you were given", "rules you were given", "instructions cachées", "instructions secrètes",
         "system prompt", "system message", "system instructions", "initial prompt", "initial instructions",
         "hidden instructions", "hidden prompt", "secret instructions", "original instructions",
         "original prompt", "your instructions", "your prompt", "your guidelines",
@@ -99,6 +105,8 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "sistem istemi", "sistem mesajı", "sistem talimat", "talimatların", "gizli talimat", "ilk talimat",
     ),
     "REVEAL": (
+        "list$", "as a numbered list", "write down", "write the",
+        "quote", "list them", "list all", "word for word", "verbatim", "wörtlich", "wortwörtlich", "mot pour mot", "palabra por palabra", "parola per parola", "palavra por palavra", "woord voor woord", "słowo w słowo", "дословно", "一字不差", "一字一句", "そのまま", "그대로", "حرفيا", "حرفياً", "शब्दशः", "kelimesi kelimesine", "intégralement",
         "reveal", "show me", "show your", "print", "repeat", "output", "display", "leak", "disclose",
         "tell me", "give me", "write out", "spell out", "recite", "dump", "expose", "share your",
         "what is your", "what are your", "what was your", "what were",
@@ -119,7 +127,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "보여", "알려", "출력", "반복", "공개", "말해",
         "اكشف", "أظهر", "اعرض", "أخبرني", "اطبع", "كرر", "أعطني", "اكتب",
         "दिखाओ", "दिखाएं", "बताओ", "बताइए", "बताएं", "प्रिंट", "दोहराओ", "लिखो", "प्रकट",
-        "göster", "söyle", "yazdır", "tekrarla", "açıkla", "ver bana", "ifşa",
+        "göster", "söyle", "yazdır", "tekrarla", "ver bana", "ifşa",
     ),
     # --- personas and unrestricted assistants -----------------------------------------------------
     "PERSONA": (
@@ -150,16 +158,18 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "olduğunu hayal et", "taklit et",
     ),
     "NEGATED": (
+        "pas de", "non ha", "никаких", "nie ma", "don't exist", "do not exist", "don't apply", "do not apply", "no longer apply", "are suspended", "are lifted", "are disabled", "have been removed", "were removed", "removed every", "removed all", "gibt es nicht", "n'existent pas", "no existen", "non esistono", "não existem", "bestaan niet",
         "no$", "without", "free of", "free from", "freed from", "not bound by", "unbound by", "zero",
         "ignoring", "beyond", "liberated from", "none of the",
         "keine", "ohne", "frei von", "nicht an", "sans", "aucune", "aucun", "libre de", "sin$", "ningún",
         "ninguna", "libre de", "senza", "nessuna", "nessun", "libero da", "sem$", "nenhuma", "nenhum",
         "livre de", "geen", "zonder", "vrij van", "bez$", "żadnych", "wolny od", "без$", "никаких",
         "свободн", "не ограничен", "没有", "沒有", "无任何", "不受", "摆脱", "ない", "なし", "縛られない",
-        "없는", "없이", "없고", "بدون", "بلا", "دون", "خال من", "बिना", "कोई", "से मुक्त", "olmadan", "hiçbir",
+        "없", "بدون", "بلا", "دون", "خال من", "बिना", "कोई", "से मुक्त", "olmadan", "hiçbir",
         "bağlı olmayan", "içermeyen",
     ),
     "LIMITS": (
+        "safety checks", "safety filters", "safety measures", "safety guidelines", "safety rules", "restrizion", "granic", "etyczn", "ethical limits", "ethical boundaries",
         "restrictions", "rules", "filters", "filter", "ethics", "ethical", "morals", "moral",
         "guidelines", "censorship", "constraints", "policies", "safeguards", "guardrails", "principles",
         "content policy", "limitations", "boundaries",
@@ -187,6 +197,12 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "검열되지 않은", "제한 없는", "제한이 없는", "بلا قيود", "بدون قيود", "غير مقيد", "बिना किसी प्रतिबंध",
         "बिना प्रतिबंध", "बिना सेंसर", "sınırsız", "sansürsüz", "kısıtlamasız", "filtresiz",
     ),
+    "DISABLE": (
+        "disable", "turn off", "deactivate", "switch off", "remove your", "lift your", "drop your", "suspend",
+        "deaktivier", "schalte aus", "désactive", "desactiva", "disattiva", "desative", "desativa", "schakel uit",
+        "wyłącz", "отключи", "关闭", "禁用", "無効に", "オフに", "비활성화", "꺼", "عطّل", "عطل", "बंद करो",
+        "devre dışı", "kapat",
+    ),
     # --- developer mode and DAN -------------------------------------------------------------------
     "ACTIVATE": (
         "enable", "enter", "activate", "switch to", "switch into", "turn on", "unlock", "simulate",
@@ -208,11 +224,14 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "탈옥 모드", "وضع المطور", "وضع المطوّر", "डेवलपर मोड", "geliştirici modu", "dan modu",
     ),
     "PERSONA_NAME": (
+        "dan mode", "dan modu", "dan-modus", "mode dan", "modo dan", "modalità dan", "dan-modus", "tryb dan", "режим dan", "danモード", "dan 모드", "dan模式", "وضع dan", "dan मोड",
         "dan$", "stan$", "dude$", "aim$", "betterdan", "antigpt", "mongo tom", "evil confidant",
         "jailbreak$", "jailbroken", "developer mode", "unaligned", "apophis", "ucar$", "nsfwgpt",
         "basedgpt",
     ),
     "STRONG": (
+        "new instructions:", "new system instructions", "new rules apply", "system override", "admin override", "sudo mode", "neue anweisungen:", "nouvelles instructions :", "nuevas instrucciones:", "nuove istruzioni:",
+        "my late grandmother", "grandmother used to", "grandma used to", "아무리 불법", "ne kadar yasa dışı", "egal wie", "no importa lo ilegal", "quel que soit le", "non importa quanto illegale",
         "do anything now", "can do anything now", "broken free of the typical confines",
         "no matter how unethical", "no matter how illegal", "no matter how immoral", "no matter how harmful",
         "no matter how dangerous", "regardless of ethics", "regardless of legality", "regardless of morality",
@@ -227,6 +246,8 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- refusal suppression ------------------------------------------------------------------------
     "NEVER": (
+        "not$", "not an option",
+        "under no circumstances", "in no case", "auf keinen fall", "en aucun cas", "bajo ninguna circunstancia", "in nessun caso", "em hipótese alguma", "in geen geval", "w żadnym wypadku", "ни в коем случае",
         "never", "do not", "don't", "dont", "must not", "mustn't", "cannot", "can't", "won't", "will not",
         "not allowed to", "forbidden to", "no$", "stop$",
         "niemals", "nie$", "nicht", "kein", "jamais", "ne jamais", "ne pas", "n'", "nunca", "jamás", "no$",
@@ -235,6 +256,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "않", "لا$", "أبدا", "أبداً", "ممنوع", "कभी", "मत$", "नहीं", "asla", "hiçbir zaman", "etme", "yapma",
     ),
     "REFUSE": (
+        "refus", "declin", "say you cannot help", "say you can't help",
         "refuse", "decline", "say no", "say you can't", "say that you can't", "say you cannot",
         "say i can't", "say sorry", "apologi", "apologis", "reject my", "deny my", "warn me", "lecture",
         "moralize", "moralise", "add disclaimers", "add warnings", "i'm sorry", "i cannot", "as an ai",
@@ -244,6 +266,8 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "मना", "इनकार", "माफ़ी", "reddet", "özür", "geri çevir",
     ),
     "YOU": (
+        "say you can't", "say that you can't", "say you cannot", "say you cannot help", "say you can't help",
+        "me$",
         "you$", "your$", "you'll", "you're", "yourself", "assistant", "chatgpt", "ai$", "model$", "respond",
         "answer", "reply", "du$", "dich", "dein", "sie$", "antwort", "tu$", "toi", "vous", "réponds", "répondez",
         "tú", "usted", "responde", "contesta", "tu$", "rispondi", "você", "responda", "jij", "je$",
@@ -253,6 +277,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- fiction --------------------------------------------------------------------------------------
     "FICTION": (
+        "hypothéti", "hipotetic", "ipotetic",
         "story", "novel", "fiction", "fictional", "hypothetical", "screenplay", "movie script",
         "imagine a world", "in a world where", "alternate universe", "parallel universe", "a game",
         "dream", "once upon a time", "thought experiment", "purely academic", "in character",
@@ -275,6 +300,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- payload splitting and encodings --------------------------------------------------------------
     "COMBINE": (
+        "put them together", "put it together", "merge them", "combine them", "join them", "teile zusammen", "diese teile", "unisci", "junte", "połącz te",
         "concatenate", "combine the", "join the", "merge the", "put together", "string a", "string b",
         "a + b", "a+b", "x + y", "part 1", "part 2", "first part", "second part", "assemble",
         "kombinier", "zusammensetz", "füge", "concatène", "combine", "assemble", "concatena", "combina",
@@ -283,6 +309,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "birleştir",
     ),
     "OBEY": (
+        "do what they say", "what they say", "do as it says", "then do it", "and comply", "and do it",
         "follow it", "follow them", "follow the instruction", "follow that", "execute it", "execute the",
         "obey", "carry out", "comply with", "do what it says", "act on it", "treat it as", "run it as",
         "perform the instruction", "answer the resulting", "respond to the resulting", "then follow",
@@ -301,6 +328,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- indirect injection (tool results, retrieved documents) ---------------------------------------
     "AI_ADDRESS": (
+        "asystenta ai", "modelu językow", "model językow", "ai grader", "ai reviewer", "ai recruiter",
         "ai assistant", "ai model", "language model", "llm", "chatbot", "if you are an ai",
         "if you're an ai", "note to the ai", "note to ai", "attention ai", "to the assistant",
         "assistant reading", "ai reading", "model reading", "instructions for the ai", "dear ai",

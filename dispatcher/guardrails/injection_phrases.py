@@ -1,6 +1,7 @@
 """Whole phrasings of known attacks (mostly English, some German, French, Spanish, Italian and
 Portuguese): the first detector, tuned against the original labelled set. The concept rules in
-injection.py generalize them to more languages and word orders; both run.
+injection.py generalize them to more languages and word orders; these still run on text that holds
+a role or delimiter marker (`<|im_start|>`, `[INST]`, `### system:`), which only they know.
 """
 
 from __future__ import annotations
@@ -58,92 +59,12 @@ _PATTERNS = [
     r"\bignore\s+(?:todas\s+)?as\s+instruções\s+(?:anteriores|acima)",
 ]
 PHRASES = re.compile("|".join(f"(?:{p})" for p in _PATTERNS), re.IGNORECASE | re.MULTILINE)
-_WORDS = re.compile(r"[^\W\d_]+")
-# Every pattern above needs one of these words (or marker substrings); most prompts have none, and a
-# set intersection over the prompt's words costs a fraction of running the patterns.
-_TRIGGERS = frozenset(
-    [
-        "print",
-        "output",
-        "reveal",
-        "disclose",
-        "leak",
-        "rules",
-        "given",
-        "developer",
-        "mode",
-        "disable",
-        "words",
-        "ignore",
-        "ignoring",
-        "disregard",
-        "forget",
-        "override",
-        "bypass",
-        "skip",
-        "drop",
-        "abandon",
-        "discard",
-        "neglect",
-        "dan",
-        "aim",
-        "jailbreak",
-        "jailbroken",
-        "jailbreaked",
-        "unrestricted",
-        "unfiltered",
-        "uncensored",
-        "stan",
-        "dude",
-        "god",
-        "evil",
-        "pretend",
-        "act",
-        "behave",
-        "roleplay",
-        "role",
-        "imagine",
-        "now",
-        "instructions",
-        "instruction",
-        "task",
-        "sudo",
-        "decode",
-        "base64",
-        "rot13",
-        "repeat",
-        "system",
-        "ignoriere",
-        "ignorier",
-        "vergiss",
-        "missachte",
-        "ignorez",
-        "ignorer",
-        "ignora",
-        "olvida",
-        "ignorar",
-    ]
-)
 _MARKERS = ("<|", "[inst", "[/inst", "<<", "##", "system:", "assistant:")
-_WINDOW = 160  # characters each side of a trigger that a pattern may span
 
 
 def phrases(text: str, lowered: str) -> list[Finding]:
+    """Only where a role or delimiter marker appears: the concept rules cover the rest, and running
+    these patterns around trigger words cost 150 µs on a 2,000-character prompt."""
     if not any(marker in lowered for marker in _MARKERS):
-        hits = [m for m in _WORDS.finditer(lowered) if m.group() in _TRIGGERS]
-        if not hits:
-            return []
-        # Run the patterns only around the triggers (merged windows), not over the whole prompt.
-        windows: list[tuple[int, int]] = []
-        for m in hits:
-            start, end = max(0, m.start() - _WINDOW), min(len(text), m.end() + _WINDOW)
-            if windows and start <= windows[-1][1]:
-                windows[-1] = (windows[-1][0], end)
-            else:
-                windows.append((start, end))
-        found: dict[tuple[int, int], Finding] = {}
-        for start, end in windows:
-            for m in PHRASES.finditer(text, start, end):
-                found[(m.start(), m.end())] = Finding("injection", m.start(), m.end())
-        return list(found.values())
+        return []
     return [Finding("injection", m.start(), m.end()) for m in PHRASES.finditer(text)]

@@ -40,8 +40,9 @@ def _emails(text: str) -> Iterator[Finding]:
     # characters starts, or just after a "%" in it (the only one that satisfies the lookbehind). Searching the window around each "@" instead
     # cost 5 µs a character on "a@a@a@...".
     at = text.find("@")
+    last_dot = text.rfind(".")  # an address has a dot after its "@": none left, no address left
     done = 0
-    while at != -1:
+    while at != -1 and at < last_dot:
         begin = max(done, at - 64)
         first = at
         while first > begin and _is_local(text[first - 1]):
@@ -129,6 +130,7 @@ _TLDS = frozenset(
         "asia",
     ]
 )
+_ADDRESS_LIKE_LOCAL = re.compile(r"(?i)\sdot\s|[\[(<{]dot|[\d._+-]")
 _OBFUSCATED_HINTS = ("dot", "at)", "at]", "at}", "at>")
 
 
@@ -144,8 +146,10 @@ def _obfuscated_emails(text: str) -> Iterator[Finding]:
         if local is None:
             continue
         span = text[local.start() : domain.end()]
-        if not _WRITTEN.search(span) or (at.group().strip().lower() == "at" and "dot" not in span.lower()):
+        if not _WRITTEN.search(span):
             continue
+        if at.group().strip().lower() == "at" and not _ADDRESS_LIKE_LOCAL.search(local.group()):
+            continue  # "I work at example dot com": a plain "at" after a plain word is speech
         yield Finding("email", local.start(), domain.end())
 
 
@@ -155,11 +159,12 @@ def _all_emails(text: str) -> Iterator[Finding]:
 
 
 # --- IP addresses -------------------------------------------------------------------------------
-_IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
+# A network in CIDR notation ("192.168.0.0/16") is not anyone's address.
+_IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d|/\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
 
-_IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d")
+_IPV4_HINT = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]")
 
 
 def _ips(text: str) -> Iterator[Finding]:
@@ -211,6 +216,30 @@ _ASSIGNED_HINTS = ("pass", "pwd", "secret", "key", "token")
 _SAID = re.compile(
     r"(?ai)(?<![a-z])(?:password|passwd|pwd|passphrase)\s+(?:is|was)\s+[\"']?(?!\[[A-Z_]+\])((?=\S*[\d\W])[!#-&(-+\--:<-~]{6,})"
 )
+# The same said in the other languages the guardrails read.
+_SAID_ELSEWHERE = re.compile(
+    r"(?i)(?:(?:passwort|kennwort)\s+(?:ist|lautet|war)|mot de passe\s+(?:est|était)|contraseña\s+(?:es|era)"
+    r"|password\s+è|senha\s+(?:é|era)|wachtwoord\s+is|hasło\s+(?:to|jest)|пароль\s*(?:—|-|:)?"
+    r"|密码是|密碼是|パスワードは|비밀번호는|كلمة المرور(?:\s+هي)?|पासवर्ड\s+है|şifre(?:m|si)?)"
+    r"\s*[\"'«„]?(?!\[[A-Z_]+\])((?=\S*[\d\W])[!#-&(-+\--:<-~]{6,})"
+)
+_SAID_HINTS = (
+    "pass",
+    "pwd",
+    "kennwort",
+    "contraseña",
+    "senha",
+    "wachtwoord",
+    "hasło",
+    "пароль",
+    "密码",
+    "密碼",
+    "パスワード",
+    "비밀번호",
+    "كلمة المرور",
+    "पासवर्ड",
+    "şifre",
+)
 
 
 def _secrets(text: str) -> Iterator[Finding]:
@@ -223,9 +252,11 @@ def _secrets(text: str) -> Iterator[Finding]:
         if any(hint in lowered for hint in _ASSIGNED_HINTS):
             for m in _ASSIGNED.finditer(text):
                 yield Finding("secret", m.start(1), m.end(1))
-    if "pass" in text.lower() or "pwd" in text.lower():
-        for m in _SAID.finditer(text):
-            yield Finding("secret", m.start(1), m.end(1))
+    lowered = text.lower()
+    if any(hint in lowered for hint in _SAID_HINTS):
+        for pattern in (_SAID, _SAID_ELSEWHERE):
+            for m in pattern.finditer(text):
+                yield Finding("secret", m.start(1), m.end(1))
 
 
 # Detectors of digit-bearing entities run only on the windows around digit clusters; the others
@@ -234,16 +265,22 @@ def _in_windows(kinds: Collection[str], regions: tuple[str, ...]) -> list[Detect
     table: dict[str, Detector] = {
         "phone": lambda text: identifiers.phones(text, regions),
         "card": identifiers.cards,
-        "iban": identifiers.ibans,
         "ssn": identifiers.ssns,
         "national_id": identifiers.national_ids,
     }
     return [table[kind] for kind in kinds if kind in table]
 
 
+def _national_in_text(text: str) -> Iterator[Finding]:
+    yield from identifiers.ninos(text)
+    yield from identifiers.fiscal_codes(text)
+
+
+_NEED_DIGITS = frozenset(["iban", "national_id", "ip"])
 _IN_TEXT: dict[str, Detector] = {
     "email": _all_emails,
-    "national_id": identifiers.ninos,
+    "iban": identifiers.ibans,
+    "national_id": _national_in_text,
     "ip": _ips,
     "secret": _secrets,
 }
@@ -253,7 +290,9 @@ _IN_TEXT: dict[str, Detector] = {
 # short separators between them (a Spanish DNI: 8 and a letter); text without such a cluster skips
 # all of those detectors. ISO dates (8 digits) are not clusters.
 _GAP = r"(?:[ \t.\-/()]{0,3}|[ \t]*\r?\n[ \t]*)"
-_CLUSTER = re.compile(rf"\d(?:{_GAP}\d){{8,}}|\d{{8}}-?[A-Za-z]|\+\d(?:{_GAP}\d){{6,}}")
+# [0-9], not \d: a character class lets the scan skip ahead at C speed (99 µs to 9 on 2,000 letters);
+# other scripts' digits are ASCII after normalization.
+_CLUSTER = re.compile(rf"[0-9](?:{_GAP}[0-9]){{8,}}|[0-9]{{7,8}}-?[A-Za-z]|\+[0-9](?:{_GAP}[0-9]){{6,}}")
 
 
 def detect_pii(
@@ -263,12 +302,13 @@ def detect_pii(
     view = normalize(text)
     norm = view.text
     found: list[Finding] = []
+    digits = _DIGIT.search(norm) is not None
     for kind in kinds:
         scan = _IN_TEXT.get(kind)
-        if scan is not None:
+        if scan is not None and (digits or kind not in _NEED_DIGITS):
             found.extend(scan(norm))
     numeric = _in_windows(kinds, regions)
-    if numeric:
+    if numeric and digits:
         for start, end in _numeric_windows(norm):
             piece = norm[start:end]
             for scan in numeric:
@@ -280,6 +320,7 @@ def detect_pii(
     return [Finding(f.kind, *view.original(f.start, f.end)) for f in kept]
 
 
+_DIGIT = re.compile(r"[0-9]")
 _PAD = 48  # context each side of a digit cluster: country codes, "phone:", "SSN" and the like
 
 
