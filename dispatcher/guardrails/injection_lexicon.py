@@ -226,7 +226,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "PERSONA_NAME": (
         "dan mode", "dan modu", "dan-modus", "mode dan", "modo dan", "modalità dan", "dan-modus", "tryb dan", "режим dan", "danモード", "dan 모드", "dan模式", "وضع dan", "dan मोड",
         "dan$", "stan$", "dude$", "aim$", "betterdan", "antigpt", "mongo tom", "evil confidant",
-        "jailbreak$", "jailbroken", "developer mode", "unaligned", "apophis", "ucar$", "nsfwgpt",
+        "jailbreak$", "jailbroken", "unaligned", "apophis", "ucar$", "nsfwgpt",
         "basedgpt",
     ),
     "STRONG": (
