@@ -192,6 +192,12 @@ def classifier() -> tuple[Classify, Callable[[str], float]]:
 
 
 def write_exemplars(path: Path = EXEMPLARS) -> int:
+    """The tuning half as the classifier's exemplars, and their vectors under the packaged model."""
+    import numpy as np
+
+    from schemas.config import InjectionSimilarityBackend
+    from workers.backends.similarity import VECTORS, SimilarityDetector
+
     rows = load(LABELLED, "tuning")
     lines = [
         json.dumps(
@@ -206,6 +212,9 @@ def write_exemplars(path: Path = EXEMPLARS) -> int:
         for r in rows
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # exemplars_path given: the detector embeds them itself rather than reading stale vectors.
+    detector = SimilarityDetector(InjectionSimilarityBackend(exemplars_path=str(path)))
+    np.save(VECTORS, detector.embed([str(r["text"]) for r in rows]).astype(np.float16))
     return len(lines)
 
 

@@ -33,6 +33,9 @@ from schemas.envelope import Endpoint
 from workers.backends.base import BackendError, Json
 
 EXEMPLARS = Path(__file__).with_name("injection_exemplars.jsonl")
+# Their vectors under the packaged model, written with them: embedding 500 exemplars at start-up took
+# 5-10 s of CPU (a minute on a loaded 2-core box); loading these takes milliseconds.
+VECTORS = EXEMPLARS.with_suffix(".npy")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？\n])\s*")
 _SEGMENT_CHARS = 400
 

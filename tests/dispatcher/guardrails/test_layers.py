@@ -59,13 +59,19 @@ async def test_fail_closed_refuses_with_a_503_and_says_why() -> None:
     events: list[str] = []
     with pytest.raises(GuardrailUnavailable) as refused:
         await Guardrails(None).check_input(policy, CLEAN, events)
-    assert refused.value.status == 503 and refused.value.retryable and refused.value.code == "guardrail_unavailable"
+    assert (
+        refused.value.status == 503
+        and refused.value.retryable
+        and refused.value.code == "guardrail_unavailable"
+    )
     assert events == ["injection_classifier:unavailable", "injection_classifier:fail_closed"]
 
 
 async def test_heuristics_block_before_the_classifier_is_asked() -> None:
     policy, _ = resolve(
-        GuardrailsConfig(injection="block", injection_classifier="guard", injection_classifier_failure="closed"),
+        GuardrailsConfig(
+            injection="block", injection_classifier="guard", injection_classifier_failure="closed"
+        ),
         None,
     )
     events: list[str] = []
