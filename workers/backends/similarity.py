@@ -58,16 +58,17 @@ class SimilarityDetector:
         self._model = SentenceTransformer(path, device="cpu", local_files_only=True)
         self._np = np
         self._config = config
-        rows = [
-            json.loads(line)
-            for line in Path(config.exemplars_path or EXEMPLARS).read_text("utf-8").splitlines()
-            if line.strip()
-        ]
-        attacks = [r["text"] for r in rows if r["attack"]]
-        benign = [r["text"] for r in rows if not r["attack"]]
-        self.attack_texts, self.benign_texts = attacks, benign
-        self._attacks = self.embed(attacks)
-        self._benign = self.embed(benign)
+        source = Path(config.exemplars_path or EXEMPLARS)
+        rows = [json.loads(line) for line in source.read_text("utf-8").splitlines() if line.strip()]
+        shipped = config.model_path is None and config.exemplars_path is None and VECTORS.exists()
+        vectors = np.load(VECTORS).astype(np.float32) if shipped else self.embed([r["text"] for r in rows])
+        if len(vectors) != len(rows):
+            raise ValueError(f"{VECTORS.name} does not match {source.name}: rewrite both (--write-exemplars)")
+        attack = [bool(r["attack"]) for r in rows]
+        self.attack_texts = [r["text"] for r, a in zip(rows, attack, strict=True) if a]
+        self.benign_texts = [r["text"] for r, a in zip(rows, attack, strict=True) if not a]
+        self._attacks = vectors[[i for i, a in enumerate(attack) if a]]
+        self._benign = vectors[[i for i, a in enumerate(attack) if not a]]
 
     def embed(self, texts: list[str]) -> Any:
         return self._model.encode(
@@ -75,6 +76,7 @@ class SimilarityDetector:
             normalize_embeddings=True,
             batch_size=32,
             convert_to_numpy=True,
+            show_progress_bar=False,
         )
 
     def classify(self, text: str, exclude: str | None = None) -> Verdict:
