@@ -53,7 +53,7 @@ class Guardrails:
         found: list[str] = []
         blocked: list[str] = []
         rewritten = payload
-        if policy.active:
+        if policy.inspects:
             guard = input_guard(policy)
 
             def change(text: str) -> str:

@@ -44,6 +44,12 @@ class InputPolicy:
 
     @property
     def active(self) -> bool:
+        """Admission has something to check (the texts, or the classifier)."""
+        return self.inspects or self.classifier_injection
+
+    @property
+    def inspects(self) -> bool:
+        """The offline detectors have something to do with each text."""
         return self.pii != "off" or self.heuristic_injection or self.content != "off"
 
     @property

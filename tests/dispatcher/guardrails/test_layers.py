@@ -43,6 +43,7 @@ async def test_classifier_only_skips_the_heuristics_and_fails_open() -> None:
     policy, _ = resolve(
         GuardrailsConfig(injection="block", injection_classifier="guard", injection_layers="classifier"), None
     )
+    assert policy.active and not policy.inspects  # admission must still call the classifier
     events: list[str] = []
     assert await Guardrails(None).check_input(policy, ATTACK, events) == ATTACK
     assert events == ["injection_classifier:unavailable"]
