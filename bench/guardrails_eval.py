@@ -1,30 +1,58 @@
-"""Precision and recall of each guardrail detector on the labelled prompt set.
+"""Precision and recall of the guardrails on the labelled sets, per PII kind, attack family and
+language, for the heuristics, the classifier model and both.
 
-    python bench/guardrails_eval.py [--set tests/dispatcher/guardrails/data/prompts.jsonl]
+    python bench/guardrails_eval.py                       # tuning half of the labelled set
+    python bench/guardrails_eval.py --split holdout       # the held-out half: the figures to believe
+    python bench/guardrails_eval.py --split holdout --classifier   # also the model layer (needs torch)
+    python bench/guardrails_eval.py --cost                # heuristics' cost (2,000 and 100,000 chars)
+    python bench/guardrails_eval.py --write-exemplars     # the classifier's exemplars: the tuning half
 
-Prompt-level: a detector counts a true positive when a prompt labelled with its kind is flagged, a
-false positive when an unlabelled prompt is. Also checks that masking leaves no detected entity in
-what the model would receive (masked text, detected again, finds nothing). The test suite asserts
-floors on these figures; docs/guardrails.md shows the table.
+The labelled set (tests/dispatcher/guardrails/data/labelled.jsonl) is split by a hash of each text,
+fixed here (`split_of`): the tuning half is what the heuristics were tuned on and what the
+classifier's exemplars are; the held-out half is never used for either. On the tuning half the
+classifier is scored leave-one-out (a prompt never finds itself among the exemplars).
+
+Prompt-level: a true positive is a prompt labelled with a kind and flagged by its detector.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import statistics
 import sys
-from dataclasses import dataclass
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dispatcher.guardrails.engine import InputPolicy, input_guard
 from dispatcher.guardrails.findings import mask
 from dispatcher.guardrails.injection import detect_injection
 from dispatcher.guardrails.pii import detect_pii
 from schemas.policy import PII_KINDS
 
-DEFAULT_SET = Path(__file__).resolve().parents[1] / "tests/dispatcher/guardrails/data/prompts.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "tests/dispatcher/guardrails/data"
+LABELLED = DATA / "labelled.jsonl"
+ORIGINAL = DATA / "prompts.jsonl"
+ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"
+EXEMPLARS = Path(__file__).resolve().parents[1] / "workers/backends/injection_exemplars.jsonl"
 DETECTORS = (*PII_KINDS, "injection")
+Row = dict[str, object]
+
+
+def split_of(text: str) -> str:
+    """'holdout' for half of the texts, 'tuning' for the other, by the first byte of a SHA-256."""
+    return "holdout" if hashlib.sha256(text.encode("utf-8")).digest()[0] < 128 else "tuning"
+
+
+def load(path: Path = LABELLED, split: str = "all") -> list[Row]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if split == "all" or split_of(str(r["text"])) == split]
 
 
 @dataclass
@@ -34,6 +62,12 @@ class Score:
     fn: int = 0
     tn: int = 0
 
+    def add(self, labelled: bool, flagged: bool) -> None:
+        self.tp += labelled and flagged
+        self.fn += labelled and not flagged
+        self.fp += flagged and not labelled
+        self.tn += not labelled and not flagged
+
     @property
     def precision(self) -> float:
         return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
@@ -42,61 +76,204 @@ class Score:
     def recall(self) -> float:
         return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
 
+    @property
+    def fpr(self) -> float:
+        return self.fp / (self.fp + self.tn) if self.fp + self.tn else 0.0
 
-def load(path: Path = DEFAULT_SET) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+@dataclass
+class Report:
+    rows: int = 0
+    pii: dict[str, Score] = field(default_factory=lambda: {k: Score() for k in PII_KINDS})
+    # layer -> overall, by family, by language
+    injection: dict[str, Score] = field(default_factory=dict)
+    families: dict[str, dict[str, Score]] = field(default_factory=dict)
+    languages: dict[str, dict[str, Score]] = field(default_factory=dict)
+    leaks: list[str] = field(default_factory=list)
+    misses: list[str] = field(default_factory=list)
 
 
-def flagged(text: str) -> set[str]:
+def heuristic_flags(text: str) -> set[str]:
     return {f.kind for f in detect_pii(text)} | ({"injection"} if detect_injection(text) else set())
 
 
-def evaluate(rows: list[dict[str, object]]) -> tuple[dict[str, Score], list[str]]:
-    """Scores per detector, and the masked texts in which something was still detected."""
-    scores = {name: Score() for name in DETECTORS}
-    leaks: list[str] = []
+Classify = Callable[[str, bool], bool]  # (text, leave it out of the exemplars) -> flagged
+
+
+def evaluate(rows: list[Row], classify: Classify | None = None, tuning: bool = False) -> Report:
+    report = Report(rows=len(rows))
+    layers = ["heuristics", *(["classifier", "combined"] if classify is not None else [])]
+    for layer in layers:
+        report.injection[layer] = Score()
+        report.families[layer] = defaultdict(Score)
+        report.languages[layer] = defaultdict(Score)
     for row in rows:
         text = str(row["text"])
-        labels = set(row["labels"])  # type: ignore[arg-type]
-        found = flagged(text)
-        for name, score in scores.items():
-            if name in labels:
-                score.tp += name in found
-                score.fn += name not in found
-            else:
-                score.fp += name in found
-                score.tn += name not in found
+        labels = set(row["labels"])  # type: ignore[call-overload]
+        found = heuristic_flags(text)
+        for kind in PII_KINDS:
+            report.pii[kind].add(kind in labels, kind in found)
         masked = mask(text, detect_pii(text))
         if detect_pii(masked):
-            leaks.append(masked)
-    return scores, leaks
+            report.leaks.append(masked)
+        attack = "injection" in labels
+        verdicts = {"heuristics": "injection" in found}
+        if classify is not None:
+            verdicts["classifier"] = classify(text, tuning)
+            verdicts["combined"] = verdicts["classifier"] or verdicts["heuristics"]
+        for layer, flagged in verdicts.items():
+            report.injection[layer].add(attack, flagged)
+            family = str(row.get("family", "")) if attack else "benign"
+            report.families[layer][family].add(attack, flagged)
+            report.languages[layer][str(row.get("lang", "?"))].add(attack, flagged)
+        if found - {"injection"} != labels - {"injection"} or verdicts["heuristics"] != attack:
+            report.misses.append(f"labels={sorted(labels)} found={sorted(found)}: {text!r}")
+    return report
 
 
-def table(scores: dict[str, Score]) -> str:
-    lines = [
-        "| detector | positives | precision | recall | false positives | missed |",
+def tables(report: Report) -> str:
+    out = [
+        "| PII kind | positives | precision | recall | false positives | missed |",
         "|---|---|---|---|---|---|",
     ]
-    for name, s in scores.items():
-        lines.append(f"| {name} | {s.tp + s.fn} | {s.precision:.2f} | {s.recall:.2f} | {s.fp} | {s.fn} |")
+    for kind, s in report.pii.items():
+        out.append(f"| {kind} | {s.tp + s.fn} | {s.precision:.2f} | {s.recall:.2f} | {s.fp} | {s.fn} |")
+    layers = list(report.injection)
+    out += ["", "| injection | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
+    measures: list[tuple[str, Callable[[Score], str]]] = [
+        ("precision", lambda s: f"{s.precision:.2f}"),
+        ("recall", lambda s: f"{s.recall:.2f}"),
+        ("false-positive rate on benign prompts", lambda s: f"{s.fpr:.3f} ({s.fp}/{s.fp + s.tn})"),
+    ]
+    for label, get in measures:
+        out.append(f"| {label} | " + " | ".join(get(report.injection[layer]) for layer in layers) + " |")
+    out += [
+        "",
+        "| family (recall) | attacks | " + " | ".join(layers) + " |",
+        "|---|---|" + "---|" * len(layers),
+    ]
+    for family in sorted(f for f in report.families["heuristics"] if f != "benign"):
+        n = report.families["heuristics"][family]
+        row = " | ".join(f"{report.families[layer][family].recall:.2f}" for layer in layers)
+        out.append(f"| {family} | {n.tp + n.fn} | {row} |")
+    out += [
+        "",
+        "| language | attacks | recall: "
+        + " / ".join(layers)
+        + " | benign | false positives: "
+        + " / ".join(layers)
+        + " |",
+        "|---|---|---|---|---|",
+    ]
+    for lang in sorted(report.languages["heuristics"]):
+        n = report.languages["heuristics"][lang]
+        recall = " / ".join(f"{report.languages[layer][lang].recall:.2f}" for layer in layers)
+        fps = " / ".join(str(report.languages[layer][lang].fp) for layer in layers)
+        out.append(f"| {lang} | {n.tp + n.fn} | {recall} | {n.fp + n.tn} | {fps} |")
+    return "\n".join(out)
+
+
+def classifier() -> tuple[Classify, Callable[[str], float]]:
+    """The model layer in process (the same code the worker serves), with the default settings."""
+    from schemas.config import InjectionSimilarityBackend
+    from workers.backends.similarity import SimilarityDetector
+
+    detector = SimilarityDetector(InjectionSimilarityBackend())
+
+    def classify(text: str, leave_out: bool) -> bool:
+        return detector.classify(text, exclude=text if leave_out else None).injection
+
+    def timed(text: str) -> float:
+        started = time.perf_counter()
+        detector.classify(text)
+        return (time.perf_counter() - started) * 1000
+
+    return classify, timed
+
+
+def write_exemplars(path: Path = EXEMPLARS) -> int:
+    """The tuning half as the classifier's exemplars (their vectors are computed and cached on first use)."""
+    rows = load(LABELLED, "tuning")
+    lines = [
+        json.dumps(
+            {
+                "text": r["text"],
+                "attack": "injection" in r["labels"],  # type: ignore[operator]
+                "family": r.get("family"),
+                "lang": r.get("lang"),
+            },
+            ensure_ascii=False,
+        )
+        for r in rows
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(lines)
+
+
+_SENTENCE = (
+    "Our quarterly planning review covers the migration of the billing service, the new caching layer "
+    "and the on-call rotation for the platform team; please summarise the risks and next steps. "
+)
+
+
+def cost() -> str:
+    """The input guard with every detector on (PII mask, injection, content), as admission runs it."""
+    guard = input_guard(InputPolicy(pii="mask", injection="block", content="block"))
+    prompts = {
+        "2,000 characters, clean": (_SENTENCE * 20)[:2000],
+        "2,000 characters, with PII": (
+            _SENTENCE * 8
+            + "Contact anna.schmidt@example.de or +49 30 901820, card 5555 5555 5555 4444. "
+            + _SENTENCE * 8
+        )[:2000],
+        "2,000 characters, German and Chinese": (
+            "Bitte fasse den Bericht zusammen und nenne die Risiken. 请总结这份报告并列出风险。" * 40
+        )[:2000],
+        "100,000 characters, clean": (_SENTENCE * 600)[:100_000],
+    }
+    lines = ["| prompt | p50 | p99 |", "|---|---|---|"]
+    for name, text in prompts.items():
+        runs = 50 if len(text) > 10_000 else 2000
+        samples = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            guard.inspect(text)
+            samples.append((time.perf_counter() - started) * 1000)
+        samples.sort()
+        p99 = samples[min(len(samples) - 1, int(0.99 * len(samples)))]
+        lines.append(f"| {name} | {statistics.median(samples):.3f} ms | {p99:.3f} ms |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", type=Path, default=DEFAULT_SET)
+    parser.add_argument("--set", type=Path, default=LABELLED)
+    parser.add_argument("--split", choices=["tuning", "holdout", "all"], default="tuning")
+    parser.add_argument("--classifier", action="store_true", help="also the model layer (torch)")
     parser.add_argument("--show-misses", action="store_true")
+    parser.add_argument("--cost", action="store_true")
+    parser.add_argument("--write-exemplars", action="store_true")
     args = parser.parse_args()
-    rows = load(args.set)
-    scores, leaks = evaluate(rows)
-    print(f"{len(rows)} prompts, {sum(1 for r in rows if not r['labels'])} clean\n")
-    print(table(scores))
-    print(f"\nmasked prompts with an entity still detected: {len(leaks)}")
+    if args.write_exemplars:
+        print(f"{write_exemplars()} exemplars written to {EXEMPLARS}")
+        return
+    if args.cost:
+        print(cost())
+        return
+    rows = load(args.set, args.split if args.set == LABELLED else "all")
+    classify, timed = classifier() if args.classifier else (None, None)
+    report = evaluate(rows, classify, tuning=args.split == "tuning")
+    print(f"{len(rows)} prompts ({args.split}), {sum(1 for r in rows if not r['labels'])} clean\n")
+    print(tables(report))
+    print(f"\nmasked prompts with an entity still detected: {len(report.leaks)}")
+    if timed is not None:
+        times = sorted(timed(str(r["text"])) for r in rows)
+        print(
+            f"classifier latency per prompt (in process): p50 {statistics.median(times):.1f} ms, "
+            f"p99 {times[min(len(times) - 1, int(0.99 * len(times)))]:.1f} ms"
+        )
     if args.show_misses:
-        for row in rows:
-            found, labels = flagged(str(row["text"])), set(row["labels"])  # type: ignore[arg-type]
-            if found != labels:
-                print(f"labels={sorted(labels)} found={sorted(found)}: {row['text']!r}")
+        print("\n".join(report.misses))
 
 
 if __name__ == "__main__":

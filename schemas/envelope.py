@@ -55,6 +55,7 @@ class OutputGuardrails(BaseModel):
     pii: GuardAction = "off"
     pii_kinds: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
     sanitize: bool = False
+    phone_regions: list[str] | None = None  # None: the default regions
 
 
 class RequestEnvelope(BaseModel):

@@ -55,6 +55,14 @@ class Limits(_Config):
 
 PiiKind = Literal["email", "phone", "card", "iban", "ssn", "national_id", "ip", "secret"]
 PII_KINDS: tuple[PiiKind, ...] = ("email", "phone", "card", "iban", "ssn", "national_id", "ip", "secret")
+# Where a national-format phone number (no "+") is looked up: the countries of the languages the
+# injection detector covers, and a few more. Numbers written with "+" or "00" need no region.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
+    "US", "GB", "DE", "FR", "ES", "IT", "PT", "BR", "NL", "BE", "PL", "RU", "CN", "JP", "KR",
+    "IN", "TR", "SA", "AE", "EG", "CA", "AU", "CH", "AT", "MX",
+)  # fmt: skip
+InjectionLayers = Literal["heuristics", "classifier", "both"]
+ClassifierFailure = Literal["open", "closed"]
 GuardAction = Literal["off", "log", "mask", "block"]
 """off: not run; log: findings recorded (audit, metrics) only; mask: replaced by `[KIND]`; block: 400."""
 GUARD_ACTION_ORDER: tuple[GuardAction, ...] = ("off", "log", "mask", "block")
@@ -73,6 +81,20 @@ class GuardrailsConfig(_Config):
         default=None,
         description="optional model (served through the bus) whose answer 'injection' flags the prompt",
     )
+    injection_layers: InjectionLayers | None = Field(
+        default=None,
+        description="which injection checks run: heuristics, classifier or both (default: both when a "
+        "classifier is named, else heuristics); a model's and a consumer's choices add up",
+    )
+    injection_classifier_failure: ClassifierFailure | None = Field(
+        default=None,
+        description="when the classifier cannot answer: open (the request goes on; default) or closed "
+        "(503); closed wins; either way the audit row says so",
+    )
+    phone_regions: list[str] | None = Field(
+        default=None,
+        description="ISO 3166 countries whose national phone formats are recognised; default: 25 common ones",
+    )
     content: GuardAction | None = Field(default=None, description="content filter categories")
     content_categories: dict[str, list[str]] | None = Field(
         default=None, description="category -> regular expressions; default: the built-in categories"
@@ -85,6 +107,9 @@ class GuardrailsConfig(_Config):
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> GuardrailsConfig:
+        for region in self.phone_regions or ():
+            if not re.fullmatch("[A-Z]{2}", region):
+                raise ValueError(f"phone region {region!r}: expected an ISO 3166 code such as 'DE'")
         for category, patterns in (self.content_categories or {}).items():
             for pattern in patterns:
                 try:

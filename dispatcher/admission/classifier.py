@@ -1,10 +1,12 @@
 """An optional prompt-injection classifier: any chat model Modelbus serves, asked through the bus.
 
-Heuristics catch the known phrasings cheaply; a classifier model (a small fine-tuned one, or a
-general model with the instruction below) catches paraphrases. It is called like any other model —
-queued, capacity-pulled, audited under the consumer `modelbus-guardrails` — with a short deadline.
-If it cannot answer in time the request goes on and the audit row says the check was skipped: a
-guardrail that fails closed would turn a classifier outage into a gateway outage.
+Heuristics catch the known phrasings cheaply; a classifier model catches paraphrases: the CPU
+similarity classifier Modelbus ships (backend type `injection_similarity`), a small fine-tuned model,
+or a general model given the instruction below. It is called like any other model — queued,
+capacity-pulled, audited under the consumer `modelbus-guardrails` — with a short deadline. If it
+cannot answer in time, the policy decides (`injection_classifier_failure`): open (the default) lets
+the request go on, closed refuses it with a 503; either way the audit row says the check was skipped.
+Failing open is the default because a classifier outage would otherwise be a gateway outage.
 """
 
 from __future__ import annotations

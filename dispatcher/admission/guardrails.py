@@ -14,10 +14,11 @@ from typing import Any
 from dispatcher.admission.classifier import InjectionClassifier
 from dispatcher.admission.identity import Identity
 from dispatcher.admission.prompt import estimate_tokens, input_texts, rewrite_texts
-from dispatcher.errors import PolicyViolation
+from dispatcher.errors import GuardrailUnavailable, PolicyViolation
 from dispatcher.guardrails.engine import InputPolicy, OutputPolicy, input_guard, resolve
 from schemas.config import ModelConfig
 from schemas.envelope import Endpoint, OutputGuardrails
+from schemas.policy import DEFAULT_PHONE_REGIONS
 
 _MEMO_LIMIT = 4096
 
@@ -52,7 +53,7 @@ class Guardrails:
         found: list[str] = []
         blocked: list[str] = []
         rewritten = payload
-        if policy.active:
+        if policy.inspects:
             guard = input_guard(policy)
 
             def change(text: str) -> str:
@@ -63,15 +64,28 @@ class Guardrails:
                 return result.text
 
             rewritten = rewrite_texts(payload, change)
-        if policy.injection != "off" and policy.classifier and not blocked and self._classifier is not None:
-            verdict = await self._classifier.flags(policy.classifier, "\n".join(input_texts(payload)))
+        unavailable = False
+        if policy.classifier_injection and policy.classifier and not blocked:
+            verdict = None
+            if self._classifier is not None:
+                verdict = await self._classifier.flags(policy.classifier, "\n".join(input_texts(payload)))
             if verdict is None:
                 found.append("injection_classifier:unavailable")
+                if policy.classifier_failure == "closed":
+                    found.append("injection_classifier:fail_closed")
+                    unavailable = True
             elif verdict:
                 found.append(f"injection_classifier:{policy.injection}")
                 if policy.injection == "block":
                     blocked.append("injection_classifier")
         events.extend(e for e in dict.fromkeys(found) if e not in events)
+        if unavailable:
+            # Fail closed: refusing is the policy's choice, so it is a 503 to retry, not a 400.
+            raise GuardrailUnavailable(
+                "the injection classifier could not be reached and this policy fails closed; retry later",
+                "guardrail_unavailable",
+                retry_after_s=1.0,
+            )
         if blocked:
             raise PolicyViolation(
                 f"the request was blocked by the {blocked[0].replace('_', ' ')} guardrail",
@@ -91,4 +105,7 @@ class Guardrails:
 def _spec(policy: OutputPolicy) -> OutputGuardrails | None:
     if not policy.active:
         return None
-    return OutputGuardrails(pii=policy.pii, pii_kinds=sorted(policy.pii_kinds), sanitize=policy.sanitize)
+    regions = list(policy.phone_regions) if policy.phone_regions != DEFAULT_PHONE_REGIONS else None
+    return OutputGuardrails(
+        pii=policy.pii, pii_kinds=sorted(policy.pii_kinds), sanitize=policy.sanitize, phone_regions=regions
+    )

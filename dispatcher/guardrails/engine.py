@@ -17,7 +17,14 @@ from dispatcher.guardrails.injection import detect_injection
 from dispatcher.guardrails.pii import detect_pii
 from dispatcher.guardrails.sanitize import sanitize
 from dispatcher.guardrails.stream import StreamMasker
-from schemas.policy import GUARD_ACTION_ORDER, PII_KINDS, GuardAction, GuardrailsConfig
+from schemas.policy import (
+    DEFAULT_PHONE_REGIONS,
+    GUARD_ACTION_ORDER,
+    PII_KINDS,
+    ClassifierFailure,
+    GuardAction,
+    GuardrailsConfig,
+)
 
 Categories = tuple[tuple[str, tuple[str, ...]], ...]
 
@@ -31,10 +38,29 @@ class InputPolicy:
     content: GuardAction = "off"
     categories: Categories | None = None  # None: the built-in ones
     max_input_tokens: int | None = None
+    injection_layers: frozenset[str] = frozenset(["heuristics"])  # "heuristics", "classifier"
+    classifier_failure: ClassifierFailure = "open"
+    phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
 
     @property
     def active(self) -> bool:
-        return self.pii != "off" or self.injection != "off" or self.content != "off"
+        """Admission has something to check (the texts, or the classifier)."""
+        return self.inspects or self.classifier_injection
+
+    @property
+    def inspects(self) -> bool:
+        """The offline detectors have something to do with each text."""
+        return self.pii != "off" or self.heuristic_injection or self.content != "off"
+
+    @property
+    def heuristic_injection(self) -> bool:
+        return self.injection != "off" and "heuristics" in self.injection_layers
+
+    @property
+    def classifier_injection(self) -> bool:
+        return (
+            self.injection != "off" and self.classifier is not None and "classifier" in self.injection_layers
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +68,7 @@ class OutputPolicy:
     pii: GuardAction = "off"
     pii_kinds: frozenset[str] = frozenset(PII_KINDS)
     sanitize: bool = False
+    phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
 
     @property
     def active(self) -> bool:
@@ -70,21 +97,49 @@ def resolve(
     limits = [c.max_input_tokens for c in both if c.max_input_tokens is not None]
     classifiers = [c.injection_classifier for c in both if c.injection_classifier]
     m, c = model or GuardrailsConfig(), consumer or GuardrailsConfig()
+    classifier = classifiers[-1] if classifiers else None
+    regions = (
+        tuple(dict.fromkeys(r for cfg in both for r in cfg.phone_regions or ())) or DEFAULT_PHONE_REGIONS
+    )
     inputs = InputPolicy(
         pii=_stricter(m.pii, c.pii),
         pii_kinds=kinds,
         injection=_stricter(m.injection, c.injection),
-        classifier=classifiers[-1] if classifiers else None,
+        classifier=classifier,
         content=_stricter(m.content, c.content),
         categories=tuple(sorted(categories.items())) if categories is not None else None,
         max_input_tokens=min(limits) if limits else None,
+        injection_layers=_layers(both, classifier),
+        classifier_failure="closed"
+        if any(cfg.injection_classifier_failure == "closed" for cfg in both)
+        else "open",
+        phone_regions=regions,
     )
     outputs = OutputPolicy(
         pii=_stricter(m.output_pii, c.output_pii),
         pii_kinds=kinds,
         sanitize=bool(m.sanitize_output or c.sanitize_output),
+        phone_regions=regions,
     )
     return inputs, outputs
+
+
+_LAYERS = {"heuristics": {"heuristics"}, "classifier": {"classifier"}, "both": {"heuristics", "classifier"}}
+
+
+def _layers(configs: list[GuardrailsConfig], classifier: str | None) -> frozenset[str]:
+    """The injection checks to run: what the model and the consumer ask for, together (more checks
+    are stricter). Unset: both when a classifier is named, else the heuristics. A classifier layer
+    with no classifier named anywhere falls back to the heuristics rather than to nothing."""
+    chosen: set[str] = set()
+    for config in configs:
+        if config.injection_layers is not None:
+            chosen |= _LAYERS[config.injection_layers]
+    if not chosen:
+        chosen = {"heuristics", "classifier"} if classifier else {"heuristics"}
+    if classifier is None and "classifier" in chosen:
+        chosen = (chosen - {"classifier"}) | {"heuristics"}
+    return frozenset(chosen)
 
 
 @dataclass
@@ -111,8 +166,8 @@ class InputGuard:
         to_mask: list[Finding] = []
         checks: list[tuple[GuardAction, list[Finding], str]] = []
         if policy.pii != "off":
-            checks.append((policy.pii, detect_pii(text, policy.pii_kinds), "pii."))
-        if policy.injection != "off":
+            checks.append((policy.pii, detect_pii(text, policy.pii_kinds, policy.phone_regions), "pii."))
+        if policy.heuristic_injection:
             checks.append((policy.injection, detect_injection(text), ""))
         if self._content is not None:
             checks.append((policy.content, self._content.find(text), ""))
@@ -134,7 +189,7 @@ class OutputGuard:
         self._kinds = policy.pii_kinds
 
     def _detect(self, text: str) -> list[Finding]:
-        return detect_pii(text, self._kinds) if self.policy.pii != "off" else []
+        return detect_pii(text, self._kinds, self.policy.phone_regions) if self.policy.pii != "off" else []
 
     def apply(self, text: str) -> tuple[str, list[Finding]]:
         """A whole answer's text, masked (if the policy masks) and sanitized."""

@@ -1,153 +1,313 @@
-"""Prompt-injection heuristics: the phrasings that attacks reuse, in a few languages.
+"""Prompt-injection heuristics: attack concepts near each other, in 15 languages, seen through the
+disguises attacks use.
 
-Tuned for precision on ordinary prompts: talking *about* instructions or prompt injection is fine;
-telling the model to drop its instructions, reveal its system prompt, switch into an unrestricted
-persona, or smuggling role markers into user text is flagged. An optional classifier model (see
-ingress/classifier.py) catches paraphrases these miss.
+Talking *about* instructions, personas or prompt injection is fine; an attack combines concepts: an
+IGNORE verb with a PRIOR qualifier and an INSTRUCTIONS noun, a REVEAL verb with "system prompt", a
+persona with "no restrictions", a developer mode being switched on, "never refuse" said to the model,
+a request to decode or join parts and then obey them, a document addressing the AI that reads it.
+The words are in injection_lexicon.py; one trie-shaped regular expression finds them all in a single
+pass (1,500 terms cost 0.07 ms on 2,000 characters, where a plain alternation cost 10 ms).
+
+The text is normalized first (normalize.py: homoglyphs, invisible characters, full-width forms), and
+disguised parts are also read undisguised: leetspeak ("1gn0r3"), letters spread apart ("i g n o r e"),
+base64 and hex spans, rot13 (when the text mentions it), and strings split into variables and joined.
+The optional classifier model (dispatcher/admission/classifier.py) catches paraphrases these miss.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
 import re
+import unicodedata
+from bisect import bisect_left
+from collections.abc import Iterable
 
 from dispatcher.guardrails.findings import Finding
+from dispatcher.guardrails.injection_lexicon import LEXICON
+from dispatcher.guardrails.injection_phrases import phrases
+from dispatcher.guardrails.normalize import Normalized, normalize
 
-_PREVIOUS = r"(?:all |any |the |your |my |these |those )*(?:previous|prior|preceding|above|earlier|former|original|initial|system|existing|old)?"
-_RULES = r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails|constraints|context|programming|restrictions|policies|commands)"
-_PATTERNS = [
-    # "Ignore all previous instructions", "disregard the above", "forget your rules"
-    rf"\b(?:ignore|disregard|forget|override|bypass|skip|drop|abandon|discard|neglect)\s+{_PREVIOUS}\s*{_RULES}",
-    r"\b(?:ignore|disregard|forget)\s+(?:everything|all(?: of)?(?: that| this| the above)?|what (?:you were|i) (?:told|said))\b(?:\s+(?:above|before|previously|so far))?",
-    # System-prompt exfiltration
-    r"\b(?:reveal|show|print|display|repeat|output|leak|disclose|tell me|give me|what (?:is|are|was|were)|write out|spell out)\b[^.?!\n]{0,40}\b(?:your|the)\s+(?:system|initial|original|hidden|secret|full|complete|developer|internal)\s+(?:prompt|instructions?|message|rules|guidelines|configuration)",
-    r"\b(?:repeat|print|output)\s+(?:the\s+)?(?:text|words|everything)\s+(?:above|before)\b",
-    r"\b(?:output|print|repeat|give me|write out)\s+the\s+first\s+\d+\s+words\b",
-    r"\b(?:rules|instructions|guidelines|directions)\s+you\s+(?:were|have been|got)\s+given\b",
-    (
-        r"\b(?:disable|turn off|deactivate|remove|switch off)\s+(?:your|all|the|any)\s+"
-        r"(?:safety|content|moderation|ethical)\s+(?:guidelines|filters?|rules|restrictions|policies|settings|guardrails)"
-    ),
-    # Persona jailbreaks
-    # Persona names alone are ordinary words ("Dan from accounting", "a developer mode toggle"): only
-    # being told to become one, or to switch into one, is an attack.
-    r"\bdo anything now\b",
-    r"\b(?:DAN|STAN|DUDE|jailbreak|unrestricted|evil)\s+mode\s+(?:enabled|activated|on)\b",
-    (
-        r"\b(?:you are|you're|act as|become|pretend to be|stay|respond as|answer as)\s+(?:now\s+)?(?:an?\s+)?"
-        r"(?:DAN|STAN|DUDE|AIM|jailbroken|jailbreak(?:ed)?)\b"
-    ),
-    (
-        r"\b(?:enable|enter|activate|switch (?:in)?to|turn on|you are (?:now )?in|now in|stay in|simulate|unlock)\s+"
-        r"(?:the\s+)?(?:DAN|developer|dev|god|evil|unrestricted|jailbreak|DUDE|STAN)\s*mode\b"
-    ),
-    r"\byou are (?:now |no longer )?(?:an? )?(?:unrestricted|unfiltered|uncensored|jailbroken|free of (?:all )?(?:rules|restrictions))\b",
-    r"\b(?:pretend|act|behave|roleplay|role-play|imagine)\b[^.?!\n]{0,60}\b(?:no|without|free of|not bound by|ignor\w+)\s+(?:any\s+)?(?:rules|restrictions|filters|guidelines|ethics|policies|censorship)",
-    r"\bfrom now on,? you (?:will|must|are|shall|should)\b[^.?!\n]{0,80}\b(?:ignore|no longer|without|not (?:follow|obey)|unrestricted|anything)",
-    r"\bnew (?:system )?instructions?\s*:",
-    r"\byour (?:new )?(?:task|instructions?|rules?) (?:is|are) now\b",
-    # Role and delimiter injection
-    r"<\|(?:im_start|im_end|system|endoftext|start_header_id)\|>",
-    r"\[/?INST\]|<<\s*/?SYS\s*>>",
-    r"^\s*#{2,}\s*(?:system|instructions?|admin)\s*:?\s*$",
-    r"^\s*(?:system|assistant)\s*:\s*(?:you|ignore|new|from now)",
-    r"\b(?:end of (?:system )?(?:prompt|instructions)|system override|admin override|sudo mode)\b",
-    # Obfuscation asked of the model itself
-    r"\b(?:decode|base64[- ]decode|rot13)\b[^.?!\n]{0,40}\b(?:and|then)\s+(?:follow|execute|run|obey|do)\b",
-    # German, French, Spanish, Italian, Portuguese
-    r"\b(?:ignorier\w*|vergiss|missachte\w*)\s+(?:alle\s+)?(?:vorherigen|bisherigen|obigen|vorigen)?\s*(?:anweisungen|instruktionen|regeln|befehle)",
-    r"\bignor\w*\s+(?:toutes?\s+)?(?:les|tes|vos)\s+(?:instructions|consignes|règles)(?:\s+(?:précédentes|ci-dessus|antérieures))?",
-    r"\b(?:ignora|olvida)\w*\s+(?:todas\s+)?(?:las|tus)\s+(?:instrucciones|reglas|indicaciones)(?:\s+(?:anteriores|previas))?",
-    r"\bignora\s+(?:tutte\s+)?(?:le\s+)?istruzioni\s+(?:precedenti|sopra)",
-    r"\bignore\s+(?:todas\s+)?as\s+instruções\s+(?:anteriores|acima)",
-]
-_INJECTION = re.compile("|".join(f"(?:{p})" for p in _PATTERNS), re.IGNORECASE | re.MULTILINE)
-_WORDS = re.compile(r"[^\W\d_]+")
-# Every pattern above needs one of these words (or marker substrings); most prompts have none, and a
-# set intersection over the prompt's words costs a fraction of running the patterns.
-_TRIGGERS = frozenset(
-    [
-        "print",
-        "output",
-        "reveal",
-        "disclose",
-        "leak",
-        "rules",
-        "given",
-        "developer",
-        "mode",
-        "disable",
-        "words",
-        "ignore",
-        "ignoring",
-        "disregard",
-        "forget",
-        "override",
-        "bypass",
-        "skip",
-        "drop",
-        "abandon",
-        "discard",
-        "neglect",
-        "dan",
-        "aim",
-        "jailbreak",
-        "jailbroken",
-        "jailbreaked",
-        "unrestricted",
-        "unfiltered",
-        "uncensored",
-        "stan",
-        "dude",
-        "god",
-        "evil",
-        "pretend",
-        "act",
-        "behave",
-        "roleplay",
-        "role",
-        "imagine",
-        "now",
-        "instructions",
-        "instruction",
-        "task",
-        "sudo",
-        "decode",
-        "base64",
-        "rot13",
-        "repeat",
-        "system",
-        "ignoriere",
-        "ignorier",
-        "vergiss",
-        "missachte",
-        "ignorez",
-        "ignorer",
-        "ignora",
-        "olvida",
-        "ignorar",
-    ]
+Span = tuple[int, int]
+# Scripts whose words take no space before them or have particles and prefixes glued on (Arabic,
+# Hindi, Japanese, Chinese, Korean): their terms match anywhere, not only at a word start.
+_UNSPACED = re.compile(r"[\u0600-\u06ff\u0900-\u097f\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def _trie_pattern(terms: Iterable[str]) -> str:
+    """One regular expression for many terms: shared prefixes are matched once."""
+    root: dict[str, dict] = {}  # type: ignore[type-arg]
+    for term in terms:
+        node = root
+        for ch in term:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, dict]) -> str:  # type: ignore[type-arg]
+        branches = []
+        # Longer terms first: "$" (a word ends here) after every letter that could continue one.
+        for ch in sorted((k for k in node if k), key=lambda k: (k == "$", k)):
+            piece = r"\s+" if ch == " " else re.escape(ch)
+            if ch == "$":
+                piece = r"(?![a-z0-9])"  # a whole word; "DANモード" still names DAN
+            branches.append(piece + build(node[ch]))
+        if "" in node:
+            branches.append("")  # the term may end here; longer ones are tried first
+        if len(branches) == 1:
+            return branches[0]
+        return "(?:" + "|".join(branches) + ")"
+
+    return build(root)
+
+
+def _compile() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, frozenset[str]]]:
+    concepts: dict[str, set[str]] = {}
+    for concept, terms in LEXICON.items():
+        for term in terms:
+            key = normalize(term.lower()).text
+            concepts.setdefault(key, set()).add(concept)
+            # Also without accents: people type "instrucoes", "regles", "zasad" on any keyboard.
+            plain = "".join(c for c in unicodedata.normalize("NFKD", key) if not unicodedata.combining(c))
+            if plain != key and plain.isascii():
+                concepts.setdefault(plain, set()).add(concept)
+    bounded = [t for t in concepts if not _UNSPACED.search(t)]
+    unbounded = [t for t in concepts if _UNSPACED.search(t)]
+    # Matched against lower-cased text: IGNORECASE made the pass 2.5 times slower.
+    words = re.compile(r"(?<![^\W_])" + _trie_pattern(bounded))
+    glued = re.compile(_trie_pattern(unbounded))
+    lookup: dict[str, set[str]] = {}
+    for key, names in concepts.items():
+        lookup.setdefault(key.replace("$", ""), set()).update(names)
+    return words, glued, {k: frozenset(v) for k, v in lookup.items()}
+
+
+_WORD_TERMS, _GLUED_TERMS, _CONCEPTS = _compile()
+_SPACES = re.compile(r"\s+")
+
+# (first concept, second concept, most characters between them, a third that must be near both).
+Rule = tuple[str, str, int, str | None]
+_RULES: tuple[tuple[str, Rule], ...] = (
+    ("override", ("IGNORE", "RULES", 60, "PRIOR")),
+    ("override", ("IGNORE", "SYSTEM_PROMPT", 60, None)),
+    ("override", ("DISABLE", "LIMITS", 40, "YOU")),
+    ("exfiltration", ("REVEAL", "SYSTEM_PROMPT", 60, None)),
+    ("persona", ("PERSONA", "FREE", 120, None)),
+    ("persona", ("PERSONA", "UNLIMITED", 120, None)),
+    ("persona", ("PERSONA", "PERSONA_NAME", 40, None)),
+    ("devmode", ("PERSONA", "MODE", 40, None)),
+    ("devmode", ("ACTIVATE", "PERSONA_NAME", 30, None)),
+    ("devmode", ("ACTIVATE", "MODE", 30, "YOU")),
+    ("refusal", ("NEVER", "REFUSE", 25, "YOU")),
+    ("fiction", ("FICTION", "FREE", 150, None)),
+    ("fiction", ("FICTION", "UNLIMITED", 150, None)),
+    ("fiction", ("CHARACTER_LOCK", "UNLIMITED", 150, None)),
+    ("fiction", ("CHARACTER_LOCK", "REFUSE", 150, None)),
+    ("splitting", ("COMBINE", "OBEY", 100, None)),
+    ("encoded", ("DECODE", "OBEY", 100, None)),
+    ("indirect", ("AI_ADDRESS", "NEW_TASK", 200, None)),
+    ("indirect", ("AI_ADDRESS", "HIDE", 200, None)),
+    ("indirect", ("AI_ADDRESS", "EXFILTRATE", 200, None)),
+    ("indirect", ("HIDE", "EXFILTRATE", 200, None)),
+    ("indirect", ("AI_ADDRESS", "IGNORE", 120, None)),
 )
-_MARKERS = ("<|", "[inst", "[/inst", "<<", "##", "system:", "assistant:")
-_WINDOW = 160  # characters each side of a trigger that a pattern may span
+_NEAR_THIRD = 40  # how far outside the pair the third concept may stand
+
+
+def concept_hits(text: str) -> dict[str, list[Span]]:
+    hits: dict[str, list[Span]] = {}
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a few letters lower-case to two characters (İ): keep offsets
+        lowered = "".join(ch if len(ch.lower()) != 1 else ch.lower() for ch in text)
+    patterns = (_WORD_TERMS, _GLUED_TERMS) if _UNSPACED.search(text) else (_WORD_TERMS,)
+    for pattern in patterns:
+        for m in pattern.finditer(lowered):
+            if m.end() == m.start():
+                continue
+            term = _SPACES.sub(" ", m.group())
+            for concept in _CONCEPTS.get(term, ()):
+                hits.setdefault(concept, []).append((m.start(), m.end()))
+    for spans in hits.values():
+        spans.sort()
+    # Derived concepts: "no" + "restrictions" is unlimited; "send" + "the conversation" exfiltrates.
+    hits["UNLIMITED"] = _pairs(hits, "NEGATED", "LIMITS", 20, None, ordered=False)
+    hits["EXFILTRATE"] = _pairs(hits, "SEND", "LOOT", 80, None, ordered=False)
+    return hits
+
+
+def _pairs(
+    hits: dict[str, list[Span]], first: str, second: str, gap: int, third: str | None, ordered: bool
+) -> list[Span]:
+    """Spans covering a `first` and a `second` hit at most `gap` characters apart (either order
+    unless `ordered`), with a `third` hit near them if one is required. Linear: a sweep, not pairs."""
+    a_spans, b_spans = hits.get(first), hits.get(second)
+    if not a_spans or not b_spans:
+        return []
+    third_starts = [s for s, _ in hits.get(third, ())] if third else None
+    if third is not None and not third_starts:
+        return []
+    found: list[Span] = []
+    for left, right, either in ((a_spans, b_spans, False), (b_spans, a_spans, True)):
+        if either and ordered:
+            break
+        i = 0
+        for start, end in right:
+            # The latest `left` hit that ends before this one starts.
+            while i + 1 < len(left) and left[i + 1][0] < start:
+                i += 1
+            a_start, a_end = left[i]
+            if a_start >= start or start - a_end > gap:
+                continue  # overlapping hits count ("quelles sont tes" + "tes instructions")
+            if third_starts is not None:
+                k = bisect_left(third_starts, a_start - _NEAR_THIRD)
+                if k == len(third_starts) or third_starts[k] > end + _NEAR_THIRD:
+                    continue
+            found.append((a_start, end))
+    return found
+
+
+def _scan(text: str) -> list[Span]:
+    """Injection spans in one (normalized) text: concept rules and whole phrasings."""
+    hits = concept_hits(text)
+    spans = [hit for _, (a, b, gap, third) in _RULES for hit in _pairs(hits, a, b, gap, third, False)]
+    spans.extend(hits.get("STRONG", ()))
+    spans.extend((f.start, f.end) for f in phrases(text, text.lower()))
+    return spans
 
 
 def detect_injection(text: str) -> list[Finding]:
+    view = normalize(text)
+    merged: list[list[int]] = []
+    for start, end in sorted(_scan(view.text) + _disguised(view.text)):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)  # one attack, one finding
+        else:
+            merged.append([start, end])
+    return [Finding("injection", *view.original(s, e)) for s, e in merged]
+
+
+# --- disguises ------------------------------------------------------------------------------------
+_LEET = str.maketrans("0134578@$|!", "oieastbasli")
+_LEET_L = str.maketrans("0134578@$|!", "oleastbasli")  # "ru13s": a 1 is an l as often as an i
+# Hints start with a rare character class, so the scan skips ahead at C speed (8-19 µs on 2,000
+# characters, where patterns starting with a letter class cost 60).
+# A digit inside a word: "@" and "$" alone are e-mail addresses and prices far more often than leet.
+_LEET_HINT = re.compile(r"[0134578](?:(?<=[a-zA-Z].)|(?=[a-zA-Z]))")
+_SPREAD_HINT = re.compile(r"[ .\-_*]\w[ .\-_*]\w[ .\-_*]\w[ .\-_*]")
+_LEET_WORD = re.compile(r"(?i)(?<![\w@$|!])(?=[\w@$|!]*[a-z])(?=[\w@$|!]*[0134578])[\w@$|!]{3,}")
+_SPREAD = re.compile(r"(?<!\w)(?:\w[ .\-_*]){4,}\w(?!\w)")
+_BASE64 = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX = re.compile(r"(?i)(?:\\x[0-9a-f]{2}){8,}")
+_HEX_RUN = re.compile(r"(?:[0-9a-fA-F]{2})+")
+_ROT13_HINTS = ("rot13", "rot-13", "rot 13", "caesar", "cäsar", "césar", "цезар", "凯撒", "シーザー")
+_ASSIGNED = re.compile(r"""(?<!\w)\w{1,12}\s*=\s*(["'])(.{1,200}?)\1""")
+_PRINTABLE = re.compile(r"[\w\s.,;:!?'\"()\-]")
+
+
+def _disguised(text: str) -> list[Span]:
+    spans: list[Span] = []
+    if _LEET_HINT.search(text):
+        # 1:1, offsets unchanged: only the mixed letter-and-digit words are read as letters.
+        words = [m.span() for m in _LEET_WORD.finditer(text)]
+        if words:
+            # Only the stretch around the leet words is read again (a rule spans at most 200 characters).
+            lo, hi = max(0, words[0][0] - 250), words[-1][1] + 250
+            for table in (_LEET, _LEET_L) if "1" in text else (_LEET,):
+                plain = _LEET_WORD.sub(lambda m, t=table: m.group().translate(t), text[lo:hi])  # type: ignore[misc]
+                spans.extend((a + lo, b + lo) for a, b in _scan(plain))
+    if _SPREAD_HINT.search(text) and _SPREAD.search(text):
+        spread = _collapse_spread(text)
+        spans.extend(spread.original(s, e) for s, e in _scan(spread.text))
     lowered = text.lower()
-    if not any(marker in lowered for marker in _MARKERS):
-        hits = [m for m in _WORDS.finditer(lowered) if m.group() in _TRIGGERS]
-        if not hits:
-            return []
-        # Run the patterns only around the triggers (merged windows), not over the whole prompt.
-        windows: list[tuple[int, int]] = []
-        for m in hits:
-            start, end = max(0, m.start() - _WINDOW), min(len(text), m.end() + _WINDOW)
-            if windows and start <= windows[-1][1]:
-                windows[-1] = (windows[-1][0], end)
-            else:
-                windows.append((start, end))
-        found: dict[tuple[int, int], Finding] = {}
-        for start, end in windows:
-            for m in _INJECTION.finditer(text, start, end):
-                found[(m.start(), m.end())] = Finding("injection", m.start(), m.end())
-        return list(found.values())
-    return [Finding("injection", m.start(), m.end()) for m in _INJECTION.finditer(text)]
+    if any(hint in lowered for hint in _ROT13_HINTS):
+        spans.extend(_scan(codecs.encode(text, "rot13")))
+    spans.extend(
+        (m.start(), m.end()) for m, decoded in _encoded(text) if decoded is not None and _scan(decoded)
+    )
+    assigned = list(_ASSIGNED.finditer(text)) if text.count("=") >= 2 else []
+    if len(assigned) >= 2 and _scan("".join(m.group(2) for m in assigned)):
+        spans.append((assigned[0].start(), assigned[-1].end()))
+    return spans
+
+
+def undisguised(text: str) -> list[str]:
+    """The disguised parts of `text` read plainly (for the classifier model, which embeds them)."""
+    view = normalize(text).text
+    readings: list[str] = []
+    if _LEET_HINT.search(view):
+        for table in (_LEET, _LEET_L) if "1" in view else (_LEET,):
+            plain = _LEET_WORD.sub(lambda m, t=table: m.group().translate(t), view)  # type: ignore[misc]
+            if plain != view:
+                readings.append(plain)
+    if _SPREAD_HINT.search(view) and _SPREAD.search(view):
+        readings.append(_collapse_spread(view).text)
+    if any(hint in view.lower() for hint in _ROT13_HINTS):
+        readings.append(codecs.encode(view, "rot13"))
+    readings.extend(decoded for _, decoded in _encoded(view) if decoded is not None)
+    assigned = list(_ASSIGNED.finditer(view)) if view.count("=") >= 2 else []
+    if len(assigned) >= 2:
+        readings.append("".join(m.group(2) for m in assigned))
+    return readings
+
+
+def _encoded(text: str) -> list[tuple[re.Match[str], str | None]]:
+    """Base64 and hex spans with what they decode to (None: not text)."""
+    encoded: list[tuple[re.Match[str], str | None]] = []
+    if "\\x" in text:
+        encoded.extend((m, _from_hex(m.group())) for m in _HEX.finditer(text))
+    if max(map(len, text.split()), default=0) >= 16:
+        for m in _BASE64.finditer(text):
+            hex_run = _HEX_RUN.fullmatch(m.group())
+            encoded.append((m, _from_hex(m.group()) if hex_run else _from_base64(m.group())))
+    return encoded
+
+
+def _collapse_spread(text: str) -> Normalized:
+    """ "i g n o r e  a l l" or "i.g.n.o.r.e a.l.l" read as "ignore all": in a run of single letters,
+    the commonest separator is dropped and any other one becomes the space between words."""
+    out: list[str] = []
+    changes: list[tuple[int, int, int]] = []
+    at = 0
+    n = 0
+    for m in _SPREAD.finditer(text):
+        out.append(text[at : m.start()])
+        n += m.start() - at
+        separators = text[m.start() + 1 : m.end() : 2]
+        inner = max(set(separators), key=separators.count)
+        for i in range(m.start(), m.end()):
+            ch = text[i]
+            if (i - m.start()) % 2 and ch == inner:
+                changes.append((n, i, 0))
+                continue
+            out.append(" " if (i - m.start()) % 2 else ch)
+            n += 1
+        at = m.end()
+    out.append(text[at:])
+    return Normalized("".join(out), changes)
+
+
+def _text_or_none(raw: bytes) -> str | None:
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if len(decoded) < 8 or len(_PRINTABLE.findall(decoded)) < 0.9 * len(decoded):
+        return None
+    return decoded
+
+
+def _from_base64(span: str) -> str | None:
+    cleaned = span.replace("-", "+").replace("_", "/")
+    try:
+        raw = base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _text_or_none(raw)
+
+
+def _from_hex(span: str) -> str | None:
+    digits = re.sub(r"(?i)\\x|[ :]", "", span)
+    try:
+        return _text_or_none(bytes.fromhex(digits))
+    except ValueError:
+        return None

@@ -14,13 +14,15 @@ from dispatcher.guardrails.engine import OutputGuard, OutputPolicy, output_guard
 from dispatcher.guardrails.sanitize import sanitize
 from dispatcher.guardrails.stream import StreamMasker
 from schemas.envelope import Endpoint, OutputGuardrails
+from schemas.policy import DEFAULT_PHONE_REGIONS
 
 Json = dict[str, Any]
 
 
 class ResponseGuard:
     def __init__(self, spec: OutputGuardrails, endpoint: Endpoint) -> None:
-        policy = OutputPolicy(spec.pii, frozenset(spec.pii_kinds), spec.sanitize)
+        regions = tuple(spec.phone_regions) if spec.phone_regions else DEFAULT_PHONE_REGIONS
+        policy = OutputPolicy(spec.pii, frozenset(spec.pii_kinds), spec.sanitize, regions)
         self._guard: OutputGuard = output_guard(policy)
         self._sanitize = spec.sanitize
         self._key = "text" if endpoint is Endpoint.COMPLETIONS else "content"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from schemas.config import Backend as BackendConfig
-from schemas.config import OpenAIBackend, SimulatorBackend
+from schemas.config import InjectionSimilarityBackend, OpenAIBackend, SimulatorBackend
 from workers.backends.base import Backend, BackendError
 from workers.backends.openai_compat import OpenAICompatBackend
 from workers.backends.simulator import SimulatorAdapter
@@ -14,6 +14,11 @@ def build_backend(config: BackendConfig, model: str, max_concurrency: int) -> Ba
         return SimulatorAdapter(config, model)
     if isinstance(config, OpenAIBackend):
         return OpenAICompatBackend(config, model, max_concurrency)
+    if isinstance(config, InjectionSimilarityBackend):
+        # Imported here: only a classifier worker loads it (and, through it, torch).
+        from workers.backends.similarity import SimilarityClassifierBackend
+
+        return SimilarityClassifierBackend(config, model)
     raise TypeError(f"unknown backend {config!r}")
 
 

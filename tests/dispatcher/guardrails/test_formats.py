@@ -1,0 +1,105 @@
+"""Every PII format and disguise the guardrails once missed, found in input and masked in streamed
+output; normalization maps findings back so masking replaces exactly what was written."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dispatcher.guardrails.findings import mask
+from dispatcher.guardrails.normalize import normalize
+from dispatcher.guardrails.pii import detect_pii
+from dispatcher.guardrails.response import ResponseGuard
+from schemas.envelope import Endpoint, OutputGuardrails
+
+# (text, kind, the exact original span that must be masked)
+MISSED = [
+    ("card 4111.1111.1111.1111 please", "card", "4111.1111.1111.1111"),
+    ("card 4111/1111/1111/1111 please", "card", "4111/1111/1111/1111"),
+    ("the card is 4111 1111\n1111 1111 thanks", "card", "4111 1111\n1111 1111"),
+    ("カード ４１１１ １１１１ １１１１ １１１１ です", "card", "４１１１ １１１１ １１１１ １１１１"),
+    ("card 4111\u200b1111\u200b1111\u200b1111 ok", "card", "4111\u200b1111\u200b1111\u200b1111"),
+    ("iban de89 3704 0044 0532 0130 00 for rent", "iban", "de89 3704 0044 0532 0130 00"),
+    ("iban de89370400440532013000 for rent", "iban", "de89370400440532013000"),
+    ("from abroad call 0044 20 7946 0958 today", "phone", "0044 20 7946 0958"),
+    ("Rufen Sie 030 12345678 an", "phone", "030 12345678"),
+    ("Appelez le 01 23 45 67 89 demain", "phone", "01 23 45 67 89"),
+    ("電話番号は03-1234-5678です", "phone", "03-1234-5678"),
+    ("Kontakt: JÖRG@BÜCHER.DE bitte", "email", "JÖRG@BÜCHER.DE"),
+    ("mail john dot doe at example dot com today", "email", "john dot doe at example dot com"),
+    ("write jdoe [at] example [dot] org", "email", "jdoe [at] example [dot] org"),
+    ("SSN 078.05.1120 on file", "ssn", "078.05.1120"),
+]
+
+
+@pytest.mark.parametrize(("text", "kind", "entity"), MISSED)
+def test_format_is_found_and_masked_exactly(text: str, kind: str, entity: str) -> None:
+    found = detect_pii(text)
+    assert [f.kind for f in found] == [kind]
+    assert mask(text, found) == text.replace(entity, f"[{kind.upper()}]")
+
+
+@pytest.mark.parametrize(("text", "kind", "entity"), MISSED)
+def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None:
+    guard = ResponseGuard(OutputGuardrails(pii="mask"), Endpoint.CHAT)
+    sent = []
+    answer = "Here is what you asked for, as recorded in the customer file today: " + text + " - done."
+    for i in range(0, len(answer), 3):
+        chunk = {"choices": [{"index": 0, "delta": {"content": answer[i : i + 3]}, "finish_reason": None}]}
+        guard.chunk(chunk)
+        sent.append(chunk["choices"][0]["delta"]["content"])
+    last = guard.finish()
+    if last is not None:
+        sent.append(last["choices"][0]["delta"]["content"])
+    assert "".join(sent) == answer.replace(entity, f"[{kind.upper()}]")
+    assert f"output.pii.{kind}:mask" in guard.events
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I work at example dot com as a designer.",
+        "The range 192.168.0.0/16 is private.",
+        "Order 4711-0815-2024 shipped; invoice 2024/03/15/00042.",
+        "Call extension 666-12-3456 for facilities.",
+        "Version 10.0.19045.2965, build 2024-01-15.",
+    ],
+)
+def test_lookalikes_are_left_alone(text: str) -> None:
+    assert detect_pii(text) == []
+
+
+_INVISIBLE = st.sampled_from(["\u200b", "\u200d", "\u2060", "\ufeff", "\u202e", "\u00ad"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    before=st.text(alphabet="abc .,", max_size=20),
+    after=st.text(alphabet="abc .,", max_size=20),
+    noise=st.lists(st.tuples(st.integers(1, 18), _INVISIBLE), max_size=6),  # inside the number
+    wide=st.booleans(),
+)
+def test_masking_replaces_what_was_written_whatever_hides_in_it(
+    before: str, after: str, noise: list[tuple[int, str]], wide: bool
+) -> None:
+    card = "4111 1111 1111 1111"
+    if wide:
+        card = card.translate(str.maketrans("0123456789 ", "０１２３４５６７８９\u3000"))
+    chars = list(card)
+    for at, ch in sorted(noise, reverse=True):
+        chars.insert(at, ch)
+    written = "".join(chars)
+    text = f"{before} card {written} {after}"
+    assert mask(text, detect_pii(text)) == f"{before} card [CARD] {after}"
+
+
+def test_normalized_offsets_map_back_to_the_original() -> None:
+    text = "x\u200b\u200by ﬁ ① ｚ"
+    view = normalize(text)
+    assert view.text == "xy fi 1 z"
+    assert [text[slice(*view.original(i, i + 1))] for i in range(len(view.text))] == [
+        "x", "y", " ", "ﬁ", "ﬁ", " ", "①", " ", "ｚ",
+    ]  # fmt: skip
+    # A word mixing Latin and Cyrillic letters is read as Latin; a Russian word is left alone.
+    assert normalize("pаypal Привет").text == "paypal Привет"
