@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from dispatcher.settings import BusSettings
+from ingress.http_limits import HttpLimits
 
 
 class IngressSettings(BusSettings):
@@ -20,6 +21,24 @@ class IngressSettings(BusSettings):
     default_timeout_s: float = Field(default=600.0, gt=0, description="deadline when the client sets none")
     max_timeout_s: float = Field(default=3600.0, gt=0)
     sse_keepalive_s: float = Field(default=10.0, gt=0, description="comment lines while queued")
+    # HTTP limits (ingress/http_limits.py)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="larger request heads get 431")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="a head slower than this gets 408")
+    body_timeout_s: float = Field(
+        default=120.0, gt=0, description="a body not complete this long after its head gets 408"
+    )
+    keep_alive_timeout_s: int = Field(default=75, gt=0, description="idle keep-alive connections close")
+    max_connections: int = Field(default=1000, gt=0, description="open connections past this get 503")
+    # Batch files (ingress/routes/files.py)
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0, description="larger files get 413")
+    storage_quota_bytes: int = Field(
+        default=1024 * 1024 * 1024, gt=0, description="files one consumer may keep; past it uploads get 429"
+    )
+
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            self.max_header_bytes, self.header_timeout_s, self.body_timeout_s, self.max_connections
+        )
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> IngressSettings:

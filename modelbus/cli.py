@@ -110,6 +110,7 @@ def ingress(
     import uvicorn
 
     from ingress.app import create_app
+    from ingress.http_limits import limited_protocol
     from ingress.settings import IngressSettings
 
     _logging(log_level)
@@ -125,11 +126,12 @@ def ingress(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools with the head size, head and body timeouts and connection cap uvicorn lacks.
+        http=limited_protocol(settings.http_limits()),
         log_level="warning",
         access_log=False,
         # Generations last minutes: only idle keep-alive connections are closed early.
-        timeout_keep_alive=75,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=30,
         # With a certificate the port speaks only TLS: plain HTTP is never served on it.
         ssl_certfile=settings.tls_cert,
