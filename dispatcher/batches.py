@@ -58,6 +58,14 @@ class BatchStore:
             purpose=purpose,
         )
 
+    async def stored_bytes(self, consumer: str) -> int:
+        """What a consumer's files take (its storage quota is counted against this)."""
+        async with self._engine.connect() as conn:
+            used = await conn.scalar(
+                text("SELECT COALESCE(SUM(bytes), 0) FROM files WHERE consumer = :c"), {"c": consumer}
+            )
+        return int(used or 0)
+
     async def file(self, consumer: str, file_id: str) -> FileObject | None:
         async with self._engine.connect() as conn:
             row = (

@@ -189,5 +189,9 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
         traffic=traffic,
         engine=engine,
         batches=batch_store,
-        batch_intake=BatchIntake(batch_store, js, bus, live, subjects) if batch_store is not None else None,
+        batch_intake=(
+            BatchIntake(batch_store, js, bus, live, subjects, settings.max_body_bytes)
+            if batch_store is not None
+            else None
+        ),
     )

@@ -79,3 +79,14 @@ async def require_admin(identity: Caller, services: ServicesDep) -> Identity:
 
 
 Admin = Annotated[Identity, Depends(require_admin)]
+
+
+async def require_batch(identity: Caller, services: ServicesDep) -> Identity:
+    """FastAPI dependency for uploads and batch creation: 403 unless a role grants `batch` (on
+    some model; each line's model is checked again when the file is read)."""
+    if not services.live.authorizer.permits(identity.roles, None, "batch"):
+        raise APIError(403, "your roles do not allow batch", "permission_denied")
+    return identity
+
+
+BatchCaller = Annotated[Identity, Depends(require_batch)]

@@ -39,9 +39,7 @@ class HttpLimits:
 
 def _refusal(status: int, message: str, code: str) -> bytes:
     body = error_body(status, message, code).model_dump_json().encode()
-    head = (
-        b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-    )
+    head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
     return STATUS_LINE[status] + head + body
 
 
@@ -62,7 +60,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            self._refuse(503, "too many open connections to this ingress; retry later", "too_many_connections")
+            self._refuse(
+                503, "too many open connections to this ingress; retry later", "too_many_connections"
+            )
             return
         self._arm_head_timer()
 

@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from dispatcher.batches import BatchStore
 from ingress.audit import note_target
-from ingress.auth import Caller
+from ingress.auth import BatchCaller, Caller
+from ingress.batch_files import NO_RETRY, JsonlUpload, LineRules, read_multipart_upload
 from ingress.deps import Services, ServicesDep
 from ingress.errors import APIError
 
 router = APIRouter(prefix="/v1")
-MAX_FILE_BYTES = 200 * 1024 * 1024
+# The body is streamed by hand (ingress/batch_files.py), so the form is described here.
+_UPLOAD_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": ["batch"]},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 def batch_store(services: Services) -> BatchStore:
@@ -29,22 +47,27 @@ def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-@router.post("/files")
-async def upload_file(
-    request: Request,
-    identity: Caller,
-    services: ServicesDep,
-    file: Annotated[UploadFile, File()],
-    purpose: Annotated[str, Form()],
-) -> Response:
+@router.post("/files", openapi_extra=_UPLOAD_FORM)
+async def upload_file(request: Request, identity: BatchCaller, services: ServicesDep) -> Response:
+    """A batch input file, checked line by line as it arrives (ingress/batch_files.py)."""
+    store = batch_store(services)
+    settings = services.settings
+    quota_left = settings.storage_quota_bytes - await store.stored_bytes(identity.consumer)
+    rules = LineRules(identity, services.live.current, None, settings.max_body_bytes)
+    upload = JsonlUpload(rules, settings.max_upload_bytes, quota_left)
+    filename, purpose = await read_multipart_upload(request, upload)
     if purpose != "batch":
         raise APIError(400, "purpose must be 'batch'", "invalid_purpose", "purpose")
-    content = await file.read(MAX_FILE_BYTES + 1)
-    if len(content) > MAX_FILE_BYTES:
-        raise APIError(413, f"files are limited to {MAX_FILE_BYTES} bytes", "file_too_large")
-    stored = await batch_store(services).add_file(
-        identity.consumer, file.filename or "upload.jsonl", purpose, content
-    )
+    content = await upload.finish()
+    # Uploads of one consumer racing each other could each fit what was left: count again.
+    if len(content) > settings.storage_quota_bytes - await store.stored_bytes(identity.consumer):
+        raise APIError(
+            429,
+            "this upload would exceed your storage quota; delete files first",
+            "storage_quota_exceeded",
+            headers=NO_RETRY,
+        )
+    stored = await store.add_file(identity.consumer, filename, purpose, content)
     note_target(request, file_id=stored.id, bytes=stored.bytes, purpose=purpose)
     return _json(stored.model_dump())
 

@@ -131,9 +131,17 @@ def test_thousand_line_batch_completes_while_interactive_latency_holds(
 def test_files_are_private_and_deletable(gateway: str) -> None:
     mine = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
     theirs = openai.OpenAI(base_url=gateway, api_key=OTHER_KEY, max_retries=0)
-    uploaded = mine.files.create(file=("a.jsonl", io.BytesIO(b'{"x": 1}\n')), purpose="batch")
+    line = orjson.dumps(
+        {
+            "custom_id": "a",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "chat-sim", "messages": [{"role": "user", "content": "hi"}]},
+        }
+    )
+    uploaded = mine.files.create(file=("a.jsonl", io.BytesIO(line + b"\n")), purpose="batch")
     assert mine.files.retrieve(uploaded.id).filename == "a.jsonl"
-    assert mine.files.content(uploaded.id).content == b'{"x": 1}\n'
+    assert mine.files.content(uploaded.id).content == line + b"\n"
     assert uploaded.id in [f.id for f in mine.files.list()]
     with pytest.raises(openai.NotFoundError):
         theirs.files.retrieve(uploaded.id)
@@ -142,15 +150,14 @@ def test_files_are_private_and_deletable(gateway: str) -> None:
         mine.files.retrieve(uploaded.id)
 
 
-def test_invalid_batch_file_is_refused_with_the_line_number(gateway: str) -> None:
+def test_invalid_batch_file_is_refused_at_upload_with_the_line_number(gateway: str) -> None:
     client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
-    bad = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "chat-sim"}}\n'
-    uploaded = client.files.create(file=("bad.jsonl", io.BytesIO(bad)), purpose="batch")
+    good = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "chat-sim", "messages": [{"role": "user", "content": "x"}]}}\n'
+    bad = b'{"custom_id": "b", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "chat-sim"}}\n'
     with pytest.raises(openai.BadRequestError) as caught:
-        client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-    assert "line 1" in caught.value.message
+        client.files.create(file=("bad.jsonl", io.BytesIO(good + bad)), purpose="batch")
+    assert "line 2" in caught.value.message and caught.value.code == "invalid_batch_line"
+    assert client.files.list().data == []  # nothing was stored
 
 
 def test_cancelled_batch_ends_cancelled_with_the_unrun_lines_as_errors(

@@ -4,8 +4,6 @@ close), the connection cap (503); `/healthz` answers throughout."""
 from __future__ import annotations
 
 import socket
-import statistics
-import threading
 import time
 from urllib.parse import urlsplit
 
@@ -14,6 +12,7 @@ import orjson
 import pytest
 
 from schemas.config import ModelConfig, SimulatorBackend
+from tests.health_probe import HealthProbe
 from tests.servers import TEST_KEY, Cluster, with_consumers
 
 HEADER_TIMEOUT_S = 2.0
@@ -48,40 +47,6 @@ def _read_all(sock: socket.socket, timeout: float) -> bytes:
         return received
     except TimeoutError:
         return b"<open>" + received
-
-
-class HealthProbe:
-    """Polls /healthz every 20 ms on its own connection and keeps the latencies."""
-
-    def __init__(self, gateway: str) -> None:
-        self._url = gateway.removesuffix("/v1") + "/healthz"
-        self.latencies: list[float] = []
-        self.failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=5) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    ok = client.get(self._url).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.latencies.append((time.perf_counter() - started) * 1000)
-                self.failures += not ok
-                self._stop.wait(0.02)
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def p99(self) -> float:
-        return statistics.quantiles(self.latencies, n=100)[98]
 
 
 def test_head_past_64_kib_gets_431_without_reading_it_whole(gateway: str) -> None:
@@ -134,8 +99,10 @@ def test_slowloris_connections_are_closed_within_the_header_timeout(gateway: str
         sock.close()
     assert len(closed_at) == 40
     slowest = max(closed_at.values())
-    print(f"\n40 slowloris connections closed after at most {slowest:.2f} s (header timeout {HEADER_TIMEOUT_S} s);"
-          f" healthz p99 {probe.p99():.1f} ms over {len(probe.latencies)} probes")
+    print(
+        f"\n40 slowloris connections closed after at most {slowest:.2f} s (header timeout {HEADER_TIMEOUT_S} s);"
+        f" healthz p99 {probe.p99():.1f} ms over {len(probe.latencies)} probes"
+    )
     assert slowest < HEADER_TIMEOUT_S + 1.0
     assert probe.failures == 0 and probe.p99() < 50
 
