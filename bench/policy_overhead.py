@@ -109,7 +109,7 @@ async def run(requests: int) -> dict[str, list[float]]:
             assert live.authorizer.permits(identity.roles, "m", "chat")
             t2 = time.perf_counter()
             policy, output = guardrails.policies(live.revision, model, identity)
-            payload = await guardrails.check_input(policy, payload, [])
+            payload = (await guardrails.check_input(policy, payload, [])).payload
             t3 = time.perf_counter()
             tokens = estimate_tokens(Endpoint.CHAT, payload, 256)
             held = Held(await gate.admit(identity, "m", tokens, None))

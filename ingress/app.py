@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from dispatcher.admission.classifier import InjectionClassifier
 from dispatcher.admission.guardrails import Guardrails
 from dispatcher.admission.live_config import LiveConfig
+from dispatcher.admission.offload import Offload
 from dispatcher.admission.pipeline import Admission
 from dispatcher.admission.quota import QuotaGate
 from dispatcher.api_keys import KeyRegistry
@@ -150,12 +151,16 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
     ledger = await QuotaLedger.open(nc, subjects, settings)
     cleanup.push_async_callback(ledger.drain)
     responses = await ResponseStore.open(js, subjects, settings, nc.max_payload)
+    offload = Offload(settings.offload_processes, settings.offload_min_bytes)
+    cleanup.callback(offload.close)
+    await offload.start()
     admission = Admission(
         live,
-        Guardrails(InjectionClassifier(bus, live)),
+        Guardrails(InjectionClassifier(bus, live), offload),
         QuotaGate(Limiter(ledger, subjects), ledger),
         responses,
         health.estimated_wait_s,
+        offload,
     )
     semantic = await SemanticCache.open(js, subjects, settings, bus, live)
     relay = Relay(bus, settings, admission, intake, Degradation(admission, health, intake, cache, semantic))

@@ -29,6 +29,11 @@ class IngressSettings(BusSettings):
     )
     keep_alive_timeout_s: int = Field(default=75, gt=0, description="idle keep-alive connections close")
     max_connections: int = Field(default=1000, gt=0, description="open connections past this get 503")
+    # Large bodies are validated and scanned in worker processes (dispatcher/admission/offload.py)
+    offload_min_bytes: int = Field(
+        default=256 * 1024, gt=0, description="bodies this large are checked off the event loop"
+    )
+    offload_processes: int = Field(default=1, ge=1, description="worker processes for large bodies")
     # Batch files (ingress/routes/files.py)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0, description="larger files get 413")
     storage_quota_bytes: int = Field(

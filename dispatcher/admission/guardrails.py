@@ -9,23 +9,36 @@ messages' contents.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from dispatcher.admission.classifier import InjectionClassifier
 from dispatcher.admission.identity import Identity
-from dispatcher.admission.prompt import estimate_tokens, input_texts, rewrite_texts
+from dispatcher.admission.offload import Offload
+from dispatcher.admission.prompt import estimate_prompt_tokens, input_texts, rewrite_texts
 from dispatcher.errors import GuardrailUnavailable, PolicyViolation
 from dispatcher.guardrails.engine import InputPolicy, OutputPolicy, input_guard, resolve
 from schemas.config import ModelConfig
-from schemas.envelope import Endpoint, OutputGuardrails
+from schemas.envelope import OutputGuardrails
 from schemas.policy import DEFAULT_PHONE_REGIONS
 
 _MEMO_LIMIT = 4096
 
 
+@dataclass(frozen=True)
+class Checked:
+    payload: dict[str, Any]  # what to send on (masked where the policy masks)
+    body: bytes | None  # `payload` as JSON, when the scan produced it (None: serialize if needed)
+    prompt_tokens: int | None  # estimate_prompt_tokens of `payload`, when the scan counted it
+
+
 class Guardrails:
-    def __init__(self, classifier: InjectionClassifier | None) -> None:
+    def __init__(self, classifier: InjectionClassifier | None, offload: Offload | None = None) -> None:
+        """`offload`: worker processes that scan large payloads off the event loop."""
         self._classifier = classifier
+        self._offload = offload
         self._memo: dict[tuple[int, str, str | None], tuple[InputPolicy, OutputGuardrails | None]] = {}
 
     def policies(
@@ -44,16 +57,25 @@ class Guardrails:
         return found
 
     async def check_input(
-        self, policy: InputPolicy, payload: dict[str, Any], events: list[str]
-    ) -> dict[str, Any]:
+        self, policy: InputPolicy, payload: dict[str, Any], events: list[str], body: bytes | None = None
+    ) -> Checked:
         """The payload to send (masked where the policy masks), or PolicyViolation if a guard blocks.
 
         Findings are appended to `events`, each kind once, also when the request is refused.
+        `body`: `payload` as JSON, if the caller has it; a large one is scanned in a worker process.
         """
         found: list[str] = []
         blocked: list[str] = []
         rewritten = payload
-        if policy.inspects:
+        rewritten_body: bytes | None = None
+        prompt: int | None = None
+        offload = self._offload
+        if policy.inspects and body is not None and offload is not None and offload.wants(len(body)):
+            scanned = await offload.scan(policy, body)
+            found, blocked, prompt = list(scanned.found), list(scanned.blocked), scanned.prompt_tokens
+            if scanned.payload is not None:
+                rewritten, rewritten_body = orjson.loads(scanned.payload), scanned.payload
+        elif policy.inspects:
             guard = input_guard(policy)
 
             def change(text: str) -> str:
@@ -92,14 +114,15 @@ class Guardrails:
                 "content_policy_violation",
             )
         if policy.max_input_tokens is not None:
-            prompt = estimate_tokens(Endpoint.EMBEDDINGS, rewritten)  # prompt side only
+            if prompt is None:
+                prompt = estimate_prompt_tokens(rewritten)
             if prompt > policy.max_input_tokens:
                 raise PolicyViolation(
                     f"the input is about {prompt} tokens, more than the {policy.max_input_tokens} allowed",
                     "context_length_exceeded",
                     "messages",
                 )
-        return rewritten
+        return Checked(rewritten, rewritten_body, prompt)
 
 
 def _spec(policy: OutputPolicy) -> OutputGuardrails | None:

@@ -21,6 +21,7 @@ from dispatcher.admission.admitted import Admitted
 from dispatcher.admission.guardrails import Guardrails
 from dispatcher.admission.identity import Identity
 from dispatcher.admission.live_config import LiveConfig, Revision
+from dispatcher.admission.offload import Offload
 from dispatcher.admission.pools import PoolChoice, WaitOf, choose_member
 from dispatcher.admission.prompt import (
     completion_budget,
@@ -57,6 +58,19 @@ class AuditNotes:
 
 
 @dataclass(frozen=True)
+class _Body:
+    """A validated request body, as admission uses it."""
+
+    model: str
+    payload: dict[str, Any]  # normalized: each declared scalar as validation coerced it
+    payload_json: bytes | None  # `payload` as JSON when known (the client's bytes if unchanged)
+    prompt_tokens: int | None  # estimate_prompt_tokens(payload), when already counted
+    max_output: int | None
+    sequences: int
+    stream: bool
+
+
+@dataclass(frozen=True)
 class Submission:
     identity: Identity
     spec: EndpointSpec
@@ -76,9 +90,12 @@ class Admission:
         quota: QuotaGate | None,
         responses: ResponseStore | None,
         wait_of: WaitOf | None = None,
+        offload: Offload | None = None,
     ) -> None:
         """`quota` and `responses` None: a rehearsal (`modelbus config test`), every step but the
-        token reservation and reading stored conversations."""
+        token reservation and reading stored conversations. `offload`: worker processes that
+        validate large bodies off the event loop (the guardrails hold the same pool)."""
+        self._offload = offload
         self._live = live
         self._guardrails = guardrails
         self._quota = quota
@@ -88,21 +105,21 @@ class Admission:
     async def admit(self, submission: Submission, notes: Notes) -> Admitted:
         """Everything the request needs downstream, or a Refused error (nothing reserved)."""
         identity, spec = submission.identity, submission.spec
-        parsed = parse(spec.schema, submission.body)
-        model: str = parsed.model  # type: ignore[attr-defined]  # every inference schema has one
+        body = await self._prepared(submission)
+        model = body.model
         notes.model_requested = model
         revision = self._live.current  # one revision for the whole request
         operation = submission.operation or spec.operation
         _authorize(revision.authorizer.permits(identity.roles, model, operation), operation, model)
-        raw: dict[str, Any] = orjson.loads(submission.body)
-        payload = normalized(parsed, raw)
+        payload, payload_json, prompt = body.payload, body.payload_json, body.prompt_tokens
         if spec.endpoint is Endpoint.RESPONSES and payload.get("previous_response_id"):
             # The whole conversation goes through the guardrails and counts against the limits: it
             # is what the model will read.
             if self._responses is None:
                 raise InvalidRequest("stored conversations are not available here", "unsupported_parameter")
             payload = await self._responses.continued(payload, identity.consumer)
-        max_output, sequences = completion_budget(parsed)
+            payload_json, prompt = None, None
+        max_output, sequences = body.max_output, body.sequences
         pool = revision.config.pool(model)
         rule: str | None
         if pool is not None:
@@ -117,8 +134,14 @@ class Admission:
             notes.policy_actions.append(f"route:{rule}")
         input_policy, output_guard = self._guardrails.policies(revision.number, target, identity)
         if input_policy.active or input_policy.max_input_tokens is not None:
-            payload = await self._guardrails.check_input(input_policy, payload, notes.policy_actions)
-        tokens = estimate_tokens(spec.endpoint, payload, max_output, sequences)
+            checked = await self._guardrails.check_input(
+                input_policy, payload, notes.policy_actions, payload_json
+            )
+            if checked.payload is not payload:
+                payload, payload_json, prompt = checked.payload, checked.body, checked.prompt_tokens
+            elif checked.prompt_tokens is not None:
+                prompt = checked.prompt_tokens
+        tokens = estimate_tokens(spec.endpoint, payload, max_output, sequences, prompt)
         reservation = None
         if self._quota is not None:
             reservation = await self._quota.admit(identity, model, tokens, submission.wait_until_ms)
@@ -131,12 +154,41 @@ class Admission:
             lane=submission.lane or identity.lane,
             rule=rule,
             payload=payload,
-            body=submission.body if payload is raw else orjson.dumps(payload),
-            stream=bool(getattr(parsed, "stream", False)),
+            body=payload_json if payload_json is not None else orjson.dumps(payload),
+            stream=body.stream,
             quota=Held(reservation),
             output_guard=output_guard,
             revision=revision.number,
             operation=operation,
+        )
+
+    async def _prepared(self, submission: Submission) -> _Body:
+        """The validated body; a large one validated in a worker process (dispatcher/admission/offload.py)."""
+        spec, body = submission.spec, submission.body
+        if self._offload is not None and self._offload.wants(len(body)):
+            prepared = await self._offload.prepare(spec.path, body)
+            payload_json = body if prepared.payload is None else prepared.payload
+            return _Body(
+                prepared.model,
+                orjson.loads(payload_json),
+                payload_json,
+                prepared.prompt_tokens,
+                prepared.max_output,
+                prepared.sequences,
+                prepared.stream,
+            )
+        parsed = parse(spec.schema, body)
+        raw: dict[str, Any] = orjson.loads(body)
+        payload = normalized(parsed, raw)
+        max_output, sequences = completion_budget(parsed)
+        return _Body(
+            parsed.model,  # type: ignore[attr-defined]  # every inference schema has one
+            payload,
+            body if payload is raw else None,
+            None,
+            max_output,
+            sequences,
+            bool(getattr(parsed, "stream", False)),
         )
 
     async def retarget(self, admitted: Admitted, target: ModelConfig, notes: Notes) -> Admitted | None:
@@ -152,18 +204,24 @@ class Admission:
             return None
         input_policy, output_guard = self._guardrails.policies(revision.number, target, identity)
         payload = admitted.payload
+        body = admitted.body
         if input_policy.active or input_policy.max_input_tokens is not None:
             try:
-                payload = await self._guardrails.check_input(input_policy, payload, notes.policy_actions)
+                checked = await self._guardrails.check_input(
+                    input_policy, payload, notes.policy_actions, admitted.body
+                )
             except PolicyViolation:
                 notes.policy_actions.append(f"fallback_refused:{target.name}")
                 return None
+            if checked.payload is not payload:
+                payload = checked.payload
+                body = checked.body if checked.body is not None else orjson.dumps(payload)
         return replace(
             admitted,
             target=target,
             version=choose_version(target, identity.consumer),
             payload=payload,
-            body=admitted.body if payload is admitted.payload else orjson.dumps(payload),
+            body=body,
             output_guard=output_guard,
             revision=revision.number,
         )

@@ -77,14 +77,20 @@ def visit_texts(payload: dict[str, Any], change: Change) -> dict[str, Any]:
 
 
 def estimate_tokens(
-    endpoint: Endpoint, payload: dict[str, Any], max_output: int | None = None, sequences: int = 1
+    endpoint: Endpoint,
+    payload: dict[str, Any],
+    max_output: int | None = None,
+    sequences: int = 1,
+    prompt: int | None = None,
 ) -> int:
     """Prompt tokens (estimated from characters) plus the most the completion may use.
 
     `max_output` and `sequences` come from the validated request (see `completion_budget`), so a
-    limit sent as a string or a float counts exactly as the backend will apply it.
+    limit sent as a string or a float counts exactly as the backend will apply it. `prompt`: the
+    payload's `estimate_prompt_tokens`, when a worker process already counted it.
     """
-    prompt = estimate_prompt_tokens(payload)
+    if prompt is None:
+        prompt = estimate_prompt_tokens(payload)
     if endpoint in _PROMPT_ONLY:
         return prompt
     return prompt + completion_reserve(max_output, sequences)

@@ -45,7 +45,7 @@ async def test_classifier_only_skips_the_heuristics_and_fails_open() -> None:
     )
     assert policy.active and not policy.inspects  # admission must still call the classifier
     events: list[str] = []
-    assert await Guardrails(None).check_input(policy, ATTACK, events) == ATTACK
+    assert (await Guardrails(None).check_input(policy, ATTACK, events)).payload == ATTACK
     assert events == ["injection_classifier:unavailable"]
 
 
