@@ -66,6 +66,16 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             # collections from walking it (measured: 50-95 ms pauses at c=16 without, 2-13 ms with).
             gc.collect()
             gc.freeze()
+            import os as _os  # TEMP-DIAG
+
+            if _os.environ.get("STALL_LOG"):  # TEMP-DIAG
+                import asyncio as _a
+                import sys as _sys  # TEMP-DIAG
+
+                _sys.path.insert(0, "/tmp/pt12b-diag")  # TEMP-DIAG
+                import stallwatch  # TEMP-DIAG
+
+                stallwatch.install(_a.get_running_loop())  # TEMP-DIAG
             yield
 
     app = FastAPI(
@@ -195,8 +205,9 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
         engine=engine,
         batches=batch_store,
         batch_intake=(
-            BatchIntake(batch_store, js, bus, live, subjects, settings.max_body_bytes)
+            BatchIntake(batch_store, js, bus, live, subjects, settings.max_body_bytes, offload)
             if batch_store is not None
             else None
         ),
+        offload=offload,
     )

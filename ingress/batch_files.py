@@ -3,14 +3,19 @@
 An upload is refused at the first line or byte past a limit: a line that does not validate (400,
 with its number), more than `MAX_LINES` lines (400), a line longer than a request body may be
 (400), the file past `max_upload_bytes` (413) or past what is left of the consumer's storage quota
-(429). Lines are checked in slices (`dispatcher/slices.py`): a 50 MB file never stalls the loop.
+(429). The per-line work (JSON, schemas) runs in the ingress's worker processes
+(`dispatcher/admission/offload.py`) in pieces of whole lines; the loop keeps only what spans pieces
+(line count, unique custom_ids) and RBAC. On a busy machine even short slices of CPU work in the
+loop thread made `/healthz` wait (p99 88-190 ms with 2 ms slices at load 9-13 on 2 cores): the
+loop thread must stay idle enough that the kernel runs it at once when a request arrives.
 Batch creation checks the stored file again with the same rules, the batch's endpoint and the
 configuration of that moment (roles may have changed since the upload).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -18,107 +23,163 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from dispatcher.admission.identity import Identity
 from dispatcher.admission.live_config import Revision
+from dispatcher.admission.offload import Offload
 from dispatcher.admission.validation import invalid, validate
 from dispatcher.errors import InvalidRequest, Refused
-from dispatcher.slices import Slices
 from ingress.errors import APIError
-from schemas.batches import BatchLine
+from schemas.batches import BatchLine, QueuedLine
 from schemas.endpoints import BY_PATH
 
 MAX_LINES = 50_000
 # A quota does not clear by retrying: the openai SDK honours this header and does not retry the 429.
 NO_RETRY = {"x-should-retry": "false"}
-_MAX_FIELDS = 8  # `purpose` and whatever else a client library adds
+_MAX_FIELDS = 8
+# One worker-process call per piece: a round trip costs about a millisecond, a piece 10-40 ms of
+# validation, and the loop only copies it.
+PIECE_BYTES = 512 * 1024  # `purpose` and whatever else a client library adds
 
 
 def _refused(number: int, message: str, code: str = "invalid_batch_line", status: int = 400) -> APIError:
     return APIError(status, f"line {number}: {message}", code)
 
 
-class LineRules:
-    """What every line of one caller's batch file must satisfy under one configuration revision."""
+# In a worker process (dispatcher/admission/offload.py): the per-byte work of a piece of a file. ----
 
-    def __init__(self, identity: Identity, revision: Revision, endpoint: str | None, max_line_bytes: int):
+
+@dataclass(frozen=True)
+class _LineError:
+    number: int
+    message: str
+    code: str = "invalid_batch_line"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What the lines of one piece of a file ask for; the caller checks what spans pieces."""
+
+    lines: list[tuple[int, str]]  # (line number, custom_id) of each non-blank line
+    models: dict[tuple[str, str], int]  # (model, url) -> the first line that asks for it
+    error: _LineError | None  # the first line that does not validate (the lines before it are listed)
+
+
+def check_piece(data: bytes, first_number: int, endpoint: str | None, max_line_bytes: int) -> Piece:
+    """Validate whole lines of a batch file: each a `BatchLine` whose body fits its endpoint."""
+    lines: list[tuple[int, str]] = []
+    models: dict[tuple[str, str], int] = {}
+    for number, raw in enumerate(data.split(b"\n"), start=first_number):
+        if not raw.strip():
+            continue
+        try:
+            if len(raw) > max_line_bytes:
+                raise InvalidRequest(f"longer than the {max_line_bytes} bytes a request may have", "")
+            line = BatchLine.model_validate_json(raw)
+            if endpoint is not None and line.url != endpoint:
+                raise InvalidRequest(f"url {line.url} differs from the batch endpoint", "")
+            model: str = validate(BY_PATH[line.url].schema, line.body).model  # type: ignore[attr-defined]
+        except ValidationError as exc:
+            return Piece(lines, models, _LineError(number, invalid(exc).message))
+        except InvalidRequest as exc:
+            return Piece(lines, models, _LineError(number, exc.message))
+        lines.append((number, line.custom_id))
+        models.setdefault((model, line.url), number)
+    return Piece(lines, models, None)
+
+
+def queued_piece(data: bytes, first_index: int, template: QueuedLine) -> list[bytes]:
+    """The batch-line messages of the (already checked) lines of a piece, indexed from `first_index`."""
+    out: list[bytes] = []
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        line = BatchLine.model_validate_json(raw)
+        queued = template.model_copy(
+            update={
+                "index": first_index + len(out),
+                "custom_id": line.custom_id,
+                "url": line.url,
+                "body": line.body,
+            }
+        )
+        out.append(queued.model_dump_json().encode())
+    return out
+
+
+# In the event loop: what spans pieces, and RBAC. ----------------------------------------------------
+
+
+class LineRules:
+    """What the lines of one caller's batch file must satisfy under one configuration revision; the
+    per-line validation runs in `offload` (a worker process), pieces of about `PIECE_BYTES`."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        revision: Revision,
+        endpoint: str | None,
+        max_line_bytes: int,
+        offload: Offload,
+    ) -> None:
         self._identity = identity
         self._revision = revision
         self._endpoint = endpoint  # None at upload: the batch's endpoint is named only at creation
         self.max_line_bytes = max_line_bytes
+        self._offload = offload
         self._models: set[tuple[str, str]] = set()
         self._custom_ids: set[str] = set()
         self.count = 0
 
-    def check(self, number: int, raw: bytes) -> BatchLine | None:
-        """The line, None for a blank one, or APIError naming the line."""
-        if not raw.strip():
-            return None
-        if len(raw) > self.max_line_bytes:
-            raise _refused(number, f"longer than the {self.max_line_bytes} bytes a request may have")
-        if self.count == MAX_LINES:
-            raise APIError(400, f"a batch holds at most {MAX_LINES} requests", "invalid_batch_file")
-        try:
-            line = BatchLine.model_validate_json(raw)
-            if self._endpoint is not None and line.url != self._endpoint:
-                raise _refused(number, f"url {line.url} differs from the batch endpoint")
-            spec = BY_PATH[line.url]
-            model: str = validate(spec.schema, line.body).model  # type: ignore[attr-defined]
-            if (model, line.url) not in self._models:
-                # RBAC before the lookup, as for a direct call: a caller cannot probe for models.
-                if not self._revision.authorizer.permits(self._identity.roles, model, "batch"):
-                    raise _refused(
-                        number,
-                        f"your roles do not allow batch on the model {model!r}",
-                        "permission_denied",
-                        403,
-                    )
-                self._revision.catalog.resolve(model, spec.endpoint)
-                self._models.add((model, line.url))
-        except ValidationError as exc:
-            raise _refused(number, invalid(exc).message) from None
-        except InvalidRequest as exc:
-            raise _refused(number, exc.message) from None
-        except Refused as exc:
-            raise APIError(exc.status, f"line {number}: {exc.message}", exc.code, exc.param) from None
-        if line.custom_id in self._custom_ids:
-            raise _refused(number, "custom_id values must be unique within a batch", "invalid_batch_file")
-        self._custom_ids.add(line.custom_id)
-        self.count += 1
-        return line
+    async def check(self, data: bytes, first_number: int) -> None:
+        """Check whole lines (`data` ends at a line end or the file's end), or APIError naming a line."""
+        piece = await self._offload.run(check_piece, data, first_number, self._endpoint, self.max_line_bytes)
+        for number, custom_id in piece.lines:
+            if self.count == MAX_LINES:
+                raise APIError(400, f"a batch holds at most {MAX_LINES} requests", "invalid_batch_file")
+            if custom_id in self._custom_ids:
+                raise _refused(number, "custom_id values must be unique within a batch", "invalid_batch_file")
+            self._custom_ids.add(custom_id)
+            self.count += 1
+        for (model, url), number in piece.models.items():
+            if (model, url) in self._models:
+                continue
+            # RBAC before the lookup, as for a direct call: a caller cannot probe for models.
+            if not self._revision.authorizer.permits(self._identity.roles, model, "batch"):
+                raise _refused(
+                    number, f"your roles do not allow batch on the model {model!r}", "permission_denied", 403
+                )
+            try:
+                self._revision.catalog.resolve(model, BY_PATH[url].endpoint)
+            except Refused as exc:
+                raise APIError(exc.status, f"line {number}: {exc.message}", exc.code, exc.param) from None
+            self._models.add((model, url))
+        if piece.error is not None:
+            raise _refused(piece.error.number, piece.error.message, piece.error.code)
+
+    def check_count(self) -> None:
+        if self.count == 0:
+            raise APIError(400, f"a batch holds 1 to {MAX_LINES} requests", "invalid_batch_file")
 
 
-def split_lines(content: bytes) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) without copying the whole file into a list first."""
-    start, number = 0, 0
+def pieces(content: bytes) -> Iterator[tuple[int, int, int]]:
+    """(start, end, number of the first line) of pieces of about PIECE_BYTES, cut at line ends."""
+    start, number = 0, 1
     while start < len(content):
-        end = content.find(b"\n", start)
+        end = content.find(b"\n", min(start + PIECE_BYTES, len(content)))
         end = len(content) if end < 0 else end
-        number += 1
-        yield number, content[start:end]
+        yield start, end, number
+        number += content.count(b"\n", start, end) + 1
         start = end + 1
 
 
-async def checked_lines(content: bytes, rules: LineRules) -> AsyncIterator[BatchLine]:
-    """Every non-blank line of a stored file, checked, in slices."""
-    slices = Slices()
-    for number, raw in split_lines(content):
-        line = rules.check(number, raw)
-        if line is not None:
-            yield line
-        await slices.tick()
-    if rules.count == 0:
-        raise APIError(400, f"a batch holds 1 to {MAX_LINES} requests", "invalid_batch_file")
-
-
 class JsonlUpload:
-    """An uploaded file as it arrives: split into lines, each checked; refused at the first byte or
-    line past a limit. Memory is the file so far plus at most one partial line."""
+    """An uploaded file as it arrives: cut into pieces of whole lines, each checked; refused at the
+    first byte or line past a limit. Memory is the file so far plus at most one piece."""
 
     def __init__(self, rules: LineRules, max_bytes: int, quota_left: int) -> None:
         self._rules = rules
         self._max_bytes = max_bytes
         self._quota_left = quota_left
-        self._partial = b""
-        self._number = 0
-        self._slices = Slices()
+        self._checked = 0  # bytes of `content` whose lines are checked
+        self._number = 1  # the number of the first unchecked line
         self.content = bytearray()
 
     async def feed(self, data: bytes) -> None:
@@ -132,23 +193,23 @@ class JsonlUpload:
                 headers=NO_RETRY,
             )
         self.content += data
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for raw in lines:
-            await self._line(raw)
-        if len(self._partial) > self._rules.max_line_bytes:
-            await self._line(self._partial)  # refused as too long, without waiting for its end
+        if len(self.content) - self._checked >= PIECE_BYTES:
+            end = self.content.rfind(b"\n", self._checked)
+            if end >= 0:
+                await self._check(end)
+            if len(self.content) - self._checked > self._rules.max_line_bytes + PIECE_BYTES:
+                await self._check(len(self.content))  # a line too long: refused before its end arrives
 
-    async def _line(self, raw: bytes) -> None:
-        self._number += 1
-        self._rules.check(self._number, raw)
-        await self._slices.tick()
+    async def _check(self, end: int) -> None:
+        data = bytes(self.content[self._checked : end])
+        await self._rules.check(data, self._number)
+        self._number += data.count(b"\n") + 1
+        self._checked = end + 1
 
     async def finish(self) -> bytes:
-        if self._partial:
-            await self._line(self._partial)
-        if self._rules.count == 0:
-            raise APIError(400, f"a batch file holds 1 to {MAX_LINES} requests", "invalid_batch_file")
+        if self._checked < len(self.content):
+            await self._check(len(self.content))
+        self._rules.check_count()
         return bytes(self.content)
 
 

@@ -17,12 +17,13 @@ from nats.js import JetStreamContext
 
 from dispatcher.admission.identity import Identity
 from dispatcher.admission.live_config import LiveConfig
+from dispatcher.admission.offload import Offload
 from dispatcher.batches import BatchStore
 from dispatcher.client import BusClient
 from dispatcher.errors import ModelbusError
 from dispatcher.subjects import Subjects
 from dispatcher.tasks.batch_feeder import line_task_id, queue_lines
-from ingress.batch_files import LineRules, checked_lines
+from ingress.batch_files import LineRules, pieces, queued_piece
 from ingress.errors import APIError
 from schemas.batches import COMPLETION_WINDOW_S, Batch, BatchCreate, QueuedLine
 
@@ -36,8 +37,10 @@ class BatchIntake:
         live: LiveConfig,
         subjects: Subjects,
         max_line_bytes: int,
+        offload: Offload,
     ) -> None:
         self._max_line_bytes = max_line_bytes
+        self._offload = offload
         self._store = store
         self._js = js
         self._bus = bus
@@ -48,37 +51,36 @@ class BatchIntake:
         content = await self._store.file_content(identity.consumer, create.input_file_id)
         if content is None:
             raise APIError(404, f"no file {create.input_file_id!r}", "file_not_found", "input_file_id")
-        # Checked in slices first (nothing is recorded for a file that fails), then read again line
-        # by line as the lines are queued: the parsed lines of a 50 MB file are never all in memory.
-        revision = self._live.current
-        rules = LineRules(identity, revision, create.endpoint, self._max_line_bytes)
-        async for _ in checked_lines(content, rules):
-            pass
+        # Checked first (nothing is recorded for a file that fails), then made into batch-line
+        # messages piece by piece as they are queued, both in the worker processes.
+        rules = LineRules(identity, self._live.current, create.endpoint, self._max_line_bytes, self._offload)
+        for start, end, number in pieces(content):
+            await rules.check(content[start:end], number)
+        rules.check_count()
         batch_id = await self._store.create_batch(
             identity.consumer, create.endpoint, create.input_file_id, rules.count, create.metadata
         )
-        deadline_ms = int(time.time() * 1000) + COMPLETION_WINDOW_S * 1000
-        snapshot = identity.snapshot()
-        traceparent = request.headers.get("traceparent")
+        template = QueuedLine(
+            batch_id=batch_id,
+            index=0,
+            custom_id="-",
+            url=create.endpoint,
+            body={},
+            identity=identity.snapshot(),
+            traceparent=request.headers.get("traceparent"),
+            deadline_ms=int(time.time() * 1000) + COMPLETION_WINDOW_S * 1000,
+        )
 
-        async def queued() -> AsyncIterator[QueuedLine]:
-            again = LineRules(identity, revision, create.endpoint, self._max_line_bytes)
+        async def messages() -> AsyncIterator[bytes]:
             index = 0
-            async for line in checked_lines(content, again):
-                yield QueuedLine(
-                    batch_id=batch_id,
-                    index=index,
-                    custom_id=line.custom_id,
-                    url=line.url,
-                    body=line.body,
-                    identity=snapshot,
-                    traceparent=traceparent,
-                    deadline_ms=deadline_ms,
-                )
-                index += 1
+            for start, end, _ in pieces(content):
+                made = await self._offload.run(queued_piece, content[start:end], index, template)
+                index += len(made)
+                for message in made:
+                    yield message
 
         try:
-            await queue_lines(self._js, self._subjects, queued())
+            await queue_lines(self._js, self._subjects, batch_id, messages())
         except ModelbusError:
             # Lines already queued find their batch failed and are dropped by the feeder.
             await self._store.set_status(

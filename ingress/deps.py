@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from dispatcher.admission.live_config import LiveConfig
+    from dispatcher.admission.offload import Offload
     from dispatcher.admission.pipeline import Admission
     from dispatcher.api_keys import KeyRegistry
     from dispatcher.audit.publisher import AuditPublisher
@@ -56,6 +57,7 @@ class Services:
     engine: AsyncEngine | None  # None without MODELBUS_DATABASE_URL: no files, batches or audit API
     batches: BatchStore | None
     batch_intake: BatchIntake | None
+    offload: Offload  # worker processes for large bodies and batch files
 
 
 def services_of(scope: Scope) -> Services | None:

@@ -33,7 +33,7 @@ class IngressSettings(BusSettings):
     offload_min_bytes: int = Field(
         default=256 * 1024, gt=0, description="bodies this large are checked off the event loop"
     )
-    offload_processes: int = Field(default=1, ge=1, description="worker processes for large bodies")
+    offload_processes: int = Field(default=2, ge=1, description="worker processes for large bodies")
     # Batch files (ingress/routes/files.py)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0, description="larger files get 413")
     storage_quota_bytes: int = Field(

@@ -1,7 +1,7 @@
 """The CPU-heavy steps of admitting a large body, run in a worker process so the event loop never
 waits on one request.
 
-A 4 MB chat body with 37,000 PII-laden messages costs about 75 ms of schema validation, 100 ms of
+The same pool checks batch files (ingress/batch_files.py). A 4 MB chat body with 37,000 PII-laden messages costs about 75 ms of schema validation, 100 ms of
 walks over the texts and 4 s of guardrail scanning; in the loop that stalled every other request
 (a 3.6 MB body stalled `/healthz` for 6.6 s). A thread would not help: pydantic, orjson and `re`
 hold the GIL for a whole call. So for bodies of `min_bytes` or more the steps run here, in a pool
@@ -13,10 +13,14 @@ round trip costs more than checking them.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
+import signal
+import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -30,6 +34,9 @@ from dispatcher.admission.validation import parse
 from dispatcher.errors import InvalidRequest
 from dispatcher.guardrails.engine import InputPolicy, input_guard
 from schemas.endpoints import BY_PATH
+
+T = TypeVar("T")
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,10 @@ def scan(policy: InputPolicy, payload_json: bytes) -> Scanned:
 
 
 def _ready() -> None:
-    """Run once in each new worker: import everything a first request would."""
+    """Run once in each new worker: die with the ingress (a worker left behind would keep scanning
+    for nobody), and import everything a first request would."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     input_guard(InputPolicy(pii="mask")).inspect("warm up +1 415 555 0101")
 
 
@@ -119,13 +129,19 @@ class Offload:
         # mid-flight.
         context = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_ready)
+        self.processes = processes
 
     def wants(self, size: int) -> bool:
         return size >= self.min_bytes
 
     async def start(self) -> None:
         """Start the workers now, so that the first large request does not wait for them."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, _ready)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(self.processes)))
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` in a worker process: a module-level function of picklable arguments."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def prepare(self, path: str, body: bytes) -> Prepared:
         result = await asyncio.get_running_loop().run_in_executor(self._pool, prepare, path, body)

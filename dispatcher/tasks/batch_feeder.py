@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -68,37 +68,29 @@ def line_task_id(batch_id: str, index: int) -> str:
 
 
 async def queue_lines(
-    js: JetStreamContext, subjects: Subjects, lines: Iterable[QueuedLine] | AsyncIterable[QueuedLine]
+    js: JetStreamContext, subjects: Subjects, batch_id: str, messages: AsyncIterable[bytes]
 ) -> None:
-    """Put a new batch's lines on its batch-line stream, each deduplicated by batch and line, so a
-    retried publish never queues a line twice. Raises BusUnavailable or QueueFull.
+    """Put a new batch's lines (serialized `QueuedLine`s, in index order) on its batch-line stream,
+    each deduplicated by batch and line, so a retried publish never queues a line twice. Raises
+    BusUnavailable or QueueFull.
 
     `_PARALLEL` publishers share one iterator: lines are made as they are sent (a 50,000-line batch
     is never all in memory, nor 50,000 tasks created at once)."""
-    source = _aiter(lines)
+    source = aiter(messages)
     lock = asyncio.Lock()
+    counter = iter(range(1 << 62))
+    subject = subjects.batch_lines(batch_id)
 
     async def publisher() -> None:
         while True:
             async with lock:  # one async generator is not safe to advance from two tasks at once
-                line = await anext(source, None)
-            if line is None:
+                message = await anext(source, None)
+                index = next(counter)
+            if message is None:
                 return
-            headers = {"Nats-Msg-Id": f"{line.batch_id}:{line.index}"}
-            await publish_durably(
-                js, subjects.batch_lines(line.batch_id), line.model_dump_json().encode(), headers, 10.0
-            )
+            await publish_durably(js, subject, message, {"Nats-Msg-Id": f"{batch_id}:{index}"}, 10.0)
 
     await asyncio.gather(*(publisher() for _ in range(_PARALLEL)))
-
-
-async def _aiter(lines: Iterable[QueuedLine] | AsyncIterable[QueuedLine]) -> AsyncIterator[QueuedLine]:
-    if isinstance(lines, AsyncIterable):
-        async for line in lines:
-            yield line
-    else:
-        for line in lines:
-            yield line
 
 
 class BatchFeeder:

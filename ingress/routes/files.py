@@ -53,7 +53,7 @@ async def upload_file(request: Request, identity: BatchCaller, services: Service
     store = batch_store(services)
     settings = services.settings
     quota_left = settings.storage_quota_bytes - await store.stored_bytes(identity.consumer)
-    rules = LineRules(identity, services.live.current, None, settings.max_body_bytes)
+    rules = LineRules(identity, services.live.current, None, settings.max_body_bytes, services.offload)
     upload = JsonlUpload(rules, settings.max_upload_bytes, quota_left)
     filename, purpose = await read_multipart_upload(request, upload)
     if purpose != "batch":
