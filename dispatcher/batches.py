@@ -4,6 +4,7 @@ last one is recorded, the batch is finalized into an output file and an error fi
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.file_chunks import FileWriter, read_chunks
 from schemas.batches import COMPLETION_WINDOW_S, Batch, FileObject, RequestCounts
 from schemas.openai import error_body
 
@@ -106,15 +108,17 @@ class BatchStore:
                 for r in rows
             ]
 
+    def new_file(self, consumer: str) -> FileWriter:
+        """A file written in chunks as an upload streams in (dispatcher/file_chunks.py)."""
+        return FileWriter(self._engine, consumer)
+
+    async def file_chunks(self, consumer: str, file_id: str) -> AsyncIterator[bytes] | None:
+        """The file's bytes, a chunk at a time; None if the consumer has no such file."""
+        return await read_chunks(self._engine, consumer, file_id)
+
     async def file_content(self, consumer: str, file_id: str) -> bytes | None:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text("SELECT content FROM files WHERE id = :id AND consumer = :c"),
-                    {"id": file_id, "c": consumer},
-                )
-            ).first()
-        return bytes(row.content) if row else None
+        chunks = await self.file_chunks(consumer, file_id)
+        return None if chunks is None else b"".join([chunk async for chunk in chunks])
 
     async def delete_file(self, consumer: str, file_id: str) -> bool:
         async with self._engine.begin() as conn:

@@ -66,16 +66,6 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             # collections from walking it (measured: 50-95 ms pauses at c=16 without, 2-13 ms with).
             gc.collect()
             gc.freeze()
-            import os as _os  # TEMP-DIAG
-
-            if _os.environ.get("STALL_LOG"):  # TEMP-DIAG
-                import asyncio as _a
-                import sys as _sys  # TEMP-DIAG
-
-                _sys.path.insert(0, "/tmp/pt12b-diag")  # TEMP-DIAG
-                import stallwatch  # TEMP-DIAG
-
-                stallwatch.install(_a.get_running_loop())  # TEMP-DIAG
             yield
 
     app = FastAPI(
@@ -163,7 +153,7 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
     responses = await ResponseStore.open(js, subjects, settings, nc.max_payload)
     offload = Offload(settings.offload_processes, settings.offload_min_bytes)
     cleanup.callback(offload.close)
-    await offload.start()
+    offload.start()
     admission = Admission(
         live,
         Guardrails(InjectionClassifier(bus, live), offload),

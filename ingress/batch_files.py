@@ -14,7 +14,7 @@ configuration of that moment (roles may have changed since the upload).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -26,6 +26,7 @@ from dispatcher.admission.live_config import Revision
 from dispatcher.admission.offload import Offload
 from dispatcher.admission.validation import invalid, validate
 from dispatcher.errors import InvalidRequest, Refused
+from dispatcher.file_chunks import FileWriter
 from ingress.errors import APIError
 from schemas.batches import BatchLine, QueuedLine
 from schemas.endpoints import BY_PATH
@@ -159,58 +160,65 @@ class LineRules:
             raise APIError(400, f"a batch holds 1 to {MAX_LINES} requests", "invalid_batch_file")
 
 
-def pieces(content: bytes) -> Iterator[tuple[int, int, int]]:
-    """(start, end, number of the first line) of pieces of about PIECE_BYTES, cut at line ends."""
-    start, number = 0, 1
-    while start < len(content):
-        end = content.find(b"\n", min(start + PIECE_BYTES, len(content)))
-        end = len(content) if end < 0 else end
-        yield start, end, number
-        number += content.count(b"\n", start, end) + 1
-        start = end + 1
+async def file_pieces(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, int]]:
+    """(piece, number of its first line): a stored file's chunks cut at line ends."""
+    tail, number = b"", 1
+    async for chunk in chunks:
+        data = tail + chunk
+        end = data.rfind(b"\n")
+        if end < 0:
+            tail = data
+            continue
+        piece, tail = data[:end], data[end + 1 :]
+        yield piece, number
+        number += piece.count(b"\n") + 1
+    if tail:
+        yield tail, number
 
 
 class JsonlUpload:
-    """An uploaded file as it arrives: cut into pieces of whole lines, each checked; refused at the
-    first byte or line past a limit. Memory is the file so far plus at most one piece."""
+    """An uploaded file as it arrives: written to `sink` and cut into pieces of whole lines, each
+    checked; refused at the first byte or line past a limit. Memory is at most about one piece."""
 
-    def __init__(self, rules: LineRules, max_bytes: int, quota_left: int) -> None:
+    def __init__(self, rules: LineRules, max_bytes: int, quota_left: int, sink: FileWriter) -> None:
         self._rules = rules
         self._max_bytes = max_bytes
         self._quota_left = quota_left
-        self._checked = 0  # bytes of `content` whose lines are checked
+        self._sink = sink
+        self._pending = bytearray()  # received, lines not checked yet
         self._number = 1  # the number of the first unchecked line
-        self.content = bytearray()
+        self.size = 0
 
     async def feed(self, data: bytes) -> None:
-        if len(self.content) + len(data) > self._max_bytes:
+        if self.size + len(data) > self._max_bytes:
             raise APIError(413, f"files are limited to {self._max_bytes} bytes", "file_too_large")
-        if len(self.content) + len(data) > self._quota_left:
+        if self.size + len(data) > self._quota_left:
             raise APIError(
                 429,
                 f"this upload would exceed your storage quota ({self._quota_left} bytes left); delete files first",
                 "storage_quota_exceeded",
                 headers=NO_RETRY,
             )
-        self.content += data
-        if len(self.content) - self._checked >= PIECE_BYTES:
-            end = self.content.rfind(b"\n", self._checked)
+        self.size += len(data)
+        await self._sink.write(data)
+        self._pending += data
+        if len(self._pending) >= PIECE_BYTES:
+            end = self._pending.rfind(b"\n")
             if end >= 0:
                 await self._check(end)
-            if len(self.content) - self._checked > self._rules.max_line_bytes + PIECE_BYTES:
-                await self._check(len(self.content))  # a line too long: refused before its end arrives
+            if len(self._pending) > self._rules.max_line_bytes + PIECE_BYTES:
+                await self._check(len(self._pending))  # a line too long: refused before its end arrives
 
     async def _check(self, end: int) -> None:
-        data = bytes(self.content[self._checked : end])
+        data = bytes(self._pending[:end])
+        del self._pending[: end + 1]
         await self._rules.check(data, self._number)
         self._number += data.count(b"\n") + 1
-        self._checked = end + 1
 
-    async def finish(self) -> bytes:
-        if self._checked < len(self.content):
-            await self._check(len(self.content))
+    async def finish(self) -> None:
+        if self._pending:
+            await self._check(len(self._pending))
         self._rules.check_count()
-        return bytes(self.content)
 
 
 async def read_multipart_upload(request: Request, upload: JsonlUpload) -> tuple[str, str]:

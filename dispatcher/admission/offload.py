@@ -134,10 +134,11 @@ class Offload:
     def wants(self, size: int) -> bool:
         return size >= self.min_bytes
 
-    async def start(self) -> None:
-        """Start the workers now, so that the first large request does not wait for them."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(self.processes)))
+    def start(self) -> None:
+        """Start the workers now (in the background: their imports take seconds, and readiness must
+        not wait for them), so that the first large request does not wait for them."""
+        for _ in range(self.processes):
+            self._pool.submit(_ready)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """`fn(*args)` in a worker process: a module-level function of picklable arguments."""

@@ -68,13 +68,17 @@ def line_task_id(batch_id: str, index: int) -> str:
 
 
 async def queue_lines(
-    js: JetStreamContext, subjects: Subjects, batch_id: str, messages: AsyncIterable[bytes]
+    js: JetStreamContext,
+    subjects: Subjects,
+    batch_id: str,
+    messages: AsyncIterable[bytes],
+    parallel: int = _PARALLEL,
 ) -> None:
     """Put a new batch's lines (serialized `QueuedLine`s, in index order) on its batch-line stream,
     each deduplicated by batch and line, so a retried publish never queues a line twice. Raises
     BusUnavailable or QueueFull.
 
-    `_PARALLEL` publishers share one iterator: lines are made as they are sent (a 50,000-line batch
+    `parallel` publishers share one iterator: lines are made as they are sent (a 50,000-line batch
     is never all in memory, nor 50,000 tasks created at once)."""
     source = aiter(messages)
     lock = asyncio.Lock()
@@ -90,7 +94,7 @@ async def queue_lines(
                 return
             await publish_durably(js, subject, message, {"Nats-Msg-Id": f"{batch_id}:{index}"}, 10.0)
 
-    await asyncio.gather(*(publisher() for _ in range(_PARALLEL)))
+    await asyncio.gather(*(publisher() for _ in range(parallel)))
 
 
 class BatchFeeder:

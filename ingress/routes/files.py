@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from dispatcher.batches import BatchStore
 from ingress.audit import note_target
@@ -54,20 +54,21 @@ async def upload_file(request: Request, identity: BatchCaller, services: Service
     settings = services.settings
     quota_left = settings.storage_quota_bytes - await store.stored_bytes(identity.consumer)
     rules = LineRules(identity, services.live.current, None, settings.max_body_bytes, services.offload)
-    upload = JsonlUpload(rules, settings.max_upload_bytes, quota_left)
-    filename, purpose = await read_multipart_upload(request, upload)
-    if purpose != "batch":
-        raise APIError(400, "purpose must be 'batch'", "invalid_purpose", "purpose")
-    content = await upload.finish()
-    # Uploads of one consumer racing each other could each fit what was left: count again.
-    if len(content) > settings.storage_quota_bytes - await store.stored_bytes(identity.consumer):
-        raise APIError(
-            429,
-            "this upload would exceed your storage quota; delete files first",
-            "storage_quota_exceeded",
-            headers=NO_RETRY,
-        )
-    stored = await store.add_file(identity.consumer, filename, purpose, content)
+    async with store.new_file(identity.consumer) as writer:
+        upload = JsonlUpload(rules, settings.max_upload_bytes, quota_left, writer)
+        filename, purpose = await read_multipart_upload(request, upload)
+        if purpose != "batch":
+            raise APIError(400, "purpose must be 'batch'", "invalid_purpose", "purpose")
+        await upload.finish()
+        # Uploads of one consumer racing each other could each fit what was left: count again.
+        if upload.size > settings.storage_quota_bytes - await store.stored_bytes(identity.consumer):
+            raise APIError(
+                429,
+                "this upload would exceed your storage quota; delete files first",
+                "storage_quota_exceeded",
+                headers=NO_RETRY,
+            )
+        stored = await writer.commit(filename, purpose)
     note_target(request, file_id=stored.id, bytes=stored.bytes, purpose=purpose)
     return _json(stored.model_dump())
 
@@ -88,10 +89,10 @@ async def get_file(file_id: str, identity: Caller, services: ServicesDep) -> Res
 
 @router.get("/files/{file_id}/content")
 async def get_file_content(file_id: str, identity: Caller, services: ServicesDep) -> Response:
-    content = await batch_store(services).file_content(identity.consumer, file_id)
-    if content is None:
+    chunks = await batch_store(services).file_chunks(identity.consumer, file_id)
+    if chunks is None:
         raise APIError(404, f"no file {file_id!r}", "file_not_found")
-    return Response(content, media_type="application/jsonl")
+    return StreamingResponse(chunks, media_type="application/jsonl")
 
 
 @router.delete("/files/{file_id}")

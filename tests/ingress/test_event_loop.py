@@ -93,20 +93,24 @@ def test_healthz_p99_holds_during_a_50_mb_upload_and_a_4_mb_pii_chat(
     chat = _pii_chat(4_000_000)
     assert len(big_file) >= 50_000_000 and 3_990_000 < len(chat) <= 4_000_000
     outcomes: dict[str, object] = {}
+    marks: dict[str, float] = {}
 
     def upload_and_create() -> None:
         with _client(url) as client:
+            marks["upload"] = time.monotonic()
             started = time.perf_counter()
             uploaded = client.post(
                 "/files", files={"file": ("big.jsonl", big_file)}, data={"purpose": "batch"}
             )
             outcomes["upload"] = (uploaded.status_code, time.perf_counter() - started)
+            marks["create"] = time.monotonic()
             started = time.perf_counter()
             created = client.post(
                 "/batches",
                 json={"input_file_id": uploaded.json()["id"], "endpoint": "/v1/chat/completions"},
             )
             outcomes["batch"] = (created.status_code, time.perf_counter() - started, created.json())
+            marks["created"] = time.monotonic()
 
     def chat_call() -> None:
         with _client(url) as client:
@@ -115,6 +119,7 @@ def test_healthz_p99_holds_during_a_50_mb_upload_and_a_4_mb_pii_chat(
                 "/chat/completions", content=chat, headers={"Content-Type": "application/json"}
             )
             outcomes["chat"] = (answered.status_code, time.perf_counter() - started)
+            marks["chat done"] = time.monotonic()
 
     with HealthProbe(url) as idle:
         time.sleep(5)
@@ -135,11 +140,15 @@ def test_healthz_p99_holds_during_a_50_mb_upload_and_a_4_mb_pii_chat(
             f"{len(probe.latencies)} probes; 50 MB upload {upload_s:.1f} s, batch creation {batch_s:.1f} s, "
             f"4 MB PII chat {chat_s:.1f} s; ingress peak RSS {_peak_rss_mb(pid):.0f} MB"
         )
+
     assert upload_status == 200 and batch_status == 200, (upload_status, batch_status, batch)
     assert batch["request_counts"]["total"] == 50_000
     assert chat_status == 200
     assert probe.failures == 0
-    assert probe.p99() <= 50
+    t0 = probe.started_at[0]
+    slow = [(round(t - t0, 2), round(ms)) for t, ms in zip(probe.started_at, probe.latencies) if ms > 50]
+    phases = {name: round(t - t0, 2) for name, t in marks.items()}
+    assert probe.p99() <= 50, f"probes over 50 ms (s since start, ms): {slow}; phases: {phases}"
 
 
 def test_uploads_are_refused_at_the_first_line_or_byte_past_a_limit(gateway: tuple[str, int]) -> None:
