@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -21,6 +22,7 @@ BODY_TIMEOUT_S = 3.0
 
 @pytest.fixture
 def gateway(cluster: Cluster) -> str:
+    """An ingress with short timeouts (2 s head, 3 s body) and a cap of 60 connections."""
     model = ModelConfig(name="chat-sim", max_concurrency=4, backend=SimulatorBackend(ttft_ms=5, capacity=4))
     config = cluster.write_config(with_consumers([model]))
     return cluster.ingress(
@@ -49,8 +51,9 @@ def _read_all(sock: socket.socket, timeout: float) -> bytes:
         return b"<open>" + received
 
 
-def test_head_past_64_kib_gets_431_without_reading_it_whole(gateway: str) -> None:
+def test_head_past_64_kib_gets_431_without_reading_it_whole(gateway: str, cluster: Cluster) -> None:
     host, port = _address(gateway)
+    pid = cluster.proc(f"ingress-{port}").popen.pid
     with socket.create_connection((host, port)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
         sent = 0
@@ -63,6 +66,12 @@ def test_head_past_64_kib_gets_431_without_reading_it_whole(gateway: str) -> Non
         answer = _read_all(sock, 5)
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     assert sent < 8 * 1024 * 1024  # refused near the limit, not after the whole header
+    rss = next(
+        line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM")
+    )
+    print(
+        f"\n64 MB header: 431 after the client sent {sent / 1024:.0f} KiB; ingress peak RSS {rss.split()[1]} kB"
+    )
     error = orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
     assert error["code"] == "request_header_fields_too_large"
     # A head just under the limit is served.
