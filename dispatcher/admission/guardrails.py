@@ -16,10 +16,10 @@ import orjson
 
 from dispatcher.admission.classifier import InjectionClassifier
 from dispatcher.admission.identity import Identity
-from dispatcher.admission.offload import Offload
-from dispatcher.admission.prompt import estimate_prompt_tokens, input_texts, rewrite_texts
+from dispatcher.admission.offload import Offload, inspect_payload
+from dispatcher.admission.prompt import estimate_prompt_tokens, input_texts
 from dispatcher.errors import GuardrailUnavailable, PolicyViolation
-from dispatcher.guardrails.engine import InputPolicy, OutputPolicy, input_guard, resolve
+from dispatcher.guardrails.engine import InputPolicy, OutputPolicy, resolve
 from schemas.config import ModelConfig
 from schemas.envelope import OutputGuardrails
 from schemas.policy import DEFAULT_PHONE_REGIONS
@@ -76,16 +76,7 @@ class Guardrails:
             if scanned.payload is not None:
                 rewritten, rewritten_body = orjson.loads(scanned.payload), scanned.payload
         elif policy.inspects:
-            guard = input_guard(policy)
-
-            def change(text: str) -> str:
-                result = guard.inspect(text)
-                found.extend(result.events)
-                if result.blocked_by is not None:
-                    blocked.append(result.blocked_by)
-                return result.text
-
-            rewritten = rewrite_texts(payload, change)
+            rewritten, found, blocked = inspect_payload(policy, payload)
         unavailable = False
         if policy.classifier_injection and policy.classifier and not blocked:
             verdict = None

@@ -89,9 +89,11 @@ def prepare(path: str, body: bytes) -> Prepared | _Invalid:
     )
 
 
-def scan(policy: InputPolicy, payload_json: bytes) -> Scanned:
-    """Run the offline input guards over every text of a payload (in a worker process)."""
-    payload: dict[str, Any] = orjson.loads(payload_json)
+def inspect_payload(
+    policy: InputPolicy, payload: dict[str, Any]
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """(the payload with every text rewritten as the guards say, the findings, the guards that
+    block): the offline input guards, the same inline (small bodies) and in a worker process."""
     found: list[str] = []
     blocked: list[str] = []
     guard = input_guard(policy)
@@ -103,7 +105,13 @@ def scan(policy: InputPolicy, payload_json: bytes) -> Scanned:
             blocked.append(result.blocked_by)
         return result.text
 
-    rewritten = rewrite_texts(payload, change) if policy.inspects else payload
+    return rewrite_texts(payload, change), found, blocked
+
+
+def scan(policy: InputPolicy, payload_json: bytes) -> Scanned:
+    """Run the offline input guards over every text of a payload (in a worker process)."""
+    payload: dict[str, Any] = orjson.loads(payload_json)
+    rewritten, found, blocked = inspect_payload(policy, payload) if policy.inspects else (payload, [], [])
     return Scanned(
         found=list(dict.fromkeys(found)),
         blocked=blocked[:1],
