@@ -30,7 +30,8 @@ _MEMO_LIMIT = 4096
 @dataclass(frozen=True)
 class Checked:
     payload: dict[str, Any]  # what to send on (masked where the policy masks)
-    body: bytes | None  # `payload` as JSON, when the scan produced it (None: serialize if needed)
+    changed: bool  # the guards rewrote something
+    body: bytes | None  # `payload` as JSON, when known (None: serialize it)
     prompt_tokens: int | None  # estimate_prompt_tokens of `payload`, when the scan counted it
 
 
@@ -57,16 +58,21 @@ class Guardrails:
         return found
 
     async def check_input(
-        self, policy: InputPolicy, payload: dict[str, Any], events: list[str], body: bytes | None = None
+        self,
+        policy: InputPolicy,
+        payload: dict[str, Any] | None,
+        events: list[str],
+        body: bytes | None = None,
     ) -> Checked:
         """The payload to send (masked where the policy masks), or PolicyViolation if a guard blocks.
 
         Findings are appended to `events`, each kind once, also when the request is refused.
         `body`: `payload` as JSON, if the caller has it; a large one is scanned in a worker process.
+        `payload` None: not parsed yet (a large body), parsed from `body` only if a step needs it.
         """
         found: list[str] = []
         blocked: list[str] = []
-        rewritten = payload
+        rewritten: dict[str, Any] | None = None
         rewritten_body: bytes | None = None
         prompt: int | None = None
         offload = self._offload
@@ -76,11 +82,15 @@ class Guardrails:
             if scanned.payload is not None:
                 rewritten, rewritten_body = orjson.loads(scanned.payload), scanned.payload
         elif policy.inspects:
-            rewritten, found, blocked = inspect_payload(policy, payload)
+            payload = _parsed(payload, body)
+            masked, found, blocked = inspect_payload(policy, payload)
+            if masked is not payload:
+                rewritten = masked
         unavailable = False
         if policy.classifier_injection and policy.classifier and not blocked:
             verdict = None
             if self._classifier is not None:
+                payload = _parsed(payload, body)
                 verdict = await self._classifier.flags(policy.classifier, "\n".join(input_texts(payload)))
             if verdict is None:
                 found.append("injection_classifier:unavailable")
@@ -104,6 +114,9 @@ class Guardrails:
                 f"the request was blocked by the {blocked[0].replace('_', ' ')} guardrail",
                 "content_policy_violation",
             )
+        changed = rewritten is not None
+        if rewritten is None:
+            rewritten, rewritten_body = _parsed(payload, body), body
         if policy.max_input_tokens is not None:
             if prompt is None:
                 prompt = estimate_prompt_tokens(rewritten)
@@ -113,7 +126,15 @@ class Guardrails:
                     "context_length_exceeded",
                     "messages",
                 )
-        return Checked(rewritten, rewritten_body, prompt)
+        return Checked(rewritten, changed, rewritten_body, prompt)
+
+
+def _parsed(payload: dict[str, Any] | None, body: bytes | None) -> dict[str, Any]:
+    if payload is not None:
+        return payload
+    assert body is not None, "check_input needs the payload or its JSON"
+    parsed: dict[str, Any] = orjson.loads(body)
+    return parsed
 
 
 def _spec(policy: OutputPolicy) -> OutputGuardrails | None:

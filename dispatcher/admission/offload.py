@@ -49,6 +49,7 @@ class Prepared:
     sequences: int
     payload: bytes | None  # the normalized payload's JSON if normalizing changed it; None: as sent
     prompt_tokens: int  # estimate_prompt_tokens of the payload
+    continues: bool  # it names a `previous_response_id` (a stored conversation to continue)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def prepare(path: str, body: bytes) -> Prepared | _Invalid:
         sequences=sequences,
         payload=None if payload is raw else orjson.dumps(payload),
         prompt_tokens=estimate_prompt_tokens(payload),
+        continues=bool(payload.get("previous_response_id")),
     )
 
 

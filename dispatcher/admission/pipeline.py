@@ -62,12 +62,13 @@ class _Body:
     """A validated request body, as admission uses it."""
 
     model: str
-    payload: dict[str, Any]  # normalized: each declared scalar as validation coerced it
+    payload: dict[str, Any] | None  # normalized; None: not parsed yet (a large body), see payload_json
     payload_json: bytes | None  # `payload` as JSON when known (the client's bytes if unchanged)
     prompt_tokens: int | None  # estimate_prompt_tokens(payload), when already counted
     max_output: int | None
     sequences: int
     stream: bool
+    continues: bool  # it names a `previous_response_id`
 
 
 @dataclass(frozen=True)
@@ -111,25 +112,38 @@ class Admission:
         revision = self._live.current  # one revision for the whole request
         operation = submission.operation or spec.operation
         _authorize(revision.authorizer.permits(identity.roles, model, operation), operation, model)
+        # A large body's payload is parsed in the loop only when a step needs the dict, and once: the
+        # guardrails' worker process returns the masked payload's JSON (dispatcher/admission/offload.py).
         payload, payload_json, prompt = body.payload, body.payload_json, body.prompt_tokens
-        if spec.endpoint is Endpoint.RESPONSES and payload.get("previous_response_id"):
+
+        def parsed() -> dict[str, Any]:
+            nonlocal payload
+            if payload is None:
+                assert payload_json is not None
+                payload = orjson.loads(payload_json)
+            return payload
+
+        if spec.endpoint is Endpoint.RESPONSES and body.continues:
             # The whole conversation goes through the guardrails and counts against the limits: it
             # is what the model will read.
             if self._responses is None:
                 raise InvalidRequest("stored conversations are not available here", "unsupported_parameter")
-            payload = await self._responses.continued(payload, identity.consumer)
+            payload = await self._responses.continued(parsed(), identity.consumer)
             payload_json, prompt = None, None
         max_output, sequences = body.max_output, body.sequences
         pool = revision.config.pool(model)
-        rule: str | None
+        rule: str | None = None
         if pool is not None:
-            choice = self._pool_member(revision, pool, submission, operation, payload, max_output, sequences)
+            if prompt is None:
+                prompt = estimate_prompt_tokens(parsed())
+            choice = self._pool_member(revision, pool, submission, operation, prompt, max_output, sequences)
             target, rule = choice.model, choice.reason
         else:
             target = revision.catalog.resolve(model, spec.endpoint)
-            routed, rule = revision.router.route(model, payload, identity.consumer)
-            if rule is not None:
-                target = revision.catalog.resolve(routed, spec.endpoint)
+            if revision.router.has_rules(model):
+                routed, rule = revision.router.route(model, parsed(), identity.consumer)
+                if rule is not None:
+                    target = revision.catalog.resolve(routed, spec.endpoint)
         if rule is not None:
             notes.policy_actions.append(f"route:{rule}")
         input_policy, output_guard = self._guardrails.policies(revision.number, target, identity)
@@ -137,10 +151,12 @@ class Admission:
             checked = await self._guardrails.check_input(
                 input_policy, payload, notes.policy_actions, payload_json
             )
-            if checked.payload is not payload:
-                payload, payload_json, prompt = checked.payload, checked.body, checked.prompt_tokens
+            payload = checked.payload
+            if checked.changed:
+                payload_json, prompt = checked.body, checked.prompt_tokens
             elif checked.prompt_tokens is not None:
                 prompt = checked.prompt_tokens
+        payload = parsed()
         tokens = estimate_tokens(spec.endpoint, payload, max_output, sequences, prompt)
         reservation = None
         if self._quota is not None:
@@ -170,12 +186,13 @@ class Admission:
             payload_json = body if prepared.payload is None else prepared.payload
             return _Body(
                 prepared.model,
-                orjson.loads(payload_json),
+                None,
                 payload_json,
                 prepared.prompt_tokens,
                 prepared.max_output,
                 prepared.sequences,
                 prepared.stream,
+                prepared.continues,
             )
         parsed = parse(spec.schema, body)
         raw: dict[str, Any] = orjson.loads(body)
@@ -189,6 +206,7 @@ class Admission:
             max_output,
             sequences,
             bool(getattr(parsed, "stream", False)),
+            bool(payload.get("previous_response_id")),
         )
 
     async def retarget(self, admitted: Admitted, target: ModelConfig, notes: Notes) -> Admitted | None:
@@ -213,7 +231,7 @@ class Admission:
             except PolicyViolation:
                 notes.policy_actions.append(f"fallback_refused:{target.name}")
                 return None
-            if checked.payload is not payload:
+            if checked.changed:
                 payload = checked.payload
                 body = checked.body if checked.body is not None else orjson.dumps(payload)
         return replace(
@@ -232,7 +250,7 @@ class Admission:
         pool: PoolConfig,
         submission: Submission,
         operation: Operation,
-        payload: dict[str, Any],
+        prompt: int,
         max_output: int | None,
         sequences: int,
     ) -> PoolChoice:
@@ -260,7 +278,6 @@ class Admission:
             if asked.max_cost is not None
             else (defaults.max_cost if defaults else None),
         )
-        prompt = estimate_prompt_tokens(payload)
         output = 0 if endpoint is Endpoint.EMBEDDINGS else completion_reserve(max_output, sequences)
         return choose_member(pool, members, needs, prompt, output, self._wait_of)
 

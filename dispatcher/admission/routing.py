@@ -47,6 +47,10 @@ class ContentRouter:
         for rule in config.routes:
             self._rules.setdefault(rule.match.model, []).append(rule)
 
+    def has_rules(self, model: str) -> bool:
+        """Whether `route` reads the payload for `model` (it does only if rules name it)."""
+        return bool(self._rules.get(model))
+
     def route(self, model: str, payload: dict[str, Any], consumer: str) -> tuple[str, str | None]:
         """(the model to serve, the name of the matching rule or None)."""
         rules = self._rules.get(model)
