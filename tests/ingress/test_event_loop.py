@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,7 +18,7 @@ import pytest
 from schemas.config import ModelConfig, SimulatorBackend
 from schemas.policy import GuardrailsConfig
 from tests.health_probe import HealthProbe
-from tests.servers import TEST_KEY, Cluster, with_consumers
+from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
 
 MB = 1024 * 1024
 
@@ -182,3 +183,37 @@ def test_uploads_are_refused_at_the_first_line_or_byte_past_a_limit(gateway: tup
         assert again.status_code == 200
     print(f"\npeak RSS {_peak_rss_mb(pid):.0f} MB; /healthz p99 {probe.p99():.1f} ms")
     assert probe.failures == 0 and probe.p99() <= 50
+
+
+def test_large_bodies_are_validated_and_masked_like_small_ones(
+    gateway: tuple[str, int], database_url: str
+) -> None:
+    url, _ = gateway
+    secret = "reach.me@example.com"
+    # 300 kB: past the 256 KiB from which bodies are checked in a worker process.
+    messages = [{"role": "user", "content": f"{n}: write to {secret} please"} for n in range(8000)]
+    large = orjson.dumps({"model": "chat-sim", "max_tokens": 2, "messages": messages})
+    assert len(large) > 256 * 1024
+    with _client(url) as client:
+        answered = client.post(
+            "/chat/completions", content=large, headers={"Content-Type": "application/json"}
+        )
+        assert answered.status_code == 200, answered.text
+        invalid = orjson.dumps({"model": "chat-sim", "messages": "x" * 300_000})
+        refused = client.post(
+            "/chat/completions", content=invalid, headers={"Content-Type": "application/json"}
+        )
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages"
+    request_id = answered.headers["x-request-id"]
+
+    def record() -> dict[str, Any] | None:
+        rows = sql(database_url, f"SELECT record FROM audit_log WHERE request_id = '{request_id}'")
+        if not rows:
+            return None
+        found = rows[0]["record"]
+        return orjson.loads(found) if isinstance(found, str) else found  # type: ignore[no-any-return]
+
+    wait_until(lambda: record() is not None, 20, "no audit row for the large request")
+    row = record()
+    assert row is not None and "pii.email:mask" in row["policy_actions"]
+    assert secret not in orjson.dumps(row["input"]).decode()
