@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ingress.audit import note_target
-from ingress.auth import Caller
+from ingress.auth import BatchCaller, Caller
 from ingress.batches import BatchIntake
 from ingress.body import parse, read_body
 from ingress.deps import Services, ServicesDep
@@ -25,7 +25,7 @@ def _intake(services: Services) -> BatchIntake:
 
 
 @router.post("/batches")
-async def create_batch(request: Request, identity: Caller, services: ServicesDep) -> Response:
+async def create_batch(request: Request, identity: BatchCaller, services: ServicesDep) -> Response:
     create = parse(BatchCreate, await read_body(request, 1 << 20))
     note_target(request, input_file_id=create.input_file_id, endpoint=create.endpoint)
     batch = await _intake(services).create(request, identity, create)

@@ -15,8 +15,9 @@ import httpx
 import orjson
 import pytest
 
-from schemas.config import ModelConfig, SimulatorBackend
-from schemas.policy import GuardrailsConfig
+from dispatcher.api_keys import hash_key
+from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
+from schemas.policy import GuardrailsConfig, RoleConfig
 from tests.health_probe import HealthProbe
 from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
 
@@ -217,3 +218,38 @@ def test_large_bodies_are_validated_and_masked_like_small_ones(
     row = record()
     assert row is not None and "pii.email:mask" in row["policy_actions"]
     assert secret not in orjson.dumps(row["input"]).decode()
+
+
+def test_uploads_and_batches_need_the_batch_operation(cluster: Cluster, database_url: str) -> None:
+    chat_only_key = "mb-test-key-chat-only-0123456789abcdef01234567"
+    model = ModelConfig(name="chat-sim", backend=SimulatorBackend(ttft_ms=5))
+    config = with_consumers([model]).model_copy(
+        update={
+            "roles": [RoleConfig(name="chat-only", operations=["chat"])],
+        }
+    )
+    config.consumers.append(
+        ConsumerConfig(
+            name="chatter", roles=["chat-only"], keys=[ApiKey(id="chat-only", hash=hash_key(chat_only_key))]
+        )
+    )
+    path = cluster.write_config(ModelbusConfig.model_validate(config.model_dump()))
+    cluster.dispatcher(path, database_url)
+    url = cluster.ingress(path, MODELBUS_DATABASE_URL=database_url)
+    line = _batch_file(1, 300)
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {chat_only_key}"}, timeout=30
+    ) as client:
+        refused = client.post("/files", files={"file": ("f.jsonl", line)}, data={"purpose": "batch"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "permission_denied"
+        assert (
+            client.post(
+                "/batches", json={"input_file_id": "file-x", "endpoint": "/v1/chat/completions"}
+            ).status_code
+            == 403
+        )
+    with _client(url) as client:  # the `user` role grants batch
+        assert (
+            client.post("/files", files={"file": ("f.jsonl", line)}, data={"purpose": "batch"}).status_code
+            == 200
+        )
