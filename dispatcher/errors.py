@@ -10,7 +10,8 @@ batch feeder turns a refusal into the error line a sync caller would have got as
     │   ├── PolicyViolation      400: a guardrail blocked the input, or it is over the token limit
     │   ├── OverLimit            429: a rate limit or token budget is used up
     │   ├── LimitsUnavailable    503: the usage counters cannot be reached (fails closed)
-    │   │   └── GuardrailUnavailable  503: a fail-closed guardrail's classifier did not answer
+    │   │   ├── GuardrailUnavailable  503: a fail-closed guardrail's classifier did not answer
+    │   │   └── CheckerUnavailable    503: a worker process checking large bodies died
     │   └── Withdrawn            a batch line whose batch was cancelled or expired before it ran
     ├── BusUnavailable           NATS or JetStream could not take the request
     ├── RequestTooLarge          the request does not fit in one NATS message
@@ -100,6 +101,11 @@ class LimitsUnavailable(Refused):
 class GuardrailUnavailable(LimitsUnavailable):
     """A guardrail configured to fail closed could not run (its classifier model did not answer in
     time). Like the counters, a dependency of admission is down: 503, and a batch line waits."""
+
+
+class CheckerUnavailable(LimitsUnavailable):
+    """A worker process that checks large bodies and batch files died (killed for memory, say);
+    the pool is started again and the request may be retried (dispatcher/admission/offload.py)."""
 
 
 class Withdrawn(Refused):

@@ -20,6 +20,7 @@ import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,7 +33,7 @@ from dispatcher.admission.prompt import (
     rewrite_texts,
 )
 from dispatcher.admission.validation import parse
-from dispatcher.errors import InvalidRequest
+from dispatcher.errors import CheckerUnavailable, InvalidRequest
 from dispatcher.guardrails.engine import InputPolicy, input_guard
 from schemas.endpoints import BY_PATH
 
@@ -142,9 +143,12 @@ class Offload:
         self.min_bytes = min_bytes
         # spawn, not fork: the ingress runs threads (NATS, the executor's own) that fork would copy
         # mid-flight.
-        context = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_ready)
         self.processes = processes
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(self.processes, mp_context=context, initializer=_ready)
 
     def wants(self, size: int) -> bool:
         return size >= self.min_bytes
@@ -157,16 +161,28 @@ class Offload:
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """`fn(*args)` in a worker process: a module-level function of picklable arguments."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        pool = self._pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except BrokenProcessPool:
+            # A worker died (killed for memory, say): the pool refuses all work from then on.
+            if self._pool is pool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            raise CheckerUnavailable(
+                "the process checking large requests was lost; retry",
+                "checker_unavailable",
+                retry_after_s=1.0,
+            ) from None
 
     async def prepare(self, path: str, body: bytes) -> Prepared:
-        result = await asyncio.get_running_loop().run_in_executor(self._pool, prepare, path, body)
+        result = await self.run(prepare, path, body)
         if isinstance(result, _Invalid):
             raise InvalidRequest(result.message, result.code, result.param)
         return result
 
     async def scan(self, policy: InputPolicy, payload_json: bytes) -> Scanned:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, scan, policy, payload_json)
+        return await self.run(scan, policy, payload_json)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
