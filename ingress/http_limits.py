@@ -50,7 +50,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Between requests only uvicorn's keep-alive timeout runs; a head starts at its first byte.
+        # A new connection waits for a head (its timer is armed in connection_made); between requests
+        # only uvicorn's keep-alive timeout runs, and the next head starts at its first byte.
         self._in_head = True
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
