@@ -88,9 +88,15 @@ class BusSettings(BaseSettings):
     )
     trace_file: Path | None = Field(default=None, description="append finished spans as JSON lines here")
     metrics_port: int | None = Field(
-        default=None, ge=0, le=65535, description="workers and dispatcher: serve /metrics on this port"
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /metrics on this port (workers, dispatcher; the ingress then not on its API port)",
     )
     metrics_host: str = Field(default="127.0.0.1", description="address the /metrics port binds")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="if set, /metrics answers only 'Authorization: Bearer <token>'"
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="json: one object per line")
 
     @property
