@@ -76,6 +76,9 @@ def up(
         base = f"http://{host}:{port}/v1"
         typer.echo(f"Modelbus is up.\n  base URL: {base}\n  NATS:     {nats_url}\n  database: {database_url}")
         typer.echo(f"  audit:    MODELBUS_AUDIT_VERIFY_KEY={stack.audit_verify_key} modelbus audit verify")
+        typer.echo(
+            f"  metrics:  curl -H 'Authorization: Bearer {stack.metrics_token}' {base.removesuffix('/v1')}/metrics"
+        )
         typer.echo(f"  models:   {', '.join(m.name for m in cfg.models) or '(none)'}")
         typer.echo(f"  config:   {in_force}")
         if key:

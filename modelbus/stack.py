@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -115,6 +116,7 @@ class Stack:
     children: list[Child] = field(default_factory=list)
     nats: NatsServer | None = None
     audit_verify_key: str = ""  # known once launched
+    metrics_token: str = ""  # likewise: every process's /metrics asks for it
 
     def prepare(self) -> tuple[ModelbusConfig, str | None, Path]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -170,12 +172,17 @@ class Stack:
             self.data_dir / "audit-signing-key", new_signing_key
         )
         self.audit_verify_key = verify_key_of(signing_key(signing))
+        # /metrics names every consumer and model with its traffic: not for whoever reaches the port.
+        self.metrics_token = os.environ.get("MODELBUS_METRICS_TOKEN") or kept_secret(
+            self.data_dir / "metrics-token", lambda: secrets.token_urlsafe(32)
+        )
         env = {
             **os.environ,
             "MODELBUS_NATS_URL": nats_url,
             "MODELBUS_CONFIG": str(config_path.resolve()),
             "MODELBUS_DATABASE_URL": database_url,
             "MODELBUS_AUDIT_VERIFY_KEY": self.audit_verify_key,
+            "MODELBUS_METRICS_TOKEN": self.metrics_token,
         }
         env.pop("MODELBUS_AUDIT_SIGNING_KEY", None)  # the dispatcher's alone: whoever holds it can sign
         logs = self.data_dir / "logs"
