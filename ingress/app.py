@@ -107,6 +107,7 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
         m.router
         for m in (inference, responses, models, tasks, files, batches, admin, keys, ops, health, api_schema)
     ]
+    app.openapi = lambda: api_schema.document(app)  # type: ignore[method-assign]
     install_error_handlers(app, _client_api(routers))
     app.add_middleware(AuditMiddleware)
     for router in routers:

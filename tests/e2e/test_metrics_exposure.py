@@ -57,7 +57,9 @@ def test_random_model_names_leave_metrics_the_same_size(cluster: Cluster) -> Non
             for kind in range(6):
                 send(_hostile_name(rng, kind), endpoint)
         # The lag gauges of the configured model appear within one refresh (2 s).
-        wait_until(lambda: any("modelbus_queue_pending{" in x for x in _lines(f"{root}/metrics")), 10, "no lag")
+        wait_until(
+            lambda: any("modelbus_queue_pending{" in x for x in _lines(f"{root}/metrics")), 10, "no lag"
+        )
         before = _lines(f"{root}/metrics")
         statuses = [send(_hostile_name(rng), rng.choice(endpoints)) for _ in range(1_000)]
         after = _lines(f"{root}/metrics")
@@ -94,7 +96,9 @@ def test_metrics_token_hides_consumers_on_every_process(cluster: Cluster) -> Non
 def test_metrics_on_their_own_port_and_a_public_schema(cluster: Cluster) -> None:
     path = cluster.write_config(with_consumers([ModelConfig(name="m", backend=FAST)]))
     metrics_port = free_port()
-    base = cluster.ingress(path, MODELBUS_INGRESS_METRICS_PORT=str(metrics_port), MODELBUS_API_SCHEMA="public")
+    base = cluster.ingress(
+        path, MODELBUS_INGRESS_METRICS_PORT=str(metrics_port), MODELBUS_API_SCHEMA="public"
+    )
     root = base.removesuffix("/v1")
     assert httpx.get(f"{root}/metrics", timeout=10).status_code == 404
     assert "modelbus_" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text

@@ -13,7 +13,7 @@ from dispatcher.telemetry.labels import MAX_LENGTH, UNKNOWN, MetricLabels, sanit
 from schemas.config import ModelConfig, VersionConfig
 from tests.servers import with_consumers
 
-_SAFE = re.compile(r"[A-Za-z0-9_.:/@+-]{1,%d}" % MAX_LENGTH)
+_SAFE = re.compile(rf"[A-Za-z0-9_.:/@+-]{{1,{MAX_LENGTH}}}")
 
 
 @given(st.text())
