@@ -84,3 +84,13 @@ def fresh_database(postgres_admin_url: str) -> Iterator[str]:
 
 def _dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fuzz run's counts, shown whatever the verbosity (`.ci/run` runs `pytest -q`)."""
+    from tests.e2e.test_fuzz import FUZZ_REPORT
+
+    report = terminalreporter.config.stash.get(FUZZ_REPORT, None)
+    if report is not None:
+        terminalreporter.write_sep("-", "fuzzing")
+        terminalreporter.write_line(report.summary())
