@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from dispatcher.errors import InvalidRequest
 from schemas.envelope import Endpoint
 
 # Without max_tokens a completion is reserved this many tokens; the worker settles the difference.
@@ -129,6 +130,9 @@ def completion_budget(parsed: BaseModel) -> tuple[int | None, int]:
     return limit, sequences
 
 
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+
 def normalized(parsed: BaseModel, payload: dict[str, Any]) -> dict[str, Any]:
     """`payload` with each declared scalar field as validation coerced it (`"21000"` -> 21000,
     `"false"` -> False), so the backend reads exactly the values the gateway admitted."""
@@ -137,6 +141,9 @@ def normalized(parsed: BaseModel, payload: dict[str, Any]) -> dict[str, Any]:
         if name not in payload:
             continue
         value = getattr(parsed, name)
+        if isinstance(value, int) and not _INT64_MIN <= value <= _UINT64_MAX:
+            # Validation reads any integer; the bus (orjson) carries 64 bits. Found by the fuzzer.
+            raise InvalidRequest(f"{name}: the number is out of range", "invalid_value", name)
         if value is None or isinstance(value, (bool, int, float, str)):
             raw = payload[name]
             if type(raw) is not type(value) or raw != value:
