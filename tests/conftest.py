@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, make_url
 
 from dispatcher.db.migrate import upgrade
 from modelbus.embedded_nats import NatsServer, single_server
+from tests.fuzz_report import FUZZ_REPORT
 from tests.servers import Cluster
 
 
@@ -88,8 +89,6 @@ def _dsn(url: URL) -> str:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The fuzz run's counts, shown whatever the verbosity (`.ci/run` runs `pytest -q`)."""
-    from tests.e2e.test_fuzz import FUZZ_REPORT
-
     report = terminalreporter.config.stash.get(FUZZ_REPORT, None)
     if report is not None:
         terminalreporter.write_sep("-", "fuzzing")
