@@ -71,17 +71,18 @@ def test_random_model_names_leave_metrics_the_same_size(cluster: Cluster) -> Non
     print(f"/metrics: {len(before)} lines before, {len(after)} after 1,000 random model names")
 
 
-def test_metrics_token_hides_consumers_on_every_process(cluster: Cluster) -> None:
+def test_metrics_token_hides_consumers_on_every_process(database_url: str, cluster: Cluster) -> None:
     path = cluster.write_config(with_consumers([ModelConfig(name="m", backend=FAST)]))
-    worker_port = free_port()
-    base = cluster.ingress(path, MODELBUS_METRICS_TOKEN=METRICS_TOKEN)
-    cluster.worker(
-        "m", path, "w1", MODELBUS_METRICS_PORT=str(worker_port), MODELBUS_METRICS_TOKEN=METRICS_TOKEN
-    )
+    worker_port, dispatcher_port = free_port(), free_port()
+    token_env = {"MODELBUS_METRICS_TOKEN": METRICS_TOKEN}
+    cluster.dispatcher(path, database_url, MODELBUS_METRICS_PORT=str(dispatcher_port), **token_env)
+    base = cluster.ingress(path, **token_env)
+    cluster.worker("m", path, "w1", MODELBUS_METRICS_PORT=str(worker_port), **token_env)
     chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     httpx.post(f"{base}/chat/completions", headers=_AUTH, json=chat, timeout=30).raise_for_status()
     token = {"Authorization": f"Bearer {METRICS_TOKEN}"}
-    for url in (f"{base.removesuffix('/v1')}/metrics", f"http://127.0.0.1:{worker_port}/metrics"):
+    ports = (worker_port, dispatcher_port)
+    for url in (f"{base.removesuffix('/v1')}/metrics", *(f"http://127.0.0.1:{p}/metrics" for p in ports)):
         for headers in ({}, _AUTH, {"Authorization": "Bearer metrics-token"}):
             refused = httpx.get(url, headers=headers, timeout=10)
             assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
@@ -89,8 +90,9 @@ def test_metrics_token_hides_consumers_on_every_process(cluster: Cluster) -> Non
         assert httpx.get(url, headers=token, timeout=10).status_code == 200
     ingress_text = httpx.get(f"{base.removesuffix('/v1')}/metrics", headers=token, timeout=10).text
     assert 'consumer="tester"' in ingress_text
-    # The worker's port answers liveness probes without the token.
-    assert httpx.get(f"http://127.0.0.1:{worker_port}/healthz", timeout=10).status_code == 200
+    # The metrics ports answer liveness probes without the token.
+    for port in ports:
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
 
 
 def test_metrics_on_their_own_port_and_a_public_schema(cluster: Cluster) -> None:
