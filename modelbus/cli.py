@@ -25,6 +25,18 @@ app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.command("nats-config")(nats_config)
 
+# Commands that run a part of the stack take their addresses from their environment only; the
+# others (operator commands) find a running `modelbus up` by themselves.
+_PROCESS_COMMANDS = {"up", "ingress", "worker", "dispatcher", "simulator"}
+
+
+@app.callback()
+def _main(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand not in _PROCESS_COMMANDS:
+        from modelbus import up_record
+
+        up_record.adopt(os.environ)
+
 
 def _logging(level: str) -> None:
     from dispatcher.telemetry.logs import configure_logging
@@ -47,6 +59,7 @@ def up(
 ) -> None:
     """Start the whole stack: embedded NATS and Postgres (unless MODELBUS_NATS_URL / MODELBUS_DATABASE_URL
     are set), the dispatcher, workers and the ingress."""
+    from modelbus import up_record
     from modelbus.stack import Stack
 
     stack = Stack(
@@ -80,16 +93,13 @@ def up(
         typer.echo(f"  config:   {in_force}")
         if key:
             typer.echo(f"  API key:  {key}")
-        # Commands in another shell reach the default URL by themselves; any other must be exported.
-        env = (
-            ""
-            if nats_url == BusSettings.model_fields["nats_url"].default
-            else f"MODELBUS_NATS_URL={nats_url} "
-        )
-        typer.echo(f"  watch:    {env}modelbus top   (or {base.removesuffix('/v1')}/ops)")
+        # Operator commands in another shell find this stack through the record (modelbus/up_record.py).
+        up_record.publish(base, nats_url, database_url, stack.audit_verify_key)
+        typer.echo(f"  watch:    modelbus top   (or {base.removesuffix('/v1')}/ops)")
         typer.echo(f"  logs:     {data_dir / 'logs'}\nCtrl-C stops it.")
         stack.supervise(stopping)
     finally:
+        up_record.withdraw()
         stack.shutdown()
 
 

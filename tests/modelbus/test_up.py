@@ -44,9 +44,11 @@ def _printed(tmp_path: Path, label: str) -> str:
     )
 
 
-def _run_as_printed(command: str, extra: list[str]) -> subprocess.CompletedProcess[str]:
-    """A command as `up` told the user to type it, in a fresh shell: none of the stack's variables."""
+def _run_as_printed(command: str, extra: list[str], state: Path) -> subprocess.CompletedProcess[str]:
+    """A command as `up` told the user to type it, in a fresh shell of the same user: none of the
+    stack's variables (the user's state directory is the test's, so no other `up` is seen)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELBUS_")}
+    env["XDG_STATE_HOME"] = str(state)
     words = shlex.split(command)
     while "=" in words[0]:
         name, value = words.pop(0).split("=", 1)
@@ -66,7 +68,8 @@ def _alive(pid: int) -> bool:
 
 def test_up_serves_both_demo_models_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "MODELBUS_DEV_KEY": "mb-up-test-key"}
+    state = tmp_path / "state"
+    env = {**os.environ, "MODELBUS_DEV_KEY": "mb-up-test-key", "XDG_STATE_HOME": str(state)}
     for name in ("MODELBUS_NATS_URL", "MODELBUS_CONFIG", "MODELBUS_DATABASE_URL"):
         env.pop(name, None)
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
@@ -112,7 +115,10 @@ def test_up_serves_both_demo_models_and_stops_cleanly(tmp_path: Path) -> None:
         rows = _audit_rows(database)
         assert sorted(str(row["consumer"]).split(":")[0] for row in rows) == ["cli", "dev", "dev"]
         assert "Warning" not in (tmp_path / "up.log").read_text()  # a clean start prints no warnings
-        top = _run_as_printed(_printed(tmp_path, "watch:"), ["--once"])
+        # Printed without variables even when NATS is not on its default port (4222 is often taken
+        # by a system nats-server): `top` finds this stack through `up`'s record.
+        assert _printed(tmp_path, "watch:") == "modelbus top"
+        top = _run_as_printed(_printed(tmp_path, "watch:"), ["--once"], state)
         assert top.returncode == 0, top.stderr
         for model in ("demo-chat", "demo-embed"):
             # model, version, queued, trend, ack pending, redelivered, workers: each has its worker.
@@ -126,5 +132,6 @@ def test_up_serves_both_demo_models_and_stops_cleanly(tmp_path: Path) -> None:
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in children), "modelbus up left processes behind"
+    assert not (state / "modelbus" / "up.json").exists(), "a stopped stack left its record"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz")
