@@ -43,7 +43,7 @@ def demo_config(dev_key: str) -> ModelbusConfig:
             ),
             ModelConfig(
                 name="demo-embed",
-                endpoints=[Endpoint.EMBEDDINGS, Endpoint.RERANK],
+                endpoints=[Endpoint.EMBEDDINGS, Endpoint.RERANK, Endpoint.SCORE],
                 backend=SimulatorBackend(embedding_dim=384, embedding_latency_ms=2, capacity=32),
                 max_concurrency=32,
             ),
