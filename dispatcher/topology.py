@@ -24,6 +24,9 @@ from schemas.envelope import Lane
 log = logging.getLogger(__name__)
 
 _DEAD_LETTER_MAX_AGE_S = 14 * 24 * 3600
+# How long the collector may be away before undelivered audit events and task replies expire: a
+# week covers a Postgres outage over a long weekend with margin, and task records live as long.
+_OUTAGE_BUFFER_S = 7 * 24 * 3600
 
 
 def request_stream_config(
@@ -87,7 +90,7 @@ def audit_stream_config(subjects: Subjects, settings: BusSettings) -> api.Stream
         retention=api.RetentionPolicy.WORK_QUEUE,
         storage=api.StorageType.FILE,
         # A week of Postgres outage is absorbed; beyond max_bytes publishers get errors, not loss.
-        max_age=7 * 24 * 3600,
+        max_age=_OUTAGE_BUFFER_S,
         max_bytes=settings.audit_stream_max_bytes,
         discard=api.DiscardPolicy.NEW,
         duplicate_window=settings.duplicate_window_s,
@@ -114,7 +117,7 @@ def task_reply_stream_config(subjects: Subjects, settings: BusSettings) -> api.S
         subjects=[subjects.all_task_replies],
         retention=api.RetentionPolicy.WORK_QUEUE,
         storage=api.StorageType.FILE,
-        max_age=7 * 24 * 3600,
+        max_age=_OUTAGE_BUFFER_S,
         max_bytes=settings.request_stream_max_bytes,
         num_replicas=settings.stream_replicas,
     )
@@ -192,7 +195,7 @@ async def ensure_task_bucket(js: JetStreamContext, subjects: Subjects, settings:
         settings,
         subjects.task_bucket,
         "Modelbus async task status and small results",
-        ttl_s=7 * 24 * 3600,
+        ttl_s=_OUTAGE_BUFFER_S,
     )
 
 

@@ -38,11 +38,10 @@ def _main(ctx: typer.Context) -> None:
         up_record.adopt(os.environ)
 
 
-def _logging(level: str) -> None:
+def _logging(level: str, settings: BusSettings) -> None:
     from dispatcher.telemetry.logs import configure_logging
 
-    fmt = os.environ.get("MODELBUS_LOG_FORMAT", "json")
-    configure_logging(level, "text" if fmt == "text" else "json")
+    configure_logging(level, settings.log_format)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -122,10 +121,10 @@ def ingress(
     from ingress.app import create_app
     from ingress.settings import IngressSettings
 
-    _logging(log_level)
     given = {"host": host, "port": port, "tls_cert": tls_cert, "tls_key": tls_key}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = IngressSettings(**overrides)  # type: ignore[arg-type]
+    _logging(log_level, settings)
     try:
         application = create_app(settings)
     except ConfigError as exc:
@@ -160,11 +159,11 @@ def worker(
     from workers.service import Worker
     from workers.settings import WorkerSettings
 
-    _logging(log_level)
     overrides: dict[str, object] = {"model": model, "version": version}
     if max_concurrency is not None:
         overrides["max_concurrency"] = max_concurrency
     settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
+    _logging(log_level, settings)
     try:
         bootstrap = load_config(settings.config)
     except ConfigError as exc:
@@ -190,8 +189,8 @@ def dispatcher(log_level: Annotated[str, typer.Option()] = "info") -> None:
 
     from dispatcher.service import run_dispatcher
 
-    _logging(log_level)
     settings = BusSettings()
+    _logging(log_level, settings)
 
     async def main() -> None:
         stop = asyncio.Event()
