@@ -80,8 +80,12 @@ class BusSettings(BaseSettings):
         "webhooks may call although they are loopback, private, link-local or otherwise internal",
     )
     webhook_https_only: bool = Field(default=False, description="refuse http:// webhook URLs")
-    webhook_attempts: int = Field(default=8, ge=1, le=50, description="tries before a webhook is dead-lettered")
-    webhook_backoff_s: float = Field(default=2.0, gt=0, description="wait after the first failed try; doubles")
+    webhook_attempts: int = Field(
+        default=8, ge=1, le=50, description="tries before a webhook is dead-lettered"
+    )
+    webhook_backoff_s: float = Field(
+        default=2.0, gt=0, description="wait after the first failed try; doubles"
+    )
     webhook_max_backoff_s: float = Field(default=120.0, gt=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="one webhook attempt, connect to answer")
     webhook_per_destination: int = Field(
@@ -95,6 +99,7 @@ class BusSettings(BaseSettings):
     @property
     def webhook_allow_list(self) -> list[str]:
         return [entry.strip() for entry in self.webhook_allow.split(",") if entry.strip()]
+
     audit_signing_key: SecretStr | None = Field(
         default=None,
         description="dispatcher: Ed25519 private key (base64) that signs audit checkpoints outside Postgres",

@@ -236,12 +236,16 @@ class WebhookPolicy:
             found = await self.resolver(destination.host, destination.port)
         except OSError:
             raise WebhookRefused(
-                "unresolvable", f"webhook host {destination.host} does not resolve", "webhook_address_unresolvable"
+                "unresolvable",
+                f"webhook host {destination.host} does not resolve",
+                "webhook_address_unresolvable",
             ) from None
         ips = [ipaddress.ip_address(a) for a in dict.fromkeys(found)]
         if not ips:
             raise WebhookRefused(
-                "unresolvable", f"webhook host {destination.host} does not resolve", "webhook_address_unresolvable"
+                "unresolvable",
+                f"webhook host {destination.host} does not resolve",
+                "webhook_address_unresolvable",
             )
         for ip in ips:
             self.check_ip(ip, destination.port, destination.host)

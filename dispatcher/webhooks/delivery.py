@@ -102,7 +102,7 @@ class WebhookService:
             try:
                 await msg.nak(delay=5)
             except Exception:  # noqa: BLE001 - then the ack wait redelivers it
-                pass
+                log.debug("nak failed; the ack wait will redeliver")
         finally:
             keepalive.cancel()
 
@@ -136,7 +136,9 @@ class WebhookService:
             return self._backoff(attempts)
         self._audit.emit(webhook_event(task, self._destination(task.webhook_url)))
         if state is WebhookState.DEAD_LETTERED:
-            log.warning("webhook of task %s dead-lettered after %d attempts: %s", task.id, attempts, attempt.reason)
+            log.warning(
+                "webhook of task %s dead-lettered after %d attempts: %s", task.id, attempts, attempt.reason
+            )
         return None
 
     async def _attempt(self, task: Task, url: str) -> Attempt:
@@ -161,7 +163,7 @@ class WebhookService:
 
     def _backoff(self, attempts: int) -> float:
         """Exponential, capped, with jitter so a destination's retries do not arrive in step."""
-        base = self._settings.webhook_backoff_s * 2 ** (attempts - 1)
+        base: float = self._settings.webhook_backoff_s * 2.0 ** (attempts - 1)
         return min(base, self._settings.webhook_max_backoff_s) * random.uniform(0.8, 1.2)
 
     async def _record(self, task: Task) -> None:

@@ -6,10 +6,10 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from dispatcher.webhooks.addresses import WebhookPolicy
 from ingress.auth import Caller
 from ingress.body import parse, read_body
 from ingress.deps import ServicesDep
-from dispatcher.webhooks.addresses import WebhookPolicy
 from schemas.tasks import TaskCreate
 
 router = APIRouter(prefix="/v1")

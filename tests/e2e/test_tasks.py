@@ -16,8 +16,8 @@ import pytest
 
 from dispatcher.settings import BusSettings
 from dispatcher.tasks.store import TaskStore
-from dispatcher.webhooks.signing import verify_signature
 from dispatcher.topology import ensure_task_bucket
+from dispatcher.webhooks.signing import verify_signature
 from modelbus.embedded_nats import free_port
 from schemas.config import ModelConfig, SimulatorBackend
 from tests.servers import OTHER_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers

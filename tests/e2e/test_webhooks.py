@@ -211,7 +211,10 @@ def test_signed_delivery_and_a_redirect_dead_lettered(
     )
     assert orjson.loads(body)["status"] == "completed"
     wait_until(
-        lambda: len(sql(database_url, "SELECT 1 FROM audit_log WHERE record::jsonb->>'endpoint' = 'webhook'")) == 2,
+        lambda: (
+            len(sql(database_url, "SELECT 1 FROM audit_log WHERE record::jsonb->>'endpoint' = 'webhook'"))
+            == 2
+        ),
         20,
         "webhook outcomes not audited",
     )

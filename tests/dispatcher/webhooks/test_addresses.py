@@ -75,7 +75,9 @@ def test_inet_aton_forms(host: str, address: str) -> None:
     assert inet_aton(host) == ipaddress.IPv4Address(address)
 
 
-@pytest.mark.parametrize("host", ["example.com", "1.2.3.4.5", "256.1.1.1", "09.1.1.1", "4294967296", "1..2", ""])
+@pytest.mark.parametrize(
+    "host", ["example.com", "1.2.3.4.5", "256.1.1.1", "09.1.1.1", "4294967296", "1..2", ""]
+)
 def test_not_inet_aton(host: str) -> None:
     assert inet_aton(host) is None
 
