@@ -55,6 +55,7 @@ METADATA_HOSTS = frozenset(
 )
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: not global, not "private"
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_RESOLVE_S = 5.0
 _NUMERIC_PART = re.compile(r"^(0[xX][0-9a-fA-F]*|[0-9]+)$")
 
 
@@ -233,8 +234,9 @@ class WebhookPolicy:
         if destination.ip is not None:
             return [destination.ip]
         try:
-            found = await self.resolver(destination.host, destination.port)
-        except OSError:
+            # A name server that never answers must not hold a task creation (or a delivery slot).
+            found = await asyncio.wait_for(self.resolver(destination.host, destination.port), _RESOLVE_S)
+        except (OSError, TimeoutError):
             raise WebhookRefused(
                 "unresolvable",
                 f"webhook host {destination.host} does not resolve",

@@ -193,3 +193,19 @@ async def test_refusal_codes() -> None:
     with pytest.raises(WebhookRefused) as unresolvable:
         await policy.check("http://nowhere.example/")
     assert unresolvable.value.code == "webhook_address_unresolvable"
+
+
+async def test_a_resolver_that_never_answers_is_unresolvable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from dispatcher.webhooks import addresses
+
+    async def silent(host: str, port: int) -> list[str]:
+        await asyncio.sleep(3600)
+        return []
+
+    monkeypatch.setattr(addresses, "_RESOLVE_S", 0.05)
+    assert (
+        await _resolved_rule(WebhookPolicy.build([], resolver=silent), "http://slow.example/")
+        == "unresolvable"
+    )
