@@ -94,6 +94,9 @@ class BusSettings(BaseSettings):
     webhook_breaker_failures: int = Field(
         default=5, ge=1, description="failures in a row that open a destination's circuit"
     )
+    webhook_ack_wait_s: float = Field(
+        default=60.0, gt=0, description="a webhook held this long without news is delivered again"
+    )
     webhook_breaker_cooldown_s: float = Field(default=30.0, gt=0, description="how long a circuit stays open")
 
     @property

@@ -147,12 +147,14 @@ def webhook_stream_config(subjects: Subjects, settings: BusSettings) -> api.Stre
     )
 
 
-def webhook_consumer_config(subjects: Subjects) -> api.ConsumerConfig:
+def webhook_consumer_config(subjects: Subjects, settings: BusSettings) -> api.ConsumerConfig:
     return api.ConsumerConfig(
         durable_name=subjects.webhook_consumer,
         description="delivers task webhooks; acks once delivered or dead-lettered and recorded",
         ack_policy=api.AckPolicy.EXPLICIT,
-        ack_wait=60,  # the service sends in-progress acks while an attempt waits or runs
+        # The service sends in-progress acks while an attempt waits or runs; a dead service's webhooks
+        # come back to another replica (or the restarted one) after this.
+        ack_wait=settings.webhook_ack_wait_s,
         max_deliver=-1,  # attempts are counted on the task record, and bounded there
         max_ack_pending=10_000,
     )

@@ -35,7 +35,6 @@ from schemas.tasks import Task, WebhookDelivery, WebhookState
 
 log = logging.getLogger(__name__)
 _IN_FLIGHT = 256  # webhooks held at once, over all destinations (most wait for a slot)
-_KEEPALIVE_S = 20.0  # in-progress acks, well within the consumer's 60 s ack wait
 _CAS_ATTEMPTS = 5
 _TERMINAL = (WebhookState.DELIVERED, WebhookState.DEAD_LETTERED)
 
@@ -67,7 +66,8 @@ class WebhookService:
     async def run(self, stop: asyncio.Event) -> None:
         js = self._nc.jetstream()
         if self._settings.manage_topology:
-            await js.add_consumer(self._subjects.webhook_stream, webhook_consumer_config(self._subjects))
+            config = webhook_consumer_config(self._subjects, self._settings)
+            await js.add_consumer(self._subjects.webhook_stream, config)
         sub = await js.pull_subscribe_bind(self._subjects.webhook_consumer, self._subjects.webhook_stream)
         try:
             while not stop.is_set():
@@ -90,7 +90,7 @@ class WebhookService:
         await self._sender.aclose()
 
     async def _handle(self, msg: Msg) -> None:
-        keepalive = asyncio.create_task(_keep_alive(msg))
+        keepalive = asyncio.create_task(_keep_alive(msg, self._settings.webhook_ack_wait_s / 3))
         try:
             delay = await self.deliver(self._subjects.request_id_from(msg.subject))
             if delay is None:
@@ -181,10 +181,10 @@ class WebhookService:
         await self._recorder.persist(task)
 
 
-async def _keep_alive(msg: Msg) -> None:
+async def _keep_alive(msg: Msg, every_s: float) -> None:
     """A webhook may wait for its destination's slot longer than the ack wait; say it is in hand."""
     while True:
-        await asyncio.sleep(_KEEPALIVE_S)
+        await asyncio.sleep(every_s)
         try:
             await msg.in_progress()
         except Exception:  # noqa: BLE001 - the broker is away; the next one may get through

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from typing import ClassVar
 
 import httpx
@@ -251,3 +251,81 @@ def test_a_black_hole_webhook_stalls_no_one_else(
     p95 = latencies[int(len(latencies) * 0.95) - 1]
     print(f"black-hole webhooks: other consumer's task p50 {latencies[9]:.3f}s p95 {p95:.3f}s")
     assert p95 < 1.0, latencies
+    # Meanwhile the breaker stops the black hole from costing each webhook a full timeout: all 100
+    # are dead-lettered (2 attempts here) long before 100 x 10 s, most without a connection.
+    started = time.monotonic()
+    with httpx.Client(base_url=base, headers=AUTH, timeout=30) as client:
+
+        def webhooks() -> list[dict[str, object]]:
+            return [client.get(f"/tasks/{i}").json()["webhook"] for i in ids]
+
+        wait_until(
+            lambda: all(w["state"] == "dead_lettered" for w in webhooks()),
+            90,
+            "black-hole webhooks not settled",
+        )
+        reasons = [str(w["last_error"]) for w in webhooks()]
+    print(
+        f"black-hole webhooks settled {time.monotonic() - started:.0f}s after the probes; "
+        f"{len(hole.held)} connections; last errors: "
+        f"{ {r: reasons.count(r) for r in set(reasons)} }"
+    )
+    assert reasons.count("circuit open") >= 80
+    assert len(hole.held) <= 20
+
+
+class _Holding(BaseHTTPRequestHandler):
+    """Holds the first delivery open (the dispatcher dies meanwhile); accepts the ones after it."""
+
+    arrivals: ClassVar[int] = 0
+    first: ClassVar[threading.Event] = threading.Event()
+    release: ClassVar[threading.Event] = threading.Event()
+    delivered: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Holding.arrivals += 1
+        if _Holding.arrivals == 1:
+            _Holding.first.set()
+            _Holding.release.wait(60)
+            return
+        _Holding.delivered.append(body)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_delivery_in_flight_when_the_dispatcher_dies_is_delivered_after(
+    database_url: str, cluster: Cluster
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Holding)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = cluster.write_config(
+        with_consumers([ModelConfig(name="chat-sim", backend=SimulatorBackend(ttft_ms=5, tokens_per_s=1000))])
+    )
+    cluster.env_overrides.update(
+        {
+            "MODELBUS_WEBHOOK_SECRET": SECRET,
+            "MODELBUS_WEBHOOK_ALLOW": f"127.0.0.1:{server.server_address[1]}",
+            "MODELBUS_WEBHOOK_ACK_WAIT_S": "3",
+        }
+    )
+    dispatcher = cluster.dispatcher(config, database_url)
+    cluster.worker("chat-sim", config, "w-chat")
+    base = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
+    try:
+        with httpx.Client(base_url=base, headers=AUTH, timeout=30) as client:
+            task_id = _create(client, f"http://127.0.0.1:{server.server_address[1]}/hook").json()["id"]
+            assert _Holding.first.wait(30), "the webhook was never attempted"
+            dispatcher.kill()  # mid-attempt: nothing acked, nothing recorded
+            assert client.get(f"/tasks/{task_id}").json()["webhook"]["state"] == "pending"
+            cluster.dispatcher(config, database_url)
+            webhook = _webhook_settled(client, task_id)
+        assert webhook["state"] == "delivered" and webhook["attempts"] == 1
+        assert len(_Holding.delivered) == 1 and orjson.loads(_Holding.delivered[0])["id"] == task_id
+    finally:
+        _Holding.release.set()
+        server.shutdown()
