@@ -65,9 +65,9 @@ class WebhookService:
 
     async def run(self, stop: asyncio.Event) -> None:
         js = self._nc.jetstream()
-        if self._settings.manage_topology:
-            config = webhook_consumer_config(self._subjects, self._settings)
-            await js.add_consumer(self._subjects.webhook_stream, config)
+        # Like the task collector's: the dispatcher owns this consumer whatever manage_topology says.
+        config = webhook_consumer_config(self._subjects, self._settings)
+        await js.add_consumer(self._subjects.webhook_stream, config)
         sub = await js.pull_subscribe_bind(self._subjects.webhook_consumer, self._subjects.webhook_stream)
         try:
             while not stop.is_set():
