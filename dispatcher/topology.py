@@ -134,6 +134,35 @@ def task_collector_consumer_config(subjects: Subjects) -> api.ConsumerConfig:
     )
 
 
+def webhook_stream_config(subjects: Subjects, settings: BusSettings) -> api.StreamConfig:
+    """Webhooks of finished tasks, kept until delivered or dead-lettered (a work queue)."""
+    return api.StreamConfig(
+        name=subjects.webhook_stream,
+        description="Modelbus task webhooks waiting for delivery",
+        subjects=[subjects.all_webhooks],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        max_age=7 * 24 * 3600,
+        max_bytes=settings.dead_letter_max_bytes,
+        # A collector replaying a final frame queues the same webhook again: one message per task.
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.stream_replicas,
+    )
+
+
+def webhook_consumer_config(subjects: Subjects, settings: BusSettings) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        durable_name=subjects.webhook_consumer,
+        description="delivers task webhooks; acks once delivered or dead-lettered and recorded",
+        ack_policy=api.AckPolicy.EXPLICIT,
+        # The service sends in-progress acks while an attempt waits or runs; a dead service's webhooks
+        # come back to another replica (or the restarted one) after this.
+        ack_wait=settings.webhook_ack_wait_s,
+        max_deliver=-1,  # attempts are counted on the task record, and bounded there
+        max_ack_pending=10_000,
+    )
+
+
 def batch_line_stream_config(subjects: Subjects, settings: BusSettings) -> api.StreamConfig:
     """Batch lines between batch creation and their admission (a work queue: gone once admitted)."""
     return api.StreamConfig(
@@ -240,6 +269,7 @@ async def ensure_streams(
     await _ensure_stream(js, audit_stream_config(subjects, settings))
     await _ensure_stream(js, task_reply_stream_config(subjects, settings))
     await _ensure_stream(js, batch_line_stream_config(subjects, settings))
+    await _ensure_stream(js, webhook_stream_config(subjects, settings))
 
 
 async def ensure_consumer(

@@ -89,6 +89,8 @@ def up(
         typer.echo(f"Modelbus is up.\n  base URL: {base}\n  NATS:     {nats_url}\n  database: {database_url}")
         typer.echo(f"  audit:    MODELBUS_AUDIT_VERIFY_KEY={stack.audit_verify_key} modelbus audit verify")
         typer.echo(f"  models:   {', '.join(m.name for m in cfg.models) or '(none)'}")
+        if not os.environ.get("MODELBUS_WEBHOOK_SECRET"):
+            typer.echo(f"  webhooks: signed with the secret in {stack.webhook_secret_path}")
         typer.echo(f"  config:   {in_force}")
         if key:
             typer.echo(f"  API key:  {key}")
