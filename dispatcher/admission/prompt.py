@@ -27,7 +27,9 @@ _CHARS_PER_TOKEN = 4  # a conservative average for English-like text and common 
 _PER_TEXT = 4  # role, separators, field names
 _SCHEMA_TEXT_KEYS = ("description", "title")
 # Endpoints that generate nothing: a request costs its input only.
-_PROMPT_ONLY = frozenset({Endpoint.EMBEDDINGS, Endpoint.RERANK, Endpoint.TOKENIZE, Endpoint.DETOKENIZE})
+_PROMPT_ONLY = frozenset(
+    {Endpoint.EMBEDDINGS, Endpoint.RERANK, Endpoint.SCORE, Endpoint.TOKENIZE, Endpoint.DETOKENIZE}
+)
 
 Change = Callable[[str], str]
 
@@ -43,10 +45,12 @@ def prompt_text(payload: dict[str, Any]) -> str:
                 if isinstance(item, dict) and item.get("role") == "user":
                     _content(item.get("content"), _collect(texts))
             return "\n".join(texts)
-    for name in ("prompt", "input", "query", "content"):
+    for name in ("prompt", "input", "query", "content", "text_1"):
         value = payload.get(name)
         if isinstance(value, str):
             return value
+        if name == "text_1" and isinstance(value, list):
+            return "\n".join(str(text) for text in value)
     return ""
 
 
@@ -66,7 +70,7 @@ def rewrite_texts(payload: dict[str, Any], change: Change) -> dict[str, Any]:
 def visit_texts(payload: dict[str, Any], change: Change) -> dict[str, Any]:
     out = payload
     out = _field(out, "messages", lambda messages: _list(messages, _message, change))
-    for name in ("prompt", "input", "suffix", "user", "instructions", "query", "content"):
+    for name in ("prompt", "input", "suffix", "user", "instructions", "query", "content", "text_1", "text_2"):
         out = _field(out, name, lambda value: _strings(value, change))
     out = _field(out, "system", lambda system: _content(system, change))
     out = _field(out, "documents", lambda documents: _list(documents, _document, change))

@@ -15,6 +15,7 @@ from dispatcher.admission.prompt import (
     estimate_tokens,
     input_texts,
     normalized,
+    prompt_text,
     rewrite_texts,
 )
 from dispatcher.admission.validation import parse
@@ -229,3 +230,7 @@ def test_rerank_and_tokenize_texts_are_found_and_cost_their_input_only() -> None
     assert input_texts({"model": "m", "content": "tokenize-text"}) == ["tokenize-text"]
     assert estimate_tokens(Endpoint.RERANK, rerank) < DEFAULT_COMPLETION_RESERVE
     assert estimate_tokens(Endpoint.DETOKENIZE, {"model": "m", "tokens": [1] * 40}) == 40
+    score = {"model": "m", "text_1": "first-text", "text_2": ["second-a", "second-b"]}
+    assert input_texts(score) == ["first-text", "second-a", "second-b"]
+    assert prompt_text(score) == "first-text"
+    assert estimate_tokens(Endpoint.SCORE, score) < DEFAULT_COMPLETION_RESERVE
