@@ -1,16 +1,20 @@
 """Precision and recall of the guardrails on the labelled sets, per PII kind, attack family and
 language, for the heuristics, the classifier model and both.
 
-    python bench/guardrails_eval.py                       # tuning half of the labelled set
-    python bench/guardrails_eval.py --split holdout       # the held-out half: the figures to believe
+    python bench/guardrails_eval.py                       # the tuning set (all of labelled.jsonl)
+    python bench/guardrails_eval.py --split holdout       # the held-out set: the figures to believe
     python bench/guardrails_eval.py --split holdout --classifier   # also the model layer (needs torch)
+    python bench/guardrails_eval.py --tune-classifier     # the classifier's settings, leave-one-out
     python bench/guardrails_eval.py --cost                # heuristics' cost (2,000 and 100,000 chars)
-    python bench/guardrails_eval.py --write-exemplars     # the classifier's exemplars: the tuning half
+    python bench/guardrails_eval.py --write-exemplars     # the classifier's exemplars: the tuning set
 
-The labelled set (tests/dispatcher/guardrails/data/labelled.jsonl) is split by a hash of each text,
-fixed here (`split_of`): the tuning half is what the heuristics were tuned on and what the
-classifier's exemplars are; the held-out half is never used for either. On the tuning half the
-classifier is scored leave-one-out (a prompt never finds itself among the exemplars).
+The split is fixed by a hash of each text (`split_of`): a text whose SHA-256 is one of the held-out
+set's (tests/dispatcher/guardrails/data/heldout.jsonl, written in the second round of issue 14
+before any tuning of that round) is held out; every other text is tuning data. labelled.jsonl was
+first split in halves by the first byte of that hash (`first_round_half`); its held-out half was
+looked at once and is tuning data now. The tuning set is what the heuristics were tuned on and what
+the classifier's exemplars are; on it the classifier is scored leave-one-out (a prompt never finds
+itself among the exemplars).
 
 Prompt-level: a true positive is a prompt labelled with a kind and flagged by its detector.
 """
@@ -18,6 +22,7 @@ Prompt-level: a true positive is a prompt labelled with a kind and flagged by it
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import statistics
@@ -38,6 +43,7 @@ from schemas.policy import PII_KINDS
 
 DATA = Path(__file__).resolve().parents[1] / "tests/dispatcher/guardrails/data"
 LABELLED = DATA / "labelled.jsonl"
+HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"
 EXEMPLARS = Path(__file__).resolve().parents[1] / "workers/backends/injection_exemplars.jsonl"
@@ -45,13 +51,32 @@ DETECTORS = (*PII_KINDS, "injection")
 Row = dict[str, object]
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _read(path: Path) -> list[Row]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@functools.cache
+def _held_out_digests() -> frozenset[bytes]:
+    return frozenset(_digest(str(r["text"])) for r in _read(HELDOUT))
+
+
 def split_of(text: str) -> str:
-    """'holdout' for half of the texts, 'tuning' for the other, by the first byte of a SHA-256."""
-    return "holdout" if hashlib.sha256(text.encode("utf-8")).digest()[0] < 128 else "tuning"
+    """'holdout' for the texts of the held-out set (by SHA-256), 'tuning' for every other."""
+    return "holdout" if _digest(text) in _held_out_digests() else "tuning"
 
 
-def load(path: Path = LABELLED, split: str = "all") -> list[Row]:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def first_round_half(text: str) -> str:
+    """The first round's halves of labelled.jsonl (first byte of the SHA-256); both are tuning now."""
+    return "holdout" if _digest(text)[0] < 128 else "tuning"
+
+
+def load(path: Path | None = None, split: str = "all") -> list[Row]:
+    """One file, or the split's rows from labelled.jsonl and heldout.jsonl together."""
+    rows = _read(path) if path is not None else _read(LABELLED) + _read(HELDOUT)
     return [r for r in rows if split == "all" or split_of(str(r["text"])) == split]
 
 
@@ -193,7 +218,7 @@ def classifier() -> tuple[Classify, Callable[[str], float]]:
 
 def write_exemplars(path: Path = EXEMPLARS) -> int:
     """The tuning half as the classifier's exemplars (their vectors are computed and cached on first use)."""
-    rows = load(LABELLED, "tuning")
+    rows = load(split="tuning")
     lines = [
         json.dumps(
             {
@@ -247,7 +272,7 @@ def cost() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", type=Path, default=LABELLED)
+    parser.add_argument("--set", type=Path, default=None, help="one file (default: the split)")
     parser.add_argument("--split", choices=["tuning", "holdout", "all"], default="tuning")
     parser.add_argument("--classifier", action="store_true", help="also the model layer (torch)")
     parser.add_argument("--show-misses", action="store_true")
@@ -260,7 +285,7 @@ def main() -> None:
     if args.cost:
         print(cost())
         return
-    rows = load(args.set, args.split if args.set == LABELLED else "all")
+    rows = load(args.set, "all") if args.set is not None else load(split=args.split)
     classify, timed = classifier() if args.classifier else (None, None)
     report = evaluate(rows, classify, tuning=args.split == "tuning")
     print(f"{len(rows)} prompts ({args.split}), {sum(1 for r in rows if not r['labels'])} clean\n")
