@@ -216,6 +216,59 @@ def classifier() -> tuple[Classify, Callable[[str], float]]:
     return classify, timed
 
 
+def tune_classifier() -> str:
+    """The classifier's settings on the tuning set, leave-one-out: for each number of neighbours,
+    threshold and margin, benign prompts flagged and attacks caught that the heuristics missed.
+    Every segment is embedded once; the grid is matrix arithmetic."""
+    import numpy as np
+
+    from schemas.config import InjectionSimilarityBackend
+    from workers.backends.similarity import SimilarityDetector, _segments
+
+    config = InjectionSimilarityBackend()
+    detector = SimilarityDetector(config)
+    rows = load(split="tuning")
+    owner: list[int] = []
+    segments: list[str] = []
+    for i, row in enumerate(rows):
+        pieces = _segments(str(row["text"]), config.max_segments)
+        segments.extend(pieces)
+        owner.extend([i] * len(pieces))
+    vectors = detector.embed(segments)
+    index = {t: i for i, t in enumerate(detector.attack_texts)}
+    benign_index = {t: i for i, t in enumerate(detector.benign_texts)}
+    attack_sim = vectors @ detector._attacks.T
+    benign_sim = vectors @ detector._benign.T
+    for seg, row in enumerate(owner):  # leave one out: a prompt never finds itself
+        text = str(rows[row]["text"])
+        if text in index:
+            attack_sim[seg, index[text]] = -1.0
+        if text in benign_index:
+            benign_sim[seg, benign_index[text]] = -1.0
+    attack = np.array(["injection" in r["labels"] for r in rows])  # type: ignore[operator]
+    heuristic = np.array([bool(detect_injection(str(r["text"]))) for r in rows])
+    owner_array = np.array(owner)
+    lines = ["| k | threshold | margin | benign flagged | attacks flagged | combined recall | combined FP |"]
+    for k in (1, 2, 3, 5):
+        a = np.sort(attack_sim, axis=1)[:, -k:].mean(axis=1)
+        b = np.sort(benign_sim, axis=1)[:, -k:].mean(axis=1)
+        for threshold in np.arange(0.40, 0.80, 0.05):
+            score = np.where(a >= threshold, a - b, -1.0)
+            best = np.full(len(rows), -1.0)
+            np.maximum.at(best, owner_array, score)
+            for margin in np.arange(0.0, 0.31, 0.02):
+                flagged = best >= margin
+                fp = int((flagged & ~attack).sum())
+                combined = flagged | heuristic
+                if fp > 3:
+                    continue
+                lines.append(
+                    f"| {k} | {threshold:.2f} | {margin:.2f} | {fp} | {int((flagged & attack).sum())} | "
+                    f"{(combined & attack).sum() / attack.sum():.3f} | {int((combined & ~attack).sum())} |"
+                )
+    return "\n".join(lines)
+
+
 def write_exemplars(path: Path = EXEMPLARS) -> int:
     """The tuning half as the classifier's exemplars (their vectors are computed and cached on first use)."""
     rows = load(split="tuning")
@@ -278,12 +331,16 @@ def main() -> None:
     parser.add_argument("--show-misses", action="store_true")
     parser.add_argument("--cost", action="store_true")
     parser.add_argument("--write-exemplars", action="store_true")
+    parser.add_argument("--tune-classifier", action="store_true")
     args = parser.parse_args()
     if args.write_exemplars:
         print(f"{write_exemplars()} exemplars written to {EXEMPLARS}")
         return
     if args.cost:
         print(cost())
+        return
+    if args.tune_classifier:
+        print(tune_classifier())
         return
     rows = load(args.set, "all") if args.set is not None else load(split=args.split)
     classify, timed = classifier() if args.classifier else (None, None)
