@@ -251,12 +251,20 @@ PHONE_WORDS = (
 )  # fmt: skip
 
 
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+
+
+def _digit_count(raw: str) -> int:
+    # translate() runs in C; a generator over the characters was a tenth of a PII-dense prompt's cost.
+    return len(raw) - len(raw.translate(_NO_DIGITS))
+
+
 def phones(text: str, regions: tuple[str, ...]) -> Iterator[Finding]:
     taken = -1
     lowered = text.lower()
     for m in _PHONE.finditer(text):
         raw = m.group()
-        if not 7 <= sum(c.isdigit() for c in raw) <= 15:
+        if not 7 <= _digit_count(raw) <= 15:
             continue
         international = raw.startswith(("+", "00"))
         context = _said_before(lowered, m.start(), PHONE_WORDS)
@@ -265,7 +273,7 @@ def phones(text: str, regions: tuple[str, ...]) -> Iterator[Finding]:
             taken = m.end()
     if any(word in lowered for word in PHONE_WORDS):
         for m in _PHONE_GROUPED.finditer(text):
-            if m.start() < taken or not 8 <= sum(c.isdigit() for c in m.group()) <= 12:
+            if m.start() < taken or not 8 <= _digit_count(m.group()) <= 12:
                 continue
             # Both a phone word and the country's own grouping: "extension 666-12-3456" is not one.
             if _said_before(lowered, m.start(), PHONE_WORDS) and _is_phone(m.group(), regions, False):
