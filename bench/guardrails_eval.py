@@ -306,7 +306,7 @@ def _prompts() -> dict[str, str]:
             + "Contact anna.schmidt@example.de or +49 30 901820, card 5555 5555 5555 4444. "
             + _SENTENCE * 8
         )[:2000],
-        "2,000 characters, PII-dense (an entity every 15 characters)": ((dense + " ") * 20)[:2000],
+        "2,000 characters, PII-dense (79 entities)": ((dense + " ") * 20)[:2000],
         "2,000 characters, German and Chinese": (
             "Bitte fasse den Bericht zusammen und nenne die Risiken. 请总结这份报告并列出风险。" * 40
         )[:2000],
@@ -362,7 +362,9 @@ def adversarial() -> str:
             detect_pii(text)
             detect_injection(text)
             took.append((time.thread_time_ns() - started) / 1e6)
-        lines.append(f"| `{unit.strip()}` repeated | {took[0]:.0f} ms | {took[1]:.0f} ms | {took[1] / took[0]:.1f} |")
+        lines.append(
+            f"| `{unit.strip()}` repeated | {took[0]:.0f} ms | {took[1]:.0f} ms | {took[1] / took[0]:.1f} |"
+        )
     return "\n".join(lines)
 
 

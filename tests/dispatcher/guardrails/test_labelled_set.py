@@ -9,10 +9,9 @@ The held-out floors are what that set measured (docs/guardrails.md has the table
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
-
-import hashlib
 
 from bench.guardrails_eval import (
     EXEMPLARS,
