@@ -110,6 +110,7 @@ def _streams(s: Subjects) -> list[str]:
         s.task_reply_stream,
         s.quota_stream,
         s.batch_line_stream,
+        s.webhook_stream,
     ]
     return streams + [_kv_stream(b) for b in _buckets(s)]
 
@@ -187,6 +188,7 @@ def dispatcher(namespace: str) -> Permissions:
         s.all_dead_letters,
         f"{s.namespace}.reply.*.*",  # tells the waiting ingress a request was dead-lettered
         s.all_task_replies,
+        s.all_webhooks,  # finished tasks' webhooks, queued for the delivery service
         s.audit("dispatcher"),
         s.all_requests,  # admitted batch lines, and calls to an injection classifier model
         s.all_cancels,

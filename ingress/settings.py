@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -38,6 +39,16 @@ class IngressSettings(BusSettings):
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0, description="larger files get 413")
     storage_quota_bytes: int = Field(
         default=1024 * 1024 * 1024, gt=0, description="files one consumer may keep; past it uploads get 429"
+    )
+    ingress_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /metrics on this port (bound to metrics_host) instead of the API port",
+    )
+    api_schema: Literal["key", "public", "off"] = Field(
+        default="key",
+        description="/openapi.json: for any valid API key, for anyone, or not served",
     )
 
     def http_limits(self) -> HttpLimits:
