@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from pydantic import ValidationError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from dispatcher.admission.identity import Identity
@@ -230,13 +231,17 @@ async def read_multipart_upload(request: Request, upload: JsonlUpload) -> tuple[
         raise APIError(400, "send the file as multipart/form-data", "invalid_request")
     fields: dict[str, bytearray] = {}
     state = _PartState()
-    parser = MultipartParser(boundary, state.callbacks(fields))
-    async for chunk in request.stream():
-        parser.write(chunk)
-        if state.file_data:
-            data, state.file_data = bytes(state.file_data), bytearray()
-            await upload.feed(data)
-    parser.finalize()
+    try:
+        parser = MultipartParser(boundary, state.callbacks(fields))
+        async for chunk in request.stream():
+            parser.write(chunk)
+            if state.file_data:
+                data, state.file_data = bytes(state.file_data), bytearray()
+                await upload.feed(data)
+        parser.finalize()
+    except FormParserError:
+        # The parser's message quotes bytes of the body: not echoed.
+        raise APIError(400, "the multipart form is malformed", "invalid_request") from None
     if not state.saw_file:
         raise APIError(400, "the form has no 'file' part", "invalid_request", "file")
     purpose = bytes(fields.get("purpose", b"")).decode("utf-8", "replace")

@@ -167,6 +167,13 @@ def test_uploads_are_refused_at_the_first_line_or_byte_past_a_limit(gateway: tup
         refused = client.post("/files", files={"file": ("big.jsonl", too_big)}, data={"purpose": "batch"})
         assert refused.status_code == 413 and refused.json()["error"]["code"] == "file_too_large"
 
+        malformed = client.post(  # found by schemathesis: a part without headers was a 500
+            "/files",
+            content=b"--b0\r\n[0.0]--b0--\r\n",
+            headers={"Content-Type": "multipart/form-data; boundary=b0"},
+        )
+        assert malformed.status_code == 400, malformed.text
+
         bad_line = _batch_file(3, 200).replace(b'"r1"', b"1")
         refused = client.post("/files", files={"file": ("bad.jsonl", bad_line)}, data={"purpose": "batch"})
         assert refused.status_code == 400 and refused.json()["error"]["message"].startswith("line 2:")
