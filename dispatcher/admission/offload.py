@@ -125,11 +125,13 @@ def scan(policy: InputPolicy, payload_json: bytes) -> Scanned:
     )
 
 
-def _ready() -> None:
-    """Run once in each new worker: die with the ingress (a worker left behind would keep scanning
-    for nobody), and import everything a first request would."""
+def _ready(parent: int) -> None:
+    """Run once in each new worker: die with the ingress (a worker left behind would wait for work
+    forever), and import everything a first request would."""
     if sys.platform == "linux":
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the ingress ended while this worker was starting: no signal comes
+        os._exit(0)
     # Bulk work yields the CPU to the event loop: at equal priority two busy workers on a 2-core
     # machine left the loop a third of a core when a request arrived.
     os.setpriority(os.PRIO_PROCESS, 0, _NICENESS)
@@ -148,7 +150,9 @@ class Offload:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self.processes, mp_context=context, initializer=_ready)
+        return ProcessPoolExecutor(
+            self.processes, mp_context=context, initializer=_ready, initargs=(os.getpid(),)
+        )
 
     def wants(self, size: int) -> bool:
         return size >= self.min_bytes
