@@ -47,6 +47,31 @@ def request_stream_config(
     )
 
 
+def share_stream_config(
+    subjects: Subjects, settings: BusSettings, max_msg_size: int, msg_ttl: bool
+) -> api.StreamConfig:
+    """Requests waiting for their fair share, one subject per (model, version, lane, consumer).
+
+    No consumers: the share feeder reads each subject's oldest message directly, republishes it to
+    the request stream under the same `Nats-Msg-Id` and deletes it (dispatcher/fair_share.py).
+    """
+    return api.StreamConfig(
+        name=subjects.share_stream,
+        description="Modelbus requests waiting for their consumer's fair share",
+        subjects=[subjects.all_shares],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        discard=api.DiscardPolicy.NEW,
+        max_age=settings.request_stream_max_age_s,
+        max_bytes=settings.request_stream_max_bytes,
+        max_msgs=settings.request_stream_max_msgs,
+        max_msg_size=max_msg_size,
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.stream_replicas,
+        allow_msg_ttl=True if msg_ttl else None,
+    )
+
+
 def dead_letter_stream_config(subjects: Subjects, settings: BusSettings) -> api.StreamConfig:
     return api.StreamConfig(
         name=subjects.dead_letter_stream,
@@ -233,6 +258,7 @@ async def ensure_streams(
     if not settings.manage_topology:
         return
     await _ensure_stream(js, request_stream_config(subjects, settings, max_msg_size, msg_ttl))
+    await _ensure_stream(js, share_stream_config(subjects, settings, max_msg_size, msg_ttl))
     await _ensure_stream(js, dead_letter_stream_config(subjects, settings))
     await _ensure_stream(js, audit_stream_config(subjects, settings))
     await _ensure_stream(js, task_reply_stream_config(subjects, settings))

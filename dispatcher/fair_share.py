@@ -1,0 +1,294 @@
+"""Weighted fair share of a saturated model among its consumers, in front of the pull model.
+
+An ingress stages each request under `<ns>.share.<model>.<version>.<lane>.<bucket>` (the bucket is
+the consumer, or its `share_group`) instead of the FIFO request subject. One feeder (whoever holds
+the lease, see `FeederLease`) moves staged requests into the request stream, oldest first within
+a bucket and across buckets in stride-scheduling order (each bucket advances its pass by
+1/weight per request released; the lowest pass goes next; a higher `share_tier` goes first), and
+only as many as keep each lane's ready queue at `ready_depth` undelivered messages. Workers still
+pull the request subject by free capacity, untouched, so:
+
+- a newly backlogged consumer enters at the current virtual time and is released next: it waits
+  behind at most `ready_depth` requests, about one service time, not behind the whole backlog;
+- work-conserving: whenever anything is staged, the ready queue is refilled to `ready_depth` at
+  least every `poll_s`, and an idle model gets each request forwarded as soon as the bell rings;
+- durable and shared: staged requests are JetStream messages; a move republishes with the same
+  `Nats-Msg-Id` before deleting, so a feeder dying mid-move (or two feeders racing during a lease
+  hand-over) duplicates nothing: the request stream drops the second copy, the second delete fails;
+- lanes keep their meaning: each lane has its own ready queue and workers drain interactive first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from dispatcher.capacity import live_workers
+from dispatcher.connection import publish_durably
+from dispatcher.settings import BusSettings
+from dispatcher.subjects import Subjects
+from dispatcher.topology import ensure_bucket
+from schemas.envelope import Lane
+
+log = logging.getLogger(__name__)
+
+QueueKey = tuple[str, str, Lane]  # model, version, lane
+ShareSpec = Callable[[str], tuple[float, int]]  # bucket -> (weight, tier)
+
+
+@dataclass
+class _Bucket:
+    weight: float = 1.0
+    tier: int = 0
+    passed: float = 0.0  # stride scheduling's "pass": virtual time of this bucket's next release
+    queued: int = 0
+
+
+@dataclass
+class StrideQueue:
+    """Release order of one (model, version, lane) among its backlogged buckets (no I/O)."""
+
+    buckets: dict[str, _Bucket] = field(default_factory=dict)
+    virtual_time: float = 0.0  # pass of the last release
+
+    def update(self, queued: dict[str, int], spec: ShareSpec) -> None:
+        """Take the staged counts of a fresh scan; a bucket that was idle rejoins at virtual time,
+        so it neither starves nor cashes in on credit saved while it sent nothing."""
+        for name, bucket in list(self.buckets.items()):
+            if name not in queued:
+                bucket.queued = 0
+                if bucket.passed <= self.virtual_time:
+                    del self.buckets[name]  # it would rejoin at virtual time anyway
+        for name, count in queued.items():
+            bucket = self.buckets.setdefault(name, _Bucket(passed=self.virtual_time))
+            if bucket.queued == 0 and count > 0:
+                bucket.passed = max(bucket.passed, self.virtual_time)
+            bucket.queued = count
+            bucket.weight, bucket.tier = spec(name)
+
+    @property
+    def backlogged(self) -> bool:
+        return any(b.queued > 0 for b in self.buckets.values())
+
+    def next(self) -> str | None:
+        """The bucket whose oldest request goes next, charged for it; None if nothing is staged."""
+        waiting = [(-b.tier, b.passed, name) for name, b in self.buckets.items() if b.queued > 0]
+        if not waiting:
+            return None
+        name = min(waiting)[2]
+        bucket = self.buckets[name]
+        self.virtual_time = bucket.passed
+        bucket.passed += 1.0 / bucket.weight
+        bucket.queued -= 1
+        return name
+
+    def refund(self, name: str) -> None:
+        """A release that found the bucket empty (its count was stale): undo the charge."""
+        bucket = self.buckets.get(name)
+        if bucket is not None:
+            bucket.passed -= 1.0 / bucket.weight
+            bucket.queued = 0
+
+
+def ready_depth(slots: int) -> int:
+    """Undelivered requests kept in a lane's ready queue: enough that slots freeing between two
+    feeder rounds find work, few enough that a newcomer waits about one service time."""
+    return max(2, math.ceil(slots / 2))
+
+
+async def staged_counts(js: JetStreamContext, subjects: Subjects) -> dict[str, int]:
+    """Staged requests per share subject (one API call, whatever the number of consumers)."""
+    try:
+        info = await js.stream_info(subjects.share_stream, subjects_filter=subjects.all_shares)
+    except NotFoundError:
+        return {}
+    return dict(info.state.subjects or {})
+
+
+def staged_by_queue(subjects: Subjects, counts: dict[str, int]) -> dict[QueueKey, dict[str, int]]:
+    found: dict[QueueKey, dict[str, int]] = {}
+    for subject, count in counts.items():
+        try:
+            model, version, lane, bucket = subjects.parse_share(subject)
+        except ValueError:
+            continue
+        found.setdefault((model, version, lane), {})[bucket] = count
+    return found
+
+
+class ShareFeeder:
+    """Moves staged requests to the request stream in fair order; see the module docstring."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        subjects: Subjects,
+        spec: ShareSpec,
+        registry: KeyValue,
+        lease: FeederLease,
+        poll_s: float = 0.01,
+        idle_s: float = 1.0,
+    ) -> None:
+        self._nc, self._js, self._subjects = nc, js, subjects
+        self._spec, self._registry, self._lease = spec, registry, lease
+        self._poll_s, self._idle_s = poll_s, idle_s
+        self._slots: dict[tuple[str, str], int] = {}  # (model, version) -> live workers' capacity
+        self._slots_at = 0.0
+        self._queues: dict[QueueKey, StrideQueue] = {}
+        self._wake = asyncio.Event()
+        self.served: dict[tuple[str, Lane, str], int] = {}  # (model, lane, bucket) -> released
+
+    async def run(self) -> None:
+        sub = await self._nc.subscribe(self._subjects.share_bell, cb=self._on_bell)
+        try:
+            while True:
+                busy = await self._lease.hold() and await self._refresh_slots() and await self.feed_once()
+                try:
+                    async with asyncio.timeout(self._poll_s if busy else self._idle_s):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+        finally:
+            await sub.unsubscribe()
+
+    async def _refresh_slots(self) -> bool:
+        if time.monotonic() - self._slots_at >= 1.0:
+            slots: dict[tuple[str, str], int] = {}
+            for worker in await live_workers(self._registry):
+                key = (worker.model, worker.version)
+                slots[key] = slots.get(key, 0) + worker.capacity
+            self._slots, self._slots_at = slots, time.monotonic()
+        return True
+
+    async def _on_bell(self, _msg: object) -> None:
+        self._wake.set()
+
+    async def feed_once(self) -> bool:
+        """One round: rescan, top up every backlogged ready queue; True while anything stays staged."""
+        staged = staged_by_queue(self._subjects, await staged_counts(self._js, self._subjects))
+        for key in set(self._queues) | set(staged):
+            queue = self._queues.setdefault(key, StrideQueue())
+            queue.update(staged.get(key, {}), self._spec)
+            if not queue.backlogged:
+                if not queue.buckets:
+                    del self._queues[key]
+                continue
+            await self._top_up(key, queue)
+        return any(q.backlogged for q in self._queues.values())
+
+    async def _top_up(self, key: QueueKey, queue: StrideQueue) -> None:
+        model, version, lane = key
+        try:
+            info = await self._js.consumer_info(
+                self._subjects.request_stream, self._subjects.consumer(model, version, lane)
+            )
+            ready = info.num_pending or 0
+        except NotFoundError:
+            ready = 0  # no consumer yet: its first worker will find the messages waiting
+        picks: dict[str, int] = {}
+        for _ in range(ready_depth(self._slots.get((model, version), 0)) - ready):
+            name = queue.next()
+            if name is None:
+                break
+            picks[name] = picks.get(name, 0) + 1
+        # Buckets move concurrently; within one bucket strictly oldest first.
+        await asyncio.gather(*(self._move(key, queue, name, n) for name, n in picks.items()))
+
+    async def _move(self, key: QueueKey, queue: StrideQueue, bucket: str, count: int) -> None:
+        model, version, lane = key
+        source = self._subjects.share(model, version, lane, bucket)
+        target = self._subjects.request(model, version, lane)
+        stream = self._subjects.share_stream
+        for moved in range(count):
+            try:
+                msg = await self._js.get_msg(stream, seq=1, subject=source, next=True)
+            except NotFoundError:
+                for _ in range(count - moved):
+                    queue.refund(bucket)
+                return
+            headers = {k: v for k, v in (msg.headers or {}).items() if k in ("Nats-Msg-Id", "Nats-TTL")}
+            await publish_durably(self._js, target, msg.data or b"", headers, 10.0)
+            assert msg.seq is not None
+            try:
+                await self._js.delete_msg(stream, msg.seq)
+            except NotFoundError:
+                pass  # another feeder moved it too; the request stream kept one copy
+            served_key = (model, lane, bucket)
+            self.served[served_key] = self.served.get(served_key, 0) + 1
+
+    def metrics(self) -> Iterable[Metric]:
+        """Per-consumer staged and released requests of this feeder (only the lease holder feeds)."""
+        queued = GaugeMetricFamily(
+            "modelbus_share_queued",
+            "Requests waiting for their fair share",
+            labels=["model", "lane", "consumer"],
+        )
+        for (model, _, lane), queue in self._queues.items():
+            for name, bucket in queue.buckets.items():
+                queued.add_metric([model, lane.value, name], float(bucket.queued))
+        served = CounterMetricFamily(
+            "modelbus_share_released",
+            "Requests released to workers by the fair-share feeder",
+            labels=["model", "lane", "consumer"],
+        )
+        for (model, lane, name), count in self.served.items():
+            served.add_metric([model, lane.value, name], float(count))
+        return [queued, served]
+
+
+class FeederLease:
+    """One feeder at a time: a KV key with the bucket's TTL, renewed by its holder every second.
+
+    Two feeders during a hand-over are harmless (see the module docstring), only wasteful.
+    """
+
+    _KEY = "feeder"
+
+    def __init__(self, kv: KeyValue, holder: str, renew_s: float = 1.0) -> None:
+        self._kv = kv
+        self._holder = holder.encode()
+        self._renew_s = renew_s
+        self._revision: int | None = None
+        self._next_check = 0.0
+
+    async def hold(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_check:
+            return self._revision is not None
+        self._next_check = now + self._renew_s
+        try:
+            if self._revision is not None:
+                self._revision = await self._kv.update(self._KEY, self._holder, last=self._revision)
+            else:
+                self._revision = await self._kv.create(self._KEY, self._holder)
+        except Exception:  # noqa: BLE001 - held by another (or NATS away): try again next second
+            self._revision = None
+        return self._revision is not None
+
+
+async def open_feeder(
+    nc: NATS,
+    js: JetStreamContext,
+    subjects: Subjects,
+    settings: BusSettings,
+    spec: ShareSpec,
+    registry: KeyValue,
+    holder: str,
+) -> ShareFeeder:
+    lease_bucket = await ensure_bucket(
+        js, settings, subjects.share_lease_bucket, "Modelbus share feeder lease", ttl_s=3.0, in_memory=True
+    )
+    lease = FeederLease(lease_bucket, holder)
+    return ShareFeeder(nc, js, subjects, spec, registry, lease, poll_s=settings.fair_share_poll_s)
