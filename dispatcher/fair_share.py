@@ -5,13 +5,15 @@ the consumer, or its `share_group`) instead of the FIFO request subject. One fee
 the lease, see `FeederLease`) moves staged requests into the request stream, oldest first within
 a bucket and across buckets in stride-scheduling order (each bucket advances its pass by
 1/weight per request released; the lowest pass goes next; a higher `share_tier` goes first), and
-only as many as keep each lane's ready queue at `ready_depth` undelivered messages. Workers still
+only as many as keep each lane's ready queue a few undelivered messages deep. Workers still
 pull the request subject by free capacity, untouched, so:
 
 - a newly backlogged consumer enters at the current virtual time and is released next: it waits
-  behind at most `ready_depth` requests, about one service time, not behind the whole backlog;
-- work-conserving: whenever anything is staged, the ready queue is refilled to `ready_depth` at
-  least every `poll_s`, and an idle model gets each request forwarded as soon as the bell rings;
+  behind at most the ready queue (no deeper than the model's slots: about one service time), not
+  behind the whole backlog;
+- work-conserving: whenever anything is staged, the ready queue is refilled at least every `poll_s`
+  and grows while rounds find it drained (`next_depth`); an idle model gets each request forwarded
+  as soon as the ingress rings the bell;
 - durable and shared: staged requests are JetStream messages; a move republishes with the same
   `Nats-Msg-Id` before deleting, so a feeder dying mid-move (or two feeders racing during a lease
   hand-over) duplicates nothing: the request stream drops the second copy, the second delete fails;
@@ -100,10 +102,21 @@ class StrideQueue:
             bucket.queued = 0
 
 
-def ready_depth(slots: int) -> int:
-    """Undelivered requests kept in a lane's ready queue: enough that slots freeing between two
-    feeder rounds find work, few enough that a newcomer waits about one service time."""
-    return max(2, math.ceil(slots / 2))
+def next_depth(depth: int | None, slots: int, ready: int) -> int:
+    """Undelivered requests to keep in a lane's ready queue, adapted each feeder round.
+
+    Enough that slots freeing between two rounds find work (a round that finds the queue drained
+    doubles it), few enough that a newly arriving consumer waits about one service time (never more
+    than the model's slots; it shrinks while the queue stays half full)."""
+    floor = max(2, math.ceil(slots / 2))
+    ceiling = max(floor, slots)
+    if depth is None:
+        return floor
+    if ready == 0:
+        return min(ceiling, depth * 2)
+    if ready * 2 > depth:
+        return max(floor, depth - 1)
+    return max(floor, min(ceiling, depth))
 
 
 async def staged_counts(js: JetStreamContext, subjects: Subjects) -> dict[str, int]:
@@ -146,6 +159,7 @@ class ShareFeeder:
         self._slots: dict[tuple[str, str], int] = {}  # (model, version) -> live workers' capacity
         self._slots_at = 0.0
         self._queues: dict[QueueKey, StrideQueue] = {}
+        self._depth: dict[QueueKey, int] = {}
         self._wake = asyncio.Event()
         self.served: dict[tuple[str, Lane, str], int] = {}  # (model, lane, bucket) -> released
 
@@ -184,6 +198,7 @@ class ShareFeeder:
             if not queue.backlogged:
                 if not queue.buckets:
                     del self._queues[key]
+                    self._depth.pop(key, None)
                 continue
             await self._top_up(key, queue)
         return any(q.backlogged for q in self._queues.values())
@@ -197,8 +212,10 @@ class ShareFeeder:
             ready = info.num_pending or 0
         except NotFoundError:
             ready = 0  # no consumer yet: its first worker will find the messages waiting
+        depth = next_depth(self._depth.get(key), self._slots.get((model, version), 0), ready)
+        self._depth[key] = depth
         picks: dict[str, int] = {}
-        for _ in range(ready_depth(self._slots.get((model, version), 0)) - ready):
+        for _ in range(depth - ready):
             name = queue.next()
             if name is None:
                 break
