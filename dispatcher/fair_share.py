@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -43,6 +43,9 @@ from dispatcher.topology import ensure_bucket
 from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
+
+_KEPT_HEADERS = ("Nats-Msg-Id", "Nats-TTL")
+_CONSUMER_IDLE_S = 3600.0
 
 QueueKey = tuple[str, str, Lane]  # model, version, lane
 ShareSpec = Callable[[str], tuple[float, int]]  # bucket -> (weight, tier)
@@ -160,6 +163,7 @@ class ShareFeeder:
         self._slots_at = 0.0
         self._queues: dict[QueueKey, StrideQueue] = {}
         self._depth: dict[QueueKey, int] = {}
+        self._pulls: dict[tuple[QueueKey, str], JetStreamContext.PullSubscription] = {}
         self._wake = asyncio.Event()
         self.served: dict[tuple[str, Lane, str], int] = {}  # (model, lane, bucket) -> released
 
@@ -167,9 +171,14 @@ class ShareFeeder:
         sub = await self._nc.subscribe(self._subjects.share_bell, cb=self._on_bell)
         try:
             while True:
-                busy = await self._lease.hold() and await self._refresh_slots() and await self.feed_once()
+                released = 0
+                if await self._lease.hold():
+                    await self._refresh_slots()
+                    released = await self.feed_once()
+                if released:
+                    continue  # the ready queues may have drained into waiting pulls at once: again
                 try:
-                    async with asyncio.timeout(self._poll_s if busy else self._idle_s):
+                    async with asyncio.timeout(self._poll_s if self.backlogged else self._idle_s):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
@@ -177,21 +186,26 @@ class ShareFeeder:
         finally:
             await sub.unsubscribe()
 
-    async def _refresh_slots(self) -> bool:
+    @property
+    def backlogged(self) -> bool:
+        return any(q.backlogged for q in self._queues.values())
+
+    async def _refresh_slots(self) -> None:
         if time.monotonic() - self._slots_at >= 1.0:
             slots: dict[tuple[str, str], int] = {}
             for worker in await live_workers(self._registry):
                 key = (worker.model, worker.version)
                 slots[key] = slots.get(key, 0) + worker.capacity
             self._slots, self._slots_at = slots, time.monotonic()
-        return True
 
     async def _on_bell(self, _msg: object) -> None:
         self._wake.set()
 
-    async def feed_once(self) -> bool:
-        """One round: rescan, top up every backlogged ready queue; True while anything stays staged."""
+    async def feed_once(self) -> int:
+        """One round: rescan, top up every backlogged ready queue; returns how many were released."""
         staged = staged_by_queue(self._subjects, await staged_counts(self._js, self._subjects))
+        await self._forget_idle(staged)
+        released = 0
         for key in set(self._queues) | set(staged):
             queue = self._queues.setdefault(key, StrideQueue())
             queue.update(staged.get(key, {}), self._spec)
@@ -200,10 +214,10 @@ class ShareFeeder:
                     del self._queues[key]
                     self._depth.pop(key, None)
                 continue
-            await self._top_up(key, queue)
-        return any(q.backlogged for q in self._queues.values())
+            released += await self._top_up(key, queue)
+        return released
 
-    async def _top_up(self, key: QueueKey, queue: StrideQueue) -> None:
+    async def _top_up(self, key: QueueKey, queue: StrideQueue) -> int:
         model, version, lane = key
         try:
             info = await self._js.consumer_info(
@@ -221,29 +235,70 @@ class ShareFeeder:
                 break
             picks[name] = picks.get(name, 0) + 1
         # Buckets move concurrently; within one bucket strictly oldest first.
-        await asyncio.gather(*(self._move(key, queue, name, n) for name, n in picks.items()))
+        return sum(await asyncio.gather(*(self._move(key, queue, name, n) for name, n in picks.items())))
 
-    async def _move(self, key: QueueKey, queue: StrideQueue, bucket: str, count: int) -> None:
+    async def _move(self, key: QueueKey, queue: StrideQueue, bucket: str, count: int) -> int:
+        """Release the `count` oldest requests of one bucket: fetch, republish (in order: one
+        connection), then ack. A feeder dying in between leaves them unacked; they come back after
+        `ack_wait` and the request stream drops the republished copies as duplicates."""
         model, version, lane = key
-        source = self._subjects.share(model, version, lane, bucket)
+        pull = await self._pull(key, bucket)
+        try:
+            msgs = await pull.fetch(count, timeout=0.05)
+        except TimeoutError:
+            msgs = []
+        for _ in range(count - len(msgs)):
+            queue.refund(bucket)
         target = self._subjects.request(model, version, lane)
-        stream = self._subjects.share_stream
-        for moved in range(count):
-            try:
-                msg = await self._js.get_msg(stream, seq=1, subject=source, next=True)
-            except NotFoundError:
-                for _ in range(count - moved):
-                    queue.refund(bucket)
-                return
-            headers = {k: v for k, v in (msg.headers or {}).items() if k in ("Nats-Msg-Id", "Nats-TTL")}
-            await publish_durably(self._js, target, msg.data or b"", headers, 10.0)
-            assert msg.seq is not None
-            try:
-                await self._js.delete_msg(stream, msg.seq)
-            except NotFoundError:
-                pass  # another feeder moved it too; the request stream kept one copy
-            served_key = (model, lane, bucket)
-            self.served[served_key] = self.served.get(served_key, 0) + 1
+        await asyncio.gather(
+            *(
+                publish_durably(
+                    self._js,
+                    target,
+                    msg.data,
+                    {k: v for k, v in (msg.headers or {}).items() if k in _KEPT_HEADERS},
+                    10.0,
+                )
+                for msg in msgs
+            )
+        )
+        await asyncio.gather(*(msg.ack() for msg in msgs))
+        served_key = (model, lane, bucket)
+        self.served[served_key] = self.served.get(served_key, 0) + len(msgs)
+        return len(msgs)
+
+    async def _pull(self, key: QueueKey, bucket: str) -> JetStreamContext.PullSubscription:
+        found = self._pulls.get((key, bucket))
+        if found is None:
+            model, version, lane = key
+            name = self._subjects.share_consumer(model, version, lane, bucket)
+            config = api.ConsumerConfig(
+                durable_name=name,
+                description=f"share feeder: {bucket!r} on {model!r} {version!r} {lane.value}",
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=30,  # well inside the duplicate window: a redelivered move is deduplicated
+                max_deliver=-1,
+                inactive_threshold=_CONSUMER_IDLE_S,
+            )
+            found = await self._js.pull_subscribe(
+                self._subjects.share(model, version, lane, bucket),
+                durable=name,
+                stream=self._subjects.share_stream,
+                config=config,
+            )
+            self._pulls[(key, bucket)] = found
+        return found
+
+    async def _forget_idle(self, staged: dict[QueueKey, dict[str, int]]) -> None:
+        """Close the subscriptions of buckets with nothing staged (the server drops their consumers
+        after `_CONSUMER_IDLE_S`), so the feeder holds one per backlogged consumer only."""
+        for key, bucket in list(self._pulls):
+            if not staged.get(key, {}).get(bucket):
+                pull = self._pulls.pop((key, bucket))
+                try:
+                    await pull.unsubscribe()
+                except Exception as exc:  # noqa: BLE001 - the connection may be gone; nothing held
+                    log.debug("share pull not closed: %s", exc)
 
     def metrics(self) -> Iterable[Metric]:
         """Per-consumer staged and released requests of this feeder (only the lease holder feeds)."""

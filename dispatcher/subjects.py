@@ -124,6 +124,10 @@ class Subjects:
         head = f"{self.namespace}.share.{encode_token(model)}.{encode_token(version)}"
         return f"{head}.{lane.value}.{encode_token(bucket)}"
 
+    def share_consumer(self, model: str, version: str, lane: Lane, bucket: str) -> str:
+        """The feeder's durable consumer of one share subject (in the share stream)."""
+        return _name(encode_token(model), encode_token(version), lane.value, encode_token(bucket))
+
     def parse_share(self, subject: str) -> tuple[str, str, Lane, str]:
         """(model, version, lane, bucket) of a share subject; ValueError for anything else."""
         parts = subject.split(".")

@@ -52,14 +52,15 @@ def share_stream_config(
 ) -> api.StreamConfig:
     """Requests waiting for their fair share, one subject per (model, version, lane, consumer).
 
-    No consumers: the share feeder reads each subject's oldest message directly, republishes it to
-    the request stream under the same `Nats-Msg-Id` and deletes it (dispatcher/fair_share.py).
+    A work queue like the request stream: the share feeder pulls each subject through its own
+    consumer, republishes to the request stream under the same `Nats-Msg-Id` and then acks
+    (dispatcher/fair_share.py), so what is left here is exactly what still waits for its share.
     """
     return api.StreamConfig(
         name=subjects.share_stream,
         description="Modelbus requests waiting for their consumer's fair share",
         subjects=[subjects.all_shares],
-        retention=api.RetentionPolicy.LIMITS,
+        retention=api.RetentionPolicy.WORK_QUEUE,
         storage=api.StorageType.FILE,
         discard=api.DiscardPolicy.NEW,
         max_age=settings.request_stream_max_age_s,
