@@ -35,7 +35,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from dispatcher.capacity import live_workers
+from dispatcher.capacity import QueueKey, live_workers, staged_by_queue, staged_counts
 from dispatcher.connection import publish_durably
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 _KEPT_HEADERS = ("Nats-Msg-Id", "Nats-TTL")
 _CONSUMER_IDLE_S = 3600.0
 
-QueueKey = tuple[str, str, Lane]  # model, version, lane
 ShareSpec = Callable[[str], tuple[float, int]]  # bucket -> (weight, tier)
 
 
@@ -120,26 +119,6 @@ def next_depth(depth: int | None, slots: int, ready: int) -> int:
     if ready * 2 > depth:
         return max(floor, depth - 1)
     return max(floor, min(ceiling, depth))
-
-
-async def staged_counts(js: JetStreamContext, subjects: Subjects) -> dict[str, int]:
-    """Staged requests per share subject (one API call, whatever the number of consumers)."""
-    try:
-        info = await js.stream_info(subjects.share_stream, subjects_filter=subjects.all_shares)
-    except NotFoundError:
-        return {}
-    return dict(info.state.subjects or {})
-
-
-def staged_by_queue(subjects: Subjects, counts: dict[str, int]) -> dict[QueueKey, dict[str, int]]:
-    found: dict[QueueKey, dict[str, int]] = {}
-    for subject, count in counts.items():
-        try:
-            model, version, lane, bucket = subjects.parse_share(subject)
-        except ValueError:
-            continue
-        found.setdefault((model, version, lane), {})[bucket] = count
-    return found
 
 
 class ShareFeeder:

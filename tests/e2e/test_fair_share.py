@@ -14,7 +14,7 @@ import nats
 from dispatcher.reply_stream import decode_frame
 from schemas.config import ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint, Lane, RequestEnvelope
-from tests.servers import OTHER_KEY, TEST_KEY, Cluster, with_consumers
+from tests.servers import ADMIN_KEY, OTHER_KEY, TEST_KEY, Cluster, with_consumers
 
 BODY = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -46,8 +46,14 @@ def test_a_second_consumer_is_served_at_once_while_another_has_200_queued(cluste
     flood.start()
     try:
         time.sleep(1.0)
+        root = gateway.removesuffix("/v1")
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        ops = httpx.get(f"{root}/admin/ops/data", headers=admin, timeout=10).json()["models"][0]
+        metrics = httpx.get(f"{root}/metrics", timeout=10).text
         b_latency, b_queue = [], []
-        with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=60) as c:
+        with httpx.Client(
+            base_url=gateway, headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=60
+        ) as c:
             for _ in range(10):
                 started = time.monotonic()
                 response = c.post("/chat/completions", json=BODY)
@@ -64,6 +70,12 @@ def test_a_second_consumer_is_served_at_once_while_another_has_200_queued(cluste
     assert a_finished_meanwhile < 150  # A's backlog was still there the whole time ...
     assert statistics.median(b_latency) <= 0.5  # ... yet B was served within about a service time
     assert len(a_status) == 200 and set(a_status) == {200}  # and A lost nothing
+    # The backlog is visible per consumer: on the ops data (what /ops and `modelbus top` show) ...
+    staged = {share["consumer"]: share["queued"] for share in ops["shares"]}
+    assert staged.get("tester", 0) > 100 and ops["staged"] == sum(staged.values())
+    # ... and on /metrics of the ingress holding the feeder lease.
+    assert 'modelbus_share_queued{consumer="tester",lane="interactive",model="m"}' in metrics
+    assert 'modelbus_share_released_total{consumer="tester",lane="interactive",model="m"}' in metrics
 
 
 def _stage(cluster: Cluster, consumer: str, count: int, replies: str) -> list[RequestEnvelope]:
