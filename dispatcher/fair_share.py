@@ -12,7 +12,7 @@ pull the request subject by free capacity, untouched, so:
   behind at most the ready queue (no deeper than the model's slots: about one service time), not
   behind the whole backlog;
 - work-conserving: whenever anything is staged, the ready queue is refilled at least every `poll_s`
-  and grows while rounds find it drained (`next_depth`); an idle model gets each request forwarded
+  and grows while rounds find a worker waiting on an empty one (`next_depth`); an idle model gets each request forwarded
   as soon as the ingress rings the bell;
 - durable and shared: staged requests are JetStream messages; a move republishes with the same
   `Nats-Msg-Id` before deleting, so a feeder dying mid-move (or two feeders racing during a lease
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -104,21 +103,21 @@ class StrideQueue:
             bucket.queued = 0
 
 
-def next_depth(depth: int | None, slots: int, ready: int) -> int:
+def next_depth(depth: int | None, slots: int, ready: int, starving: bool) -> int:
     """Undelivered requests to keep in a lane's ready queue, adapted each feeder round.
 
-    Enough that slots freeing between two rounds find work (a round that finds the queue drained
-    doubles it), few enough that a newly arriving consumer waits about one service time (never more
-    than the model's slots; it shrinks while the queue stays half full)."""
-    floor = max(2, math.ceil(slots / 2))
-    ceiling = max(floor, slots)
+    Deep enough that no slot idles: a round that finds a worker waiting (`starving`: an open pull
+    request and nothing ready) doubles it; shallow enough that a newly arriving consumer waits about
+    one service time: never more than the model's slots, and it shrinks by one while the queue stays
+    more than half full."""
+    ceiling = max(1, slots)
     if depth is None:
-        return floor
-    if ready == 0:
+        return max(1, slots // 2)
+    if starving:
         return min(ceiling, depth * 2)
     if ready * 2 > depth:
-        return max(floor, depth - 1)
-    return max(floor, min(ceiling, depth))
+        return max(1, depth - 1)
+    return max(1, min(ceiling, depth))
 
 
 class ShareFeeder:
@@ -202,10 +201,11 @@ class ShareFeeder:
             info = await self._js.consumer_info(
                 self._subjects.request_stream, self._subjects.consumer(model, version, lane)
             )
-            ready = info.num_pending or 0
+            ready, waiting = info.num_pending or 0, info.num_waiting or 0
         except NotFoundError:
-            ready = 0  # no consumer yet: its first worker will find the messages waiting
-        depth = next_depth(self._depth.get(key), self._slots.get((model, version), 0), ready)
+            ready, waiting = 0, 0  # no consumer yet: its first worker will find the messages waiting
+        slots = self._slots.get((model, version), 0)
+        depth = next_depth(self._depth.get(key), slots, ready, starving=ready == 0 and waiting > 0)
         self._depth[key] = depth
         picks: dict[str, int] = {}
         for _ in range(depth - ready):

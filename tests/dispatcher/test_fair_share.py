@@ -67,14 +67,15 @@ def test_a_stale_count_is_refunded() -> None:
     assert queue.next() != first and queue.next() is None
 
 
-def test_ready_depth_grows_when_drained_and_never_exceeds_the_slots() -> None:
-    depth = next_depth(None, 16, 0)
+def test_ready_depth_grows_only_when_a_worker_starves_and_never_exceeds_the_slots() -> None:
+    depth = next_depth(None, 16, 0, starving=False)
     assert depth == 8
-    assert next_depth(depth, 16, 0) == 16
-    assert next_depth(16, 16, 0) == 16
-    assert next_depth(16, 16, 12) == 15  # well stocked: shrink toward half the slots
-    assert next_depth(8, 16, 12) == 8
-    assert next_depth(None, 0, 0) == 2  # no worker yet: keep a couple ready for the first one
+    assert next_depth(depth, 16, 0, starving=False) == 8  # drained, but every slot is busy
+    assert next_depth(depth, 16, 0, starving=True) == 16
+    assert next_depth(16, 16, 0, starving=True) == 16
+    assert next_depth(16, 16, 12, starving=False) == 15  # well stocked: shrink
+    assert next_depth(1, 2, 1, starving=False) == 1
+    assert next_depth(None, 0, 0, starving=False) == 1  # no worker yet: one ready for the first
 
 
 def test_share_subjects_round_trip_consumer_names_with_dots_and_spaces() -> None:
