@@ -7,8 +7,11 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from dispatcher.fair_share import StrideQueue, next_depth, staged_by_queue
+from dispatcher.capacity import share_rows, staged_by_queue
+from dispatcher.fair_share import StrideQueue, next_depth
 from dispatcher.subjects import Subjects
+from dispatcher.telemetry.traffic import TrafficWatch
+from schemas.capacity import ConsumerShare
 from schemas.config import ConsumerConfig, ModelbusConfig
 from schemas.envelope import Lane
 
@@ -109,3 +112,29 @@ def test_members_of_a_share_group_must_agree_on_weight_and_tier() -> None:
                 ConsumerConfig(name="y", share_group="g"),
             ]
         )
+
+
+def test_share_rows_join_staged_buckets_with_served_consumers_summed_into_their_groups() -> None:
+    config = ModelbusConfig(
+        consumers=[
+            ConsumerConfig(name="a"),
+            ConsumerConfig(name="b1", share_group="team-b"),
+            ConsumerConfig(name="b2", share_group="team-b"),
+        ]
+    )
+    staged = [ConsumerShare(consumer="a", queued=30), ConsumerShare(consumer="team-b", queued=10)]
+    rows = share_rows(staged, {"a": 0.5, "b1": 0.2, "b2": 0.2, "c": 0.1}, config)
+    assert [(r.consumer, r.queued, r.served_share) for r in rows] == [
+        ("a", 30, 0.5),
+        ("c", 0, 0.1),
+        ("team-b", 10, pytest.approx(0.4)),
+    ]
+    assert staged[0].served_share is None  # the input rows are not changed
+
+
+def test_served_shares_count_answers_per_consumer_over_the_window() -> None:
+    watch = TrafficWatch(nc=None, subjects=Subjects("mb"))  # type: ignore[arg-type]
+    for consumer in ("a", "a", "a", "b"):
+        watch.observe("m", 0.1, 1, True, consumer)
+    assert watch.served_shares("m") == {"a": 0.75, "b": 0.25}
+    assert watch.served_shares("other") == {}
