@@ -67,7 +67,8 @@ def _start(workdir: Path, procs: Processes, config: ModelbusConfig, fair: bool) 
     return nats_url, port
 
 
-def _envelope(consumer: str, n: int, replies: str) -> RequestEnvelope:
+def staged_envelope(consumer: str, n: int, replies: str) -> RequestEnvelope:
+    """A request as admission would build it, answered to `<replies>.<consumer>-<n>`."""
     now = int(time.time() * 1000)
     return RequestEnvelope(
         id=f"{consumer}-{n}",
@@ -104,7 +105,7 @@ async def _saturate(nats_url: str, fair: bool, per_consumer: int) -> dict[str, f
     await nc.subscribe(f"{replies}.*", cb=on_reply)
     for n in range(0, per_consumer, 50):
         for consumer in CONSUMERS:
-            envelopes = [_envelope(consumer, i, replies) for i in range(n, min(per_consumer, n + 50))]
+            envelopes = [staged_envelope(consumer, i, replies) for i in range(n, min(per_consumer, n + 50))]
             await asyncio.gather(
                 *(
                     js.publish(

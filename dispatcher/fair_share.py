@@ -338,8 +338,12 @@ async def open_feeder(
     registry: KeyValue,
     holder: str,
 ) -> ShareFeeder:
-    lease_bucket = await ensure_bucket(
+    lease = FeederLease(await open_lease_bucket(js, subjects, settings), holder)
+    return ShareFeeder(nc, js, subjects, spec, registry, lease, poll_s=settings.fair_share_poll_s)
+
+
+async def open_lease_bucket(js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> KeyValue:
+    """The feeder lease's bucket; the dispatcher creates it too, for ingresses that may not."""
+    return await ensure_bucket(
         js, settings, subjects.share_lease_bucket, "Modelbus share feeder lease", ttl_s=3.0, in_memory=True
     )
-    lease = FeederLease(lease_bucket, holder)
-    return ShareFeeder(nc, js, subjects, spec, registry, lease, poll_s=settings.fair_share_poll_s)

@@ -9,6 +9,7 @@ evicting accepted ones.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from nats.js import JetStreamContext, api
@@ -50,26 +51,18 @@ def request_stream_config(
 def share_stream_config(
     subjects: Subjects, settings: BusSettings, max_msg_size: int, msg_ttl: bool
 ) -> api.StreamConfig:
-    """Requests waiting for their fair share, one subject per (model, version, lane, consumer).
+    """Requests waiting for their fair share, one subject per (model, version, lane, consumer), with
+    the request stream's limits and deduplication.
 
     A work queue like the request stream: the share feeder pulls each subject through its own
     consumer, republishes to the request stream under the same `Nats-Msg-Id` and then acks
     (dispatcher/fair_share.py), so what is left here is exactly what still waits for its share.
     """
-    return api.StreamConfig(
+    return dataclasses.replace(
+        request_stream_config(subjects, settings, max_msg_size, msg_ttl),
         name=subjects.share_stream,
         description="Modelbus requests waiting for their consumer's fair share",
         subjects=[subjects.all_shares],
-        retention=api.RetentionPolicy.WORK_QUEUE,
-        storage=api.StorageType.FILE,
-        discard=api.DiscardPolicy.NEW,
-        max_age=settings.request_stream_max_age_s,
-        max_bytes=settings.request_stream_max_bytes,
-        max_msgs=settings.request_stream_max_msgs,
-        max_msg_size=max_msg_size,
-        duplicate_window=settings.duplicate_window_s,
-        num_replicas=settings.stream_replicas,
-        allow_msg_ttl=True if msg_ttl else None,
     )
 
 

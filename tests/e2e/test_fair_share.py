@@ -11,9 +11,10 @@ import time
 import httpx
 import nats
 
+from bench.fair_share import staged_envelope
 from dispatcher.reply_stream import decode_frame
 from schemas.config import ModelConfig, SimulatorBackend
-from schemas.envelope import Endpoint, Lane, RequestEnvelope
+from schemas.envelope import Lane, RequestEnvelope
 from tests.servers import ADMIN_KEY, OTHER_KEY, TEST_KEY, Cluster, with_consumers
 
 BODY = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
@@ -78,24 +79,8 @@ def test_a_second_consumer_is_served_at_once_while_another_has_200_queued(cluste
     assert 'modelbus_share_released_total{consumer="tester",lane="interactive",model="m"}' in metrics
 
 
-def _stage(cluster: Cluster, consumer: str, count: int, replies: str) -> list[RequestEnvelope]:
-    now = int(time.time() * 1000)
-    return [
-        RequestEnvelope(
-            id=f"{consumer}-{n}",
-            endpoint=Endpoint.CHAT,
-            model="m",
-            target="m",
-            consumer=consumer,
-            created_ms=now,
-            deadline_ms=now + 600_000,
-            reply_to=f"{replies}.{consumer}-{n}",
-            quota=None,
-            output_guard=None,
-            payload={"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]},
-        )
-        for n in range(count)
-    ]
+def _stage(consumer: str, count: int, replies: str) -> list[RequestEnvelope]:
+    return [staged_envelope(consumer, n, replies) for n in range(count)]
 
 
 def test_weights_three_to_one_split_a_saturated_model_75_25(cluster: Cluster) -> None:
@@ -126,7 +111,7 @@ def test_weights_three_to_one_split_a_saturated_model_75_25(cluster: Cluster) ->
 
         await nc.subscribe(f"{replies}.*", cb=on_reply)
         # Both consumers saturate the model: 1,500 each, staged as an ingress stages them.
-        a, b = _stage(cluster, "tester", 1500, replies), _stage(cluster, "other", 1500, replies)
+        a, b = _stage("tester", 1500, replies), _stage("other", 1500, replies)
         for start in range(0, 1500, 100):
             for envelopes in (a[start : start + 100], b[start : start + 100]):
                 await asyncio.gather(
