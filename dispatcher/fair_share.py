@@ -36,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from dispatcher.capacity import QueueKey, live_workers, staged_by_queue, staged_counts
 from dispatcher.connection import publish_durably
+from dispatcher.errors import BusUnavailable, QueueFull
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_bucket
@@ -229,18 +230,25 @@ class ShareFeeder:
         for _ in range(count - len(msgs)):
             queue.refund(bucket)
         target = self._subjects.request(model, version, lane)
-        await asyncio.gather(
-            *(
-                publish_durably(
-                    self._js,
-                    target,
-                    msg.data,
-                    {k: v for k, v in (msg.headers or {}).items() if k in _KEPT_HEADERS},
-                    10.0,
+        try:
+            await asyncio.gather(
+                *(
+                    publish_durably(
+                        self._js,
+                        target,
+                        msg.data,
+                        {k: v for k, v in (msg.headers or {}).items() if k in _KEPT_HEADERS},
+                        10.0,
+                    )
+                    for msg in msgs
                 )
-                for msg in msgs
             )
-        )
+        except (BusUnavailable, QueueFull) as exc:
+            # Not (all) republished: they stay staged and come back in a second; a copy that did
+            # land is dropped as a duplicate when it is republished then.
+            log.warning("share feeder: %d requests of %r not released: %s", len(msgs), bucket, exc)
+            await asyncio.gather(*(msg.nak(delay=1.0) for msg in msgs), return_exceptions=True)
+            return 0
         await asyncio.gather(*(msg.ack() for msg in msgs))
         served_key = (model, lane, bucket)
         self.served[served_key] = self.served.get(served_key, 0) + len(msgs)
