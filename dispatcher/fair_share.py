@@ -164,6 +164,7 @@ class ShareFeeder:
                 self._wake.clear()
         finally:
             await sub.unsubscribe()
+            await self._lease.release()
 
     @property
     def backlogged(self) -> bool:
@@ -308,17 +309,18 @@ class ShareFeeder:
 
 
 class FeederLease:
-    """One feeder at a time: a KV key with the bucket's TTL, renewed by its holder every second.
+    """One feeder at a time: a KV key with the bucket's TTL, renewed by its holder every second,
+    deleted by it on a clean stop; the others try to create it every half second.
 
     Two feeders during a hand-over are harmless (see the module docstring), only wasteful.
     """
 
     _KEY = "feeder"
 
-    def __init__(self, kv: KeyValue, holder: str, renew_s: float = 1.0) -> None:
+    def __init__(self, kv: KeyValue, holder: str, renew_s: float = 1.0, retry_s: float = 0.5) -> None:
         self._kv = kv
         self._holder = holder.encode()
-        self._renew_s = renew_s
+        self._renew_s, self._retry_s = renew_s, retry_s
         self._revision: int | None = None
         self._next_check = 0.0
 
@@ -326,15 +328,26 @@ class FeederLease:
         now = time.monotonic()
         if now < self._next_check:
             return self._revision is not None
-        self._next_check = now + self._renew_s
         try:
             if self._revision is not None:
                 self._revision = await self._kv.update(self._KEY, self._holder, last=self._revision)
             else:
                 self._revision = await self._kv.create(self._KEY, self._holder)
-        except Exception:  # noqa: BLE001 - held by another (or NATS away): try again next second
+        except Exception:  # noqa: BLE001 - held by another (or NATS away): try again shortly
             self._revision = None
+        self._next_check = now + (self._renew_s if self._revision is not None else self._retry_s)
         return self._revision is not None
+
+    async def release(self) -> None:
+        """On a clean stop: give the lease up so another feeder takes over within `retry_s`."""
+        if self._revision is None:
+            return
+        revision, self._revision = self._revision, None
+        try:
+            async with asyncio.timeout(1.0):
+                await self._kv.delete(self._KEY, last=revision)
+        except Exception as exc:  # noqa: BLE001 - it expires with the bucket's TTL anyway
+            log.debug("share feeder lease not released: %s", exc)
 
 
 async def open_feeder(
