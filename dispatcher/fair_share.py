@@ -364,7 +364,9 @@ async def open_feeder(
 
 
 async def open_lease_bucket(js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> KeyValue:
-    """The feeder lease's bucket; the dispatcher creates it too, for ingresses that may not."""
+    """The feeder lease's bucket; the dispatcher creates it too, for ingresses that may not.
+
+    On disk, not in memory: a bucket lost in a NATS restart would leave no feeder at all."""
     return await ensure_bucket(
-        js, settings, subjects.share_lease_bucket, "Modelbus share feeder lease", ttl_s=3.0, in_memory=True
+        js, settings, subjects.share_lease_bucket, "Modelbus share feeder lease", ttl_s=3.0
     )
