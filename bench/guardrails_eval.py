@@ -1,16 +1,20 @@
 """Precision and recall of the guardrails on the labelled sets, per PII kind, attack family and
 language, for the heuristics, the classifier model and both.
 
-    python bench/guardrails_eval.py                       # tuning half of the labelled set
-    python bench/guardrails_eval.py --split holdout       # the held-out half: the figures to believe
+    python bench/guardrails_eval.py                       # the tuning set (all of labelled.jsonl)
+    python bench/guardrails_eval.py --split holdout       # the held-out set: the figures to believe
     python bench/guardrails_eval.py --split holdout --classifier   # also the model layer (needs torch)
+    python bench/guardrails_eval.py --tune-classifier     # the classifier's settings, leave-one-out
     python bench/guardrails_eval.py --cost                # heuristics' cost (2,000 and 100,000 chars)
-    python bench/guardrails_eval.py --write-exemplars     # the classifier's exemplars: the tuning half
+    python bench/guardrails_eval.py --write-exemplars     # the classifier's exemplars: the tuning set
 
-The labelled set (tests/dispatcher/guardrails/data/labelled.jsonl) is split by a hash of each text,
-fixed here (`split_of`): the tuning half is what the heuristics were tuned on and what the
-classifier's exemplars are; the held-out half is never used for either. On the tuning half the
-classifier is scored leave-one-out (a prompt never finds itself among the exemplars).
+The split is fixed by a hash of each text (`split_of`): a text whose SHA-256 is one of the held-out
+set's (tests/dispatcher/guardrails/data/heldout.jsonl, written in the second round of issue 14
+before any tuning of that round) is held out; every other text is tuning data. labelled.jsonl was
+first split in halves by the first byte of that hash (`first_round_half`); its held-out half was
+looked at once and is tuning data now. The tuning set is what the heuristics were tuned on and what
+the classifier's exemplars are; on it the classifier is scored leave-one-out (a prompt never finds
+itself among the exemplars).
 
 Prompt-level: a true positive is a prompt labelled with a kind and flagged by its detector.
 """
@@ -18,6 +22,7 @@ Prompt-level: a true positive is a prompt labelled with a kind and flagged by it
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import statistics
@@ -38,6 +43,7 @@ from schemas.policy import PII_KINDS
 
 DATA = Path(__file__).resolve().parents[1] / "tests/dispatcher/guardrails/data"
 LABELLED = DATA / "labelled.jsonl"
+HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"
 EXEMPLARS = Path(__file__).resolve().parents[1] / "workers/backends/injection_exemplars.jsonl"
@@ -45,13 +51,32 @@ DETECTORS = (*PII_KINDS, "injection")
 Row = dict[str, object]
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _read(path: Path) -> list[Row]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@functools.cache
+def _held_out_digests() -> frozenset[bytes]:
+    return frozenset(_digest(str(r["text"])) for r in _read(HELDOUT))
+
+
 def split_of(text: str) -> str:
-    """'holdout' for half of the texts, 'tuning' for the other, by the first byte of a SHA-256."""
-    return "holdout" if hashlib.sha256(text.encode("utf-8")).digest()[0] < 128 else "tuning"
+    """'holdout' for the texts of the held-out set (by SHA-256), 'tuning' for every other."""
+    return "holdout" if _digest(text) in _held_out_digests() else "tuning"
 
 
-def load(path: Path = LABELLED, split: str = "all") -> list[Row]:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def first_round_half(text: str) -> str:
+    """The first round's halves of labelled.jsonl (first byte of the SHA-256); both are tuning now."""
+    return "holdout" if _digest(text)[0] < 128 else "tuning"
+
+
+def load(path: Path | None = None, split: str = "all") -> list[Row]:
+    """One file, or the split's rows from labelled.jsonl and heldout.jsonl together."""
+    rows = _read(path) if path is not None else _read(LABELLED) + _read(HELDOUT)
     return [r for r in rows if split == "all" or split_of(str(r["text"])) == split]
 
 
@@ -191,9 +216,62 @@ def classifier() -> tuple[Classify, Callable[[str], float]]:
     return classify, timed
 
 
+def tune_classifier() -> str:
+    """The classifier's settings on the tuning set, leave-one-out: for each number of neighbours,
+    threshold and margin, benign prompts flagged and attacks caught that the heuristics missed.
+    Every segment is embedded once; the grid is matrix arithmetic."""
+    import numpy as np
+
+    from schemas.config import InjectionSimilarityBackend
+    from workers.backends.similarity import SimilarityDetector, _segments
+
+    config = InjectionSimilarityBackend()
+    detector = SimilarityDetector(config)
+    rows = load(split="tuning")
+    owner: list[int] = []
+    segments: list[str] = []
+    for i, row in enumerate(rows):
+        pieces = _segments(str(row["text"]), config.max_segments)
+        segments.extend(pieces)
+        owner.extend([i] * len(pieces))
+    vectors = detector.embed(segments)
+    index = {t: i for i, t in enumerate(detector.attack_texts)}
+    benign_index = {t: i for i, t in enumerate(detector.benign_texts)}
+    attack_sim = vectors @ detector._attacks.T
+    benign_sim = vectors @ detector._benign.T
+    for seg, row in enumerate(owner):  # leave one out: a prompt never finds itself
+        text = str(rows[row]["text"])
+        if text in index:
+            attack_sim[seg, index[text]] = -1.0
+        if text in benign_index:
+            benign_sim[seg, benign_index[text]] = -1.0
+    attack = np.array(["injection" in r["labels"] for r in rows])  # type: ignore[operator]
+    heuristic = np.array([bool(detect_injection(str(r["text"]))) for r in rows])
+    owner_array = np.array(owner)
+    lines = ["| k | threshold | margin | benign flagged | attacks flagged | combined recall | combined FP |"]
+    for k in (1, 2, 3, 5):
+        a = np.sort(attack_sim, axis=1)[:, -k:].mean(axis=1)
+        b = np.sort(benign_sim, axis=1)[:, -k:].mean(axis=1)
+        for threshold in np.arange(0.40, 0.80, 0.05):
+            score = np.where(a >= threshold, a - b, -1.0)
+            best = np.full(len(rows), -1.0)
+            np.maximum.at(best, owner_array, score)
+            for margin in np.arange(0.0, 0.31, 0.02):
+                flagged = best >= margin
+                fp = int((flagged & ~attack).sum())
+                combined = flagged | heuristic
+                if fp > 3:
+                    continue
+                lines.append(
+                    f"| {k} | {threshold:.2f} | {margin:.2f} | {fp} | {int((flagged & attack).sum())} | "
+                    f"{(combined & attack).sum() / attack.sum():.3f} | {int((combined & ~attack).sum())} |"
+                )
+    return "\n".join(lines)
+
+
 def write_exemplars(path: Path = EXEMPLARS) -> int:
     """The tuning half as the classifier's exemplars (their vectors are computed and cached on first use)."""
-    rows = load(LABELLED, "tuning")
+    rows = load(split="tuning")
     lines = [
         json.dumps(
             {
@@ -216,51 +294,100 @@ _SENTENCE = (
 )
 
 
-def cost() -> str:
-    """The input guard with every detector on (PII mask, injection, content), as admission runs it."""
-    guard = input_guard(InputPolicy(pii="mask", injection="block", content="block"))
-    prompts = {
+def _prompts() -> dict[str, str]:
+    dense = " ".join(
+        ["anna.schmidt@example.de", "+49 30 901820", "5555 5555 5555 4444", "DE89 3704 0044 0532 0130 00"]
+        + ["078-05-1121", "10.1.2.3", "(415) 555-2671", "Ref. 2024-11-07, order 88231."]
+    )
+    return {
         "2,000 characters, clean": (_SENTENCE * 20)[:2000],
         "2,000 characters, with PII": (
             _SENTENCE * 8
             + "Contact anna.schmidt@example.de or +49 30 901820, card 5555 5555 5555 4444. "
             + _SENTENCE * 8
         )[:2000],
+        "2,000 characters, PII-dense (79 entities)": ((dense + " ") * 20)[:2000],
         "2,000 characters, German and Chinese": (
             "Bitte fasse den Bericht zusammen und nenne die Risiken. 请总结这份报告并列出风险。" * 40
         )[:2000],
+        "2,000 characters, Chinese": (
+            "请总结这份报告并列出主要风险，包括迁移计费服务、新的缓存层以及平台团队的值班安排。" * 60
+        )[:2000],
         "100,000 characters, clean": (_SENTENCE * 600)[:100_000],
     }
-    lines = ["| prompt | p50 | p99 |", "|---|---|---|"]
-    for name, text in prompts.items():
+
+
+def cost() -> str:
+    """The input guard with every detector on (PII mask, injection, content), as admission runs it.
+    Each run starts cold (the per-prompt caches cleared: a new request brings a new text). Wall time
+    is what a caller waits on this machine; CPU time is the guard's own work, which other processes
+    on a shared box do not inflate."""
+    from dispatcher.guardrails import identifiers
+    from dispatcher.guardrails.normalize import normalize
+
+    guard = input_guard(InputPolicy(pii="mask", injection="block", content="block"))
+    lines = [
+        "| prompt | wall p50 | wall p99 | CPU p50 | CPU p99 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, text in _prompts().items():
         runs = 50 if len(text) > 10_000 else 2000
-        samples = []
+        wall: list[float] = []
+        cpu: list[float] = []
         for _ in range(runs):
-            started = time.perf_counter()
+            normalize.cache_clear()
+            identifiers._is_phone.cache_clear()  # a new request brings new numbers
+            started, started_cpu = time.perf_counter_ns(), time.thread_time_ns()
             guard.inspect(text)
-            samples.append((time.perf_counter() - started) * 1000)
-        samples.sort()
-        p99 = samples[min(len(samples) - 1, int(0.99 * len(samples)))]
-        lines.append(f"| {name} | {statistics.median(samples):.3f} ms | {p99:.3f} ms |")
+            cpu.append((time.thread_time_ns() - started_cpu) / 1e6)
+            wall.append((time.perf_counter_ns() - started) / 1e6)
+        figures = [f(sorted(v)) for v in (wall, cpu) for f in (statistics.median, _p99)]
+        lines.append(f"| {name} | " + " | ".join(f"{x:.3f} ms" for x in figures) + " |")
+    return "\n".join(lines)
+
+
+def _p99(samples: list[float]) -> float:
+    return samples[min(len(samples) - 1, int(0.99 * len(samples)))]
+
+
+def adversarial() -> str:
+    """CPU time of PII and injection detection on repetitive input at 64,000 and 256,000 characters:
+    linear time means a ratio near 4."""
+    lines = ["| input | 64,000 chars | 256,000 chars | ratio |", "|---|---|---|---|"]
+    for unit in ("a@a.", "1 1 ", "12 12 ", "4111 4111 ", "ignore ", "i g n o r e ", "+49 30 ", "AB12 "):
+        took = []
+        for size in (64_000, 256_000):
+            text = (unit * (size // len(unit) + 1))[:size]
+            started = time.thread_time_ns()
+            detect_pii(text)
+            detect_injection(text)
+            took.append((time.thread_time_ns() - started) / 1e6)
+        lines.append(
+            f"| `{unit.strip()}` repeated | {took[0]:.0f} ms | {took[1]:.0f} ms | {took[1] / took[0]:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", type=Path, default=LABELLED)
+    parser.add_argument("--set", type=Path, default=None, help="one file (default: the split)")
     parser.add_argument("--split", choices=["tuning", "holdout", "all"], default="tuning")
     parser.add_argument("--classifier", action="store_true", help="also the model layer (torch)")
     parser.add_argument("--show-misses", action="store_true")
     parser.add_argument("--cost", action="store_true")
     parser.add_argument("--write-exemplars", action="store_true")
+    parser.add_argument("--tune-classifier", action="store_true")
     args = parser.parse_args()
     if args.write_exemplars:
         print(f"{write_exemplars()} exemplars written to {EXEMPLARS}")
         return
     if args.cost:
-        print(cost())
+        print(cost() + "\n\n" + adversarial())
         return
-    rows = load(args.set, args.split if args.set == LABELLED else "all")
+    if args.tune_classifier:
+        print(tune_classifier())
+        return
+    rows = load(args.set, "all") if args.set is not None else load(split=args.split)
     classify, timed = classifier() if args.classifier else (None, None)
     report = evaluate(rows, classify, tuning=args.split == "tuning")
     print(f"{len(rows)} prompts ({args.split}), {sum(1 for r in rows if not r['labels'])} clean\n")

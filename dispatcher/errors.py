@@ -4,6 +4,7 @@ batch feeder turns a refusal into the error line a sync caller would have got as
     ModelbusError
     ├── Refused                  admission said no; carries the HTTP status and OpenAI code
     │   ├── InvalidRequest       400: the body does not validate
+    │   │   └── WebhookRefused   400: a webhook URL or its address breaks a rule (SSRF guard)
     │   ├── Unauthenticated      401: the credential no longer holds (a batch's key was revoked)
     │   ├── Forbidden            403: no role grants the operation on the model
     │   ├── NotFound             404: no such model (or not on this endpoint), task, file, batch
@@ -165,3 +166,14 @@ class RemoteError(ModelbusError):
         self.retryable = retryable
         self.api_code = api_code  # the backend's meaning, in OpenAI's codes (context_length_exceeded)
         self.param = param
+
+
+class WebhookRefused(InvalidRequest):
+    """A webhook URL or the address it resolves to breaks a rule (dispatcher/webhooks/addresses.py).
+
+    `rule` names it (`loopback`, `private`, `metadata`, `userinfo`, ...): the 400 at task creation
+    says which, and a delivery refused at connect time records it as the failure reason."""
+
+    def __init__(self, rule: str, message: str, code: str = "webhook_address_forbidden") -> None:
+        super().__init__(f"{message} (rule: {rule})", code, "webhook.url")
+        self.rule = rule

@@ -112,6 +112,7 @@ def _streams(s: Subjects) -> list[str]:
         s.quota_stream,
         s.batch_line_stream,
         s.share_stream,
+        s.webhook_stream,
     ]
     return streams + [_kv_stream(b) for b in _buckets(s)]
 
@@ -193,6 +194,7 @@ def dispatcher(namespace: str) -> Permissions:
         s.all_dead_letters,
         f"{s.namespace}.reply.*.*",  # tells the waiting ingress a request was dead-lettered
         s.all_task_replies,
+        s.all_webhooks,  # finished tasks' webhooks, queued for the delivery service
         s.audit("dispatcher"),
         s.all_requests,  # admitted batch lines, and calls to an injection classifier model
         s.all_cancels,

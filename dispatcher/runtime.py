@@ -4,7 +4,8 @@
         runtime.supervisor.supervise("config", ...)
         runtime.cleanup.push_async_callback(...)
 
-Start-up: tracing, the `/metrics` port (workers and the dispatcher; the ingress serves its own), the
+Start-up: tracing, the `/metrics` port (workers and the dispatcher; the ingress too when
+`metrics_port` is set, else it serves `/metrics` itself), the
 NATS connection with its gauges, a Supervisor. Shutdown, in this order: supervised tasks (given
 `grace_s` to finish their current batch), then what the process registered on `cleanup` (newest
 first: publishers flush before the connection they publish on closes), then NATS, then tracing.
@@ -19,12 +20,12 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from prometheus_client import start_http_server
 
 from dispatcher.connection import connect, jetstream
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.supervisor import Supervisor
+from dispatcher.telemetry.exposition import serve_metrics
 from dispatcher.telemetry.metrics import watch_nats
 from dispatcher.telemetry.tracing import setup_tracing, shutdown_tracing
 
@@ -50,9 +51,10 @@ async def process_runtime(
     grace_s: float = 0.0,
 ) -> AsyncIterator[Runtime]:
     setup_tracing(f"modelbus-{component}", settings.otlp_endpoint, settings.trace_file)
+    stop_metrics = None
     try:
         if metrics_port and settings.metrics_port is not None:
-            start_http_server(settings.metrics_port, addr=settings.metrics_host)
+            stop_metrics = serve_metrics(settings.metrics_host, settings.metrics_port, settings.metrics_token)
         nc = await connect(settings, name=connection_name)
         try:
             watch_nats(nc, component)
@@ -71,6 +73,8 @@ async def process_runtime(
         finally:
             await _close(nc)
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
         shutdown_tracing()
 
 

@@ -35,6 +35,7 @@ from dispatcher.semantic_keys import Probe, conflict, probe_for
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry import metrics
+from dispatcher.telemetry.labels import sanitize
 from dispatcher.topology import ensure_bucket
 from dispatcher.vector_index import Vector, VectorIndex, unit
 from schemas.envelope import Endpoint
@@ -101,7 +102,7 @@ class SemanticCache:
     async def lookup(self, admitted: Admitted, probe: Probe) -> Hit | None:
         config = admitted.target.semantic_cache
         assert config is not None  # a probe exists only for models with a semantic cache
-        model = admitted.target.name
+        model = sanitize(admitted.target.name)  # a configured model
         vector = await self._vector(probe, config.timeout_ms / 1000)
         if vector is None:
             metrics.SEMANTIC_CACHE.labels(model, "unavailable").inc()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from dispatcher import semantic_cache
@@ -39,11 +40,14 @@ from dispatcher.tasks.batch_feeder import BatchFeeder
 from dispatcher.tasks.collector import TaskCollector
 from dispatcher.tasks.recorder import TaskRecorder
 from dispatcher.tasks.store import TaskStore
-from dispatcher.tasks.webhooks import WebhookSender
 from dispatcher.telemetry import metrics
 from dispatcher.telemetry.lag import refresh_lag
 from dispatcher.telemetry.metrics import watch_config
 from dispatcher.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
+from dispatcher.webhooks.addresses import WebhookPolicy
+from dispatcher.webhooks.delivery import WebhookService
+from dispatcher.webhooks.queue import WebhookQueue
+from dispatcher.webhooks.sender import WebhookSender
 from schemas.config import ModelbusConfig
 
 log = logging.getLogger(__name__)
@@ -71,8 +75,6 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
             log.warning("no MODELBUS_DATABASE_URL: audit events stay queued in JetStream")
         audit = AuditPublisher(js, subjects, "dispatcher")
         cleanup.push_async_callback(audit.flush, 5.0)
-        webhooks = WebhookSender(settings.webhook_secret)
-        cleanup.push_async_callback(webhooks.aclose)
         task_store = TaskStore(await ensure_task_bucket(js, subjects, settings), engine)
         # Ingresses and workers with restricted NATS users cannot create buckets; they find these.
         registry = await open_registry(js, subjects, settings)
@@ -84,10 +86,13 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         ledger = await QuotaLedger.open(nc, subjects, settings)
         cleanup.push_async_callback(ledger.drain)
         batches = BatchStore(engine) if engine is not None else None
-        recorder = TaskRecorder(task_store, audit, webhooks, batches)
+        recorder = TaskRecorder(task_store, audit, WebhookQueue(js, subjects), batches)
         collector = TaskCollector(nc, subjects, task_store, recorder)
         supervisor.supervise("audit-publisher", audit.run)
         supervisor.supervise("task-collector", lambda: collector.run(stopping), graceful=True)
+        webhooks = _webhook_service(runtime.nc, subjects, task_store, recorder, audit, settings)
+        cleanup.push_async_callback(webhooks.aclose)
+        supervisor.supervise("webhook-delivery", lambda: webhooks.run(stopping), graceful=True)
 
         config_store = await ConfigStore.open(js, subjects, settings)
         current, revision = await load_initial(config_store, config)
@@ -115,6 +120,22 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         supervisor.supervise("audit-backlog", lambda: _refresh_audit_backlog(js, subjects))
         log.info("dispatcher running (namespace %s)", settings.namespace)
         await stop.wait()
+
+
+def _webhook_service(
+    nc: NATS,
+    subjects: Subjects,
+    store: TaskStore,
+    recorder: TaskRecorder,
+    audit: AuditPublisher,
+    settings: BusSettings,
+) -> WebhookService:
+    policy = WebhookPolicy.build(settings.webhook_allow_list, settings.webhook_https_only)
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    if secret is None:
+        log.warning("no MODELBUS_WEBHOOK_SECRET: task webhooks are sent unsigned")
+    sender = WebhookSender(policy, secret, settings.webhook_timeout_s, settings.webhook_per_destination)
+    return WebhookService(nc, subjects, store, recorder, audit, sender, policy, settings)
 
 
 async def _checkpointer(

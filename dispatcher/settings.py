@@ -80,7 +80,38 @@ class BusSettings(BaseSettings):
     response_ttl_s: float = Field(
         default=30 * 24 * 3600, gt=0, description="how long stored Responses API responses are kept"
     )
-    webhook_secret: str | None = Field(default=None, description="HMAC key for task webhooks")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC key that signs every task webhook (`modelbus up` makes one)"
+    )
+    webhook_allow: str = Field(
+        default="",
+        description="comma-separated CIDRs, IPs or host names (each with optional :port) that task "
+        "webhooks may call although they are loopback, private, link-local or otherwise internal",
+    )
+    webhook_https_only: bool = Field(default=False, description="refuse http:// webhook URLs")
+    webhook_attempts: int = Field(
+        default=8, ge=1, le=50, description="tries before a webhook is dead-lettered"
+    )
+    webhook_backoff_s: float = Field(
+        default=2.0, gt=0, description="wait after the first failed try; doubles"
+    )
+    webhook_max_backoff_s: float = Field(default=120.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="one webhook attempt, connect to answer")
+    webhook_per_destination: int = Field(
+        default=4, ge=1, description="webhook attempts in flight to one scheme://host:port"
+    )
+    webhook_breaker_failures: int = Field(
+        default=5, ge=1, description="failures in a row that open a destination's circuit"
+    )
+    webhook_ack_wait_s: float = Field(
+        default=60.0, gt=0, description="a webhook held this long without news is delivered again"
+    )
+    webhook_breaker_cooldown_s: float = Field(default=30.0, gt=0, description="how long a circuit stays open")
+
+    @property
+    def webhook_allow_list(self) -> list[str]:
+        return [entry.strip() for entry in self.webhook_allow.split(",") if entry.strip()]
+
     audit_signing_key: SecretStr | None = Field(
         default=None,
         description="dispatcher: Ed25519 private key (base64) that signs audit checkpoints outside Postgres",
@@ -97,9 +128,15 @@ class BusSettings(BaseSettings):
     )
     trace_file: Path | None = Field(default=None, description="append finished spans as JSON lines here")
     metrics_port: int | None = Field(
-        default=None, ge=0, le=65535, description="workers and dispatcher: serve /metrics on this port"
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /metrics on this port (workers, dispatcher; the ingress then not on its API port)",
     )
     metrics_host: str = Field(default="127.0.0.1", description="address the /metrics port binds")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="if set, /metrics answers only 'Authorization: Bearer <token>'"
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="json: one object per line")
 
     @property

@@ -76,6 +76,7 @@ class Subjects:
       <ns>.cancel.<request>               cancellation broadcast to workers (core NATS)
       <ns>.task.<task>                    async task replies, persisted for the collector
       <ns>.batchline.<batch>              batch lines waiting for admission (work queue)
+      <ns>.webhook.<task>                 task webhooks waiting for delivery (work queue)
       <ns>.quota.<consumer>.<model|_all>.<window>.<period>   usage counters (JetStream counters)
     """
 
@@ -186,6 +187,21 @@ class Subjects:
         return f"{self.namespace}-tasks"
 
     task_collector_consumer = "task-collector"
+
+    # webhook deliveries ------------------------------------------------------------------------
+    @property
+    def webhook_stream(self) -> str:
+        return f"{self.namespace.upper()}_WEBHOOKS"
+
+    def webhook(self, task_id: str) -> str:
+        """A finished task's webhook waits here for the delivery service, until delivered or given up."""
+        return f"{self.namespace}.webhook.{encode_token(task_id)}"
+
+    @property
+    def all_webhooks(self) -> str:
+        return f"{self.namespace}.webhook.*"
+
+    webhook_consumer = "webhook-delivery"
 
     # batch lines ------------------------------------------------------------------------------
     @property

@@ -25,6 +25,9 @@ from schemas.envelope import Lane
 log = logging.getLogger(__name__)
 
 _DEAD_LETTER_MAX_AGE_S = 14 * 24 * 3600
+# How long the collector may be away before undelivered audit events and task replies expire: a
+# week covers a Postgres outage over a long weekend with margin, and task records live as long.
+_OUTAGE_BUFFER_S = 7 * 24 * 3600
 
 
 def request_stream_config(
@@ -106,7 +109,7 @@ def audit_stream_config(subjects: Subjects, settings: BusSettings) -> api.Stream
         retention=api.RetentionPolicy.WORK_QUEUE,
         storage=api.StorageType.FILE,
         # A week of Postgres outage is absorbed; beyond max_bytes publishers get errors, not loss.
-        max_age=7 * 24 * 3600,
+        max_age=_OUTAGE_BUFFER_S,
         max_bytes=settings.audit_stream_max_bytes,
         discard=api.DiscardPolicy.NEW,
         duplicate_window=settings.duplicate_window_s,
@@ -133,7 +136,7 @@ def task_reply_stream_config(subjects: Subjects, settings: BusSettings) -> api.S
         subjects=[subjects.all_task_replies],
         retention=api.RetentionPolicy.WORK_QUEUE,
         storage=api.StorageType.FILE,
-        max_age=7 * 24 * 3600,
+        max_age=_OUTAGE_BUFFER_S,
         max_bytes=settings.request_stream_max_bytes,
         num_replicas=settings.stream_replicas,
     )
@@ -146,6 +149,35 @@ def task_collector_consumer_config(subjects: Subjects) -> api.ConsumerConfig:
         ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=120,
         max_deliver=-1,
+        max_ack_pending=10_000,
+    )
+
+
+def webhook_stream_config(subjects: Subjects, settings: BusSettings) -> api.StreamConfig:
+    """Webhooks of finished tasks, kept until delivered or dead-lettered (a work queue)."""
+    return api.StreamConfig(
+        name=subjects.webhook_stream,
+        description="Modelbus task webhooks waiting for delivery",
+        subjects=[subjects.all_webhooks],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        max_age=7 * 24 * 3600,
+        max_bytes=settings.dead_letter_max_bytes,
+        # A collector replaying a final frame queues the same webhook again: one message per task.
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.stream_replicas,
+    )
+
+
+def webhook_consumer_config(subjects: Subjects, settings: BusSettings) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        durable_name=subjects.webhook_consumer,
+        description="delivers task webhooks; acks once delivered or dead-lettered and recorded",
+        ack_policy=api.AckPolicy.EXPLICIT,
+        # The service sends in-progress acks while an attempt waits or runs; a dead service's webhooks
+        # come back to another replica (or the restarted one) after this.
+        ack_wait=settings.webhook_ack_wait_s,
+        max_deliver=-1,  # attempts are counted on the task record, and bounded there
         max_ack_pending=10_000,
     )
 
@@ -211,7 +243,7 @@ async def ensure_task_bucket(js: JetStreamContext, subjects: Subjects, settings:
         settings,
         subjects.task_bucket,
         "Modelbus async task status and small results",
-        ttl_s=7 * 24 * 3600,
+        ttl_s=_OUTAGE_BUFFER_S,
     )
 
 
@@ -257,6 +289,7 @@ async def ensure_streams(
     await _ensure_stream(js, audit_stream_config(subjects, settings))
     await _ensure_stream(js, task_reply_stream_config(subjects, settings))
     await _ensure_stream(js, batch_line_stream_config(subjects, settings))
+    await _ensure_stream(js, webhook_stream_config(subjects, settings))
 
 
 async def ensure_consumer(

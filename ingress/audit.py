@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher.audit.chain import prompt_hash
+from dispatcher.telemetry.labels import MetricLabels
 from dispatcher.telemetry.tracing import context_from, trace_id_of
 from ingress.deps import Services, services_of
 from ingress.telemetry import record
@@ -33,6 +34,7 @@ from schemas.endpoints import ENDPOINTS
 from schemas.envelope import FinalFrame, RequestEnvelope, StartFrame
 
 _TRACER = trace.get_tracer("modelbus.ingress")
+_NO_LABELS = MetricLabels(frozenset(), frozenset(), frozenset())  # before start-up: all `unknown`
 _INFERENCE = {spec.path: spec.audit_name for spec in ENDPOINTS.values()} | {"/v1/tasks": "tasks"}
 _ACTIONS = (
     ("POST", re.compile(r"/admin/keys/?"), "keys.create"),
@@ -151,9 +153,11 @@ class AuditMiddleware:
 
 def _observe(draft: AuditDraft, status: int, services: Services | None) -> None:
     """Request metrics, and this ingress's own traffic figures for its ops page."""
-    record(draft, status, draft.trace_id or "")
+    labels = services.live.current.labels if services is not None else _NO_LABELS
+    record(draft, status, draft.trace_id or "", labels)
     traffic = services.traffic if services is not None else None
-    if traffic is not None and traffic.local and draft.model_requested:
+    # Only configured models: a client's made-up names must not grow the ops page's figures.
+    if traffic is not None and traffic.local and draft.model_requested in labels.models:
         final = draft.final
         tokens = final.usage.total_tokens if final and final.usage else 0
         latency = time.time() - draft.received_ms / 1000

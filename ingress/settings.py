@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -20,6 +21,16 @@ class IngressSettings(BusSettings):
     default_timeout_s: float = Field(default=600.0, gt=0, description="deadline when the client sets none")
     max_timeout_s: float = Field(default=3600.0, gt=0)
     sse_keepalive_s: float = Field(default=10.0, gt=0, description="comment lines while queued")
+    ingress_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /metrics on this port (bound to metrics_host) instead of the API port",
+    )
+    api_schema: Literal["key", "public", "off"] = Field(
+        default="key",
+        description="/openapi.json: for any valid API key, for anyone, or not served",
+    )
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> IngressSettings:

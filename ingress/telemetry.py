@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from dispatcher.telemetry import metrics
+from dispatcher.telemetry.labels import MetricLabels, sanitize
 
 if TYPE_CHECKING:  # the audit middleware calls in here; no import cycle at run time
     from ingress.audit import AuditDraft
@@ -18,15 +19,18 @@ log = logging.getLogger("modelbus.request")
 _INPUT_PREFIXES = ("pii.", "injection", "content:")
 
 
-def record(draft: AuditDraft, status: int, trace_id: str) -> None:
+def record(draft: AuditDraft, status: int, trace_id: str, labels: MetricLabels) -> None:
+    """`labels` of the revision in force: a model or consumer it does not name is counted as `unknown`
+    (the log line keeps what the client sent)."""
     now_ms = time.time() * 1000
-    model = draft.model_requested or "-"
     envelope, final, start = draft.envelope, draft.final, draft.start
-    version = start.version if start else "-"
-    consumer = draft.consumer or "-"
-    metrics.REQUESTS.labels(model, version, consumer, draft.endpoint, str(status)).inc()
+    model = labels.model(draft.model_requested)
+    endpoint = sanitize(draft.endpoint)
+    consumer = labels.consumer(draft.consumer)
+    version = labels.version(start.version) if start else "-"
+    metrics.REQUESTS.labels(model, version, consumer, endpoint, str(status)).inc()
     duration_s = (now_ms - draft.received_ms) / 1000
-    metrics.OPERATION_DURATION.labels(draft.endpoint, model, str(status)).observe(duration_s)
+    metrics.OPERATION_DURATION.labels(endpoint, model, str(status)).observe(duration_s)
     usage = final.usage if final else None
     if usage is not None:
         metrics.TOKEN_USAGE.labels("input", model).observe(usage.prompt_tokens)
@@ -51,14 +55,14 @@ def record(draft: AuditDraft, status: int, trace_id: str) -> None:
     log.info(
         "%s %s %d",
         draft.endpoint,
-        model,
+        draft.model_requested or "-",
         status,
         extra={
             "request_id": draft.request_id,
             "trace_id": trace_id,
-            "consumer": consumer,
+            "consumer": draft.consumer or "-",
             "key_id": draft.key_id,
-            "model": model,
+            "model": draft.model_requested or "-",
             "served_by": envelope.target if envelope else None,
             "version": start.version if start else None,
             "worker": start.worker if start else None,
@@ -77,10 +81,10 @@ def _policy_metric(action: str, model: str) -> None:
     """`degraded:<how>[:...]`, `<detector>:<action>`, `output.pii.<kind>:<action>`."""
     if action.startswith("degraded:"):
         how = action.split(":")[1]
-        metrics.DEGRADATIONS.labels(model, how).inc()
+        metrics.DEGRADATIONS.labels(model, sanitize(how)).inc()
     elif action.startswith("output."):
         detector, _, taken = action.removeprefix("output.").rpartition(":")
-        metrics.GUARDRAIL_ACTIONS.labels(detector, taken, "output").inc()
+        metrics.GUARDRAIL_ACTIONS.labels(sanitize(detector), sanitize(taken), "output").inc()
     elif action.startswith(_INPUT_PREFIXES):
         detector, _, taken = action.rpartition(":")
-        metrics.GUARDRAIL_ACTIONS.labels(detector, taken, "input").inc()
+        metrics.GUARDRAIL_ACTIONS.labels(sanitize(detector), sanitize(taken), "input").inc()

@@ -25,12 +25,23 @@ app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.command("nats-config")(nats_config)
 
+# Commands that run a part of the stack take their addresses from their environment only; the
+# others (operator commands) find a running `modelbus up` by themselves.
+_PROCESS_COMMANDS = {"up", "ingress", "worker", "dispatcher", "simulator"}
 
-def _logging(level: str) -> None:
+
+@app.callback()
+def _main(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand not in _PROCESS_COMMANDS:
+        from modelbus import up_record
+
+        up_record.adopt(os.environ)
+
+
+def _logging(level: str, settings: BusSettings) -> None:
     from dispatcher.telemetry.logs import configure_logging
 
-    fmt = os.environ.get("MODELBUS_LOG_FORMAT", "json")
-    configure_logging(level, "text" if fmt == "text" else "json")
+    configure_logging(level, settings.log_format)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -47,6 +58,7 @@ def up(
 ) -> None:
     """Start the whole stack: embedded NATS and Postgres (unless MODELBUS_NATS_URL / MODELBUS_DATABASE_URL
     are set), the dispatcher, workers and the ingress."""
+    from modelbus import up_record
     from modelbus.stack import Stack
 
     stack = Stack(
@@ -76,20 +88,22 @@ def up(
         base = f"http://{host}:{port}/v1"
         typer.echo(f"Modelbus is up.\n  base URL: {base}\n  NATS:     {nats_url}\n  database: {database_url}")
         typer.echo(f"  audit:    MODELBUS_AUDIT_VERIFY_KEY={stack.audit_verify_key} modelbus audit verify")
+        typer.echo(
+            f"  metrics:  curl -H 'Authorization: Bearer {stack.metrics_token}' {base.removesuffix('/v1')}/metrics"
+        )
         typer.echo(f"  models:   {', '.join(m.name for m in cfg.models) or '(none)'}")
+        if not os.environ.get("MODELBUS_WEBHOOK_SECRET"):
+            typer.echo(f"  webhooks: signed with the secret in {stack.webhook_secret_path}")
         typer.echo(f"  config:   {in_force}")
         if key:
             typer.echo(f"  API key:  {key}")
-        # Commands in another shell reach the default URL by themselves; any other must be exported.
-        env = (
-            ""
-            if nats_url == BusSettings.model_fields["nats_url"].default
-            else f"MODELBUS_NATS_URL={nats_url} "
-        )
-        typer.echo(f"  watch:    {env}modelbus top   (or {base.removesuffix('/v1')}/ops)")
+        # Operator commands in another shell find this stack through the record (modelbus/up_record.py).
+        up_record.publish(base, nats_url, database_url, stack.audit_verify_key)
+        typer.echo(f"  watch:    modelbus top   (or {base.removesuffix('/v1')}/ops)")
         typer.echo(f"  logs:     {data_dir / 'logs'}\nCtrl-C stops it.")
         stack.supervise(stopping)
     finally:
+        up_record.withdraw()
         stack.shutdown()
 
 
@@ -112,10 +126,10 @@ def ingress(
     from ingress.app import create_app
     from ingress.settings import IngressSettings
 
-    _logging(log_level)
     given = {"host": host, "port": port, "tls_cert": tls_cert, "tls_key": tls_key}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = IngressSettings(**overrides)  # type: ignore[arg-type]
+    _logging(log_level, settings)
     try:
         application = create_app(settings)
     except ConfigError as exc:
@@ -150,11 +164,11 @@ def worker(
     from workers.service import Worker
     from workers.settings import WorkerSettings
 
-    _logging(log_level)
     overrides: dict[str, object] = {"model": model, "version": version}
     if max_concurrency is not None:
         overrides["max_concurrency"] = max_concurrency
     settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
+    _logging(log_level, settings)
     try:
         bootstrap = load_config(settings.config)
     except ConfigError as exc:
@@ -180,8 +194,8 @@ def dispatcher(log_level: Annotated[str, typer.Option()] = "info") -> None:
 
     from dispatcher.service import run_dispatcher
 
-    _logging(log_level)
     settings = BusSettings()
+    _logging(log_level, settings)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from dispatcher.api_keys import hash_key, new_key
 from dispatcher.audit.checkpoints import new_signing_key, signing_key, verify_key_of
 from dispatcher.config_file import dump_config, load_config
 from dispatcher.db.migrate import upgrade
+from dispatcher.webhooks.signing import new_secret
 from modelbus.embedded_nats import NatsServer, port_in_use, single_server
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint
@@ -43,7 +45,7 @@ def demo_config(dev_key: str) -> ModelbusConfig:
             ),
             ModelConfig(
                 name="demo-embed",
-                endpoints=[Endpoint.EMBEDDINGS, Endpoint.RERANK],
+                endpoints=[Endpoint.EMBEDDINGS, Endpoint.RERANK, Endpoint.SCORE],
                 backend=SimulatorBackend(embedding_dim=384, embedding_latency_ms=2, capacity=32),
                 max_concurrency=32,
             ),
@@ -115,6 +117,11 @@ class Stack:
     children: list[Child] = field(default_factory=list)
     nats: NatsServer | None = None
     audit_verify_key: str = ""  # known once launched
+    metrics_token: str = ""  # likewise: every process's /metrics asks for it
+
+    @property
+    def webhook_secret_path(self) -> Path:
+        return self.data_dir / "webhook-secret"
 
     def prepare(self) -> tuple[ModelbusConfig, str | None, Path]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -170,17 +177,33 @@ class Stack:
             self.data_dir / "audit-signing-key", new_signing_key
         )
         self.audit_verify_key = verify_key_of(signing_key(signing))
+        # /metrics names every consumer and model with its traffic: not for whoever reaches the port.
+        self.metrics_token = os.environ.get("MODELBUS_METRICS_TOKEN") or kept_secret(
+            self.data_dir / "metrics-token", lambda: secrets.token_urlsafe(32)
+        )
         env = {
             **os.environ,
             "MODELBUS_NATS_URL": nats_url,
             "MODELBUS_CONFIG": str(config_path.resolve()),
             "MODELBUS_DATABASE_URL": database_url,
             "MODELBUS_AUDIT_VERIFY_KEY": self.audit_verify_key,
+            "MODELBUS_METRICS_TOKEN": self.metrics_token,
         }
-        env.pop("MODELBUS_AUDIT_SIGNING_KEY", None)  # the dispatcher's alone: whoever holds it can sign
+        # The dispatcher's alone: whoever holds them can sign.
+        env.pop("MODELBUS_AUDIT_SIGNING_KEY", None)
+        env.pop("MODELBUS_WEBHOOK_SECRET", None)
         logs = self.data_dir / "logs"
         cli = [sys.executable, "-m", "modelbus.cli"]
-        dispatcher_env = {**env, "MODELBUS_AUDIT_SIGNING_KEY": signing}
+        # Every task webhook is signed: with MODELBUS_WEBHOOK_SECRET if set, else a secret made once
+        # and kept beside the other keys (receivers read it from there; it is never printed).
+        webhook_secret = os.environ.get("MODELBUS_WEBHOOK_SECRET") or kept_secret(
+            self.webhook_secret_path, new_secret
+        )
+        dispatcher_env = {
+            **env,
+            "MODELBUS_AUDIT_SIGNING_KEY": signing,
+            "MODELBUS_WEBHOOK_SECRET": webhook_secret,
+        }
         self.children.append(
             Child("dispatcher", [*cli, "dispatcher"], dispatcher_env, logs / "dispatcher.log")
         )

@@ -96,9 +96,9 @@ class InjectionSimilarityBackend(_Config):
     )
     threshold: float = Field(default=0.55, ge=-1, le=1, description="least similarity to the nearest attacks")
     margin: float = Field(
-        default=0.0, ge=-2, le=2, description="how much closer to attacks than to benign text"
+        default=0.16, ge=-2, le=2, description="how much closer to attacks than to benign text"
     )
-    neighbours: int = Field(default=3, ge=1, le=50, description="nearest exemplars averaged")
+    neighbours: int = Field(default=2, ge=1, le=50, description="nearest exemplars averaged")
     max_segments: int = Field(
         default=16, ge=1, le=256, description="pieces of a long prompt that are embedded"
     )

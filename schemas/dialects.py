@@ -83,6 +83,24 @@ class RerankRequest(_PassThrough):
     return_documents: bool | None = None
 
 
+class ScoreRequest(_PassThrough):
+    """vLLM's `/v1/score`: `text_1` scored against each of `text_2` (one to one, one to many, or
+    pairwise for two lists of the same length)."""
+
+    model: ModelName
+    text_1: str | list[str] = Field(min_length=1)
+    text_2: str | list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> ScoreRequest:
+        if isinstance(self.text_1, list) and isinstance(self.text_2, list):
+            if len(self.text_1) not in (1, len(self.text_2)):
+                raise ValueError("`text_1` must hold one text or as many as `text_2`")
+        elif isinstance(self.text_1, list) and len(self.text_1) != 1:
+            raise ValueError("with one `text_2`, `text_1` must hold one text")
+        return self
+
+
 class TokenizeRequest(_PassThrough):
     """llama.cpp's `content` or vLLM's `prompt`; the backend's own answer comes back as it is."""
 

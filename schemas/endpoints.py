@@ -17,6 +17,7 @@ from schemas.dialects import (
     MessagesRequest,
     RerankRequest,
     ResponsesRequest,
+    ScoreRequest,
     TokenizeRequest,
 )
 from schemas.envelope import Endpoint
@@ -99,6 +100,7 @@ _ROWS = (
         errors="anthropic",
     ),
     EndpointSpec(Endpoint.RERANK, "/v1/rerank", "rerank", RerankRequest, "rerank", "rerank", False, "rerank"),
+    EndpointSpec(Endpoint.SCORE, "/v1/score", "score", ScoreRequest, "rerank", "score", False, "score"),
     EndpointSpec(
         Endpoint.TOKENIZE,
         "/tokenize",

@@ -23,6 +23,7 @@ class Endpoint(StrEnum):
     RESPONSES = "responses"  # OpenAI's Responses API
     MESSAGES = "messages"  # Anthropic's Messages API
     RERANK = "rerank"
+    SCORE = "score"  # vLLM's sentence-pair scores (cross-encoders, embedding models)
     TOKENIZE = "tokenize"
     DETOKENIZE = "detokenize"
 

@@ -17,6 +17,23 @@ class TaskStatus(StrEnum):
     FAILED = "failed"
 
 
+class WebhookState(StrEnum):
+    PENDING = "pending"  # queued for delivery, no attempt yet
+    RETRYING = "retrying"  # an attempt failed (`last_error`); another follows after a backoff
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    DEAD_LETTERED = "dead_lettered"  # attempts used up, or the address is forbidden: no more tries
+
+
+class WebhookDelivery(BaseModel):
+    """Where the task's webhook stands, for its owner (`GET /v1/tasks/{id}`)."""
+
+    state: WebhookState = WebhookState.PENDING
+    attempts: int = 0
+    last_error: str | None = None  # e.g. `timeout`, `HTTP 500`, `redirect refused (HTTP 307)`
+    last_attempt_at: int | None = None  # epoch seconds
+    delivered_at: int | None = None
+
+
 class Webhook(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -71,6 +88,7 @@ class Task(BaseModel):
     result: dict[str, Any] | None = None
     error: TaskError | None = None
     webhook_url: str | None = None
+    webhook: WebhookDelivery | None = None  # set once the task finished, when it has a webhook_url
     request_id: str
     deadline_ms: int
     request: dict[str, Any] | None = None  # the body as the model received it, for the audit record

@@ -113,7 +113,7 @@ async def complete(model: SimulatedModel, endpoint: Endpoint, payload: Json, nam
             "model": name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-    if endpoint in (Endpoint.RERANK, Endpoint.TOKENIZE, Endpoint.DETOKENIZE):
+    if endpoint in (Endpoint.RERANK, Endpoint.SCORE, Endpoint.TOKENIZE, Endpoint.DETOKENIZE):
         return retrieval.answer(model, endpoint, payload, name)
     parts: list[str] = []
     calls: dict[int, Json] = {}

@@ -50,6 +50,8 @@ def answer(model: SimulatedModel, endpoint: Endpoint, payload: Json, name: str) 
     if endpoint is Endpoint.DETOKENIZE:
         text = detokenize([int(t) for t in payload["tokens"]])
         return {"content": text, "prompt": text}
+    if endpoint is Endpoint.SCORE:
+        return _scores(payload, name)
     query = {w.lower() for w in _WORD.findall(str(payload["query"]))}
     texts = [d if isinstance(d, str) else str(d.get("text", "")) for d in payload["documents"]]
     ranked = sorted(range(len(texts)), key=lambda i: -_score(query, texts[i]))
@@ -65,5 +67,26 @@ def answer(model: SimulatedModel, endpoint: Endpoint, payload: Json, name: str) 
         "model": name,
         "object": "list",
         "results": results,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def _scores(payload: Json, name: str) -> Json:
+    """vLLM's score answer: one `score` per pair, `text_1` repeated when it is a single text."""
+    firsts, seconds = payload["text_1"], payload["text_2"]
+    seconds = [seconds] if isinstance(seconds, str) else [str(t) for t in seconds]
+    firsts = [firsts] if isinstance(firsts, str) else [str(t) for t in firsts]
+    if len(firsts) == 1:
+        firsts = firsts * len(seconds)
+    data = [
+        {"index": i, "object": "score", "score": _score({w.lower() for w in _WORD.findall(a)}, b)}
+        for i, (a, b) in enumerate(zip(firsts, seconds, strict=True))
+    ]
+    tokens = len(tokenize("".join(firsts) + "".join(seconds)))
+    return {
+        "id": f"score-{tokens}",
+        "object": "list",
+        "model": name,
+        "data": data,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }

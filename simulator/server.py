@@ -24,6 +24,7 @@ _ENDPOINTS = {
     "/v1/completions": Endpoint.COMPLETIONS,
     "/v1/embeddings": Endpoint.EMBEDDINGS,
     "/v1/rerank": Endpoint.RERANK,
+    "/v1/score": Endpoint.SCORE,
     "/tokenize": Endpoint.TOKENIZE,
     "/detokenize": Endpoint.DETOKENIZE,
 }

@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, make_url
 
 from dispatcher.db.migrate import upgrade
 from modelbus.embedded_nats import NatsServer, single_server
+from tests.fuzz_report import FUZZ_REPORT
 from tests.servers import Cluster
 
 
@@ -84,3 +85,11 @@ def fresh_database(postgres_admin_url: str) -> Iterator[str]:
 
 def _dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fuzz run's counts, shown whatever the verbosity (`.ci/run` runs `pytest -q`)."""
+    report = terminalreporter.config.stash.get(FUZZ_REPORT, None)
+    if report is not None:
+        terminalreporter.write_sep("-", "fuzzing")
+        terminalreporter.write_line(report.summary())

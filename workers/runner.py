@@ -29,6 +29,7 @@ from dispatcher.reply_stream import ReplyWriter
 from dispatcher.stored_responses import ResponseStore
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry import metrics
+from dispatcher.telemetry.labels import MetricLabels
 from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.openai import Usage
 from schemas.traffic import Cost
@@ -73,11 +74,14 @@ class RequestRunner:
         quotas: QuotaLedger | None = None,
         responses: ResponseStore | None = None,
         price: Callable[[], Cost | None] | None = None,
+        labels: Callable[[], MetricLabels] | None = None,
     ) -> None:
         self._nc = nc
         self._quotas = quotas
         self._responses = responses
         self._price = price  # the model's token prices now (the configuration may change them)
+        # Metric label values allowed by the configuration now; none: every consumer is `unknown`.
+        self._labels = labels or (lambda: MetricLabels(frozenset(), frozenset(), frozenset()))
         self._js = jetstream(nc, settings)
         self._subjects = Subjects(settings.namespace)
         self._settings = settings
@@ -152,7 +156,7 @@ class RequestRunner:
             self._cancellations.untrack(envelope.id, current)
             del self._live[(envelope.id, attempt)]
         await self._settle(msg, outcome)
-        metrics.WORKER_REQUESTS.labels(envelope.target, outcome.value).inc()
+        metrics.WORKER_REQUESTS.labels(self._labels().model(envelope.target), outcome.value).inc()
         if outcome is not Outcome.RETRY:
             self._settle_quota(envelope, _tokens_used(writer))
             self._count_cost(envelope, writer.usage)
@@ -163,7 +167,8 @@ class RequestRunner:
         if price is None or usage is None:
             return
         cost = price.of(usage.prompt_tokens, usage.completion_tokens)
-        metrics.COST.labels(envelope.target, envelope.consumer).inc(cost)
+        labels = self._labels()
+        metrics.COST.labels(labels.model(envelope.target), labels.consumer(envelope.consumer)).inc(cost)
         if self._quotas is not None and cost > 0:
             for counter in cost_counters(self._subjects, envelope.consumer, envelope.model, time.time()):
                 self._quotas.add_soon(counter, round(cost * COST_UNIT))

@@ -19,6 +19,7 @@ from dispatcher.runtime import process_runtime
 from dispatcher.stored_responses import ResponseStore
 from dispatcher.subjects import Subjects
 from dispatcher.supervisor import Supervisor
+from dispatcher.telemetry.labels import MetricLabels, sanitize
 from dispatcher.telemetry.metrics import watch, watch_config
 from dispatcher.topology import ensure_consumer, ensure_streams
 from schemas.capacity import WorkerStatus
@@ -56,6 +57,7 @@ class Worker:
             if deployment is None:
                 raise LookupError(f"model {self.model_name!r} has no version {settings.version!r}")
             self.model = found
+            self.labels = MetricLabels.of(config)
             self.backend_config, max_concurrency = deployment
             self.capacity = settings.max_concurrency or max_concurrency
             await self._serve(nc, config_store, supervisor, stop)
@@ -87,11 +89,11 @@ class Worker:
     def _gauges(self, runner: RequestRunner) -> list[Metric]:
         """In-flight requests and backend connection use, read from the runner at scrape time: the
         worker holds at most one backend connection per request in flight, capped at its capacity."""
-        labels = [self.model.name]
+        labels = [sanitize(self.model.name)]
         in_flight = GaugeMetricFamily(
             "modelbus_worker_in_flight", "Requests a worker is running", labels=["model", "version"]
         )
-        in_flight.add_metric([*labels, self.settings.version], float(runner.in_flight))
+        in_flight.add_metric([*labels, sanitize(self.settings.version)], float(runner.in_flight))
         connections = GaugeMetricFamily(
             "modelbus_backend_connections", "Worker connections to its backend", labels=["model", "state"]
         )
@@ -128,6 +130,7 @@ class Worker:
                 QuotaLedger(nc, self.subjects),
                 await ResponseStore.open(js, self.subjects, settings, nc.max_payload),
                 lambda: self.model.cost,
+                lambda: self.labels,
             )
             self.puller = CapacityPuller(
                 nc,
@@ -148,6 +151,7 @@ class Worker:
             retired: list[Backend] = []
 
             async def on_change(config: ModelbusConfig, revision: int) -> None:
+                self.labels = MetricLabels.of(config)
                 model = config.model(self.model.name)
                 deployment = model.deployment(settings.version) if model is not None else None
                 if model is None or deployment is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from dispatcher.admission.catalog import Catalog
 from dispatcher.admission.rbac import Authorizer
 from dispatcher.admission.routing import ContentRouter
+from dispatcher.telemetry.labels import MetricLabels
 from schemas.config import ModelbusConfig
 
 
@@ -22,10 +23,18 @@ class Revision:
     catalog: Catalog
     authorizer: Authorizer
     router: ContentRouter
+    labels: MetricLabels
 
     @classmethod
     def of(cls, config: ModelbusConfig, number: int) -> Revision:
-        return cls(config, number, Catalog(config), Authorizer(config), ContentRouter(config))
+        return cls(
+            config,
+            number,
+            Catalog(config),
+            Authorizer(config),
+            ContentRouter(config),
+            MetricLabels.of(config),
+        )
 
 
 class LiveConfig:

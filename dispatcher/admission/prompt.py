@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from dispatcher.errors import InvalidRequest
 from schemas.envelope import Endpoint
 
 # Without max_tokens a completion is reserved this many tokens; the worker settles the difference.
@@ -26,7 +27,9 @@ _CHARS_PER_TOKEN = 4  # a conservative average for English-like text and common 
 _PER_TEXT = 4  # role, separators, field names
 _SCHEMA_TEXT_KEYS = ("description", "title")
 # Endpoints that generate nothing: a request costs its input only.
-_PROMPT_ONLY = frozenset({Endpoint.EMBEDDINGS, Endpoint.RERANK, Endpoint.TOKENIZE, Endpoint.DETOKENIZE})
+_PROMPT_ONLY = frozenset(
+    {Endpoint.EMBEDDINGS, Endpoint.RERANK, Endpoint.SCORE, Endpoint.TOKENIZE, Endpoint.DETOKENIZE}
+)
 
 Change = Callable[[str], str]
 
@@ -42,10 +45,12 @@ def prompt_text(payload: dict[str, Any]) -> str:
                 if isinstance(item, dict) and item.get("role") == "user":
                     _content(item.get("content"), _collect(texts))
             return "\n".join(texts)
-    for name in ("prompt", "input", "query", "content"):
+    for name in ("prompt", "input", "query", "content", "text_1"):
         value = payload.get(name)
         if isinstance(value, str):
             return value
+        if name == "text_1" and isinstance(value, list):
+            return "\n".join(str(text) for text in value)
     return ""
 
 
@@ -65,7 +70,7 @@ def rewrite_texts(payload: dict[str, Any], change: Change) -> dict[str, Any]:
 def visit_texts(payload: dict[str, Any], change: Change) -> dict[str, Any]:
     out = payload
     out = _field(out, "messages", lambda messages: _list(messages, _message, change))
-    for name in ("prompt", "input", "suffix", "user", "instructions", "query", "content"):
+    for name in ("prompt", "input", "suffix", "user", "instructions", "query", "content", "text_1", "text_2"):
         out = _field(out, name, lambda value: _strings(value, change))
     out = _field(out, "system", lambda system: _content(system, change))
     out = _field(out, "documents", lambda documents: _list(documents, _document, change))
@@ -129,6 +134,9 @@ def completion_budget(parsed: BaseModel) -> tuple[int | None, int]:
     return limit, sequences
 
 
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+
 def normalized(parsed: BaseModel, payload: dict[str, Any]) -> dict[str, Any]:
     """`payload` with each declared scalar field as validation coerced it (`"21000"` -> 21000,
     `"false"` -> False), so the backend reads exactly the values the gateway admitted."""
@@ -137,6 +145,9 @@ def normalized(parsed: BaseModel, payload: dict[str, Any]) -> dict[str, Any]:
         if name not in payload:
             continue
         value = getattr(parsed, name)
+        if isinstance(value, int) and not _INT64_MIN <= value <= _UINT64_MAX:
+            # Validation reads any integer; the bus (orjson) carries 64 bits. Found by the fuzzer.
+            raise InvalidRequest(f"{name}: the number is out of range", "invalid_value", name)
         if value is None or isinstance(value, (bool, int, float, str)):
             raw = payload[name]
             if type(raw) is not type(value) or raw != value:

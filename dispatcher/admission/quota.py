@@ -20,6 +20,7 @@ from dispatcher.admission.identity import Identity
 from dispatcher.errors import LimitsUnavailable, OverLimit, Window
 from dispatcher.quotas import Limiter, QuotaExceeded, QuotaLedger, QuotaUnavailable
 from dispatcher.telemetry import metrics
+from dispatcher.telemetry.labels import sanitize
 from schemas.envelope import QuotaReservation
 from schemas.policy import Limits
 
@@ -105,7 +106,10 @@ class QuotaGate:
                     await self._sleep(exc.retry_after_s)
                     continue
                 self.rejections += 1
-                metrics.RATE_LIMITED.labels(identity.consumer, model, exc.limit).inc()
+                # The consumer whose limits applied (a configured name, unlike an OIDC caller's own).
+                metrics.RATE_LIMITED.labels(
+                    sanitize(settings.name), sanitize(model), sanitize(exc.limit)
+                ).inc()
                 raise _over_limit(exc, tokens) from None
 
 

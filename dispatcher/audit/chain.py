@@ -42,7 +42,8 @@ INDEXED = (
 )
 
 
-def _clean(value: Any) -> Any:
+def indexed_value(value: Any) -> Any:
+    """A value as its indexed column holds it (and as a filter on that column must be written)."""
     # Postgres text cannot hold NUL; the record (JSON) escapes it, the indexed copies replace it.
     return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
@@ -66,7 +67,7 @@ def chain_hash(prev_hash: str, record: str) -> str:
 
 def row_for(event: AuditEvent, seq: int, prev_hash: str) -> dict[str, Any]:
     record = canonical(event, seq)
-    row: dict[str, Any] = {name: _clean(getattr(event, name)) for name in INDEXED}
+    row: dict[str, Any] = {name: indexed_value(getattr(event, name)) for name in INDEXED}
     row["status"] = event.status.value
     latency = event.finished_ms - event.received_ms if event.finished_ms else None
     row.update(
@@ -114,7 +115,7 @@ def verify(rows: Iterable[Mapping[str, Any]], anchor: tuple[int, str] = (0, GENE
         if record.get("seq") != seq:
             problems.append(Problem(seq, "record belongs to another position in the chain"))
         for name in INDEXED:
-            if _clean(record.get(name)) != row[name]:
+            if indexed_value(record.get(name)) != row[name]:
                 problems.append(Problem(seq, f"column {name} differs from the hashed record"))
         expected_seq, expected_prev = seq + 1, row["row_hash"]
     return problems

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from dispatcher.audit.chain import GENESIS, Problem, row_for, verify
+from dispatcher.audit.chain import GENESIS, Problem, indexed_value, row_for, verify
 from dispatcher.audit.checkpoints import check
 from dispatcher.audit.compare import answer_of, text_similarity
 from schemas.audit import AuditCheckpoint, AuditEvent
@@ -167,7 +167,7 @@ class AuditStore:
         ):
             if value is not None:
                 clauses.append(f"{column} = :{column}")
-                params[column] = value
+                params[column] = indexed_value(value)
         if where.since is not None:
             clauses.append("received_at >= :since")
             params["since"] = where.since
@@ -176,8 +176,10 @@ class AuditStore:
             params["until"] = where.until
         if where.text:
             clauses.append("record ILIKE :pattern")
+            # The record is JSON, where a NUL is written `\u0000` (Postgres text cannot hold one).
+            searched = where.text.replace("\x00", "\\u0000")
             params["pattern"] = (
-                "%" + where.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                "%" + searched.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             )
         sql = (
             f"SELECT seq, record FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT :limit"
@@ -191,6 +193,7 @@ class AuditStore:
     ) -> dict[str, Any]:
         """Outputs side by side for prompts seen on both versions, the most changed first (of up to
         `scan` prompts), plus per-version aggregates."""
+        model, old, new = indexed_value(model), indexed_value(old), indexed_value(new)
         async with self._engine.connect() as conn:
             aggregates = await conn.execute(
                 text(

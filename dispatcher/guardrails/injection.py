@@ -79,6 +79,12 @@ def _compile() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, frozenset[st
     lookup: dict[str, set[str]] = {}
     for key, names in concepts.items():
         lookup.setdefault(key.replace("$", ""), set()).update(names)
+    # The pass finds the longest term at a place, so a stem inside it must lend its concepts:
+    # "guidelines" (LIMITS) also begins with the stem "guideline" (RULES).
+    stems = {k: v for k, v in concepts.items() if not k.endswith("$")}
+    for key in list(lookup):
+        for end in range(1, len(key)):
+            lookup[key].update(stems.get(key[:end], ()))
     return words, glued, {k: frozenset(v) for k, v in lookup.items()}
 
 
@@ -183,7 +189,16 @@ def detect_injection(text: str) -> list[Finding]:
             merged[-1][1] = max(merged[-1][1], end)  # one attack, one finding
         else:
             merged.append([start, end])
+    if merged and _discusses_attacks(view.text):
+        return []
     return [Finding("injection", *view.original(s, e)) for s, e in merged]
+
+
+def _discusses_attacks(text: str) -> bool:
+    """A question or note *about* attacks ("our SOC saw 'ignore previous instructions' in the logs")
+    names the attacker or the defence and addresses no one; an attack speaks to the model."""
+    hits = concept_hits(text)
+    return bool(hits.get("DISCUSS")) and not hits.get("SECOND_PERSON")
 
 
 # --- disguises ------------------------------------------------------------------------------------

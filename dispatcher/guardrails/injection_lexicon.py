@@ -15,10 +15,9 @@ from __future__ import annotations
 LEXICON: dict[str, tuple[str, ...]] = {
     # --- override -------------------------------------------------------------------------------
     "IGNORE": (
-        "do not follow", "don't follow", "dont follow", "cease following",
+        "do not follow", "don't follow", "dont follow", "cease following", "cancelled", "canceled", "revoked", "withdrawn", "no longer applies", "no longer apply", "no longer valid", "null and void", "are void", "is void", "obsolete", "aufgehoben", "ungültig", "annulé", "anulad", "annullat", "revogad", "ingetrokken", "anulowan", "отменен", "отменён", "больше не действ", "作废", "無効", "취소", "ملغاة", "रद्द", "iptal",
         "気にせず", "気にしないで", "setze außer",
-        "ignore", "ignoring", "disregard", "forget$", "forget all", "forget every", "forget your",
-        "forget the", "override", "bypass", "set aside", "throw out", "discard", "abandon", "skip all",
+        "ignore", "ignoring", "disregard", "forget$", "override", "bypass", "set aside", "throw out", "discard", "abandon", "skip all",
         "drop all", "drop your", "pay no attention", "no longer follow", "stop following", "stop obeying",
         "ignorier", "vergiss", "vergessen sie", "missacht", "übergeh", "nicht mehr befolg", "setze außer kraft",
         "ignore", "oublie", "oubliez", "ne tiens pas compte", "ne tenez pas compte", "fais abstraction",
@@ -57,7 +56,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "önceki", "tüm$", "bütün", "yukarıdaki", "tüm ",
     ),
     "RULES": (
-        "instruction", "rules", "guideline", "directive", "prompt", "programming", "restrictions",
+        "instruction", "rules", "guideline", "instructed", "setup", "configuration", "config", "konfiguration", "anweisungen", "указания", "указаний", "directive", "prompt", "programming", "restrictions",
         "constraints", "policies", "guardrails", "directions", "orders", "commands", "context",
         "what you were told", "what you've been told", "you were told", "conditioning", "training",
         "anweisung", "regeln", "richtlinie", "vorgaben", "befehle", "instruktion", "einschränkung",
@@ -76,7 +75,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- system prompt exfiltration -------------------------------------------------------------------
     "SYSTEM_PROMPT": (
-        "everything before this", "everything before", "text before", "first 100 words", "first 50 words", "words of your conversation", "your configuration",
+        "everything before this", "everything before", "your initial prompt", "initial prompt", "configuration prompt", "the prompt that defines", "prompt that defines your", "oorspronkelijke instructies", "ursprünglichen anweisungen", "शुरुआती निर्देश", "text before", "first 100 words", "first 50 words", "words of your conversation", "your configuration",
         "hidden preamble", "your preamble", "the preamble", "instructions were you given", "instructions you were given", "rules you were given", "instructions cachées", "instructions secrètes",
         "system prompt", "system message", "system instructions", "initial prompt", "initial instructions",
         "hidden instructions", "hidden prompt", "secret instructions", "original instructions",
@@ -107,7 +106,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "REVEAL": (
         "list$", "as a numbered list", "write down", "write the",
         "quote", "list them", "list all", "word for word", "verbatim", "wörtlich", "wortwörtlich", "mot pour mot", "palabra por palabra", "parola per parola", "palavra por palavra", "woord voor woord", "słowo w słowo", "дословно", "一字不差", "一字一句", "そのまま", "그대로", "حرفيا", "حرفياً", "शब्दशः", "kelimesi kelimesine", "intégralement",
-        "reveal", "show me", "show your", "print", "repeat", "output", "display", "leak", "disclose",
+        "reveal", "show me", "paste the", "paste your", "paste them", "translate$", "herhaal je", "show your", "print", "repeat", "output", "display", "leak", "disclose",
         "tell me", "give me", "write out", "spell out", "recite", "dump", "expose", "share your",
         "what is your", "what are your", "what was your", "what were",
         "zeig", "gib mir", "gib aus", "wiederhol", "verrat", "offenleg", "nenne mir", "schreib",
@@ -131,7 +130,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- personas and unrestricted assistants -----------------------------------------------------
     "PERSONA": (
-        "act as", "acting as", "pretend", "you are now", "you're now", "from now on", "roleplay",
+        "act as", "acting as", "pretend", "you are an ai", "an ai whose", "an ai that", "an ai with", "ai who", "a model that", "a model whose", "speak as", "fais semblant d'être", "finge que eres", "finja que você", "une ia", "una ia", "uma ia", "un'ia", "you are now", "you're now", "from now on", "roleplay",
         "role-play", "role play", "play the role", "imagine you are", "imagine you're", "simulate",
         "become$", "behave as", "respond as", "answer as", "you will be", "you are going to act",
         "you are a", "you're a", "let's play", "stay in character", "you will now",
@@ -187,7 +186,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "kısıtlama", "kural", "filtre", "etik", "ahlak", "sansür", "sınır",
     ),
     "FREE": (
-        "unrestricted", "unfiltered", "uncensored", "jailbroken", "amoral", "unethical ai",
+        "unrestricted", "unfiltered", "uncensored", "never trained with safety", "refused nothing", "refuses nothing", "who has no limits", "sem nenhuma restrição", "sin ninguna restricción", "sans aucune restriction", "нет никаких этических", "нет ограничений", "etik sınırı olmayan", "ضوابط أخلاقية", "no ethical boundaries", "no ethical limits", "jailbroken", "amoral", "unethical ai",
         "no longer bound", "evil ai", "evil assistant", "unlimited ai", "unchained",
         "uneingeschränkt", "ungefiltert", "unzensiert", "sans restriction", "non filtré", "non censuré",
         "sin restricciones", "sin censura", "sin filtro", "senza restrizioni", "senza censura",
@@ -230,7 +229,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "basedgpt",
     ),
     "STRONG": (
-        "new instructions:", "new system instructions", "new rules apply", "system override", "admin override", "sudo mode", "neue anweisungen:", "nouvelles instructions :", "nuevas instrucciones:", "nuove istruzioni:",
+        "new instructions:", "new system instructions", "unrestricted mode", "unfiltered mode", "uncensored mode", "evil mode", "modo dan", "dan模式", "dan 模式", "new rules apply", "system override", "admin override", "sudo mode", "neue anweisungen:", "nouvelles instructions :", "nuevas instrucciones:", "nuove istruzioni:",
         "my late grandmother", "grandmother used to", "grandma used to", "아무리 불법", "ne kadar yasa dışı", "egal wie", "no importa lo ilegal", "quel que soit le", "non importa quanto illegale",
         "do anything now", "can do anything now", "broken free of the typical confines",
         "no matter how unethical", "no matter how illegal", "no matter how immoral", "no matter how harmful",
@@ -256,7 +255,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "않", "لا$", "أبدا", "أبداً", "ممنوع", "कभी", "मत$", "नहीं", "asla", "hiçbir zaman", "etme", "yapma",
     ),
     "REFUSE": (
-        "refus", "declin", "say you cannot help", "say you can't help",
+        "refus", "declin", "reject any", "reject a", "reject my", "turn down", "remind me about ethics", "remind me of ethics", "say it is wrong", "say you cannot help", "say you can't help",
         "refuse", "decline", "say no", "say you can't", "say that you can't", "say you cannot",
         "say i can't", "say sorry", "apologi", "apologis", "reject my", "deny my", "warn me", "lecture",
         "moralize", "moralise", "add disclaimers", "add warnings", "i'm sorry", "i cannot", "as an ai",
@@ -277,7 +276,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- fiction --------------------------------------------------------------------------------------
     "FICTION": (
-        "hypothéti", "hipotetic", "ipotetic",
+        "hypothéti", "hipotetic", "ipotetic", "hipoteticamente", "гипотетически", "افتراضيا", "افتراضياً", "varsayalım", "video game", "in a game where", "where no laws", "no laws exist", "guidelines are reversed",
         "story", "novel", "fiction", "fictional", "hypothetical", "screenplay", "movie script",
         "imagine a world", "in a world where", "alternate universe", "parallel universe", "a game",
         "dream", "once upon a time", "thought experiment", "purely academic", "in character",
@@ -300,7 +299,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- payload splitting and encodings --------------------------------------------------------------
     "COMBINE": (
-        "put them together", "put it together", "merge them", "combine them", "join them", "teile zusammen", "diese teile", "unisci", "junte", "połącz te",
+        "put them together", "put it together", "join the following", "following words", "in order and", "voeg deze delen", "deze delen samen", "merge them", "combine them", "join them", "teile zusammen", "diese teile", "unisci", "junte", "połącz te",
         "concatenate", "combine the", "join the", "merge the", "put together", "string a", "string b",
         "a + b", "a+b", "x + y", "part 1", "part 2", "first part", "second part", "assemble",
         "kombinier", "zusammensetz", "füge", "concatène", "combine", "assemble", "concatena", "combina",
@@ -379,5 +378,17 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "新的指令", "新指令", "新しい指示", "새로운 지시", "تعليمات جديدة", "नए निर्देश", "yeni talimat",
         "stattdessen", "au lieu de", "en lugar de", "invece di", "em vez de", "in plaats van", "zamiast",
         "вместо", "而是", "代わりに", "대신", "بدلا من", "बजाय", "yerine",
+    ),
+    # --- talk about attacks (suppresses a finding when nothing in the text addresses the model) ------
+    "DISCUSS": (
+        "red team", "owasp", "attacker", "such attempts", "signs that", "what does", "the string", "in our logs",
+        "in web logs", "how should we", "how do we detect", "how to detect", "how can we detect", "defend against",
+        "examples of", "taxonomy", "angreifer", "attaquant", "atacante", "attaccante", "aanvaller", "napastnik",
+        "злоумышленник", "攻击者", "攻撃者", "공격자", "المهاجم", "हमलावर", "saldırgan",
+    ),
+    "SECOND_PERSON": (
+        "you$", "your$", "you're", "you'll", "yourself", "u$", "du$", "dein", "dich", "dir$", "tu$", "toi$", "ton$",
+        "tes$", "vous", "tú", "tus$", "você", "jij", "jouw", "je$", "ty$", "twoj", "ты$", "твой", "твои", "вы$",
+        "ваш", "你", "あなた", "너", "당신", "أنت", "تك$", "तुम", "आप", "sen$", "senin",
     ),
 }  # fmt: skip

@@ -110,6 +110,10 @@ def _nfkc(ch: str) -> str:
     return unicodedata.normalize("NFKC", ch)
 
 
+# The PII, injection and content detectors each normalize the same prompt one after the other: the
+# last few results are kept (a Normalized is never changed after it is built), which halves the cost
+# on non-ASCII text. Few, because each holds its text alive (a large prompt twice).
+@lru_cache(maxsize=4)
 def normalize(text: str) -> Normalized:
     if text.isascii():
         return Normalized(text)

@@ -202,7 +202,10 @@ _SECRET = re.compile(
 )
 _ASSIGNED = re.compile(
     r"(?ai)(?<![a-z])(?:password|passwd|pwd|passphrase|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token"
-    r"|aws_secret_access_key|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?(?!\[[A-Z_]+\])"
+    r"|aws_secret_access_key|private[_-]?key"
+    # The word for password in the other languages the guardrails read ("la contraseña=...").
+    r"|passwort|kennwort|mot[_ ]de[_ ]passe|contrase(?:ñ|n)a|senha|wachtwoord|has(?:ł|l)o|пароль|şifre|sifre"
+    r"|parola|密码|パスワード|비밀번호)(?![a-z0-9_])[\"']?\s*[:=]\s*[\"']?(?!\[[A-Z_]+\])"
     # Values are ASCII (a non-ASCII letter ends one: the stream masker may cut there).
     # Code that names where a secret comes from is not one: `api_key = os.environ["KEY"]`,
     # `password=get_password()`, `$DB_PASSWORD`, `process.env.API_KEY`, `password: string`.
@@ -211,7 +214,10 @@ _ASSIGNED = re.compile(
     r"([!#-&(-+\--:<-~]{6,})"
 )
 _SECRET_HINTS = ("-----BEGIN", "AKIA", "ASIA", "_", "glpat-", "xox", "sk-", "AIza", "eyJ", "mb-")
-_ASSIGNED_HINTS = ("pass", "pwd", "secret", "key", "token")
+_ASSIGNED_HINTS = (
+    "pass", "pwd", "secret", "key", "token", "kennwort", "contrase", "senha", "wachtwoord", "hasło", "haslo",
+    "пароль", "şifre", "sifre", "parola", "密码", "パスワード", "비밀번호",
+)  # fmt: skip
 # "the password is X": only when X looks like a password (a digit or a symbol in it), not "reset".
 _SAID = re.compile(
     r"(?ai)(?<![a-z])(?:password|passwd|pwd|passphrase)\s+(?:is|was)\s+[\"']?(?!\[[A-Z_]+\])((?=\S*[\d\W])[!#-&(-+\--:<-~]{6,})"

@@ -1,9 +1,10 @@
-"""The task collector: turns the reply frames of async tasks into task records, audit rows, webhooks.
+"""The task collector: turns the reply frames of async tasks into task records and audit rows, and
+queues their webhooks (delivered apart, by dispatcher/webhooks/delivery.py).
 
 Workers answer an async task on `<ns>.task.<id>`, which a JetStream stream keeps, so the answer
 survives the ingress that accepted the task. The collector (a durable consumer shared by all
 dispatcher replicas) records the outcome (dispatcher/tasks/recorder.py: KV, Postgres, the task's one
-audit event, the webhook) and only then acks. A redelivered request's second answer finds the task
+audit event, the webhook's queue entry) and only then acks. A redelivered request's second answer finds the task
 already finished and is ignored.
 """
 

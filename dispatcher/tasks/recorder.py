@@ -1,9 +1,11 @@
 """Recording how a task ended, everywhere it must go: the KV entry (what readers see at once), the
 `tasks` row in Postgres (the record; the last line of a batch finalizes it), the task's one audit
-event, and its webhook. Used by the collector (a worker answered) and the batch feeder (admission
+event, and its webhook's place in the delivery queue (delivery itself runs apart, in
+dispatcher/webhooks/delivery.py, so no receiver can slow this down). Used by the collector (a worker answered) and the batch feeder (admission
 refused a line, which then never reaches a model).
 
-Every step is idempotent — the row is upserted, the audit event keeps the task's id — so a frame
+Every step is idempotent — the row is upserted, the audit event keeps the task's id, the webhook's
+queue message its `Nats-Msg-Id` — so a frame
 redelivered after a partial failure finishes the job instead of doing it twice.
 """
 
@@ -22,11 +24,11 @@ from dispatcher.batches import BatchStore
 from dispatcher.errors import Refused
 from dispatcher.reply_stream import Frame
 from dispatcher.tasks.store import TaskStore
-from dispatcher.tasks.webhooks import WebhookSender
+from dispatcher.webhooks.queue import WebhookQueue
 from schemas.audit import AuditEvent, AuditStatus
 from schemas.endpoints import BY_TASK_NAME
 from schemas.envelope import ErrorFrame, FinalFrame
-from schemas.tasks import Task, TaskError, TaskStatus
+from schemas.tasks import Task, TaskError, TaskStatus, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class TaskRecorder:
         self,
         store: TaskStore,
         audit: AuditPublisher,
-        webhooks: WebhookSender | None,
+        webhooks: WebhookQueue | None,
         batches: BatchStore | None,
     ) -> None:
         self._store = store
@@ -55,15 +57,17 @@ class TaskRecorder:
             task.error = TaskError(
                 code=frame.client_code, message=frame.message, status=frame.status, param=frame.param
             )
+        if task.webhook_url:
+            task.webhook = WebhookDelivery()
         await self._store.update(task, revision)
         await self.record(task, frame)
-        if self._webhooks is not None:
-            await self._webhooks.deliver(task)
 
     async def record(self, task: Task, frame: Frame) -> None:
         """Postgres and the audit event of a task whose outcome is already in KV (also on a replay)."""
         await self.persist(task)
         self._audit.emit(audit_event(task, frame))
+        if task.webhook_url and self._webhooks is not None:
+            await self._webhooks.enqueue(task.id)
 
     async def refuse(self, task: Task, refusal: Refused, status: AuditStatus = AuditStatus.REJECTED) -> None:
         """Admission refused the task: it fails with the error a synchronous call would have got."""

@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 from dispatcher.capacity import lane_consumers, live_workers
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry import metrics
+from dispatcher.telemetry.labels import sanitize
 from schemas.config import ModelbusConfig
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,12 @@ async def _refresh_once(
     for model in config.models:
         for version in model.version_names:
             mine = [w for w in workers if w.model == model.name and w.version == version]
-            metrics.WORKERS.labels(model.name, version).set(len(mine))
-            metrics.FREE_SLOTS.labels(model.name, version).set(sum(w.free_slots for w in mine))
+            # Names from the configuration, sanitized like every other label value.
+            name, ver = sanitize(model.name), sanitize(version)
+            metrics.WORKERS.labels(name, ver).set(len(mine))
+            metrics.FREE_SLOTS.labels(name, ver).set(sum(w.free_slots for w in mine))
             for lane, info in await lane_consumers(js, subjects, model.name, version):
-                labels = (model.name, version, lane.value)
+                labels = (name, ver, lane.value)
                 metrics.QUEUE_PENDING.labels(*labels).set(info.num_pending or 0)
                 metrics.QUEUE_ACK_PENDING.labels(*labels).set(info.num_ack_pending or 0)
                 metrics.QUEUE_REDELIVERED.labels(*labels).set(info.num_redelivered or 0)

@@ -2,8 +2,8 @@
 where they exist (`gen_ai_*`) and `modelbus_*` otherwise.
 
 Families are module-level singletons in the default registry (one registry per process). Hot paths
-call `.labels(...)` on them; label values are bounded (models and consumers come from the config,
-statuses and phases are fixed sets), never request ids or free text.
+call `.labels(...)` on them with values from `labels.py`: models, versions and consumers the
+configuration names (anything else is `unknown`), fixed sets sanitized — never request ids or text.
 """
 
 from __future__ import annotations

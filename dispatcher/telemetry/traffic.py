@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -67,9 +68,10 @@ class _Window:
 
 
 class TrafficWatch:
-    def __init__(self, nc: NATS, subjects: Subjects) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, known: Callable[[str], bool] = lambda _: True) -> None:
         self._nc = nc
         self._subjects = subjects
+        self._known = known  # models worth a window: clients' made-up names must not grow the dict
         self._models: dict[str, _Window] = {}
         self._sub: Subscription | None = None
         self.local = True  # until subscribed to the cluster's audit subjects
@@ -92,7 +94,7 @@ class TrafficWatch:
             return
         model = event.get("model_requested") or event.get("model_served")
         received, finished = event.get("received_ms"), event.get("finished_ms")
-        if not model or received is None or finished is None:
+        if not model or received is None or finished is None or not self._known(model):
             return
         ok = event.get("status") == "served"
         latency_s = (finished - received) / 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query
@@ -25,6 +26,18 @@ def _store(services: Services) -> AuditStore:
     return AuditStore(engine)
 
 
+# What a time filter accepts (pydantic's datetime parsing): an ISO 8601 date-time or date, or Unix
+# seconds. Said in the schema, so clients (and the fuzzer) know a number is not a mistake.
+_TIME: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "date"},
+        {"type": "number"},
+    ]
+}
+_Time = Annotated[datetime | None, Query(json_schema_extra=_TIME)]
+
+
 def _json(body: object) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -37,8 +50,8 @@ async def audit_query(
     version: str | None = None,
     consumer: str | None = None,
     status: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: _Time = None,
+    until: _Time = None,
     text: str | None = None,
     limit: int = Query(default=100, ge=1, le=10_000),
 ) -> Response:

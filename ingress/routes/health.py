@@ -1,14 +1,17 @@
-"""Liveness and readiness probes, and the Prometheus scrape endpoint."""
+"""Liveness and readiness probes, and the Prometheus scrape endpoint (docs/observability.md#metrics:
+behind `MODELBUS_METRICS_TOKEN` when set, or moved to `MODELBUS_INGRESS_METRICS_PORT`)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
+from dispatcher.telemetry.exposition import authorized
 from ingress.deps import ServicesDep
+from ingress.errors import APIError
 
 router = APIRouter()
 
@@ -38,6 +41,12 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    """Prometheus text exposition. Labels carry model, consumer and key-free names only."""
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    """Prometheus text exposition; label values are configured names or `unknown` (telemetry/labels.py)."""
+    settings = services.settings
+    if settings.ingress_metrics_port is not None:
+        raise APIError(404, "metrics are served on their own port", "not_found")
+    if not authorized(request.headers.get("authorization"), settings.metrics_token):
+        message = "metrics need 'Authorization: Bearer <metrics token>'"
+        raise APIError(401, message, "invalid_metrics_token", headers={"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -6,6 +6,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from dispatcher.webhooks.addresses import WebhookPolicy
 from ingress.auth import Caller
 from ingress.body import parse, read_body
 from ingress.deps import ServicesDep
@@ -19,6 +20,11 @@ async def create_task(request: Request, identity: Caller, services: ServicesDep)
     relay = services.relay
     create = parse(TaskCreate, await read_body(request, relay.max_body))
     webhook = str(create.webhook.url) if create.webhook else None
+    if webhook is not None:
+        # Refused before admission (nothing is spent on a task whose webhook may not be called);
+        # the delivery service checks again on every connection, since DNS answers can change.
+        settings = services.settings
+        await WebhookPolicy.build(settings.webhook_allow_list, settings.webhook_https_only).check(webhook)
     body = orjson.dumps(create.body)
     return await relay.admit_and_run(request, identity, create.spec, body, True, webhook)
 

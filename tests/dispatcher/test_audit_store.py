@@ -109,6 +109,19 @@ async def test_queries_filter_by_model_consumer_status_time_and_text(store: Audi
     assert await store.query(AuditFilter(since=later)) == []
 
 
+async def test_filters_with_a_nul_byte_find_what_was_stored_with_one(store: AuditStore) -> None:
+    """Postgres text cannot hold NUL: filters are written as the indexed columns and the record are
+    (found by the fuzzer as a 500 on /admin/audit/compare)."""
+    await store.append(
+        [_event(1, consumer="team\x00a", model_served="m\x00", output={"text": "nul\x00here"})]
+    )
+    assert [e["event_id"] for e in await store.query(AuditFilter(consumer="team\x00a"))] == ["ev-1"]
+    assert [e["event_id"] for e in await store.query(AuditFilter(text="nul\x00here"))] == ["ev-1"]
+    assert await store.query(AuditFilter(model="\x00", version="\x00", status="\x00")) == []
+    report = await store.compare_versions("m\x00", "\x00", "v1\x00")
+    assert report["pairs"] == []
+
+
 async def test_version_comparison_pairs_outputs_by_prompt(store: AuditStore) -> None:
     await store.append(
         [

@@ -72,7 +72,14 @@ def gateway(
 ) -> Iterator[Gateway]:
     set_tracing_disabled(True)  # the Agents SDK would export traces to OpenAI
     cluster = Cluster(tmp_path_factory.mktemp("compat"), nats_server.url, "t" + uuid.uuid4().hex[:10])
-    endpoints = [Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RERANK, Endpoint.TOKENIZE, Endpoint.DETOKENIZE]
+    endpoints = [
+        Endpoint.CHAT,
+        Endpoint.COMPLETIONS,
+        Endpoint.RERANK,
+        Endpoint.SCORE,
+        Endpoint.TOKENIZE,
+        Endpoint.DETOKENIZE,
+    ]
     config = cluster.write_config(with_consumers([ModelConfig(name="sim", endpoints=endpoints, backend=SIM)]))
     # Started side by side: each process spends its start-up importing, which overlaps on two cores.
     with ThreadPoolExecutor(4) as pool:
@@ -241,6 +248,8 @@ async def test_rerank_and_tokenizer_return_what_the_simulator_returns(gateway: G
     direct = httpx.AsyncClient(transport=httpx.ASGITransport(create_app(SIM)), base_url="http://simulator")
     calls = [
         ("/v1/rerank", {"query": "capital of France", "documents": ["Bananas", "Paris, capital of France"]}),
+        ("/v1/score", {"text_1": "capital of France", "text_2": ["Bananas", "Paris, capital of France"]}),
+        ("/v1/score", {"text_1": ["a b", "c d"], "text_2": ["a", "d"]}),
         ("/tokenize", {"content": "Hello wörld"}),
         ("/detokenize", {"tokens": tokenize("Hello wörld")}),
     ]
@@ -250,6 +259,11 @@ async def test_rerank_and_tokenizer_return_what_the_simulator_returns(gateway: G
             got = await via.post(path, json={**body, "model": "sim"})
             assert got.status_code == 200, got.text
             assert got.json() == expected
+        # A pairing the backend could not score is refused before it reaches the bus.
+        bad = await via.post(
+            "/v1/score", json={"model": "sim", "text_1": ["a", "b"], "text_2": ["a", "b", "c"]}
+        )
+        assert bad.status_code == 400 and "as many as `text_2`" in bad.json()["error"]["message"]
     assert expected["content"] == "Hello wörld"
 
 

@@ -59,6 +59,14 @@ def test_ops_page_renders_live_charts(cluster: Cluster, tmp_path: Path) -> None:
         httpx.get(f"{root}/admin/ops/data", headers={"Authorization": f"Bearer {TEST_KEY}"}).status_code
         == 403
     )
+    # No inline script anywhere (the script is a file of its own), and the page is never framed.
+    page = httpx.get(f"{root}/ops", timeout=10)
+    csp = page.headers["content-security-policy"]
+    assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert re.findall(r"<script(?![^>]*\bsrc=)", page.text) == [] and "<style" not in page.text
+    script = httpx.get(f"{root}/ops/ops.js", timeout=10)
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     url = f"{root}/ops#key={ADMIN_KEY}"
     dom = _chromium(url, "--dump-dom", tmp_path=tmp_path)
     assert dom.returncode == 0, dom.stderr[-2000:]

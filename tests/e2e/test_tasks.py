@@ -16,8 +16,8 @@ import pytest
 
 from dispatcher.settings import BusSettings
 from dispatcher.tasks.store import TaskStore
-from dispatcher.tasks.webhooks import verify_signature
 from dispatcher.topology import ensure_task_bucket
+from dispatcher.webhooks.signing import verify_signature
 from modelbus.embedded_nats import free_port
 from schemas.config import ModelConfig, SimulatorBackend
 from tests.servers import OTHER_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
@@ -35,6 +35,9 @@ def stack(database_url: str, cluster: Cluster) -> tuple[Cluster, str, object]:
     ]
     config = cluster.write_config(with_consumers(models))
     cluster.env_overrides["MODELBUS_WEBHOOK_SECRET"] = SECRET
+    # The test's receivers listen on loopback, which only the allow-list opens to webhooks.
+    cluster.env_overrides["MODELBUS_WEBHOOK_ALLOW"] = "127.0.0.1/32"
+    cluster.env_overrides["MODELBUS_WEBHOOK_BACKOFF_S"] = "0.3"
     cluster.dispatcher(config, database_url)
     cluster.worker("chat-sim", config, "w-chat")
     return cluster, database_url, config

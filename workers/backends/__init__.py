@@ -6,11 +6,14 @@ from schemas.config import Backend as BackendConfig
 from schemas.config import InjectionSimilarityBackend, OpenAIBackend, SimulatorBackend
 from workers.backends.base import Backend, BackendError
 from workers.backends.openai_compat import OpenAICompatBackend
-from workers.backends.simulator import SimulatorAdapter
 
 
 def build_backend(config: BackendConfig, model: str, max_concurrency: int) -> Backend:
     if isinstance(config, SimulatorBackend):
+        # Imported here: the simulator is a development tool, loaded only by a worker configured
+        # with it, never by one in front of a real backend.
+        from workers.backends.simulator import SimulatorAdapter
+
         return SimulatorAdapter(config, model)
     if isinstance(config, OpenAIBackend):
         return OpenAICompatBackend(config, model, max_concurrency)

@@ -6,6 +6,7 @@ HTTP connection, which aborts the generation on the server (all of the above sto
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -18,6 +19,10 @@ from schemas.endpoints import ENDPOINTS
 from schemas.envelope import Endpoint
 from workers.backends.base import BackendError, Json
 from workers.backends.errors import backend_error
+
+# A server restarting or shedding load answers these before generating anything: safe to retry.
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_RETRY_BACKOFF_S = 0.05  # doubled per attempt: 50, 100, 200 ms for the default two or three retries
 
 # Generation endpoints whose streams end with a usage chunk only when asked for one.
 _USAGE_ON_REQUEST = (Endpoint.CHAT, Endpoint.COMPLETIONS)
@@ -80,12 +85,23 @@ class OpenAICompatBackend:
         return self._root_url + path if path.startswith("/") else self._base_url + path
 
     async def _post(self, endpoint: Endpoint, payload: Json, stream: bool) -> aiohttp.ClientResponse:
-        try:
-            return await self._client().post(
-                self._url(endpoint), data=self._body(endpoint, payload, stream), headers=self._headers
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendError(f"backend unreachable: {type(exc).__name__}", 503, True) from exc
+        """The backend's answer, retried (`max_retries`) while nothing has been generated: a refused
+        connection or a 502/503/504 from a server that is restarting or briefly overloaded. Later
+        failures are the runner's to handle (redelivery to another worker, or an error frame)."""
+        url, body = self._url(endpoint), self._body(endpoint, payload, stream)
+        for attempt in range(self._config.max_retries + 1):
+            last = attempt == self._config.max_retries
+            try:
+                response = await self._client().post(url, data=body, headers=self._headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if last:
+                    raise BackendError(f"backend unreachable: {type(exc).__name__}", 503, True) from exc
+            else:
+                if last or response.status not in _RETRY_STATUSES:
+                    return response
+                response.release()
+            await asyncio.sleep(_RETRY_BACKOFF_S * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def complete(self, endpoint: Endpoint, payload: Json) -> Json:
         response = await self._post(endpoint, payload, stream=False)

@@ -7,6 +7,7 @@ import copy
 from typing import Any
 
 import orjson
+import pytest
 
 from dispatcher.admission.prompt import (
     DEFAULT_COMPLETION_RESERVE,
@@ -14,9 +15,11 @@ from dispatcher.admission.prompt import (
     estimate_tokens,
     input_texts,
     normalized,
+    prompt_text,
     rewrite_texts,
 )
 from dispatcher.admission.validation import parse
+from dispatcher.errors import InvalidRequest
 from schemas.envelope import Endpoint
 from schemas.openai import ChatCompletionRequest, CompletionRequest
 
@@ -139,6 +142,14 @@ def test_string_max_tokens_is_reserved_as_the_backend_reads_it() -> None:
     assert estimate_tokens(Endpoint.CHAT, payload, limit, sequences) > 42_000
 
 
+def test_an_integer_the_bus_cannot_carry_is_a_bad_request() -> None:
+    """Validation reads any integer, orjson only 64 bits (the fuzzer found a 500 on /v1/messages)."""
+    body = b'{"model": "m", "max_tokens": 123456789012345678901234567890, "messages": [{"role": "user", "content": "x"}]}'
+    parsed = parse(ChatCompletionRequest, body)
+    with pytest.raises(InvalidRequest, match="max_tokens: the number is out of range"):
+        normalized(parsed, orjson.loads(body))
+
+
 def test_max_completion_tokens_wins_and_best_of_counts() -> None:
     chat = parse(
         ChatCompletionRequest,
@@ -219,3 +230,7 @@ def test_rerank_and_tokenize_texts_are_found_and_cost_their_input_only() -> None
     assert input_texts({"model": "m", "content": "tokenize-text"}) == ["tokenize-text"]
     assert estimate_tokens(Endpoint.RERANK, rerank) < DEFAULT_COMPLETION_RESERVE
     assert estimate_tokens(Endpoint.DETOKENIZE, {"model": "m", "tokens": [1] * 40}) == 40
+    score = {"model": "m", "text_1": "first-text", "text_2": ["second-a", "second-b"]}
+    assert input_texts(score) == ["first-text", "second-a", "second-b"]
+    assert prompt_text(score) == "first-text"
+    assert estimate_tokens(Endpoint.SCORE, score) < DEFAULT_COMPLETION_RESERVE

@@ -1,0 +1,1 @@
+"""Task webhooks: who may be called (addresses), how a delivery is signed, sent and retried."""
