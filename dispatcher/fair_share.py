@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _KEPT_HEADERS = ("Nats-Msg-Id", "Nats-TTL")
 _CONSUMER_IDLE_S = 3600.0
+_RETRY_S = 0.25
 
 ShareSpec = Callable[[str], tuple[float, int]]  # bucket -> (weight, tier)
 
@@ -151,9 +152,13 @@ class ShareFeeder:
         try:
             while True:
                 released = 0
-                if await self._lease.hold():
-                    await self._refresh_slots()
-                    released = await self.feed_once()
+                try:
+                    if await self._lease.hold():
+                        await self._refresh_slots()
+                        released = await self.feed_once()
+                except Exception as exc:  # noqa: BLE001 - a leader election, a reconnect: retry soon
+                    log.warning("share feeder round failed: %s", exc)
+                    await asyncio.sleep(_RETRY_S)
                 if released:
                     continue  # the ready queues may have drained into waiting pulls at once: again
                 try:
@@ -244,11 +249,16 @@ class ShareFeeder:
                     for msg in msgs
                 )
             )
-        except (BusUnavailable, QueueFull) as exc:
-            # Not (all) republished: they stay staged and come back in a second; a copy that did
-            # land is dropped as a duplicate when it is republished then.
+        except BaseException as exc:
+            # Not (all) republished — JetStream refused, or this feeder is stopping: hand them back
+            # at once rather than after `ack_wait`; a copy that did land is dropped as a duplicate
+            # when it is republished.
+            refused = isinstance(exc, (BusUnavailable, QueueFull))
+            naks = (msg.nak(delay=_RETRY_S if refused else None) for msg in msgs)
+            await asyncio.shield(asyncio.gather(*naks, return_exceptions=True))
+            if not refused:
+                raise
             log.warning("share feeder: %d requests of %r not released: %s", len(msgs), bucket, exc)
-            await asyncio.gather(*(msg.nak(delay=1.0) for msg in msgs), return_exceptions=True)
             return 0
         await asyncio.gather(*(msg.ack() for msg in msgs))
         served_key = (model, lane, bucket)
@@ -264,7 +274,9 @@ class ShareFeeder:
                 durable_name=name,
                 description=f"share feeder: {bucket!r} on {model!r} {version!r} {lane.value}",
                 ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=30,  # well inside the duplicate window: a redelivered move is deduplicated
+                # A feeder killed between fetch and ack delays these by this much; a redelivered
+                # move is deduplicated (well inside the duplicate window).
+                ack_wait=5,
                 max_deliver=-1,
                 inactive_threshold=_CONSUMER_IDLE_S,
             )
