@@ -18,11 +18,13 @@ from pydantic import ValidationError
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
 from dispatcher.topology import ensure_bucket
-from schemas.capacity import ModelCapacity, WorkerStatus
+from schemas.capacity import ConsumerShare, ModelCapacity, WorkerStatus
 from schemas.config import ModelbusConfig
 from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
+
+QueueKey = tuple[str, str, Lane]  # model, version, lane
 
 # A worker is gone after missing this many heartbeats.
 _MISSED_HEARTBEATS = 3
@@ -72,6 +74,26 @@ async def lane_consumers(
     return found
 
 
+async def staged_counts(js: JetStreamContext, subjects: Subjects) -> dict[str, int]:
+    """Staged requests per share subject (one API call, whatever the number of consumers)."""
+    try:
+        info = await js.stream_info(subjects.share_stream, subjects_filter=subjects.all_shares)
+    except NotFoundError:
+        return {}
+    return dict(info.state.subjects or {})
+
+
+def staged_by_queue(subjects: Subjects, counts: dict[str, int]) -> dict[QueueKey, dict[str, int]]:
+    found: dict[QueueKey, dict[str, int]] = {}
+    for subject, count in counts.items():
+        try:
+            model, version, lane, bucket = subjects.parse_share(subject)
+        except ValueError:
+            continue
+        found.setdefault((model, version, lane), {})[bucket] = count
+    return found
+
+
 def estimated_wait_s(workers: list[WorkerStatus], queued: int, in_flight: int) -> float | None:
     """How long a request sent now would wait for a slot; None if no worker serves the model."""
     capacity = sum(w.capacity for w in workers)
@@ -87,6 +109,7 @@ async def capacity_view(
     js: JetStreamContext, subjects: Subjects, registry: KeyValue, config: ModelbusConfig
 ) -> list[ModelCapacity]:
     workers = await live_workers(registry)
+    staged = staged_by_queue(subjects, await staged_counts(js, subjects))
     view = []
     for model in config.models:
         for version in model.version_names:
@@ -96,6 +119,12 @@ async def capacity_view(
                 queued += info.num_pending or 0
                 in_flight += info.num_ack_pending or 0
                 redelivered += info.num_redelivered or 0
+            shares: dict[str, int] = {}
+            for lane in Lane:
+                for bucket, count in staged.get((model.name, version, lane), {}).items():
+                    shares[bucket] = shares.get(bucket, 0) + count
+            waiting = sum(shares.values())
+            queued += waiting
             capacity = sum(w.capacity for w in mine)
             estimate = estimated_wait_s(mine, queued, in_flight)
             view.append(
@@ -109,6 +138,21 @@ async def capacity_view(
                     in_flight=in_flight,
                     redelivered=redelivered,
                     estimated_wait_s=estimate,
+                    staged=waiting,
+                    shares=[ConsumerShare(consumer=c, queued=n) for c, n in sorted(shares.items())],
                 )
             )
     return view
+
+
+def share_rows(
+    staged: list[ConsumerShare], served: dict[str, float], config: ModelbusConfig
+) -> list[ConsumerShare]:
+    """Staged counts per fair-share bucket joined with served shares per consumer (summed into
+    their buckets): one row per bucket that has work staged or was served in the last minute."""
+    rows = {row.consumer: row.model_copy() for row in staged}
+    for consumer, share in served.items():
+        bucket = config.share_bucket(consumer) if consumer else "?"
+        row = rows.setdefault(bucket, ConsumerShare(consumer=bucket, queued=0))
+        row.served_share = (row.served_share or 0.0) + share
+    return sorted(rows.values(), key=lambda r: r.consumer)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -163,6 +164,7 @@ class BusClient:
         msg_ttl: bool,
         *,
         shared_inbox: bool = False,
+        share_bucket: Callable[[str], str] | None = None,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -177,6 +179,8 @@ class BusClient:
         # are then not strays to cancel, just not ours.
         self._shared_inbox = shared_inbox
         self.idle_timeout_s = settings.idle_timeout_s
+        # consumer -> fair-share bucket; None: straight to the FIFO request subject
+        self._share_bucket = share_bucket if settings.fair_share else None
 
     @property
     def reconnects(self) -> int:
@@ -254,5 +258,15 @@ class BusClient:
         ttl_s = max(1, (envelope.deadline_ms - envelope.created_ms + 999) // 1000)
         if self._msg_ttl:
             headers["Nats-TTL"] = f"{ttl_s}s"
-        subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
-        return await publish_durably(self._js, subject, data, headers, min(10.0, float(ttl_s)))
+        max_s = min(10.0, float(ttl_s))
+        if self._share_bucket is None:
+            subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
+            return await publish_durably(self._js, subject, data, headers, max_s)
+        bucket = self._share_bucket(envelope.consumer)
+        subject = self._subjects.share(envelope.target, envelope.version, envelope.lane, bucket)
+        duplicate = await publish_durably(self._js, subject, data, headers, max_s)
+        try:
+            await self._nc.publish(self._subjects.share_bell, b"")
+        except Exception as exc:  # noqa: BLE001 - the feeder also rescans on its own every second
+            log.debug("share bell not rung: %s", exc)
+        return duplicate

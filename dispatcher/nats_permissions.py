@@ -55,6 +55,7 @@ def _buckets(s: Subjects) -> tuple[str, ...]:
         s.key_bucket,
         s.audit_checkpoint_bucket,
         s.response_bucket,
+        s.share_lease_bucket,
     )
 
 
@@ -110,6 +111,7 @@ def _streams(s: Subjects) -> list[str]:
         s.task_reply_stream,
         s.quota_stream,
         s.batch_line_stream,
+        s.share_stream,
         s.webhook_stream,
     ]
     return streams + [_kv_stream(b) for b in _buckets(s)]
@@ -122,6 +124,10 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
     publish = [
         f"{_JS}.INFO",  # account limits: readiness
         s.all_requests,
+        s.all_shares,  # staged for the share feeder (dispatcher/fair_share.py)
+        s.share_bell,
+        *_stream_admin(s.share_stream),  # the share feeder: its consumers, fetch, ack, subject counts
+        *_kv_write(s.share_lease_bucket),
         s.all_cancels,
         s.all_batch_lines,  # a new batch's lines, admitted later by the dispatcher
         s.audit(f"ingress-{ingress_id}"),
@@ -137,7 +143,7 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
         publish += _kv_read(bucket)
     return Permissions(
         publish_allow=tuple(publish),
-        subscribe_allow=(s.reply_inbox(ingress_id), f"{inbox_prefix(namespace, user)}.>"),
+        subscribe_allow=(s.reply_inbox(ingress_id), s.share_bell, f"{inbox_prefix(namespace, user)}.>"),
         subscribe_deny=(s.all_requests,),
     )
 

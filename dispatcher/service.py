@@ -29,6 +29,7 @@ from dispatcher.connection import supports_msg_ttl
 from dispatcher.db.engine import create_engine
 from dispatcher.db.migrate import upgrade_async
 from dispatcher.dead_letters import DeadLetterer
+from dispatcher.fair_share import open_lease_bucket
 from dispatcher.quotas import Limiter, QuotaLedger
 from dispatcher.response_cache import ResponseCache
 from dispatcher.runtime import process_runtime
@@ -80,6 +81,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         await ResponseCache.open(js, subjects, settings)
         responses = await ResponseStore.open(js, subjects, settings, nc.max_payload)
         await semantic_cache.open_bucket(js, subjects, settings)
+        await open_lease_bucket(js, subjects, settings)
         keys = await KeyRegistry.open(js, subjects, settings)
         ledger = await QuotaLedger.open(nc, subjects, settings)
         cleanup.push_async_callback(ledger.drain)

@@ -50,6 +50,15 @@ class BusSettings(BaseSettings):
     heartbeat_s: float = Field(default=2.0, gt=0)
     idle_timeout_s: float = Field(default=7.0, gt=0)
 
+    fair_share: bool = Field(
+        default=True,
+        description="weighted fair share among consumers of a saturated model (docs/traffic.md); "
+        "off: one FIFO queue per model and lane",
+    )
+    fair_share_poll_s: float = Field(
+        default=0.01, gt=0, le=1, description="how often the share feeder tops up ready queues while busy"
+    )
+
     request_stream_max_age_s: float = Field(default=24 * 3600, gt=0)
     request_stream_max_bytes: int = Field(default=1 << 30, gt=0)
     request_stream_max_msgs: int = Field(default=1_000_000, gt=0)

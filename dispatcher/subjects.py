@@ -70,6 +70,7 @@ class Subjects:
     """All names Modelbus uses on one NATS system, scoped by a namespace (default `mb`).
 
     Layout:
+      <ns>.share.<model>.<version>.<lane>.<bucket>   requests waiting for their fair share
       <ns>.req.<model>.<version>.<lane>   requests, persisted in the request stream
       <ns>.reply.<ingress>.<request>      reply frames (core NATS), read by one ingress only
       <ns>.cancel.<request>               cancellation broadcast to workers (core NATS)
@@ -109,6 +110,40 @@ class Subjects:
     def consumer(self, model: str, version: str = "default", lane: Lane = Lane.INTERACTIVE) -> str:
         """Durable pull consumer shared by every worker of (model, version) for one lane."""
         return _name(encode_token(model), encode_token(version), lane.value)
+
+    # fair share (dispatcher/fair_share.py) ---------------------------------------------------
+    @property
+    def share_stream(self) -> str:
+        return f"{self.namespace.upper()}_SHARES"
+
+    @property
+    def all_shares(self) -> str:
+        return f"{self.namespace}.share.>"
+
+    def share(self, model: str, version: str, lane: Lane, bucket: str) -> str:
+        """Where one consumer's (or group's) requests for a model wait until the feeder releases them."""
+        head = f"{self.namespace}.share.{encode_token(model)}.{encode_token(version)}"
+        return f"{head}.{lane.value}.{encode_token(bucket)}"
+
+    def share_consumer(self, model: str, version: str, lane: Lane, bucket: str) -> str:
+        """The feeder's durable consumer of one share subject (in the share stream)."""
+        return _name(encode_token(model), encode_token(version), lane.value, encode_token(bucket))
+
+    def parse_share(self, subject: str) -> tuple[str, str, Lane, str]:
+        """(model, version, lane, bucket) of a share subject; ValueError for anything else."""
+        parts = subject.split(".")
+        if len(parts) != 6 or parts[0] != self.namespace or parts[1] != "share":
+            raise ValueError(f"not a share subject: {subject!r}")
+        return decode_token(parts[2]), decode_token(parts[3]), Lane(parts[4]), decode_token(parts[5])
+
+    @property
+    def share_bell(self) -> str:
+        """Core NATS nudge after a request is staged, so the feeder need not poll while idle."""
+        return f"{self.namespace}.sharebell"
+
+    @property
+    def share_lease_bucket(self) -> str:
+        return f"{self.namespace}-share-lease"
 
     def dead_letter(self, model: str) -> str:
         return f"{self.namespace}.dlq.{encode_token(model)}"

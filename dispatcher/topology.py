@@ -9,6 +9,7 @@ evicting accepted ones.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from nats.js import JetStreamContext, api
@@ -47,6 +48,24 @@ def request_stream_config(
         num_replicas=settings.stream_replicas,
         # Per-message TTL lets a request leave the stream when its deadline passes (server 2.11+).
         allow_msg_ttl=True if msg_ttl else None,
+    )
+
+
+def share_stream_config(
+    subjects: Subjects, settings: BusSettings, max_msg_size: int, msg_ttl: bool
+) -> api.StreamConfig:
+    """Requests waiting for their fair share, one subject per (model, version, lane, consumer), with
+    the request stream's limits and deduplication.
+
+    A work queue like the request stream: the share feeder pulls each subject through its own
+    consumer, republishes to the request stream under the same `Nats-Msg-Id` and then acks
+    (dispatcher/fair_share.py), so what is left here is exactly what still waits for its share.
+    """
+    return dataclasses.replace(
+        request_stream_config(subjects, settings, max_msg_size, msg_ttl),
+        name=subjects.share_stream,
+        description="Modelbus requests waiting for their consumer's fair share",
+        subjects=[subjects.all_shares],
     )
 
 
@@ -265,6 +284,7 @@ async def ensure_streams(
     if not settings.manage_topology:
         return
     await _ensure_stream(js, request_stream_config(subjects, settings, max_msg_size, msg_ttl))
+    await _ensure_stream(js, share_stream_config(subjects, settings, max_msg_size, msg_ttl))
     await _ensure_stream(js, dead_letter_stream_config(subjects, settings))
     await _ensure_stream(js, audit_stream_config(subjects, settings))
     await _ensure_stream(js, task_reply_stream_config(subjects, settings))

@@ -26,6 +26,7 @@ from dispatcher.config_file import load_config
 from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import supports_msg_ttl
 from dispatcher.db.engine import create_engine
+from dispatcher.fair_share import open_feeder
 from dispatcher.quotas import Limiter, QuotaLedger
 from dispatcher.response_cache import ResponseCache
 from dispatcher.runtime import Runtime, process_runtime
@@ -34,7 +35,7 @@ from dispatcher.stored_responses import ResponseStore
 from dispatcher.tasks.store import TaskStore
 from dispatcher.telemetry.exposition import serve_metrics
 from dispatcher.telemetry.lag import refresh_lag
-from dispatcher.telemetry.metrics import watch_config
+from dispatcher.telemetry.metrics import watch, watch_config
 from dispatcher.telemetry.traffic import TrafficWatch
 from dispatcher.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
 from ingress.audit import AuditMiddleware
@@ -152,7 +153,14 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
         key_ring.swap_config(new)
         live.swap(new, number)
 
-    bus = BusClient(nc, subjects, settings, settings.ingress_id, msg_ttl)
+    bus = BusClient(
+        nc,
+        subjects,
+        settings,
+        settings.ingress_id,
+        msg_ttl,
+        share_bucket=lambda c: live.config.share_bucket(c),
+    )
     await bus.start()
     audit = AuditPublisher(js, subjects, f"ingress-{settings.ingress_id}")
     cleanup.push_async_callback(audit.flush, 5.0)
@@ -193,6 +201,12 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
     supervisor.supervise("semantic-cache-watch", semantic.watch)
     supervisor.supervise("queue-depths", health.refresh_queues)
     supervisor.supervise("lag-gauges", lambda: refresh_lag(js, subjects, workers, lambda: live.config))
+    if settings.fair_share:
+        share_feeder = await open_feeder(
+            nc, js, subjects, settings, lambda b: live.config.share_spec(b), workers, settings.ingress_id
+        )
+        supervisor.supervise("share-feeder", share_feeder.run)
+        watch(share_feeder.metrics)
     log.info(
         "ingress %s ready: %d models, config revision %d", settings.ingress_id, len(current.models), revision
     )

@@ -1,7 +1,7 @@
 """What an ingress knows about each model's workers, kept current without touching the hot path.
 
 A watch on the worker registry keeps live workers in memory (an entry counts until its heartbeat
-is older than the registry's TTL); queue depths are refreshed once a second from consumer info.
+is older than the registry's TTL); queue depths are refreshed once a second from consumer info (plus requests staged for their fair share).
 Requests then ask `trouble()`, which is a dictionary lookup.
 """
 
@@ -16,7 +16,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from dispatcher.admission.live_config import LiveConfig
-from dispatcher.capacity import estimated_wait_s, lane_consumers
+from dispatcher.capacity import estimated_wait_s, lane_consumers, staged_by_queue, staged_counts
 from dispatcher.kv_watch import watch_bucket
 from dispatcher.subjects import Subjects
 from schemas.capacity import WorkerStatus
@@ -76,8 +76,16 @@ class ModelHealth:
 
     async def refresh_queues(self, every_s: float = 1.0) -> None:
         while True:
+            try:
+                staged = staged_by_queue(self._subjects, await staged_counts(self._js, self._subjects))
+            except Exception as exc:  # noqa: BLE001 - counted as nothing staged this round
+                log.debug("staged requests unknown: %s", exc)
+                staged = {}
+            waiting: dict[str, int] = {}
+            for (model_name, _, _), buckets in staged.items():
+                waiting[model_name] = waiting.get(model_name, 0) + sum(buckets.values())
             for model in self._live.config.models:
-                queued = in_flight = 0
+                queued, in_flight = waiting.get(model.name, 0), 0
                 for version in model.version_names:
                     try:
                         lanes = await lane_consumers(self._js, self._subjects, model.name, version)

@@ -18,7 +18,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from dispatcher.capacity import capacity_view, open_registry
+from dispatcher.capacity import capacity_view, open_registry, share_rows
 from dispatcher.config_file import load_config
 from dispatcher.config_store import ConfigStore, load_initial
 from dispatcher.connection import connect
@@ -49,7 +49,24 @@ class Top:
     async def frame(self) -> Group:
         registry = await open_registry(self._js, self._subjects, self._settings)
         view = await capacity_view(self._js, self._subjects, registry, self._config)
-        return Group(self._models(view), await self._consumers())
+        return Group(self._models(view), self._shares(view), await self._consumers())
+
+    def _shares(self, view: list[ModelCapacity]) -> Table:
+        table = Table(title="fair share (queued now; served over the last minute)", title_justify="left")
+        for column in ("model", "consumer", "queued", "queued share", "served share"):
+            table.add_column(column, justify="left" if column in ("model", "consumer") else "right")
+        for row in view:
+            rows = share_rows(row.shares, self._traffic.served_shares(row.model), self._config)
+            staged = sum(r.queued for r in rows)
+            for share in rows:
+                table.add_row(
+                    row.model,
+                    share.consumer,
+                    str(share.queued),
+                    _pct(share.queued / staged if staged else None),
+                    _pct(share.served_share),
+                )
+        return table
 
     def _models(self, view: list[ModelCapacity]) -> Table:
         table = Table(title=f"Modelbus — {time.strftime('%H:%M:%S')}", title_justify="left")
@@ -132,6 +149,10 @@ def _trend(history: deque[int]) -> str:
     # Against two refreshes ago: recent enough to show a turn, long enough not to flicker.
     delta = history[-1] - history[max(0, len(history) - 3)]
     return f"↑ +{delta}" if delta > 0 else f"↓ {delta}" if delta < 0 else "→ 0"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _ms(value: float | None) -> str:

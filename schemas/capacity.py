@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class WorkerStatus(BaseModel):
@@ -23,6 +23,12 @@ class WorkerStatus(BaseModel):
         return max(0, self.capacity - self.in_flight)
 
 
+class ConsumerShare(BaseModel):
+    consumer: str  # the fair-share bucket: a consumer, or its share group
+    queued: int  # staged, waiting for its fair share (all lanes)
+    served_share: float | None = None  # of this model's answers over the last minute (where known)
+
+
 class ModelCapacity(BaseModel):
     model: str
     version: str
@@ -33,3 +39,5 @@ class ModelCapacity(BaseModel):
     in_flight: int  # delivered to workers, not yet acked
     redelivered: int
     estimated_wait_s: float | None  # None: no live worker, the wait is unbounded
+    staged: int = 0  # of `queued`: waiting for their consumer's fair share
+    shares: list[ConsumerShare] = Field(default_factory=list)

@@ -221,6 +221,15 @@ class ConsumerConfig(_Config):
     )
     wait_budget_s: float | None = Field(default=None, gt=0, description="longest acceptable queue wait")
     lane: Lane = Field(default=Lane.INTERACTIVE, description="priority of this consumer's requests")
+    share_weight: float = Field(
+        default=1.0, gt=0, le=1000, description="fair share of a saturated model, relative to others"
+    )
+    share_tier: int = Field(
+        default=0, ge=0, le=9, description="a higher tier is served before lower ones (same model, lane)"
+    )
+    share_group: str | None = Field(
+        default=None, min_length=1, max_length=128, description="consumers of one group share one share"
+    )
     route_needs: RouteNeeds | None = Field(
         default=None, description="default longest wait and highest cost when asking a pool"
     )
@@ -269,11 +278,33 @@ class ModelbusConfig(_Config):
             unknown = sorted(set(consumer.roles) - roles)
             if unknown:
                 raise ValueError(f"consumer {consumer.name!r} has unknown roles {unknown}")
+        self._check_share_groups()
         consumers = {c.name for c in self.consumers}
         for issuer in self.oidc:
             if issuer.default_consumer is not None and issuer.default_consumer not in consumers:
                 raise ValueError(f"issuer {issuer.issuer!r}: unknown default_consumer")
         return self
+
+    def _check_share_groups(self) -> None:
+        seen: dict[str, tuple[float, int]] = {}
+        for consumer in self.consumers:
+            if consumer.share_group is None:
+                continue
+            spec = (consumer.share_weight, consumer.share_tier)
+            if seen.setdefault(consumer.share_group, spec) != spec:
+                raise ValueError(f"share group {consumer.share_group!r}: members differ in weight or tier")
+
+    def share_bucket(self, consumer: str) -> str:
+        """The fair-share bucket of a consumer: its group, or itself."""
+        found = self.consumer(consumer)
+        return found.share_group if found is not None and found.share_group is not None else consumer
+
+    def share_spec(self, bucket: str) -> tuple[float, int]:
+        """(weight, tier) of a fair-share bucket; unknown consumers get weight 1, tier 0."""
+        for consumer in self.consumers:
+            if consumer.share_group == bucket or (consumer.share_group is None and consumer.name == bucket):
+                return consumer.share_weight, consumer.share_tier
+        return 1.0, 0
 
     def _check_pools(self, known: set[str]) -> None:
         pools = [p.name for p in self.pools]

@@ -37,11 +37,23 @@ class Figures:
 
 @dataclass
 class _Window:
-    done: deque[tuple[float, float, int, bool]] = field(default_factory=deque)  # at, latency, tokens, ok
+    # at, latency, tokens, ok, consumer
+    done: deque[tuple[float, float, int, bool, str]] = field(default_factory=deque)
 
-    def figures(self, now: float) -> Figures:
+    def _trim(self, now: float) -> None:
         while self.done and self.done[0][0] < now - WINDOW_S:
             self.done.popleft()
+
+    def served_shares(self, now: float) -> dict[str, float]:
+        self._trim(now)
+        counts: dict[str, int] = {}
+        for done in self.done:
+            counts[done[4]] = counts.get(done[4], 0) + 1
+        total = sum(counts.values())
+        return {consumer: count / total for consumer, count in counts.items()}
+
+    def figures(self, now: float) -> Figures:
+        self._trim(now)
         if not self.done:
             return Figures(0.0, None, None, 0.0, 0)
         span = max(1.0, min(WINDOW_S, now - self.done[0][0]))
@@ -68,8 +80,8 @@ class TrafficWatch:
         self._sub = await self._nc.subscribe(self._subjects.all_audit, cb=self._on_event)
         self.local = False
 
-    def observe(self, model: str, latency_s: float, tokens: int, ok: bool) -> None:
-        self._models.setdefault(model, _Window()).done.append((time.time(), latency_s, tokens, ok))
+    def observe(self, model: str, latency_s: float, tokens: int, ok: bool, consumer: str = "") -> None:
+        self._models.setdefault(model, _Window()).done.append((time.time(), latency_s, tokens, ok, consumer))
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -85,7 +97,12 @@ class TrafficWatch:
         if not model or received is None or finished is None or not self._known(model):
             return
         ok = event.get("status") == "served"
-        self.observe(model, (finished - received) / 1000, event.get("total_tokens") or 0, ok)
+        latency_s = (finished - received) / 1000
+        self.observe(model, latency_s, event.get("total_tokens") or 0, ok, str(event.get("consumer") or ""))
 
     def figures(self, model: str) -> Figures:
         return self._models.get(model, _Window()).figures(time.time())
+
+    def served_shares(self, model: str) -> dict[str, float]:
+        """Each consumer's part of the model's answers over the last minute."""
+        return self._models.get(model, _Window()).served_shares(time.time())

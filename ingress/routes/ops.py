@@ -15,7 +15,7 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import HTMLResponse, Response
 
-from dispatcher.capacity import capacity_view
+from dispatcher.capacity import capacity_view, share_rows
 from ingress.auth import Admin
 from ingress.deps import ServicesDep
 
@@ -63,6 +63,7 @@ async def ops_data(_: Admin, services: ServicesDep) -> Response:
     rows = []
     for row in view:
         figures = traffic.figures(row.model)
+        row.shares = share_rows(row.shares, traffic.served_shares(row.model), services.live.config)
         rows.append(
             {
                 **row.model_dump(),

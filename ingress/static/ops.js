@@ -15,6 +15,16 @@ function chart(values, color, label) {
          `<figcaption>${label} (max ${max.toFixed(max < 10 ? 1 : 0)})</figcaption></figure>`;
 }
 
+function shares(r, esc) {
+  if (!r.shares || !r.shares.length) return "";
+  const staged = r.shares.reduce((n, s) => n + s.queued, 0);
+  const pct = v => v == null ? "–" : `${Math.round(v * 100)} %`;
+  const cells = r.shares.map(s => `<tr><td>${esc(s.consumer)}</td><td>${s.queued}</td>
+    <td>${pct(staged ? s.queued / staged : null)}</td><td>${pct(s.served_share)}</td></tr>`).join("");
+  return `<table class="shares"><tr><th>consumer</th><th>queued</th><th>queued share</th>
+    <th>served share (1 min)</th></tr>${cells}</table>`;
+}
+
 function render(rows) {
   const out = rows.map(r => {
     const id = `${r.model}/${r.version}`;
@@ -30,6 +40,7 @@ function render(rows) {
         <div>free slots<b>${r.free_slots}/${r.capacity}</b></div><div>req/s<b>${r.requests_per_s}</b></div>
         <div>p50 / p95<b>${r.p50_ms ?? "–"} / ${r.p95_ms ?? "–"} ms</b></div><div>tokens/s<b>${r.tokens_per_s}</b></div>
       </div>
+      ${shares(r, esc)}
       <div class="charts">${chart(hst.queued, "#d9480f", "queued")}${chart(hst.rps, "#1c7ed6", "requests/s")}
         ${chart(hst.p95, "#7048e8", "p95 latency ms")}${chart(hst.free, "#2b8a3e", "free slots")}</div></section>`;
   });
