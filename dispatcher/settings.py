@@ -50,8 +50,10 @@ class BusSettings(BaseSettings):
     heartbeat_s: float = Field(default=2.0, gt=0)
     idle_timeout_s: float = Field(default=7.0, gt=0)
 
+    # Off by default: staging costs every request a second JetStream write and a hop through the
+    # feeder (+1.5 to 7.5 ms p50 on an idle model, docs/traffic.md) until unsaturated models bypass it.
     fair_share: bool = Field(
-        default=True,
+        default=False,
         description="weighted fair share among consumers of a saturated model (docs/traffic.md); "
         "off: one FIFO queue per model and lane",
     )

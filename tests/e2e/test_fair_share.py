@@ -17,6 +17,8 @@ from schemas.config import ModelConfig, SimulatorBackend
 from schemas.envelope import Lane, RequestEnvelope
 from tests.servers import ADMIN_KEY, OTHER_KEY, TEST_KEY, Cluster, with_consumers
 
+# Fair share is off by default (its cost on an idle model, docs/traffic.md): these ingresses turn it on.
+FAIR = {"MODELBUS_FAIR_SHARE": "true"}
 BODY = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -26,7 +28,7 @@ def test_a_second_consumer_is_served_at_once_while_another_has_200_queued(cluste
         name="m", max_concurrency=2, backend=SimulatorBackend(ttft_ms=88, tokens_per_s=1000, capacity=2)
     )
     config = cluster.write_config(with_consumers([model]))
-    gateway = cluster.ingress(config)
+    gateway = cluster.ingress(config, **FAIR)
     cluster.worker("m", config, "w-1")
     a_done: list[float] = []
     a_status: list[int] = []
@@ -92,7 +94,7 @@ def test_weights_three_to_one_split_a_saturated_model_75_25(cluster: Cluster) ->
         c.model_copy(update={"share_weight": 3.0}) if c.name == "tester" else c for c in base.consumers
     ]
     config = cluster.write_config(base.model_copy(update={"consumers": weighted}))
-    cluster.ingress(config)  # runs the share feeder
+    cluster.ingress(config, **FAIR)  # runs the share feeder
     cluster.worker("m", config, "w-1")
     replies = f"{cluster.namespace}.probe"
     finished: list[str] = []
@@ -143,8 +145,8 @@ def test_when_the_ingress_feeding_the_shares_dies_another_takes_over_and_nothing
         name="m", max_concurrency=2, backend=SimulatorBackend(ttft_ms=48, tokens_per_s=1000, capacity=2)
     )
     config = cluster.write_config(with_consumers([model]))
-    first = cluster.ingress(config)  # starts first: holds the feeder lease
-    second = cluster.ingress(config)
+    first = cluster.ingress(config, **FAIR)  # starts first: holds the feeder lease
+    second = cluster.ingress(config, **FAIR)
     cluster.worker("m", config, "w-1")
     statuses: list[int] = []
 
