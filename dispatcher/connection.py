@@ -43,12 +43,19 @@ TRANSIENT = (
 )
 
 
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT) or (isinstance(exc, APIError) and exc.code == 503)
-
-
-# JetStream API error codes for a stream at its limits with discard=new.
+# JetStream API error codes for a stream at its limits with discard=new. The server sends them with
+# status 503, like a leaderless stream, but retrying cannot make room: they are never transient.
 _STREAM_FULL = {10077, 10078, 10047}
+
+
+def _stream_full(exc: BaseException) -> bool:
+    return isinstance(exc, APIError) and exc.err_code in _STREAM_FULL
+
+
+def is_transient(exc: BaseException) -> bool:
+    if _stream_full(exc):
+        return False
+    return isinstance(exc, TRANSIENT) or (isinstance(exc, APIError) and exc.code == 503)
 
 
 async def publish_durably(
@@ -66,12 +73,14 @@ async def publish_durably(
         ):
             with attempt:
                 ack = await js.publish(subject, data, timeout=2.0, headers=headers)
-    except TRANSIENT as exc:
-        raise BusUnavailable("JetStream did not confirm the publish in time") from exc
-    except APIError as exc:
-        if exc.err_code in _STREAM_FULL:
+    except Exception as exc:
+        if _stream_full(exc):
             raise QueueFull("the stream is full") from exc
-        raise BusUnavailable(f"JetStream refused the publish: {exc.description}") from exc
+        if isinstance(exc, TRANSIENT):
+            raise BusUnavailable("JetStream did not confirm the publish in time") from exc
+        if isinstance(exc, APIError):
+            raise BusUnavailable(f"JetStream refused the publish: {exc.description}") from exc
+        raise
     return bool(ack.duplicate)
 
 
