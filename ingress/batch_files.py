@@ -16,11 +16,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from pydantic import ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+if TYPE_CHECKING:  # the library declares its callback table for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 from dispatcher.admission.identity import Identity
 from dispatcher.admission.live_config import Revision
@@ -259,7 +263,7 @@ class _PartState:
         self.saw_file = False
         self.file_data = bytearray()
 
-    def callbacks(self, fields: dict[str, bytearray]) -> dict[str, object]:
+    def callbacks(self, fields: dict[str, bytearray]) -> MultipartCallbacks:
         def on_part_begin() -> None:
             self.name = None
 

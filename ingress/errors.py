@@ -128,7 +128,7 @@ def install_error_handlers(app: FastAPI, served: list[str]) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        message = f"{param}: {first['msg']}" if param else first["msg"]
+        message = f"{param}: {first['msg']}" if param else str(first["msg"])
         return _noted(request, APIError(400, message, "invalid_value", param))
 
     @app.exception_handler(StarletteHTTPException)

