@@ -133,7 +133,7 @@ def _webhook_service(
     policy = WebhookPolicy.build(settings.webhook_allow_list, settings.webhook_https_only)
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     if secret is None:
-        log.warning("no MODELBUS_WEBHOOK_SECRET: task webhooks are sent unsigned")
+        log.error("no MODELBUS_WEBHOOK_SECRET: task webhooks are not sent (never unsigned); set one")
     sender = WebhookSender(policy, secret, settings.webhook_timeout_s, settings.webhook_per_destination)
     return WebhookService(nc, subjects, store, recorder, audit, sender, policy, settings)
 

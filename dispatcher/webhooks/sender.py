@@ -83,9 +83,13 @@ class WebhookSender:
             self._policy.check_url(url)
         except WebhookRefused as exc:
             return Attempt(False, f"refused: {exc.rule}", permanent=True)
+        if not self._secret:
+            # A receiver could not tell our delivery from anyone's POST: never send one unsigned.
+            return Attempt(
+                False, "not sent: no signing secret is configured (MODELBUS_WEBHOOK_SECRET)", permanent=True
+            )
         headers = {"Content-Type": "application/json", "Modelbus-Task-Id": message_id}
-        if self._secret:
-            headers.update(signature_headers(self._secret, message_id, body))
+        headers.update(signature_headers(self._secret, message_id, body))
         options: dict[str, Any] = {"allow_redirects": False}
         try:
             async with self._client().post(url, data=body, headers=headers, **options) as response:

@@ -153,3 +153,13 @@ async def test_a_listener_that_never_answers_times_out(listener: Listener) -> No
         await sender.aclose()
     assert attempt.reason == "timeout"
     assert asyncio.get_running_loop().time() - started < 2
+
+
+async def test_without_a_secret_nothing_is_sent_unsigned(listener: Listener) -> None:
+    sender = WebhookSender(WebhookPolicy.build([f"127.0.0.1:{listener.port}"]), None, timeout_s=5)
+    try:
+        attempt = await sender.post(f"http://127.0.0.1:{listener.port}/hook", "task_9", b"{}")
+    finally:
+        await sender.aclose()
+    assert not attempt.ok and attempt.permanent and "MODELBUS_WEBHOOK_SECRET" in str(attempt.reason)
+    assert listener.received == []
