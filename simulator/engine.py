@@ -112,12 +112,11 @@ class SimulatedModel:
                 interval = 1.0 / self.config.tokens_per_s
                 start = time.monotonic()
                 if self.config.ttft_ms:
-                    await asyncio.sleep(self.config.ttft_ms / 1000)
+                    await _sleep_until(start + self.config.ttft_ms / 1000)
                 for index in range(min(max_tokens, len(words)) if words is not None else max_tokens):
                     if index and interval >= 1e-5:
                         # Sleep to an absolute schedule so slow event-loop turns do not add up.
-                        due = start + self.config.ttft_ms / 1000 + index * interval
-                        await asyncio.sleep(max(0.0, due - time.monotonic()))
+                        await _sleep_until(start + self.config.ttft_ms / 1000 + index * interval)
                     if words is not None:
                         yield words[index]
                     else:
@@ -136,7 +135,7 @@ class SimulatedModel:
         self.stats.embedding_calls += 1
         async with self._slots:
             if self.config.embedding_latency_ms:
-                await asyncio.sleep(self.config.embedding_latency_ms / 1000)
+                await _sleep_until(time.monotonic() + self.config.embedding_latency_ms / 1000)
         return [_vector(text, self.config.embedding_dim) for text in texts]
 
 
@@ -154,3 +153,11 @@ def _vector(text: str, dim: int) -> list[float]:
     values = [v / 2**31 - 1.0 for v in struct.unpack(f"<{dim}I", raw[: dim * 4])]
     norm = sum(v * v for v in values) ** 0.5 or 1.0
     return [v / norm for v in values]
+
+
+async def _sleep_until(deadline: float) -> None:
+    """Sleep until `deadline` (monotonic), never less: the configured latencies are minimums that
+    tests and benchmarks rely on. A single `asyncio.sleep` can end early under uvloop, whose timers
+    count from the loop's cached time, which lags behind the clock while the loop is busy."""
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(left)
