@@ -32,7 +32,7 @@ def backend_error(status: int, content: bytes) -> BackendError:
     except orjson.JSONDecodeError:
         body = None
     error = body.get("error") if isinstance(body, dict) else None
-    detail = _message(body)
+    detail = error_message(body)
     overflow = _overflow(error, detail)
     if overflow is not None or (isinstance(error, dict) and error.get("code") == CONTEXT_LENGTH_EXCEEDED):
         return BackendError(
@@ -75,7 +75,8 @@ def _overflow(error: Any, detail: str) -> tuple[int, int] | None:
     return None
 
 
-def _message(body: object) -> str:
+def error_message(body: object) -> str:
+    """The human part of an error body in any of the shapes above (at most 500 characters)."""
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):

@@ -18,7 +18,7 @@ from schemas.config import OpenAIBackend
 from schemas.endpoints import ENDPOINTS
 from schemas.envelope import Endpoint
 from workers.backends.base import BackendError, Json
-from workers.backends.errors import backend_error
+from workers.backends.errors import backend_error, error_message
 
 # A server restarting or shedding load answers these before generating anything: safe to retry.
 _RETRY_STATUSES = frozenset({502, 503, 504})
@@ -140,7 +140,7 @@ class OpenAICompatBackend:
                 if isinstance(chunk, dict) and ("error" in chunk or chunk.get("type") == "error"):
                     # Chat streams put an `error` object in a chunk; Responses and Anthropic streams
                     # send an event of type `error`.
-                    raise BackendError(f"backend error mid-stream: {_message(chunk)}", 502, False)
+                    raise BackendError(f"backend error mid-stream: {error_message(chunk)}", 502, False)
                 yield chunk
             finished = True  # [DONE], or the end of a stream that has none (Responses, Messages)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -155,14 +155,3 @@ class OpenAICompatBackend:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-
-def _message(body: object) -> str:
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            return str(error.get("message", ""))[:500]
-        if isinstance(error, str):
-            return error[:500]
-        return str(body.get("message", ""))[:500]
-    return ""
