@@ -22,13 +22,13 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dispatcher.audit.ledger import AuditStore
 from dispatcher.audit.sink import AuditSink
-from dispatcher.audit.store import AuditStore
-from dispatcher.db.engine import create_engine
-from dispatcher.db.migrate import upgrade
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
-from dispatcher.topology import ensure_streams
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.subjects import Subjects
+from dispatcher.bus.topology import ensure_streams
+from dispatcher.store.database import create_engine
+from dispatcher.store.migrate import upgrade
 from modelbus.embedded_nats import single_server
 from schemas.audit import AuditEvent, AuditStatus
 

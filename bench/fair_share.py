@@ -25,10 +25,10 @@ import httpx
 import nats
 
 from bench.stack import API_KEY, Processes, _cli, _http_ok, _log_says, _wait, start_nats
-from dispatcher.api_keys import hash_key
-from dispatcher.config_file import dump_config
-from dispatcher.reply_stream import decode_frame
-from dispatcher.subjects import Subjects
+from dispatcher.bus.reply_stream import decode_frame
+from dispatcher.bus.subjects import Subjects
+from dispatcher.config.config_file import dump_config
+from dispatcher.policy.api_keys import hash_key
 from modelbus.embedded_nats import free_port
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint, Lane, RequestEnvelope

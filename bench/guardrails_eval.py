@@ -9,7 +9,7 @@ language, for the heuristics, the classifier model and both.
     python bench/guardrails_eval.py --write-exemplars     # the classifier's exemplars: the tuning set
 
 The split is fixed by a hash of each text (`split_of`): a text whose SHA-256 is one of the held-out
-set's (tests/dispatcher/guardrails/data/heldout.jsonl, written in the second round of issue 14
+set's (tests/unit/dispatcher/guardrails/data/heldout.jsonl, written in the second round of issue 14
 before any tuning of that round) is held out; every other text is tuning data. labelled.jsonl was
 first split in halves by the first byte of that hash (`first_round_half`); its held-out half was
 looked at once and is tuning data now. The tuning set is what the heuristics were tuned on and what
@@ -35,13 +35,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dispatcher.guardrails.engine import InputPolicy, input_guard
 from dispatcher.guardrails.findings import mask
 from dispatcher.guardrails.injection import detect_injection
 from dispatcher.guardrails.pii import detect_pii
+from dispatcher.guardrails.policies import InputPolicy, input_guard
 from schemas.policy import PII_KINDS
 
-DATA = Path(__file__).resolve().parents[1] / "tests/dispatcher/guardrails/data"
+DATA = Path(__file__).resolve().parents[1] / "tests/unit/dispatcher/guardrails/data"
 LABELLED = DATA / "labelled.jsonl"
 HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"

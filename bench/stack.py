@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dispatcher.api_keys import hash_key
-from dispatcher.config_file import dump_config
+from dispatcher.config.config_file import dump_config
+from dispatcher.policy.api_keys import hash_key
 from modelbus.embedded_nats import free_port, nats_server_binary, port_in_use, write_config
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, OpenAIBackend
 from schemas.envelope import Endpoint

@@ -3,7 +3,7 @@
     python bench/telemetry_overhead.py [--requests 20000] [--otlp]
 
 Runs the exact hooks the gateway runs per request — the ingress's server, auth, policy and enqueue
-spans with traceparent injection, `ingress.telemetry.record` (every metric family plus the JSON log
+spans with traceparent injection, `ingress.request_telemetry.record` (every metric family plus the JSON log
 line, written to a real file), and the worker's process, queue-wait, inference, generation and
 post-processing spans plus its counter — with an SDK tracer provider, once with no exporter (the
 default) and, with --otlp, with the batching OTLP/HTTP exporter sending to a local receiver (export
@@ -32,8 +32,8 @@ from dispatcher.telemetry import metrics
 from dispatcher.telemetry.labels import MetricLabels
 from dispatcher.telemetry.logs import JsonFormatter
 from dispatcher.telemetry.tracing import context_from, setup_tracing, trace_id_of, traceparent_of
-from ingress.audit import AuditDraft
-from ingress.telemetry import record
+from ingress.audit_events import AuditDraft
+from ingress.request_telemetry import record
 from schemas.envelope import Endpoint, FinalFrame, RequestEnvelope, StartFrame, Timings
 from schemas.openai import Usage
 from workers.telemetry import post_processing, processing, record_inference

@@ -1,4 +1,4 @@
-"""Errors the bus layer raises. The ingress maps them to HTTP in one place (ingress/errors.py); the
+"""Errors the bus layer raises. The ingress maps them to HTTP in one place (ingress/error_responses.py); the
 batch feeder turns a refusal into the error line a sync caller would have got as a response.
 
     ModelbusError
@@ -21,14 +21,29 @@ batch feeder turns a refusal into the error line a sync caller would have got as
     ├── WorkerLost               the worker went silent mid-reply
     ├── StreamBroken             reply frames lost in transit
     ├── Interrupted              the waiting side gave up (client disconnected)
-    └── RemoteError              the worker or its backend answered with an error frame
+    ├── RemoteError              the worker or its backend answered with an error frame
+    │
+    │   Internal: raised and handled inside the broker layer, turned into one of the above (or a
+    │   CLI message) before anyone outside sees them.
+    ├── ConfigError              the config file is missing, unreadable or invalid (also a ValueError)
+    ├── QuotaExceeded            a limit is used up (admission answers OverLimit)
+    ├── QuotaUnavailable         the quota counters cannot be reached (admission: LimitsUnavailable)
+    ├── KeyExists, KeyNotFound   run-time API key administration
+    ├── TaskChanged              a task's KV entry moved on since it was read: read it again
+    └── WatchLost                a KV watch stopped seeing changes: its supervisor starts a new one
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from schemas.envelope import ErrorCode
+
+# How long a client is told to wait (Retry-After) before repeating a request refused for a passing
+# reason: a counter or checker that did not answer, a broker between leaders. Long enough not to be
+# a retry storm, short enough that a blip costs an interactive user no more than a second.
+RETRY_SOON_S = 1.0
 
 
 class ModelbusError(Exception):
@@ -183,3 +198,35 @@ class WebhookRefused(InvalidRequest):
     def __init__(self, rule: str, message: str, code: str = "webhook_address_forbidden") -> None:
         super().__init__(f"{message} (rule: {rule})", code, "webhook.url")
         self.rule = rule
+
+
+class WatchLost(ModelbusError):
+    """The watch no longer sees the bucket's changes; start a new one."""
+
+
+class TaskChanged(ModelbusError):
+    """The task's entry moved on since it was read (another frame, another collector): read again."""
+
+
+class ConfigError(ModelbusError, ValueError):
+    """The config file is missing, unreadable or invalid; the message says where."""
+
+
+class QuotaUnavailable(ModelbusError):
+    """The counters cannot be reached; admission fails closed (the request could not queue anyway)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaExceeded(ModelbusError):
+    limit: str  # e.g. "tokens_per_min"
+    scope: str  # "all models" or the model name
+    retry_after_s: float
+    impossible: bool = False  # the request alone is larger than the limit
+
+
+class KeyExists(ModelbusError):
+    """A key with that id exists (ids are never reused, not even after revocation)."""
+
+
+class KeyNotFound(ModelbusError):
+    """No run-time key with that id."""

@@ -16,52 +16,52 @@ from dispatcher.admission.guardrails import Guardrails
 from dispatcher.admission.live_config import LiveConfig
 from dispatcher.admission.offload import Offload
 from dispatcher.admission.pipeline import Admission
-from dispatcher.admission.quota import QuotaGate
-from dispatcher.api_keys import KeyRegistry
+from dispatcher.admission.quota_gate import QuotaGate
 from dispatcher.audit.publisher import AuditPublisher
-from dispatcher.batches import BatchStore
-from dispatcher.capacity import open_registry
-from dispatcher.client import BusClient
-from dispatcher.config_file import load_config
-from dispatcher.config_store import ConfigStore, load_initial
-from dispatcher.connection import supports_msg_ttl
-from dispatcher.db.engine import create_engine
-from dispatcher.fair_share import open_feeder
-from dispatcher.quotas import Limiter, QuotaLedger
-from dispatcher.response_cache import ResponseCache
-from dispatcher.runtime import Runtime, process_runtime
-from dispatcher.semantic_cache import SemanticCache
-from dispatcher.stored_responses import ResponseStore
-from dispatcher.tasks.store import TaskStore
+from dispatcher.bus.client import BusClient
+from dispatcher.bus.connection import supports_msg_ttl
+from dispatcher.bus.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
+from dispatcher.caching.response_cache import ResponseCache
+from dispatcher.caching.semantic_cache import SemanticCache
+from dispatcher.caching.stored_responses import ResponseStore
+from dispatcher.config.config_file import load_config
+from dispatcher.config.config_store import ConfigStore, load_initial
+from dispatcher.jobs.batch_store import BatchStore
+from dispatcher.jobs.task_store import TaskStore
+from dispatcher.policy.api_keys import KeyRegistry
+from dispatcher.policy.quotas import Limiter, QuotaLedger
+from dispatcher.process.runtime import Runtime, process_runtime
+from dispatcher.scheduling.capacity_view import open_registry
+from dispatcher.scheduling.fair_share import open_feeder
+from dispatcher.store.database import create_engine
 from dispatcher.telemetry.exposition import serve_metrics
 from dispatcher.telemetry.lag import refresh_lag
 from dispatcher.telemetry.metrics import watch, watch_config
-from dispatcher.telemetry.traffic import TrafficWatch
-from dispatcher.topology import ensure_model_consumers, ensure_streams, ensure_task_bucket
-from ingress.audit import AuditMiddleware
-from ingress.batches import BatchIntake
+from dispatcher.telemetry.traffic_window import TrafficWatch
+from ingress.audit_events import AuditMiddleware
+from ingress.batch_intake import BatchIntake
 from ingress.degradation import Degradation
 from ingress.deps import Services
-from ingress.errors import install_error_handlers
-from ingress.keys import KeyRing
+from ingress.error_responses import install_error_handlers
+from ingress.ingress_settings import IngressSettings
+from ingress.key_lookup import KeyRing
 from ingress.model_health import ModelHealth
 from ingress.oidc import OidcVerifier
 from ingress.relay import Relay
 from ingress.routes import (
-    admin,
-    api_schema,
-    batches,
-    files,
-    health,
-    inference,
-    keys,
-    models,
-    ops,
-    responses,
-    tasks,
+    admin_routes,
+    api_schema_routes,
+    batches_routes,
+    files_routes,
+    health_routes,
+    inference_routes,
+    keys_routes,
+    models_routes,
+    ops_routes,
+    responses_routes,
+    tasks_routes,
 )
-from ingress.settings import IngressSettings
-from ingress.tasks import TaskIntake
+from ingress.task_intake import TaskIntake
 from schemas.config import ModelbusConfig
 from schemas.endpoints import BY_PATH
 
@@ -93,10 +93,10 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,  # served by routes/api_schema.py, which asks for a key
+        openapi_url=None,  # served by routes/api_schema_routes.py, which asks for a key
         # FastAPI's own instrumentation would add a server span and spans per dependency to every
-        # request, probes included; the gateway records its own spans and metrics (ingress/audit.py,
-        # ingress/telemetry.py) on the inference endpoints only, at a fraction of the cost.
+        # request, probes included; the gateway records its own spans and metrics (ingress/audit_events.py,
+        # ingress/request_telemetry.py) on the inference endpoints only, at a fraction of the cost.
         telemetry={
             "tracing": False,
             "metrics": False,
@@ -107,9 +107,21 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
     )
     routers = [
         m.router
-        for m in (inference, responses, models, tasks, files, batches, admin, keys, ops, health, api_schema)
+        for m in (
+            inference_routes,
+            responses_routes,
+            models_routes,
+            tasks_routes,
+            files_routes,
+            batches_routes,
+            admin_routes,
+            keys_routes,
+            ops_routes,
+            health_routes,
+            api_schema_routes,
+        )
     ]
-    app.openapi = lambda: api_schema.document(app)  # type: ignore[method-assign]
+    app.openapi = lambda: api_schema_routes.document(app)  # type: ignore[method-assign]
     install_error_handlers(app, _client_api(routers))
     app.add_middleware(AuditMiddleware)
     for router in routers:

@@ -14,10 +14,10 @@ from fastapi import Depends, Request
 from opentelemetry import trace
 
 from dispatcher.admission.identity import Identity, identity_for
-from ingress.audit import draft_of
+from ingress.audit_events import draft_of
 from ingress.deps import ServicesDep
-from ingress.errors import APIError
-from ingress.oidc import TokenRejected, looks_like_jwt
+from ingress.error_responses import APIError, TokenRejected
+from ingress.oidc import looks_like_jwt
 
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 _TRACER = trace.get_tracer("modelbus.ingress")

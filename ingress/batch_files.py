@@ -31,8 +31,8 @@ from dispatcher.admission.live_config import Revision
 from dispatcher.admission.offload import Offload
 from dispatcher.admission.validation import invalid, validate
 from dispatcher.errors import InvalidRequest, Refused
-from dispatcher.file_chunks import FileWriter
-from ingress.errors import APIError
+from dispatcher.store.file_chunks import FileWriter
+from ingress.error_responses import APIError
 from schemas.batches import BatchLine, QueuedLine
 from schemas.endpoints import BY_PATH
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from dispatcher.admission.validation import parse
-from ingress.errors import APIError
+from ingress.error_responses import APIError
 
 __all__ = ["parse", "read_body"]
 

@@ -25,18 +25,21 @@ from starlette.responses import Response
 
 from dispatcher.admission.admitted import Admitted
 from dispatcher.admission.pipeline import Admission, Notes
+from dispatcher.caching.response_cache import ResponseCache
+from dispatcher.caching.semantic_cache import Hit, SemanticCache
+from dispatcher.caching.semantic_keys import Probe
 from dispatcher.guardrails.response import ResponseGuard
-from dispatcher.response_cache import ResponseCache
-from dispatcher.semantic_cache import Hit, SemanticCache
-from dispatcher.semantic_keys import Probe
-from ingress.audit import AuditDraft
-from ingress.errors import APIError
+from ingress.audit_events import AuditDraft
+from ingress.error_responses import APIError
 from ingress.model_health import ModelHealth
-from ingress.tasks import TaskIntake
+from ingress.task_intake import TaskIntake
 from schemas.envelope import Endpoint
 
 HEADER = "x-modelbus-degraded"
 CACHE_HEADER = "x-modelbus-cache"
+# A consumer that chose to fail fast is told to come back after a few seconds: long enough for a
+# saturated model to drain a little, short enough for an interactive retry.
+_FAIL_FAST_RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class Degradation:
                     503,
                     f"the model {target.name!r} cannot serve now ({trouble.replace('_', ' ')})",
                     "model_unavailable",
-                    headers={"Retry-After": "5", HEADER: f"failed:{trouble}"},
+                    headers={"Retry-After": str(_FAIL_FAST_RETRY_AFTER_S), HEADER: f"failed:{trouble}"},
                 )
         return Route(admitted, probe=probe)
 

@@ -20,20 +20,20 @@ if TYPE_CHECKING:
     from dispatcher.admission.live_config import LiveConfig
     from dispatcher.admission.offload import Offload
     from dispatcher.admission.pipeline import Admission
-    from dispatcher.api_keys import KeyRegistry
     from dispatcher.audit.publisher import AuditPublisher
-    from dispatcher.batches import BatchStore
-    from dispatcher.config_store import ConfigStore
-    from dispatcher.stored_responses import ResponseStore
-    from dispatcher.subjects import Subjects
-    from dispatcher.supervisor import Supervisor
-    from dispatcher.telemetry.traffic import TrafficWatch
-    from ingress.batches import BatchIntake
-    from ingress.keys import KeyRing
+    from dispatcher.bus.subjects import Subjects
+    from dispatcher.caching.stored_responses import ResponseStore
+    from dispatcher.config.config_store import ConfigStore
+    from dispatcher.jobs.batch_store import BatchStore
+    from dispatcher.policy.api_keys import KeyRegistry
+    from dispatcher.process.supervisor import Supervisor
+    from dispatcher.telemetry.traffic_window import TrafficWatch
+    from ingress.batch_intake import BatchIntake
+    from ingress.ingress_settings import IngressSettings
+    from ingress.key_lookup import KeyRing
     from ingress.oidc import OidcVerifier
     from ingress.relay import Relay
-    from ingress.settings import IngressSettings
-    from ingress.tasks import TaskIntake
+    from ingress.task_intake import TaskIntake
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,14 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from dispatcher.admission.live_config import LiveConfig
-from dispatcher.capacity import estimated_wait_s, lane_consumers, staged_by_queue, staged_counts
-from dispatcher.kv_watch import watch_bucket
-from dispatcher.subjects import Subjects
+from dispatcher.bus.kv_watch import watch_bucket
+from dispatcher.bus.subjects import Subjects
+from dispatcher.scheduling.capacity_view import (
+    estimated_wait_s,
+    lane_consumers,
+    staged_by_queue,
+    staged_counts,
+)
 from schemas.capacity import WorkerStatus
 from schemas.config import ModelConfig
 

@@ -17,15 +17,12 @@ from typing import Any
 import aiohttp
 import jwt
 
+from ingress.error_responses import TokenRejected
 from schemas.policy import OidcIssuerConfig
 
 log = logging.getLogger(__name__)
 
 _MAX_AGE_S = 3600.0
-
-
-class TokenRejected(Exception):
-    """The token is not acceptable; the message is safe to show (it never contains the token)."""
 
 
 @dataclass(frozen=True, slots=True)

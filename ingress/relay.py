@@ -22,18 +22,18 @@ from starlette.types import Receive
 from dispatcher.admission.admitted import Admitted, envelope_for
 from dispatcher.admission.identity import Identity
 from dispatcher.admission.pipeline import Admission, Submission
-from dispatcher.client import BusClient, ReplyStream
+from dispatcher.bus.client import BusClient, ReplyStream
+from dispatcher.bus.reply_stream import Frame
 from dispatcher.errors import Interrupted, ModelbusError, RemoteError
-from dispatcher.reply_stream import Frame
 from dispatcher.telemetry.tracing import traceparent_of
-from ingress.audit import AuditDraft, draft_of
+from ingress.audit_events import AuditDraft, draft_of
 from ingress.body import read_body
 from ingress.degradation import HEADER as DEGRADED
 from ingress.degradation import Degradation
-from ingress.errors import APIError, from_bus_error
-from ingress.settings import IngressSettings
+from ingress.error_responses import APIError, from_bus_error
+from ingress.ingress_settings import IngressSettings
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event, named_event
-from ingress.tasks import TaskIntake, wants_async
+from ingress.task_intake import TaskIntake, wants_async
 from schemas.endpoints import EndpointSpec
 from schemas.envelope import ChunkFrame, FinalFrame, StartFrame
 from schemas.openai import error_body

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from dispatcher.settings import BusSettings
+from dispatcher.bus.bus_settings import BusSettings
 from modelbus.console import console
 
 if TYPE_CHECKING:
-    from dispatcher.audit.store import AuditStore
+    from dispatcher.audit.ledger import AuditStore
 
 # SQLAlchemy and alembic are imported by the commands that use them: every `modelbus` process
 # (workers included) imports this module, and they cost a third of a second to load.
@@ -33,8 +33,8 @@ def _database_url() -> str:
 
 
 def _with_store(work: Callable[[AuditStore], Awaitable[T]]) -> T:
-    from dispatcher.audit.store import AuditStore
-    from dispatcher.db.engine import create_engine
+    from dispatcher.audit.ledger import AuditStore
+    from dispatcher.store.database import create_engine
 
     async def main() -> T:
         engine = create_engine(_database_url(), pool_size=1)
@@ -59,7 +59,7 @@ def _print(value: Any) -> None:
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    from dispatcher.db.migrate import upgrade
+    from dispatcher.store.migrate import upgrade
 
     """Apply schema migrations (also done by the dispatcher at start-up)."""
     upgrade(_database_url())
@@ -86,7 +86,7 @@ def audit_query(
         start = _when(on)
         assert start is not None
         end = start + timedelta(days=1)
-    from dispatcher.audit.store import AuditFilter
+    from dispatcher.audit.ledger import AuditFilter
 
     where = AuditFilter(model, version, consumer, status, start, end, text, limit)
     records = _with_store(lambda store: store.query(where))
@@ -139,8 +139,8 @@ def audit_verify() -> None:
 
     async def work(store: AuditStore) -> tuple[int, list[Any], str | None]:
         from dispatcher.audit.checkpoints import NOT_CHECKED, against_checkpoints, public_key
-        from dispatcher.connection import connect
-        from dispatcher.subjects import Subjects
+        from dispatcher.bus.connection import connect
+        from dispatcher.bus.subjects import Subjects
 
         checked, problems = await store.verify()
         settings = BusSettings()

@@ -107,13 +107,13 @@ def _number(value: Any) -> str:
 
 async def meaning_similarity(model_name: str, pairs: list[dict[str, Any]], old: str, new: str) -> list[float]:
     """Cosine similarity of each pair's two answers, embedded by `model_name` through the bus."""
-    from dispatcher.client import BusClient
-    from dispatcher.config_file import load_config
-    from dispatcher.config_store import ConfigStore, load_initial
-    from dispatcher.connection import connect, supports_msg_ttl
-    from dispatcher.internal_calls import ask
-    from dispatcher.settings import BusSettings
-    from dispatcher.subjects import Subjects
+    from dispatcher.bus.bus_settings import BusSettings
+    from dispatcher.bus.client import BusClient
+    from dispatcher.bus.connection import connect, supports_msg_ttl
+    from dispatcher.bus.internal_calls import ask
+    from dispatcher.bus.subjects import Subjects
+    from dispatcher.config.config_file import load_config
+    from dispatcher.config.config_store import ConfigStore, load_initial
     from schemas.envelope import Endpoint
 
     settings = BusSettings()

@@ -11,8 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from dispatcher.config_file import ConfigError, load_config
-from dispatcher.settings import BusSettings
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.config.config_file import load_config
+from dispatcher.errors import ConfigError
 from modelbus.audit_cli import audit_app, db_app
 from modelbus.config_cli import config_app
 from modelbus.keys_cli import keys_app
@@ -125,7 +126,7 @@ def ingress(
 
     from ingress.app import create_app
     from ingress.http_limits import limited_protocol
-    from ingress.settings import IngressSettings
+    from ingress.ingress_settings import IngressSettings
 
     given = {"host": host, "port": port, "tls_cert": tls_cert, "tls_key": tls_key}
     overrides = {k: v for k, v in given.items() if v is not None}
@@ -163,8 +164,8 @@ def worker(
     """Run one worker for one model: pulls requests by free capacity and calls the backend."""
     import uvloop
 
-    from workers.service import Worker
-    from workers.settings import WorkerSettings
+    from workers.worker_service import Worker
+    from workers.worker_settings import WorkerSettings
 
     overrides: dict[str, object] = {"model": model, "version": version}
     if max_concurrency is not None:
@@ -194,7 +195,7 @@ def dispatcher(log_level: Annotated[str, typer.Option()] = "info") -> None:
     """Run the dispatcher: keeps the topology in place and dead-letters exhausted requests."""
     import uvloop
 
-    from dispatcher.service import run_dispatcher
+    from dispatcher.process.dispatcher_service import run_dispatcher
 
     settings = BusSettings()
     _logging(log_level, settings)
@@ -267,10 +268,10 @@ def capacity(
     from rich.console import Console
     from rich.table import Table
 
-    from dispatcher.capacity import capacity_view, open_registry
-    from dispatcher.config_store import ConfigStore, load_initial
-    from dispatcher.connection import connect
-    from dispatcher.subjects import Subjects
+    from dispatcher.bus.connection import connect
+    from dispatcher.bus.subjects import Subjects
+    from dispatcher.config.config_store import ConfigStore, load_initial
+    from dispatcher.scheduling.capacity_view import capacity_view, open_registry
 
     settings = BusSettings()
 

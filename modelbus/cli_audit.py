@@ -15,7 +15,7 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from dispatcher.audit.publisher import AuditPublisher
-from dispatcher.subjects import Subjects
+from dispatcher.bus.subjects import Subjects
 from schemas.audit import AuditEvent, AuditStatus
 
 

@@ -1,7 +1,7 @@
 """`modelbus config validate|test|apply|show|diff|history`: configuration as code, stored in NATS KV.
 
 `apply` runs the assertions written beside the file (`<name>.tests.yaml`, or `--tests`) and refuses
-on a failure; it refuses a change that weakens policy (dispatcher/config_weakening.py) unless told
+on a failure; it refuses a change that weakens policy (dispatcher/config/config_weakening.py) unless told
 `--confirm-weakening`; and it stores the new revision only if the running one is still the one it
 compared against. Every apply leaves an audit row with who applied what, the diff, the weakenings
 confirmed and the assertions that held."""
@@ -19,15 +19,16 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from dispatcher.api_keys import KeyRegistry, config_key_ids
-from dispatcher.config_checks import Result, run_assertions
-from dispatcher.config_file import ConfigError, parse_config
-from dispatcher.config_store import ConfigStore, Revision
-from dispatcher.config_weakening import weakenings
-from dispatcher.connection import connect, supports_msg_ttl
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
-from dispatcher.topology import ensure_streams
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.connection import connect, supports_msg_ttl
+from dispatcher.bus.subjects import Subjects
+from dispatcher.bus.topology import ensure_streams
+from dispatcher.config.config_checks import Result, run_assertions
+from dispatcher.config.config_file import parse_config
+from dispatcher.config.config_store import ConfigStore, Revision
+from dispatcher.config.config_weakening import weakenings
+from dispatcher.errors import ConfigError
+from dispatcher.policy.api_keys import KeyRegistry, config_key_ids
 from modelbus.cli_audit import audit_action
 from schemas.config import ModelbusConfig
 from schemas.config_tests import ConfigTests

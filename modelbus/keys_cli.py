@@ -12,12 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dispatcher.api_keys import KeyExists, KeyNotFound, KeyRegistry, config_key_ids, hash_key, new_key
-from dispatcher.config_file import load_config, parse_config
-from dispatcher.config_store import ConfigStore
-from dispatcher.connection import connect
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.connection import connect
+from dispatcher.bus.subjects import Subjects
+from dispatcher.config.config_file import load_config, parse_config
+from dispatcher.config.config_store import ConfigStore
+from dispatcher.errors import KeyExists, KeyNotFound
+from dispatcher.policy.api_keys import KeyRegistry, config_key_ids, hash_key, new_key
 from modelbus.cli_audit import audit_action
 from schemas.config import ModelbusConfig
 from schemas.keys import ApiKeyView

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from dispatcher.config_file import load_config
-from dispatcher.nats_permissions import NatsUser, components, hash_password, render_server_config
+from dispatcher.bus.nats_permissions import NatsUser, components, hash_password, render_server_config
+from dispatcher.config.config_file import load_config
 
 SERVER_FILE = "nats-authorization.conf"
 

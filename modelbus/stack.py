@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 
-from dispatcher.api_keys import hash_key, new_key
 from dispatcher.audit.checkpoints import new_signing_key, signing_key, verify_key_of
-from dispatcher.config_file import dump_config, load_config
-from dispatcher.db.migrate import upgrade
+from dispatcher.config.config_file import dump_config, load_config
+from dispatcher.policy.api_keys import hash_key, new_key
+from dispatcher.store.migrate import upgrade
 from dispatcher.webhooks.signing import new_secret
 from modelbus.embedded_nats import NatsServer, port_in_use, single_server
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
@@ -147,7 +147,7 @@ class Stack:
         so processes and commands started from any shell see the same models. Says which is in force."""
         import asyncio
 
-        from dispatcher.settings import BusSettings
+        from dispatcher.bus.bus_settings import BusSettings
         from modelbus.config_cli import apply_text
 
         text = config_path.read_text(encoding="utf-8")

@@ -18,14 +18,15 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from dispatcher.capacity import capacity_view, open_registry, share_rows
-from dispatcher.config_file import load_config
-from dispatcher.config_store import ConfigStore, load_initial
-from dispatcher.connection import connect
-from dispatcher.quotas import COST_UNIT, QuotaLedger, QuotaUnavailable
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
-from dispatcher.telemetry.traffic import TrafficWatch
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.connection import connect
+from dispatcher.bus.subjects import Subjects
+from dispatcher.config.config_file import load_config
+from dispatcher.config.config_store import ConfigStore, load_initial
+from dispatcher.errors import QuotaUnavailable
+from dispatcher.policy.quotas import COST_UNIT, QuotaLedger
+from dispatcher.scheduling.capacity_view import capacity_view, open_registry, share_rows
+from dispatcher.telemetry.traffic_window import TrafficWatch
 from modelbus.console import console
 from schemas.capacity import ModelCapacity
 from schemas.config import ModelbusConfig

@@ -70,7 +70,6 @@ class RequestEnvelope(BaseModel):
     lane: Lane = Lane.INTERACTIVE
     consumer: str
     key_id: str | None = None
-    priority: int = 0
     stream: bool = False
     created_ms: int  # epoch milliseconds when the ingress accepted the request
     deadline_ms: int  # epoch milliseconds after which nobody waits for the answer

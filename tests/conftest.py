@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import URL, make_url
 
-from dispatcher.db.migrate import upgrade
+from dispatcher.store.migrate import upgrade
 from modelbus.embedded_nats import NatsServer, single_server
-from tests.fuzz_report import FUZZ_REPORT
-from tests.servers import Cluster
+from tests.support.fuzz_report import FUZZ_REPORT
+from tests.support.servers import Cluster
 
 
 @pytest.fixture(scope="session")

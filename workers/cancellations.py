@@ -14,7 +14,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dispatcher.subjects import Subjects
+from dispatcher.bus.subjects import Subjects
 
 _MEMORY = 100_000
 

@@ -22,25 +22,25 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from dispatcher.connection import jetstream
+from dispatcher.bus.connection import jetstream
+from dispatcher.bus.reply_stream import ReplyWriter
+from dispatcher.bus.subjects import Subjects
+from dispatcher.caching.stored_responses import ResponseStore
 from dispatcher.guardrails.response import ResponseGuard
-from dispatcher.quotas import COST_UNIT, QuotaLedger, cost_counters
-from dispatcher.reply_stream import ReplyWriter
-from dispatcher.stored_responses import ResponseStore
-from dispatcher.subjects import Subjects
+from dispatcher.policy.quotas import COST_UNIT, QuotaLedger, cost_counters
 from dispatcher.telemetry import metrics
 from dispatcher.telemetry.labels import MetricLabels
 from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.openai import Usage
 from schemas.traffic import Cost
 from workers import dialects
-from workers.backends.base import Backend, BackendError, Json
-from workers.backends.errors import overflow_message
+from workers.backends.backend_errors import BackendError, overflow_message
+from workers.backends.base import Backend, Json
 from workers.cancellations import Cancellations
 from workers.coalescer import EmbeddingCoalescer
-from workers.normalize import normalize
-from workers.settings import WorkerSettings
+from workers.openai_shape import normalize
 from workers.telemetry import post_processing, processing, record_inference, record_post_processing
+from workers.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

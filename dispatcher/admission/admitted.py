@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from dispatcher.admission.identity import Identity
-from dispatcher.admission.quota import Held
+from dispatcher.admission.quota_gate import Held
 from dispatcher.admission.routing import choose_version
 from schemas.config import ModelConfig
 from schemas.endpoints import ENDPOINTS, EndpointSpec

@@ -14,8 +14,8 @@ from __future__ import annotations
 import orjson
 
 from dispatcher.admission.live_config import LiveConfig
-from dispatcher.client import BusClient
-from dispatcher.internal_calls import ask
+from dispatcher.bus.client import BusClient
+from dispatcher.bus.internal_calls import ask
 from schemas.envelope import Endpoint
 
 INSTRUCTION = (

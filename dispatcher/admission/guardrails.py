@@ -18,8 +18,8 @@ from dispatcher.admission.classifier import InjectionClassifier
 from dispatcher.admission.identity import Identity
 from dispatcher.admission.offload import Offload, inspect_payload
 from dispatcher.admission.prompt import estimate_prompt_tokens, input_texts
-from dispatcher.errors import GuardrailUnavailable, PolicyViolation
-from dispatcher.guardrails.engine import InputPolicy, OutputPolicy, resolve
+from dispatcher.errors import RETRY_SOON_S, GuardrailUnavailable, PolicyViolation
+from dispatcher.guardrails.policies import InputPolicy, OutputPolicy, resolve
 from schemas.config import ModelConfig
 from schemas.envelope import OutputGuardrails
 from schemas.policy import DEFAULT_PHONE_REGIONS
@@ -107,7 +107,7 @@ class Guardrails:
             raise GuardrailUnavailable(
                 "the injection classifier could not be reached and this policy fails closed; retry later",
                 "guardrail_unavailable",
-                retry_after_s=1.0,
+                retry_after_s=RETRY_SOON_S,
             )
         if blocked:
             raise PolicyViolation(

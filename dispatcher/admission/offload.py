@@ -33,8 +33,8 @@ from dispatcher.admission.prompt import (
     rewrite_texts,
 )
 from dispatcher.admission.validation import parse
-from dispatcher.errors import CheckerUnavailable, InvalidRequest
-from dispatcher.guardrails.engine import InputPolicy, input_guard
+from dispatcher.errors import RETRY_SOON_S, CheckerUnavailable, InvalidRequest
+from dispatcher.guardrails.policies import InputPolicy, input_guard
 from schemas.endpoints import BY_PATH
 
 T = TypeVar("T")
@@ -176,7 +176,7 @@ class Offload:
             raise CheckerUnavailable(
                 "the process checking large requests was lost; retry",
                 "checker_unavailable",
-                retry_after_s=1.0,
+                retry_after_s=RETRY_SOON_S,
             ) from None
 
     async def prepare(self, path: str, body: bytes) -> Prepared:

@@ -30,11 +30,11 @@ from dispatcher.admission.prompt import (
     estimate_tokens,
     normalized,
 )
-from dispatcher.admission.quota import Held, QuotaGate
+from dispatcher.admission.quota_gate import Held, QuotaGate
 from dispatcher.admission.routing import choose_version
 from dispatcher.admission.validation import parse
+from dispatcher.caching.stored_responses import ResponseStore
 from dispatcher.errors import Forbidden, InvalidRequest, NotFound, PolicyViolation
-from dispatcher.stored_responses import ResponseStore
 from schemas.config import ModelbusConfig, ModelConfig
 from schemas.endpoints import EndpointSpec
 from schemas.envelope import Endpoint, Lane

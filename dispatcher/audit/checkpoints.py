@@ -29,9 +29,9 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from dispatcher.audit.chain import Problem
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
-from dispatcher.topology import ensure_bucket
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.subjects import Subjects
+from dispatcher.bus.topology import ensure_bucket
 from schemas.audit import AuditCheckpoint
 
 log = logging.getLogger(__name__)

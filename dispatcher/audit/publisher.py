@@ -12,7 +12,7 @@ import logging
 
 from nats.js import JetStreamContext
 
-from dispatcher.subjects import Subjects
+from dispatcher.bus.subjects import Subjects
 from schemas.audit import AuditEvent
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from dispatcher.audit.checkpoints import Checkpointer
-from dispatcher.audit.store import AuditStore
-from dispatcher.connection import fetch_or_wait
-from dispatcher.subjects import Subjects
-from dispatcher.topology import audit_sink_consumer_config
+from dispatcher.audit.ledger import AuditStore
+from dispatcher.bus.connection import fetch_or_wait
+from dispatcher.bus.subjects import Subjects
+from dispatcher.bus.topology import audit_sink_consumer_config
 from schemas.audit import AuditEvent
 
 log = logging.getLogger(__name__)

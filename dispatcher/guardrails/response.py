@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dispatcher.guardrails.engine import OutputGuard, OutputPolicy, output_guard
+from dispatcher.guardrails.policies import OutputGuard, OutputPolicy, output_guard
 from dispatcher.guardrails.sanitize import sanitize
 from dispatcher.guardrails.stream import StreamMasker
 from schemas.envelope import Endpoint, OutputGuardrails

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from dispatcher.capacity import lane_consumers, live_workers
-from dispatcher.subjects import Subjects
+from dispatcher.bus.subjects import Subjects
+from dispatcher.scheduling.capacity_view import lane_consumers, live_workers
 from dispatcher.telemetry import metrics
 from dispatcher.telemetry.labels import sanitize
 from schemas.config import ModelbusConfig

@@ -20,13 +20,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from dispatcher.audit.publisher import AuditPublisher
-from dispatcher.connection import fetch_or_wait
-from dispatcher.errors import WebhookRefused
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
-from dispatcher.tasks.recorder import TaskRecorder
-from dispatcher.tasks.store import TaskChanged, TaskStore
-from dispatcher.topology import webhook_consumer_config
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.connection import fetch_or_wait
+from dispatcher.bus.subjects import Subjects
+from dispatcher.bus.topology import webhook_consumer_config
+from dispatcher.errors import TaskChanged, WebhookRefused
+from dispatcher.jobs.task_recorder import TaskRecorder
+from dispatcher.jobs.task_store import TaskStore
 from dispatcher.webhooks.addresses import WebhookPolicy
 from dispatcher.webhooks.breaker import CircuitBreaker, DestinationSlots
 from dispatcher.webhooks.sender import Attempt, WebhookSender

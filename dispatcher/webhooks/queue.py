@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 
-from dispatcher.subjects import Subjects
+from dispatcher.bus.subjects import Subjects
 
 
 class WebhookQueue:

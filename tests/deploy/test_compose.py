@@ -13,10 +13,10 @@ import jsonschema
 import pytest
 import yaml
 
-from dispatcher.config_file import load_config
-from dispatcher.settings import BusSettings
-from ingress.settings import IngressSettings
-from workers.settings import WorkerSettings
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.config.config_file import load_config
+from ingress.ingress_settings import IngressSettings
+from workers.worker_settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"

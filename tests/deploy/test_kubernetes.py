@@ -14,12 +14,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from dispatcher.config_file import parse_config
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
-from ingress.settings import IngressSettings
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.subjects import Subjects
+from dispatcher.config.config_file import parse_config
+from ingress.ingress_settings import IngressSettings
 from schemas.envelope import Lane
-from workers.settings import WorkerSettings
+from workers.worker_settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "deploy/k8s").glob("*.yaml"))

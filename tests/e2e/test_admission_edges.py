@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import orjson
 
-from dispatcher.api_keys import hash_key
+from dispatcher.policy.api_keys import hash_key
 from schemas.config import ApiKey, ConsumerConfig, ModelConfig, ScriptedReply, SimulatorBackend
 from schemas.policy import GuardrailsConfig, RoleConfig
-from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, audit_records, sql, wait_until, with_consumers
+from tests.support.servers import ADMIN_KEY, TEST_KEY, Cluster, audit_records, sql, wait_until, with_consumers
 
 CARD = "4111 1111 1111 1111"
 MAIL = "anna.schmidt@example.de"

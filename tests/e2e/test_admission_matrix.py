@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from dispatcher.api_keys import hash_key
+from dispatcher.policy.api_keys import hash_key
 from schemas.config import (
     ApiKey,
     ConsumerConfig,
@@ -28,7 +28,7 @@ from schemas.config import (
     SimulatorBackend,
 )
 from schemas.policy import GuardrailsConfig, Limits, RoleConfig
-from tests.servers import Cluster, audit_records, wait_until
+from tests.support.servers import Cluster, audit_records, wait_until
 
 CARD = "4111 1111 1111 1111"
 MAIL = "anna.schmidt@example.de"

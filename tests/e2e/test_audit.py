@@ -12,7 +12,7 @@ import pytest
 
 from schemas.config import ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint
-from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.support.servers import ADMIN_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
@@ -142,8 +142,8 @@ def test_openai_sdk_requests_are_audited_and_the_chain_verifies(gateway: str, da
     for n in range(5):
         client.chat.completions.create(model="chat-sim", messages=[{"role": "user", "content": f"q{n}"}])
     wait_until(lambda: len(_rows(database_url)) == 5, 30, "audit rows missing")
-    from dispatcher.audit.store import AuditStore
-    from dispatcher.db.engine import create_engine
+    from dispatcher.audit.ledger import AuditStore
+    from dispatcher.store.database import create_engine
 
     async def check() -> tuple[int, list[object]]:
         engine = create_engine(database_url)

@@ -10,7 +10,7 @@ import httpx
 
 from dispatcher.audit.checkpoints import new_signing_key, signing_key, verify_key_of
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import TEST_KEY, Cluster, execute, sql, wait_until, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, execute, sql, wait_until, with_consumers
 
 REQUESTS = 12
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from dispatcher.db.migrate import upgrade
+from dispatcher.store.migrate import upgrade
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
-from tests.stoppable_postgres import StoppablePostgres, stoppable_postgres
+from tests.support.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.support.stoppable_postgres import StoppablePostgres, stoppable_postgres
 
 REQUESTS = 1000
 OUTAGE_S = 60

@@ -11,7 +11,7 @@ import pytest
 
 from modelbus.embedded_nats import NatsServer
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import TEST_KEY, Cluster, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, with_consumers
 
 # Configured names that would be wildcards, extra tokens or collisions if put in a subject raw.
 ODD_NAMES = ["llama-3.1", "llama-3_2E1", "a*", "x y", "ünï", "tail>"]

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import OTHER_KEY, TEST_KEY, Cluster, sql, with_consumers
+from tests.support.servers import OTHER_KEY, TEST_KEY, Cluster, sql, with_consumers
 
 LINES = 1000
 BAD_LINES = {7, 500}  # these ask for more tokens than the model's context: the backend says 400

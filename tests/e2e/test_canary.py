@@ -8,7 +8,7 @@ from collections import Counter
 import httpx
 
 from schemas.config import ModelConfig, SimulatorBackend, VersionConfig
-from tests.servers import OTHER_KEY, TEST_KEY, Cluster, with_consumers
+from tests.support.servers import OTHER_KEY, TEST_KEY, Cluster, with_consumers
 
 MSG = [{"role": "user", "content": "hello"}]
 SPLIT_REQUESTS = 3000
@@ -68,7 +68,7 @@ def test_canary_split_and_stickiness_through_the_gateway(cluster: Cluster) -> No
             return served
 
     # 3,000 requests: the v2 share's standard deviation is 0.55 points, so ±2 points is 3.6 of them
-    # (the split itself is checked over 10,000 draws in tests/dispatcher/admission/test_routing.py).
+    # (the split itself is checked over 10,000 draws in tests/unit/dispatcher/admission/test_routing.py).
     split = _many("canary", gateway, SPLIT_REQUESTS)
     assert sum(split.values()) == SPLIT_REQUESTS
     assert abs(split["v2"] / SPLIT_REQUESTS - 0.10) <= 0.02, split

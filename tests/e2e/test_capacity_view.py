@@ -10,7 +10,7 @@ import threading
 import httpx
 
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, wait_until, with_consumers
+from tests.support.servers import ADMIN_KEY, TEST_KEY, Cluster, wait_until, with_consumers
 
 
 def _view(gateway: str) -> dict[str, dict[str, object]]:

@@ -8,7 +8,7 @@ import httpx
 
 from schemas.config import ModelConfig, OpenAIBackend
 from schemas.envelope import Endpoint
-from tests.servers import TEST_KEY, Cluster, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, with_consumers
 
 
 def _fire(gateway: str, model: str, texts: list[str]) -> list[httpx.Response]:

@@ -25,8 +25,8 @@ import pytest
 from modelbus.embedded_nats import NatsServer, free_port
 from schemas.config import ModelConfig, OpenAIBackend
 from schemas.envelope import Endpoint
-from tests.llama_server import ALIAS, run_llama_server
-from tests.servers import TEST_KEY, Cluster, with_consumers
+from tests.support.llama_server import ALIAS, run_llama_server
+from tests.support.servers import TEST_KEY, Cluster, with_consumers
 
 pytestmark = pytest.mark.llama
 PROMPT = "The capital of France is"

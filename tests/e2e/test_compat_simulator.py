@@ -31,7 +31,7 @@ from schemas.config import ModelConfig, ScriptedReply, ScriptedToolCall, Simulat
 from schemas.envelope import Endpoint
 from simulator.retrieval import tokenize
 from simulator.server import create_app
-from tests.servers import OTHER_KEY, TEST_KEY, Cluster, audit_records, wait_until, with_consumers
+from tests.support.servers import OTHER_KEY, TEST_KEY, Cluster, audit_records, wait_until, with_consumers
 
 SIM = SimulatorBackend(
     ttft_ms=2,

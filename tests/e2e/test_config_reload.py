@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from dispatcher.config_file import dump_config
+from dispatcher.config.config_file import dump_config
 from schemas.config import ModelConfig, ScriptedReply, SimulatorBackend
-from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, wait_until, with_consumers
+from tests.support.servers import ADMIN_KEY, TEST_KEY, Cluster, wait_until, with_consumers
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 FAST = SimulatorBackend(ttft_ms=2, tokens_per_s=5000)

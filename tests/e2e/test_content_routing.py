@@ -5,8 +5,8 @@ from __future__ import annotations
 import openai
 
 from schemas.config import ModelbusConfig, RouteRule, SimulatorBackend
-from tests.dispatcher.admission.test_content_routing import SENTENCES
-from tests.servers import TEST_KEY, Cluster, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, with_consumers
+from tests.unit.dispatcher.admission.test_content_routing import SENTENCES
 
 FAST = SimulatorBackend(ttft_ms=1, tokens_per_s=5000)
 

@@ -14,7 +14,7 @@ import httpx
 
 from schemas.config import ModelConfig, SimulatorBackend
 from schemas.traffic import Cost, PoolConfig
-from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, wait_until, with_consumers
+from tests.support.servers import ADMIN_KEY, TEST_KEY, Cluster, wait_until, with_consumers
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 

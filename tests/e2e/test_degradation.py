@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from dispatcher.api_keys import hash_key
+from dispatcher.policy.api_keys import hash_key
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
-from tests.servers import Cluster, wait_until
+from tests.support.servers import Cluster, wait_until
 
 MSG = [{"role": "user", "content": "hello"}]
 KEYS = {

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from schemas.config import ModelConfig, OpenAIBackend, SimulatorBackend
-from tests.servers import TEST_KEY, Cluster, wait_until, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, wait_until, with_consumers
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 MSG = [{"role": "user", "content": "hello"}]

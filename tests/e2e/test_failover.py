@@ -24,12 +24,12 @@ import httpx
 import nats
 import pytest
 
-from dispatcher.db.migrate import upgrade
+from dispatcher.store.migrate import upgrade
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.load import LoadRun, report
-from tests.nats_cluster import NatsCluster
-from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
-from tests.stoppable_postgres import StoppablePostgres, stoppable_postgres
+from tests.support.load import LoadRun, report
+from tests.support.nats_cluster import NatsCluster
+from tests.support.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.support.stoppable_postgres import StoppablePostgres, stoppable_postgres
 
 pytestmark = pytest.mark.timeout(900 if os.environ.get("MODELBUS_SOAK") == "1" else 420)
 SOAK = os.environ.get("MODELBUS_SOAK") == "1"

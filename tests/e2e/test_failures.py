@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from schemas.config import ModelConfig, OpenAIBackend, SimulatorBackend
-from tests.servers import TEST_KEY, Cluster, wait_until, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, wait_until, with_consumers
 
 MSG = [{"role": "user", "content": "hello"}]
 

@@ -12,10 +12,10 @@ import httpx
 import nats
 
 from bench.fair_share import staged_envelope
-from dispatcher.reply_stream import decode_frame
+from dispatcher.bus.reply_stream import decode_frame
 from schemas.config import ModelConfig, SimulatorBackend
 from schemas.envelope import Lane, RequestEnvelope
-from tests.servers import ADMIN_KEY, OTHER_KEY, TEST_KEY, Cluster, with_consumers
+from tests.support.servers import ADMIN_KEY, OTHER_KEY, TEST_KEY, Cluster, with_consumers
 
 # Fair share is off by default (its cost on an idle model, docs/traffic.md): these ingresses turn it on.
 FAIR = {"MODELBUS_FAIR_SHARE": "true"}

@@ -37,8 +37,8 @@ from schemathesis.errors import FailureGroup
 
 from modelbus.embedded_nats import NatsServer
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.fuzz_report import FUZZ_REPORT, FuzzReport
-from tests.servers import ADMIN_KEY, Cluster, with_consumers
+from tests.support.fuzz_report import FUZZ_REPORT, FuzzReport
+from tests.support.servers import ADMIN_KEY, Cluster, with_consumers
 
 EXAMPLES = 30  # per operation and mode; hypothesis stops early where an operation has fewer inputs
 REQUEST_TIMEOUT_S = 10.0

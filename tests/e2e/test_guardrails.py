@@ -8,7 +8,7 @@ import json
 import httpx
 import openai
 
-from dispatcher.api_keys import hash_key
+from dispatcher.policy.api_keys import hash_key
 from schemas.config import (
     ApiKey,
     ConsumerConfig,
@@ -19,7 +19,7 @@ from schemas.config import (
 )
 from schemas.envelope import Endpoint
 from schemas.policy import GuardrailsConfig
-from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
 
 CARD_REPLY = (
     "Let me look that up for you in the customer record, which was last updated this morning by the "

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from schemas.config import ConsumerConfig, ModelConfig, SimulatorBackend
 from schemas.policy import OidcIssuerConfig, RoleConfig
-from tests.servers import ADMIN_KEY, OTHER_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.support.servers import ADMIN_KEY, OTHER_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
 
 FAST = SimulatorBackend(ttft_ms=1, tokens_per_s=5000)
 CHAT = {"max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.nats_cluster import DOMAIN, NatsCluster, leaf_server
-from tests.servers import TEST_KEY, Cluster, with_consumers
+from tests.support.nats_cluster import DOMAIN, NatsCluster, leaf_server
+from tests.support.servers import TEST_KEY, Cluster, with_consumers
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 

@@ -8,11 +8,11 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher.api_keys import hash_key
+from dispatcher.policy.api_keys import hash_key
 from modelbus.embedded_nats import free_port
 from schemas.config import ApiKey, ConsumerConfig, ModelConfig, SimulatorBackend
 from schemas.policy import GuardrailsConfig, Limits
-from tests.servers import ADMIN_KEY, OTHER_KEY, TEST_KEY, Cluster, wait_until, with_consumers
+from tests.support.servers import ADMIN_KEY, OTHER_KEY, TEST_KEY, Cluster, wait_until, with_consumers
 
 FAST = SimulatorBackend(ttft_ms=5, tokens_per_s=2000)
 LIMITED_KEY = "mb-test-limited-0123456789abcdef0123456789abcd"

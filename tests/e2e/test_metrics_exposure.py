@@ -10,7 +10,7 @@ import httpx
 
 from modelbus.embedded_nats import free_port
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import TEST_KEY, Cluster, wait_until, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, wait_until, with_consumers
 
 FAST = SimulatorBackend(ttft_ms=1, tokens_per_s=5000)
 METRICS_TOKEN = "metrics-token-0123456789abcdef"

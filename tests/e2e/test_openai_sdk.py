@@ -11,7 +11,7 @@ import pytest
 from modelbus.embedded_nats import NatsServer
 from schemas.config import ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint
-from tests.servers import TEST_KEY, Cluster, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, with_consumers
 
 
 @pytest.fixture(scope="module")

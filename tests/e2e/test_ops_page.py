@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, with_consumers
+from tests.support.servers import ADMIN_KEY, TEST_KEY, Cluster, with_consumers
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 _FLAGS = [

@@ -12,10 +12,10 @@ import time
 import httpx
 import nats
 
-from dispatcher.api_keys import hash_key
+from dispatcher.policy.api_keys import hash_key
 from schemas.config import ApiKey, ConsumerConfig, ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint, Lane, RequestEnvelope
-from tests.servers import TEST_KEY, Cluster, wait_until, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, wait_until, with_consumers
 
 BACKLOG = 2000
 NIGHTLY = "mb-test-nightly-0123456789abcdef0123456789"

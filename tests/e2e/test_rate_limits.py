@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from dispatcher.api_keys import hash_key
+from dispatcher.policy.api_keys import hash_key
 from schemas.config import ApiKey, ConsumerConfig, ModelConfig, SimulatorBackend
 from schemas.policy import Limits
-from tests.servers import TEST_KEY, Cluster, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, with_consumers
 
 FAST = SimulatorBackend(ttft_ms=1, tokens_per_s=100_000)
 RPM_KEY = "mb-test-rpm-0123456789abcdef0123456789abcdef0123"

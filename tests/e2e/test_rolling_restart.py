@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.load import LoadRun, report
-from tests.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.support.load import LoadRun, report
+from tests.support.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
 
 pytestmark = pytest.mark.timeout(300)
 MODEL = "rolling"

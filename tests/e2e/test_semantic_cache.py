@@ -14,7 +14,7 @@ import httpx
 
 from schemas.config import Endpoint, ModelConfig, SimulatorBackend, VersionConfig
 from schemas.traffic import SemanticCacheConfig
-from tests.servers import OTHER_KEY, TEST_KEY, Cluster, audit_records, wait_until, with_consumers
+from tests.support.servers import OTHER_KEY, TEST_KEY, Cluster, audit_records, wait_until, with_consumers
 
 FAST = SimulatorBackend(ttft_ms=2, tokens_per_s=5000, default_max_tokens=8)
 EMBED = ModelConfig(name="embed", endpoints=[Endpoint.EMBEDDINGS], backend=SimulatorBackend(embedding_dim=64))

@@ -14,13 +14,13 @@ import nats
 import orjson
 import pytest
 
-from dispatcher.settings import BusSettings
-from dispatcher.tasks.store import TaskStore
-from dispatcher.topology import ensure_task_bucket
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.topology import ensure_task_bucket
+from dispatcher.jobs.task_store import TaskStore
 from dispatcher.webhooks.signing import verify_signature
 from modelbus.embedded_nats import free_port
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import OTHER_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.support.servers import OTHER_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 CHAT = {"model": "chat-sim", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}

@@ -15,7 +15,7 @@ from typing import ClassVar
 import openai
 
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import TEST_KEY, Cluster, wait_until, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, wait_until, with_consumers
 
 
 def _spans(path: Path) -> list[dict[str, object]]:

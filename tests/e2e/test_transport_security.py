@@ -19,9 +19,9 @@ from nats.errors import NoServersError
 from modelbus.embedded_nats import free_port
 from schemas.config import ModelConfig, SimulatorBackend
 from schemas.policy import Limits
-from tests.secure_nats import SecureNats, start_secure_nats
-from tests.servers import ADMIN_KEY, TEST_KEY, Cluster, Proc, sql, wait_until, with_consumers
-from tests.tls_files import TlsFiles, make_tls_files, nats_tls_block
+from tests.support.secure_nats import SecureNats, start_secure_nats
+from tests.support.servers import ADMIN_KEY, TEST_KEY, Cluster, Proc, sql, wait_until, with_consumers
+from tests.support.tls_files import TlsFiles, make_tls_files, nats_tls_block
 
 NS = "sec"
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}

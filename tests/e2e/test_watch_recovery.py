@@ -14,7 +14,7 @@ from nats.js.api import KeyValueConfig
 
 from modelbus.embedded_nats import single_server
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import ADMIN_KEY, Cluster, wait_until, with_consumers
+from tests.support.servers import ADMIN_KEY, Cluster, wait_until, with_consumers
 
 FAST = SimulatorBackend(ttft_ms=1, tokens_per_s=5000)
 CHAT = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}

@@ -1,7 +1,7 @@
 """Task webhooks on the real stack: forbidden addresses refused at creation, redirects recorded and
 dead-lettered, signed deliveries to an allow-listed listener, and a black-hole receiver that stalls
 nobody else's tasks. All traffic stays on loopback (private, link-local and metadata addresses are
-refused before any connection; their resolution cases are in tests/dispatcher/webhooks)."""
+refused before any connection; their resolution cases are in tests/unit/dispatcher/webhooks)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from dispatcher.webhooks.signing import verify_signature, verify_standard
 from modelbus.embedded_nats import free_port
 from schemas.config import ModelConfig, SimulatorBackend
-from tests.servers import OTHER_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.support.servers import OTHER_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 OTHER = {"Authorization": f"Bearer {OTHER_KEY}"}

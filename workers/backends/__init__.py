@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from schemas.config import Backend as BackendConfig
 from schemas.config import InjectionSimilarityBackend, OpenAIBackend, SimulatorBackend
-from workers.backends.base import Backend, BackendError
+from workers.backends.backend_errors import BackendError
+from workers.backends.base import Backend
 from workers.backends.openai_compat import OpenAICompatBackend
 
 

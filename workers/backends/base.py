@@ -1,4 +1,4 @@
-"""What a worker needs from a model backend, and the one error type adapters raise."""
+"""What a worker needs from a model backend (the one error type adapters raise is in backend_errors.py)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,6 @@ from typing import Any, Protocol
 from schemas.envelope import Endpoint
 
 Json = dict[str, Any]
-
-
-class BackendError(Exception):
-    """The backend could not answer.
-
-    `retryable` is true when the same request may succeed later or elsewhere (connection refused,
-    5xx, 429); false when the request itself is at fault (4xx): retrying would fail the same way.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        status: int = 502,
-        retryable: bool = True,
-        code: str | None = None,
-        overflow: tuple[int, int] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retryable = retryable
-        self.code = code  # the OpenAI error code the client should see, when the backend said one
-        self.overflow = overflow  # (prompt tokens, context size) of a prompt the model cannot hold
 
 
 class Backend(Protocol):

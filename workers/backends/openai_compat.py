@@ -17,8 +17,8 @@ import orjson
 from schemas.config import OpenAIBackend
 from schemas.endpoints import ENDPOINTS
 from schemas.envelope import Endpoint
-from workers.backends.base import BackendError, Json
-from workers.backends.errors import backend_error, error_message
+from workers.backends.backend_errors import BackendError, backend_error, error_message
+from workers.backends.base import Json
 
 # A server restarting or shedding load answers these before generating anything: safe to retry.
 _RETRY_STATUSES = frozenset({502, 503, 504})

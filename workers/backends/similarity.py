@@ -32,7 +32,8 @@ from dispatcher.guardrails.injection import undisguised
 from dispatcher.guardrails.normalize import normalize
 from schemas.config import InjectionSimilarityBackend
 from schemas.envelope import Endpoint
-from workers.backends.base import BackendError, Json
+from workers.backends.backend_errors import BackendError
+from workers.backends.base import Json
 
 EXEMPLARS = Path(__file__).with_name("injection_exemplars.jsonl")
 # Their vectors are computed once per model and exemplar set and kept outside the repository:

@@ -10,8 +10,8 @@ from schemas.config import SimulatorBackend
 from schemas.envelope import Endpoint
 from simulator import openai_shapes
 from simulator.engine import SimulatedBadRequest, SimulatedFailure, SimulatedModel
-from workers.backends.base import BackendError, Json
-from workers.backends.errors import backend_error
+from workers.backends.backend_errors import BackendError, backend_error
+from workers.backends.base import Json
 
 
 class SimulatorAdapter:

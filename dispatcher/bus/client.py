@@ -1,0 +1,272 @@
+"""The producer side of the bus: publish a request durably and read its reply frames.
+
+One `BusClient` per ingress process. It subscribes once to its own reply inbox
+(`<ns>.reply.<ingress>.*`) and routes frames to the waiting request by id, so a request costs no
+subscription round trip of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.connection import publish_durably
+from dispatcher.bus.reply_stream import Frame, ReplySequencer, decode_frame
+from dispatcher.bus.subjects import Subjects
+from dispatcher.errors import (
+    DeadlineExceeded,
+    Interrupted,
+    RemoteError,
+    RequestTooLarge,
+    WorkerLost,
+)
+from schemas.envelope import ErrorFrame, HeartbeatFrame, RequestEnvelope, StartFrame
+
+log = logging.getLogger(__name__)
+
+_STRAY_MEMORY = 4096
+# A private object, compared by identity: no message from the network can be this one.
+_INTERRUPT = bytes(bytearray(b"\x00interrupt"))
+
+
+class ReplyStream:
+    """Frames of one request's reply, in order, with the deadline and worker liveness enforced."""
+
+    def __init__(self, client: BusClient, envelope: RequestEnvelope, queue: asyncio.Queue[bytes]) -> None:
+        self.envelope = envelope
+        self.start: StartFrame | None = None
+        self._client = client
+        self._queue = queue
+        self._sequencer = ReplySequencer()
+        self._deadline = time.monotonic() + (envelope.deadline_ms - envelope.created_ms) / 1000
+        self._last_activity: float | None = None  # None until a worker has picked the request up
+        self._relayed = False
+        self._done = False
+        self._pending_error: ErrorFrame | None = None
+        # Reply frames are core NATS: any that arrive while this ingress is reconnecting are gone.
+        self._reconnects = client.reconnects
+
+    @property
+    def request_id(self) -> str:
+        return self.envelope.id
+
+    def interrupt(self) -> None:
+        """Make the pending (or next) `frames()` call raise Interrupted; safe from callbacks."""
+        self._queue.put_nowait(_INTERRUPT)
+
+    def mark_relayed(self) -> None:
+        """Part of the answer has reached the client: a redelivery can no longer be used."""
+        self._relayed = True
+
+    async def frames(self, wait_s: float | None = None) -> list[tuple[Frame, bytes]]:
+        """Return the next in-order frames (start, chunk, final); [] if `wait_s` passed first.
+
+        Raises RemoteError for an error frame, DeadlineExceeded, WorkerLost or StreamBroken.
+        """
+        if self._pending_error is not None:
+            raise self._remote_error(self._pending_error)
+        give_up = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            now = time.monotonic()
+            if now >= self._deadline:
+                raise DeadlineExceeded("no answer before the request deadline")
+            self._sequencer.check_gap(now)
+            if self._last_activity is not None and now - self._last_activity > self._client.idle_timeout_s:
+                if self._relayed:
+                    raise WorkerLost("the worker stopped answering in the middle of the reply")
+                if self._client.reconnects != self._reconnects:
+                    # The worker may have finished (and acked) while this ingress was away from NATS,
+                    # its answer published to nobody: no redelivery would ever come. Retryable.
+                    raise WorkerLost("the answer may have been lost while the gateway reconnected to NATS")
+                # Nothing reached the client yet: JetStream will redeliver to another worker.
+                log.info("request %s: worker silent, waiting for redelivery", self.request_id)
+                self._last_activity = None
+            if give_up is not None and now >= give_up:
+                return []
+            limits = [self._deadline, give_up, self._sequencer.gap_deadline]
+            if self._last_activity is not None:
+                limits.append(self._last_activity + self._client.idle_timeout_s)
+            wake = min(t for t in limits if t is not None)
+            try:
+                async with asyncio.timeout(max(wake - now, 0.0)):
+                    data = await self._queue.get()
+            except TimeoutError:
+                continue
+            ready = self._accept(data)
+            # Drain what else has arrived so a burst of tokens leaves in one write.
+            while not self._queue.empty():
+                ready.extend(self._accept(self._queue.get_nowait()))
+            if ready:
+                return self._check(ready)
+
+    def _accept(self, data: bytes) -> list[tuple[Frame, bytes]]:
+        if data is _INTERRUPT:
+            raise Interrupted("the client stopped waiting")
+        try:
+            frame, payload = decode_frame(data)
+        except ValueError:
+            log.warning("request %s: undecodable reply frame dropped", self.request_id)
+            return []
+        if frame.attempt >= self._sequencer.attempt:
+            self._last_activity = time.monotonic()
+        if isinstance(frame, HeartbeatFrame):
+            return []
+        if frame.attempt > self._sequencer.attempt and self._relayed:
+            raise WorkerLost("the request was redelivered after part of the answer was relayed")
+        return self._sequencer.push(frame, payload)
+
+    def _check(self, ready: list[tuple[Frame, bytes]]) -> list[tuple[Frame, bytes]]:
+        for index, (frame, _) in enumerate(ready):
+            if isinstance(frame, StartFrame):
+                self.start = frame
+            elif isinstance(frame, ErrorFrame):
+                self._done = True
+                if index:
+                    # Deliver what came before the error first; the error surfaces next call.
+                    self._pending_error = frame
+                    return ready[:index]
+                raise self._remote_error(frame)
+            elif frame.kind == "final":
+                self._done = True
+                return ready[: index + 1]
+        return ready
+
+    @staticmethod
+    def _remote_error(frame: ErrorFrame) -> RemoteError:
+        return RemoteError(
+            frame.code, frame.message, frame.status, frame.retryable, frame.api_code, frame.param
+        )
+
+    async def cancel(self) -> None:
+        """Tell workers to stop: the client is gone or the deadline passed."""
+        if not self._done:
+            self._done = True
+            await self._client.cancel(self.request_id)
+
+    async def close(self) -> None:
+        self._client.inbox_close(self.request_id)
+
+
+class BusClient:
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        settings: BusSettings,
+        ingress_id: str,
+        msg_ttl: bool,
+        *,
+        shared_inbox: bool = False,
+        share_bucket: Callable[[str], str] | None = None,
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._subjects = subjects
+        self._settings = settings
+        self._ingress_id = ingress_id
+        self._msg_ttl = msg_ttl
+        self._routes: dict[str, asyncio.Queue[bytes]] = {}
+        self._strays: OrderedDict[str, None] = OrderedDict()
+        self._sub: object | None = None
+        # Several processes may read one inbox (dispatcher replicas): replies to another's request
+        # are then not strays to cancel, just not ours.
+        self._shared_inbox = shared_inbox
+        self.idle_timeout_s = settings.idle_timeout_s
+        # consumer -> fair-share bucket; None: straight to the FIFO request subject
+        self._share_bucket = share_bucket if settings.fair_share else None
+
+    @property
+    def reconnects(self) -> int:
+        return int(self._nc.stats.get("reconnects", 0))
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(
+            self._subjects.reply_inbox(self._ingress_id),
+            cb=self._on_reply,
+            # A slow consumer drops frames silently; size the buffer for bursts of many streams.
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=512 * 1024 * 1024,
+        )
+
+    @property
+    def max_payload(self) -> int:
+        return int(self._nc.max_payload)
+
+    def reply_subject(self, request_id: str) -> str:
+        return self._subjects.reply(self._ingress_id, request_id)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        request_id = self._subjects.request_id_from(msg.subject)
+        queue = self._routes.get(request_id)
+        if queue is not None:
+            queue.put_nowait(msg.data)
+        elif not self._shared_inbox and request_id not in self._strays:
+            # Nobody waits for this request any more (client left, deadline passed): stop its worker.
+            self._strays[request_id] = None
+            if len(self._strays) > _STRAY_MEMORY:
+                self._strays.popitem(last=False)
+            await self.cancel(request_id)
+
+    def inbox_close(self, request_id: str) -> None:
+        self._routes.pop(request_id, None)
+
+    async def cancel(self, request_id: str) -> None:
+        try:
+            await self._nc.publish(self._subjects.cancel(request_id), b"")
+        except Exception as exc:  # noqa: BLE001 - cancellation is best effort; deadlines backstop it
+            log.warning("cancel of %s not sent: %s", request_id, exc)
+
+    async def submit(self, envelope: RequestEnvelope, raw_payload: bytes | None = None) -> ReplyStream:
+        """Persist the request in JetStream and return its reply stream.
+
+        The reply route exists before the publish, so no frame can arrive unrouted.
+        """
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._routes[envelope.id] = queue
+        try:
+            await self.enqueue(envelope, raw_payload)
+        except BaseException:
+            self.inbox_close(envelope.id)
+            raise
+        return ReplyStream(self, envelope, queue)
+
+    async def enqueue(self, envelope: RequestEnvelope, raw_payload: bytes | None = None) -> bool:
+        """Persist the request in JetStream; its replies go wherever `envelope.reply_to` says.
+        Returns True if the stream already had it (a retry of an earlier publish).
+
+        Publishes are retried with the same `Nats-Msg-Id` (the request id), so a retry after a lost
+        PubAck is deduplicated by the stream rather than queued twice. `raw_payload`, the payload
+        as JSON the client sent it, saves serializing it a second time.
+        """
+        if raw_payload is None:
+            data = envelope.model_dump_json().encode()
+        else:
+            head = envelope.model_dump_json(exclude={"payload"}).encode()
+            data = head[:-1] + b',"payload":' + raw_payload + b"}"
+        if len(data) > self.max_payload:
+            raise RequestTooLarge(
+                f"request of {len(data)} bytes exceeds the bus limit of {self.max_payload} bytes"
+            )
+        headers = {"Nats-Msg-Id": envelope.id}
+        ttl_s = max(1, (envelope.deadline_ms - envelope.created_ms + 999) // 1000)
+        if self._msg_ttl:
+            headers["Nats-TTL"] = f"{ttl_s}s"
+        max_s = min(10.0, float(ttl_s))
+        if self._share_bucket is None:
+            subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
+            return await publish_durably(self._js, subject, data, headers, max_s)
+        bucket = self._share_bucket(envelope.consumer)
+        subject = self._subjects.share(envelope.target, envelope.version, envelope.lane, bucket)
+        duplicate = await publish_durably(self._js, subject, data, headers, max_s)
+        try:
+            await self._nc.publish(self._subjects.share_bell, b"")
+        except Exception as exc:  # noqa: BLE001 - the feeder also rescans on its own every second
+            log.debug("share bell not rung: %s", exc)
+        return duplicate

@@ -1,0 +1,61 @@
+"""Backend quirks become OpenAI's shape: what TGI, llama.cpp and Ollama really send, fixed once."""
+
+from __future__ import annotations
+
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.completion import Completion
+
+from schemas.envelope import Endpoint, RequestEnvelope
+from workers.openai_shape import normalize
+
+
+def _envelope(endpoint: Endpoint) -> RequestEnvelope:
+    return RequestEnvelope(
+        id="r1",
+        endpoint=endpoint,
+        model="m",
+        target="m",
+        consumer="c",
+        created_ms=0,
+        deadline_ms=1,
+        reply_to="x",
+        quota=None,
+        output_guard=None,
+        payload={},
+    )
+
+
+def test_tgi_chat_with_eos_token_and_partial_usage_validates_with_the_sdk() -> None:
+    body = {
+        "id": "",
+        "object": "chat.completion",
+        "model": "tgi",
+        "system_fingerprint": "2.0.4-native",
+        "choices": [{"message": {"content": "hi"}, "finish_reason": "eos_token", "logprobs": None}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+    }
+    normalize(body, _envelope(Endpoint.CHAT))
+    parsed = ChatCompletion.model_validate(body)
+    assert parsed.id == "chatcmpl-r1" and parsed.model == "m" and parsed.created > 0
+    assert parsed.choices[0].finish_reason == "stop" and parsed.choices[0].index == 0
+    assert parsed.choices[0].message.role == "assistant"
+    assert parsed.usage is not None and parsed.usage.total_tokens == 7
+
+
+def test_stream_chunk_without_index_or_object() -> None:
+    chunk = {"choices": [{"delta": {"content": "x"}, "finish_reason": None}], "model": "llama.gguf"}
+    normalize(chunk, _envelope(Endpoint.CHAT), chunk=True)
+    parsed = ChatCompletionChunk.model_validate(chunk)
+    assert parsed.object == "chat.completion.chunk" and parsed.choices[0].index == 0
+    assert parsed.choices[0].finish_reason is None  # a chunk mid-stream is not finished
+
+
+def test_ollama_completion_with_length_and_missing_text() -> None:
+    body = {
+        "choices": [{"finish_reason": "max_tokens"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 0},
+    }
+    normalize(body, _envelope(Endpoint.COMPLETIONS))
+    parsed = Completion.model_validate(body)
+    assert parsed.choices[0].finish_reason == "length" and parsed.choices[0].text == ""
+    assert parsed.usage is not None and parsed.usage.total_tokens == 7

@@ -1,0 +1,23 @@
+"""Settings of one worker process."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+
+from dispatcher.bus.bus_settings import BusSettings
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerSettings(BusSettings):
+    model: str = Field(default="", description="the model this worker serves (config name)")
+    version: str = "default"
+    worker_id: str = Field(default_factory=_default_worker_id)
+    max_concurrency: int | None = Field(default=None, ge=1, description="overrides the config")
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="grace for in-flight work on stop")
+    local_retries: int = Field(default=2, ge=0, description="backend retries before the first token")
