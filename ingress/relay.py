@@ -148,6 +148,7 @@ class Relay:
                 admitted,
                 request_id,
                 reply_to=self._bus.reply_subject(request_id),
+                pulse=True,
                 created_ms=int(time.time() * 1000),
                 deadline_ms=call.deadline_ms,
                 traceparent=traceparent_of(span),

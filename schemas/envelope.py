@@ -74,6 +74,10 @@ class RequestEnvelope(BaseModel):
     created_ms: int  # epoch milliseconds when the ingress accepted the request
     deadline_ms: int  # epoch milliseconds after which nobody waits for the answer
     reply_to: str  # subject that only the waiting ingress reads
+    # The waiting side reads batched liveness (one pulse per worker and tick for all its requests,
+    # on Subjects.pulse_for(reply_to)) instead of a heartbeat frame per request. False: the sender
+    # predates pulses, or the replies go to a stream (async tasks), where nobody waits on liveness.
+    pulse: bool = False
     traceparent: str | None = None
     # No defaults: whoever builds an envelope must say what admission decided, even if it is None.
     quota: QuotaReservation | None

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -79,6 +80,8 @@ class ReplyStream:
                 raise DeadlineExceeded("no answer before the request deadline")
             self._sequencer.check_gap(now)
             if self._last_activity is not None and now - self._last_activity > self._client.idle_timeout_s:
+                if self._pulsed() or (self._relayed and await self._caught_up()):
+                    continue
                 if self._relayed:
                     raise WorkerLost("the worker stopped answering in the middle of the reply")
                 if self._client.reconnects != self._reconnects:
@@ -105,6 +108,24 @@ class ReplyStream:
                 ready.extend(self._accept(self._queue.get_nowait()))
             if ready:
                 return self._check(ready)
+
+    def _pulsed(self) -> bool:
+        """A pulse named this request (current attempt) since its last frame: the worker is alive."""
+        pulsed = self._client.pulse_at(self.request_id, self._sequencer.attempt)
+        if pulsed is None or self._last_activity is None or pulsed <= self._last_activity:
+            return False
+        self._last_activity = pulsed
+        return True
+
+    async def _caught_up(self) -> bool:
+        """Before calling a worker lost: an event loop that stalled (a busy machine), not a silent
+        worker, may hold its frames or pulses unread. A round trip to the server and a turn of the
+        loop deliver them; True if anything for this request was among them."""
+        await self._client.catch_up()
+        if not self._queue.empty():
+            self._last_activity = time.monotonic()  # frames are waiting: read them next
+            return True
+        return self._pulsed()
 
     def _accept(self, data: bytes) -> list[tuple[Frame, bytes]]:
         if data is _INTERRUPT:
@@ -173,6 +194,8 @@ class BusClient:
         self._ingress_id = ingress_id
         self._msg_ttl = msg_ttl
         self._routes: dict[str, asyncio.Queue[bytes]] = {}
+        # request id -> (attempt, monotonic time) of the last pulse naming it (workers batch liveness)
+        self._pulses: dict[str, tuple[int, float]] = {}
         self._strays: OrderedDict[str, None] = OrderedDict()
         self._sub: object | None = None
         # Several processes may read one inbox (dispatcher replicas): replies to another's request
@@ -203,6 +226,9 @@ class BusClient:
         return self._subjects.reply(self._ingress_id, request_id)
 
     async def _on_reply(self, msg: Msg) -> None:
+        if self._subjects.is_pulse(msg.subject):
+            self._on_pulse(msg.data)
+            return
         request_id = self._subjects.request_id_from(msg.subject)
         queue = self._routes.get(request_id)
         if queue is not None:
@@ -214,8 +240,38 @@ class BusClient:
                 self._strays.popitem(last=False)
             await self.cancel(request_id)
 
+    def _on_pulse(self, data: bytes) -> None:
+        """A worker's liveness for all of its requests that wait here: `[[request id, attempt], ...]`."""
+        try:
+            alive = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("undecodable pulse dropped")
+            return
+        now = time.monotonic()
+        for item in alive if isinstance(alive, list) else ():
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)):
+                continue
+            request_id, attempt = item
+            # A late pulse from an earlier attempt's worker must not hide the current one's silence.
+            if request_id in self._routes and attempt >= self._pulses.get(request_id, (0, 0.0))[0]:
+                self._pulses[request_id] = (attempt, now)
+
+    def pulse_at(self, request_id: str, attempt: int) -> float | None:
+        """When a pulse last named this request at `attempt` or later."""
+        seen = self._pulses.get(request_id)
+        return seen[1] if seen is not None and seen[0] >= attempt else None
+
+    async def catch_up(self) -> None:
+        """Read everything the server sent before now: a PING/PONG round trip, then a loop turn."""
+        try:
+            await self._nc.flush(timeout=1)
+        except Exception as exc:  # noqa: BLE001 - disconnected or slow: the caller decides without it
+            log.debug("catch-up flush failed: %s", exc)
+        await asyncio.sleep(0)
+
     def inbox_close(self, request_id: str) -> None:
         self._routes.pop(request_id, None)
+        self._pulses.pop(request_id, None)
 
     async def cancel(self, request_id: str) -> None:
         try:

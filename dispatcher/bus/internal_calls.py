@@ -31,6 +31,7 @@ async def ask(
         Admitted.internal(model, endpoint, payload, consumer),
         request_id,
         reply_to=bus.reply_subject(request_id),
+        pulse=True,
         created_ms=now_ms,
         deadline_ms=now_ms + int(timeout_s * 1000),
         traceparent=None,

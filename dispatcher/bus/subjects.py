@@ -21,6 +21,11 @@ _NAMESPACE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _MAX_NAME = 64
 
 
+# The last token of a pulse subject. `encode_token` writes `_` only before two upper-case hex
+# digits, so this token can never be an encoded request id.
+PULSE_TOKEN = "_pulse"
+
+
 def encode_token(value: str) -> str:
     """Encode `value` as one subject token: `[A-Za-z0-9-]` kept, every other byte as `_XX`."""
     if not value:
@@ -73,6 +78,8 @@ class Subjects:
       <ns>.share.<model>.<version>.<lane>.<bucket>   requests waiting for their fair share
       <ns>.req.<model>.<version>.<lane>   requests, persisted in the request stream
       <ns>.reply.<ingress>.<request>      reply frames (core NATS), read by one ingress only
+      <ns>.reply.<ingress>._pulse         batched liveness of that ingress's requests (`_pulse` is
+                                          no `encode_token` output, so no request id can take it)
       <ns>.cancel.<request>               cancellation broadcast to workers (core NATS)
       <ns>.task.<task>                    async task replies, persisted for the collector
       <ns>.batchline.<batch>              batch lines waiting for admission (work queue)
@@ -270,6 +277,15 @@ class Subjects:
 
     def reply(self, ingress_id: str, request_id: str) -> str:
         return f"{self.namespace}.reply.{encode_token(ingress_id)}.{encode_token(request_id)}"
+
+    @staticmethod
+    def pulse_for(reply_to: str) -> str:
+        """Where a worker sends batched liveness for requests whose replies go to `reply_to`."""
+        return reply_to.rsplit(".", 1)[0] + "." + PULSE_TOKEN
+
+    @staticmethod
+    def is_pulse(subject: str) -> bool:
+        return subject.endswith("." + PULSE_TOKEN)
 
     @staticmethod
     def request_id_from(subject: str) -> str:
