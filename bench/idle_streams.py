@@ -138,7 +138,7 @@ async def one_stream(
                 if event.get("choices") and event["choices"][0]["delta"].get("content"):
                     chunks += 1
             tally.error("ended without [DONE]")
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         tally.error(type(exc).__name__)
 
 
