@@ -103,16 +103,18 @@ def test_a_frozen_worker_is_declared_lost_although_it_once_pulsed(cluster: Clust
 
     def consume() -> None:
         body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        with httpx.Client(base_url=gateway, headers=AUTH, timeout=30) as client:
-            with client.stream("POST", "/chat/completions", json=body) as response:
-                for line in response.iter_lines():
-                    if line.startswith("data: {"):
-                        event = orjson.loads(line[6:])
-                        if "error" in event:
-                            outcome["error"] = event["error"]
-                            outcome["at"] = time.monotonic()
-                            return
-                        outcome["first"] = True
+        with (
+            httpx.Client(base_url=gateway, headers=AUTH, timeout=30) as client,
+            client.stream("POST", "/chat/completions", json=body) as response,
+        ):
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    event = orjson.loads(line[6:])
+                    if "error" in event:
+                        outcome["error"] = event["error"]
+                        outcome["at"] = time.monotonic()
+                        return
+                    outcome["first"] = True
 
     thread = threading.Thread(target=consume)
     thread.start()
