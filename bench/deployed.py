@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `bench.*` and the gateway's packages
 
 from bench import peers, report, stack
-from bench.loadgen import CpuUsage, LoadRun, Plan, RelayRun, cpu_seconds, run_loadgen
+from bench.cpu import CpuUsage, cpu_seconds
+from bench.loadgen import LoadRun, Plan, RelayRun, run_loadgen
 from bench.machine import busy_neighbours, machine_facts
 from bench.stack import CHAT, CHAT_PATH, EMBEDDINGS, MODEL, Deployed, Processes, descendants, importable_here
 from modelbus.embedded_nats import free_port
@@ -103,16 +104,7 @@ def wait_serving(targets: list[Target], procs: Processes, timeout_s: float = 300
 def start_targets(args: argparse.Namespace, workdir: Path, procs: Processes) -> tuple[list[Target], Deployed]:
     backend_port = free_port()
     backend = procs.spawn(
-        "simulator",
-        [
-            sys.executable,
-            "-m",
-            "modelbus.cli",
-            "simulator",
-            "--port",
-            str(backend_port),
-            *stack.SIMULATOR_ARGS,
-        ],
+        "simulator", stack._cli("simulator", "--port", str(backend_port), *stack.SIMULATOR_ARGS)
     )
 
     def with_backend(groups: dict[str, list[int]]) -> dict[str, list[int]]:

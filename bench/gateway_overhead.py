@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `bench.*` and the gateway's packages
 
 from bench import report
-from bench.loadgen import CpuUsage, LoadRun, Measure, Plan, ProbePlan, RelayRun, run_loadgen
+from bench.cpu import CpuUsage
+from bench.loadgen import LoadRun, Measure, Plan, ProbePlan, RelayRun, run_loadgen
 from bench.machine import busy_neighbours, machine_facts
 from bench.profile_summary import load as load_profile
 from bench.profile_summary import render as render_profile

@@ -1,4 +1,4 @@
-"""Load generator for `bench/gateway_overhead.py`, run as a process of its own.
+"""The load generator of every HTTP benchmark (gateway_overhead, deployed, coalescing), a process of its own.
 
     python -m bench.loadgen < plan.json > results.json      (progress goes to stderr)
 
@@ -8,16 +8,16 @@ one keep-alive HTTP/1.1 connection per virtual user, and the next request writte
 callback that completes the previous one — no task, future or coroutine per request. Timestamps
 are taken in those callbacks, so event-loop scheduling does not inflate them.
 
-Besides the closed-loop runs it measures relayed tokens per second on long streams, the CPU time
-that each watched server process spends per request (from /proc), and, optionally, the single hops
-of the gateway's path in isolation (`bench.hop_probes`).
+Besides the closed-loop runs (counted in requests or in seconds, with one request body or several
+in turn) it measures relayed tokens per second on long streams, the CPU time that each watched group
+of server processes spends per request (bench/cpu.py), and, optionally, the single hops of the
+gateway's path in isolation (`bench.hop_probes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import httptools
 import uvloop
 
+from bench.cpu import CpuUsage
 from bench.stats import summarize
 
 if TYPE_CHECKING:
@@ -108,60 +109,6 @@ class Plan:
             relays=[RelayRun(**item) for item in raw.get("relays", [])],
             probe=ProbePlan(**probe) if probe else None,
         )
-
-
-# --- CPU time -------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (clock-tick resolution)."""
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        # The command name may hold spaces; the numeric fields start after its closing parenthesis.
-        fields = stat.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_snapshot(watch: dict[str, list[int]]) -> dict[str, dict[int, float]]:
-    """CPU time so far of every watched process, by group; a process that has exited is left out."""
-    snapshot: dict[str, dict[int, float]] = {}
-    for name, pids in watch.items():
-        snapshot[name] = {}
-        for pid in pids:
-            try:
-                snapshot[name][pid] = cpu_seconds(pid)
-            except OSError:
-                pass  # exited (a Postgres backend whose connection the pool closed)
-    return snapshot
-
-
-def machine_busy_seconds() -> float:
-    """CPU time all processes together have used so far: user, nice, system, irq and softirq."""
-    with open("/proc/stat", "rb") as stat:
-        fields = stat.readline().split()  # cpu user nice system idle iowait irq softirq ...
-    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7)) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuUsage:
-    """CPU time used between construction and `stop()`: by this client, by each watched process,
-    and by everything else on the machine (`foreign`: other jobs, which make the figures noisy)."""
-
-    def __init__(self, watch: dict[str, list[int]]) -> None:
-        self._watch = watch
-        self._before = cpu_snapshot(watch)
-        self._client_before = time.process_time()
-        self._machine_before = machine_busy_seconds()
-        self.by_process: dict[str, float] = {}
-        self.foreign = 0.0
-
-    def stop(self) -> None:
-        after = cpu_snapshot(self._watch)
-        self.by_process = {"client": time.process_time() - self._client_before}
-        for name, pids in after.items():
-            # A process that exited during the run is not counted: its last figures are gone.
-            before = self._before[name]
-            self.by_process[name] = sum(used - before[pid] for pid, used in pids.items() if pid in before)
-        machine = machine_busy_seconds() - self._machine_before
-        self.foreign = max(0.0, machine - sum(self.by_process.values()))
 
 
 # --- HTTP/1.1 over asyncio protocols ----------------------------------------------------------

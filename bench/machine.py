@@ -11,7 +11,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from bench.loadgen import cpu_seconds
+from bench.cpu import cpu_seconds
 from modelbus.embedded_nats import nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
