@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import LoadRun, Plan, run_loadgen
 from bench.stack import API_KEY, Processes, _cli, _http_ok, _log_says, _wait, importable_here, start_nats
+from bench.stats import percentile
 from dispatcher.api_keys import hash_key
 from dispatcher.config_file import dump_config
 from modelbus.embedded_nats import free_port, nats_server_binary
@@ -287,7 +288,7 @@ def _combine(parts: list[Result]) -> Result:
         requests=sum(p.requests for p in parts),
         texts=texts,
         seconds=seconds,
-        p50_ms=sorted(p.p50_ms for p in parts)[len(parts) // 2],
+        p50_ms=percentile([p.p50_ms for p in parts], 50),  # the rounds' median p50
         p99_ms=max(p.p99_ms for p in parts),
         backend_calls=calls,
         mean_batch=texts / calls if calls else 0.0,
