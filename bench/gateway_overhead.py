@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `bench.*` and th
 
 from bench import report
 from bench.cpu import CpuUsage
+from bench.gc_trace import gc_by_run
 from bench.loadgen import LoadRun, Measure, Plan, ProbePlan, RelayRun, run_loadgen
 from bench.machine import busy_neighbours, machine_facts
 from bench.profile_summary import load as load_profile
@@ -320,31 +321,6 @@ def _py_spy(pid: int, seconds: float, output: Path) -> list[str]:
     # --nonblocking: never pause the process, so sampling does not itself add latency.
     options = f"--pid {pid} --duration {seconds:g} --rate 250 --nonblocking --format raw --output"
     return ["py-spy", "record", *options.split(), str(output)]
-
-
-# --- garbage collections in the gateway's processes (--gc-trace) -----------------------------
-
-
-def gc_by_run(trace_dir: Path, loads: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """Collections of each traced process that started inside each gateway run's time window."""
-    traces = {name: json.loads((trace_dir / f"gc-{name}.json").read_text()) for name in names}
-    by_run: dict[str, Any] = {}
-    for key, load in loads.items():
-        if not key.endswith("/gateway"):
-            continue
-        start, end = load["window"]
-        by_run[key] = {}
-        for name, trace in traces.items():
-            pauses = [(gen, pause) for at, gen, pause, _ in trace["collections"] if start <= at <= end]
-            full = [pause for gen, pause in pauses if gen == 2]
-            by_run[key][name] = {
-                "collections": len(pauses),
-                "gen2": len(full),
-                "gen2_max_ms": max(full, default=0.0) * 1000,
-                "total_ms_per_request": sum(p for _, p in pauses) * 1000 / load["requests"],
-                "frozen": trace["frozen"],
-            }
-    return by_run
 
 
 def _on_sigterm(signum: int, frame: object) -> NoReturn:
