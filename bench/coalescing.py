@@ -18,7 +18,6 @@ The acceptance target is (c) >= 80% of (a).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -36,15 +35,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.http_client import Connection
+from bench.loadgen import LoadRun, Plan, run_loadgen
+from bench.stack import API_KEY, Processes, _cli, _http_ok, _log_says, _wait, importable_here, start_nats
+from bench.stats import percentile
 from dispatcher.config.config_file import dump_config
 from dispatcher.policy.api_keys import hash_key
-from modelbus.embedded_nats import free_port, nats_server_binary, single_server
+from modelbus.embedded_nats import free_port, nats_server_binary
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, OpenAIBackend
 from schemas.envelope import Endpoint
 
-KEY = "mb-bench-key-000000000000000000000000000000"
-HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+HEADERS = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 COALESCED, SINGLE = "minilm-coalesced", "minilm-single"
 CONCURRENCY = 64
 BATCH = 32
@@ -135,27 +135,20 @@ def sentences(count: int, seed: int = 7) -> list[str]:
 
 @dataclass
 class Endpoints:
-    backend: tuple[str, int]
-    gateway: tuple[str, int]
+    backend: int  # ports on 127.0.0.1
+    gateway: int
 
 
 @contextmanager
-def stack(workdir: Path) -> Iterator[Endpoints]:
+def stack(workdir: Path, procs: Processes) -> Iterator[Endpoints]:
     """nats-server, embedding server, two workers and an ingress as child processes; all stopped on exit."""
-    nats = single_server(workdir / "nats")
-    nats.start()
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(cmd: list[str], env: dict[str, str], name: str) -> None:
-        with open(workdir / f"{name}.log", "wb") as log:
-            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-
     try:
+        nats_url = start_nats(workdir, procs)
         emb_port = free_port()
-        spawn(
+        procs.spawn(
+            "embedding-server",
             [sys.executable, str(Path(__file__).with_name("embedding_server.py")), "--port", str(emb_port)],
             {**os.environ, "HF_HUB_OFFLINE": "1"},
-            "embedding-server",
         )
         backend = OpenAIBackend(base_url=f"http://127.0.0.1:{emb_port}/v1", served_model="minilm")
         config = ModelbusConfig(
@@ -173,56 +166,35 @@ def stack(workdir: Path) -> Iterator[Endpoints]:
                 ),
             ],
             consumers=[
-                ConsumerConfig(name="bench", roles=["user"], keys=[ApiKey(id="bench", hash=hash_key(KEY))])
+                ConsumerConfig(
+                    name="bench", roles=["user"], keys=[ApiKey(id="bench", hash=hash_key(API_KEY))]
+                )
             ],
         )
         config_path = workdir / "config.yaml"
         config_path.write_text(dump_config(config))
+        importable_here()
         env = {
             **os.environ,
-            "MODELBUS_NATS_URL": nats.url,
+            "MODELBUS_NATS_URL": nats_url,
             "MODELBUS_CONFIG": str(config_path),
             "MODELBUS_NAMESPACE": "bench-coalescing",
         }
-        cli = [sys.executable, "-m", "modelbus.cli"]
-        spawn([*cli, "worker", "--model", COALESCED, "--log-level", "warning"], env, "worker-coalesced")
-        spawn([*cli, "worker", "--model", SINGLE, "--log-level", "warning"], env, "worker-single")
+        for name, model in (("worker-coalesced", COALESCED), ("worker-single", SINGLE)):
+            procs.spawn(name, _cli("worker", "--model", model), env)  # logs "serving" at info
         ingress_port = free_port()
-        spawn([*cli, "ingress", "--port", str(ingress_port), "--log-level", "warning"], env, "ingress")
-        _wait_ok(f"http://127.0.0.1:{emb_port}/health", procs)
-        _wait_ok(f"http://127.0.0.1:{ingress_port}/readyz", procs)
-        time.sleep(1.0)  # let the workers' first pull requests reach the server
-        yield Endpoints(("127.0.0.1", emb_port), ("127.0.0.1", ingress_port))
+        procs.spawn("ingress", _cli("ingress", "--port", str(ingress_port), "--log-level", "warning"), env)
+        _wait(lambda: _http_ok(f"http://127.0.0.1:{emb_port}/health"), "embedding server", procs, 120)
+        _wait(lambda: _http_ok(f"http://127.0.0.1:{ingress_port}/readyz"), "ingress", procs)
+        for name in ("worker-coalesced", "worker-single"):
+            _wait(_log_says(procs, name, "serving"), name, procs)
+        yield Endpoints(emb_port, ingress_port)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        nats.stop()
-
-
-def _wait_ok(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        dead = [p.args for p in procs if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"child exited early: {dead}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
+        procs.stop_all()
 
 
 def backend_stats(endpoints: Endpoints) -> dict[str, int]:
-    host, port = endpoints.backend
-    return httpx.get(f"http://{host}:{port}/stats", timeout=5).json()
+    return dict(httpx.get(f"http://127.0.0.1:{endpoints.backend}/stats", timeout=5).json())
 
 
 # --- load ----------------------------------------------------------------------------------------
@@ -240,16 +212,9 @@ class Result:
     mean_batch: float = 0.0
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else 0.0
-
-
-async def closed_loop(
-    address: tuple[str, int], model: str, pool: list[str], per_request: int, users: int, seconds: float
-) -> Result:
-    """`users` clients each send requests of `per_request` texts back to back for `seconds`."""
-    payloads = [
+def bodies(model: str, pool: list[str], per_request: int) -> list[str]:
+    """4,096 different requests, sent in turn: the texts vary as real traffic does."""
+    return [
         json.dumps(
             {
                 "model": model,
@@ -257,46 +222,16 @@ async def closed_loop(
                 if per_request == 1
                 else [pool[(i + k) % len(pool)] for k in range(per_request)],
             }
-        ).encode()
-        for i in range(0, 4096, 1)
+        )
+        for i in range(4096)
     ]
-    latencies: list[float] = []
-    counter = 0
-    began = time.perf_counter()
-    stop_at = began + seconds
-
-    async def user(seed: int) -> None:
-        nonlocal counter
-        conn = await Connection.open(*address)
-        i = seed * 61
-        try:
-            while time.perf_counter() < stop_at:
-                i += 1
-                started = time.perf_counter()
-                status, body = await conn.request("/v1/embeddings", payloads[i % len(payloads)], HEADERS)
-                if status != 200:
-                    raise RuntimeError(f"HTTP {status}: {body[:300]!r}")
-                latencies.append((time.perf_counter() - started) * 1000)
-                counter += 1
-        finally:
-            conn.close()
-
-    await asyncio.gather(*(user(n) for n in range(users)))
-    wall = time.perf_counter() - began
-    return Result(
-        texts_per_s=counter * per_request / wall,
-        requests=counter,
-        texts=counter * per_request,
-        seconds=wall,
-        p50_ms=_pct(latencies, 50),
-        p99_ms=_pct(latencies, 99),
-    )
 
 
-async def measure(
+def measure(
     endpoints: Endpoints,
+    procs: Processes,
     label: str,
-    address: tuple[str, int],
+    port: int,
     model: str,
     per_request: int,
     users: int,
@@ -304,13 +239,30 @@ async def measure(
     seconds: float,
     warmup: float,
 ) -> Result:
-    await closed_loop(address, model, pool, per_request, users, warmup)
+    """`users` clients each send requests of `per_request` texts back to back for `seconds`."""
+    requests = bodies(model, pool, per_request)
+
+    def run(key: str, duration: float) -> LoadRun:
+        return LoadRun(
+            key, port, "POST", "/v1/embeddings", requests[0], users, 0, 0, seconds=duration, bodies=requests
+        )
+
+    # The warm-up is a run of its own, so the backend's counters can be read after it.
+    run_loadgen(Plan("127.0.0.1", HEADERS, {}, [run(f"warmup:{label}", warmup)]), procs)
     before = backend_stats(endpoints)
-    result = await closed_loop(address, model, pool, per_request, users, seconds)
+    load = run_loadgen(Plan("127.0.0.1", HEADERS, {}, [run(label, seconds)]), procs)["loads"][label]
     after = backend_stats(endpoints)
-    result.backend_calls = after["calls"] - before["calls"]
-    texts = after["texts"] - before["texts"]
-    result.mean_batch = texts / result.backend_calls if result.backend_calls else 0.0
+    calls = after["calls"] - before["calls"]
+    result = Result(
+        texts_per_s=load["requests"] * per_request / load["wall_s"],
+        requests=load["requests"],
+        texts=load["requests"] * per_request,
+        seconds=load["wall_s"],
+        p50_ms=load["latency_ms"]["p50"],
+        p99_ms=load["latency_ms"]["p99"],
+        backend_calls=calls,
+        mean_batch=(after["texts"] - before["texts"]) / calls if calls else 0.0,
+    )
     print(
         f"{label:52} {result.texts_per_s:8.1f} texts/s  p50={result.p50_ms:7.1f} ms  p99={result.p99_ms:7.1f} ms"
         f"  backend calls={result.backend_calls} (mean batch {result.mean_batch:.1f})",
@@ -336,14 +288,16 @@ def _combine(parts: list[Result]) -> Result:
         requests=sum(p.requests for p in parts),
         texts=texts,
         seconds=seconds,
-        p50_ms=sorted(p.p50_ms for p in parts)[len(parts) // 2],
+        p50_ms=percentile([p.p50_ms for p in parts], 50),  # the rounds' median p50
         p99_ms=max(p.p99_ms for p in parts),
         backend_calls=calls,
         mean_batch=texts / calls if calls else 0.0,
     )
 
 
-async def run(endpoints: Endpoints, seconds: float, warmup: float, rounds: int) -> dict[str, Result]:
+def run(
+    endpoints: Endpoints, procs: Processes, seconds: float, warmup: float, rounds: int
+) -> dict[str, Result]:
     """Each round measures a, b, c, d in turn for `seconds / rounds`; figures are texts over time summed
     over the rounds, so that a noisy stretch of the machine's time does not land on one scenario only."""
     pool = sentences(2048)
@@ -351,10 +305,10 @@ async def run(endpoints: Endpoints, seconds: float, warmup: float, rounds: int) 
     for n in range(rounds):
         print(f"-- round {n + 1}/{rounds}", flush=True)
         for key, (label, where, model, per_request, users) in SCENARIOS.items():
-            address = endpoints.backend if where == "backend" else endpoints.gateway
+            port = endpoints.backend if where == "backend" else endpoints.gateway
             parts[key].append(
-                await measure(
-                    endpoints, label, address, model, per_request, users, pool, seconds / rounds, warmup
+                measure(
+                    endpoints, procs, label, port, model, per_request, users, pool, seconds / rounds, warmup
                 )
             )
     return {key: _combine(found) for key, found in parts.items()}
@@ -396,9 +350,10 @@ def main() -> None:
     info = machine()
     print(json.dumps(info), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        procs = Processes(Path(tmp))
         try:
-            with stack(Path(tmp)) as endpoints:
-                results = asyncio.run(run(endpoints, args.duration, args.warmup, args.rounds))
+            with stack(Path(tmp), procs) as endpoints:
+                results = run(endpoints, procs, args.duration, args.warmup, args.rounds)
         finally:
             if args.keep_logs:
                 args.keep_logs.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import httpx
 import nats
 
 from bench.stack import API_KEY, Processes, _cli, _http_ok, _log_says, _wait, start_nats
+from bench.stats import percentile
 from dispatcher.bus.reply_stream import decode_frame
 from dispatcher.bus.subjects import Subjects
 from dispatcher.config.config_file import dump_config
@@ -138,8 +138,7 @@ def _idle_latency(port: int, requests: int) -> dict[str, float]:
             response.raise_for_status()
             if n >= 20:  # warm-up
                 samples.append((time.perf_counter() - started) * 1000)
-    samples.sort()
-    return {"p50_ms": statistics.median(samples), "p90_ms": samples[int(len(samples) * 0.9)]}
+    return {"p50_ms": percentile(samples, 50), "p90_ms": percentile(samples, 90)}
 
 
 def run_case(slots: int, ttft_ms: float, per_consumer: int, fair: bool) -> dict[str, object]:

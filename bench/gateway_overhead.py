@@ -21,11 +21,7 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import re
 import resource
 import shutil
 import signal
@@ -35,7 +31,6 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -43,29 +38,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `bench.*` and the gateway's packages
 
 from bench import report
-from bench.loadgen import CpuUsage, LoadRun, Measure, Plan, ProbePlan, RelayRun, cpu_seconds
+from bench.cpu import CpuUsage
+from bench.gc_trace import gc_by_run
+from bench.loadgen import LoadRun, Measure, Plan, ProbePlan, RelayRun, run_loadgen
+from bench.machine import busy_neighbours, machine_facts
 from bench.profile_summary import load as load_profile
 from bench.profile_summary import render as render_profile
-from bench.stack import API_KEY, MODEL, Processes, Stack, collect_gc_traces, freeze_gc, start_stack
-from modelbus.embedded_nats import nats_server_binary
+from bench.stack import (
+    API_KEY,
+    CHAT,
+    CHAT_PATH,
+    EMBEDDINGS,
+    SIMULATOR_ARGS,
+    WORKER_SLOTS,
+    Processes,
+    Stack,
+    collect_gc_traces,
+    freeze_gc,
+    start_stack,
+)
 
 CONCURRENCIES = [1, 16, 64]
 RELAY_STREAMS = [1, 4]
-SIMULATOR_ARGS = [
-    "--ttft-ms", "0",
-    "--tokens-per-s", "1000000000",
-    "--embedding-latency-ms", "0",
-    "--capacity", "1000",
-    "--default-max-tokens", "16",
-]  # fmt: skip
-WORKER_SLOTS = 256
 NOISY_CORES = 0.15  # CPU taken by other processes during a run above which its figures are suspect
-GATEWAY_PACKAGES = ("schemas", "dispatcher", "ingress", "workers", "simulator", "modelbus", "pyproject.toml")
-PACKAGES = ("uvicorn", "fastapi", "starlette", "pydantic", "nats-py", "aiohttp", "uvloop", "httptools")
-CHAT_PATH = "/v1/chat/completions"
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say something short."}], "max_tokens": 16}
-EMBEDDINGS = {"model": MODEL, "input": "The quick brown fox jumps over the lazy dog"}
 
 
 @dataclass(frozen=True)
@@ -163,11 +159,11 @@ def relay_runs(stack: Stack, sizes: Sizes) -> list[RelayRun]:
 def build_plan(stack: Stack, sizes: Sizes, scenarios: list[Scenario]) -> Plan:
     """Everything for a full run; only the chosen closed-loop scenarios for a partial one."""
     if len(scenarios) < len(SCENARIOS):
-        return Plan(stack.host, HEADERS, stack.pids, load_runs(stack, sizes, scenarios))
+        return Plan(stack.host, HEADERS, stack.watch, load_runs(stack, sizes, scenarios))
     return Plan(
         host=stack.host,
         headers=HEADERS,
-        watch=stack.pids,
+        watch=stack.watch,
         loads=load_runs(stack, sizes, scenarios) + hop_runs(stack, sizes),
         relays=relay_runs(stack, sizes),
         probe=ProbePlan(
@@ -178,17 +174,6 @@ def build_plan(stack: Stack, sizes: Sizes, scenarios: list[Scenario]) -> Plan:
             iterations=sizes.probe_iterations,
         ),
     )
-
-
-def run_loadgen(plan: Plan, procs: Processes) -> dict[str, Any]:
-    child = procs.start_piped("loadgen", [sys.executable, "-m", "bench.loadgen"], cwd=ROOT)
-    out, _ = child.communicate(json.dumps(asdict(plan)).encode())
-    procs.forget("loadgen")
-    if child.returncode != 0:
-        raise RuntimeError(f"the load generator failed with exit code {child.returncode}")
-    results: dict[str, Any] = json.loads(out)["results"]
-    results["loads"] = {k: v for k, v in results["loads"].items() if not k.startswith("warmup:")}
-    return results
 
 
 # --- shared machines: measure again what other processes disturbed ----------------------------
@@ -267,13 +252,13 @@ def run_wrk(stack: Stack, sizes: Sizes, workdir: Path) -> dict[str, Any]:
             for path, port in (("direct", stack.simulator_port), ("gateway", stack.ingress_port)):
                 options = f"-t1 -c{c} -d{sizes.wrk_seconds:g}s --timeout 10s -s {script}"
                 argv = ["wrk", *options.split(), f"http://{stack.host}:{port}{scenario.path}"]
-                result = _wrk_once(argv, stack.pids)
+                result = _wrk_once(argv, stack.watch)
                 results[f"{scenario.name}@{c}/{path}"] = result
                 print(f"  wrk {scenario.name}@{c}/{path:<8} p50 {result['p50_ms']:6.2f} ms", file=sys.stderr)
     return results
 
 
-def _wrk_once(argv: list[str], watch: dict[str, int]) -> dict[str, Any]:
+def _wrk_once(argv: list[str], watch: dict[str, list[int]]) -> dict[str, Any]:
     usage = CpuUsage(watch)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
@@ -336,107 +321,6 @@ def _py_spy(pid: int, seconds: float, output: Path) -> list[str]:
     # --nonblocking: never pause the process, so sampling does not itself add latency.
     options = f"--pid {pid} --duration {seconds:g} --rate 250 --nonblocking --format raw --output"
     return ["py-spy", "record", *options.split(), str(output)]
-
-
-# --- garbage collections in the gateway's processes (--gc-trace) -----------------------------
-
-
-def gc_by_run(trace_dir: Path, loads: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """Collections of each traced process that started inside each gateway run's time window."""
-    traces = {name: json.loads((trace_dir / f"gc-{name}.json").read_text()) for name in names}
-    by_run: dict[str, Any] = {}
-    for key, load in loads.items():
-        if not key.endswith("/gateway"):
-            continue
-        start, end = load["window"]
-        by_run[key] = {}
-        for name, trace in traces.items():
-            pauses = [(gen, pause) for at, gen, pause, _ in trace["collections"] if start <= at <= end]
-            full = [pause for gen, pause in pauses if gen == 2]
-            by_run[key][name] = {
-                "collections": len(pauses),
-                "gen2": len(full),
-                "gen2_max_ms": max(full, default=0.0) * 1000,
-                "total_ms_per_request": sum(p for _, p in pauses) * 1000 / load["requests"],
-                "frozen": trace["frozen"],
-            }
-    return by_run
-
-
-def busy_neighbours(ours: set[int], sample_s: float = 1.0) -> list[str]:
-    """Other processes that used over 5 % of a CPU in the last second: they make figures noisier."""
-
-    def snapshot() -> dict[int, float]:
-        usage = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) not in ours and int(entry.name) != os.getpid():
-                try:
-                    usage[int(entry.name)] = cpu_seconds(int(entry.name))
-                except OSError:
-                    pass  # exited meanwhile
-        return usage
-
-    before = snapshot()
-    time.sleep(sample_s)
-    after = snapshot()
-    busy = []
-    for pid, used in after.items():
-        share = (used - before.get(pid, used)) / sample_s
-        if share > 0.05:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            busy.append(f"{command.strip()[:80]} ({share:.0%})")
-    return busy
-
-
-# --- facts and output -------------------------------------------------------------------------
-
-
-def machine_facts(wrk: bool) -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    nats_version = subprocess.run(
-        [str(nats_server_binary()), "--version"], check=False, capture_output=True, text=True
-    ).stdout
-    facts = {
-        "date": datetime.date.today().isoformat(),
-        "nproc": subprocess.run(["nproc"], check=False, capture_output=True, text=True).stdout.strip()
-        or str(os.cpu_count()),
-        "cpu": model.group(1).strip() if model else platform.processor(),
-        "memory": _memory(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "nats-server": nats_version.strip(),
-        "modelbus commit": _commit(),
-        "load average before the run": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-    }
-    for package in PACKAGES:
-        facts[package] = metadata.version(package)
-    if wrk:
-        facts["wrk"] = subprocess.run(
-            ["wrk", "--version"], check=False, capture_output=True, text=True
-        ).stdout.split(" [")[0]
-    return facts
-
-
-def _commit() -> str:
-    """HEAD, and whether the gateway's own code differs from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, check=False, capture_output=True, text=True
-        ).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    changed = git("status", "--porcelain", "--", *GATEWAY_PACKAGES)
-    return f"{head} (+ uncommitted changes)" if changed else head
-
-
-def _memory() -> str:
-    meminfo = Path("/proc/meminfo")
-    if not meminfo.exists():
-        return "?"
-    kib = int(re.search(r"MemTotal:\s+(\d+)", meminfo.read_text()).group(1))  # type: ignore[union-attr]
-    return f"{kib / 1024 / 1024:.0f} GiB"
 
 
 def _on_sigterm(signum: int, frame: object) -> NoReturn:

@@ -7,6 +7,7 @@ collected) of each collection and writes them to OUT.json on SIGUSR1 (uvicorn en
 re-raising SIGTERM, so there is no exit hook to rely on). SIGUSR2 makes the process run
 `gc.collect(); gc.freeze()` once, which is how the benchmark tries out the fix it suggests (moving
 everything that exists after start-up out of the collector's sight) without touching the gateway.
+`gc_by_run` reads the traces back, run by run.
 """
 
 from __future__ import annotations
@@ -47,6 +48,28 @@ class GcRecorder:
         partial = self._out.with_suffix(".partial")
         partial.write_text(json.dumps({"frozen": self.frozen, "collections": self.collections}))
         partial.replace(self._out)
+
+
+def gc_by_run(trace_dir: Path, loads: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Collections of each traced process that started inside each gateway run's time window."""
+    traces = {name: json.loads((trace_dir / f"gc-{name}.json").read_text()) for name in names}
+    by_run: dict[str, Any] = {}
+    for key, load in loads.items():
+        if not key.endswith("/gateway"):
+            continue
+        start, end = load["window"]
+        by_run[key] = {}
+        for name, trace in traces.items():
+            pauses = [(gen, pause) for at, gen, pause, _ in trace["collections"] if start <= at <= end]
+            full = [pause for gen, pause in pauses if gen == 2]
+            by_run[key][name] = {
+                "collections": len(pauses),
+                "gen2": len(full),
+                "gen2_max_ms": max(full, default=0.0) * 1000,
+                "total_ms_per_request": sum(p for _, p in pauses) * 1000 / load["requests"],
+                "frozen": trace["frozen"],
+            }
+    return by_run
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.stats import percentile
 from dispatcher.guardrails.findings import mask
 from dispatcher.guardrails.injection import detect_injection
 from dispatcher.guardrails.pii import detect_pii
@@ -341,13 +342,9 @@ def cost() -> str:
             guard.inspect(text)
             cpu.append((time.thread_time_ns() - started_cpu) / 1e6)
             wall.append((time.perf_counter_ns() - started) / 1e6)
-        figures = [f(sorted(v)) for v in (wall, cpu) for f in (statistics.median, _p99)]
+        figures = [percentile(v, q) for v in (wall, cpu) for q in (50, 99)]
         lines.append(f"| {name} | " + " | ".join(f"{x:.3f} ms" for x in figures) + " |")
     return "\n".join(lines)
-
-
-def _p99(samples: list[float]) -> float:
-    return samples[min(len(samples) - 1, int(0.99 * len(samples)))]
 
 
 def adversarial() -> str:

@@ -28,7 +28,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
-from bench.loadgen import ProbePlan, summarize_ms
+from bench.loadgen import ProbePlan
+from bench.stats import summarize
 
 _STREAM = "BENCHPROBE"
 _SUBJECT = "benchprobe.js"
@@ -42,7 +43,7 @@ Probe = Callable[[], Awaitable[float]]
 async def _time(probe: Probe, iterations: int) -> dict[str, float]:
     for _ in range(min(200, iterations // 5)):
         await probe()  # warm-up
-    return summarize_ms([await probe() for _ in range(iterations)])
+    return summarize([await probe() for _ in range(iterations)])
 
 
 async def run_probes(

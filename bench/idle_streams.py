@@ -213,6 +213,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="streams opened per second")
     parser.add_argument("--hold", type=float, default=30.0, help="seconds every stream stays open")
     parser.add_argument("--token-interval", type=float, default=10.0, help="seconds between tokens")
+    parser.add_argument("--data-dir", help="keep the stack's data and logs here (default: a temporary dir)")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.streams + 1024
@@ -220,7 +221,8 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(need, soft), hard), hard))
     key = new_key()
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="mb-idle-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mb-idle-") as scratch:
+        tmp = args.data_dir or scratch
         config = Path(tmp) / "config.yaml"
         config.write_text(dump_config(bench_config(key, args.streams, 1, args.token_interval)))
         env = {

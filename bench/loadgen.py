@@ -1,4 +1,4 @@
-"""Load generator for `bench/gateway_overhead.py`, run as a process of its own.
+"""The load generator of every HTTP benchmark (gateway_overhead, deployed, coalescing), a process of its own.
 
     python -m bench.loadgen < plan.json > results.json      (progress goes to stderr)
 
@@ -8,25 +8,32 @@ one keep-alive HTTP/1.1 connection per virtual user, and the next request writte
 callback that completes the previous one — no task, future or coroutine per request. Timestamps
 are taken in those callbacks, so event-loop scheduling does not inflate them.
 
-Besides the closed-loop runs it measures relayed tokens per second on long streams, the CPU time
-that each watched server process spends per request (from /proc), and, optionally, the single hops
-of the gateway's path in isolation (`bench.hop_probes`).
+Besides the closed-loop runs (counted in requests or in seconds, with one request body or several
+in turn) it measures relayed tokens per second on long streams, the CPU time that each watched group
+of server processes spends per request (bench/cpu.py), and, optionally, the single hops of the
+gateway's path in isolation (`bench.hop_probes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import httptools
 import uvloop
+
+from bench.cpu import CpuUsage
+from bench.stats import summarize
+
+if TYPE_CHECKING:
+    from bench.stack import Processes
 
 Measure = Literal["complete", "ttft"]
 # Every content token of an OpenAI chat chunk, as serialized by orjson (no spaces), on both paths.
@@ -43,7 +50,8 @@ P = TypeVar("P", bound=asyncio.Protocol)
 
 @dataclass(frozen=True)
 class LoadRun:
-    """`concurrency` users on their own connections send `warmup` then `requests` requests back to back."""
+    """`concurrency` users on their own connections send `warmup` then `requests` requests back to back
+    (or, with `seconds`, as many as they complete in that time: peers differ ten-fold in speed)."""
 
     key: str
     port: int
@@ -55,6 +63,8 @@ class LoadRun:
     warmup: int
     measure: Measure = "complete"
     expect_status: int = 200
+    seconds: float = 0.0
+    bodies: list[str] = field(default_factory=list)  # sent in turn instead of `body`, when given
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ class ProbePlan:
 class Plan:
     host: str
     headers: dict[str, str]
-    watch: dict[str, int]  # process name -> pid; their CPU time is sampled around each load run
+    watch: dict[str, list[int]]  # group name -> pids; their CPU time is sampled around each load run
     loads: list[LoadRun]
     relays: list[RelayRun] = field(default_factory=list)
     probe: ProbePlan | None = None
@@ -101,65 +111,6 @@ class Plan:
         )
 
 
-# --- statistics -------------------------------------------------------------------------------
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks; `ordered` must be sorted and non-empty."""
-    position = q / 100 * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def summarize_ms(samples_s: list[float]) -> dict[str, float]:
-    """Latency summary in milliseconds."""
-    ordered = sorted(s * 1000 for s in samples_s)
-    summary = {f"p{q:g}".replace(".", ""): percentile(ordered, q) for q in (50, 90, 95, 99, 99.9)}
-    summary["max"] = ordered[-1]
-    summary["mean"] = statistics.fmean(ordered)
-    return summary
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (clock-tick resolution)."""
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        # The command name may hold spaces; the numeric fields start after its closing parenthesis.
-        fields = stat.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_snapshot(watch: dict[str, int]) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in watch.items()}
-
-
-def machine_busy_seconds() -> float:
-    """CPU time all processes together have used so far: user, nice, system, irq and softirq."""
-    with open("/proc/stat", "rb") as stat:
-        fields = stat.readline().split()  # cpu user nice system idle iowait irq softirq ...
-    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7)) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuUsage:
-    """CPU time used between construction and `stop()`: by this client, by each watched process,
-    and by everything else on the machine (`foreign`: other jobs, which make the figures noisy)."""
-
-    def __init__(self, watch: dict[str, int]) -> None:
-        self._watch = watch
-        self._before = cpu_snapshot(watch)
-        self._client_before = time.process_time()
-        self._machine_before = machine_busy_seconds()
-        self.by_process: dict[str, float] = {}
-        self.foreign = 0.0
-
-    def stop(self) -> None:
-        after = cpu_snapshot(self._watch)
-        self.by_process = {"client": time.process_time() - self._client_before}
-        self.by_process.update({name: after[name] - self._before[name] for name in self._watch})
-        machine = machine_busy_seconds() - self._machine_before
-        self.foreign = max(0.0, machine - sum(self.by_process.values()))
-
-
 # --- HTTP/1.1 over asyncio protocols ----------------------------------------------------------
 
 
@@ -173,28 +124,37 @@ def http_request(method: str, host: str, port: int, path: str, headers: dict[str
 class ClosedLoop:
     """Shared state of one closed-loop run: how many requests are left and what was measured."""
 
-    def __init__(self, request: bytes, measure: Measure, expect_status: int, users: int) -> None:
-        self.request = request
+    def __init__(self, requests: list[bytes], measure: Measure, expect_status: int, users: int) -> None:
+        self._requests = requests
+        self._sent = 0
         self.measure = measure
         self.expect_status = expect_status
         self.remaining = 0
+        self.deadline = 0.0  # perf_counter() time after which no request starts; 0: count only
         self.samples: list[float] = []
         self.errors = 0
         self._idle_users = 0
         self._users = users
         self._all_idle: asyncio.Future[None] | None = None
 
-    def phase(self, requests: int) -> asyncio.Future[None]:
-        """Arm a new phase of `requests` requests; the future resolves when every user is idle."""
+    def phase(self, requests: int, seconds: float = 0.0) -> asyncio.Future[None]:
+        """Arm a new phase of `requests` requests (or of `seconds`); the future resolves when every
+        user is idle."""
         self.remaining = requests
+        self.deadline = time.perf_counter() + seconds if seconds else 0.0
         self.samples = []
         self.errors = 0
         self._idle_users = 0
         self._all_idle = asyncio.get_running_loop().create_future()
         return self._all_idle
 
+    def next_request(self) -> bytes:
+        """The requests in turn (most runs have one)."""
+        self._sent += 1
+        return self._requests[self._sent % len(self._requests)]
+
     def take(self) -> bool:
-        if self.remaining <= 0:
+        if self.remaining <= 0 or (self.deadline and time.perf_counter() >= self.deadline):
             self._idle_users += 1
             if self._idle_users == self._users and self._all_idle and not self._all_idle.done():
                 self._all_idle.set_result(None)
@@ -242,7 +202,7 @@ class _Connection(asyncio.Protocol):
             self._tail = b""
             assert self._transport is not None
             self._sent_at = time.perf_counter()
-            self._transport.write(self._run.request)
+            self._transport.write(self._run.next_request())
         else:
             self._busy = False
 
@@ -278,10 +238,13 @@ async def _open(host: str, port: int, factory: Callable[[], P]) -> P:
 
 
 async def closed_loop(
-    host: str, headers: dict[str, str], run: LoadRun, watch: dict[str, int]
+    host: str, headers: dict[str, str], run: LoadRun, watch: dict[str, list[int]]
 ) -> dict[str, Any]:
-    request = http_request(run.method, host, run.port, run.path, headers, run.body.encode())
-    state = ClosedLoop(request, run.measure, run.expect_status, run.concurrency)
+    requests = [
+        http_request(run.method, host, run.port, run.path, headers, body.encode())
+        for body in (run.bodies or [run.body])
+    ]
+    state = ClosedLoop(requests, run.measure, run.expect_status, run.concurrency)
     connections = [await _open(host, run.port, lambda: _Connection(state)) for _ in range(run.concurrency)]
     try:
         # The warm-up uses the same connections, so the measured phase opens none.
@@ -289,7 +252,7 @@ async def closed_loop(
             await _drive(state, connections, run.warmup)
         usage = CpuUsage(watch)
         began_at, began = time.time(), time.perf_counter()
-        await _drive(state, connections, run.requests)
+        await _drive(state, connections, run.requests if not run.seconds else 1 << 62, run.seconds)
         wall = time.perf_counter() - began
         usage.stop()
     finally:
@@ -304,14 +267,18 @@ async def closed_loop(
         "wall_s": wall,
         "window": [began_at, began_at + wall],  # epoch seconds, to match other processes' records
         "rps": (done + state.errors) / wall,
-        "latency_ms": summarize_ms(state.samples),
+        "latency_ms": summarize(state.samples),
         "foreign_cores": usage.foreign / wall,
-        "cpu_us_per_request": {name: used / run.requests * 1e6 for name, used in usage.by_process.items()},
+        "cpu_us_per_request": {
+            name: used / (done + state.errors) * 1e6 for name, used in usage.by_process.items()
+        },
     }
 
 
-async def _drive(state: ClosedLoop, connections: list[_Connection], requests: int) -> None:
-    finished = state.phase(requests)
+async def _drive(
+    state: ClosedLoop, connections: list[_Connection], requests: int, seconds: float = 0.0
+) -> None:
+    finished = state.phase(requests, seconds)
     for connection in connections:
         connection.next()
     await finished
@@ -352,7 +319,9 @@ class _TokenCounter(asyncio.Protocol):
             self.finished.set_result(time.perf_counter())
 
 
-async def relay(host: str, headers: dict[str, str], run: RelayRun, watch: dict[str, int]) -> dict[str, Any]:
+async def relay(
+    host: str, headers: dict[str, str], run: RelayRun, watch: dict[str, list[int]]
+) -> dict[str, Any]:
     request = http_request("POST", host, run.port, run.path, headers, run.body.encode())
     rates: list[float] = []
     usage, started = CpuUsage(watch), time.perf_counter()
@@ -367,12 +336,16 @@ async def relay(host: str, headers: dict[str, str], run: RelayRun, watch: dict[s
         for stream in streams:
             assert stream.transport is not None
             stream.transport.close()
-        if tokens != run.tokens * run.streams:
-            raise RuntimeError(f"{run.key}: {tokens} tokens received, {run.tokens * run.streams} expected")
-        rates.append(tokens / (ended - began))
+        expected = run.tokens * run.streams
+        # Some gateways add chunks whose delta holds an empty or null "content" (a role chunk, the
+        # finish chunk): more markers than tokens is fine, fewer means tokens were lost.
+        if tokens < expected:
+            raise RuntimeError(f"{run.key}: {tokens} tokens received, {expected} expected")
+        rates.append(expected / (ended - began))
     usage.stop()
     return {
         "tokens_per_s_median": statistics.median(rates),
+        "tokens_per_s_per_stream": statistics.median(rates) / run.streams,
         "tokens_per_s_runs": rates,
         "foreign_cores": usage.foreign / (time.perf_counter() - started),
     }
@@ -406,6 +379,20 @@ async def execute(plan: Plan) -> dict[str, Any]:
         from bench.hop_probes import run_probes  # nats-py and aiohttp only when probing
 
         results["probes"] = await run_probes(plan.probe, plan.host, plan.headers, _progress)
+    return results
+
+
+def run_loadgen(plan: Plan, procs: Processes) -> dict[str, Any]:
+    """Run `plan` in a load generator process of its own (so its CPU is not the orchestrator's);
+    returns its results without the warm-up runs (keys starting `warmup:`)."""
+    root = Path(__file__).resolve().parents[1]
+    child = procs.start_piped("loadgen", [sys.executable, "-m", "bench.loadgen"], cwd=root)
+    out, _ = child.communicate(json.dumps(asdict(plan)).encode())
+    procs.forget("loadgen")
+    if child.returncode != 0:
+        raise RuntimeError(f"the load generator failed with exit code {child.returncode}")
+    results: dict[str, Any] = json.loads(out)["results"]
+    results["loads"] = {k: v for k, v in results["loads"].items() if not k.startswith("warmup:")}
     return results
 
 

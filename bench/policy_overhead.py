@@ -24,6 +24,7 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.stats import percentile
 from dispatcher.admission.guardrails import Guardrails
 from dispatcher.admission.identity import identity_for
 from dispatcher.admission.live_config import LiveConfig
@@ -69,11 +70,6 @@ def _config() -> ModelbusConfig:
             )
         ],
     )
-
-
-def _pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run(requests: int) -> dict[str, list[float]]:
@@ -154,7 +150,7 @@ def main() -> None:
     for name, samples in timings.items():
         samples = samples[len(samples) // 10 :]  # warm-up
         print(
-            f"| {name} | {_pct(samples, 0.5) * 1e6:.0f} µs | {_pct(samples, 0.99) * 1e6:.0f} µs "
+            f"| {name} | {percentile(samples, 50) * 1e6:.0f} µs | {percentile(samples, 99) * 1e6:.0f} µs "
             f"| {statistics.fmean(samples) * 1e6:.0f} µs |"
         )
 

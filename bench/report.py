@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 SCENARIO_TITLES = {
@@ -225,4 +227,167 @@ def render(report: dict[str, Any]) -> str:
     if report.get("wrk"):
         parts += ["### Cross-check with wrk (C client), ms", "", wrk_table(report["wrk"]), ""]
     parts += ["### Against the targets", "", targets_table(results), ""]
+    return "\n".join(parts)
+
+
+# --- bench/deployed.py: Modelbus as deployed beside its peers -----------------------------------
+
+# Measured beside a gateway but not part of it: the load generator, the backend, and Postgres's
+# processes that every database of the cluster shares.
+NOT_GATEWAY = ("client", "simulator", "postgres-shared")
+PEERS = ("litellm", "portkey", "floor")
+PEER_TITLES = {"litellm": "LiteLLM", "portkey": "Portkey", "floor": "floor", "modelbus": "Modelbus"}
+
+
+def gateway_cpu_us(result: dict[str, Any]) -> float:
+    """CPU time per request of every process that serves the gateway, in µs."""
+    return float(sum(v for k, v in result["cpu_us_per_request"].items() if k not in NOT_GATEWAY))
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    unit: str
+    higher_is_better: bool
+    value: Callable[[dict[str, Any], str], float | None]
+
+
+def _added_p50(results: dict[str, Any], target: str) -> float | None:
+    chat = results["chat@1"]
+    return chat[target]["latency_ms"]["p50"] - chat["direct"]["latency_ms"]["p50"] if target in chat else None
+
+
+def _cell(
+    cell: str, pick: Callable[[dict[str, Any]], float]
+) -> Callable[[dict[str, Any], str], float | None]:
+    return lambda results, target: pick(results[cell][target]) if target in results[cell] else None
+
+
+ROWS = [
+    Row("chat c=1, added p50", "ms", False, _added_p50),
+    Row("chat c=16, CPU per request", "ms", False, _cell("chat@16", lambda r: gateway_cpu_us(r) / 1000)),
+    Row("chat c=16, req/s", "", True, _cell("chat@16", lambda r: r["rps"])),
+    Row("chat c=16, p50", "ms", False, _cell("chat@16", lambda r: r["latency_ms"]["p50"])),
+    Row("chat c=16, p99", "ms", False, _cell("chat@16", lambda r: r["latency_ms"]["p99"])),
+    Row(
+        "stream c=16, CPU per stream (16 chunks)",
+        "ms",
+        False,
+        _cell("stream@16", lambda r: gateway_cpu_us(r) / 1000),
+    ),
+    Row(
+        "stream c=16, relayed tokens/s per stream",
+        "",
+        True,
+        _cell("relay@16", lambda r: r["tokens_per_s_per_stream"]),
+    ),
+    Row("embeddings c=16, req/s", "", True, _cell("embeddings@16", lambda r: r["rps"])),
+    Row("idle, no traffic: CPU", "cores", False, _cell("idle", lambda r: r["gateway_cores"])),
+]
+
+
+def _figure(value: float | None, unit: str) -> str:
+    if value is None:
+        return "–"
+    if unit == "cores":
+        return f"{value:.3f} cores"
+    return f"{value:,.2f} {unit}" if unit else f"{value:,.0f}"
+
+
+def advantage(row: Row, results: dict[str, Any], peer: str) -> float | None:
+    """How many times better Modelbus does than `peer` on this row (> 1: Modelbus is better)."""
+    ours, theirs = row.value(results, "modelbus"), row.value(results, peer)
+    if ours is None or theirs is None or ours <= 0 or theirs <= 0:
+        return None
+    return ours / theirs if row.higher_is_better else theirs / ours
+
+
+def ratio_table(results: dict[str, Any]) -> str:
+    peers = [p for p in PEERS if p in results["chat@16"]]
+    head = " | ".join(PEER_TITLES[p] for p in (*peers, "modelbus"))
+    vs = " | ".join(f"vs {PEER_TITLES[p]}" for p in peers)
+    rows = [f"| | {head} | {vs} |", "|---|" + "---:|" * (2 * len(peers) + 1)]
+    for row in ROWS:
+        figures = " | ".join(_figure(row.value(results, t), row.unit) for t in (*peers, "modelbus"))
+        ratios = " | ".join(
+            f"{a:.2f}×" if (a := advantage(row, results, p)) is not None else "–" for p in peers
+        )
+        rows.append(f"| {row.label} | {figures} | {ratios} |")
+    return "\n".join(rows)
+
+
+def process_table(results: dict[str, Any], cells: tuple[str, ...] = ("chat@16", "stream@16")) -> str:
+    """Modelbus's CPU per request by process: where a deployment's cost goes."""
+    groups = sorted({g for c in cells for g in results[c]["modelbus"]["cpu_us_per_request"]})
+    rows = [
+        f"| µs per request | {' | '.join(groups)} | gateway total |",
+        "|---|" + "---:|" * (len(groups) + 1),
+    ]
+    for cell in cells:
+        cpu = results[cell]["modelbus"]["cpu_us_per_request"]
+        cells_text = " | ".join(f"{cpu.get(g, 0.0):,.0f}" for g in groups)
+        rows.append(f"| {cell} | {cells_text} | {gateway_cpu_us(results[cell]['modelbus']):,.0f} |")
+    return "\n".join(rows)
+
+
+def all_runs_table(results: dict[str, Any]) -> str:
+    rows = [
+        "| cell | target | p50 / p99 ms | req/s | gateway CPU µs/req | errors | other CPU, cores |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for cell, by_target in results.items():
+        if cell.startswith("relay") or cell == "idle":
+            continue
+        for target, r in by_target.items():
+            rows.append(
+                f"| {cell} | {target} | {r['latency_ms']['p50']:.2f} / {r['latency_ms']['p99']:.2f} "
+                f"| {r['rps']:,.0f} | {gateway_cpu_us(r):,.0f} | {r['errors']} | {r['foreign_cores']:.2f} |"
+            )
+    return "\n".join(rows)
+
+
+def acceptance(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Issue 15's acceptance bounds that this run measured: (bound, measured, met)."""
+    by_label = {row.label: row for row in ROWS}
+    checks: list[tuple[str, str, float]] = [
+        ("chat c=16, CPU per request", "litellm", 6.0),
+        ("chat c=16, CPU per request", "portkey", 1 / 1.5),
+        ("chat c=16, req/s", "litellm", 6.0),
+        ("chat c=16, req/s", "portkey", 0.8),
+        ("chat c=1, added p50", "litellm", 8.0),
+        ("chat c=1, added p50", "floor", 1 / 4),
+        ("stream c=16, CPU per stream (16 chunks)", "litellm", 15.0),
+        ("stream c=16, CPU per stream (16 chunks)", "portkey", 1.0),
+    ]
+    out = []
+    for label, peer, bound in checks:
+        ratio = advantage(by_label[label], results, peer)
+        if ratio is not None:
+            out.append(
+                (
+                    f"{label}: Modelbus ≥ {bound:.2f}× better than {PEER_TITLES[peer]}",
+                    f"{ratio:.2f}×",
+                    ratio >= bound,
+                )
+            )
+    chat = results["chat@16"]["modelbus"]["latency_ms"]
+    out.append(
+        ("chat c=16: p99 ≤ 2× p50", f"{chat['p99'] / chat['p50']:.2f}×", chat["p99"] <= 2 * chat["p50"])
+    )
+    return out
+
+
+def render_deployed(output: dict[str, Any]) -> str:
+    results = output["results"]
+    checks = ["| bound (issue 15) | measured | |", "|---|---|---|"]
+    checks += [f"| {b} | {m} | {'met' if ok else '**missed**'} |" for b, m, ok in acceptance(results)]
+    parts = [
+        "### Machine", "", machine_table(output["machine"]), "",
+        f"Command: `{output['command']}` ({output['seconds_per_cell']:g} s per cell and target).", "",
+        "### Modelbus beside its peers (×: how many times better Modelbus does; > 1 is better)", "",
+        ratio_table(results), "",
+        "### Modelbus's CPU by process", "", process_table(results), "",
+        "### Against issue 15's bounds", "", "\n".join(checks), "",
+        "### Every run", "", all_runs_table(results), "",
+    ]  # fmt: skip
     return "\n".join(parts)

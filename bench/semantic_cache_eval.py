@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import httpx
 import numpy as np
 
 from bench.stack import Processes, _cli, _http_ok, _log_says, _wait, start_nats
+from bench.stats import summarize
 from dispatcher.bus.bus_settings import BusSettings
 from dispatcher.caching.semantic_keys import conflict, key_tokens
 from dispatcher.caching.vector_index import VectorIndex
@@ -157,11 +157,8 @@ def end_to_end(
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50_ms": round(statistics.median(ordered) * 1000, 2),
-        "p95_ms": round(ordered[int(len(ordered) * 0.95) - 1] * 1000, 2),
-    }
+    summary = summarize(samples)
+    return {"p50_ms": round(summary["p50"], 2), "p95_ms": round(summary["p95"], 2)}
 
 
 def latency(http: httpx.Client, embed_port: int, n: int) -> dict[str, Any]:

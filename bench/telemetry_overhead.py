@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from bench.stats import percentile
 from dispatcher.telemetry import metrics
 from dispatcher.telemetry.labels import MetricLabels
 from dispatcher.telemetry.logs import JsonFormatter
@@ -144,9 +145,8 @@ def main() -> None:
     print("|---|---|---|---|")
     total = [a + b for a, b in zip(timings["ingress"], timings["worker"], strict=True)]
     for name, samples in (*timings.items(), ("per request, both", total)):
-        ordered = sorted(samples)
         print(
-            f"| {name} | {ordered[len(ordered) // 2] * 1e6:.0f} µs | {ordered[int(len(ordered) * 0.99)] * 1e6:.0f} µs "
+            f"| {name} | {percentile(samples, 50) * 1e6:.0f} µs | {percentile(samples, 99) * 1e6:.0f} µs "
             f"| {statistics.fmean(samples) * 1e6:.0f} µs |"
         )
     print(f"\n(request log lines written: {sum(1 for _ in log_file.open())})")

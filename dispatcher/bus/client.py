@@ -33,6 +33,9 @@ from schemas.envelope import ErrorFrame, HeartbeatFrame, RequestEnvelope, StartF
 log = logging.getLogger(__name__)
 
 _STRAY_MEMORY = 4096
+# A stream silent for idle_timeout_s gets a further idle_timeout_s / this to hear from its worker
+# before it is called lost (see ReplyStream._caught_up).
+_GRACE_DIVISOR = 4
 # A private object, compared by identity: no message from the network can be this one.
 _INTERRUPT = bytes(bytearray(b"\x00interrupt"))
 
@@ -119,9 +122,13 @@ class ReplyStream:
 
     async def _caught_up(self) -> bool:
         """Before calling a worker lost: an event loop that stalled (a busy machine), not a silent
-        worker, may hold its frames or pulses unread. A round trip to the server and a turn of the
-        loop deliver them; True if anything for this request was among them."""
-        await self._client.catch_up()
+        worker, may hold its frames or pulses unread on the socket. A short grace lets the reader
+        deliver them; True if anything for this request was among them.
+
+        Not a PING/PONG flush: nats-py's `flush(timeout)` leaves a cancelled future behind on
+        timeout, and the late PONG then kills the connection's read loop (seen with thousands of
+        streams on a loaded machine)."""
+        await asyncio.sleep(self._client.idle_timeout_s / _GRACE_DIVISOR)
         if not self._queue.empty():
             self._last_activity = time.monotonic()  # frames are waiting: read them next
             return True
@@ -260,14 +267,6 @@ class BusClient:
         """When a pulse last named this request at `attempt` or later."""
         seen = self._pulses.get(request_id)
         return seen[1] if seen is not None and seen[0] >= attempt else None
-
-    async def catch_up(self) -> None:
-        """Read everything the server sent before now: a PING/PONG round trip, then a loop turn."""
-        try:
-            await self._nc.flush(timeout=1)
-        except Exception as exc:  # noqa: BLE001 - disconnected or slow: the caller decides without it
-            log.debug("catch-up flush failed: %s", exc)
-        await asyncio.sleep(0)
 
     def inbox_close(self, request_id: str) -> None:
         self._routes.pop(request_id, None)
