@@ -22,21 +22,17 @@ import asyncio
 import json
 import os
 import resource
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import httpx
-import psutil
 
-from dispatcher.config.config_file import dump_config
+from bench.cpu import CpuUsage
+from bench.machine import machine_facts
+from bench.stack import start_deployed
 from dispatcher.policy.api_keys import hash_key, new_key
-from modelbus.embedded_nats import free_port
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, SimulatorBackend
 
 RESULTS = Path(__file__).with_name("results") / "idle_streams.json"
@@ -73,37 +69,19 @@ def bench_config(key: str, streams: int, tokens: int, interval_s: float) -> Mode
     )
 
 
-def stack_processes(root: psutil.Process) -> dict[str, list[psutil.Process]]:
-    """The stack's processes by role, from `modelbus up`'s command lines."""
-    roles: dict[str, list[psutil.Process]] = {}
-    for proc in root.children(recursive=True):
+def rss_mib(pids: list[int]) -> float:
+    """Resident memory of processes still alive, from /proc."""
+    total = 0
+    for pid in pids:
         try:
-            line = " ".join(proc.cmdline())
-        except psutil.Error:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
             continue
-        for role in ("ingress", "worker", "dispatcher", "nats-server", "postgres"):
-            if role in line:
-                roles.setdefault(role, []).append(proc)
-                break
-    return roles
+        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return total / 1024
 
 
-def usage(procs: list[psutil.Process]) -> tuple[float, float]:
-    """(CPU seconds, RSS MiB) summed over processes still alive."""
-    cpu = rss = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-            cpu += times.user + times.system
-            rss += proc.memory_info().rss / 2**20
-        except psutil.Error:
-            pass
-    return cpu, rss
-
-
-async def one_stream(
-    session: aiohttp.ClientSession, url: str, tokens: int, tally: Tally, all_open: asyncio.Event
-) -> None:
+async def one_stream(session: aiohttp.ClientSession, url: str, tokens: int, tally: Tally) -> None:
     body = {
         "model": "idle",
         "stream": True,
@@ -142,9 +120,7 @@ async def one_stream(
         tally.error(type(exc).__name__)
 
 
-async def drive(
-    base: str, key: str, streams: int, rate: float, tokens: int, tally: Tally, on_all_open: asyncio.Event
-) -> None:
+async def drive(base: str, key: str, streams: int, rate: float, tokens: int, tally: Tally) -> None:
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
     headers = {"Authorization": f"Bearer {key}"}
@@ -152,9 +128,7 @@ async def drive(
         tasks = []
         for _ in range(streams):
             tasks.append(
-                asyncio.create_task(
-                    one_stream(session, f"{base}/v1/chat/completions", tokens, tally, on_all_open)
-                )
+                asyncio.create_task(one_stream(session, f"{base}/v1/chat/completions", tokens, tally))
             )
             await asyncio.sleep(1 / rate)
         await asyncio.gather(*tasks)
@@ -169,24 +143,28 @@ async def wait_open(tally: Tally, streams: int, timeout_s: float) -> bool:
     return False
 
 
-async def run(args: argparse.Namespace, base: str, key: str, up: psutil.Process) -> dict[str, object]:
-    roles = stack_processes(up)
-    before = {role: usage(procs) for role, procs in roles.items()}
+async def run(
+    args: argparse.Namespace, port: int, watch: dict[str, list[int]], key: str
+) -> dict[str, object]:
+    """`watch`: the stack's processes by group (Deployed.pids(), taken before the loop runs)."""
+    base = f"http://127.0.0.1:{port}"
+    ingress = watch["ingress"]
+    rss_idle = rss_mib(ingress)
     tally = Tally()
     # Streams last long enough to be held open for --hold seconds after the last one opened.
     ramp_s = args.streams / args.rate
     tokens = max(2, int((ramp_s + args.hold + 30) / args.token_interval))
-    driver = asyncio.create_task(drive(base, key, args.streams, args.rate, tokens, tally, asyncio.Event()))
+    driver = asyncio.create_task(drive(base, key, args.streams, args.rate, tokens, tally))
     opened_all = await wait_open(tally, args.streams, ramp_s + 120)
-    roles = stack_processes(up)  # workers may have been found late
-    start = {role: usage(procs) for role, procs in roles.items()}
+    usage = CpuUsage(watch)
     t0 = time.monotonic()
     await asyncio.sleep(args.hold)
+    usage.stop()
     held = time.monotonic() - t0
-    end = {role: usage(procs) for role, procs in roles.items()}
+    rss_open = {
+        name: round(rss_mib(pids), 1) for name, pids in watch.items() if not name.startswith("postgres")
+    }
     await driver
-    ingress_rss_before = before.get("ingress", (0.0, 0.0))[1]
-    ingress_rss_open = end["ingress"][1]
     return {
         "streams": args.streams,
         "all_opened": opened_all,
@@ -195,13 +173,14 @@ async def run(args: argparse.Namespace, base: str, key: str, up: psutil.Process)
         "hold_s": round(held, 1),
         "token_interval_s": args.token_interval,
         "tokens_per_stream": tokens,
-        "ingress_rss_mib_idle": round(ingress_rss_before, 1),
-        "ingress_rss_mib_open": round(ingress_rss_open, 1),
-        "ingress_kib_per_stream": round((ingress_rss_open - ingress_rss_before) * 1024 / args.streams, 1),
+        "ingress_rss_mib_idle": round(rss_idle, 1),
+        "ingress_rss_mib_open": rss_open["ingress"],
+        "ingress_kib_per_stream": round((rss_open["ingress"] - rss_idle) * 1024 / args.streams, 1),
         "cpu_percent_while_open": {
-            role: round(100 * (end[role][0] - start[role][0]) / held, 1) for role in end if role in start
+            name: round(100 * used / held, 1) for name, used in usage.by_process.items()
         },
-        "rss_mib_while_open": {role: round(end[role][1], 1) for role in end},
+        "other_jobs_cpu_percent": round(100 * usage.foreign / held, 1),
+        "rss_mib_while_open": rss_open,
     }
 
 
@@ -220,44 +199,20 @@ def main() -> None:
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(need, soft), hard), hard))
     key = new_key()
-    port = free_port()
+    # Read by the stack's processes (modelbus/stack.py passes the environment on).
+    os.environ["MODELBUS_MAX_CONNECTIONS"] = str(args.streams + 1000)
+    os.environ["MODELBUS_MAX_ACK_PENDING"] = str(args.streams + 1000)
+    os.environ["MODELBUS_LOG_LEVEL"] = "WARNING"
+    os.environ.pop("MODELBUS_NATS_URL", None)
     with tempfile.TemporaryDirectory(prefix="mb-idle-") as scratch:
-        tmp = args.data_dir or scratch
-        config = Path(tmp) / "config.yaml"
-        config.write_text(dump_config(bench_config(key, args.streams, 1, args.token_interval)))
-        env = {
-            **os.environ,
-            "MODELBUS_MAX_CONNECTIONS": str(args.streams + 1000),
-            "MODELBUS_MAX_ACK_PENDING": str(args.streams + 1000),
-            "MODELBUS_LOG_LEVEL": "WARNING",
-        }
-        env.pop("MODELBUS_NATS_URL", None)
-        cmd = [sys.executable, "-m", "modelbus.cli", "up", "--config", str(config), "--port", str(port)]
-        cmd += ["--data-dir", str(Path(tmp) / "data")]
-        up = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        base = f"http://127.0.0.1:{port}"
+        workdir = Path(args.data_dir or scratch)
+        deployed = start_deployed(workdir, bench_config(key, args.streams, 1, args.token_interval))
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or up.poll() is not None:
-                    raise SystemExit(f"the stack did not come up; see {tmp}/data/logs")
-                time.sleep(0.5)
             time.sleep(3)  # workers register their capacity
-            result = asyncio.run(run(args, base, key, psutil.Process(up.pid)))
+            result = asyncio.run(run(args, deployed.port, deployed.pids(), key))
         finally:
-            os.killpg(up.pid, signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-    result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+            deployed.stop()
+    result["machine"] = machine_facts(wrk=False)
     print(json.dumps(result, indent=2))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
