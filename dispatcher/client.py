@@ -27,7 +27,7 @@ from dispatcher.errors import (
 from dispatcher.reply_stream import Frame, ReplySequencer, decode_frame
 from dispatcher.settings import BusSettings
 from dispatcher.subjects import Subjects
-from schemas.envelope import ErrorFrame, HeartbeatFrame, RequestEnvelope, StartFrame
+from schemas.envelope import ErrorFrame, FinalFrame, HeartbeatFrame, Pickup, RequestEnvelope, StartFrame
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class ReplyStream:
 
     def __init__(self, client: BusClient, envelope: RequestEnvelope, queue: asyncio.Queue[bytes]) -> None:
         self.envelope = envelope
-        self.start: StartFrame | None = None
+        # Who picked the request up: from the start frame, or from the final frame when none was sent.
+        self.start: Pickup | None = None
         self._client = client
         self._queue = queue
         self._sequencer = ReplySequencer()
@@ -133,8 +134,10 @@ class ReplyStream:
                     self._pending_error = frame
                     return ready[:index]
                 raise self._remote_error(frame)
-            elif frame.kind == "final":
+            elif isinstance(frame, FinalFrame):
                 self._done = True
+                if frame.pickup is not None:
+                    self.start = frame.pickup
                 return ready[: index + 1]
         return ready
 

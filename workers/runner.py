@@ -30,7 +30,7 @@ from dispatcher.stored_responses import ResponseStore
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry import metrics
 from dispatcher.telemetry.labels import MetricLabels
-from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
+from schemas.envelope import Endpoint, ErrorCode, Pickup, RequestEnvelope, Timings
 from schemas.openai import Usage
 from schemas.traffic import Cost
 from workers import dialects
@@ -125,11 +125,18 @@ class RequestRunner:
             return
         attempt = msg.metadata.num_delivered
         writer = self._writer(envelope, attempt)
-        await writer.start(
-            self._settings.worker_id,
-            self._backend.description,
-            envelope.version,
+        pickup = Pickup(
+            worker=self._settings.worker_id,
+            backend=self._backend.description,
+            version=envelope.version,
             queue_ms=max(0, picked_up_ms - envelope.created_ms),
+        )
+        # A start frame is news only to a stream (its headers and first SSE comment) and to a task
+        # (its `running` status); a plain request's caller learns nothing before the answer, so the
+        # pickup rides on the final frame. Liveness does not need it: heartbeats start after
+        # heartbeat_s of silence either way.
+        await writer.start(
+            pickup, announce=envelope.stream or self._subjects.is_task_reply(envelope.reply_to)
         )
         current = asyncio.current_task()
         assert current is not None
