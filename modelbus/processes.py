@@ -11,6 +11,7 @@ the parent waits for every copy's own graceful shutdown.
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ import typer
 _START_FAILURE_S = 30.0
 _RESTART_PAUSE_S = 1.0
 _POLL_S = 0.2
+_PR_SET_PDEATHSIG = 1
 
 
 def listen_reuse_port(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -53,11 +55,11 @@ def run_copies(argv: Sequence[str], envs: Sequence[Mapping[str, str]]) -> int:
 
     children: list[subprocess.Popen[bytes]] = []
     started: list[float] = []
-    for env in envs:
-        children.append(subprocess.Popen(command, env=dict(env)))
-        started.append(time.monotonic())
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    for env in envs:
+        children.append(_spawn(command, env))
+        started.append(time.monotonic())
     code = 0
     while not stopping:
         time.sleep(_POLL_S)
@@ -72,8 +74,22 @@ def run_copies(argv: Sequence[str], envs: Sequence[Mapping[str, str]]) -> int:
                 break
             typer.echo(f"copy {n} exited with {returned}: starting it again", err=True)
             time.sleep(_RESTART_PAUSE_S)
-            children[n] = subprocess.Popen(command, env=dict(envs[n]))
+            children[n] = _spawn(command, envs[n])
             started[n] = time.monotonic()
     for child in children:
         child.wait()
     return code
+
+
+def _spawn(command: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    # The parent runs no threads (it only starts and watches), so preexec_fn is safe here.
+    return subprocess.Popen(command, env=dict(env), preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+
+def _die_with_parent() -> None:
+    """In the copy before exec: SIGTERM if the parent dies (even by SIGKILL), so no copy is left
+    holding the port."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not glibc: the copies outlive a killed parent

@@ -131,10 +131,8 @@ class RequestRunner:
             version=envelope.version,
             queue_ms=max(0, picked_up_ms - envelope.created_ms),
         )
-        # A start frame is news only to a stream (its headers and first SSE comment) and to a task
-        # (its `running` status); a plain request's caller learns nothing before the answer, so the
-        # pickup rides on the final frame. Liveness does not need it: heartbeats start after
-        # heartbeat_s of silence either way.
+        # Only a stream (headers, first SSE comment) and a task (`running`) can use a start frame; a
+        # plain request's pickup rides on its final frame. Liveness: heartbeats after heartbeat_s.
         await writer.start(
             pickup, announce=envelope.stream or self._subjects.is_task_reply(envelope.reply_to)
         )
