@@ -104,3 +104,29 @@ async def test_flush_waits_for_every_ack(nats_server: NatsServer) -> None:
     info = await js.stream_info(subjects.audit_stream)
     assert info.state.messages == 50
     await nc.close()
+
+
+async def test_an_event_whose_ack_is_lost_is_sent_again_and_stored_once(nats_server: NatsServer) -> None:
+    """The stream stores the first copy but the publisher never sees its ack (timed out at once):
+    the copy sent again has the same Nats-Msg-Id, so the stream keeps one message per event."""
+    nc = await nats.connect(nats_server.url)
+    subjects = Subjects("al" + uuid.uuid4().hex[:8])
+    settings = BusSettings(nats_url=nats_server.url, namespace=subjects.namespace, **small_streams())
+    js = nc.jetstream()
+    await ensure_streams(js, subjects, settings, nc.max_payload, True)
+    events = [_event(n) for n in range(20)]
+    publisher = AuditPublisher(nc, subjects, "t", window=64, ack_timeout_s=0.0)  # no ack can win
+    for event in events:
+        publisher.emit(event)
+    pump = asyncio.create_task(publisher.run())
+    await _until(lambda: publisher.retried >= len(events), "every first ack given up")
+    assert publisher.published == 0
+    async with asyncio.timeout(10):  # the first copies land (the stream stores them asynchronously)
+        while (await js.stream_info(subjects.audit_stream)).state.messages < len(events):
+            await asyncio.sleep(0.02)
+    publisher._ack_timeout_s = 5.0  # acks may arrive from now on
+    await _until(lambda: publisher.published == len(events), "all confirmed")
+    pump.cancel()
+    stored = await js.stream_info(subjects.audit_stream)
+    assert stored.state.messages == len(events)
+    await nc.close()
