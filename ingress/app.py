@@ -174,7 +174,7 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
         share_bucket=lambda c: live.config.share_bucket(c),
     )
     await bus.start()
-    audit = AuditPublisher(js, subjects, f"ingress-{settings.ingress_id}")
+    audit = AuditPublisher(nc, subjects, f"ingress-{settings.ingress_id}")
     cleanup.push_async_callback(audit.flush, 5.0)
     engine = create_engine(settings.database_url) if settings.database_url else None
     if engine is not None:

@@ -31,7 +31,7 @@ from ingress.deps import Services, services_of
 from ingress.request_telemetry import record
 from schemas.audit import AuditEvent, AuditStatus
 from schemas.endpoints import ENDPOINTS
-from schemas.envelope import FinalFrame, RequestEnvelope, StartFrame
+from schemas.envelope import FinalFrame, Pickup, RequestEnvelope
 
 _TRACER = trace.get_tracer("modelbus.ingress")
 _NO_LABELS = MetricLabels(frozenset(), frozenset(), frozenset())  # before start-up: all `unknown`
@@ -68,7 +68,7 @@ class AuditDraft:
     model_requested: str | None = None
     envelope: RequestEnvelope | None = None
     enqueued_ms: int | None = None
-    start: StartFrame | None = None
+    start: Pickup | None = None
     final: FinalFrame | None = None
     body: bytes | None = None  # a non-streaming answer as delivered
     chunks: list[bytes] = field(default_factory=list)  # a streamed answer as delivered

@@ -120,23 +120,51 @@ def ingress(
     log_level: Annotated[str, typer.Option()] = "info",
     tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="private key of --tls-cert")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="MODELBUS_INGRESS_WORKERS",
+            help="ingress processes sharing the port (SO_REUSEPORT): one per core to use",
+        ),
+    ] = 1,
+    reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
-    """Run one ingress (HTTP API) process. Settings come from MODELBUS_* variables."""
+    """Run the ingress (HTTP API): one process, or --workers N. Settings come from MODELBUS_* variables."""
     import uvicorn
 
     from ingress.app import create_app
     from ingress.http_limits import limited_protocol
     from ingress.ingress_settings import IngressSettings
+    from modelbus.processes import listen_reuse_port, run_copies
 
     given = {"host": host, "port": port, "tls_cert": tls_cert, "tls_key": tls_key}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = IngressSettings(**overrides)  # type: ignore[arg-type]
+    if workers > 1:
+        if settings.nats_user is not None:
+            # Each process needs its own id, and a restricted NATS user is issued for one id.
+            raise _fail("--workers needs one NATS user per ingress id: run one `modelbus ingress` per id")
+        argv = ["ingress", "--workers", "1", "--reuse-port", "--log-level", log_level]
+        argv += ["--host", settings.host, "--port", str(settings.port)]
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            argv += ["--tls-cert", str(settings.tls_cert), "--tls-key", str(settings.tls_key)]
+        envs = []
+        for n in range(workers):
+            env = {**os.environ, "MODELBUS_INGRESS_ID": f"{settings.ingress_id}-{n}"}
+            if settings.ingress_metrics_port is not None:
+                env["MODELBUS_INGRESS_METRICS_PORT"] = str(settings.ingress_metrics_port + n)
+            envs.append(env)
+        raise typer.Exit(run_copies(argv, envs))
+    # One of several copies: bind the port beside the others (the kernel spreads connections), and
+    # first, so that a port in use fails the copy at once.
+    sockets = [listen_reuse_port(settings.host, settings.port)] if reuse_port else None
     _logging(log_level, settings)
     try:
         application = create_app(settings)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    uvicorn.run(
+    config = uvicorn.Config(
         application,
         host=settings.host,
         port=settings.port,
@@ -152,6 +180,7 @@ def ingress(
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
     )
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 @app.command()
@@ -160,10 +189,18 @@ def worker(
     version: Annotated[str, typer.Option(help="which of the model's versions")] = "default",
     max_concurrency: Annotated[int | None, typer.Option(help="override the config")] = None,
     log_level: Annotated[str, typer.Option()] = "info",
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="worker processes sharing this worker's slots (max_concurrency split between them)",
+        ),
+    ] = 1,
 ) -> None:
-    """Run one worker for one model: pulls requests by free capacity and calls the backend."""
+    """Run a worker for one model: pulls requests by free capacity and calls the backend."""
     import uvloop
 
+    from modelbus.processes import run_copies
     from workers.worker_service import Worker
     from workers.worker_settings import WorkerSettings
 
@@ -171,6 +208,22 @@ def worker(
     if max_concurrency is not None:
         overrides["max_concurrency"] = max_concurrency
     settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
+    if processes > 1:
+        if settings.nats_user is not None:
+            raise _fail("--processes needs one NATS user per worker id: run one `modelbus worker` per id")
+        argv = ["worker", "--model", model, "--version", version, "--log-level", log_level]
+        if max_concurrency is not None:
+            argv += ["--max-concurrency", str(max_concurrency)]
+        envs = [
+            {
+                **os.environ,
+                "MODELBUS_WORKER_ID": f"{settings.worker_id}-{n}",
+                "MODELBUS_CAPACITY_PARTS": str(processes),
+                "MODELBUS_CAPACITY_PART": str(n),
+            }
+            for n in range(processes)
+        ]
+        raise typer.Exit(run_copies(argv, envs))
     _logging(log_level, settings)
     try:
         bootstrap = load_config(settings.config)

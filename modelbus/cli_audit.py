@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.bus.subjects import Subjects
@@ -27,11 +27,11 @@ def actor() -> str:
     return f"cli:{user}@{socket.gethostname()}"
 
 
-async def audit_action(js: JetStreamContext, subjects: Subjects, action: str, target: dict[str, Any]) -> None:
+async def audit_action(nc: NATS, subjects: Subjects, action: str, target: dict[str, Any]) -> None:
     """Publish one `admin` audit event and wait until JetStream has it."""
     now_ms = int(time.time() * 1000)
     event_id = uuid.uuid4().hex
-    publisher = AuditPublisher(js, subjects, "cli")
+    publisher = AuditPublisher(nc, subjects, "cli")
     publisher.emit(
         AuditEvent(
             event_id=event_id,

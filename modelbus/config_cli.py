@@ -104,7 +104,7 @@ async def apply_text(
             "weakenings_confirmed": [str(w) for w in weakened],
             "assertions_held": held or [],
         }
-        await audit_action(js, subjects, "config.apply", target)
+        await audit_action(nc, subjects, "config.apply", target)
         return revision
     finally:
         await nc.close()

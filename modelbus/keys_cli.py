@@ -47,7 +47,7 @@ def _with_registry(work: Callable[[KeyRegistry, ConfigStore, Audit], Awaitable[T
             registry = await KeyRegistry.open(js, subjects, settings)
 
             async def audit(action: str, target: dict[str, Any]) -> None:
-                await audit_action(js, subjects, action, target)
+                await audit_action(nc, subjects, action, target)
 
             return await work(registry, await ConfigStore.open(js, subjects, settings), audit)
         finally:

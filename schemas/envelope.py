@@ -100,15 +100,24 @@ class _Frame(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     attempt: int = 1  # JetStream delivery count of the request this frame answers
-    seq: int = 0  # per attempt; start is 0 and every data frame adds one
+    seq: int = 0  # per attempt: the first frame sent (a start, else a chunk or final) is 0
 
 
-class StartFrame(_Frame):
-    kind: Literal["start"] = "start"
+class Pickup(BaseModel):
+    """Who picked a request up, and how long it waited in the queue first."""
+
     worker: str
     backend: str
     version: str = "default"
     queue_ms: int
+
+
+class StartFrame(_Frame, Pickup):
+    """Sent when a worker picks a request up, where someone can use it at once: a stream's first
+    SSE comment and headers, a task's `running` status. A plain request's answer carries the same
+    facts in its final frame instead (`FinalFrame.pickup`): one message fewer per request."""
+
+    kind: Literal["start"] = "start"
 
 
 class ChunkFrame(_Frame):
@@ -133,6 +142,7 @@ class FinalFrame(_Frame):
     finish_reason: str | None = None
     timings: Timings
     guard_events: list[str] = Field(default_factory=list)  # output guardrail findings, "<kind>:<action>"
+    pickup: Pickup | None = None  # set when no start frame was sent for this attempt
 
 
 class ErrorFrame(_Frame):

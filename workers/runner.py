@@ -30,7 +30,7 @@ from dispatcher.guardrails.response import ResponseGuard
 from dispatcher.policy.quotas import COST_UNIT, QuotaLedger, cost_counters
 from dispatcher.telemetry import metrics
 from dispatcher.telemetry.labels import MetricLabels
-from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
+from schemas.envelope import Endpoint, ErrorCode, Pickup, RequestEnvelope, Timings
 from schemas.openai import Usage
 from schemas.traffic import Cost
 from workers import dialects
@@ -136,11 +136,16 @@ class RequestRunner:
             return
         attempt = msg.metadata.num_delivered
         writer = self._writer(envelope, attempt)
-        await writer.start(
-            self._settings.worker_id,
-            self._backend.description,
-            envelope.version,
+        pickup = Pickup(
+            worker=self._settings.worker_id,
+            backend=self._backend.description,
+            version=envelope.version,
             queue_ms=max(0, picked_up_ms - envelope.created_ms),
+        )
+        # Only a stream (headers, first SSE comment) and a task (`running`) can use a start frame; a
+        # plain request's pickup rides on its final frame. Liveness: heartbeats after heartbeat_s.
+        await writer.start(
+            pickup, announce=envelope.stream or self._subjects.is_task_reply(envelope.reply_to)
         )
         current = asyncio.current_task()
         assert current is not None

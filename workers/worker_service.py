@@ -59,8 +59,13 @@ class Worker:
             self.model = found
             self.labels = MetricLabels.of(config)
             self.backend_config, max_concurrency = deployment
-            self.capacity = settings.max_concurrency or max_concurrency
+            self.capacity = self._share(settings.max_concurrency or max_concurrency)
             await self._serve(nc, config_store, supervisor, stop)
+
+    def _share(self, slots: int) -> int:
+        """This process's part of the worker's slots (all of them unless started with --processes)."""
+        parts, part = self.settings.capacity_parts, self.settings.capacity_part
+        return max(1, slots // parts + (1 if part < slots % parts else 0))
 
     @property
     def _registry_key(self) -> str:
@@ -163,7 +168,7 @@ class Worker:
                     return
                 assert self.puller is not None
                 backend_config, max_concurrency = deployment
-                self.puller.capacity = settings.max_concurrency or max_concurrency
+                self.puller.capacity = self._share(settings.max_concurrency or max_concurrency)
                 if backend_config != self.backend_config:
                     retired.append(
                         runner.swap_backend(build_backend(backend_config, model.name, self.puller.capacity))

@@ -19,5 +19,9 @@ class WorkerSettings(BusSettings):
     version: str = "default"
     worker_id: str = Field(default_factory=_default_worker_id)
     max_concurrency: int | None = Field(default=None, ge=1, description="overrides the config")
+    # One of several processes of one worker (`modelbus worker --processes N`): this one takes its
+    # part of the slots, so the backend sees the concurrency it was configured for.
+    capacity_parts: int = Field(default=1, ge=1)
+    capacity_part: int = Field(default=0, ge=0)
     drain_timeout_s: float = Field(default=30.0, ge=0, description="grace for in-flight work on stop")
     local_retries: int = Field(default=2, ge=0, description="backend retries before the first token")

@@ -22,11 +22,7 @@ _COLUMNS = (
     "model_requested, model_served, version, prompt_hash, finish_reason, prompt_tokens, "
     "completion_tokens, latency_ms, trace_id, record, prev_hash, row_hash"
 )
-_INSERT = text(
-    f"INSERT INTO audit_log ({_COLUMNS}) VALUES ("
-    + ", ".join(f":{c.strip()}" for c in _COLUMNS.split(","))
-    + ")"
-)
+_COPY_COLUMNS = tuple(c.strip() for c in _COLUMNS.split(","))
 
 
 def _month(moment: datetime) -> tuple[datetime, datetime]:
@@ -90,7 +86,7 @@ class AuditStore:
                 return 0
             for moment in {row["received_at"] for row in rows}:
                 await self._ensure_partition(conn, moment)
-            await conn.execute(_INSERT, rows)
+            await _copy_rows(conn, rows)
             await conn.execute(
                 text("UPDATE audit_chain_head SET seq = :seq, hash = :hash WHERE id = 1"),
                 {"seq": seq, "hash": prev},
@@ -303,6 +299,20 @@ class AuditStore:
                 self._partitions.discard(name)
                 removed.append(entry)
         return removed
+
+
+async def _copy_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """All rows in one COPY, inside the caller's transaction (the chain head stays locked).
+
+    Measured with bench/audit_ingest.py: a batch of 1000 through COPY costs Postgres and the sink
+    less than the same rows as 1000 pipelined INSERTs (see docs/audit.md); partition routing and the
+    append-only triggers apply to COPY as to INSERT.
+    """
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection  # asyncpg's connection, already in the transaction
+    assert driver is not None
+    records = [tuple(row[column] for column in _COPY_COLUMNS) for row in rows]
+    await driver.copy_records_to_table("audit_log", records=records, columns=_COPY_COLUMNS)
 
 
 def _number(value: Any) -> Any:

@@ -28,7 +28,7 @@ from dispatcher.errors import (
     RequestTooLarge,
     WorkerLost,
 )
-from schemas.envelope import ErrorFrame, HeartbeatFrame, RequestEnvelope, StartFrame
+from schemas.envelope import ErrorFrame, FinalFrame, HeartbeatFrame, Pickup, RequestEnvelope, StartFrame
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class ReplyStream:
 
     def __init__(self, client: BusClient, envelope: RequestEnvelope, queue: asyncio.Queue[bytes]) -> None:
         self.envelope = envelope
-        self.start: StartFrame | None = None
+        # Who picked the request up: from the start frame, or from the final frame when none was sent.
+        self.start: Pickup | None = None
         self._client = client
         self._queue = queue
         self._sequencer = ReplySequencer()
@@ -82,8 +83,10 @@ class ReplyStream:
             if now >= self._deadline:
                 raise DeadlineExceeded("no answer before the request deadline")
             self._sequencer.check_gap(now)
+            if self._last_activity is None:
+                self._pulsed(now)  # a plain request sends no start frame: pulses say it was picked up
             if self._last_activity is not None and now - self._last_activity > self._client.idle_timeout_s:
-                if self._pulsed() or (self._relayed and await self._caught_up()):
+                if self._pulsed(now) or (self._relayed and await self._caught_up()):
                     continue
                 if self._relayed:
                     raise WorkerLost("the worker stopped answering in the middle of the reply")
@@ -97,8 +100,9 @@ class ReplyStream:
             if give_up is not None and now >= give_up:
                 return []
             limits = [self._deadline, give_up, self._sequencer.gap_deadline]
-            if self._last_activity is not None:
-                limits.append(self._last_activity + self._client.idle_timeout_s)
+            # Silence is judged from the last frame or pulse; before any, pulses are looked for
+            # at the same pace (one timer per waiting request every idle_timeout_s).
+            limits.append((self._last_activity or now) + self._client.idle_timeout_s)
             wake = min(t for t in limits if t is not None)
             try:
                 async with asyncio.timeout(max(wake - now, 0.0)):
@@ -112,10 +116,13 @@ class ReplyStream:
             if ready:
                 return self._check(ready)
 
-    def _pulsed(self) -> bool:
-        """A pulse named this request (current attempt) since its last frame: the worker is alive."""
+    def _pulsed(self, now: float) -> bool:
+        """A recent pulse named this request (current attempt) after its last frame: the worker is
+        alive. Only a recent one: after a silence was noted, an old pulse must not revive it."""
         pulsed = self._client.pulse_at(self.request_id, self._sequencer.attempt)
-        if pulsed is None or self._last_activity is None or pulsed <= self._last_activity:
+        if pulsed is None or now - pulsed > self._client.idle_timeout_s:
+            return False
+        if self._last_activity is not None and pulsed <= self._last_activity:
             return False
         self._last_activity = pulsed
         return True
@@ -132,7 +139,7 @@ class ReplyStream:
         if not self._queue.empty():
             self._last_activity = time.monotonic()  # frames are waiting: read them next
             return True
-        return self._pulsed()
+        return self._pulsed(time.monotonic())
 
     def _accept(self, data: bytes) -> list[tuple[Frame, bytes]]:
         if data is _INTERRUPT:
@@ -161,8 +168,10 @@ class ReplyStream:
                     self._pending_error = frame
                     return ready[:index]
                 raise self._remote_error(frame)
-            elif frame.kind == "final":
+            elif isinstance(frame, FinalFrame):
                 self._done = True
+                if frame.pickup is not None:
+                    self.start = frame.pickup
                 return ready[: index + 1]
         return ready
 

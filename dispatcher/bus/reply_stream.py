@@ -26,6 +26,7 @@ from schemas.envelope import (
     ErrorFrame,
     FinalFrame,
     HeartbeatFrame,
+    Pickup,
     ReplyFrame,
     StartFrame,
     Timings,
@@ -66,6 +67,7 @@ class ReplyWriter:
         self.finished = False
         self.sent_data = False  # once true, a retry would duplicate output the client has seen
         self.usage: Usage | None = None  # as the final frame reported it
+        self._pickup: Pickup | None = None  # not announced yet: goes with the final frame
 
     async def _send(self, frame: Frame, payload: bytes = b"") -> None:
         await self._nc.publish(self._subject, encode_frame(frame, payload))
@@ -93,17 +95,13 @@ class ReplyWriter:
         self._seq += 1
         return seq
 
-    async def start(self, worker: str, backend: str, version: str, queue_ms: int) -> None:
-        await self._send(
-            StartFrame(
-                attempt=self._attempt,
-                seq=self._next_seq(),
-                worker=worker,
-                backend=backend,
-                version=version,
-                queue_ms=queue_ms,
-            )
-        )
+    async def start(self, pickup: Pickup, announce: bool) -> None:
+        """Say who picked the request up: now in a start frame if `announce`, else in the final frame
+        (one message and one wake-up fewer when nobody can use the news before the answer)."""
+        if announce:
+            await self._send(StartFrame(attempt=self._attempt, seq=self._next_seq(), **pickup.model_dump()))
+        else:
+            self._pickup = pickup
 
     async def chunks(self, chunks: Sequence[bytes]) -> None:
         """Send several stream chunks (serialized OpenAI chunk objects) as one frame."""
@@ -127,6 +125,7 @@ class ReplyWriter:
             finish_reason=finish_reason,
             timings=timings,
             guard_events=guard_events or [],
+            pickup=self._pickup,
         )
         await self._send_last(frame, body)
         self.usage = usage

@@ -73,7 +73,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
             supervisor.supervise("audit-sink", lambda: sink.run(stopping), graceful=True)
         else:
             log.warning("no MODELBUS_DATABASE_URL: audit events stay queued in JetStream")
-        audit = AuditPublisher(js, subjects, "dispatcher")
+        audit = AuditPublisher(nc, subjects, "dispatcher")
         cleanup.push_async_callback(audit.flush, 5.0)
         task_store = TaskStore(await ensure_task_bucket(js, subjects, settings), engine)
         # Ingresses and workers with restricted NATS users cannot create buckets; they find these.

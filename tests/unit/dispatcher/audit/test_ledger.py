@@ -60,6 +60,23 @@ async def test_append_is_idempotent_per_event_id(store: AuditStore) -> None:
     assert checked == 6 and problems == []
 
 
+async def test_batched_append_keeps_the_chain_across_batches_and_partitions(store: AuditStore) -> None:
+    """One COPY per batch: rows routed to their month's partition, the chain linked across batches,
+    redelivered events (inside a batch and across batches) stored once."""
+    january = int(datetime(2026, 1, 31, 23, 59, tzinfo=UTC).timestamp() * 1000)
+    february = int(datetime(2026, 2, 1, 0, 1, tzinfo=UTC).timestamp() * 1000)
+    first = [_event(n, january if n % 2 else february) for n in range(300)]
+    assert await store.append(first + first[:10]) == 300
+    odd = _event(300, february, output={"text": "NUL \x00 and \\ and \t"})  # COPY's escapes
+    second = [*first[290:], odd, *(_event(n, february) for n in range(301, 600))]
+    assert await store.append(second) == 300
+    checked, problems = await store.verify()
+    assert checked == 600 and problems == []
+    assert store.last_head is not None and store.last_head[0] == 600
+    [row] = await store.query(AuditFilter(text="NUL \x00 and", limit=5))
+    assert row["output"] == {"text": "NUL \x00 and \\ and \t"}
+
+
 async def test_update_and_delete_are_refused_by_the_database(store: AuditStore, database_url: str) -> None:
     await store.append([_event(1)])
     for statement in (

@@ -35,7 +35,7 @@ async def test_a_stale_write_is_refused_and_a_late_start_frame_leaves_the_task_c
     await ensure_streams(nc.jetstream(), subjects, settings, nc.max_payload, True)
     store = TaskStore(await ensure_task_bucket(nc.jetstream(), subjects, settings))
     collector = TaskCollector(
-        nc, subjects, store, TaskRecorder(store, AuditPublisher(nc.jetstream(), subjects, "t"), None, None)
+        nc, subjects, store, TaskRecorder(store, AuditPublisher(nc, subjects, "t"), None, None)
     )
     task_id = "task_" + uuid.uuid4().hex
     now = int(time.time())
