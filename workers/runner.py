@@ -15,7 +15,6 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -38,6 +37,7 @@ from workers.backends.backend_errors import BackendError, overflow_message
 from workers.backends.base import Backend, Json
 from workers.cancellations import Cancellations
 from workers.coalescer import EmbeddingCoalescer
+from workers.liveness import InFlight, keep_alive
 from workers.openai_shape import normalize
 from workers.telemetry import post_processing, processing, record_inference, record_post_processing
 from workers.worker_settings import WorkerSettings
@@ -49,24 +49,6 @@ class Outcome(enum.Enum):
     ACK = "ack"
     RETRY = "retry"
     TERM = "term"
-
-
-@dataclass
-class _Liveness:
-    msg: Msg
-    writer: ReplyWriter
-    request_id: str
-    attempt: int
-    pulse_to: str | None  # batched liveness for the waiting ingress; None: heartbeat frames
-    progress_at: float = field(default_factory=time.monotonic)
-    pulsed_at: float = field(default_factory=time.monotonic)
-
-    def quiet_since(self) -> float:
-        return max(self.writer.last_sent, self.pulsed_at)
-
-
-# Requests named in one pulse message: ~40 bytes each, well under NATS's default 1 MiB payload.
-_PULSE_BATCH = 2000
 
 
 def _now_ms() -> int:
@@ -100,7 +82,7 @@ class RequestRunner:
         self._cancellations = cancellations
         # Keyed by (request, delivery): a request JetStream redelivered while its first delivery still
         # runs here (its in-progress acks lost in a NATS outage) is two entries, not one overwritten.
-        self._live: dict[tuple[str, int], _Liveness] = {}
+        self._live: dict[tuple[str, int], InFlight] = {}
         self.coalescer = (
             EmbeddingCoalescer(lambda: self._backend, coalesce_ms / 1000, coalesce_max_inputs)
             if coalesce_ms
@@ -150,8 +132,7 @@ class RequestRunner:
         current = asyncio.current_task()
         assert current is not None
         self._cancellations.track(envelope.id, current)
-        pulse_to = Subjects.pulse_for(envelope.reply_to) if envelope.pulse else None
-        self._live[(envelope.id, attempt)] = _Liveness(msg, writer, envelope.id, attempt, pulse_to)
+        self._live[(envelope.id, attempt)] = InFlight.of(msg, writer, envelope, attempt)
         try:
             with processing(envelope, picked_up_ms, self._settings.worker_id):
                 outcome = await self._execute(envelope, writer, picked_up_ms, attempt)
@@ -213,32 +194,8 @@ class RequestRunner:
         return old
 
     async def keep_alive(self) -> None:
-        """One ticker for all requests in flight (cheaper than a timer per request).
-
-        In-progress acks keep JetStream from redelivering a long generation; liveness keeps the
-        ingress from declaring a silent worker lost: one pulse message per waiting ingress naming
-        all its quiet requests (10,000 idle streams cost a few messages a second, not 5,000), or a
-        heartbeat frame per request for a sender that reads no pulses.
-        """
-        tick = min(self._settings.heartbeat_s, self._settings.ack_wait_s / 3) / 2
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            pulses: dict[str, list[tuple[str, int]]] = {}
-            for live in list(self._live.values()):
-                if now - live.progress_at >= self._settings.ack_wait_s / 3:
-                    live.progress_at = now
-                    await live.msg.in_progress()
-                if now - live.quiet_since() < self._settings.heartbeat_s or live.writer.finished:
-                    continue
-                if live.pulse_to is None:
-                    await live.writer.heartbeat()
-                else:
-                    live.pulsed_at = now
-                    pulses.setdefault(live.pulse_to, []).append((live.request_id, live.attempt))
-            for subject, alive in pulses.items():
-                for start in range(0, len(alive), _PULSE_BATCH):
-                    await self._nc.publish(subject, orjson.dumps(alive[start : start + _PULSE_BATCH]))
+        """Progress acks and liveness for every request in flight (workers/liveness.py)."""
+        await keep_alive(self._nc, self._live, self._settings.heartbeat_s, self._settings.ack_wait_s)
 
     async def _settle(self, msg: Msg, outcome: Outcome) -> None:
         if outcome is Outcome.ACK:
