@@ -1,0 +1,68 @@
+"""Fixtures shared by the unit tests: a JetStream namespace of their own on the session's nats-server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from dispatcher.settings import BusSettings
+from dispatcher.subjects import Subjects
+from dispatcher.topology import ensure_streams
+from modelbus.embedded_nats import NatsServer
+from schemas.envelope import Endpoint, RequestEnvelope
+from tests.servers import small_streams
+
+
+@dataclass
+class Bus:
+    nc: NATS
+    js: JetStreamContext
+    subjects: Subjects
+    settings: BusSettings
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    """A connection and the request streams of a fresh namespace (a real nats-server)."""
+    nc = await nats.connect(nats_server.url)
+    subjects = Subjects("u" + uuid.uuid4().hex[:10])
+    settings = BusSettings(
+        nats_url=nats_server.url, namespace=subjects.namespace, ack_wait_s=5, **small_streams()
+    )
+    js = nc.jetstream()
+    await ensure_streams(js, subjects, settings, nc.max_payload, msg_ttl=True)
+    yield Bus(nc, js, subjects, settings)
+    await nc.close()
+
+
+@pytest.fixture
+def make_envelope() -> Callable[..., RequestEnvelope]:
+    """Builds a chat request envelope; keyword arguments override its fields."""
+
+    def build(**fields: Any) -> RequestEnvelope:
+        now = int(time.time() * 1000)
+        values: dict[str, Any] = {
+            "id": "r-" + uuid.uuid4().hex,
+            "endpoint": Endpoint.CHAT,
+            "model": "m",
+            "target": "m",
+            "consumer": "c",
+            "created_ms": now,
+            "deadline_ms": now + 30_000,
+            "reply_to": "unused",
+            "quota": None,
+            "output_guard": None,
+            "payload": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        }
+        values.update(fields)
+        return RequestEnvelope(**values)
+
+    return build
