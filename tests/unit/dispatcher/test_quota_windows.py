@@ -128,7 +128,9 @@ async def test_settling_unknown_usage_keeps_the_reservation(
 ) -> None:
     quotas, limiter, subjects = ledger
     reservation = await limiter.admit("c", [(None, Limits(tokens_per_day=1000))], 300, now=T0)
-    assert reservation == QuotaReservation(counters=[subjects.quota("c", None, "tpd", "20270115")], tokens=300)
+    assert reservation == QuotaReservation(
+        counters=[subjects.quota("c", None, "tpd", "20270115")], tokens=300
+    )
     quotas.settle(reservation, None)  # failed part-way: the backend never said what it used
     quotas.settle(reservation, 300)  # exactly as reserved: nothing to correct
     await quotas.drain()
