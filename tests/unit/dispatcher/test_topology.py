@@ -70,7 +70,9 @@ async def test_a_full_request_stream_refuses_new_requests_and_keeps_the_old(
     nats_server: NatsServer, nc: NATS
 ) -> None:
     js, subjects = nc.jetstream(), _subjects()
-    await ensure_streams(js, subjects, _settings(nats_server, subjects, request_stream_max_msgs=2), 1 << 20, True)
+    await ensure_streams(
+        js, subjects, _settings(nats_server, subjects, request_stream_max_msgs=2), 1 << 20, True
+    )
     for n in range(2):
         await js.publish(subjects.request("m"), f"accepted {n}".encode())
     with pytest.raises(QueueFull):
@@ -143,7 +145,9 @@ async def test_a_restricted_process_creates_nothing(nats_server: NatsServer, nc:
         await ensure_bucket(js, settings, subjects.key_bucket, "keys")  # waited 0 s for it
 
 
-async def test_a_restricted_process_waits_for_the_dispatchers_bucket(nats_server: NatsServer, nc: NATS) -> None:
+async def test_a_restricted_process_waits_for_the_dispatchers_bucket(
+    nats_server: NatsServer, nc: NATS
+) -> None:
     js, subjects = nc.jetstream(), _subjects()
     waiting = asyncio.ensure_future(
         ensure_bucket(js, _settings(nats_server, subjects, manage_topology=False), subjects.key_bucket, "k")
