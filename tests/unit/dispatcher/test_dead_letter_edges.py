@@ -64,10 +64,15 @@ async def test_two_dispatchers_on_one_advisory_leave_one_dead_letter(
     bus: Bus, make_envelope: Callable[..., RequestEnvelope]
 ) -> None:
     envelope = make_envelope(reply_to=bus.subjects.reply("ing", "r"))
+    replies = await _replies(bus, envelope.reply_to)
     ack = await bus.js.publish(bus.subjects.request("m"), envelope.model_dump_json().encode())
     first, second = DeadLetterer(bus.nc, bus.subjects), DeadLetterer(bus.nc, bus.subjects)
     await asyncio.gather(first.dead_letter(ack.seq, 2, "c"), second.dead_letter(ack.seq, 2, "c"))
     assert await _dead_letters(bus) == 1
+    assert first.dead_lettered + second.dead_lettered == 1
+    await asyncio.wait_for(replies.get(), 5)
+    await bus.nc.flush()
+    assert replies.empty()  # the client is told once
 
 
 async def test_a_message_already_gone_is_left_alone(bus: Bus) -> None:
