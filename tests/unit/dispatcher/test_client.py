@@ -160,8 +160,10 @@ async def test_silent_worker_before_relaying_waits_for_a_redelivery(
     second = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=2)
     await second.start("w2", "sim", "default", 0)
     await second.final(TIMINGS, None, "stop", b"{}")
-    frames = await reply.frames(5)
-    assert [(frame.kind, frame.attempt) for frame, _ in frames] == [("start", 2), ("final", 2)]
+    frames: list[tuple[str, int]] = []
+    while not frames or frames[-1][0] != "final":
+        frames += [(frame.kind, frame.attempt) for frame, _ in await reply.frames(5)]
+    assert frames == [("start", 2), ("final", 2)]
     assert reply.start is not None and reply.start.worker == "w2"
 
 

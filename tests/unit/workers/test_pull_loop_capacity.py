@@ -171,7 +171,8 @@ async def test_cancelling_the_drain_cancels_and_still_awaits_the_handlers(bus: B
     await _publish(bus, 1)
     await asyncio.wait_for(started.wait(), 5)
     puller.stop()
-    await asyncio.sleep(0.05)  # run() is now waiting for the handler
+    # run() unsubscribes its pull inbox, then (with no await between) waits for its handlers.
+    await _until(lambda: not any(sub.subject.startswith(puller._inbox) for sub in bus.nc._subs.values()))
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running

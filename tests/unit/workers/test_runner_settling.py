@@ -226,9 +226,11 @@ async def test_the_deadline_passing_during_the_run_is_an_error_and_termed(
 ) -> None:
     h: Harness = await harness(SimulatorBackend(ttft_ms=10_000))
     now = int(time.time() * 1000)
-    await h.run(request_for(h.reply_to, created_ms=now, deadline_ms=now + 300))
+    # Long enough to be picked up before it (under load too), short enough for a quick test.
+    await h.run(request_for(h.reply_to, created_ms=now, deadline_ms=now + 1500))
     assert await h.settlement() == b"+TERM"
-    _, error = await _wait_frames(h, 2)
+    start, error = await _wait_frames(h, 2)
+    assert start.kind == "start"  # it ran: this is the deadline during the run, not before pick-up
     assert error.kind == "error" and error.code is ErrorCode.DEADLINE_EXCEEDED  # type: ignore[union-attr]
 
 
