@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -66,3 +67,17 @@ def make_envelope() -> Callable[..., RequestEnvelope]:
         return RequestEnvelope(**values)
 
     return build
+
+
+async def stop_task(task: asyncio.Future[Any]) -> None:
+    """Cancel a background loop and wait for it to end.
+
+    Cancels again until it ends: on Python 3.11 `asyncio.wait_for` (inside nats-py's requests) loses a
+    cancellation that arrives as its inner call completes, and a loop like `refresh_queues` then runs
+    on (seen once in about ten runs of tests/unit/ingress/test_model_health.py at load average 12).
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]

@@ -21,7 +21,7 @@ from dispatcher.api_keys import (
 )
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig
 from schemas.keys import ApiKeyRecord, ApiKeyView
-from tests.unit.conftest import Bus
+from tests.unit.conftest import Bus, stop_task
 
 CONFIG = ModelbusConfig(
     consumers=[
@@ -128,8 +128,7 @@ async def test_watchers_see_every_key_by_digest_and_revocations_at_once(
         latest = await asyncio.wait_for(seen.get(), 5)
         assert latest[first.hash].revoked_at is not None and latest[second.hash].revoked_at is None
     finally:
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
+        await stop_task(following)
 
 
 def test_config_keys_are_active_until_they_expire() -> None:

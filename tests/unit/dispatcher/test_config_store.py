@@ -11,7 +11,7 @@ import pytest
 from dispatcher.config_file import ConfigError
 from dispatcher.config_store import ConfigStore, load_initial
 from schemas.config import ModelbusConfig, ModelConfig
-from tests.unit.conftest import Bus
+from tests.unit.conftest import Bus, stop_task
 
 ONE = "models:\n  - name: one  # a comment kept as applied\n"
 TWO = "models:\n  - name: two\n"
@@ -78,8 +78,7 @@ async def test_followers_get_the_current_revision_then_valid_new_ones(bus: Bus, 
         assert await asyncio.wait_for(seen.get(), 5) == (["two"], second)
         assert (store.reloads, store.rejected) == (2, 1)
     finally:
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
+        await stop_task(following)
 
 
 async def test_start_up_uses_the_applied_revision_else_the_file(bus: Bus, store: ConfigStore) -> None:

@@ -17,7 +17,7 @@ from ingress.model_health import ModelHealth
 from schemas.capacity import WorkerStatus
 from schemas.config import ModelbusConfig, ModelConfig
 from schemas.envelope import Lane
-from tests.unit.conftest import Bus
+from tests.unit.conftest import Bus, stop_task
 
 CONFIG = ModelbusConfig(models=[ModelConfig(name="m"), ModelConfig(name="idle")])
 
@@ -39,8 +39,7 @@ async def health(bus: Bus) -> AsyncIterator[tuple[ModelHealth, KeyValue]]:
     model_health = ModelHealth(bus.js, bus.subjects, registry, LiveConfig(CONFIG), stale_after_s=30)
     watching = asyncio.ensure_future(model_health.watch_workers())
     yield model_health, registry
-    watching.cancel()
-    await asyncio.gather(watching, return_exceptions=True)
+    await stop_task(watching)
 
 
 async def _until(condition: object) -> None:
@@ -74,8 +73,7 @@ async def test_a_queue_longer_than_the_wait_budget_is_trouble(
     try:
         await _until(lambda: model_health.estimated_wait_s("m") == 1.5)  # 3 queued / 2 slots * 1 s
     finally:
-        refreshing.cancel()
-        await asyncio.gather(refreshing, return_exceptions=True)
+        await stop_task(refreshing)
     assert model_health.trouble(CONFIG.models[0], 1.0) == "wait_over_budget"
     assert model_health.trouble(CONFIG.models[0], 2.0) is None
     assert model_health.trouble(CONFIG.models[0], None) is None  # no budget: it waits

@@ -17,7 +17,7 @@ from dispatcher.reply_stream import Frame, decode_frame
 from dispatcher.topology import ensure_consumer
 from schemas.config import SimulatorBackend
 from schemas.envelope import ErrorCode, RequestEnvelope
-from tests.unit.conftest import Bus
+from tests.unit.conftest import Bus, stop_task
 from workers.backends import build_backend
 from workers.cancellations import Cancellations
 from workers.runner import RequestRunner
@@ -246,8 +246,8 @@ async def test_keep_alive_heartbeats_and_in_progress_acks_a_silent_backend(
         assert await asyncio.wait_for(h.acks.get(), 5) == b"+WPI"
     finally:
         running.cancel()
-        keeping.cancel()
-        await asyncio.gather(running, keeping, return_exceptions=True)
+        await asyncio.gather(running, return_exceptions=True)
+        await stop_task(keeping)
 
 
 async def _frames_until_final(h: Harness) -> AsyncIterator[Frame]:

@@ -14,7 +14,7 @@ from dispatcher.topology import ensure_model_consumers
 from schemas.capacity import WorkerStatus
 from schemas.config import ModelbusConfig, ModelConfig
 from schemas.envelope import Lane
-from tests.unit.conftest import Bus
+from tests.unit.conftest import Bus, stop_task
 
 
 def _gauge(gauge: object, *labels: str) -> float:
@@ -61,5 +61,4 @@ async def test_a_failing_round_does_not_stop_the_refresher(bus: Bus) -> None:
             while rounds < 3:
                 await asyncio.sleep(0.01)
     finally:
-        refreshing.cancel()
-        await asyncio.gather(refreshing, return_exceptions=True)
+        await stop_task(refreshing)
