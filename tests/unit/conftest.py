@@ -12,6 +12,7 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from dispatcher.settings import BusSettings
@@ -81,3 +82,15 @@ async def stop_task(task: asyncio.Future[Any]) -> None:
         await asyncio.wait([task], timeout=0.5)
     if not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
+
+
+async def cancelled_requests(bus: Bus) -> asyncio.Queue[str]:
+    """Ids of the requests whose cancellation is published from now on, as workers receive them."""
+    seen: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_cancel(msg: Msg) -> None:
+        seen.put_nowait(msg.subject.rsplit(".", 1)[-1])
+
+    await bus.nc.subscribe(bus.subjects.all_cancels, cb=on_cancel)
+    await bus.nc.flush()
+    return seen

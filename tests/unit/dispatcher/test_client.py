@@ -9,13 +9,12 @@ from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
-from nats.aio.msg import Msg
 
 from dispatcher.client import BusClient, ReplyStream
 from dispatcher.errors import DeadlineExceeded, Interrupted, RemoteError, RequestTooLarge, WorkerLost
 from dispatcher.reply_stream import ReplyWriter, encode_frame
 from schemas.envelope import ChunkFrame, ErrorCode, FinalFrame, RequestEnvelope, StartFrame, Timings
-from tests.unit.conftest import Bus
+from tests.unit.conftest import Bus, cancelled_requests
 
 TIMINGS = Timings(received_ms=1, picked_up_ms=2, finished_ms=3)
 MakeEnvelope = Callable[..., RequestEnvelope]
@@ -26,18 +25,6 @@ async def client(bus: Bus) -> AsyncIterator[BusClient]:
     bus_client = BusClient(bus.nc, bus.subjects, bus.settings, "ing1", msg_ttl=True)
     await bus_client.start()
     yield bus_client
-
-
-async def _cancels(bus: Bus) -> tuple[asyncio.Queue[str], object]:
-    """Request ids whose cancellation was published, as workers would receive them."""
-    seen: asyncio.Queue[str] = asyncio.Queue()
-
-    async def on_cancel(msg: Msg) -> None:
-        seen.put_nowait(msg.subject.rsplit(".", 1)[-1])
-
-    sub = await bus.nc.subscribe(bus.subjects.all_cancels, cb=on_cancel)
-    await bus.nc.flush()
-    return seen, sub
 
 
 async def _submit(client: BusClient, make_envelope: MakeEnvelope, **fields: object) -> ReplyStream:
@@ -80,7 +67,7 @@ async def test_request_larger_than_a_nats_message_is_refused_and_leaves_no_route
     info = await bus.js.stream_info(bus.subjects.request_stream)
     assert info.state.messages == 0
     # No waiting route: a frame for it is a stray, which is cancelled.
-    cancels, _ = await _cancels(bus)
+    cancels = await cancelled_requests(bus)
     await bus.nc.publish(client.reply_subject(envelope.id), b"junk")
     assert await asyncio.wait_for(cancels.get(), 5) == envelope.id
 
@@ -206,7 +193,7 @@ async def test_undecodable_frames_are_dropped(
 async def test_cancel_is_sent_once_and_not_after_the_answer(
     bus: Bus, client: BusClient, make_envelope: MakeEnvelope
 ) -> None:
-    cancels, _ = await _cancels(bus)
+    cancels = await cancelled_requests(bus)
     reply = await _submit(client, make_envelope)
     await reply.cancel()
     await reply.cancel()
@@ -222,7 +209,7 @@ async def test_cancel_is_sent_once_and_not_after_the_answer(
 async def test_a_stray_reply_cancels_its_worker_once(
     bus: Bus, client: BusClient, make_envelope: MakeEnvelope
 ) -> None:
-    cancels, _ = await _cancels(bus)
+    cancels = await cancelled_requests(bus)
     reply = await _submit(client, make_envelope)
     await reply.close()  # the client left: nobody reads this request's frames any more
     writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
@@ -239,7 +226,7 @@ async def test_a_shared_inbox_does_not_cancel_other_readers_requests(
 ) -> None:
     shared = BusClient(bus.nc, bus.subjects, bus.settings, "disp", msg_ttl=True, shared_inbox=True)
     await shared.start()
-    cancels, _ = await _cancels(bus)
+    cancels = await cancelled_requests(bus)
     await bus.nc.publish(shared.reply_subject("someone-elses"), b"x")
     await bus.nc.flush()
     await asyncio.sleep(0.1)

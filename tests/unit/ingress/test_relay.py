@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 import pytest
-from nats.aio.msg import Msg
 from starlette.requests import Request
 from starlette.types import Message
 
@@ -23,7 +22,7 @@ from ingress.settings import IngressSettings
 from schemas.endpoints import ENDPOINTS
 from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.traffic import RouteNeeds
-from tests.unit.conftest import Bus
+from tests.unit.conftest import Bus, cancelled_requests
 
 TIMINGS = Timings(received_ms=1, picked_up_ms=2, finished_ms=3)
 CHAT = ENDPOINTS[Endpoint.CHAT]
@@ -64,17 +63,6 @@ async def _submit(client: BusClient, make_envelope: Callable[..., RequestEnvelop
     return await client.submit(envelope.model_copy(update={"reply_to": client.reply_subject(envelope.id)}))
 
 
-async def _cancels(bus: Bus) -> asyncio.Queue[str]:
-    seen: asyncio.Queue[str] = asyncio.Queue()
-
-    async def on_cancel(msg: Msg) -> None:
-        seen.put_nowait(msg.subject.rsplit(".", 1)[-1])
-
-    await bus.nc.subscribe(bus.subjects.all_cancels, cb=on_cancel)
-    await bus.nc.flush()
-    return seen
-
-
 def _draft() -> AuditDraft:
     return AuditDraft("rid", "chat", 0)
 
@@ -111,7 +99,7 @@ async def test_worker_error_is_raised_and_the_worker_told_to_stop(
 ) -> None:
     relay_, client = relay
     reply = await _submit(client, make_envelope)
-    cancels = await _cancels(bus)
+    cancels = await cancelled_requests(bus)
     await ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1).error(
         ErrorCode.BACKEND_ERROR, "boom", 502, retryable=False
     )
@@ -127,7 +115,7 @@ async def test_client_that_leaves_gets_499_and_its_worker_is_cancelled(
 ) -> None:
     relay_, client = relay
     reply = await _submit(client, make_envelope)
-    cancels = await _cancels(bus)
+    cancels = await cancelled_requests(bus)
     caller = Client()
     draft = _draft()
     answering = asyncio.ensure_future(relay_._complete(caller.request, reply, draft))
