@@ -13,7 +13,7 @@ import logging
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from pydantic import ValidationError
 
 from dispatcher.bus.reply_stream import encode_frame
@@ -21,6 +21,8 @@ from dispatcher.bus.subjects import Subjects
 from schemas.envelope import ErrorCode, ErrorFrame, RequestEnvelope
 
 log = logging.getLogger(__name__)
+# JSNoMessageFoundErr: nats-server 2.15 answers a delete of a message already gone with code 500.
+_NO_MESSAGE = 10057
 
 
 class DeadLetterer:
@@ -69,8 +71,10 @@ class DeadLetterer:
         await self._js.publish(self._subjects.dead_letter(model), raw.data or b"", headers=headers)
         try:
             await self._js.delete_msg(stream, seq)
-        except NotFoundError:
-            pass
+        except APIError as exc:
+            if not isinstance(exc, NotFoundError) and exc.err_code != _NO_MESSAGE:
+                raise
+            return  # another dispatcher moved it first (the copy above was deduplicated) and replied
         self.dead_lettered += 1
         log.warning("request seq %d dead-lettered after %d deliveries", seq, deliveries)
         if envelope is not None:

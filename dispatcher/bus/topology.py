@@ -13,7 +13,7 @@ import dataclasses
 import logging
 
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from dispatcher.bus.bus_settings import BusSettings
@@ -25,6 +25,9 @@ from schemas.envelope import Lane
 log = logging.getLogger(__name__)
 
 _DEAD_LETTER_MAX_AGE_S = 14 * 24 * 3600
+# JSStreamInvalidConfigF: an update that cannot apply in place (storage, retention to or from a work
+# queue). nats-server 2.15 sends it with code 500, not 400 (tests/unit/dispatcher/test_topology.py).
+_CANNOT_UPDATE = 10052
 # How long the collector may be away before undelivered audit events and task replies expire: a
 # week covers a Postgres outage over a long weekend with margin, and task records live as long.
 _OUTAGE_BUFFER_S = 7 * 24 * 3600
@@ -275,7 +278,9 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
             pass  # another process created it between our two calls
     try:
         await js.update_stream(config)
-    except BadRequestError as exc:
+    except APIError as exc:
+        if not isinstance(exc, BadRequestError) and exc.err_code != _CANNOT_UPDATE:
+            raise
         # Some settings (retention, storage) cannot change in place; keep serving on the old ones.
         log.warning("stream %s kept its existing configuration: %s", config.name, exc.description)
 
