@@ -15,12 +15,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
-from dispatcher.topology import ensure_streams
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.subjects import Subjects
+from dispatcher.bus.topology import ensure_streams
 from modelbus.embedded_nats import NatsServer
 from schemas.envelope import Endpoint, RequestEnvelope
-from tests.servers import small_streams
+from tests.support.servers import small_streams
 
 
 @dataclass

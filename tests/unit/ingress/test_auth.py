@@ -11,11 +11,11 @@ import pytest
 from starlette.requests import Request
 
 from dispatcher.admission.live_config import LiveConfig
-from dispatcher.api_keys import hash_key, new_key
-from ingress.audit import AuditDraft
+from dispatcher.policy.api_keys import hash_key, new_key
+from ingress.audit_events import AuditDraft
 from ingress.auth import authenticate, require_admin, require_batch
-from ingress.errors import APIError
-from ingress.keys import KeyRing
+from ingress.error_responses import APIError
+from ingress.key_lookup import KeyRing
 from schemas.config import ApiKey, ConsumerConfig, ModelbusConfig
 from schemas.keys import ApiKeyRecord
 from schemas.policy import RoleConfig

@@ -11,8 +11,8 @@ import pytest
 from nats.js.kv import KeyValue
 
 from dispatcher.admission.live_config import LiveConfig
-from dispatcher.capacity import open_registry
-from dispatcher.topology import ensure_model_consumers
+from dispatcher.bus.topology import ensure_model_consumers
+from dispatcher.scheduling.capacity_view import open_registry
 from ingress.model_health import ModelHealth
 from schemas.capacity import WorkerStatus
 from schemas.config import ModelbusConfig, ModelConfig

@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ingress.oidc import OidcVerifier, TokenRejected, looks_like_jwt
+from ingress.error_responses import TokenRejected
+from ingress.oidc import OidcVerifier, looks_like_jwt
 from schemas.policy import OidcIssuerConfig
 
 ISSUER = "https://idp.example"

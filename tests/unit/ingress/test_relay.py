@@ -12,15 +12,15 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from dispatcher.client import BusClient, ReplyStream
+from dispatcher.bus.client import BusClient, ReplyStream
+from dispatcher.bus.reply_stream import ReplyWriter
 from dispatcher.errors import RemoteError
-from dispatcher.reply_stream import ReplyWriter
-from ingress.audit import AuditDraft
-from ingress.errors import APIError
+from ingress.audit_events import AuditDraft
+from ingress.error_responses import APIError
+from ingress.ingress_settings import IngressSettings
 from ingress.relay import Relay, _route_needs
-from ingress.settings import IngressSettings
 from schemas.endpoints import ENDPOINTS
-from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
+from schemas.envelope import Endpoint, ErrorCode, Pickup, RequestEnvelope, Timings
 from schemas.traffic import RouteNeeds
 from tests.unit.conftest import Bus, cancelled_requests
 
@@ -78,7 +78,7 @@ async def test_plain_call_answers_the_final_body_with_the_worker_named(
     relay_, client = relay
     reply = await _submit(client, make_envelope)
     writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
-    await writer.start("w1", "sim", "v2", 12)
+    await writer.start(Pickup(worker="w1", backend="sim", version="v2", queue_ms=12), announce=True)
     await writer.final(TIMINGS, None, "stop", b'{"id":"x"}', guard_events=["pii:mask"])
     draft = _draft()
     response = await relay_._complete(Client().request, reply, draft)
@@ -119,7 +119,9 @@ async def test_client_that_leaves_gets_499_and_its_worker_is_cancelled(
     caller = Client()
     draft = _draft()
     answering = asyncio.ensure_future(relay_._complete(caller.request, reply, draft))
-    await ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1).start("w1", "sim", "default", 0)
+    await ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1).start(
+        Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True
+    )
     caller.gone.set()
     response = await asyncio.wait_for(answering, 5)
     assert response.status_code == 499
@@ -133,7 +135,7 @@ async def test_stream_sends_each_chunk_line_as_one_event_then_done(
     relay_, client = relay
     reply = await _submit(client, make_envelope)
     writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
-    await writer.start("w1", "sim", "default", 3)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=3), announce=True)
     await writer.chunks([b'{"n":1}', b'{"n":2}'])
     await writer.chunks([b'{"n":3}'])
     await writer.final(TIMINGS, None, "stop")
@@ -152,7 +154,7 @@ async def test_stream_error_after_the_first_token_is_an_error_event(
     relay_, client = relay
     reply = await _submit(client, make_envelope)
     writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
-    await writer.start("w1", "sim", "default", 0)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True)
     await writer.chunks([b'{"n":1}'])
     response = await relay_._stream(Client().request, reply, _draft(), CHAT)
     await writer.error(ErrorCode.BACKEND_ERROR, "backend fell over", 502, retryable=True)

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from ingress.body import read_body
-from ingress.errors import APIError
+from ingress.error_responses import APIError
 from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event, named_event
 from schemas.openai import error_body
 

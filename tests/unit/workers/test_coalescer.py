@@ -12,7 +12,8 @@ import pytest
 from schemas.config import SimulatorBackend
 from schemas.envelope import Endpoint
 from workers.backends import build_backend
-from workers.backends.base import Backend, BackendError
+from workers.backends.backend_errors import BackendError
+from workers.backends.base import Backend
 from workers.coalescer import EmbeddingCoalescer
 
 

@@ -1,4 +1,4 @@
-"""workers/pull_loop.py beyond tests/workers/test_pull_loop.py: the invariant of its docstring
+"""workers/pull_loop.py beyond tests/unit/workers/test_pull_loop.py: the invariant of its docstring
 (in flight + owed <= capacity at every moment), the batch lane's share and priority, a failing
 handler, and cancellation during the drain; on a real nats-server."""
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from nats.aio.msg import Msg
 
-from dispatcher.topology import ensure_consumer
+from dispatcher.bus.topology import ensure_consumer
 from schemas.envelope import Lane
 from tests.unit.conftest import Bus
 from workers.pull_loop import CapacityPuller

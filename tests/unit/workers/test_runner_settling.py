@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
-from dispatcher.reply_stream import Frame, decode_frame
-from dispatcher.topology import ensure_consumer
+from dispatcher.bus.reply_stream import Frame, decode_frame
+from dispatcher.bus.topology import ensure_consumer
 from schemas.config import SimulatorBackend
 from schemas.envelope import ErrorCode, RequestEnvelope
 from tests.unit.conftest import Bus, stop_task
 from workers.backends import build_backend
 from workers.cancellations import Cancellations
 from workers.runner import RequestRunner
-from workers.settings import WorkerSettings
+from workers.worker_settings import WorkerSettings
 
 
 @dataclass
@@ -107,6 +107,11 @@ def request_for(make_envelope: Callable[..., RequestEnvelope]) -> Callable[..., 
     return build
 
 
+def _streamed(request_for: Any, h: Harness, **fields: Any) -> RequestEnvelope:
+    payload = {"model": "m", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    return request_for(h.reply_to, stream=True, payload=payload, **fields)  # type: ignore[no-any-return]
+
+
 async def _wait_frames(h: Harness, count: int) -> list[Frame]:
     got: list[Frame] = []
     while len(got) < count:
@@ -118,7 +123,7 @@ async def test_an_answered_request_is_acked(harness: Any, request_for: Any) -> N
     h: Harness = await harness()
     await h.run(request_for(h.reply_to))
     assert await h.settlement() == b"+ACK"
-    assert [frame.kind for frame in await _wait_frames(h, 2)] == ["start", "final"]
+    assert [frame.kind for frame in await _wait_frames(h, 1)] == ["final"]  # plain: no start frame
     assert h.runner.served == 1 and h.runner.in_flight == 0
 
 
@@ -139,7 +144,7 @@ async def test_a_request_at_fault_is_answered_with_its_error_and_acked(
     h: Harness = await harness(SimulatorBackend(ttft_ms=1, context_length=2))
     await h.run(request_for(h.reply_to))
     assert await h.settlement() == b"+ACK"  # retrying elsewhere would fail the same way
-    _, error = await _wait_frames(h, 2)
+    [error] = await _wait_frames(h, 1)
     assert error.kind == "error" and error.code is ErrorCode.INVALID_REQUEST  # type: ignore[union-attr]
     assert error.status == 400 and not error.retryable  # type: ignore[union-attr]
 
@@ -152,7 +157,7 @@ async def test_backend_unavailable_with_deliveries_left_is_naked_with_a_delay_an
     ack = await h.settlement()
     assert ack.startswith(b"-NAK") and b"delay" in ack
     await h.bus.nc.flush()
-    assert [frame.kind for frame in h.sent()] == ["start"]  # the ingress keeps waiting
+    assert h.sent() == []  # nothing: the ingress keeps waiting for the redelivery
     assert h.runner.served == 0
 
 
@@ -162,7 +167,7 @@ async def test_backend_unavailable_on_the_last_delivery_is_an_error_and_termed(
     h: Harness = await harness(SimulatorBackend(ttft_ms=1, error_rate=1.0), max_deliver=1)
     await h.run(request_for(h.reply_to))
     assert await h.settlement() == b"+TERM"
-    _, error = await _wait_frames(h, 2)
+    [error] = await _wait_frames(h, 1)
     assert error.kind == "error" and error.code is ErrorCode.BACKEND_UNAVAILABLE  # type: ignore[union-attr]
     assert error.retryable  # type: ignore[union-attr]
 
@@ -199,7 +204,7 @@ async def test_an_undecodable_message_is_termed_without_an_answer(harness: Any) 
 
 async def test_a_cancel_from_the_ingress_stops_the_run_and_terms_it(harness: Any, request_for: Any) -> None:
     h: Harness = await harness(SimulatorBackend(ttft_ms=10_000))
-    envelope = request_for(h.reply_to)
+    envelope = _streamed(request_for, h)  # a stream's start frame says it was picked up
     running = asyncio.ensure_future(h.run(envelope))
     [start] = await _wait_frames(h, 1)
     assert start.kind == "start"
@@ -212,8 +217,8 @@ async def test_a_cancel_from_the_ingress_stops_the_run_and_terms_it(harness: Any
 
 async def test_a_stopping_worker_hands_the_request_back_at_once(harness: Any, request_for: Any) -> None:
     h: Harness = await harness(SimulatorBackend(ttft_ms=10_000))
-    running = asyncio.ensure_future(h.run(request_for(h.reply_to)))
-    await _wait_frames(h, 1)
+    running = asyncio.ensure_future(h.run(_streamed(request_for, h)))
+    await _wait_frames(h, 1)  # its start frame: running
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
@@ -227,7 +232,7 @@ async def test_the_deadline_passing_during_the_run_is_an_error_and_termed(
     h: Harness = await harness(SimulatorBackend(ttft_ms=10_000))
     now = int(time.time() * 1000)
     # Long enough to be picked up before it (under load too), short enough for a quick test.
-    await h.run(request_for(h.reply_to, created_ms=now, deadline_ms=now + 1500))
+    await h.run(_streamed(request_for, h, created_ms=now, deadline_ms=now + 1500))
     assert await h.settlement() == b"+TERM"
     start, error = await _wait_frames(h, 2)
     assert start.kind == "start"  # it ran: this is the deadline during the run, not before pick-up
@@ -242,7 +247,7 @@ async def test_keep_alive_heartbeats_and_in_progress_acks_a_silent_backend(
     running = asyncio.ensure_future(h.run(request_for(h.reply_to)))
     try:
         kinds = [frame.kind for frame in await _wait_frames(h, 3)]
-        assert kinds == ["start", "heartbeat", "heartbeat"]
+        assert kinds == ["heartbeat", "heartbeat", "heartbeat"]  # no pulses asked for
         assert await asyncio.wait_for(h.acks.get(), 5) == b"+WPI"
     finally:
         running.cancel()

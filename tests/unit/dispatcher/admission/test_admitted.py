@@ -8,7 +8,7 @@ import orjson
 
 from dispatcher.admission.admitted import SYSTEM_CONSUMER, Admitted, envelope_for
 from dispatcher.admission.identity import Identity
-from dispatcher.admission.quota import Held
+from dispatcher.admission.quota_gate import Held
 from schemas.config import ModelConfig
 from schemas.endpoints import ENDPOINTS
 from schemas.envelope import Endpoint, Lane, OutputGuardrails, QuotaReservation

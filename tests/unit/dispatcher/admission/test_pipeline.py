@@ -19,11 +19,11 @@ from dispatcher.admission.guardrails import Guardrails
 from dispatcher.admission.identity import Identity, identity_for
 from dispatcher.admission.live_config import LiveConfig
 from dispatcher.admission.pipeline import Admission, AuditNotes, Submission
-from dispatcher.admission.quota import QuotaGate
+from dispatcher.admission.quota_gate import QuotaGate
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.subjects import Subjects
 from dispatcher.errors import Forbidden, InvalidRequest, NotFound, OverLimit, PolicyViolation
-from dispatcher.quotas import Limiter, QuotaLedger
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
+from dispatcher.policy.quotas import Limiter, QuotaLedger
 from modelbus.embedded_nats import NatsServer
 from schemas.config import ConsumerConfig, ModelbusConfig, ModelConfig
 from schemas.endpoints import ENDPOINTS

@@ -13,10 +13,10 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from dispatcher.audit.ledger import AuditStore
 from dispatcher.audit.sink import AuditSink
-from dispatcher.audit.store import AuditStore
-from dispatcher.db.engine import create_engine
-from dispatcher.db.migrate import upgrade
+from dispatcher.store.database import create_engine
+from dispatcher.store.migrate import upgrade
 from schemas.audit import AuditEvent, AuditStatus
 from tests.unit.conftest import Bus
 

@@ -7,10 +7,10 @@ import asyncio
 import time
 import uuid
 
-from dispatcher.capacity import open_registry
+from dispatcher.bus.topology import ensure_model_consumers
+from dispatcher.scheduling.capacity_view import open_registry
 from dispatcher.telemetry import metrics
 from dispatcher.telemetry.lag import _refresh_once, refresh_lag
-from dispatcher.topology import ensure_model_consumers
 from schemas.capacity import WorkerStatus
 from schemas.config import ModelbusConfig, ModelConfig
 from schemas.envelope import Lane

@@ -1,4 +1,4 @@
-"""dispatcher/api_keys.py on a real nats-server's KV bucket: only digests are stored, the key never
+"""dispatcher/policy/api_keys.py on a real nats-server's KV bucket: only digests are stored, the key never
 appears in a record, its repr or the logs, ids are never reused, revocation keeps the record and
 reaches watchers."""
 
@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dispatcher.api_keys import (
+from dispatcher.policy.api_keys import (
     KEY_PREFIX,
     KeyExists,
     KeyNotFound,

@@ -1,4 +1,4 @@
-"""dispatcher/client.py against a real nats-server: the durable publish, and a reply stream's order,
+"""dispatcher/bus/client.py against a real nats-server: the durable publish, and a reply stream's order,
 errors, deadline, worker liveness, interruption and stray replies."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable
 import orjson
 import pytest
 
-from dispatcher.client import BusClient, ReplyStream
+from dispatcher.bus.client import BusClient, ReplyStream
+from dispatcher.bus.reply_stream import ReplyWriter, encode_frame
 from dispatcher.errors import DeadlineExceeded, Interrupted, RemoteError, RequestTooLarge, WorkerLost
-from dispatcher.reply_stream import ReplyWriter, encode_frame
-from schemas.envelope import ChunkFrame, ErrorCode, FinalFrame, RequestEnvelope, StartFrame, Timings
+from schemas.envelope import ChunkFrame, ErrorCode, FinalFrame, Pickup, RequestEnvelope, StartFrame, Timings
 from tests.unit.conftest import Bus, cancelled_requests
 
 TIMINGS = Timings(received_ms=1, picked_up_ms=2, finished_ms=3)
@@ -96,7 +96,7 @@ async def test_frames_before_an_error_are_delivered_then_the_error_raised(
 ) -> None:
     reply = await _submit(client, make_envelope)
     writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
-    await writer.start("w1", "sim", "default", 0)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True)
     await writer.chunks([b"{}"])
     await writer.error(ErrorCode.BACKEND_ERROR, "it broke", 502, retryable=True, api_code="server_error")
     await bus.nc.flush()
@@ -125,7 +125,7 @@ async def test_silent_worker_after_relaying_is_lost(
     client.idle_timeout_s = 0.3
     reply = await _submit(client, make_envelope)
     writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
-    await writer.start("w1", "sim", "default", 0)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True)
     await writer.chunks([b"{}"])
     while not any(frame.kind == "chunk" for frame, _ in await reply.frames(5)):
         pass
@@ -140,12 +140,12 @@ async def test_silent_worker_before_relaying_waits_for_a_redelivery(
     client.idle_timeout_s = 0.2
     reply = await _submit(client, make_envelope)
     first = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
-    await first.start("w1", "sim", "default", 0)
+    await first.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True)
     assert [frame.kind for frame, _ in await reply.frames(5)] == ["start"]
     # Silent past the idle timeout, nothing relayed: not an error, JetStream will redeliver.
     assert await reply.frames(0.6) == []
     second = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=2)
-    await second.start("w2", "sim", "default", 0)
+    await second.start(Pickup(worker="w2", backend="sim", version="default", queue_ms=0), announce=True)
     await second.final(TIMINGS, None, "stop", b"{}")
     frames: list[tuple[str, int]] = []
     while not frames or frames[-1][0] != "final":
@@ -159,13 +159,13 @@ async def test_redelivery_after_part_of_the_answer_was_relayed_is_an_error(
 ) -> None:
     reply = await _submit(client, make_envelope)
     first = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
-    await first.start("w1", "sim", "default", 0)
+    await first.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True)
     await first.chunks([b"{}"])
     while not any(frame.kind == "chunk" for frame, _ in await reply.frames(5)):
         pass
     reply.mark_relayed()
     second = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=2)
-    await second.start("w2", "sim", "default", 0)
+    await second.start(Pickup(worker="w2", backend="sim", version="default", queue_ms=0), announce=True)
     with pytest.raises(WorkerLost):
         await reply.frames(5)
 
@@ -213,7 +213,7 @@ async def test_a_stray_reply_cancels_its_worker_once(
     reply = await _submit(client, make_envelope)
     await reply.close()  # the client left: nobody reads this request's frames any more
     writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
-    await writer.start("w1", "sim", "default", 0)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True)
     await writer.heartbeat()
     assert await asyncio.wait_for(cancels.get(), 5) == reply.request_id
     await bus.nc.flush()

@@ -1,11 +1,11 @@
-"""dispatcher/reply_stream.py, the worker side: `ReplyWriter` numbers frames per attempt and, for an
+"""dispatcher/bus/reply_stream.py, the worker side: `ReplyWriter` numbers frames per attempt and, for an
 async task, ends the reply through JetStream (so the outcome is stored, once). The sequencer's
-ordering rules are covered in tests/dispatcher/test_reply_stream.py."""
+ordering rules are covered in tests/unit/dispatcher/bus/test_reply_stream.py."""
 
 from __future__ import annotations
 
-from dispatcher.reply_stream import ReplyWriter, decode_frame
-from schemas.envelope import ErrorCode, Timings
+from dispatcher.bus.reply_stream import ReplyWriter, decode_frame
+from schemas.envelope import ErrorCode, Pickup, Timings
 from schemas.openai import Usage
 from tests.unit.conftest import Bus
 
@@ -16,7 +16,7 @@ async def test_frames_of_one_attempt_are_numbered_from_zero_and_heartbeats_are_n
     subject = bus.subjects.reply("ing", "r1")
     sub = await bus.nc.subscribe(subject)
     writer = ReplyWriter(bus.nc, subject, attempt=3)
-    await writer.start("w1", "sim", "default", 5)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=5), announce=True)
     await writer.heartbeat()
     await writer.chunks([b'{"a":1}', b'{"a":2}'])
     await writer.chunks([])  # nothing to send: no frame, no sequence number used
@@ -36,7 +36,7 @@ async def test_frames_of_one_attempt_are_numbered_from_zero_and_heartbeats_are_n
 
 async def test_sent_data_turns_on_with_the_first_chunk_only(bus: Bus) -> None:
     writer = ReplyWriter(bus.nc, bus.subjects.reply("ing", "r2"), attempt=1)
-    await writer.start("w1", "sim", "default", 0)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True)
     await writer.heartbeat()
     await writer.chunks([])
     assert not writer.sent_data  # a retry elsewhere would still be invisible to the client
@@ -63,7 +63,7 @@ async def test_an_error_frame_finishes_the_reply_with_its_details(bus: Bus) -> N
 async def test_a_task_reply_ends_through_jetstream_and_is_stored_once(bus: Bus) -> None:
     subject = bus.subjects.task_reply("task-1")
     writer = ReplyWriter(bus.nc, subject, attempt=1, js=bus.js)
-    await writer.start("w1", "sim", "default", 0)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True)
     await writer.final(TIMINGS, None, "stop", b'{"ok":true}')
     stored = await bus.js.get_last_msg(bus.subjects.task_reply_stream, subject)
     frame, payload = decode_frame(stored.data)

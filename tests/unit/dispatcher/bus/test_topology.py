@@ -1,4 +1,4 @@
-"""dispatcher/topology.py on a real nats-server: creation is idempotent and updates what can change,
+"""dispatcher/bus/topology.py on a real nats-server: creation is idempotent and updates what can change,
 a full request stream refuses new work instead of evicting accepted work, a restricted process
 creates nothing and waits for the dispatcher's buckets."""
 
@@ -15,21 +15,21 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from dispatcher.connection import publish_durably
-from dispatcher.errors import QueueFull
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
-from dispatcher.topology import (
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.connection import publish_durably
+from dispatcher.bus.subjects import Subjects
+from dispatcher.bus.topology import (
     ensure_bucket,
     ensure_consumer,
     ensure_model_consumers,
     ensure_streams,
     request_stream_config,
 )
+from dispatcher.errors import QueueFull
 from modelbus.embedded_nats import NatsServer
 from schemas.config import ModelbusConfig, ModelConfig, VersionConfig
 from schemas.envelope import Lane
-from tests.servers import small_streams
+from tests.support.servers import small_streams
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ async def test_an_unchangeable_setting_keeps_the_existing_stream(
     config = request_stream_config(subjects, settings, nc.max_payload, msg_ttl=False)
     config.storage = api.StorageType.MEMORY
     await js.add_stream(config)
-    with caplog.at_level(logging.WARNING, logger="dispatcher.topology"):
+    with caplog.at_level(logging.WARNING, logger="dispatcher.bus.topology"):
         await ensure_streams(js, subjects, settings, nc.max_payload, msg_ttl=True)
     info = await js.stream_info(subjects.request_stream)
     assert info.config.storage == api.StorageType.MEMORY

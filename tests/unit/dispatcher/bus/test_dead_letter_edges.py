@@ -1,4 +1,4 @@
-"""dispatcher/dead_letters.py beyond the end-to-end path in tests/dispatcher/test_dead_letters.py:
+"""dispatcher/bus/dead_letters.py beyond the end-to-end path in tests/unit/dispatcher/bus/test_dead_letters.py:
 what is copied where, undecodable requests, two dispatchers handling one advisory, messages already
 gone, unreadable advisories; on a real nats-server."""
 
@@ -10,8 +10,8 @@ from collections.abc import Callable
 import orjson
 from nats.aio.msg import Msg
 
-from dispatcher.dead_letters import DeadLetterer
-from dispatcher.reply_stream import decode_frame
+from dispatcher.bus.dead_letters import DeadLetterer
+from dispatcher.bus.reply_stream import decode_frame
 from schemas.envelope import ErrorCode, RequestEnvelope
 from tests.unit.conftest import Bus
 

@@ -1,4 +1,4 @@
-"""dispatcher/quotas.py beyond tests/dispatcher/test_quotas.py: Retry-After is exactly when the request
+"""dispatcher/policy/quotas.py beyond tests/unit/dispatcher/policy/test_quotas.py: Retry-After is exactly when the request
 fits, calendar months roll over the year, counters are per consumer, settlement edge cases, and the
 limiter fails closed without its counters; on a real nats-server's JetStream counters."""
 
@@ -11,9 +11,16 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 
-from dispatcher.quotas import COST_UNIT, Limiter, QuotaExceeded, QuotaLedger, QuotaUnavailable, cost_counters
-from dispatcher.settings import BusSettings
-from dispatcher.subjects import Subjects
+from dispatcher.bus.bus_settings import BusSettings
+from dispatcher.bus.subjects import Subjects
+from dispatcher.policy.quotas import (
+    COST_UNIT,
+    Limiter,
+    QuotaExceeded,
+    QuotaLedger,
+    QuotaUnavailable,
+    cost_counters,
+)
 from modelbus.embedded_nats import NatsServer
 from schemas.envelope import QuotaReservation
 from schemas.policy import Limits

@@ -1,4 +1,4 @@
-"""dispatcher/stored_responses.py on a real KV bucket: a response is only ever its owner's, deletion
+"""dispatcher/caching/stored_responses.py on a real KV bucket: a response is only ever its owner's, deletion
 leaves no content, a continuation is the stored conversation then the new input, and one too large
 for a NATS message is reported as not stored."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from dispatcher.caching.stored_responses import ResponseStore
 from dispatcher.errors import InvalidRequest
-from dispatcher.stored_responses import ResponseStore
 from schemas.dialects import StoredResponse
 from tests.unit.conftest import Bus
 

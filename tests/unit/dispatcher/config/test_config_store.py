@@ -1,4 +1,4 @@
-"""dispatcher/config_store.py on a real nats-server's KV bucket: an invalid revision is never stored,
+"""dispatcher/config/config_store.py on a real nats-server's KV bucket: an invalid revision is never stored,
 compare-and-set applies, exactly one of two racing starts stores its configuration, history keeps the
 text as applied, followers skip a revision that does not validate."""
 
@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from dispatcher.config_file import ConfigError
-from dispatcher.config_store import ConfigStore, load_initial
+from dispatcher.config.config_store import ConfigStore, load_initial
+from dispatcher.errors import ConfigError
 from schemas.config import ModelbusConfig, ModelConfig
 from tests.unit.conftest import Bus, stop_task
 

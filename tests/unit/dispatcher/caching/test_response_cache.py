@@ -1,9 +1,9 @@
-"""dispatcher/response_cache.py on a real KV bucket: the key ignores only what does not change an
+"""dispatcher/caching/response_cache.py on a real KV bucket: the key ignores only what does not change an
 answer's meaning, and includes the model."""
 
 from __future__ import annotations
 
-from dispatcher.response_cache import ResponseCache, cache_key
+from dispatcher.caching.response_cache import ResponseCache, cache_key
 from tests.unit.conftest import Bus
 
 ASK = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}

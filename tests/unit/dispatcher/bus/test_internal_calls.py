@@ -1,4 +1,4 @@
-"""dispatcher/internal_calls.py on a real nats-server: the gateway's own requests (classifier,
+"""dispatcher/bus/internal_calls.py on a real nats-server: the gateway's own requests (classifier,
 semantic cache) get the final body, or None — never an exception — when the model fails, is absent
 or too slow."""
 
@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from dispatcher.admission.admitted import SYSTEM_CONSUMER
-from dispatcher.client import BusClient
-from dispatcher.internal_calls import ask
-from dispatcher.reply_stream import ReplyWriter
+from dispatcher.bus.client import BusClient
+from dispatcher.bus.internal_calls import ask
+from dispatcher.bus.reply_stream import ReplyWriter
 from schemas.config import ModelConfig
-from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
+from schemas.envelope import Endpoint, ErrorCode, Pickup, RequestEnvelope, Timings
 from tests.unit.conftest import Bus
 
 MODEL = ModelConfig(name="m", endpoints=[Endpoint.CHAT, Endpoint.EMBEDDINGS])
@@ -38,7 +38,7 @@ async def _worker(bus: Bus, answer: str) -> RequestEnvelope:
             await asyncio.sleep(0.01)
     envelope = RequestEnvelope.model_validate_json(msg.data)
     writer = ReplyWriter(bus.nc, envelope.reply_to, attempt=1)
-    await writer.start("w1", "sim", "default", 0)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True)
     if answer == "final":
         await writer.final(TIMINGS, None, "stop", b'{"data":[]}')
     else:

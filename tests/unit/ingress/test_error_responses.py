@@ -1,4 +1,4 @@
-"""ingress/errors.py: the one mapping from bus failures to HTTP, and the handlers that give every
+"""ingress/error_responses.py: the one mapping from bus failures to HTTP, and the handlers that give every
 error OpenAI's shape (Anthropic's on /v1/messages), driven through a real ASGI app."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dispatcher.errors import (
     Unauthenticated,
     WorkerLost,
 )
-from ingress.errors import APIError, from_bus_error, install_error_handlers
+from ingress.error_responses import APIError, from_bus_error, install_error_handlers
 from schemas.envelope import ErrorCode
 
 
