@@ -124,7 +124,7 @@ def ingress(
     """Run one ingress (HTTP API) process. Settings come from MODELBUS_* variables."""
     import uvicorn
 
-    from ingress.app import create_app
+    from ingress.app import create_edge
     from ingress.http_limits import limited_protocol
     from ingress.ingress_settings import IngressSettings
 
@@ -133,7 +133,7 @@ def ingress(
     settings = IngressSettings(**overrides)  # type: ignore[arg-type]
     _logging(log_level, settings)
     try:
-        application = create_app(settings)
+        application = create_edge(settings)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     uvicorn.run(
