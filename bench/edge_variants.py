@@ -34,7 +34,7 @@ if _VARIANT == "syncdep":
         return found
 
     ingress.deps.services = _sync_services  # type: ignore[assignment]
-    ingress.deps.ServicesDep = Annotated[ingress.deps.Services, Depends(_sync_services)]  # type: ignore[misc]
+    ingress.deps.ServicesDep = Annotated[ingress.deps.Services, Depends(_sync_services)]  # type: ignore[assignment]
 
 from ingress.app import create_app, create_edge
 from ingress.http_limits import limited_protocol
