@@ -8,7 +8,7 @@ One `modelbus up` stack (bench/stack.py `start_deployed`: nats-server, dispatche
 sink into Postgres, one worker) and one more ingress process per variant (bench/edge_variants.py)
 on the same bus and database, all launched the same way. The stack's own ingress is the variant
 `deployed`, kept out of the default list: launched by `modelbus up` rather than by the bench, it
-measured 2-4x lower added p50 at c=1 than the same code launched as a variant. After one discarded
+measured 2-5x lower added p50 at c=1 than the same code launched as a variant. After one discarded
 warm-up pass, every round runs every variant in turn, in a rotated order, and the medians over
 rounds are printed: on a shared machine only ratios taken this way carry over.
 """
