@@ -43,6 +43,7 @@ from ingress.batch_intake import BatchIntake
 from ingress.degradation import Degradation
 from ingress.deps import Services
 from ingress.error_responses import install_error_handlers
+from ingress.inference_edge import InferenceEdge
 from ingress.ingress_settings import IngressSettings
 from ingress.key_lookup import KeyRing
 from ingress.model_health import ModelHealth
@@ -127,6 +128,11 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
     for router in routers:
         app.include_router(router)
     return app
+
+
+def create_edge(settings: IngressSettings, config: ModelbusConfig | None = None) -> InferenceEdge:
+    """What the HTTP server runs: the app, with the inference endpoints served by the edge in front."""
+    return InferenceEdge(create_app(settings, config))
 
 
 def _client_api(routers: list[APIRouter]) -> list[str]:

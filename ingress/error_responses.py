@@ -119,16 +119,32 @@ def _noted(request: Request, error: APIError) -> Response:
     return error_response(error, spec.errors if spec is not None else "openai")
 
 
+def answer_error(request: Request, exc: Exception) -> Response:
+    """The response to an exception raised while serving `request`: the one mapping, used by the
+    FastAPI handlers below and by the inference edge (ingress/inference_edge.py) alike."""
+    if isinstance(exc, APIError):
+        return _noted(request, exc)
+    if isinstance(exc, ModelbusError):
+        return _noted(request, from_bus_error(exc))
+    if isinstance(exc, NatsError):
+        # Task status and idempotency live in NATS KV: during a JetStream leader election or a
+        # reconnect those calls fail for a few seconds. That is the bus being away, not a bug.
+        log.warning("NATS unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return _noted(request, from_bus_error(BusUnavailable(str(exc))))
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _noted(request, APIError(500, "internal gateway error", "internal_error"))
+
+
 def install_error_handlers(app: FastAPI, served: list[str]) -> None:
     """`served`: the client API's routes (`POST /v1/responses`, ...), named when there is no route."""
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
-        return _noted(request, exc)
+        return answer_error(request, exc)
 
     @app.exception_handler(ModelbusError)
     async def _bus_error(request: Request, exc: ModelbusError) -> Response:
-        return _noted(request, from_bus_error(exc))
+        return answer_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -149,12 +165,8 @@ def install_error_handlers(app: FastAPI, served: list[str]) -> None:
 
     @app.exception_handler(NatsError)
     async def _nats(request: Request, exc: NatsError) -> Response:
-        # Task status and idempotency live in NATS KV: during a JetStream leader election or a
-        # reconnect those calls fail for a few seconds. That is the bus being away, not a bug.
-        log.warning("NATS unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        return _noted(request, from_bus_error(BusUnavailable(str(exc))))
+        return answer_error(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _noted(request, APIError(500, "internal gateway error", "internal_error"))
+        return answer_error(request, exc)

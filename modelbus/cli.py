@@ -133,7 +133,7 @@ def ingress(
     """Run the ingress (HTTP API): one process, or --workers N. Settings come from MODELBUS_* variables."""
     import uvicorn
 
-    from ingress.app import create_app
+    from ingress.app import create_edge
     from ingress.http_limits import limited_protocol
     from ingress.ingress_settings import IngressSettings
     from modelbus.processes import listen_reuse_port, run_copies
@@ -161,7 +161,7 @@ def ingress(
     sockets = [listen_reuse_port(settings.host, settings.port)] if reuse_port else None
     _logging(log_level, settings)
     try:
-        application = create_app(settings)
+        application = create_edge(settings)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     config = uvicorn.Config(
