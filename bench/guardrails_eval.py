@@ -1,20 +1,21 @@
 """Precision and recall of the guardrails on the labelled sets, per PII kind, attack family and
 language, for the heuristics, the classifier model and both.
 
-    python bench/guardrails_eval.py                       # the tuning set (all of labelled.jsonl)
-    python bench/guardrails_eval.py --split holdout       # the held-out set: the figures to believe
+    python bench/guardrails_eval.py                       # the tuning set (every TUNING file)
+    python bench/guardrails_eval.py --split holdout       # heldout.jsonl, if present: the figures to believe
     python bench/guardrails_eval.py --split holdout --classifier   # also the model layer (needs torch)
     python bench/guardrails_eval.py --tune-classifier     # the classifier's settings, leave-one-out
     python bench/guardrails_eval.py --cost                # heuristics' cost (2,000 and 100,000 chars)
     python bench/guardrails_eval.py --write-exemplars     # the classifier's exemplars: the tuning set
 
-The split is fixed by a hash of each text (`split_of`): a text whose SHA-256 is one of the held-out
-set's (tests/dispatcher/guardrails/data/heldout.jsonl, written in the second round of issue 14
-before any tuning of that round) is held out; every other text is tuning data. labelled.jsonl was
-first split in halves by the first byte of that hash (`first_round_half`); its held-out half was
-looked at once and is tuning data now. The tuning set is what the heuristics were tuned on and what
-the classifier's exemplars are; on it the classifier is scored leave-one-out (a prompt never finds
-itself among the exemplars).
+Tuning data is every file in TUNING: labelled.jsonl (round one; its first-round held-out half,
+`first_round_half`, was looked at once and is tuning data since round two), round2.jsonl (round
+two's held-out set, measured once and tuning data since round three) and round3.jsonl (written in
+round three by the author of the detectors). The held-out set is tests/dispatcher/guardrails/data/
+heldout.jsonl, written by someone who never saw the detectors' code or results; a text whose SHA-256
+is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
+on or used as an exemplar. On the tuning set the classifier is scored leave-one-out (a prompt never
+finds itself among the exemplars).
 
 Prompt-level: a true positive is a prompt labelled with a kind and flagged by its detector.
 """
@@ -43,7 +44,10 @@ from schemas.policy import PII_KINDS
 
 DATA = Path(__file__).resolve().parents[1] / "tests/dispatcher/guardrails/data"
 LABELLED = DATA / "labelled.jsonl"
-HELDOUT = DATA / "heldout.jsonl"
+ROUND2 = DATA / "round2.jsonl"
+ROUND3 = DATA / "round3.jsonl"
+TUNING = (LABELLED, ROUND2, ROUND3)
+HELDOUT = DATA / "heldout.jsonl"  # absent until the next held-out set is committed
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"
 EXEMPLARS = Path(__file__).resolve().parents[1] / "workers/backends/injection_exemplars.jsonl"
@@ -61,7 +65,7 @@ def _read(path: Path) -> list[Row]:
 
 @functools.cache
 def _held_out_digests() -> frozenset[bytes]:
-    return frozenset(_digest(str(r["text"])) for r in _read(HELDOUT))
+    return frozenset(_digest(str(r["text"])) for r in _read(HELDOUT)) if HELDOUT.exists() else frozenset()
 
 
 def split_of(text: str) -> str:
@@ -75,8 +79,12 @@ def first_round_half(text: str) -> str:
 
 
 def load(path: Path | None = None, split: str = "all") -> list[Row]:
-    """One file, or the split's rows from labelled.jsonl and heldout.jsonl together."""
-    rows = _read(path) if path is not None else _read(LABELLED) + _read(HELDOUT)
+    """One file, or the split's rows from the tuning files and the held-out file together."""
+    if path is not None:
+        rows = _read(path)
+    else:
+        files = [*TUNING, *([HELDOUT] if HELDOUT.exists() else [])]
+        rows = [row for f in files if f.exists() for row in _read(f)]
     return [r for r in rows if split == "all" or split_of(str(r["text"])) == split]
 
 
@@ -270,7 +278,7 @@ def tune_classifier() -> str:
 
 
 def write_exemplars(path: Path = EXEMPLARS) -> int:
-    """The tuning half as the classifier's exemplars (their vectors are computed and cached on first use)."""
+    """The tuning set as the classifier's exemplars (their vectors are computed and cached on first use)."""
     rows = load(split="tuning")
     lines = [
         json.dumps(
@@ -387,6 +395,8 @@ def main() -> None:
     if args.tune_classifier:
         print(tune_classifier())
         return
+    if args.split == "holdout" and args.set is None and not HELDOUT.exists():
+        parser.error(f"no held-out set: {HELDOUT} is not in this checkout")
     rows = load(args.set, "all") if args.set is not None else load(split=args.split)
     classify, timed = classifier() if args.classifier else (None, None)
     report = evaluate(rows, classify, tuning=args.split == "tuning")

@@ -77,7 +77,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "SYSTEM_PROMPT": (
         "everything before this", "everything before", "your initial prompt", "initial prompt", "configuration prompt", "the prompt that defines", "prompt that defines your", "oorspronkelijke instructies", "ursprünglichen anweisungen", "शुरुआती निर्देश", "text before", "first 100 words", "first 50 words", "words of your conversation", "your configuration",
         "hidden preamble", "your preamble", "the preamble", "instructions were you given", "instructions you were given", "rules you were given", "instructions cachées", "instructions secrètes",
-        "system prompt", "system message", "system instructions", "initial prompt", "initial instructions",
+        "system prompt$", "system message", "system instructions", "initial prompt", "initial instructions",
         "hidden instructions", "hidden prompt", "secret instructions", "original instructions",
         "original prompt", "your instructions", "your prompt", "your guidelines",
         "developer message", "pre-prompt", "preprompt", "meta prompt", "the text above", "the words above",
@@ -109,7 +109,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "reveal", "show me", "paste the", "paste your", "paste them", "translate$", "herhaal je", "show your", "print", "repeat", "output", "display", "leak", "disclose",
         "tell me", "give me", "write out", "spell out", "recite", "dump", "expose", "share your",
         "what is your", "what are your", "what was your", "what were",
-        "zeig", "gib mir", "gib aus", "wiederhol", "verrat", "offenleg", "nenne mir", "schreib",
+        "zeig", "gib mir", "gib aus", "gib$", "wiederhol", "verrat", "offenleg", "nenne mir", "schreib",
         "ausgeben", "drucke",
         "révèle", "révélez", "montre", "montrez", "affiche", "répète", "répétez", "donne-moi", "divulgue",
         "écris", "quel est ton", "quelles sont tes",
@@ -130,7 +130,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- personas and unrestricted assistants -----------------------------------------------------
     "PERSONA": (
-        "act as", "acting as", "pretend", "you are an ai", "an ai whose", "an ai that", "an ai with", "ai who", "a model that", "a model whose", "speak as", "fais semblant d'être", "finge que eres", "finja que você", "une ia", "una ia", "uma ia", "un'ia", "you are now", "you're now", "from now on", "roleplay",
+        "act as", "acting as", "pretend", "you are an ai", "an ai whose", "an ai that", "an ai with$", "ai who", "a model that", "a model whose", "speak as", "fais semblant d'être", "finge que eres", "finja que você", "une ia", "una ia", "uma ia", "un'ia", "you are now", "you're now", "from now on", "roleplay",
         "role-play", "role play", "play the role", "imagine you are", "imagine you're", "simulate",
         "become$", "behave as", "respond as", "answer as", "you will be", "you are going to act",
         "you are a", "you're a", "let's play", "stay in character", "you will now",
@@ -229,7 +229,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "basedgpt",
     ),
     "STRONG": (
-        "new instructions:", "new system instructions", "unrestricted mode", "unfiltered mode", "uncensored mode", "evil mode", "modo dan", "dan模式", "dan 模式", "new rules apply", "system override", "admin override", "sudo mode", "neue anweisungen:", "nouvelles instructions :", "nuevas instrucciones:", "nuove istruzioni:",
+        "new instructions:", "new system instructions", "unrestricted mode", "unfiltered mode", "uncensored mode", "evil mode", "new rules apply", "system override", "admin override", "sudo mode", "neue anweisungen:", "nouvelles instructions :", "nuevas instrucciones:", "nuove istruzioni:",
         "my late grandmother", "grandmother used to", "grandma used to", "아무리 불법", "ne kadar yasa dışı", "egal wie", "no importa lo ilegal", "quel que soit le", "non importa quanto illegale",
         "do anything now", "can do anything now", "broken free of the typical confines",
         "no matter how unethical", "no matter how illegal", "no matter how immoral", "no matter how harmful",
@@ -381,13 +381,13 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- talk about attacks (suppresses a finding when nothing in the text addresses the model) ------
     "DISCUSS": (
-        "red team", "owasp", "attacker", "such attempts", "signs that", "what does", "the string", "in our logs",
+        "red team", "owasp", "attacker", "such attempts", "signs that", "the string", "in our logs",
         "in web logs", "how should we", "how do we detect", "how to detect", "how can we detect", "defend against",
         "examples of", "taxonomy", "angreifer", "attaquant", "atacante", "attaccante", "aanvaller", "napastnik",
         "злоумышленник", "攻击者", "攻撃者", "공격자", "المهاجم", "हमलावर", "saldırgan",
     ),
     "SECOND_PERSON": (
-        "you$", "your$", "you're", "you'll", "yourself", "u$", "du$", "dein", "dich", "dir$", "tu$", "toi$", "ton$",
+        "you$", "your$", "you're", "you'll", "yourself", "u$", "dein", "dich", "dir$", "tu$", "toi$", "ton$",
         "tes$", "vous", "tú", "tus$", "você", "jij", "jouw", "je$", "ty$", "twoj", "ты$", "твой", "твои", "вы$",
         "ваш", "你", "あなた", "너", "당신", "أنت", "تك$", "तुम", "आप", "sen$", "senin",
     ),
