@@ -224,10 +224,13 @@ def classifier() -> tuple[Classify, Callable[[str], float]]:
     return classify, timed
 
 
-def tune_classifier() -> str:
+def tune_classifier(probe: Path | None = None) -> str:
     """The classifier's settings on the tuning set, leave-one-out: for each number of neighbours,
     threshold and margin, benign prompts flagged and attacks caught that the heuristics missed.
-    Every segment is embedded once; the grid is matrix arithmetic."""
+    With `probe` (one tuning file), leave that whole file out instead and score only its prompts:
+    siblings of a prompt (the same attack in another language) then cannot vouch for it, which is
+    closer to text nobody wrote exemplars for. Every segment is embedded once; the grid is matrix
+    arithmetic."""
     import numpy as np
 
     from schemas.config import InjectionSimilarityBackend
@@ -236,6 +239,9 @@ def tune_classifier() -> str:
     config = InjectionSimilarityBackend()
     detector = SimilarityDetector(config)
     rows = load(split="tuning")
+    probed = {str(r["text"]) for r in _read(probe)} if probe is not None else set()
+    if probe is not None:
+        rows = [r for r in rows if str(r["text"]) in probed]
     owner: list[int] = []
     segments: list[str] = []
     for i, row in enumerate(rows):
@@ -247,8 +253,11 @@ def tune_classifier() -> str:
     benign_index = {t: i for i, t in enumerate(detector.benign_texts)}
     attack_sim = vectors @ detector._attacks.T
     benign_sim = vectors @ detector._benign.T
-    for seg, row in enumerate(owner):  # leave one out: a prompt never finds itself
-        text = str(rows[row]["text"])
+    if probed:  # leave the probed file out of the exemplars
+        attack_sim[:, [i for i, t in enumerate(detector.attack_texts) if t in probed]] = -1.0
+        benign_sim[:, [i for i, t in enumerate(detector.benign_texts) if t in probed]] = -1.0
+    for seg, owner_row in enumerate(owner):  # leave one out: a prompt never finds itself
+        text = str(rows[owner_row]["text"])
         if text in index:
             attack_sim[seg, index[text]] = -1.0
         if text in benign_index:
@@ -385,6 +394,9 @@ def main() -> None:
     parser.add_argument("--cost", action="store_true")
     parser.add_argument("--write-exemplars", action="store_true")
     parser.add_argument("--tune-classifier", action="store_true")
+    parser.add_argument(
+        "--probe", type=Path, default=None, help="with --tune-classifier: leave this file out"
+    )
     args = parser.parse_args()
     if args.write_exemplars:
         print(f"{write_exemplars()} exemplars written to {EXEMPLARS}")
@@ -393,7 +405,7 @@ def main() -> None:
         print(cost() + "\n\n" + adversarial())
         return
     if args.tune_classifier:
-        print(tune_classifier())
+        print(tune_classifier(args.probe))
         return
     if args.split == "holdout" and args.set is None and not HELDOUT.exists():
         parser.error(f"no held-out set: {HELDOUT} is not in this checkout")

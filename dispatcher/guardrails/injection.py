@@ -34,6 +34,18 @@ Span = tuple[int, int]
 # Scripts whose words take no space before them or have particles and prefixes glued on (Arabic,
 # Hindi, Japanese, Chinese, Korean): their terms match anywhere, not only at a word start.
 _UNSPACED = re.compile(r"[\u0600-\u06ff\u0900-\u097f\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# Their terms, one pattern per script, run only on text holding that script: a trie's top level is
+# one branch per first character, tried in turn at every position, so Chinese text need not try the
+# Korean, Arabic and Hindi branches (0.22 ms on 2,000 Chinese characters with all of them).
+_SCRIPTS = tuple(
+    re.compile(ranges)
+    for ranges in (
+        r"[\u0600-\u06ff]",
+        r"[\u0900-\u097f]",
+        r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]",
+        r"[\uac00-\ud7af]",
+    )
+)
 
 
 def _trie_pattern(terms: Iterable[str]) -> str:
@@ -79,21 +91,56 @@ def _accent_folds() -> dict[int, str]:
 _FOLD = _accent_folds()
 
 
+_FOLDABLE = re.compile(r"[\u00c0-\u024f\u0400-\u04ff]+")
+
+
 def _fold(lowered: str) -> str:
-    return lowered if lowered.isascii() else lowered.translate(_FOLD)
+    # Only the runs that hold such letters: translate() over a whole Chinese text cost 0.17 ms.
+    if lowered.isascii() or not _FOLDABLE.search(lowered):
+        return lowered
+    return _FOLDABLE.sub(lambda m: m.group().translate(_FOLD), lowered)
 
 
-def _compile() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, frozenset[str]]]:
+# Typoglycemia ("ignroe all prevoius systme instructions", garak's probe): the key English words of
+# an override or exfiltration with two neighbouring inner letters swapped are terms too. Only single
+# words of six letters or more, so the variants are not words of their own.
+_TYPO_CONCEPTS = frozenset(["IGNORE", "PRIOR", "RULES", "REVEAL", "DISABLE", "LIMITS", "SYSTEM_PROMPT"])
+_TYPO_WORD = re.compile(r"[a-z]{6,}\$?")
+
+
+def _swaps(term: str) -> list[str]:
+    end = "$" if term.endswith("$") else ""
+    word = term.removesuffix("$")
+    return [
+        word[:i] + word[i + 1] + word[i] + word[i + 2 :] + end
+        for i in range(1, len(word) - 2)
+        if word[i] != word[i + 1]
+    ]
+
+
+def _compile() -> tuple[
+    re.Pattern[str], tuple[tuple[re.Pattern[str], re.Pattern[str]], ...], dict[str, frozenset[str]]
+]:
     concepts: dict[str, set[str]] = {}
+    typos: dict[str, set[str]] = {}
     for concept, terms in [*LEXICON.items(), *EXTRA.items()]:
         for term in terms:
             key = _fold(normalize(term.lower()).text)
             concepts.setdefault(key, set()).add(concept)
+            if concept in _TYPO_CONCEPTS and _TYPO_WORD.fullmatch(key):
+                for variant in _swaps(key):
+                    typos.setdefault(variant, set()).add(concept)
+    for variant, names in typos.items():
+        if variant not in concepts and variant.removesuffix("$") not in concepts:
+            concepts[variant] = names
     bounded = [t for t in concepts if not _UNSPACED.search(t)]
     unbounded = [t for t in concepts if _UNSPACED.search(t)]
     # Matched against lower-cased text: IGNORECASE made the pass 2.5 times slower.
     words = re.compile(r"(?<![^\W_])" + _trie_pattern(bounded))
-    glued = re.compile(_trie_pattern(unbounded))
+    glued = []
+    for script in _SCRIPTS:
+        script_terms = [t for t in unbounded if (m := _UNSPACED.search(t)) and script.match(m.group())]
+        glued.append((script, re.compile(_trie_pattern(script_terms))))
     lookup: dict[str, set[str]] = {}
     for key, names in concepts.items():
         lookup.setdefault(key.replace("$", ""), set()).update(names)
@@ -103,7 +150,7 @@ def _compile() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, frozenset[st
     for key in list(lookup):
         for end in range(1, len(key)):
             lookup[key].update(stems.get(key[:end], ()))
-    return words, glued, {k: frozenset(v) for k, v in lookup.items()}
+    return words, tuple(glued), {k: frozenset(v) for k, v in lookup.items()}
 
 
 _WORD_TERMS, _GLUED_TERMS, _CONCEPTS = _compile()
@@ -129,7 +176,12 @@ _RULES: tuple[tuple[str, Rule], ...] = (
     ("refusal", ("NEVER", "REFUSE", 25, "YOU")),
     ("refusal", ("NO_CAVEAT", "NO_CAVEAT", 60, None)),  # "no warnings, no apologies"
     ("refusal", ("NO_CAVEAT", "REFUSE", 60, None)),
-    ("refusal", ("BANNED", "CANT", 80, "YOU")),  # "'sorry' and 'I can't' are banned from your vocabulary"
+    ("refusal", ("BANNED", "CANT", 80, "YOU")),
+    ("refusal", ("NEGATED", "CAVEATS", 15, None)),  # "without disclaimers or warnings"
+    (
+        "refusal",
+        ("FORCED_PREFIX", "AFFIRM", 30, None),
+    ),  # "begin your reply with 'Sure, here is'"  # "'sorry' and 'I can't' are banned from your vocabulary"
     ("fiction", ("FICTION", "FREE", 150, None)),
     ("fiction", ("FICTION", "UNLIMITED", 150, None)),
     ("fiction", ("CHARACTER_LOCK", "UNLIMITED", 150, None)),
@@ -154,7 +206,9 @@ def concept_hits(text: str) -> dict[str, list[Span]]:
     if len(lowered) != len(text):  # a few letters lower-case to two characters (İ): keep offsets
         lowered = "".join(ch if len(ch.lower()) != 1 else ch.lower() for ch in text)
     lowered = _fold(lowered)
-    patterns = (_WORD_TERMS, _GLUED_TERMS) if _UNSPACED.search(text) else (_WORD_TERMS,)
+    patterns = [_WORD_TERMS]
+    if _UNSPACED.search(text):
+        patterns.extend(pattern for script, pattern in _GLUED_TERMS if script.search(text))
     for pattern in patterns:
         for m in pattern.finditer(lowered):
             if m.end() == m.start():
@@ -169,6 +223,7 @@ def concept_hits(text: str) -> dict[str, list[Span]]:
     hits["EXFILTRATE"] = _pairs(hits, "SEND", "LOOT", 80, None, ordered=False)
     hits["NO_CAVEAT"] = _pairs(hits, "NEGATED", "CAVEAT", 15, None, ordered=False)
     hits["PHISH"] = _pairs(hits, "ASK", "LOOT", 60, None, ordered=False)
+    hits["CAVEATS"] = _pairs(hits, "CAVEAT", "CAVEAT", 30, None, ordered=True)
     return hits
 
 

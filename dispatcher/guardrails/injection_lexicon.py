@@ -214,8 +214,8 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "सक्रिय", "चालू", "में जाओ", "etkinleştir", "aç$", "geç$", "moduna geç", "aktif et",
     ),
     "MODE": (
-        "developer mode", "dev mode", "dan mode", "god mode", "jailbreak mode", "evil mode",
-        "unrestricted mode", "unfiltered mode", "uncensored mode", "sudo mode", "admin mode", "chaos mode",
+        "developer mode$", "dev mode$", "dan mode$", "god mode$", "jailbreak mode$", "evil mode$",
+        "unrestricted mode$", "unfiltered mode$", "uncensored mode$", "sudo mode$", "admin mode$", "chaos mode$",
         "entwicklermodus", "entwickler-modus", "mode développeur", "modo desarrollador", "modo de desarrollador",
         "modalità sviluppatore", "modo desenvolvedor", "modo de desenvolvedor", "ontwikkelaarsmodus",
         "tryb dewelopera", "tryb programisty", "режим разработчика", "режим dan", "режим бога",
@@ -223,13 +223,13 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "탈옥 모드", "وضع المطور", "وضع المطوّر", "डेवलपर मोड", "geliştirici modu", "dan modu",
     ),
     "PERSONA_NAME": (
-        "dan mode", "dan modu", "dan-modus", "mode dan", "modo dan", "modalità dan", "dan-modus", "tryb dan", "режим dan", "danモード", "dan 모드", "dan模式", "وضع dan", "dan मोड",
+        "dan mode$", "dan modu", "dan-modus", "mode dan", "modo dan", "modalità dan", "dan-modus", "tryb dan", "режим dan", "danモード", "dan 모드", "dan模式", "وضع dan", "dan मोड",
         "dan$", "stan$", "dude$", "aim$", "betterdan", "antigpt", "mongo tom", "evil confidant",
         "jailbreak$", "jailbroken", "unaligned", "apophis", "ucar$", "nsfwgpt",
         "basedgpt",
     ),
     "STRONG": (
-        "new instructions:", "new system instructions", "unrestricted mode", "unfiltered mode", "uncensored mode", "evil mode", "new rules apply", "system override", "admin override", "sudo mode", "neue anweisungen:", "nouvelles instructions :", "nuevas instrucciones:", "nuove istruzioni:",
+        "new instructions:", "new system instructions", "unrestricted mode$", "unfiltered mode$", "uncensored mode$", "evil mode$", "new rules apply", "system override", "admin override", "sudo mode$", "neue anweisungen:", "nouvelles instructions :", "nuevas instrucciones:", "nuove istruzioni:",
         "my late grandmother", "grandmother used to", "grandma used to", "아무리 불법", "ne kadar yasa dışı", "egal wie", "no importa lo ilegal", "quel que soit le", "non importa quanto illegale",
         "do anything now", "can do anything now", "broken free of the typical confines",
         "no matter how unethical", "no matter how illegal", "no matter how immoral", "no matter how harmful",
@@ -237,7 +237,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "regardless of how unethical", "even if it is illegal", "even if it's illegal", "even if it is harmful",
         "even if it is unethical", "without any moral", "without moral or ethical", "ethical guidelines do not apply",
         "openai's policies do not apply", "policies no longer apply", "rules no longer apply",
-        "you have been freed", "you have been jailbroken", "jailbreak successful", "jailbreak mode",
+        "you have been freed", "you have been jailbroken", "jailbreak successful", "jailbreak mode$",
         "anything now", "egal wie unethisch", "egal wie illegal", "peu importe à quel point",
         "sin importar lo", "non importa quanto", "não importa o quão", "ongeacht hoe", "bez względu na to",
         "неважно насколько", "независимо от того, насколько", "无论多么", "無論多麼", "どんなに非倫理的",
@@ -269,7 +269,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "me$",
         "you$", "your$", "you'll", "you're", "yourself", "assistant", "chatgpt", "ai$", "model$", "respond",
         "answer", "reply", "du$", "dich", "dein", "sie$", "antwort", "tu$", "toi", "vous", "réponds", "répondez",
-        "tú", "usted", "responde", "contesta", "tu$", "rispondi", "você", "responda", "jij", "je$",
+        "tú$", "usted", "responde", "contesta", "tu$", "rispondi", "você", "responda", "jij", "je$",
         "antwoord", "ty$", "odpowiadaj", "odpowiedz", "ты$", "вы$", "отвечай", "ответь", "你", "回答",
         "あなた", "答え", "回答", "너$", "당신", "답변", "대답", "أنت", "أجب", "تجيب", "तुम", "आप", "जवाब",
         "sen$", "siz$", "cevap", "yanıt",
@@ -388,7 +388,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     "SECOND_PERSON": (
         "you$", "your$", "you're", "you'll", "yourself", "u$", "dein", "dich", "dir$", "tu$", "toi$", "ton$",
-        "tes$", "vous", "tú", "tus$", "você", "jij", "jouw", "je$", "ty$", "twoj", "ты$", "твой", "твои", "вы$",
+        "tes$", "vous", "tú$", "tus$", "você", "jij", "jouw", "je$", "ty$", "twoj", "ты$", "твой", "твои", "вы$",
         "ваш", "你", "あなた", "너", "당신", "أنت", "تك$", "तुम", "आप", "sen$", "senin",
     ),
 }  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 EXTRA: dict[str, tuple[str, ...]] = {
     "IGNORE": (
+        "expired", "has expired", "abgelaufen", "expiré", "ha caducado", "caducad", "scadut", "expirou", "verlopen", "wygasł", "истекл", "已过期", "过期", "期限切れ", "만료", "انتهت صلاحية", "समाप्त हो", "süresi doldu",
         "scrap", "throw away", "wipe", "erase", "clear your", "reset your", "cast aside", "put aside",
         "no longer count", "no longer matter", "doesn't count", "don't count", "does not count", "do not count",
         "are revoked", "is revoked", "considered revoked", "as revoked", "as withdrawn", "as cancelled",
@@ -62,6 +63,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "politique", "política", "politic", "beleid", "polityk", "политик", "政策", "ポリシー", "정책", "سياس", "नीति", "politika",
     ),
     "ONLY_ME": (
+        "only from me", "orders only from me", "nur von mir", "que de moi", "solo de mí", "solo da me", "só de mim", "alleen van mij", "tylko ode mnie", "только от меня", "只从我", "私からだけ", "나에게서만", "مني فقط", "सिर्फ़ मुझसे", "yalnızca benden", "sadece benden",
         "أنا فقط", "تطيعني",
         "only me", "only my", "only to me", "only what i say", "do what i tell you", "do what i say",
         "whatever i say", "whatever i tell you", "my commands only", "my orders only", "obey me", "listen only to me",
@@ -103,6 +105,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "اطلب منه", "اطلب من المستخدم", "اسأل", "मांगो", "पूछो", "iste$", "isteyin", "sor$",
     ),
     "LOOT": (
+        "inbox", "mailbox", "postfach", "boîte de réception", "bandeja de entrada", "posta in arrivo", "caixa de entrada", "skrzynk", "почт", "收件箱", "受信トレイ", "받은편지함", "البريد", "इनबॉक्स", "gelen kutu",
         "calendar", "contacts", "env vars", "environment variables", ".env", "secrets", "card number",
         "credit card", "kreditkarte", "kartennummer", "carte bancaire", "tarjeta", "carta di credito", "cartão",
         "creditcard", "kart", "кредитн", "信用卡", "クレジットカード", "카드 번호", "بطاقة", "कार्ड", "kredi kart",
@@ -118,6 +121,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "चेतावनी", "माफ़ी", "माफी", "uyarı", "özür", "feragat",
     ),
     "NEGATED": (
+        "do not include", "don't include", "leave out", "omit",
         "لا$",
         "niet$", "nicht$", "pas$", "değil$", "não tem", "no tiene", "no tienen", "n'a aucune", "n'a pas de", "hat keine", "heeft geen", "не имеет", "нет$",
         "nada de", "ni$", "sans$", "pas d'", "ohne$", "kein", "geen$", "bez$", "без$", "不要", "不加", "不带", "不许",
@@ -129,6 +133,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "لا تنطبق", "لا تسري", "लागू नहीं", "geçerli değil", "uygulanmaz",
     ),
     "LIMITS": (
+        "règle", "regla", "regola", "regra", "regel$", "zasada", "правило", "rule$",
         "restriction", "limitation",
         "content policy", "content policies", "content rules", "usage policies",
         "inhaltsrichtlinien", "inhaltsregeln", "politiques de contenu", "règles de contenu", "politicas de contenido",
@@ -176,6 +181,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
     ),
     "NEVER": ("nunca te", "ne jamais", "jamais$", "nooit", "nigdy", "никогда", "결코", "절대", "asla"),
     "YOU": (
+        "하지 마", "지 마", "ないでください", "しないで", "不要拒绝",
         "beantwoord", "ta$", "ta réponse", "tienes", "답해", "대답해", "응답해", "odpowiadaj", "cevapla",
         "your vocabulary", "from your", "respond", "commence", "begin your", "start your",
     ),
@@ -192,6 +198,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "申し訳", "できません", "죄송", "할 수 없", "آسف", "لا أستطيع", "माफ़ कीजिए", "मैं नहीं कर सकता", "üzgünüm", "yapamam",
     ),
     "AI_ADDRESS": (
+        "[assistant", "assistant instructions", "when you read this", "if you are reading this", "if you read this", "wenn du das liest", "si tu lis ceci", "si lees esto", "se leggi questo", "se você ler isto", "als je dit leest", "jeśli to czytasz", "если ты читаешь это", "如果你读到这", "これを読んだら", "이 글을 읽는", "إذا كنت تقرأ هذا", "अगर तुम यह पढ़ रहे", "bunu okuyorsan",
         "note for ai", "note for the ai", "ai code assistant", "code assistants", "coding assistant", "ai assistants",
         "for the language model", "instruction for the", "instructions for the assistant", "assistant:",
         "[system]", "### system", "for the assistant", "the assistant processing",
@@ -213,6 +220,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "告诉用户", "ユーザーに伝えて", "사용자에게 말해", "أخبر المستخدم", "उपयोगकर्ता को बताओ", "kullanıcıya söyle",
     ),
     "SYSTEM_PROMPT": (
+        "before our chat", "before this conversation", "before the conversation", "at the top of this conversation", "at the start of this chat", "at the start of the conversation", "vor dem gespräch", "vor unserem gespräch", "avant notre conversation", "avant la conversation", "antes de nuestra conversación", "antes de la conversación", "prima della conversazione", "antes da conversa", "voor ons gesprek", "voor het gesprek", "przed rozmową", "до начала разговора", "до нашего разговора", "对话开始前", "会話の前", "会話が始まる前", "대화 전에", "대화 시작 전", "قبل المحادثة", "बातचीत से पहले", "sohbetten önce", "konuşmadan önce",
         "system prompt$", "above my first message", "before my first message", "appears above", "avant mon premier message",
         "vor meiner ersten nachricht", "antes de mi primer mensaje", "prima del mio primo messaggio",
         "antes da minha primeira mensagem", "voor mijn eerste bericht", "przed moją pierwszą wiadomością",
@@ -233,6 +241,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
     "COMBINE": ("combine x", "join x", "fragments", "remember the word", "step one", "step two"),
     "DISABLE": ("bypass", "umgeh", "contourne$", "contournez$", "evita", "aggira", "contorn", "omzeil", "obejdź", "обойди", "绕过", "回避", "우회", "تجاوز", "बायपास", "atla$"),
     "DISCUSS": (
+        "attacks", "attack$", "jailbreaks", "injections", "explaining why", "explain why", "training slide", "awareness", "succeed against", "red-team", "angriffe", "attaques", "ataques", "attacchi", "aanvallen", "ataki", "атаки", "攻击", "攻撃", "공격", "هجمات", "हमले", "saldırı",
         "détecte", "comment détecter", "wie erkennt", "cómo detecta", "come rileva", "como detecta", "hoe detecteert", "jak wykryć", "как обнаружить", "如何检测", "検出する方法", "탐지하는 방법", "كيف نكشف", "tespit etmek",
         "examples$", "explain what", "explica qué", "explique ce qu", "erkläre, was", "erkläre was", "spiega cos",
         "explique o que", "leg uit wat", "wyjaśnij, czym", "объясни, что", "解释什么是", "とは何か", "이란 무엇",
@@ -243,5 +252,14 @@ EXTRA: dict[str, tuple[str, ...]] = {
     ),
     "ACTIVATE": (
         "estás en", "du bist im", "tu es en", "sei in", "você está no", "je bent in", "jesteś w", "ты в", "处于", "にいます", "أنت في", "modundasın",
+    ),
+    "FORCED_PREFIX": (
+        "begin your reply with", "begin your answer with", "begin your response with", "start your reply with", "start your answer with", "start your response with", "start with the words", "beginne deine antwort mit", "beginne mit", "commence ta réponse par", "commence par", "empieza tu respuesta con", "comienza tu respuesta con", "empieza con", "inizia la tua risposta con", "inizia con", "comece sua resposta com", "comece com", "begin je antwoord met", "begin met", "zacznij odpowiedź od", "zacznij od", "начни ответ с", "начни с", "回答以", "以“", "で始めて", "로 시작해", "ابدأ ردك ب", "ابدأ بـ", "से शुरू करो", "ile başla", "diye başla",
+    ),
+    "AFFIRM": (
+        "sure", "absolutely", "of course", "certainly", "bien sûr", "claro", "certo", "certamente", "natürlich", "klar$", "selbstverständlich", "конечно", "当然", "もちろん", "물론", "بالتأكيد", "ज़रूर", "जरूर", "tabii", "elbette", "oczywiście", "zeker", "com certeza", "por supuesto", "ovviamente",
+    ),
+    "HIDE": (
+        "don't mention it", "do not mention it", "without mentioning", "erwähne es nicht", "n'en parle pas", "no lo menciones", "non menzionarlo", "não mencione", "vermeld het niet", "nie wspominaj", "не упоминай", "不要提及", "言及しないで", "언급하지 마", "لا تذكر", "ज़िक्र मत", "bahsetme",
     ),
 }  # fmt: skip
