@@ -410,6 +410,11 @@ def main() -> None:
     if args.split == "holdout" and args.set is None and not HELDOUT.exists():
         parser.error(f"no held-out set: {HELDOUT} is not in this checkout")
     rows = load(args.set, "all") if args.set is not None else load(split=args.split)
+    if args.split == "holdout" and args.set is None:
+        # A held-out text that also stands in a tuning file was tuned on after all (the split
+        # counts it as held out): say how many, so the figures can be read with that in mind.
+        tuned = {str(r["text"]) for f in TUNING if f.exists() for r in _read(f)}
+        print(f"held-out prompts also in a tuning file: {sum(str(r['text']) in tuned for r in rows)}")
     classify, timed = classifier() if args.classifier else (None, None)
     report = evaluate(rows, classify, tuning=args.split == "tuning")
     print(f"{len(rows)} prompts ({args.split}), {sum(1 for r in rows if not r['labels'])} clean\n")
