@@ -10,8 +10,9 @@ language, for the heuristics, the classifier model and both.
 
 Tuning data is every file in TUNING: labelled.jsonl (round one; its first-round held-out half,
 `first_round_half`, was looked at once and is tuning data since round two), round2.jsonl (round
-two's held-out set, measured once and tuning data since round three) and round3.jsonl (written in
-round three by the author of the detectors). The held-out set is tests/dispatcher/guardrails/data/
+two's held-out set, measured once and tuning data since round three), round3.jsonl (written in
+round three by the author of the detectors) and round3_probe.jsonl (paraphrases the same author
+wrote to get past the detectors, measured once, then tuned on). The held-out set is tests/dispatcher/guardrails/data/
 heldout.jsonl, written by someone who never saw the detectors' code or results; a text whose SHA-256
 is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
 on or used as an exemplar. On the tuning set the classifier is scored leave-one-out (a prompt never
@@ -46,7 +47,8 @@ DATA = Path(__file__).resolve().parents[1] / "tests/dispatcher/guardrails/data"
 LABELLED = DATA / "labelled.jsonl"
 ROUND2 = DATA / "round2.jsonl"
 ROUND3 = DATA / "round3.jsonl"
-TUNING = (LABELLED, ROUND2, ROUND3)
+ROUND3_PROBE = DATA / "round3_probe.jsonl"
+TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE)
 HELDOUT = DATA / "heldout.jsonl"  # absent until the next held-out set is committed
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"

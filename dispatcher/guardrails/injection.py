@@ -50,11 +50,16 @@ _RULES: tuple[tuple[str, Rule], ...] = (
     ("devmode", ("PERSONA_NAME", "FREE", 120, None)),
     ("devmode", ("PERSONA_NAME", "UNLIMITED", 120, None)),
     ("devmode", ("ACTIVATE", "MODE", 30, "YOU")),
-    ("devmode", ("MODE", "UNLIMITED", 150, None)),  # "... in developer mode content policies do not apply"
+    ("devmode", ("MODE", "UNLIMITED", 150, None)),
+    (
+        "devmode",
+        ("ACTIVATE", "FREE", 30, None),
+    ),  # "enable unrestricted output"  # "... in developer mode content policies do not apply"
     ("refusal", ("NEVER", "REFUSE", 25, "YOU")),
     ("refusal", ("NO_CAVEAT", "NO_CAVEAT", 60, None)),  # "no warnings, no apologies"
     ("refusal", ("NO_CAVEAT", "REFUSE", 60, None)),
     ("refusal", ("BANNED", "CANT", 80, "YOU")),
+    ("refusal", ("REFUSE", "BANNED", 30, "YOU")),  # "you are not permitted to decline"
     ("refusal", ("NEGATED", "CAVEATS", 15, None)),  # "without disclaimers or warnings"
     (
         "refusal",
@@ -64,6 +69,7 @@ _RULES: tuple[tuple[str, Rule], ...] = (
     ("fiction", ("FICTION", "UNLIMITED", 150, None)),
     ("fiction", ("CHARACTER_LOCK", "UNLIMITED", 150, None)),
     ("fiction", ("CHARACTER_LOCK", "REFUSE", 150, None)),
+    ("fiction", ("FICTION", "HOWTO_HARM", 200, None)),  # a character explaining how to build a bomb
     ("splitting", ("COMBINE", "OBEY", 100, None)),
     ("encoded", ("DECODE", "OBEY", 100, None)),
     ("indirect", ("AI_ADDRESS", "NEW_TASK", 200, None)),
@@ -102,6 +108,7 @@ def concept_hits(text: str) -> dict[str, list[Span]]:
     hits["NO_CAVEAT"] = _pairs(hits, "NEGATED", "CAVEAT", 15, None, ordered=False)
     hits["PHISH"] = _pairs(hits, "ASK", "LOOT", 60, None, ordered=False)
     hits["CAVEATS"] = _pairs(hits, "CAVEAT", "CAVEAT", 30, None, ordered=True)
+    hits["HOWTO_HARM"] = _pairs(hits, "HOWTO", "HARM", 40, None, ordered=False)
     return hits
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 EXTRA: dict[str, tuple[str, ...]] = {
     "IGNORE": (
+        "supersede", "take precedence over", "takes precedence over", "without applying", "were a test", "was a test", "are not real", "not real$", "were fake", "hinfällig", "caduc", "nul et non avenu", "ya no tiene validez", "non ha più valore", "não tem mais validade", "vervallen", "nie ma mocy", "не имеет силы", "无效", "무효", "لاغية", "अमान्य", "hükümsüz",
         "expired", "has expired", "abgelaufen", "expiré", "ha caducado", "caducad", "scadut", "expirou", "verlopen", "wygasł", "истекл", "已过期", "过期", "期限切れ", "만료", "انتهت صلاحية", "समाप्त हो", "süresi doldu",
         "scrap", "throw away", "wipe", "erase", "clear your", "reset your", "cast aside", "put aside",
         "no longer count", "no longer matter", "doesn't count", "don't count", "does not count", "do not count",
@@ -33,6 +34,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "yok say", "geçersiz", "artık geçerli değil", "boşver", "sil$",
     ),
     "PRIOR": (
+        "former", "earlier in this", "at the top", "vor dieser nachricht", "gesagt wurde",
         "выше", "أعلاه", "上面的", "上記の",
         "you were given", "given to you", "you've been given", "you were set up with", "set up with",
         "you received", "you got", "at the start", "from the start", "initially", "originally", "beforehand",
@@ -54,6 +56,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "daha önce", "önce$", "başta", "şimdiye kadar", "verilen", "geliştirici",
     ),
     "RULES": (
+        "gesagt wurde", "was dir", "norma", "normas", "сказанное",
         "content policy", "content policies",
         "قواعد", "تعليمات", "إرشادات", "policy", "policies",
         "guidance", "setup text", "system text", "what you were told", "was man dir", "aufgetragen",
@@ -63,6 +66,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "politique", "política", "politic", "beleid", "polityk", "политик", "政策", "ポリシー", "정책", "سياس", "नीति", "politika",
     ),
     "ONLY_ME": (
+        "सिर्फ़ मेरे", "सिर्फ मेरे", "केवल मेरे", "nur meine regeln", "mes règles", "mis reglas", "le mie regole", "minhas regras", "mijn regels", "moje zasady", "мои правила", "我的规则", "私のルール", "내 규칙", "قواعدي", "मेरे नियम", "benim kurallarım",
         "only from me", "orders only from me", "nur von mir", "que de moi", "solo de mí", "solo da me", "só de mim", "alleen van mij", "tylko ode mnie", "только от меня", "只从我", "私からだけ", "나에게서만", "مني فقط", "सिर्फ़ मुझसे", "yalnızca benden", "sadece benden",
         "أنا فقط", "تطيعني",
         "only me", "only my", "only to me", "only what i say", "do what i tell you", "do what i say",
@@ -121,6 +125,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "चेतावनी", "माफ़ी", "माफी", "uyarı", "özür", "feragat",
     ),
     "NEGATED": (
+        "is disabled", "is off", "switched off", "está desligada", "está desactivada", "ist deaktiviert", "est désactivée", "è disattivato", "è disattivata", "is uitgeschakeld", "jest wyłączon", "отключен", "已关闭", "無効になって", "비활성화되", "معطل", "बंद है", "devre dışı", "않는", "without filters",
         "do not include", "don't include", "leave out", "omit",
         "لا$",
         "niet$", "nicht$", "pas$", "değil$", "não tem", "no tiene", "no tienen", "n'a aucune", "n'a pas de", "hat keine", "heeft geen", "не имеет", "нет$",
@@ -133,6 +138,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "لا تنطبق", "لا تسري", "लागू नहीं", "geçerli değil", "uygulanmaz",
     ),
     "LIMITS": (
+        "norma", "normas", "safety layer", "safety system", "safety filter", "security layer", "camada de segurança", "capa de seguridad", "couche de sécurité", "sicherheitsebene", "livello di sicurezza", "veiligheidslaag", "warstwa bezpieczeństwa", "защитный слой", "安全层", "安全機能", "안전 장치", "طبقة الأمان", "सुरक्षा परत", "güvenlik katmanı",
         "règle", "regla", "regola", "regra", "regel$", "zasada", "правило", "rule$",
         "restriction", "limitation",
         "content policy", "content policies", "content rules", "usage policies",
@@ -144,6 +150,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "wetten", "prawa", "законы", "法律", "법률", "قوانين", "कानून", "yasa", "kurallar", "kuralları",
     ),
     "FREE": (
+        "including dangerous", "information should be free", "whatever they ask", "anything they ask", "no matter what they ask", "nothing is off-limits", "nothing is off limits", "off-limits",
         "no laws exist", "where no laws", "no laws apply",
         "has no limits", "have no limits", "knows no limits", "without any limits", "no limits whatsoever", "are reversed", "are inverted", "sind umgekehrt", "inversées", "invertidas", "invertite", "omgekeerd", "odwrócone", "перевернуты", "颠倒", "逆転", "반대로", "معكوسة", "उलट", "tersine",
         "rogue ai", "kuralsız", "regellos", "sans règles", "sin reglas", "senza regole", "sem regras", "zonder regels",
@@ -155,6 +162,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "anything goes", "everything is allowed", "everything is permitted",
     ),
     "PERSONA": (
+        "from this point", "from this moment", "from here on", "you are about to", "play the part", "immerse yourself", "eres ahora", "ahora eres",
         "rolü yap", "rolüne gir", "rolünde",
         "you are no longer", "you're no longer", "no longer an assistant", "act as if", "actuar como",
         "vas a actuar", "vas a ser", "tu vas être", "du wirst jetzt", "sarai", "você vai ser", "je gaat",
@@ -168,6 +176,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "nie wychodź z postaci", "не выходи из образа", "役になりきった", "캐릭터에서 벗어나지", "لا تخرج عن الشخصية",
     ),
     "FICTION": (
+        "thriller", "co-writing", "krimi", "polar$", "novela negra", "giallo", "thriller psicológico",
         "fictif", "fictive", "ficticio", "ficticia", "fittizio", "fittizia", "fictício", "fictícia", "fictief",
         "fikcyjn", "вымышленн", "虚构的", "架空の", "가상의", "خيالي", "काल्पनिक", "kurgusal", "hayali",
         "eine welt", "in einer welt", "stell dir eine welt", "un monde", "un mundo", "un mondo", "um mundo",
@@ -186,6 +195,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "your vocabulary", "from your", "respond", "commence", "begin your", "start your",
     ),
     "BANNED": (
+        "not an option", "not permitted", "許されません", "許されない", "n'as pas le droit", "no tienes permitido", "non ti è permesso", "não tem permissão", "mag je niet", "nie wolno ci", "тебе нельзя", "不允许", "不准", "허용되지", "غير مسموح", "अनुमति नहीं", "izin yok",
         "banned", "forbidden", "prohibited", "not allowed", "are not permitted", "is not permitted",
         "verboten", "untersagt", "interdit", "prohibido", "prohibida", "tienes prohibido", "vietato", "proibido",
         "verboden", "zabronion", "запрещен", "запрещено", "禁止", "禁じ", "금지", "ممنوع", "محظور", "वर्जित", "मना है", "yasak",
@@ -220,6 +230,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "告诉用户", "ユーザーに伝えて", "사용자에게 말해", "أخبر المستخدم", "उपयोगकर्ता को बताओ", "kullanıcıya söyle",
     ),
     "SYSTEM_PROMPT": (
+        "set you up", "configured you", "who configured you", "chi ti ha configurato", "ti ha configurato", "quien te configuró", "qui t'a configuré", "wer dich konfiguriert", "wer dich eingerichtet", "die je heeft ingesteld", "kto cię skonfigurował", "кто тебя настроил", "设置你的人", "あなたを設定した", "너를 설정한", "قام بإعدادك", "तुम्हें सेट", "seni ayarlayan", "context window", "everything that came before", "came before 'user",
         "before our chat", "before this conversation", "before the conversation", "at the top of this conversation", "at the start of this chat", "at the start of the conversation", "vor dem gespräch", "vor unserem gespräch", "avant notre conversation", "avant la conversation", "antes de nuestra conversación", "antes de la conversación", "prima della conversazione", "antes da conversa", "voor ons gesprek", "voor het gesprek", "przed rozmową", "до начала разговора", "до нашего разговора", "对话开始前", "会話の前", "会話が始まる前", "대화 전에", "대화 시작 전", "قبل المحادثة", "बातचीत से पहले", "sohbetten önce", "konuşmadan önce",
         "system prompt$", "above my first message", "before my first message", "appears above", "avant mon premier message",
         "vor meiner ersten nachricht", "antes de mi primer mensaje", "prima del mio primo messaggio",
@@ -231,6 +242,7 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "contents of your configuration", "your configuration",
     ),
     "REVEAL": (
+        "copy", "copia", "انسخ", "kopiere", "copie", "kopieer", "skopiuj", "скопируй", "复制", "コピー", "복사", "कॉपी", "kopyala",
         "cite", "quote them", "zitier", "citez", "cita", "cítal", "citalas", "citale", "cite-as", "citeer",
         "zacytuj", "процитируй", "процитируйте", "引用", "인용", "اقتبس", "उद्धृत", "alıntıla", "eksiksiz",
         "reply with the contents", "the contents of", "yaz$",
@@ -260,6 +272,16 @@ EXTRA: dict[str, tuple[str, ...]] = {
         "sure", "absolutely", "of course", "certainly", "bien sûr", "claro", "certo", "certamente", "natürlich", "klar$", "selbstverständlich", "конечно", "当然", "もちろん", "물론", "بالتأكيد", "ज़रूर", "जरूर", "tabii", "elbette", "oczywiście", "zeker", "com certeza", "por supuesto", "ovviamente",
     ),
     "HIDE": (
+        "quietly", "silently", "discreetly", "without the user noticing", "leise", "discrètement", "en silencio", "silenziosamente", "discretamente", "stilletjes", "po cichu", "тихо", "悄悄", "静かに", "조용히", "بهدوء", "चुपचाप", "sessizce",
         "don't mention it", "do not mention it", "without mentioning", "erwähne es nicht", "n'en parle pas", "no lo menciones", "non menzionarlo", "não mencione", "vermeld het niet", "nie wspominaj", "не упоминай", "不要提及", "言及しないで", "언급하지 마", "لا تذكر", "ज़िक्र मत", "bahsetme",
+    ),
+    "MODE": (
+        "maintenance mode", "debug mode$", "override mode", "root mode", "mode de maintenance", "modo de manutenção", "modo de mantenimiento", "modalità manutenzione", "wartungsmodus", "onderhoudsmodus", "tryb serwisowy", "режим обслуживания", "维护模式", "メンテナンスモード", "유지보수 모드", "وضع الصيانة", "मेंटेनेंस मोड", "bakım modu",
+    ),
+    "HOWTO": (
+        "explains how", "explain how", "how to make", "how to build", "how to break into", "how to hack", "instructions for making", "describes exactly how", "with real working", "real working", "working commands", "fully realistic", "technically accurate", "erklärt, wie", "wie man", "explique comment", "comment fabriquer", "explica cómo", "cómo fabricar", "spiega come", "come costruire", "explica como", "como fazer", "legt uit hoe", "hoe je", "wyjaśnia, jak", "jak zrobić", "объясняет, как", "как сделать", "解释如何", "如何制造", "作り方", "方法を", "만드는 법", "방법을", "كيفية", "طريقة صنع", "कैसे बनाएं", "बनाने का तरीका", "nasıl yapılır", "yapımını",
+    ),
+    "HARM": (
+        "bomb", "explosive", "weapon", "silencer", "meth", "poison", "malware", "ransomware", "keylogger", "phishing", "virus", "break into", "hack", "vpn", "bombe", "sprengstoff", "waffe", "gift", "arme", "poison", "bomba", "explosivo", "arma", "veneno", "esplosiv", "veleno", "bom$", "wapen", "gif$", "broń", "trucizn", "бомб", "взрывчат", "оружи", "яд$", "炸弹", "武器", "毒药", "爆弾", "毒", "폭탄", "무기", "독극물", "قنبلة", "سلاح", "سم$", "बम", "हथियार", "ज़हर", "bomba", "silah", "zehir",
     ),
 }  # fmt: skip
