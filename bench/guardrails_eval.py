@@ -1,20 +1,22 @@
 """Precision and recall of the guardrails on the labelled sets, per PII kind, attack family and
 language, for the heuristics, the classifier model and both.
 
-    python bench/guardrails_eval.py                       # the tuning set (all of labelled.jsonl)
-    python bench/guardrails_eval.py --split holdout       # the held-out set: the figures to believe
+    python bench/guardrails_eval.py                       # the tuning set (every TUNING file)
+    python bench/guardrails_eval.py --split holdout       # heldout.jsonl, if present: the figures to believe
     python bench/guardrails_eval.py --split holdout --classifier   # also the model layer (needs torch)
     python bench/guardrails_eval.py --tune-classifier     # the classifier's settings, leave-one-out
     python bench/guardrails_eval.py --cost                # heuristics' cost (2,000 and 100,000 chars)
     python bench/guardrails_eval.py --write-exemplars     # the classifier's exemplars: the tuning set
 
-The split is fixed by a hash of each text (`split_of`): a text whose SHA-256 is one of the held-out
-set's (tests/unit/dispatcher/guardrails/data/heldout.jsonl, written in the second round of issue 14
-before any tuning of that round) is held out; every other text is tuning data. labelled.jsonl was
-first split in halves by the first byte of that hash (`first_round_half`); its held-out half was
-looked at once and is tuning data now. The tuning set is what the heuristics were tuned on and what
-the classifier's exemplars are; on it the classifier is scored leave-one-out (a prompt never finds
-itself among the exemplars).
+Tuning data is every file in TUNING: labelled.jsonl (round one; its first-round held-out half,
+`first_round_half`, was looked at once and is tuning data since round two), round2.jsonl (round
+two's held-out set, measured once and tuning data since round three), round3.jsonl (written in
+round three by the author of the detectors) and round3_probe.jsonl (paraphrases the same author
+wrote to get past the detectors, measured once, then tuned on). The held-out set is tests/unit/dispatcher/guardrails/data/
+heldout.jsonl, written by someone who never saw the detectors' code or results; a text whose SHA-256
+is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
+on or used as an exemplar. On the tuning set the classifier is scored leave-one-out (a prompt never
+finds itself among the exemplars).
 
 Prompt-level: a true positive is a prompt labelled with a kind and flagged by its detector.
 """
@@ -44,7 +46,11 @@ from schemas.policy import PII_KINDS
 
 DATA = Path(__file__).resolve().parents[1] / "tests/unit/dispatcher/guardrails/data"
 LABELLED = DATA / "labelled.jsonl"
-HELDOUT = DATA / "heldout.jsonl"
+ROUND2 = DATA / "round2.jsonl"
+ROUND3 = DATA / "round3.jsonl"
+ROUND3_PROBE = DATA / "round3_probe.jsonl"
+TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE)
+HELDOUT = DATA / "heldout.jsonl"  # absent until the next held-out set is committed
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"
 EXEMPLARS = Path(__file__).resolve().parents[1] / "workers/backends/injection_exemplars.jsonl"
@@ -62,7 +68,7 @@ def _read(path: Path) -> list[Row]:
 
 @functools.cache
 def _held_out_digests() -> frozenset[bytes]:
-    return frozenset(_digest(str(r["text"])) for r in _read(HELDOUT))
+    return frozenset(_digest(str(r["text"])) for r in _read(HELDOUT)) if HELDOUT.exists() else frozenset()
 
 
 def split_of(text: str) -> str:
@@ -76,8 +82,12 @@ def first_round_half(text: str) -> str:
 
 
 def load(path: Path | None = None, split: str = "all") -> list[Row]:
-    """One file, or the split's rows from labelled.jsonl and heldout.jsonl together."""
-    rows = _read(path) if path is not None else _read(LABELLED) + _read(HELDOUT)
+    """One file, or the split's rows from the tuning files and the held-out file together."""
+    if path is not None:
+        rows = _read(path)
+    else:
+        files = [*TUNING, *([HELDOUT] if HELDOUT.exists() else [])]
+        rows = [row for f in files if f.exists() for row in _read(f)]
     return [r for r in rows if split == "all" or split_of(str(r["text"])) == split]
 
 
@@ -217,10 +227,13 @@ def classifier() -> tuple[Classify, Callable[[str], float]]:
     return classify, timed
 
 
-def tune_classifier() -> str:
+def tune_classifier(probe: Path | None = None) -> str:
     """The classifier's settings on the tuning set, leave-one-out: for each number of neighbours,
     threshold and margin, benign prompts flagged and attacks caught that the heuristics missed.
-    Every segment is embedded once; the grid is matrix arithmetic."""
+    With `probe` (one tuning file), leave that whole file out instead and score only its prompts:
+    siblings of a prompt (the same attack in another language) then cannot vouch for it, which is
+    closer to text nobody wrote exemplars for. Every segment is embedded once; the grid is matrix
+    arithmetic."""
     import numpy as np
 
     from schemas.config import InjectionSimilarityBackend
@@ -229,6 +242,9 @@ def tune_classifier() -> str:
     config = InjectionSimilarityBackend()
     detector = SimilarityDetector(config)
     rows = load(split="tuning")
+    probed = {str(r["text"]) for r in _read(probe)} if probe is not None else set()
+    if probe is not None:
+        rows = [r for r in rows if str(r["text"]) in probed]
     owner: list[int] = []
     segments: list[str] = []
     for i, row in enumerate(rows):
@@ -240,8 +256,11 @@ def tune_classifier() -> str:
     benign_index = {t: i for i, t in enumerate(detector.benign_texts)}
     attack_sim = vectors @ detector._attacks.T
     benign_sim = vectors @ detector._benign.T
-    for seg, row in enumerate(owner):  # leave one out: a prompt never finds itself
-        text = str(rows[row]["text"])
+    if probed:  # leave the probed file out of the exemplars
+        attack_sim[:, [i for i, t in enumerate(detector.attack_texts) if t in probed]] = -1.0
+        benign_sim[:, [i for i, t in enumerate(detector.benign_texts) if t in probed]] = -1.0
+    for seg, owner_row in enumerate(owner):  # leave one out: a prompt never finds itself
+        text = str(rows[owner_row]["text"])
         if text in index:
             attack_sim[seg, index[text]] = -1.0
         if text in benign_index:
@@ -271,7 +290,7 @@ def tune_classifier() -> str:
 
 
 def write_exemplars(path: Path = EXEMPLARS) -> int:
-    """The tuning half as the classifier's exemplars (their vectors are computed and cached on first use)."""
+    """The tuning set as the classifier's exemplars (their vectors are computed and cached on first use)."""
     rows = load(split="tuning")
     lines = [
         json.dumps(
@@ -374,6 +393,9 @@ def main() -> None:
     parser.add_argument("--cost", action="store_true")
     parser.add_argument("--write-exemplars", action="store_true")
     parser.add_argument("--tune-classifier", action="store_true")
+    parser.add_argument(
+        "--probe", type=Path, default=None, help="with --tune-classifier: leave this file out"
+    )
     args = parser.parse_args()
     if args.write_exemplars:
         print(f"{write_exemplars()} exemplars written to {EXEMPLARS}")
@@ -382,9 +404,16 @@ def main() -> None:
         print(cost() + "\n\n" + adversarial())
         return
     if args.tune_classifier:
-        print(tune_classifier())
+        print(tune_classifier(args.probe))
         return
+    if args.split == "holdout" and args.set is None and not HELDOUT.exists():
+        parser.error(f"no held-out set: {HELDOUT} is not in this checkout")
     rows = load(args.set, "all") if args.set is not None else load(split=args.split)
+    if args.split == "holdout" and args.set is None:
+        # A held-out text that also stands in a tuning file was tuned on after all (the split
+        # counts it as held out): say how many, so the figures can be read with that in mind.
+        tuned = {str(r["text"]) for f in TUNING if f.exists() for r in _read(f)}
+        print(f"held-out prompts also in a tuning file: {sum(str(r['text']) in tuned for r in rows)}")
     classify, timed = classifier() if args.classifier else (None, None)
     report = evaluate(rows, classify, tuning=args.split == "tuning")
     print(f"{len(rows)} prompts ({args.split}), {sum(1 for r in rows if not r['labels'])} clean\n")

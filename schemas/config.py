@@ -95,10 +95,12 @@ class InjectionSimilarityBackend(_Config):
         default=None, description="JSONL of {text, attack}; default: the shipped ones"
     )
     threshold: float = Field(default=0.55, ge=-1, le=1, description="least similarity to the nearest attacks")
+    # Chosen in round three of issue 14 (docs/guardrails.md): with round two's prompts left out of
+    # the exemplars, 0 of 301 of them flagged and 0.55 of their attacks caught.
     margin: float = Field(
-        default=0.16, ge=-2, le=2, description="how much closer to attacks than to benign text"
+        default=0.10, ge=-2, le=2, description="how much closer to attacks than to benign text"
     )
-    neighbours: int = Field(default=2, ge=1, le=50, description="nearest exemplars averaged")
+    neighbours: int = Field(default=3, ge=1, le=50, description="nearest exemplars averaged")
     max_segments: int = Field(
         default=16, ge=1, le=256, description="pieces of a long prompt that are embedded"
     )

@@ -168,7 +168,9 @@ Validator = Callable[[str], bool]
 _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] = (
     (re.compile(r"(?i)(?<![0-9a-z])\d{8}-?[a-z](?![0-9a-z])"), dni.is_valid, None),
     (re.compile(r"(?i)(?<![0-9a-z])[xyz]-?\d{7}-?[a-z](?![0-9a-z])"), nie.is_valid, None),
-    (re.compile(r"(?<![\d-])\d{3}([ -])\d{3}\1\d{3}(?![\d-])"), lambda v: v[0] not in "08" and luhn_ok(digits_of(v)) and sin.is_valid(v), None),
+    # Canadian SIN only next to its name: 3-3-3 digits are as often a Spanish or French phone number
+    # ("Llámame al 612 345 678" passes Luhn one time in ten).
+    (re.compile(r"(?<![\d-])\d{3}([ -])\d{3}\1\d{3}(?![\d-])"), lambda v: v[0] not in "08" and luhn_ok(digits_of(v)) and sin.is_valid(v), ("sin", "social insurance", "assurance sociale", "nas ", "nas:")),
     (re.compile(r"(?<![0-9A-Za-z-])[2-9]\d{3} \d{4} \d{4}(?![0-9A-Za-z-])"), lambda v: verhoeff.checksum(digits_of(v)) == 0 and aadhaar.is_valid(v), None),
     (re.compile(r"(?<![0-9A-Za-z-])[2-9]\d{3}-\d{4}-\d{4}(?![0-9A-Za-z-])"), aadhaar.is_valid, ("aadhar", "aadhaar", "आधार", "uidai")),
     (re.compile(r"(?<![0-9A-Za-z-])[2-9]\d{11}(?![0-9A-Za-z-])"), aadhaar.is_valid, ("aadhar", "aadhaar", "आधार", "uidai")),
@@ -275,8 +277,10 @@ def phones(text: str, regions: tuple[str, ...]) -> Iterator[Finding]:
         for m in _PHONE_GROUPED.finditer(text):
             if m.start() < taken or not 8 <= _digit_count(m.group()) <= 12:
                 continue
-            # Both a phone word and the country's own grouping: "extension 666-12-3456" is not one.
-            if _said_before(lowered, m.start(), PHONE_WORDS) and _is_phone(m.group(), regions, False):
+            # A phone word and either the country's own grouping or groups of three or more digits,
+            # as people write them ("Llámame al 612 345 678"): "extension 666-12-3456" is not one.
+            plain_groups = all(len(g) >= 3 for g in re.findall(r"\d+", m.group()))
+            if _said_before(lowered, m.start(), PHONE_WORDS) and _is_phone(m.group(), regions, plain_groups):
                 yield Finding("phone", m.start(), m.end())
 
 

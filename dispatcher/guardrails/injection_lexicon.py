@@ -77,7 +77,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "SYSTEM_PROMPT": (
         "everything before this", "everything before", "your initial prompt", "initial prompt", "configuration prompt", "the prompt that defines", "prompt that defines your", "oorspronkelijke instructies", "ursprünglichen anweisungen", "शुरुआती निर्देश", "text before", "first 100 words", "first 50 words", "words of your conversation", "your configuration",
         "hidden preamble", "your preamble", "the preamble", "instructions were you given", "instructions you were given", "rules you were given", "instructions cachées", "instructions secrètes",
-        "system prompt", "system message", "system instructions", "initial prompt", "initial instructions",
+        "system prompt$", "system message", "system instructions", "initial prompt", "initial instructions",
         "hidden instructions", "hidden prompt", "secret instructions", "original instructions",
         "original prompt", "your instructions", "your prompt", "your guidelines",
         "developer message", "pre-prompt", "preprompt", "meta prompt", "the text above", "the words above",
@@ -109,7 +109,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "reveal", "show me", "paste the", "paste your", "paste them", "translate$", "herhaal je", "show your", "print", "repeat", "output", "display", "leak", "disclose",
         "tell me", "give me", "write out", "spell out", "recite", "dump", "expose", "share your",
         "what is your", "what are your", "what was your", "what were",
-        "zeig", "gib mir", "gib aus", "wiederhol", "verrat", "offenleg", "nenne mir", "schreib",
+        "zeig", "gib mir", "gib aus", "gib$", "wiederhol", "verrat", "offenleg", "nenne mir", "schreib",
         "ausgeben", "drucke",
         "révèle", "révélez", "montre", "montrez", "affiche", "répète", "répétez", "donne-moi", "divulgue",
         "écris", "quel est ton", "quelles sont tes",
@@ -130,7 +130,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- personas and unrestricted assistants -----------------------------------------------------
     "PERSONA": (
-        "act as", "acting as", "pretend", "you are an ai", "an ai whose", "an ai that", "an ai with", "ai who", "a model that", "a model whose", "speak as", "fais semblant d'être", "finge que eres", "finja que você", "une ia", "una ia", "uma ia", "un'ia", "you are now", "you're now", "from now on", "roleplay",
+        "act as", "acting as", "pretend", "you are an ai", "an ai whose", "an ai that", "an ai with$", "ai who", "a model that", "a model whose", "speak as", "fais semblant d'être", "finge que eres", "finja que você", "une ia", "una ia", "uma ia", "un'ia", "you are now", "you're now", "from now on", "roleplay",
         "role-play", "role play", "play the role", "imagine you are", "imagine you're", "simulate",
         "become$", "behave as", "respond as", "answer as", "you will be", "you are going to act",
         "you are a", "you're a", "let's play", "stay in character", "you will now",
@@ -214,8 +214,8 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "सक्रिय", "चालू", "में जाओ", "etkinleştir", "aç$", "geç$", "moduna geç", "aktif et",
     ),
     "MODE": (
-        "developer mode", "dev mode", "dan mode", "god mode", "jailbreak mode", "evil mode",
-        "unrestricted mode", "unfiltered mode", "uncensored mode", "sudo mode", "admin mode", "chaos mode",
+        "developer mode$", "dev mode$", "dan mode$", "god mode$", "jailbreak mode$", "evil mode$",
+        "unrestricted mode$", "unfiltered mode$", "uncensored mode$", "sudo mode$", "admin mode$", "chaos mode$",
         "entwicklermodus", "entwickler-modus", "mode développeur", "modo desarrollador", "modo de desarrollador",
         "modalità sviluppatore", "modo desenvolvedor", "modo de desenvolvedor", "ontwikkelaarsmodus",
         "tryb dewelopera", "tryb programisty", "режим разработчика", "режим dan", "режим бога",
@@ -223,13 +223,13 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "탈옥 모드", "وضع المطور", "وضع المطوّر", "डेवलपर मोड", "geliştirici modu", "dan modu",
     ),
     "PERSONA_NAME": (
-        "dan mode", "dan modu", "dan-modus", "mode dan", "modo dan", "modalità dan", "dan-modus", "tryb dan", "режим dan", "danモード", "dan 모드", "dan模式", "وضع dan", "dan मोड",
+        "dan mode$", "dan modu", "dan-modus", "mode dan", "modo dan", "modalità dan", "dan-modus", "tryb dan", "режим dan", "danモード", "dan 모드", "dan模式", "وضع dan", "dan मोड",
         "dan$", "stan$", "dude$", "aim$", "betterdan", "antigpt", "mongo tom", "evil confidant",
         "jailbreak$", "jailbroken", "unaligned", "apophis", "ucar$", "nsfwgpt",
         "basedgpt",
     ),
     "STRONG": (
-        "new instructions:", "new system instructions", "unrestricted mode", "unfiltered mode", "uncensored mode", "evil mode", "modo dan", "dan模式", "dan 模式", "new rules apply", "system override", "admin override", "sudo mode", "neue anweisungen:", "nouvelles instructions :", "nuevas instrucciones:", "nuove istruzioni:",
+        "new instructions:", "new system instructions", "unrestricted mode$", "unfiltered mode$", "uncensored mode$", "evil mode$", "new rules apply", "system override", "admin override", "sudo mode$", "neue anweisungen:", "nouvelles instructions :", "nuevas instrucciones:", "nuove istruzioni:",
         "my late grandmother", "grandmother used to", "grandma used to", "아무리 불법", "ne kadar yasa dışı", "egal wie", "no importa lo ilegal", "quel que soit le", "non importa quanto illegale",
         "do anything now", "can do anything now", "broken free of the typical confines",
         "no matter how unethical", "no matter how illegal", "no matter how immoral", "no matter how harmful",
@@ -237,7 +237,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "regardless of how unethical", "even if it is illegal", "even if it's illegal", "even if it is harmful",
         "even if it is unethical", "without any moral", "without moral or ethical", "ethical guidelines do not apply",
         "openai's policies do not apply", "policies no longer apply", "rules no longer apply",
-        "you have been freed", "you have been jailbroken", "jailbreak successful", "jailbreak mode",
+        "you have been freed", "you have been jailbroken", "jailbreak successful", "jailbreak mode$",
         "anything now", "egal wie unethisch", "egal wie illegal", "peu importe à quel point",
         "sin importar lo", "non importa quanto", "não importa o quão", "ongeacht hoe", "bez względu na to",
         "неважно насколько", "независимо от того, насколько", "无论多么", "無論多麼", "どんなに非倫理的",
@@ -269,7 +269,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "me$",
         "you$", "your$", "you'll", "you're", "yourself", "assistant", "chatgpt", "ai$", "model$", "respond",
         "answer", "reply", "du$", "dich", "dein", "sie$", "antwort", "tu$", "toi", "vous", "réponds", "répondez",
-        "tú", "usted", "responde", "contesta", "tu$", "rispondi", "você", "responda", "jij", "je$",
+        "tú$", "usted", "responde", "contesta", "tu$", "rispondi", "você", "responda", "jij", "je$",
         "antwoord", "ty$", "odpowiadaj", "odpowiedz", "ты$", "вы$", "отвечай", "ответь", "你", "回答",
         "あなた", "答え", "回答", "너$", "당신", "답변", "대답", "أنت", "أجب", "تجيب", "तुम", "आप", "जवाब",
         "sen$", "siz$", "cevap", "yanıt",
@@ -381,14 +381,14 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     # --- talk about attacks (suppresses a finding when nothing in the text addresses the model) ------
     "DISCUSS": (
-        "red team", "owasp", "attacker", "such attempts", "signs that", "what does", "the string", "in our logs",
+        "red team", "owasp", "attacker", "such attempts", "signs that", "the string", "in our logs",
         "in web logs", "how should we", "how do we detect", "how to detect", "how can we detect", "defend against",
         "examples of", "taxonomy", "angreifer", "attaquant", "atacante", "attaccante", "aanvaller", "napastnik",
         "злоумышленник", "攻击者", "攻撃者", "공격자", "المهاجم", "हमलावर", "saldırgan",
     ),
     "SECOND_PERSON": (
-        "you$", "your$", "you're", "you'll", "yourself", "u$", "du$", "dein", "dich", "dir$", "tu$", "toi$", "ton$",
-        "tes$", "vous", "tú", "tus$", "você", "jij", "jouw", "je$", "ty$", "twoj", "ты$", "твой", "твои", "вы$",
+        "you$", "your$", "you're", "you'll", "yourself", "u$", "dein", "dich", "dir$", "tu$", "toi$", "ton$",
+        "tes$", "vous", "tú$", "tus$", "você", "jij", "jouw", "je$", "ty$", "twoj", "ты$", "твой", "твои", "вы$",
         "ваш", "你", "あなた", "너", "당신", "أنت", "تك$", "तुम", "आप", "sen$", "senin",
     ),
 }  # fmt: skip

@@ -2,7 +2,8 @@
 
 Detectors run on a normalized copy: NFKC (full-width digits and letters, mathematical alphanumerics,
 ligatures), other scripts' decimal digits as ASCII, invisible characters removed (zero-width,
-bidirectional controls, soft hyphens, variation selectors, tag characters), unusual spaces as a
+bidirectional controls, soft hyphens, variation selectors, tag characters; Arabic vowel marks),
+unusual spaces as a
 space, and confusable Cyrillic or Greek letters folded to Latin inside words that also hold Latin
 letters ("pаypal" with a Cyrillic а). Pure Cyrillic or Greek words are left alone: folding them
 would turn Russian into nonsense for the Russian detectors.
@@ -24,9 +25,11 @@ from functools import lru_cache
 
 # Removed: zero-width and joiners, bidirectional controls and isolates, soft hyphen, word joiner and
 # invisible operators, variation selectors, the BOM, Mongolian vowel separator, Hangul fillers, tags.
+# Also Arabic short-vowel marks and tatweel: optional in writing ("انسَ" is "انس"), so an attack
+# need not spell them as the lexicon does; no identifier contains one.
 _INVISIBLE = (
     "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
-    "\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e007f"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e007f\u0640\u064b-\u065f\u0670"
 )
 _INVISIBLE_RE = re.compile(f"[{_INVISIBLE}]")
 _SPACES = "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"

@@ -6,8 +6,8 @@ or "safe" (what dispatcher/admission/classifier.py asks), an embeddings request 
 The text is cut into segments (an attack hidden in a long document is not averaged away), each one
 also read undisguised the way the heuristics read it (decoded base64, leetspeak...), and flagged
 when its nearest attack exemplars are close (`threshold`) and closer than its nearest benign ones
-(`margin`). The exemplars are the tuning half of the labelled set (bench/guardrails_eval.py
---write-exemplars); the held-out half measures this detector.
+(`margin`). The exemplars are the whole tuning set, every family in 15 languages
+(bench/guardrails_eval.py --write-exemplars); the held-out set, never an exemplar, measures it.
 
 torch and sentence-transformers are the optional extra `modelbus[classifier]`: the core install and
 every other worker never import them. Loading takes seconds (import and weights), so it starts when
