@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from dispatcher.connection import is_transient
 from dispatcher.errors import StreamBroken
 from schemas.envelope import (
+    Affinity,
     ChunkFrame,
     ErrorCode,
     ErrorFrame,
@@ -93,7 +94,9 @@ class ReplyWriter:
         self._seq += 1
         return seq
 
-    async def start(self, worker: str, backend: str, version: str, queue_ms: int) -> None:
+    async def start(
+        self, worker: str, backend: str, version: str, queue_ms: int, affinity: Affinity | None = None
+    ) -> None:
         await self._send(
             StartFrame(
                 attempt=self._attempt,
@@ -102,6 +105,7 @@ class ReplyWriter:
                 backend=backend,
                 version=version,
                 queue_ms=queue_ms,
+                affinity=affinity,
             )
         )
 

@@ -16,6 +16,7 @@ from dispatcher.admission.guardrails import Guardrails
 from dispatcher.admission.live_config import LiveConfig
 from dispatcher.admission.pipeline import Admission
 from dispatcher.admission.quota import QuotaGate
+from dispatcher.affinity import envelope_bucket
 from dispatcher.api_keys import KeyRegistry
 from dispatcher.audit.checkpoints import Checkpointer, CheckpointLog, signing_key
 from dispatcher.audit.publisher import AuditPublisher
@@ -106,7 +107,15 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         supervisor.supervise("config-watch", lambda: config_store.follow(on_change))
         watch_config(config_store, "dispatcher")
         if batches is not None:
-            bus = BusClient(nc, subjects, settings, _BUS_ID, msg_ttl, shared_inbox=True)
+            bus = BusClient(
+                nc,
+                subjects,
+                settings,
+                _BUS_ID,
+                msg_ttl,
+                shared_inbox=True,
+                affinity_bucket=lambda envelope: envelope_bucket(live.config, envelope),
+            )
             await bus.start()
             admission = Admission(
                 live,

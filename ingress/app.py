@@ -17,6 +17,7 @@ from dispatcher.admission.live_config import LiveConfig
 from dispatcher.admission.offload import Offload
 from dispatcher.admission.pipeline import Admission
 from dispatcher.admission.quota import QuotaGate
+from dispatcher.affinity import envelope_bucket
 from dispatcher.api_keys import KeyRegistry
 from dispatcher.audit.publisher import AuditPublisher
 from dispatcher.batches import BatchStore
@@ -160,6 +161,7 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
         settings.ingress_id,
         msg_ttl,
         share_bucket=lambda c: live.config.share_bucket(c),
+        affinity_bucket=lambda envelope: envelope_bucket(live.config, envelope),
     )
     await bus.start()
     audit = AuditPublisher(js, subjects, f"ingress-{settings.ingress_id}")
@@ -203,7 +205,14 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
     supervisor.supervise("lag-gauges", lambda: refresh_lag(js, subjects, workers, lambda: live.config))
     if settings.fair_share:
         share_feeder = await open_feeder(
-            nc, js, subjects, settings, lambda b: live.config.share_spec(b), workers, settings.ingress_id
+            nc,
+            js,
+            subjects,
+            settings,
+            lambda b: live.config.share_spec(b),
+            workers,
+            settings.ingress_id,
+            buckets=lambda m: live.config.affinity_buckets(m),
         )
         supervisor.supervise("share-feeder", share_feeder.run)
         watch(share_feeder.metrics)

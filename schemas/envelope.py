@@ -100,12 +100,16 @@ class _Frame(BaseModel):
     seq: int = 0  # per attempt; start is 0 and every data frame adds one
 
 
+Affinity = Literal["home", "stolen"]
+
+
 class StartFrame(_Frame):
     kind: Literal["start"] = "start"
     worker: str
     backend: str
     version: str = "default"
     queue_ms: int
+    affinity: Affinity | None = None  # models with prefix affinity: the bucket was the worker's own
 
 
 class ChunkFrame(_Frame):

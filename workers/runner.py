@@ -30,7 +30,7 @@ from dispatcher.stored_responses import ResponseStore
 from dispatcher.subjects import Subjects
 from dispatcher.telemetry import metrics
 from dispatcher.telemetry.labels import MetricLabels
-from schemas.envelope import Endpoint, ErrorCode, RequestEnvelope, Timings
+from schemas.envelope import Affinity, Endpoint, ErrorCode, RequestEnvelope, Timings
 from schemas.openai import Usage
 from schemas.traffic import Cost
 from workers import dialects
@@ -75,8 +75,10 @@ class RequestRunner:
         responses: ResponseStore | None = None,
         price: Callable[[], Cost | None] | None = None,
         labels: Callable[[], MetricLabels] | None = None,
+        affinity: Callable[[Msg], Affinity | None] | None = None,
     ) -> None:
         self._nc = nc
+        self._affinity = affinity  # home or stolen, for a model with prefix affinity
         self._quotas = quotas
         self._responses = responses
         self._price = price  # the model's token prices now (the configuration may change them)
@@ -125,11 +127,15 @@ class RequestRunner:
             return
         attempt = msg.metadata.num_delivered
         writer = self._writer(envelope, attempt)
+        affinity = self._affinity(msg) if self._affinity is not None else None
+        if affinity is not None:
+            metrics.AFFINITY.labels(self._labels().model(envelope.target), affinity).inc()
         await writer.start(
             self._settings.worker_id,
             self._backend.description,
             envelope.version,
             queue_ms=max(0, picked_up_ms - envelope.created_ms),
+            affinity=affinity,
         )
         current = asyncio.current_task()
         assert current is not None
