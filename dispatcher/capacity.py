@@ -96,6 +96,13 @@ def staged_by_queue(subjects: Subjects, counts: dict[str, int]) -> dict[QueueKey
     return found
 
 
+def affinity_hit_rate(workers: list[WorkerStatus]) -> float | None:
+    """Home share of what the workers took from affinity buckets; None if they took nothing."""
+    home = sum(w.affinity_home or 0 for w in workers)
+    taken = home + sum(w.affinity_stolen or 0 for w in workers)
+    return home / taken if taken else None
+
+
 def estimated_wait_s(workers: list[WorkerStatus], queued: int, in_flight: int) -> float | None:
     """How long a request sent now would wait for a slot; None if no worker serves the model."""
     capacity = sum(w.capacity for w in workers)
@@ -142,6 +149,7 @@ async def capacity_view(
                     estimated_wait_s=estimate,
                     staged=waiting,
                     shares=[ConsumerShare(consumer=c, queued=n) for c, n in sorted(shares.items())],
+                    affinity_hit_rate=affinity_hit_rate(mine),
                 )
             )
     return view

@@ -83,6 +83,9 @@ class Worker:
                 avg_service_ms=runner.avg_service_ms,
                 updated_ms=int(time.time() * 1000),
             )
+            if isinstance(self.puller, AffinityPuller):
+                status.affinity_home = self.puller.taken["home"]
+                status.affinity_stolen = self.puller.taken["stolen"]
             try:
                 await registry.put(self._registry_key, status.model_dump_json().encode())
             except Exception as exc:  # noqa: BLE001 - the next beat retries; the TTL covers the gap

@@ -77,7 +77,9 @@ workers_st = st.lists(st.text(min_size=1, max_size=12), min_size=2, max_size=8, 
 
 
 @given(workers_st, st.integers(min_value=1, max_value=64), st.data())
-def test_a_worker_leaving_moves_only_its_own_buckets(workers: list[str], buckets: int, data: st.DataObject) -> None:
+def test_a_worker_leaving_moves_only_its_own_buckets(
+    workers: list[str], buckets: int, data: st.DataObject
+) -> None:
     gone = data.draw(st.sampled_from(workers))
     before = {k: home_worker(k, workers) for k in range(buckets)}
     after = {k: home_worker(k, [w for w in workers if w != gone]) for k in range(buckets)}

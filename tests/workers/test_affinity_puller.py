@@ -28,7 +28,9 @@ class Bus:
         self.nc, self.subjects, self.fifo, self.buckets = nc, subjects, fifo, buckets
 
     async def publish(self, bucket: int, body: str, ring: bool = True) -> None:
-        await self.nc.jetstream().publish(self.subjects.affinity_request("m", "default", bucket), body.encode())
+        await self.nc.jetstream().publish(
+            self.subjects.affinity_request("m", "default", bucket), body.encode()
+        )
         if ring:
             await self.nc.publish(self.subjects.affinity_bell("m", "default", bucket), b"")
 
