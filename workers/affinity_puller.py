@@ -162,14 +162,15 @@ class AffinityPuller(CapacityPuller):
         now = time.monotonic()
         if self._open is not None:
             wake_at = [self._written_off_at]
+        elif self._backoff_until > now:
+            wake_at = [self._backoff_until]  # nothing is pulled before then, whatever is marked
         else:
             wake_at = [self._scan_at]
             if self.capacity > self.in_flight:
+                # A home mark is due at once; another worker's when its grace is over.
                 wake_at += [since + self._grace_s for since in self._marked.values()]
                 if self._batch_subject is not None and self.in_flight_batch < self._batch_limit:
                     wake_at.append(self._batch_at)
-        if self._backoff_until > now:
-            wake_at.append(self._backoff_until)
         try:
             async with asyncio.timeout(max(min(wake_at) - now, 0.0)):
                 await self._wake.wait()
