@@ -15,8 +15,10 @@ another has work. What it knows about the buckets:
   that came back full (there may be more); cleared by a pull that came back short;
 - the *home* buckets, set from the live workers by rendezvous hashing.
 
-A free slot takes, in order: the oldest marked home bucket (and the lane's FIFO consumer, which
-only carries requests published while affinity was off); else the oldest marked bucket of another
+A free slot takes, in order: the home bucket of the request that just freed it, if it has work —
+a backend that keeps a prompt per slot (llama.cpp) has that prefix in exactly the slot now free —
+unless another home bucket has been waiting for `warm_limit_s`; the oldest marked home bucket (and
+the lane's FIFO consumer, which only carries requests published while affinity was off); else the oldest marked bucket of another
 worker whose mark is at least `steal_grace_s` old — long enough for an idle home worker, which
 heard the same bell, to take it first — (`stolen`); else batch work, as `CapacityPuller` does,
 up to its share. So no slot idles while anything is queued for longer than the grace, and a dead
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -56,6 +59,7 @@ class AffinityPuller(CapacityPuller):
         api_prefix: str = "$JS.API",
         rescan_s: float = 1.0,
         steal_grace_s: float = 0.01,
+        warm_limit_s: float = 1.0,
     ) -> None:
         super().__init__(
             nc,
@@ -74,7 +78,8 @@ class AffinityPuller(CapacityPuller):
         }
         self._bells = bells
         self.buckets = len(bucket_consumers)
-        self._rescan_s, self._grace_s = rescan_s, steal_grace_s
+        self._rescan_s, self._grace_s, self._warm_limit_s = rescan_s, steal_grace_s, warm_limit_s
+        self._warm: deque[int] = deque(maxlen=capacity)  # buckets whose request just freed a slot
         self.home: frozenset[int] = frozenset(range(len(bucket_consumers)))  # alone until told otherwise
         self._marked: dict[int, float] = {}  # source -> since when it may have work
         self._rung: dict[int, float] = {}  # source -> when its bell last rang
@@ -116,7 +121,13 @@ class AffinityPuller(CapacityPuller):
     def _choose(self, now: float) -> int | None:
         home = [s for s in self._marked if s == _FIFO or s in self.home]
         if home:
-            return min(home, key=self._marked.__getitem__)
+            oldest = min(home, key=self._marked.__getitem__)
+            if now - self._marked[oldest] < self._warm_limit_s:
+                while self._warm:
+                    warm = self._warm.popleft()
+                    if warm in self._marked and warm in self.home:
+                        return warm
+            return oldest
         ripe = [s for s, since in self._marked.items() if now - since >= self._grace_s]
         return min(ripe, key=self._marked.__getitem__) if ripe else None
 
@@ -157,6 +168,14 @@ class AffinityPuller(CapacityPuller):
                     self.taken[kind] += self._open_received
         self._open = None
         self.owed = 0
+
+    async def _run(self, msg: Msg, batch_lane: bool) -> None:
+        try:
+            await super()._run(msg, batch_lane)
+        finally:
+            bucket = Subjects.affinity_bucket_of(msg.subject)
+            if bucket is not None:
+                self._warm.append(bucket)
 
     async def _sleep_until_needed(self) -> None:
         now = time.monotonic()

@@ -140,6 +140,7 @@ class Worker:
             api_prefix=api_prefix(settings),
             rescan_s=settings.affinity_rescan_s,
             steal_grace_s=settings.affinity_steal_grace_ms / 1000,
+            warm_limit_s=settings.affinity_warm_limit_s,
         )
 
     async def _follow_home(self, registry: KeyValue, puller: AffinityPuller) -> None:

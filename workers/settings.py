@@ -26,6 +26,11 @@ class WorkerSettings(BusSettings):
         ge=0,
         description="prefix affinity: how long another worker's new work waits before this one steals it",
     )
+    affinity_warm_limit_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="prefix affinity: a freed slot keeps its bucket unless another home bucket waited this long",
+    )
     affinity_rescan_s: float = Field(
         default=1.0, gt=0, description="prefix affinity: every bucket is looked at at least this often"
     )

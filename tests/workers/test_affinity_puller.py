@@ -4,6 +4,7 @@ never more than its capacity."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -177,3 +178,46 @@ async def test_never_more_than_capacity_across_buckets(bus: Bus) -> None:
     for name in [bus.fifo, *bus.buckets]:
         info = await bus.nc.jetstream().consumer_info(bus.subjects.request_stream, name)
         assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_a_freed_slot_next_takes_its_own_buckets_work(bus: Bus) -> None:
+    order: list[str] = []
+
+    async def handler(msg: Msg) -> None:
+        order.append(msg.data.decode())
+        await asyncio.sleep(0.005)
+        await msg.ack()
+
+    for n in range(5):
+        await bus.publish(0, f"0-{n}", ring=False)
+        await bus.publish(1, f"1-{n}", ring=False)
+    puller = bus.puller(1, handler, warm_limit_s=30.0)
+    puller.set_home(frozenset({0, 1}))
+    task = asyncio.create_task(puller.run())
+    await _until(lambda: len(order) == 10)
+    puller.stop()
+    await task
+    # One switch between the buckets, not one per request: the slot stays with its prefix.
+    switches = sum(a[0] != b[0] for a, b in itertools.pairwise(order))
+    assert switches == 1, order
+
+
+async def test_a_bucket_waiting_past_the_warm_limit_gets_the_slot(bus: Bus) -> None:
+    order: list[str] = []
+
+    async def handler(msg: Msg) -> None:
+        order.append(msg.data.decode())
+        await asyncio.sleep(0.02)
+        await msg.ack()
+
+    for n in range(6):
+        await bus.publish(0, f"0-{n}", ring=False)
+        await bus.publish(1, f"1-{n}", ring=False)
+    puller = bus.puller(1, handler, warm_limit_s=0.0)  # no continuation: oldest first, round robin
+    puller.set_home(frozenset({0, 1}))
+    task = asyncio.create_task(puller.run())
+    await _until(lambda: len(order) == 12)
+    puller.stop()
+    await task
+    switches = sum(a[0] != b[0] for a, b in itertools.pairwise(order))
+    assert switches >= 6, order
