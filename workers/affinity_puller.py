@@ -134,8 +134,10 @@ class AffinityPuller(CapacityPuller):
     async def _pull_next(self, free: int) -> None:
         now = time.monotonic()
         if now >= self._scan_at:
+            # Found by a rescan, work may be seconds old or just published with its bell on the
+            # way: the steal grace applies all the same.
             for source in self._sources:
-                self._marked.setdefault(source, now - self._grace_s)
+                self._marked.setdefault(source, now)
             self._scan_at = now + self._rescan_s
         chosen = self._choose(now)
         if chosen is not None:
