@@ -206,7 +206,9 @@ class Sampler:
         }
 
 
-async def _drive(port: int, plan: list[tuple[int, str]], concurrency: int) -> list[dict[str, Any]]:
+async def _drive(
+    port: int, plan: list[tuple[int, str]], concurrency: int, progress: Path | None = None
+) -> list[dict[str, Any]]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     results: list[dict[str, Any]] = []
     todo = iter(enumerate(plan))
@@ -234,6 +236,7 @@ async def _drive(port: int, plan: list[tuple[int, str]], concurrency: int) -> li
                     ended = time.perf_counter()
                 results.append(
                     {
+                        "at_s": time.time(),
                         "index": index,
                         "prompt": prompt_no,
                         "ttft_ms": ((first or ended) - started) * 1000,
@@ -244,6 +247,9 @@ async def _drive(port: int, plan: list[tuple[int, str]], concurrency: int) -> li
                         "worker": response.headers.get("x-modelbus-worker"),
                     }
                 )
+                if progress is not None:  # a run cut short still leaves its answers
+                    with progress.open("a") as out:
+                        out.write(json.dumps(results[-1]) + "\n")
 
         await asyncio.gather(*(one_client() for _ in range(concurrency)))
     return results
@@ -293,7 +299,7 @@ def run_case(args: argparse.Namespace, plan: list[tuple[int, str]], affinity: bo
             async def measured() -> list[dict[str, Any]]:
                 sampling = asyncio.create_task(sampler.run(stop))
                 try:
-                    return await _drive(port, plan, args.concurrency)
+                    return await _drive(port, plan, args.concurrency, args.progress)
                 finally:
                     stop.set()
                     await sampling
@@ -345,6 +351,7 @@ def main() -> None:
     parser.add_argument("--window-chars", type=int, default=1024)
     parser.add_argument("--modes", default="fifo,affinity")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--progress", type=Path, default=None, help="append each answer as a JSON line")
     args = parser.parse_args()
     rng = random.Random(19)
     plan = [(rng.randrange(PROMPTS), rng.choice(TURNS)) for _ in range(args.requests)]
