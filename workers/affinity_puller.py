@@ -28,7 +28,6 @@ home; its unacked messages come back after `ack_wait` like any redelivery.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 
@@ -179,22 +178,15 @@ class AffinityPuller(CapacityPuller):
             if bucket is not None:
                 self._warm.append(bucket)
 
-    async def _sleep_until_needed(self) -> None:
-        now = time.monotonic()
+    def _wake_at(self, now: float) -> float:
         if self._open is not None:
-            wake_at = [self._written_off_at]
-        elif self._backoff_until > now:
-            wake_at = [self._backoff_until]  # nothing is pulled before then, whatever is marked
-        else:
-            wake_at = [self._scan_at]
-            if self.capacity > self.in_flight:
-                # A home mark is due at once; another worker's when its grace is over.
-                wake_at += [since + self._grace_s for since in self._marked.values()]
-                if self._batch_subject is not None and self.in_flight_batch < self._batch_limit:
-                    wake_at.append(self._batch_at)
-        try:
-            async with asyncio.timeout(max(min(wake_at) - now, 0.0)):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
-        self._wake.clear()
+            return self._written_off_at
+        if self._backoff_until > now:
+            return self._backoff_until  # nothing is pulled before then, whatever is marked
+        wake_at = [self._scan_at]
+        if self.capacity > self.in_flight:
+            # A home mark is due at once; another worker's when its grace is over.
+            wake_at += [since + self._grace_s for since in self._marked.values()]
+            if self._batch_subject is not None and self.in_flight_batch < self._batch_limit:
+                wake_at.append(self._batch_at)
+        return min(wake_at)
