@@ -30,6 +30,7 @@ batch feeder turns a refusal into the error line a sync caller would have got as
     ├── QuotaUnavailable         the quota counters cannot be reached (admission: LimitsUnavailable)
     ├── KeyExists, KeyNotFound   run-time API key administration
     ├── TaskChanged              a task's KV entry moved on since it was read: read it again
+    ├── AckRefused               JetStream answered an audit publish with an error, not a PubAck
     └── WatchLost                a KV watch stopped seeing changes: its supervisor starts a new one
 """
 
@@ -230,3 +231,7 @@ class KeyExists(ModelbusError):
 
 class KeyNotFound(ModelbusError):
     """No run-time key with that id."""
+
+
+class AckRefused(ModelbusError):
+    """JetStream answered a publish with an error (no stream, stream full, ...) instead of a PubAck."""

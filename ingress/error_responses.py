@@ -52,9 +52,12 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-class TokenRejected(Exception):
-    """A bearer token is not acceptable; the message is safe to show (it never contains the token).
-    ingress/auth.py turns it into the 401 every rejected credential gets."""
+class TokenRejected(APIError):
+    """A bearer token is not acceptable: 401. The message is safe to show (it never contains the
+    token); ingress/auth.py adds the `WWW-Authenticate` header every rejected credential gets."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(401, message, "invalid_api_key")
 
 
 def from_bus_error(exc: ModelbusError) -> APIError:

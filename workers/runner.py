@@ -233,7 +233,7 @@ class RequestRunner:
                 message = exc.message
                 if exc.overflow is not None:  # said the way the client's API says it
                     message = overflow_message(*exc.overflow, envelope.endpoint is Endpoint.MESSAGES)
-                await writer.error(code, message, exc.status, False, exc.code)
+                await writer.error(code, message, exc.status, False, api_code=exc.code)
                 return Outcome.ACK
             if attempt < self._settings.max_deliver and writer.sent_data is False:
                 log.warning("request %s: backend unavailable, leaving it for redelivery", envelope.id)

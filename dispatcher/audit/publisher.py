@@ -22,16 +22,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from dispatcher.bus.subjects import Subjects
+from dispatcher.errors import AckRefused
 from schemas.audit import AuditEvent
 
 log = logging.getLogger(__name__)
 
 _FIRST_DELAY_S = 0.1
 _MAX_DELAY_S = 5.0
-
-
-class AckRefused(Exception):
-    """JetStream answered a publish with an error (no stream, stream full, ...) instead of a PubAck."""
 
 
 class AuditPublisher:

@@ -137,6 +137,7 @@ class ReplyWriter:
         message: str,
         status: int,
         retryable: bool,
+        *,
         api_code: str | None = None,
         param: str | None = None,
     ) -> None:
