@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -33,29 +34,21 @@ _PARALLEL = 32
 _CAS_ATTEMPTS = 5
 
 
+@dataclass
 class TaskCollector:
-    def __init__(
-        self,
-        nc: NATS,
-        subjects: Subjects,
-        store: TaskStore,
-        recorder: TaskRecorder,
-    ) -> None:
-        self._nc = nc
-        self._subjects = subjects
-        self._store = store
-        self._recorder = recorder
-        self._slots = asyncio.Semaphore(_PARALLEL)
-        self._running: set[asyncio.Task[None]] = set()
-        self.finished = 0
+    nc: NATS
+    subjects: Subjects
+    store: TaskStore
+    recorder: TaskRecorder
+    finished: int = 0
+    _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(_PARALLEL))
+    _running: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def run(self, stop: asyncio.Event) -> None:
-        js = self._nc.jetstream()
-        await js.add_consumer(
-            self._subjects.task_reply_stream, task_collector_consumer_config(self._subjects)
-        )
+        js = self.nc.jetstream()
+        await js.add_consumer(self.subjects.task_reply_stream, task_collector_consumer_config(self.subjects))
         sub = await js.pull_subscribe_bind(
-            self._subjects.task_collector_consumer, self._subjects.task_reply_stream
+            self.subjects.task_collector_consumer, self.subjects.task_reply_stream
         )
         try:
             while not stop.is_set():
@@ -94,7 +87,7 @@ class TaskCollector:
             self._slots.release()
 
     async def _handle(self, msg: Msg) -> None:
-        task_id = self._subjects.request_id_from(msg.subject)
+        task_id = self.subjects.request_id_from(msg.subject)
         try:
             frame, payload = decode_frame(msg.data)
         except (ValueError, ValidationError):
@@ -104,7 +97,7 @@ class TaskCollector:
         # or taken by two dispatcher replicas): every write is a compare-and-set on what was read,
         # and a conflict means reading again, so a late start frame never undoes a finished task.
         for _ in range(_CAS_ATTEMPTS):
-            found = await self._store.get_versioned(task_id)
+            found = await self.store.get_versioned(task_id)
             if found is None:
                 log.error("reply for unknown task %s dropped", task_id)
                 return
@@ -123,11 +116,11 @@ class TaskCollector:
             # finish the rest. Both steps are idempotent — the row is upserted, and the audit event
             # keeps its id, so the stream and the sink each keep one.
             if isinstance(frame, (FinalFrame, ErrorFrame)):
-                await self._recorder.record(task, frame)
+                await self.recorder.record(task, frame)
             return
         if isinstance(frame, StartFrame):
             task.status, task.started_at, task.worker = TaskStatus.RUNNING, int(time.time()), frame.worker
-            await self._store.update(task, revision)
+            await self.store.update(task, revision)
         elif isinstance(frame, (FinalFrame, ErrorFrame)):
-            await self._recorder.finish(task, frame, payload, revision)
+            await self.recorder.finish(task, frame, payload, revision)
             self.finished += 1
