@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas.envelope import ErrorCode
+from schemas.envelope import ErrorFrame
 
 # How long a client is told to wait (Retry-After) before repeating a request refused for a passing
 # reason: a counter or checker that did not answer, a broker between leaders. Long enough not to be
@@ -172,22 +172,14 @@ class Interrupted(ModelbusError):
 class RemoteError(ModelbusError):
     """The worker or its backend answered with an error frame."""
 
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        status: int,
-        retryable: bool,
-        api_code: str | None = None,
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.retryable = retryable
-        self.api_code = api_code  # the backend's meaning, in OpenAI's codes (context_length_exceeded)
-        self.param = param
+    def __init__(self, frame: ErrorFrame) -> None:
+        super().__init__(frame.message)
+        self.code = frame.code
+        self.message = frame.message
+        self.status = frame.status
+        self.retryable = frame.retryable
+        self.api_code = frame.api_code  # the backend's meaning in OpenAI's codes (context_length_exceeded)
+        self.param = frame.param
 
 
 class WebhookRefused(InvalidRequest):

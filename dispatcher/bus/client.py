@@ -177,9 +177,7 @@ class ReplyStream:
 
     @staticmethod
     def _remote_error(frame: ErrorFrame) -> RemoteError:
-        return RemoteError(
-            frame.code, frame.message, frame.status, frame.retryable, frame.api_code, frame.param
-        )
+        return RemoteError(frame)
 
     async def cancel(self) -> None:
         """Tell workers to stop: the client is gone or the deadline passed."""

@@ -26,7 +26,7 @@ from dispatcher.errors import (
     WorkerLost,
 )
 from ingress.error_responses import APIError, from_bus_error, install_error_handlers
-from schemas.envelope import ErrorCode
+from schemas.envelope import ErrorCode, ErrorFrame
 
 
 @pytest.mark.parametrize(
@@ -42,12 +42,26 @@ from schemas.envelope import ErrorCode
             "3",  # whole seconds, rounded up
         ),
         (
-            RemoteError(ErrorCode.BACKEND_ERROR, "bad", 400, False, "context_length_exceeded"),
+            RemoteError(
+                ErrorFrame(
+                    code=ErrorCode.BACKEND_ERROR,
+                    message="bad",
+                    status=400,
+                    api_code="context_length_exceeded",
+                )
+            ),
             400,
             "context_length_exceeded",
             None,
         ),
-        (RemoteError(ErrorCode.BACKEND_UNAVAILABLE, "down", 503, True), 503, "backend_unavailable", "1"),
+        (
+            RemoteError(
+                ErrorFrame(code=ErrorCode.BACKEND_UNAVAILABLE, message="down", status=503, retryable=True)
+            ),
+            503,
+            "backend_unavailable",
+            "1",
+        ),
         (RequestTooLarge("big"), 413, "request_too_large", None),
         (QueueFull("full"), 503, "queue_full", "1"),
         (BusUnavailable("away"), 503, "bus_unavailable", "1"),
