@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,12 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `bench.*` and the gateway's packages
 
 from bench import report
-from bench.cpu import CpuUsage
 from bench.gc_trace import gc_by_run
 from bench.loadgen import LoadRun, Measure, Plan, ProbePlan, RelayRun, run_loadgen
 from bench.machine import busy_neighbours, machine_facts
-from bench.profile_summary import load as load_profile
-from bench.profile_summary import render as render_profile
+from bench.py_spy_profile import profile
 from bench.stack import (
     API_KEY,
     CHAT,
@@ -57,6 +53,7 @@ from bench.stack import (
     freeze_gc,
     start_stack,
 )
+from bench.wrk_check import run_wrk
 
 CONCURRENCIES = [1, 16, 64]
 RELAY_STREAMS = [1, 4]
@@ -227,102 +224,6 @@ def wait_for_quiet(ours: set[int], timeout_s: float) -> None:
         time.sleep(3)
 
 
-# --- wrk: the non-streaming runs again, with a client in C -----------------------------------
-
-_WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = [==[{body}]==]
-{headers}
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('WRKJSON {{"requests":%d,"duration_us":%d,"errors":%d,"status_errors":%d,' ..
-    '"p50_us":%d,"p99_us":%d}}\\n', summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
-def run_wrk(stack: Stack, sizes: Sizes, workdir: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in HEADERS.items())
-    for scenario in (s for s in SCENARIOS if s.measure == "complete"):
-        script = workdir / f"wrk-{scenario.name}.lua"
-        script.write_text(_WRK_SCRIPT.format(body=json.dumps(scenario.body), headers=headers))
-        for c in CONCURRENCIES:
-            for path, port in (("direct", stack.simulator_port), ("gateway", stack.ingress_port)):
-                options = f"-t1 -c{c} -d{sizes.wrk_seconds:g}s --timeout 10s -s {script}"
-                argv = ["wrk", *options.split(), f"http://{stack.host}:{port}{scenario.path}"]
-                result = _wrk_once(argv, stack.watch)
-                results[f"{scenario.name}@{c}/{path}"] = result
-                print(f"  wrk {scenario.name}@{c}/{path:<8} p50 {result['p50_ms']:6.2f} ms", file=sys.stderr)
-    return results
-
-
-def _wrk_once(argv: list[str], watch: dict[str, list[int]]) -> dict[str, Any]:
-    usage = CpuUsage(watch)
-    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    began = time.perf_counter()
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    wall = time.perf_counter() - began
-    usage.stop()
-    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wrk_cpu = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
-    raw = json.loads(out.split("WRKJSON ", 1)[1].splitlines()[0])
-    return {
-        "p50_ms": raw["p50_us"] / 1000,
-        "p99_ms": raw["p99_us"] / 1000,
-        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
-        "errors": raw["errors"] + raw["status_errors"],
-        "foreign_cores": max(0.0, usage.foreign - wrk_cpu) / wall,
-    }
-
-
-# --- py-spy profiles of ingress and worker under load ------------------------------------------
-
-
-def profile(
-    stack: Stack, procs: Processes, out_dir: Path, seconds: float, rps: dict[int, float]
-) -> dict[str, str]:
-    """Sample ingress and worker while the gateway serves non-streaming chat, at each concurrency in `rps`.
-
-    `rps` (the measured rate at that concurrency) sizes each run to outlast the sampling.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summaries: dict[str, str] = {}
-    for c, rate in rps.items():
-        requests = int(rate * (seconds + 4))
-        run = LoadRun(
-            f"profile:chat@{c}", stack.ingress_port, "POST", CHAT_PATH, json.dumps(CHAT), c, requests, 0
-        )
-        loadgen = procs.start_piped("loadgen", [sys.executable, "-m", "bench.loadgen"], cwd=ROOT)
-        assert loadgen.stdin is not None and loadgen.stdout is not None
-        loadgen.stdin.write(json.dumps(asdict(Plan(stack.host, HEADERS, {}, [run]))).encode())
-        loadgen.stdin.close()
-        time.sleep(2)  # past the load generator's start-up
-        spies = {
-            name: procs.start_piped(
-                f"py-spy-{name}", _py_spy(stack.pids[name], seconds, out_dir / f"{name}-c{c}.txt")
-            )
-            for name in ("ingress", "worker")
-        }
-        for name, spy in spies.items():
-            spy.communicate()
-            procs.forget(f"py-spy-{name}")
-            summary = render_profile(load_profile(out_dir / f"{name}-c{c}.txt"), top=25)
-            (out_dir / f"{name}-c{c}-summary.txt").write_text(summary + "\n")
-            summaries[f"{name}, chat, c={c}"] = summary
-        loadgen.stdout.read()  # its figures are not reported: sampling disturbs them
-        loadgen.wait()
-        procs.forget("loadgen")
-    return summaries
-
-
-def _py_spy(pid: int, seconds: float, output: Path) -> list[str]:
-    # --nonblocking: never pause the process, so sampling does not itself add latency.
-    options = f"--pid {pid} --duration {seconds:g} --rate 250 --nonblocking --format raw --output"
-    return ["py-spy", "record", *options.split(), str(output)]
-
-
 def _on_sigterm(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)  # unwinds through the cleanup below, like Ctrl-C does
 
@@ -395,11 +296,12 @@ def measure(args: argparse.Namespace, sizes: Sizes, scenarios: list[Scenario], w
         results = run_loadgen(plan, procs)
         ours = set(stack.pids.values())
         results["measured_again"] = remeasure_disturbed(plan, results, procs, args.attempts, ours)
-        wrk = run_wrk(stack, sizes, workdir) if use_wrk else {}
+        targets = [(s.name, s.path, s.body) for s in SCENARIOS if s.measure == "complete"]
+        wrk = run_wrk(stack, targets, CONCURRENCIES, sizes.wrk_seconds, HEADERS, workdir) if use_wrk else {}
         profiles = {}
         if args.profile:
             rps = {c: results["loads"][f"chat@{c}/gateway"]["rps"] for c in (1, 16)}
-            profiles = profile(stack, procs, args.profile, args.profile_seconds, rps)
+            profiles = profile(stack, procs, HEADERS, args.profile, args.profile_seconds, rps)
         procs.check_alive()
         if trace_dir is not None:
             collect_gc_traces(procs, ["ingress", "worker"], trace_dir)
