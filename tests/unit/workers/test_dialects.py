@@ -4,6 +4,7 @@ translated back (workers/dialects)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from schemas.envelope import Endpoint, OutputGuardrails, RequestEnvelope
@@ -14,22 +15,6 @@ from workers.dialects.responses_stream import NativeResponses, ResponsesFromChat
 
 Json = dict[str, Any]
 USAGE = Usage(prompt_tokens=7, completion_tokens=3, total_tokens=10)
-
-
-def _envelope(endpoint: Endpoint, payload: Json, guard: OutputGuardrails | None = None) -> RequestEnvelope:
-    return RequestEnvelope(
-        id="r1",
-        endpoint=endpoint,
-        model="m",
-        target="m",
-        consumer="c",
-        created_ms=0,
-        deadline_ms=1,
-        reply_to="x",
-        quota=None,
-        output_guard=guard,
-        payload=payload,
-    )
 
 
 def _chunks(*deltas: Json, finish: str = "stop") -> list[Json]:
@@ -236,11 +221,18 @@ def test_chat_stream_becomes_anthropic_events() -> None:
     }
 
 
-def test_output_guardrails_make_a_native_backend_translate() -> None:
+def test_output_guardrails_make_a_native_backend_translate(
+    make_envelope: Callable[..., RequestEnvelope],
+) -> None:
     payload = {"model": "m", "input": "hi", "previous_response_id": "resp_a", "store": True}
     native = frozenset({Endpoint.RESPONSES})
-    plain = dialects.plan(_envelope(Endpoint.RESPONSES, payload), native)
+    plain = dialects.plan(make_envelope(endpoint=Endpoint.RESPONSES, payload=payload), native)
     assert plain.endpoint is Endpoint.RESPONSES and not plain.translated
     assert "previous_response_id" not in plain.payload and plain.payload["store"] is False  # ours to keep
-    guarded = dialects.plan(_envelope(Endpoint.RESPONSES, payload, OutputGuardrails(pii="mask")), native)
+    guarded = dialects.plan(
+        make_envelope(
+            endpoint=Endpoint.RESPONSES, payload=payload, output_guard=OutputGuardrails(pii="mask")
+        ),
+        native,
+    )
     assert guarded.endpoint is Endpoint.CHAT and guarded.translated

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.completion import Completion
 
@@ -9,23 +11,9 @@ from schemas.envelope import Endpoint, RequestEnvelope
 from workers.openai_shape import normalize
 
 
-def _envelope(endpoint: Endpoint) -> RequestEnvelope:
-    return RequestEnvelope(
-        id="r1",
-        endpoint=endpoint,
-        model="m",
-        target="m",
-        consumer="c",
-        created_ms=0,
-        deadline_ms=1,
-        reply_to="x",
-        quota=None,
-        output_guard=None,
-        payload={},
-    )
-
-
-def test_tgi_chat_with_eos_token_and_partial_usage_validates_with_the_sdk() -> None:
+def test_tgi_chat_with_eos_token_and_partial_usage_validates_with_the_sdk(
+    make_envelope: Callable[..., RequestEnvelope],
+) -> None:
     body = {
         "id": "",
         "object": "chat.completion",
@@ -34,7 +22,7 @@ def test_tgi_chat_with_eos_token_and_partial_usage_validates_with_the_sdk() -> N
         "choices": [{"message": {"content": "hi"}, "finish_reason": "eos_token", "logprobs": None}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 2},
     }
-    normalize(body, _envelope(Endpoint.CHAT))
+    normalize(body, make_envelope(id="r1", endpoint=Endpoint.CHAT))
     parsed = ChatCompletion.model_validate(body)
     assert parsed.id == "chatcmpl-r1" and parsed.model == "m" and parsed.created > 0
     assert parsed.choices[0].finish_reason == "stop" and parsed.choices[0].index == 0
@@ -42,20 +30,22 @@ def test_tgi_chat_with_eos_token_and_partial_usage_validates_with_the_sdk() -> N
     assert parsed.usage is not None and parsed.usage.total_tokens == 7
 
 
-def test_stream_chunk_without_index_or_object() -> None:
+def test_stream_chunk_without_index_or_object(make_envelope: Callable[..., RequestEnvelope]) -> None:
     chunk = {"choices": [{"delta": {"content": "x"}, "finish_reason": None}], "model": "llama.gguf"}
-    normalize(chunk, _envelope(Endpoint.CHAT), chunk=True)
+    normalize(chunk, make_envelope(id="r1", endpoint=Endpoint.CHAT), chunk=True)
     parsed = ChatCompletionChunk.model_validate(chunk)
     assert parsed.object == "chat.completion.chunk" and parsed.choices[0].index == 0
     assert parsed.choices[0].finish_reason is None  # a chunk mid-stream is not finished
 
 
-def test_ollama_completion_with_length_and_missing_text() -> None:
+def test_ollama_completion_with_length_and_missing_text(
+    make_envelope: Callable[..., RequestEnvelope],
+) -> None:
     body = {
         "choices": [{"finish_reason": "max_tokens"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 0},
     }
-    normalize(body, _envelope(Endpoint.COMPLETIONS))
+    normalize(body, make_envelope(id="r1", endpoint=Endpoint.COMPLETIONS))
     parsed = Completion.model_validate(body)
     assert parsed.choices[0].finish_reason == "length" and parsed.choices[0].text == ""
     assert parsed.usage is not None and parsed.usage.total_tokens == 7
