@@ -42,6 +42,7 @@ from opentelemetry.util._decorator import _agnosticcontextmanager
 from opentelemetry.util.types import Attributes
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_exporting = False  # set by setup_tracing: does this process export its spans anywhere?
 
 
 class JsonLinesExporter(SpanExporter):
@@ -143,8 +144,16 @@ class IdsOnlyTracerProvider(trace.TracerProvider):
         return self._tracer
 
 
+def exporting() -> bool:
+    """Whether this process exports spans: if not, spans whose ids nobody reads (the worker's) need
+    not be made at all."""
+    return _exporting
+
+
 def setup_tracing(service: str, otlp_endpoint: str | None = None, trace_file: Path | None = None) -> Tracer:
-    if not otlp_endpoint and trace_file is None:
+    global _exporting
+    _exporting = bool(otlp_endpoint) or trace_file is not None
+    if not _exporting:
         trace.set_tracer_provider(IdsOnlyTracerProvider())
         return trace.get_tracer("modelbus")
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
