@@ -32,7 +32,15 @@ from ingress.degradation import HEADER as DEGRADED
 from ingress.degradation import Degradation
 from ingress.error_responses import APIError, from_bus_error
 from ingress.ingress_settings import IngressSettings
-from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event, named_event
+from ingress.sse import (
+    DONE,
+    EventStreamResponse,
+    LastEvents,
+    comment,
+    data_event,
+    error_event,
+    named_event,
+)
 from ingress.task_intake import TaskIntake, wants_async
 from schemas.endpoints import EndpointSpec
 from schemas.envelope import ChunkFrame, FinalFrame, Pickup, StartFrame
@@ -258,10 +266,11 @@ class Relay:
                     elif isinstance(frame, StartFrame):
                         draft.start = frame
                         out.append(_pickup_comment(frame))
+                if finished:
+                    yield LastEvents(b"".join(out))
+                    return
                 if out:
                     yield b"".join(out)
-                if finished:
-                    return
                 pending = await reply.frames(self._settings.sse_keepalive_s)
                 if not pending:
                     yield comment("keep-alive")
