@@ -32,10 +32,18 @@ from ingress.degradation import HEADER as DEGRADED
 from ingress.degradation import Degradation
 from ingress.error_responses import APIError, from_bus_error
 from ingress.ingress_settings import IngressSettings
-from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event, named_event
+from ingress.sse import (
+    DONE,
+    EventStreamResponse,
+    LastEvents,
+    comment,
+    data_event,
+    error_event,
+    named_event,
+)
 from ingress.task_intake import TaskIntake, wants_async
 from schemas.endpoints import EndpointSpec
-from schemas.envelope import ChunkFrame, FinalFrame, StartFrame
+from schemas.envelope import ChunkFrame, FinalFrame, Pickup, StartFrame
 from schemas.openai import error_body
 from schemas.traffic import RouteNeeds
 
@@ -242,6 +250,9 @@ class Relay:
                 finished = False
                 for frame, payload in pending:
                     if isinstance(frame, ChunkFrame):
+                        if frame.pickup is not None:  # no start frame came: the same comment
+                            draft.start = frame.pickup
+                            out.append(_pickup_comment(frame.pickup))
                         reply.mark_relayed()
                         lines = payload.split(b"\n")
                         draft.chunks.extend(lines)
@@ -254,11 +265,12 @@ class Relay:
                         finished = True
                     elif isinstance(frame, StartFrame):
                         draft.start = frame
-                        out.append(comment(f"worker={frame.worker} queue_ms={frame.queue_ms}"))
+                        out.append(_pickup_comment(frame))
+                if finished:
+                    yield LastEvents(b"".join(out))
+                    return
                 if out:
                     yield b"".join(out)
-                if finished:
-                    return
                 pending = await reply.frames(self._settings.sse_keepalive_s)
                 if not pending:
                     yield comment("keep-alive")
@@ -270,6 +282,10 @@ class Relay:
             yield error_event(body, error.status, spec.errors, spec.named_events)
         finally:
             await reply.close()
+
+
+def _pickup_comment(pickup: Pickup) -> bytes:
+    return comment(f"worker={pickup.worker} queue_ms={pickup.queue_ms}")
 
 
 def _route_needs(request: Request) -> RouteNeeds | None:

@@ -58,6 +58,10 @@ def error_event(
 DONE = b"data: [DONE]\n\n"
 
 
+class LastEvents(bytes):
+    """The stream's last events: they go out with the end of the body, in one write instead of two."""
+
+
 class EventStreamResponse(Response):
     def __init__(
         self,
@@ -94,7 +98,10 @@ class EventStreamResponse(Response):
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
             async for event in self._events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+                last = isinstance(event, LastEvents)
+                await send({"type": "http.response.body", "body": event, "more_body": not last})
+                if last:
+                    return  # the body is complete; closing the iterator runs its cleanup
         except OSError:
             await self._on_disconnect()  # the client vanished between two events
             return

@@ -113,9 +113,10 @@ class Pickup(BaseModel):
 
 
 class StartFrame(_Frame, Pickup):
-    """Sent when a worker picks a request up, where someone can use it at once: a stream's first
-    SSE comment and headers, a task's `running` status. A plain request's answer carries the same
-    facts in its final frame instead (`FinalFrame.pickup`): one message fewer per request."""
+    """Sent when a worker picks a request up, where someone can use it at once: a task's `running`
+    status at once, a stream's first SSE comment and headers when its first token is slow to come.
+    A plain request's answer carries the same facts in its final frame instead (`FinalFrame.pickup`),
+    a quick stream's in its first chunk frame (`ChunkFrame.pickup`): one message fewer each."""
 
     kind: Literal["start"] = "start"
 
@@ -125,6 +126,9 @@ class ChunkFrame(_Frame):
 
     kind: Literal["chunk"] = "chunk"
     count: int
+    # Set on a stream's first chunk frame when its first token came quickly enough that no start
+    # frame was sent: one message fewer per stream (an older ingress ignores the field).
+    pickup: Pickup | None = None
 
 
 class Timings(BaseModel):

@@ -51,6 +51,12 @@ class Outcome(enum.Enum):
     TERM = "term"
 
 
+# A stream whose first chunk takes longer than this gets a start frame; a quicker one's pickup rides
+# on its first chunk frame (one message fewer). Well under the ingress's keep-alive interval
+# (`sse_keepalive_s`, 10 s by default), until which it holds a stream's headers for the first token.
+_ANNOUNCE_AFTER_S = 0.5
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -90,6 +96,7 @@ class RequestRunner:
         )
         self.served = 0
         self.avg_service_ms: float | None = None  # moving average, for the capacity view
+        self._announcing: set[asyncio.Future[None]] = set()  # start frames of slow streams, in flight
 
     async def handle(self, msg: Msg) -> None:
         picked_up_ms = _now_ms()
@@ -124,10 +131,16 @@ class RequestRunner:
             version=envelope.version,
             queue_ms=max(0, picked_up_ms - envelope.created_ms),
         )
-        # Only a stream (headers, first SSE comment) and a task (`running`) can use a start frame; a
-        # plain request's pickup rides on its final frame. Liveness: heartbeats after heartbeat_s.
-        await writer.start(
-            pickup, announce=envelope.stream or self._subjects.is_task_reply(envelope.reply_to)
+        # Only a task (`running`) and a stream (headers, first SSE comment) can use a start frame. A
+        # plain request's pickup rides on its final frame, a stream's on its first chunk frame unless
+        # the first token is slow (then the start frame goes out after _ANNOUNCE_AFTER_S). Liveness:
+        # pulses, or heartbeats after heartbeat_s.
+        task_reply = self._subjects.is_task_reply(envelope.reply_to)
+        await writer.start(pickup, announce=task_reply)
+        announcing = (
+            asyncio.get_running_loop().call_later(_ANNOUNCE_AFTER_S, self._announce_soon, writer)
+            if envelope.stream and not task_reply
+            else None
         )
         current = asyncio.current_task()
         assert current is not None
@@ -151,6 +164,8 @@ class RequestRunner:
                 await writer.error(ErrorCode.CANCELLED, "the request was cancelled", 499, False)
             outcome = Outcome.TERM
         finally:
+            if announcing is not None:
+                announcing.cancel()
             self._cancellations.untrack(envelope.id, current)
             del self._live[(envelope.id, attempt)]
         await self._settle(msg, outcome)
@@ -158,6 +173,14 @@ class RequestRunner:
         if outcome is not Outcome.RETRY:
             self._settle_quota(envelope, _tokens_used(writer))
             self._count_cost(envelope, writer.usage)
+
+    def _announce_soon(self, writer: ReplyWriter) -> None:
+        """A stream's first token is slow: send its start frame now, so that the ingress's headers
+        and first SSE comment can name the worker before its keep-alive interval runs out."""
+        if not writer.announced and not writer.finished:
+            task = asyncio.ensure_future(writer.announce())
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
 
     def _count_cost(self, envelope: RequestEnvelope, usage: Usage | None) -> None:
         """What the request cost at its model's prices: a metric, and the consumer's money counters."""

@@ -5,6 +5,10 @@ whole processing, with children for the time the request spent queued (from the 
 pick-up, recorded after the fact with explicit times), the inference (the backend call; time to
 first token as an attribute and an event), the generation (first token to last) and post-processing
 (normalization and output guardrails).
+
+Nothing reads the worker's span ids (its logs do not carry them, its backend calls send no
+`traceparent`), so a worker that exports no spans makes none (`exporting()`): the spans cost about a
+tenth of its CPU per request (docs/benchmarks.md, *CPU per request, round three*).
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
-from dispatcher.telemetry.tracing import context_from
+from dispatcher.telemetry.tracing import context_from, exporting
 from schemas.envelope import RequestEnvelope, Timings
 
 _TRACER = trace.get_tracer("modelbus.worker")
@@ -24,6 +28,9 @@ _MS = 1_000_000  # nanoseconds per millisecond
 
 @contextmanager
 def processing(envelope: RequestEnvelope, picked_up_ms: int, worker: str) -> Iterator[Span]:
+    if not exporting():
+        yield INVALID_SPAN
+        return
     tracer = _TRACER
     parent = context_from(envelope.traceparent)
     with tracer.start_as_current_span(
@@ -47,7 +54,7 @@ def processing(envelope: RequestEnvelope, picked_up_ms: int, worker: str) -> Ite
 
 def record_inference(timings: Timings) -> None:
     """Spans for inference and generation, from the timings the runner measured."""
-    if not timings.finished_ms:
+    if not timings.finished_ms or not exporting():
         return
     tracer = _TRACER
     inference = tracer.start_span("inference", start_time=timings.picked_up_ms * _MS)
@@ -66,6 +73,8 @@ def record_inference(timings: Timings) -> None:
 
 def record_post_processing(spent_ns: int, finished_ms: int) -> None:
     """A stream's post-processing happens chunk by chunk; one span carries its total, at the end."""
+    if not exporting():
+        return
     end = finished_ms * _MS
     span = _TRACER.start_span("post-processing", start_time=end - spent_ns)
     span.set_attribute("modelbus.streamed", True)
@@ -74,5 +83,8 @@ def record_post_processing(spent_ns: int, finished_ms: int) -> None:
 
 @contextmanager
 def post_processing() -> Iterator[None]:
+    if not exporting():
+        yield
+        return
     with _TRACER.start_as_current_span("post-processing"):
         yield

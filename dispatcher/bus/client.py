@@ -28,7 +28,15 @@ from dispatcher.errors import (
     RequestTooLarge,
     WorkerLost,
 )
-from schemas.envelope import ErrorFrame, FinalFrame, HeartbeatFrame, Pickup, RequestEnvelope, StartFrame
+from schemas.envelope import (
+    ChunkFrame,
+    ErrorFrame,
+    FinalFrame,
+    HeartbeatFrame,
+    Pickup,
+    RequestEnvelope,
+    StartFrame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +169,9 @@ class ReplyStream:
         for index, (frame, _) in enumerate(ready):
             if isinstance(frame, StartFrame):
                 self.start = frame
+            elif isinstance(frame, ChunkFrame):
+                if frame.pickup is not None:
+                    self.start = frame.pickup
             elif isinstance(frame, ErrorFrame):
                 self._done = True
                 if index:

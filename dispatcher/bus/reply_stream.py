@@ -96,17 +96,28 @@ class ReplyWriter:
         return seq
 
     async def start(self, pickup: Pickup, announce: bool) -> None:
-        """Say who picked the request up: now in a start frame if `announce`, else in the final frame
-        (one message and one wake-up fewer when nobody can use the news before the answer)."""
+        """Say who picked the request up: now in a start frame if `announce`, else with the first
+        frame that goes out (`announce()`, the first chunk frame or the final frame): one message and
+        one wake-up fewer when nobody can use the news before the answer."""
+        self._pickup = pickup
         if announce:
+            await self.announce()
+
+    @property
+    def announced(self) -> bool:
+        return self._pickup is None
+
+    async def announce(self) -> None:
+        """Send the start frame now, unless the pickup has already gone out."""
+        pickup, self._pickup = self._pickup, None
+        if pickup is not None:
             await self._send(StartFrame(attempt=self._attempt, seq=self._next_seq(), **pickup.model_dump()))
-        else:
-            self._pickup = pickup
 
     async def chunks(self, chunks: Sequence[bytes]) -> None:
         """Send several stream chunks (serialized OpenAI chunk objects) as one frame."""
         if chunks:
-            frame = ChunkFrame(attempt=self._attempt, seq=self._next_seq(), count=len(chunks))
+            pickup, self._pickup = self._pickup, None
+            frame = ChunkFrame(attempt=self._attempt, seq=self._next_seq(), count=len(chunks), pickup=pickup)
             self.sent_data = True
             await self._send(frame, b"\n".join(chunks))
 

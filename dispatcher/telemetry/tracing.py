@@ -3,14 +3,17 @@ request envelope through JetStream, and the worker continues it.
 
 Spans are recorded by the OpenTelemetry SDK and exported only when configured: OTLP over HTTP to a
 collector (`MODELBUS_OTLP_ENDPOINT`), or JSON lines to a file (`MODELBUS_TRACE_FILE`, for tests and
-debugging). With neither, spans are still created (their ids go into the logs) but never exported.
+debugging). With neither, spans carry only their ids (the trace id goes into the logs and the audit
+record, the `traceparent` across the bus): `IdsOnlyTracerProvider` makes them without the SDK's
+recording machinery, which cost 10-15 % of the ingress's and the worker's CPU per request for spans
+nobody would ever read (docs/benchmarks.md, *CPU per request, round three*).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from opentelemetry import trace
@@ -23,10 +26,23 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import Span, SpanContext, Tracer
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+    use_span,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util._decorator import _agnosticcontextmanager
+from opentelemetry.util.types import Attributes
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_exporting = False  # set by setup_tracing: does this process export its spans anywhere?
 
 
 class JsonLinesExporter(SpanExporter):
@@ -61,7 +77,85 @@ class JsonLinesExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+class IdsOnlyTracer(Tracer):
+    """Spans with ids and nothing else, for a process that exports no spans.
+
+    The ids follow the SDK's rules with its default sampler (parent-based, always on): a span
+    continues its parent's trace and sampling flag, or starts a sampled trace of its own, and gets a
+    fresh random span id. So logs and audit records still name the trace, and a `traceparent` sent
+    on to a worker that does export spans still asks it to record them.
+    """
+
+    def __init__(self) -> None:
+        self._ids = RandomIdGenerator()
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.is_valid:
+            own = SpanContext(
+                parent.trace_id,
+                self._ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=parent.trace_flags,
+                trace_state=parent.trace_state,
+            )
+        else:
+            own = SpanContext(
+                self._ids.generate_trace_id(),
+                self._ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+        return NonRecordingSpan(own)
+
+    @_agnosticcontextmanager
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[Span]:
+        span = self.start_span(name, context)
+        with use_span(span, end_on_exit=end_on_exit):
+            yield span
+
+
+class IdsOnlyTracerProvider(trace.TracerProvider):
+    def __init__(self) -> None:
+        self._tracer = IdsOnlyTracer()
+
+    def get_tracer(self, *args: object, **kwargs: object) -> Tracer:
+        return self._tracer
+
+
+def exporting() -> bool:
+    """Whether this process exports spans: if not, spans whose ids nobody reads (the worker's) need
+    not be made at all."""
+    return _exporting
+
+
 def setup_tracing(service: str, otlp_endpoint: str | None = None, trace_file: Path | None = None) -> Tracer:
+    global _exporting
+    _exporting = bool(otlp_endpoint) or trace_file is not None
+    if not _exporting:
+        trace.set_tracer_provider(IdsOnlyTracerProvider())
+        return trace.get_tracer("modelbus")
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

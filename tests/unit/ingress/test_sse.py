@@ -15,7 +15,15 @@ from starlette.types import Message
 
 from ingress.body import read_body
 from ingress.error_responses import APIError
-from ingress.sse import DONE, EventStreamResponse, comment, data_event, error_event, named_event
+from ingress.sse import (
+    DONE,
+    EventStreamResponse,
+    LastEvents,
+    comment,
+    data_event,
+    error_event,
+    named_event,
+)
 from schemas.openai import error_body
 
 
@@ -69,6 +77,17 @@ async def test_all_events_are_sent_then_the_body_ends() -> None:
     assert b"content-length" not in headers
     assert [m["body"] for m in bodies] == [b"data: 1\n\n", b"data: 2\n\n", b""]
     assert bodies[-1]["more_body"] is False
+    assert disconnects == 0 and source.closed
+
+
+async def test_the_last_events_end_the_body_in_the_same_message() -> None:
+    source = Source([b"data: 1\n\n", LastEvents(b"data: 2\n\ndata: [DONE]\n\n"), b"never sent"], hold=False)
+    sent, disconnects = await _serve(source)
+    _start, *bodies = sent
+    assert [(m["body"], m["more_body"]) for m in bodies] == [
+        (b"data: 1\n\n", True),
+        (b"data: 2\n\ndata: [DONE]\n\n", False),
+    ]
     assert disconnects == 0 and source.closed
 
 

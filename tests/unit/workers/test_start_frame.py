@@ -1,5 +1,6 @@
 """Which reply frames a worker sends: a start frame only where someone can use it before the answer
-(a stream, a task); a plain request's pickup rides on its final frame, one message fewer."""
+(a task, a stream whose first token is slow); a plain request's pickup rides on its final frame, a
+quick stream's on its first chunk frame, one message fewer each."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from schemas.envelope import ChunkFrame, Endpoint, FinalFrame, RequestEnvelope, 
 from tests.support.servers import small_streams
 from workers.backends import build_backend
 from workers.cancellations import Cancellations
-from workers.runner import RequestRunner
+from workers.runner import _ANNOUNCE_AFTER_S, RequestRunner
 from workers.worker_settings import WorkerSettings
 
 
-async def _frames_of(nats_server: NatsServer, stream: bool) -> list[Frame]:
+async def _frames_of(nats_server: NatsServer, stream: bool, ttft_ms: int = 0) -> list[Frame]:
     """Run one request through a real runner and return the frames its reply subject received."""
     nc: NATS = await nats.connect(nats_server.url)
     subjects = Subjects("s" + uuid.uuid4().hex[:8])
@@ -58,12 +59,16 @@ async def _frames_of(nats_server: NatsServer, stream: bool) -> list[Frame]:
     await js.publish(subjects.request("m"), envelope.model_dump_json().encode())
     sub = await js.pull_subscribe_bind(consumer, subjects.request_stream)
     [msg] = await sub.fetch(1, timeout=5)
-    backend = build_backend(SimulatorBackend(ttft_ms=0, tokens_per_s=10_000), "m", 8)
+    backend = build_backend(SimulatorBackend(ttft_ms=ttft_ms, tokens_per_s=10_000), "m", 8)
     runner = RequestRunner(nc, settings, backend, Cancellations(nc, subjects))
     await runner.handle(msg)
-    # One connection publishes and subscribes: the server delivers every frame before the PONG.
+    # One connection publishes and subscribes, so the frames arrive in order; but the subscription's
+    # callbacks run in a task of their own, which may still be behind when a flush returns.
+    frames: list[Frame] = []
+    while not frames or not isinstance(frames[-1], FinalFrame):
+        frames.append(decode_frame(await asyncio.wait_for(received.get(), 5))[0])
     await nc.flush()
-    frames = [decode_frame(received.get_nowait())[0] for _ in range(received.qsize())]
+    assert received.empty()  # nothing after the final frame
     await backend.aclose()
     await nc.close()
     return frames
@@ -77,10 +82,21 @@ async def test_plain_request_sends_no_start_frame(nats_server: NatsServer) -> No
     assert final.pickup is not None and final.pickup.worker == "w-start" and final.pickup.queue_ms >= 0
 
 
-async def test_stream_still_starts_with_a_start_frame(nats_server: NatsServer) -> None:
+async def test_quick_stream_sends_its_pickup_with_the_first_chunk(nats_server: NatsServer) -> None:
     frames = await _frames_of(nats_server, stream=True)
-    assert isinstance(frames[0], StartFrame) and frames[0].worker == "w-start"
-    assert any(isinstance(frame, ChunkFrame) for frame in frames)
+    assert not any(isinstance(frame, StartFrame) for frame in frames)
+    first = frames[0]
+    assert isinstance(first, ChunkFrame) and first.seq == 0
+    assert first.pickup is not None and first.pickup.worker == "w-start" and first.pickup.queue_ms >= 0
+    assert all(frame.pickup is None for frame in frames[1:] if isinstance(frame, (ChunkFrame, FinalFrame)))
+    assert [frame.seq for frame in frames] == list(range(len(frames)))
+
+
+async def test_slow_first_token_still_gets_a_start_frame_first(nats_server: NatsServer) -> None:
+    frames = await _frames_of(nats_server, stream=True, ttft_ms=int(_ANNOUNCE_AFTER_S * 1000) + 400)
+    assert isinstance(frames[0], StartFrame) and frames[0].worker == "w-start" and frames[0].seq == 0
+    chunks = [frame for frame in frames if isinstance(frame, ChunkFrame)]
+    assert chunks and all(chunk.pickup is None for chunk in chunks)
     final = frames[-1]
     assert isinstance(final, FinalFrame) and final.pickup is None  # announced already
     assert [frame.seq for frame in frames] == list(range(len(frames)))

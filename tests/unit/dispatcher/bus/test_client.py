@@ -91,6 +91,22 @@ async def test_frames_come_back_in_order_whatever_order_they_arrive_in(
     assert reply.start is not None and reply.start.worker == "w1"
 
 
+async def test_a_quick_streams_pickup_comes_with_its_first_chunk(
+    bus: Bus, client: BusClient, make_envelope: MakeEnvelope
+) -> None:
+    reply = await _submit(client, make_envelope, stream=True)
+    writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=4), announce=False)
+    await writer.chunks([b"{}"])
+    await writer.announce()  # the start frame's timer firing late: the pickup went out already
+    await writer.final(TIMINGS, None, "stop")
+    got: list[tuple[str, int]] = []
+    while not got or got[-1][0] != "final":
+        got += [(frame.kind, frame.seq) for frame, _ in await reply.frames(5)]
+    assert got == [("chunk", 0), ("final", 1)]
+    assert reply.start is not None and (reply.start.worker, reply.start.queue_ms) == ("w1", 4)
+
+
 async def test_frames_before_an_error_are_delivered_then_the_error_raised(
     bus: Bus, client: BusClient, make_envelope: MakeEnvelope
 ) -> None:
