@@ -28,6 +28,7 @@ from dispatcher.errors import (
     RequestTooLarge,
     WorkerLost,
 )
+from dispatcher.scheduling.affinity import AFFINITY_HEADER, ring
 from schemas.envelope import ErrorFrame, FinalFrame, HeartbeatFrame, Pickup, RequestEnvelope, StartFrame
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class BusClient:
         *,
         shared_inbox: bool = False,
         share_bucket: Callable[[str], str] | None = None,
+        affinity_bucket: Callable[[RequestEnvelope], int | None] | None = None,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -218,6 +220,8 @@ class BusClient:
         self.idle_timeout_s = settings.idle_timeout_s
         # consumer -> fair-share bucket; None: straight to the FIFO request subject
         self._share_bucket = share_bucket if settings.fair_share else None
+        # request -> prefix-affinity bucket (dispatcher/scheduling/affinity.py); None: the lane's FIFO subject
+        self._affinity_bucket = affinity_bucket
 
     @property
     def reconnects(self) -> int:
@@ -321,9 +325,17 @@ class BusClient:
         if self._msg_ttl:
             headers["Nats-TTL"] = f"{ttl_s}s"
         max_s = min(10.0, float(ttl_s))
+        affinity = self._affinity_bucket(envelope) if self._affinity_bucket is not None else None
         if self._share_bucket is None:
-            subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
-            return await publish_durably(self._js, subject, data, headers, max_s)
+            if affinity is None:
+                subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
+                return await publish_durably(self._js, subject, data, headers, max_s)
+            subject = self._subjects.affinity_request(envelope.target, envelope.version, affinity)
+            duplicate = await publish_durably(self._js, subject, data, headers, max_s)
+            await ring(self._nc, self._subjects, envelope.target, envelope.version, affinity)
+            return duplicate
+        if affinity is not None:
+            headers[AFFINITY_HEADER] = str(affinity)  # the share feeder releases it into its bucket
         bucket = self._share_bucket(envelope.consumer)
         subject = self._subjects.share(envelope.target, envelope.version, envelope.lane, bucket)
         duplicate = await publish_durably(self._js, subject, data, headers, max_s)
