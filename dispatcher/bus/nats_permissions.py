@@ -124,6 +124,8 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
     publish = [
         f"{_JS}.INFO",  # account limits: readiness
         s.all_requests,
+        # Is a request silent across a reconnect still stored (queued, unsettled) or answered?
+        f"{_JS}.STREAM.MSG.GET.{s.request_stream}",
         s.all_affinity_bells,  # "bucket k has work", after a publish to a prefix-affinity bucket
         s.all_shares,  # staged for the share feeder (dispatcher/scheduling/fair_share.py)
         s.share_bell,
