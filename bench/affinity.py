@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,7 @@ class Sampler:
 
 
 async def _drive(
-    port: int, plan: list[tuple[int, str]], concurrency: int, progress: Path | None = None
+    port: int, plan: list[tuple[int, str]], concurrency: int, progress: Path | None, mode: str
 ) -> list[dict[str, Any]]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     results: list[dict[str, Any]] = []
@@ -248,7 +249,7 @@ async def _drive(
                     }
                 )
                 if progress is not None:  # a run cut short still leaves its answers
-                    with progress.open("a") as out:
+                    with progress.with_suffix(f".{mode}.jsonl").open("a") as out:
                         out.write(json.dumps(results[-1]) + "\n")
 
         await asyncio.gather(*(one_client() for _ in range(concurrency)))
@@ -299,7 +300,8 @@ def run_case(args: argparse.Namespace, plan: list[tuple[int, str]], affinity: bo
             async def measured() -> list[dict[str, Any]]:
                 sampling = asyncio.create_task(sampler.run(stop))
                 try:
-                    return await _drive(port, plan, args.concurrency, args.progress)
+                    mode = "affinity" if affinity else "fifo"
+                    return await _drive(port, plan, args.concurrency, args.progress, mode)
                 finally:
                     stop.set()
                     await sampling
@@ -343,7 +345,8 @@ def _post(base: str, path: str, body: dict[str, Any]) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=4, help="closed-loop clients")
+    parser.add_argument("--together", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--slots", type=int, default=4, help="llama-server --parallel = worker capacity")
     parser.add_argument("--ctx-per-slot", type=int, default=2304)
     parser.add_argument("--threads", type=int, default=1, help="llama-server --threads (each)")
@@ -355,7 +358,14 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(19)
     plan = [(rng.randrange(PROMPTS), rng.choice(TURNS)) for _ in range(args.requests)]
-    results = [run_case(args, plan, mode == "affinity") for mode in args.modes.split(",")]
+    modes = args.modes.split(",")
+    if args.together:
+        # Both modes at once, each on its own servers: a shared, noisy machine loads them alike, so
+        # their ratio means something (one after the other, the load of other jobs differed).
+        with ThreadPoolExecutor(len(modes)) as pool:
+            results = list(pool.map(lambda mode: run_case(args, plan, mode == "affinity"), modes))
+    else:
+        results = [run_case(args, plan, mode == "affinity") for mode in modes]
     if args.out is not None:
         args.out.write_text(
             json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=2) + "\n"

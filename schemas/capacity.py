@@ -20,6 +20,9 @@ class WorkerStatus(BaseModel):
     # Prefix affinity (models with `affinity`): requests taken from home and from stolen buckets.
     affinity_home: int | None = None
     affinity_stolen: int | None = None
+    # Buckets it took work from lately: their union over the live workers is the active set that
+    # every worker spreads with a bounded load (dispatcher/scheduling/affinity.py, assign_homes).
+    affinity_active: list[int] | None = None
 
     @property
     def free_slots(self) -> int:

@@ -40,6 +40,9 @@ from workers.pull_loop import CapacityPuller, Handler
 
 _FIFO = -1  # the lane's own consumer, shared and without affinity
 _BATCH_POLL_MIN_S, _BATCH_POLL_MAX_S = 0.05, 1.0
+# A bucket counts as active (spread with a bounded load) this long after its last request: long
+# enough that a prompt asked every few seconds keeps its home, short enough to follow a new mix.
+_ACTIVE_S = 120.0
 
 
 class AffinityPuller(CapacityPuller):
@@ -88,11 +91,16 @@ class AffinityPuller(CapacityPuller):
         self._batch_at = 0.0
         self._batch_wait_s = _BATCH_POLL_MIN_S
         self.taken: dict[Affinity, int] = {"home": 0, "stolen": 0}
+        self._served_at: dict[int, float] = {}  # bucket -> when this worker last took work from it
 
     def set_home(self, home: frozenset[int]) -> None:
         if home != self.home:
             self.home = home
             self._wake.set()
+
+    def active_buckets(self, now: float, window_s: float = _ACTIVE_S) -> set[int]:
+        """The buckets this worker took work from in the last `window_s` (reported in heartbeats)."""
+        return {k for k, at in self._served_at.items() if now - at <= window_s}
 
     def affinity(self, msg: Msg) -> Affinity | None:
         """`home` or `stolen` for a message of an affinity bucket; None for the FIFO and batch lanes."""
@@ -164,6 +172,8 @@ class AffinityPuller(CapacityPuller):
                     self._marked[source] = self._rung[source]  # rang after we asked: look again
                 else:
                     self._marked.pop(source, None)  # drained
+                if self._open_received and source != _FIFO:
+                    self._served_at[source] = now
                 if self._open_received:
                     kind: Affinity = "home" if source == _FIFO or source in self.home else "stolen"
                     self.taken[kind] += self._open_received

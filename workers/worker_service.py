@@ -91,6 +91,7 @@ class Worker:
             if isinstance(self.puller, AffinityPuller):
                 status.affinity_home = self.puller.taken["home"]
                 status.affinity_stolen = self.puller.taken["stolen"]
+                status.affinity_active = sorted(self.puller.active_buckets(time.monotonic()))
             try:
                 await registry.put(self._registry_key, status.model_dump_json().encode())
             except Exception as exc:  # noqa: BLE001 - the next beat retries; the TTL covers the gap
@@ -150,14 +151,15 @@ class Worker:
 
     async def _follow_home(self, registry: KeyValue, puller: AffinityPuller) -> None:
         """Recompute the home buckets from the live workers of this model version every heartbeat
-        (rendezvous hashing: a worker joining or leaving moves only its own buckets). A worker
-        killed without a goodbye stays in the list until its registry entry expires; meanwhile
-        its buckets are stolen."""
+        (rendezvous hashing, the buckets that carried work lately spread with a bounded load). A
+        worker killed without a goodbye stays in the list until its registry entry expires;
+        meanwhile its buckets are stolen."""
         me, version = self.settings.worker_id, self.settings.version
         while True:
             workers = await live_workers(registry)
-            live = [w.worker for w in workers if w.model == self.model.name and w.version == version]
-            puller.set_home(home_buckets(me, live, puller.buckets))
+            mine = [w for w in workers if w.model == self.model.name and w.version == version]
+            active = {k for w in mine for k in w.affinity_active or ()}
+            puller.set_home(home_buckets(me, [w.worker for w in mine], puller.buckets, active))
             await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _serve(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -105,10 +105,41 @@ def home_worker(bucket: int, workers: Iterable[str]) -> str | None:
     return max(workers, key=lambda w: (_score(w, bucket), w), default=None)
 
 
-def home_buckets(me: str, workers: Iterable[str], buckets: int) -> frozenset[int]:
+def assign_homes(workers: Iterable[str], buckets: int, active: Collection[int] = ()) -> dict[int, str]:
+    """The home worker of every bucket: rendezvous hashing, with the *active* buckets (those that
+    carried work lately, as the workers report in the registry) spread with a bounded load.
+
+    Plain rendezvous balances buckets only on average: the 8 hot prompts of a model can hash 6 to
+    one worker and 2 to the other, which then serves the first's prompts cold when it steals. So
+    each active bucket, in bucket order, goes to the best-scoring worker that holds fewer than
+    ceil(active / workers) of them (consistent hashing with bounded loads, Mirrokni et al. 2018);
+    an idle bucket keeps its plain rendezvous home. Every worker computes the same map from the same
+    live workers and active set; a worker joining or leaving moves only a bounded share of buckets.
+    """
+    live = sorted(set(workers))
+    if not live:
+        return {}
+    hot = sorted({k for k in active if 0 <= k < buckets})
+    cap = -(-len(hot) // len(live))  # ceil
+    held = dict.fromkeys(live, 0)
+    homes: dict[int, str] = {}
+    for k in hot:
+        ranked = sorted(live, key=lambda w: (_score(w, k), w), reverse=True)
+        home = next(w for w in ranked if held[w] < cap)
+        held[home] += 1
+        homes[k] = home
+    for k in range(buckets):
+        if k not in homes:
+            homes[k] = max(live, key=lambda w: (_score(w, k), w))
+    return homes
+
+
+def home_buckets(
+    me: str, workers: Iterable[str], buckets: int, active: Collection[int] = ()
+) -> frozenset[int]:
     """The buckets whose home is `me` among `workers` (`me` counts as live whether listed or not)."""
-    live = sorted({*workers, me})
-    return frozenset(k for k in range(buckets) if home_worker(k, live) == me)
+    homes = assign_homes({*workers, me}, buckets, active)
+    return frozenset(k for k, w in homes.items() if w == me)
 
 
 def envelope_bucket(config: ModelbusConfig, envelope: RequestEnvelope) -> int | None:

@@ -1,5 +1,5 @@
 """Prefix-cache affinity through the gateway: each prompt head stays on its home worker, the choice
-shows in the header, the audit row and the capacity view, and a worker leaving moves only its own."""
+shows in the header, the audit row and the capacity view, and a worker leaving hands its own on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import httpx
 import orjson
 import pytest
 
-from dispatcher.scheduling.affinity import home_buckets, request_bucket
+from dispatcher.scheduling.affinity import assign_homes, request_bucket
 from schemas.config import AffinityConfig, ModelConfig, SimulatorBackend
 from schemas.envelope import Endpoint, Lane
 from tests.support.servers import ADMIN_KEY, TEST_KEY, Cluster, sql, wait_until, with_consumers
@@ -20,15 +20,18 @@ WORKERS = ("w-1", "w-2", "w-3")
 WINDOW, BUCKETS = 200, 16
 
 
+def _bucket(system: str) -> int:
+    payload = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "x"}]}
+    bucket = request_bucket(Endpoint.CHAT, Lane.INTERACTIVE, payload, WINDOW, BUCKETS)
+    assert bucket is not None
+    return bucket
+
+
 def _expected(workers: list[str]) -> dict[int, str]:
-    """Each prompt's home worker, by the same rendezvous hashing the workers use."""
-    homes = {}
-    for n, system in enumerate(PROMPTS):
-        payload = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "x"}]}
-        bucket = request_bucket(Endpoint.CHAT, Lane.INTERACTIVE, payload, WINDOW, BUCKETS)
-        assert bucket is not None
-        homes[n] = next(w for w in workers if bucket in home_buckets(w, workers, BUCKETS))
-    return homes
+    """Each prompt's home worker, computed as the workers do once every prompt has been asked (all
+    their buckets active: spread with a bounded load)."""
+    homes = assign_homes(workers, BUCKETS, {_bucket(p) for p in PROMPTS})
+    return {n: homes[_bucket(system)] for n, system in enumerate(PROMPTS)}
 
 
 def _ask(gateway: str, system: str, turn: str) -> httpx.Response:
@@ -90,9 +93,11 @@ def test_prompts_stay_home_and_a_leaving_worker_moves_only_its_own(
 
     cluster.proc("w-2").stop()  # a clean stop deletes its registry entry at once
     after = _expected(["w-1", "w-3"])
-    # Only w-2's prompts move; the others stay where their cache is.
-    assert all(after[n] == before[n] for n in before if before[n] != "w-2")
-    wait_until(lambda: placed_as(after), 20, "w-2's prompts never found their new home")
+    # w-2's prompts move; with bounded loads a few of the others may move too, to keep the split even.
+    assert all(after[n] != "w-2" for n in after)
+    kept = sum(after[n] == before[n] for n in before if before[n] != "w-2")
+    assert kept >= len([n for n in before if before[n] != "w-2"]) // 2
+    wait_until(lambda: placed_as(after), 30, "w-2's prompts never found their new home")
 
     records = [orjson.loads(r["record"]) for r in sql(database_url, "SELECT record FROM audit_log")]
     labels = [r["affinity"] for r in records]
