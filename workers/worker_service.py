@@ -92,6 +92,7 @@ class Worker:
                 status.affinity_home = self.puller.taken["home"]
                 status.affinity_stolen = self.puller.taken["stolen"]
                 status.affinity_active = sorted(self.puller.active_buckets(time.monotonic()))
+                status.affinity_held = sorted(self.puller.home)
             try:
                 await registry.put(self._registry_key, status.model_dump_json().encode())
             except Exception as exc:  # noqa: BLE001 - the next beat retries; the TTL covers the gap
@@ -159,7 +160,8 @@ class Worker:
             workers = await live_workers(registry)
             mine = [w for w in workers if w.model == self.model.name and w.version == version]
             active = {k for w in mine for k in w.affinity_active or ()}
-            puller.set_home(home_buckets(me, [w.worker for w in mine], puller.buckets, active))
+            held = {w.worker: w.affinity_held or [] for w in mine}
+            puller.set_home(home_buckets(me, [w.worker for w in mine], puller.buckets, active, held))
             await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _serve(

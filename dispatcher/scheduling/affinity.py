@@ -105,40 +105,62 @@ def home_worker(bucket: int, workers: Iterable[str]) -> str | None:
     return max(workers, key=lambda w: (_score(w, bucket), w), default=None)
 
 
-def assign_homes(workers: Iterable[str], buckets: int, active: Collection[int] = ()) -> dict[int, str]:
+def assign_homes(
+    workers: Iterable[str],
+    buckets: int,
+    active: Collection[int] = (),
+    held: Mapping[str, Collection[int]] | None = None,
+) -> dict[int, str]:
     """The home worker of every bucket: rendezvous hashing, with the *active* buckets (those that
     carried work lately, as the workers report in the registry) spread with a bounded load.
 
     Plain rendezvous balances buckets only on average: the 8 hot prompts of a model can hash 6 to
-    one worker and 2 to the other, which then serves the first's prompts cold when it steals. So
-    each active bucket, in bucket order, goes to the best-scoring worker that holds fewer than
-    ceil(active / workers) of them (consistent hashing with bounded loads, Mirrokni et al. 2018);
-    an idle bucket keeps its plain rendezvous home. Every worker computes the same map from the same
-    live workers and active set; a worker joining or leaving moves only a bounded share of buckets.
+    one worker and 2 to the other, which then serves the first's prompts cold when it steals. So no
+    worker is home to more than ceil(active / workers) active buckets (consistent hashing with
+    bounded loads, Mirrokni et al. 2018). Sticky: an active bucket first stays with a live worker
+    that reports it `held` as home (the best-scoring one, if two do, while it has room) — a new
+    bucket turning active must not reshuffle the others, whose prompts sit in their workers'
+    caches; the rest go, in bucket order, to the best-scoring worker with room. An idle bucket keeps
+    its plain rendezvous home. Every worker computes the same map from the same registry.
     """
     live = sorted(set(workers))
     if not live:
         return {}
     hot = sorted({k for k in active if 0 <= k < buckets})
     cap = -(-len(hot) // len(live))  # ceil
-    held = dict.fromkeys(live, 0)
+    count = dict.fromkeys(live, 0)
     homes: dict[int, str] = {}
+
+    def ranked(k: int, among: Iterable[str]) -> list[str]:
+        return sorted(among, key=lambda w: (_score(w, k), w), reverse=True)
+
+    claims = {w: set(held.get(w, ())) for w in live} if held else {}
     for k in hot:
-        ranked = sorted(live, key=lambda w: (_score(w, k), w), reverse=True)
-        home = next(w for w in ranked if held[w] < cap)
-        held[home] += 1
-        homes[k] = home
+        for w in ranked(k, [w for w in live if k in claims.get(w, ())]):
+            if count[w] < cap:
+                homes[k] = w
+                count[w] += 1
+                break
+    for k in hot:
+        if k not in homes:
+            home = next(w for w in ranked(k, live) if count[w] < cap)
+            homes[k] = home
+            count[home] += 1
     for k in range(buckets):
         if k not in homes:
-            homes[k] = max(live, key=lambda w: (_score(w, k), w))
+            homes[k] = ranked(k, live)[0]
     return homes
 
 
 def home_buckets(
-    me: str, workers: Iterable[str], buckets: int, active: Collection[int] = ()
+    me: str,
+    workers: Iterable[str],
+    buckets: int,
+    active: Collection[int] = (),
+    held: Mapping[str, Collection[int]] | None = None,
 ) -> frozenset[int]:
     """The buckets whose home is `me` among `workers` (`me` counts as live whether listed or not)."""
-    homes = assign_homes({*workers, me}, buckets, active)
+    homes = assign_homes({*workers, me}, buckets, active, held)
     return frozenset(k for k, w in homes.items() if w == me)
 
 

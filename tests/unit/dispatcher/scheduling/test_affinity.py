@@ -165,3 +165,22 @@ def test_a_leaving_workers_buckets_go_to_live_workers_and_idle_ones_stay_put(
     assert gone not in after.values()
     idle = [k for k in range(buckets) if k not in active]
     assert all(after[k] == before[k] for k in idle if before[k] != gone)
+
+
+@given(workers_st, active_st, st.integers(min_value=0, max_value=63))
+def test_a_bucket_turning_active_moves_no_held_bucket(workers: list[str], active: set[int], new: int) -> None:
+    """Sticky: once the workers report their homes, a new active bucket is placed around them."""
+    before = assign_homes(workers, 64, active)
+    held = {w: [k for k in active if before[k] == w] for w in workers}
+    after = assign_homes(workers, 64, active | {new}, held)
+    # Each worker held at most the old cap, which the new one is not below: every claim fits.
+    assert [k for k in active if after[k] != before[k]] == []
+
+
+def test_held_buckets_stay_even_where_bucket_order_would_reshuffle_them() -> None:
+    workers = ["w0", "w1"]
+    first = assign_homes(workers, 16, set(range(6)))
+    held = {w: [k for k in range(6) if first[k] == w] for w in workers}
+    for new in range(6, 16):
+        again = assign_homes(workers, 16, {*range(6), new}, held)
+        assert all(again[k] == first[k] for k in range(6))
