@@ -23,7 +23,8 @@ class WorkerStatus(BaseModel):
     # Buckets it took work from lately: their union over the live workers is the active set that
     # every worker spreads with a bounded load (dispatcher/scheduling/affinity.py, assign_homes).
     affinity_active: list[int] | None = None
-    affinity_held: list[int] | None = None  # its home buckets now: an active one stays with it
+    # Its home buckets that carried work lately, longest held first: they stay with it.
+    affinity_held: list[int] | None = None
 
     @property
     def free_slots(self) -> int:

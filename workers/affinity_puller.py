@@ -92,11 +92,20 @@ class AffinityPuller(CapacityPuller):
         self._batch_wait_s = _BATCH_POLL_MIN_S
         self.taken: dict[Affinity, int] = {"home": 0, "stolen": 0}
         self._served_at: dict[int, float] = {}  # bucket -> when this worker last took work from it
+        self._home_since: dict[int, float] = {}  # home bucket -> since when
 
     def set_home(self, home: frozenset[int]) -> None:
         if home != self.home:
+            now = time.monotonic()
+            self._home_since = {k: self._home_since.get(k, now) for k in home}
             self.home = home
             self._wake.set()
+
+    def held(self, now: float) -> list[int]:
+        """Home buckets that carried work lately, longest home first: what this worker's cache holds
+        and claims to keep (dispatcher/scheduling/affinity.py, assign_homes)."""
+        active = self.active_buckets(now) & self.home
+        return sorted(active, key=lambda k: (self._home_since.get(k, now), k))
 
     def active_buckets(self, now: float, window_s: float = _ACTIVE_S) -> set[int]:
         """The buckets this worker took work from in the last `window_s` (reported in heartbeats)."""

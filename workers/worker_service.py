@@ -91,8 +91,9 @@ class Worker:
             if isinstance(self.puller, AffinityPuller):
                 status.affinity_home = self.puller.taken["home"]
                 status.affinity_stolen = self.puller.taken["stolen"]
-                status.affinity_active = sorted(self.puller.active_buckets(time.monotonic()))
-                status.affinity_held = sorted(self.puller.home)
+                now = time.monotonic()
+                status.affinity_active = sorted(self.puller.active_buckets(now))
+                status.affinity_held = self.puller.held(now)
             try:
                 await registry.put(self._registry_key, status.model_dump_json().encode())
             except Exception as exc:  # noqa: BLE001 - the next beat retries; the TTL covers the gap

@@ -117,10 +117,11 @@ def assign_homes(
     Plain rendezvous balances buckets only on average: the 8 hot prompts of a model can hash 6 to
     one worker and 2 to the other, which then serves the first's prompts cold when it steals. So no
     worker is home to more than ceil(active / workers) active buckets (consistent hashing with
-    bounded loads, Mirrokni et al. 2018). Sticky: an active bucket first stays with a live worker
-    that reports it `held` as home (the best-scoring one, if two do, while it has room) — a new
-    bucket turning active must not reshuffle the others, whose prompts sit in their workers'
-    caches; the rest go, in bucket order, to the best-scoring worker with room. An idle bucket keeps
+    bounded loads, Mirrokni et al. 2018). Sticky: an active bucket first stays with the live worker
+    that reports it `held` (its home buckets that carried work lately, longest held first), while
+    it has room — a new bucket turning active, or a worker leaving, must not reshuffle the others,
+    whose prompts sit in their workers' caches; the rest go, in bucket order, to the best-scoring
+    worker with room. An idle bucket keeps
     its plain rendezvous home. Every worker computes the same map from the same registry.
     """
     live = sorted(set(workers))
@@ -134,13 +135,15 @@ def assign_homes(
     def ranked(k: int, among: Iterable[str]) -> list[str]:
         return sorted(among, key=lambda w: (_score(w, k), w), reverse=True)
 
-    claims = {w: set(held.get(w, ())) for w in live} if held else {}
-    for k in hot:
-        for w in ranked(k, [w for w in live if k in claims.get(w, ())]):
-            if count[w] < cap:
+    # Claims in order of seniority: every worker's longest-held bucket first, then the next...; a
+    # worker over the cap (it inherited a leaver's buckets) gives up the ones it gained last.
+    claims = [list(held.get(w, ())) for w in live] if held else []
+    for rank in range(max((len(c) for c in claims), default=0)):
+        for w, claimed in zip(live, claims, strict=True):
+            k = claimed[rank] if rank < len(claimed) else -1
+            if k in hot and k not in homes and count[w] < cap:
                 homes[k] = w
                 count[w] += 1
-                break
     for k in hot:
         if k not in homes:
             home = next(w for w in ranked(k, live) if count[w] < cap)

@@ -184,3 +184,19 @@ def test_held_buckets_stay_even_where_bucket_order_would_reshuffle_them() -> Non
     for new in range(6, 16):
         again = assign_homes(workers, 16, {*range(6), new}, held)
         assert all(again[k] == first[k] for k in range(6))
+
+
+@given(workers_st, active_st, st.data())
+def test_with_held_homes_a_leaver_moves_only_its_own_active_buckets(
+    workers: list[str], active: set[int], data: st.DataObject
+) -> None:
+    gone = data.draw(st.sampled_from(workers))
+    rest = [w for w in workers if w != gone]
+    before = assign_homes(workers, 64, active)
+    held = {w: sorted(k for k in active if before[k] == w) for w in rest}
+    after = assign_homes(rest, 64, active, held)
+    assert all(after[k] == before[k] for k in active if before[k] != gone)
+    # A heartbeat later the heirs also claim what they inherited (newest last): still nobody's own moves.
+    held = {w: held[w] + sorted(k for k in active if before[k] == gone and after[k] == w) for w in rest}
+    again = assign_homes(rest, 64, active, held)
+    assert all(again[k] == before[k] for k in active if before[k] != gone)
