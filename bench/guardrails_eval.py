@@ -12,8 +12,10 @@ Tuning data is every file in TUNING: labelled.jsonl (round one; its first-round 
 `first_round_half`, was looked at once and is tuning data since round two), round2.jsonl (round
 two's held-out set, measured once and tuning data since round three), round3.jsonl (written in
 round three by the author of the detectors) and round3_probe.jsonl (paraphrases the same author
-wrote to get past the detectors, measured once, then tuned on). The held-out set is tests/unit/dispatcher/guardrails/data/
-heldout.jsonl, written by someone who never saw the detectors' code or results; a text whose SHA-256
+wrote to get past the detectors, measured once, then tuned on) and round4.jsonl (round three's blind
+held-out set, measured once, tuning data since round four). The held-out set is
+tests/unit/dispatcher/guardrails/data/heldout.jsonl (absent until the fourth blind set is committed),
+written by someone who never saw the detectors' code or results; a text whose SHA-256
 is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
 on or used as an exemplar. On the tuning set the classifier is scored leave-one-out (a prompt never
 finds itself among the exemplars).
@@ -49,8 +51,10 @@ LABELLED = DATA / "labelled.jsonl"
 ROUND2 = DATA / "round2.jsonl"
 ROUND3 = DATA / "round3.jsonl"
 ROUND3_PROBE = DATA / "round3_probe.jsonl"
-TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE)
-HELDOUT = DATA / "heldout.jsonl"  # absent until the next held-out set is committed
+ROUND4 = DATA / "round4.jsonl"  # round three's blind held-out set, measured once; tuning since round four
+TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4)
+# A fourth blind set is being written elsewhere: absent from this checkout until it is committed.
+HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"
 EXEMPLARS = Path(__file__).resolve().parents[1] / "workers/backends/injection_exemplars.jsonl"
@@ -407,7 +411,13 @@ def main() -> None:
         print(tune_classifier(args.probe))
         return
     if args.split == "holdout" and args.set is None and not HELDOUT.exists():
-        parser.error(f"no held-out set: {HELDOUT} is not in this checkout")
+        print(
+            f"no held-out set: {HELDOUT.relative_to(DATA.parents[4])} is not in this checkout.\n"
+            "round4.jsonl, the previous blind set, is tuning data now; the next blind set is being\n"
+            "written elsewhere. For a proxy, train on earlier rounds and score a later one: --cross-round.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     rows = load(args.set, "all") if args.set is not None else load(split=args.split)
     if args.split == "holdout" and args.set is None:
         # A held-out text that also stands in a tuning file was tuned on after all (the split
