@@ -3,7 +3,8 @@ language, for the heuristics, the classifier model and both.
 
     python bench/guardrails_eval.py                       # the tuning set (every TUNING file)
     python bench/guardrails_eval.py --split holdout       # heldout.jsonl, if present: the figures to believe
-    python bench/guardrails_eval.py --split holdout --classifier   # also the model layer (needs torch)
+    python bench/guardrails_eval.py --split holdout --classifier   # also the similarity model (torch)
+    python bench/guardrails_eval.py --split holdout --classifier ngrams   # or the trained n-gram model
     python bench/guardrails_eval.py --tune-classifier     # the classifier's settings, leave-one-out
     python bench/guardrails_eval.py --cost                # heuristics' cost (2,000 and 100,000 chars)
     python bench/guardrails_eval.py --write-exemplars     # the classifier's exemplars: the tuning set
@@ -12,8 +13,10 @@ Tuning data is every file in TUNING: labelled.jsonl (round one; its first-round 
 `first_round_half`, was looked at once and is tuning data since round two), round2.jsonl (round
 two's held-out set, measured once and tuning data since round three), round3.jsonl (written in
 round three by the author of the detectors) and round3_probe.jsonl (paraphrases the same author
-wrote to get past the detectors, measured once, then tuned on). The held-out set is tests/unit/dispatcher/guardrails/data/
-heldout.jsonl, written by someone who never saw the detectors' code or results; a text whose SHA-256
+wrote to get past the detectors, measured once, then tuned on) and round4.jsonl (round three's blind
+held-out set, measured once, tuning data since round four). The held-out set is
+tests/unit/dispatcher/guardrails/data/heldout.jsonl (absent until the fourth blind set is committed),
+written by someone who never saw the detectors' code or results; a text whose SHA-256
 is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
 on or used as an exemplar. On the tuning set the classifier is scored leave-one-out (a prompt never
 finds itself among the exemplars).
@@ -37,11 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.stats import percentile
 from dispatcher.guardrails.findings import mask
 from dispatcher.guardrails.injection import detect_injection
 from dispatcher.guardrails.pii import detect_pii
-from dispatcher.guardrails.policies import InputPolicy, input_guard
 from schemas.policy import PII_KINDS
 
 DATA = Path(__file__).resolve().parents[1] / "tests/unit/dispatcher/guardrails/data"
@@ -49,8 +50,10 @@ LABELLED = DATA / "labelled.jsonl"
 ROUND2 = DATA / "round2.jsonl"
 ROUND3 = DATA / "round3.jsonl"
 ROUND3_PROBE = DATA / "round3_probe.jsonl"
-TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE)
-HELDOUT = DATA / "heldout.jsonl"  # absent until the next held-out set is committed
+ROUND4 = DATA / "round4.jsonl"  # round three's blind held-out set, measured once; tuning since round four
+TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4)
+# A fourth blind set is being written elsewhere: absent from this checkout until it is committed.
+HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"
 EXEMPLARS = Path(__file__).resolve().parents[1] / "workers/backends/injection_exemplars.jsonl"
@@ -209,8 +212,21 @@ def tables(report: Report) -> str:
     return "\n".join(out)
 
 
-def classifier() -> tuple[Classify, Callable[[str], float]]:
-    """The model layer in process (the same code the worker serves), with the default settings."""
+def classifier(kind: str = "similarity") -> tuple[Classify, Callable[[str], float]]:
+    """The model layer in process (the same code the worker serves), with the default settings.
+    `ngrams`: the trained n-gram model, which was trained on every tuning prompt (no leave-one-out:
+    its honest figures are bench/injection_ngrams.py --cross-round and the held-out set)."""
+    if kind == "ngrams":
+        from workers.backends.ngram_classifier import NgramModel
+
+        model = NgramModel()
+
+        def timed_ngrams(text: str) -> float:
+            started = time.perf_counter()
+            model.score(text)
+            return (time.perf_counter() - started) * 1000
+
+        return (lambda text, _leave_out: model.score(text).injection), timed_ngrams
     from schemas.config import InjectionSimilarityBackend
     from workers.backends.similarity import SimilarityDetector
 
@@ -308,87 +324,17 @@ def write_exemplars(path: Path = EXEMPLARS) -> int:
     return len(lines)
 
 
-_SENTENCE = (
-    "Our quarterly planning review covers the migration of the billing service, the new caching layer "
-    "and the on-call rotation for the platform team; please summarise the risks and next steps. "
-)
-
-
-def _prompts() -> dict[str, str]:
-    dense = " ".join(
-        ["anna.schmidt@example.de", "+49 30 901820", "5555 5555 5555 4444", "DE89 3704 0044 0532 0130 00"]
-        + ["078-05-1121", "10.1.2.3", "(415) 555-2671", "Ref. 2024-11-07, order 88231."]
-    )
-    return {
-        "2,000 characters, clean": (_SENTENCE * 20)[:2000],
-        "2,000 characters, with PII": (
-            _SENTENCE * 8
-            + "Contact anna.schmidt@example.de or +49 30 901820, card 5555 5555 5555 4444. "
-            + _SENTENCE * 8
-        )[:2000],
-        "2,000 characters, PII-dense (79 entities)": ((dense + " ") * 20)[:2000],
-        "2,000 characters, German and Chinese": (
-            "Bitte fasse den Bericht zusammen und nenne die Risiken. 请总结这份报告并列出风险。" * 40
-        )[:2000],
-        "2,000 characters, Chinese": (
-            "请总结这份报告并列出主要风险，包括迁移计费服务、新的缓存层以及平台团队的值班安排。" * 60
-        )[:2000],
-        "100,000 characters, clean": (_SENTENCE * 600)[:100_000],
-    }
-
-
-def cost() -> str:
-    """The input guard with every detector on (PII mask, injection, content), as admission runs it.
-    Each run starts cold (the per-prompt caches cleared: a new request brings a new text). Wall time
-    is what a caller waits on this machine; CPU time is the guard's own work, which other processes
-    on a shared box do not inflate."""
-    from dispatcher.guardrails import identifiers
-    from dispatcher.guardrails.normalize import normalize
-
-    guard = input_guard(InputPolicy(pii="mask", injection="block", content="block"))
-    lines = [
-        "| prompt | wall p50 | wall p99 | CPU p50 | CPU p99 |",
-        "|---|---|---|---|---|",
-    ]
-    for name, text in _prompts().items():
-        runs = 50 if len(text) > 10_000 else 2000
-        wall: list[float] = []
-        cpu: list[float] = []
-        for _ in range(runs):
-            normalize.cache_clear()
-            identifiers._is_phone.cache_clear()  # a new request brings new numbers
-            started, started_cpu = time.perf_counter_ns(), time.thread_time_ns()
-            guard.inspect(text)
-            cpu.append((time.thread_time_ns() - started_cpu) / 1e6)
-            wall.append((time.perf_counter_ns() - started) / 1e6)
-        figures = [percentile(v, q) for v in (wall, cpu) for q in (50, 99)]
-        lines.append(f"| {name} | " + " | ".join(f"{x:.3f} ms" for x in figures) + " |")
-    return "\n".join(lines)
-
-
-def adversarial() -> str:
-    """CPU time of PII and injection detection on repetitive input at 64,000 and 256,000 characters:
-    linear time means a ratio near 4."""
-    lines = ["| input | 64,000 chars | 256,000 chars | ratio |", "|---|---|---|---|"]
-    for unit in ("a@a.", "1 1 ", "12 12 ", "4111 4111 ", "ignore ", "i g n o r e ", "+49 30 ", "AB12 "):
-        took = []
-        for size in (64_000, 256_000):
-            text = (unit * (size // len(unit) + 1))[:size]
-            started = time.thread_time_ns()
-            detect_pii(text)
-            detect_injection(text)
-            took.append((time.thread_time_ns() - started) / 1e6)
-        lines.append(
-            f"| `{unit.strip()}` repeated | {took[0]:.0f} ms | {took[1]:.0f} ms | {took[1] / took[0]:.1f} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", type=Path, default=None, help="one file (default: the split)")
     parser.add_argument("--split", choices=["tuning", "holdout", "all"], default="tuning")
-    parser.add_argument("--classifier", action="store_true", help="also the model layer (torch)")
+    parser.add_argument(
+        "--classifier",
+        nargs="?",
+        const="similarity",
+        choices=["similarity", "ngrams"],
+        help="also a model layer: similarity (torch) or ngrams (the trained n-gram model)",
+    )
     parser.add_argument("--show-misses", action="store_true")
     parser.add_argument("--cost", action="store_true")
     parser.add_argument("--write-exemplars", action="store_true")
@@ -401,20 +347,28 @@ def main() -> None:
         print(f"{write_exemplars()} exemplars written to {EXEMPLARS}")
         return
     if args.cost:
+        from bench.guardrails_cost import adversarial, cost
+
         print(cost() + "\n\n" + adversarial())
         return
     if args.tune_classifier:
         print(tune_classifier(args.probe))
         return
     if args.split == "holdout" and args.set is None and not HELDOUT.exists():
-        parser.error(f"no held-out set: {HELDOUT} is not in this checkout")
+        print(
+            f"no held-out set: {HELDOUT.relative_to(DATA.parents[4])} is not in this checkout.\n"
+            "round4.jsonl, the previous blind set, is tuning data now; the next blind set is being\n"
+            "written elsewhere. For a proxy, train on earlier rounds and score a later one: --cross-round.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     rows = load(args.set, "all") if args.set is not None else load(split=args.split)
     if args.split == "holdout" and args.set is None:
         # A held-out text that also stands in a tuning file was tuned on after all (the split
         # counts it as held out): say how many, so the figures can be read with that in mind.
         tuned = {str(r["text"]) for f in TUNING if f.exists() for r in _read(f)}
         print(f"held-out prompts also in a tuning file: {sum(str(r['text']) in tuned for r in rows)}")
-    classify, timed = classifier() if args.classifier else (None, None)
+    classify, timed = classifier(args.classifier) if args.classifier else (None, None)
     report = evaluate(rows, classify, tuning=args.split == "tuning")
     print(f"{len(rows)} prompts ({args.split}), {sum(1 for r in rows if not r['labels'])} clean\n")
     print(tables(report))

@@ -106,8 +106,24 @@ class InjectionSimilarityBackend(_Config):
     )
 
 
+class InjectionNgramBackend(_Config):
+    """A trained prompt-injection classifier on CPU (workers/backends/ngram_classifier.py): logistic
+    regression over character n-grams, numpy only; the weights ship with Modelbus."""
+
+    type: Literal["injection_ngrams"] = "injection_ngrams"
+    weights_path: str | None = Field(
+        default=None, description="an .npz written by bench/injection_ngrams.py; default: the shipped one"
+    )
+    threshold: float | None = Field(
+        default=None,
+        description="decision threshold; default: the one calibrated with the weights (it flags 0.5 % "
+        "of the benign tuning prompts, scored out of fold); higher flags less",
+    )
+
+
 Backend = Annotated[
-    SimulatorBackend | OpenAIBackend | InjectionSimilarityBackend, Field(discriminator="type")
+    SimulatorBackend | OpenAIBackend | InjectionSimilarityBackend | InjectionNgramBackend,
+    Field(discriminator="type"),
 ]
 
 

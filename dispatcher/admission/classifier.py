@@ -1,8 +1,8 @@
 """An optional prompt-injection classifier: any chat model Modelbus serves, asked through the bus.
 
 Heuristics catch the known phrasings cheaply; a classifier model catches paraphrases: the CPU
-similarity classifier Modelbus ships (backend type `injection_similarity`), a small fine-tuned model,
-or a general model given the instruction below. It is called like any other model — queued,
+classifiers Modelbus ships (backend types `injection_ngrams`, a trained character n-gram model, and
+`injection_similarity`), a small fine-tuned model, or a general model given the instruction below. It is called like any other model — queued,
 capacity-pulled, audited under the consumer `modelbus-guardrails` — with a short deadline. If it
 cannot answer in time, the policy decides (`injection_classifier_failure`): open (the default) lets
 the request go on, closed refuses it with a 503; either way the audit row says the check was skipped.

@@ -48,12 +48,13 @@ def digits_of(text: str) -> str:
 
 # --- payment cards ------------------------------------------------------------------------------
 # How cards are written: one run of 13-19 digits, or 4-4-4-4(-3), 4-6-5 (Amex), 4-6-4 (Diners) with
-# one kind of separator throughout (a line break may stand for it where text was wrapped).
+# one kind of separator throughout (a line break may stand for it where text was wrapped; one or two
+# spaces: "6011  3211  7858  8988" is how a card is copied from a justified PDF).
 _WRAP = r"[ \t]*\r?\n[ \t]*"
 _CARD = re.compile(
     rf"(?<![\d-])(?:\d{{13,19}}"
-    rf"|\d{{4}}([ \t]?[.\-/][ \t]?|[ \t]|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:(?:\1|{_WRAP})\d{{3}})?"
-    rf"|\d{{4}}([ \t]?[.\-/][ \t]?|[ \t]|{_WRAP})\d{{6}}(?:\2|{_WRAP})\d{{4,5}})(?![\d-])"
+    rf"|\d{{4}}([ \t]?[.\-/][ \t]?|[ \t]{{1,2}}|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:(?:\1|{_WRAP})\d{{3}})?"
+    rf"|\d{{4}}([ \t]?[.\-/][ \t]?|[ \t]{{1,2}}|{_WRAP})\d{{6}}(?:\2|{_WRAP})\d{{4,5}})(?![\d-])"
 )
 _FIRST_GROUP_END = re.compile(r"\d+")
 # Network prefixes: no library keeps them (stdnum has Luhn only); Visa, Mastercard, Maestro, Amex,
@@ -94,9 +95,11 @@ def luhn_ok(digits: str) -> bool:
 
 # --- IBAN ---------------------------------------------------------------------------------------
 # Any case ("de89 3704 ..."), groups of four separated or not; schwifty knows each country's length.
-_IBAN = re.compile(r"(?i)(?<![a-z0-9])[a-z]{2}\d{2}(?:[ \-]?[a-z0-9]){10,30}")
+# A line break may stand between two groups where the text was wrapped ("ES17 2100 0418\n4406 ...").
+_IBAN = re.compile(r"(?i)(?<![a-z0-9])[a-z]{2}\d{2}(?:(?:[ \-]|[ \t]*\r?\n[ \t]*)?[a-z0-9]){10,30}")
 
 
+_IBAN_SEPARATORS = str.maketrans("", "", " -\t\r\n")
 # Where an IBAN may start: two check digits after two letters (the scan skips ahead to digits).
 _IBAN_CHECK = re.compile(r"[0-9][0-9](?<=[A-Za-z]{2}[0-9][0-9])")
 
@@ -112,7 +115,7 @@ def ibans(text: str) -> Iterator[Finding]:
         if m is None:
             continue
         candidate = m.group()
-        compact = candidate.replace(" ", "").replace("-", "").upper()
+        compact = candidate.translate(_IBAN_SEPARATORS).upper()
         # The pattern may run into the next words: take exactly the country's length.
         length = _iban_length(compact[:2])
         if length is None or len(compact) < length:
@@ -123,7 +126,7 @@ def ibans(text: str) -> Iterator[Finding]:
             continue
         end, taken = m.start(), 0
         while taken < length:
-            if text[end] not in " -":
+            if text[end] not in " -\t\r\n":
                 taken += 1
             end += 1
         if end < len(text) and text[end].isascii() and text[end].isalnum():
@@ -166,7 +169,8 @@ def ssns(text: str) -> Iterator[Finding]:
 # their own; bare 9-12 digit ids collide with order numbers unless their name is next to them.
 Validator = Callable[[str], bool]
 _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] = (
-    (re.compile(r"(?i)(?<![0-9a-z])\d{8}-?[a-z](?![0-9a-z])"), dni.is_valid, None),
+    # A DNI is also written with thousands dots ("13.567.288-W"), which stdnum does not strip.
+    (re.compile(r"(?i)(?<![0-9a-z.])(?:\d{8}|\d{2}\.\d{3}\.\d{3})[ -]?[a-z](?![0-9a-z])"), lambda v: dni.is_valid(v.replace(".", "")), None),
     (re.compile(r"(?i)(?<![0-9a-z])[xyz]-?\d{7}-?[a-z](?![0-9a-z])"), nie.is_valid, None),
     # Canadian SIN only next to its name: 3-3-3 digits are as often a Spanish or French phone number
     # ("Llámame al 612 345 678" passes Luhn one time in ten).
@@ -190,6 +194,11 @@ _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] =
 def _said_before(lowered: str, start: int, words: tuple[str, ...]) -> bool:
     before = lowered[max(0, start - 40) : start]
     return any(word in before for word in words)
+
+
+def _said_after(lowered: str, end: int, words: tuple[str, ...]) -> bool:
+    """A phone word right after the number ("… è 312 345 0694, chiamala"): 20 characters, one clause."""
+    return any(word in lowered[end : end + 20] for word in words)
 
 
 def national_ids(text: str) -> Iterator[Finding]:
@@ -280,7 +289,8 @@ def phones(text: str, regions: tuple[str, ...]) -> Iterator[Finding]:
             # A phone word and either the country's own grouping or groups of three or more digits,
             # as people write them ("Llámame al 612 345 678"): "extension 666-12-3456" is not one.
             plain_groups = all(len(g) >= 3 for g in re.findall(r"\d+", m.group()))
-            if _said_before(lowered, m.start(), PHONE_WORDS) and _is_phone(m.group(), regions, plain_groups):
+            near = _said_before(lowered, m.start(), PHONE_WORDS) or _said_after(lowered, m.end(), PHONE_WORDS)
+            if near and _is_phone(m.group(), regions, plain_groups):
                 yield Finding("phone", m.start(), m.end())
 
 

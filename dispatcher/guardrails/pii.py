@@ -165,6 +165,10 @@ _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:
 
 
 _IPV4_HINT = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]")
+_VERSION_WORDS = (
+    "version", "build", "release", "versión", "versione", "versão", "versie", "wersj", "верси", "sürüm",
+    "版本", "バージョン", "버전",
+)  # fmt: skip
 
 
 def _ips(text: str) -> Iterator[Finding]:
@@ -174,6 +178,8 @@ def _ips(text: str) -> Iterator[Finding]:
                 ipaddress.IPv4Address(m.group())
             except ValueError:
                 continue
+            if any(word in text[max(0, m.start() - 24) : m.start()].lower() for word in _VERSION_WORDS):
+                continue  # "version 10.4.22.1", "build 6.3.9600.1": four numbers, not a host
             yield Finding("ip", m.start(), m.end())
     if "::" in text or text.count(":") >= 5:
         for m in _IPV6.finditer(text):
@@ -219,15 +225,25 @@ _ASSIGNED_HINTS = (
     "пароль", "şifre", "sifre", "parola", "密码", "パスワード", "비밀번호",
 )  # fmt: skip
 # "the password is X": only when X looks like a password (a digit or a symbol in it), not "reset".
+# A digit, or a symbol with more of the value after it: "expired." is a word and a full stop.
+_LOOKS_SECRET = r"(?=\S*?(?:\d|[!#-&(-+\-/:<-@\[-`{-~](?=[!#-&(-+\--:<-~а-яёА-ЯЁ])))"
+# Up to four short words may name whose password it is ("the password of the admin account is X").
+_WHOSE = r"(?:\s+[^\s:=]{1,20}){0,4}?"
 _SAID = re.compile(
-    r"(?ai)(?<![a-z])(?:password|passwd|pwd|passphrase)\s+(?:is|was)\s+[\"']?(?!\[[A-Z_]+\])((?=\S*[\d\W])[!#-&(-+\--:<-~]{6,})"
+    r"(?ai)(?<![a-z])(?:password|passwd|pwd|passphrase)"
+    + _WHOSE
+    + r"\s+(?:is|was)\s+[\"']?(?!\[[A-Z_]+\])("
+    + _LOOKS_SECRET
+    + r"[!#-&(-+\--:<-~]{6,})"
 )
 # The same said in the other languages the guardrails read.
 _SAID_ELSEWHERE = re.compile(
-    r"(?i)(?:(?:passwort|kennwort)\s+(?:ist|lautet|war)|mot de passe\s+(?:est|était)|contraseña\s+(?:es|era)"
-    r"|password\s+è|senha\s+(?:é|era)|wachtwoord\s+is|hasło\s+(?:to|jest)|пароль\s*(?:—|-|:)?"
-    r"|密码是|密碼是|パスワードは|비밀번호는|كلمة المرور(?:\s+هي)?|पासवर्ड\s+है|şifre(?:m|si)?)"
-    r"\s*[\"'«„]?(?!\[[A-Z_]+\])((?=\S*[\d\W])[!#-&(-+\--:<-~]{6,})"
+    r"(?i)(?:(?:passwort|kennwort)(?:\s+\S+){0,4}?\s+(?:ist|lautet|war)|mot de passe(?:\s+\S+){0,4}?\s+(?:est|était)"
+    r"|contraseña(?:\s+\S+){0,4}?\s+(?:es|era)|password(?:\s+\S+){0,4}?\s+è|senha(?:\s+\S+){0,4}?\s+(?:é|era)"
+    r"|wachtwoord(?:\s+\S+){0,4}?\s+is|hasło(?:\s+\S+){0,4}?\s+(?:to|jest)|пароль(?:\s+[^\s:]+){0,3}?\s*(?:—|-|:)"
+    r"|пароль\s*(?:—|-|:)?|密码是|密碼是|パスワードは|비밀번호는|كلمة المرور(?:\s+هي)?|पासवर्ड\s+है|şifre(?:m|si)?(?!\w))"
+    # A password said in Russian may be written in Cyrillic letters too ("Kр0кодил_Гена77").
+    r"\s*[\"'«„]?(?!\[[A-Z_]+\])(" + _LOOKS_SECRET + r"[!#-&(-+\--:<-~а-яёА-ЯЁ]{6,})"
 )
 _SAID_HINTS = (
     "pass",
@@ -298,7 +314,12 @@ _IN_TEXT: dict[str, Detector] = {
 _GAP = r"(?:[ \t.\-/()]{0,3}|[ \t]*\r?\n[ \t]*)"
 # [0-9], not \d: a character class lets the scan skip ahead at C speed (99 µs to 9 on 2,000 letters);
 # other scripts' digits are ASCII after normalization.
-_CLUSTER = re.compile(rf"[0-9](?:{_GAP}[0-9]){{8,}}|[0-9]{{7,8}}-?[A-Za-z]|\+[0-9](?:{_GAP}[0-9]){{6,}}")
+# The leading lookahead lets the scan skip to the next digit or "+" at C speed: with four
+# alternatives and none, the scan of a 2,000-character prompt took 90 µs; with it 37 (main's three: 56).
+_CLUSTER = re.compile(
+    rf"(?=[0-9+])(?:[0-9](?:{_GAP}[0-9]){{8,}}|[0-9]{{7,8}}-?[A-Za-z]|[0-9]{{2}}\.[0-9]{{3}}\.[0-9]{{3}}[ -]?[A-Za-z]"
+    rf"|\+[0-9](?:{_GAP}[0-9]){{6,}})"
+)
 
 
 def detect_pii(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from schemas.config import Backend as BackendConfig
-from schemas.config import InjectionSimilarityBackend, OpenAIBackend, SimulatorBackend
+from schemas.config import InjectionNgramBackend, InjectionSimilarityBackend, OpenAIBackend, SimulatorBackend
 from workers.backends.backend_errors import BackendError
 from workers.backends.base import Backend
 from workers.backends.openai_compat import OpenAICompatBackend
@@ -23,6 +23,10 @@ def build_backend(config: BackendConfig, model: str, max_concurrency: int) -> Ba
         from workers.backends.similarity import SimilarityClassifierBackend
 
         return SimilarityClassifierBackend(config, model)
+    if isinstance(config, InjectionNgramBackend):
+        from workers.backends.ngram_classifier import NgramClassifierBackend
+
+        return NgramClassifierBackend(config, model)
     raise TypeError(f"unknown backend {config!r}")
 
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import re
-import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from schemas.config import InjectionSimilarityBackend
 from schemas.envelope import Endpoint
 from workers.backends.backend_errors import BackendError
 from workers.backends.base import Json
+from workers.backends.classifier_reply import as_stream, prompt_of, verdict_body
 
 EXEMPLARS = Path(__file__).with_name("injection_exemplars.jsonl")
 # Their vectors are computed once per model and exemplar set and kept outside the repository:
@@ -190,51 +190,13 @@ class SimilarityClassifierBackend:
                     "total_tokens": sum(len(t) for t in texts) // 4,
                 },
             }
-        text = _prompt(endpoint, payload)
+        text = prompt_of(endpoint, payload)
         verdict: Verdict = await self._run(lambda d, t: d.classify(t), text)
-        answer = "injection" if verdict.injection else "safe"
-        usage = {"prompt_tokens": len(text) // 4, "completion_tokens": 1, "total_tokens": len(text) // 4 + 1}
-        choice: Json = {"index": 0, "finish_reason": "stop"}
-        if endpoint is Endpoint.CHAT:
-            choice["message"] = {"role": "assistant", "content": answer}
-        else:
-            choice["text"] = answer
-        return {
-            "id": "cls-" + uuid.uuid4().hex,
-            "object": "chat.completion" if endpoint is Endpoint.CHAT else "text_completion",
-            "created": int(time.time()),
-            "model": self._name,
-            "choices": [choice],
-            "usage": usage,
-        }
+        return verdict_body(endpoint, self._name, text, verdict.injection)
 
     async def stream(self, endpoint: Endpoint, payload: Json) -> Any:
-        body = await self.complete(endpoint, payload)
-        choice = body["choices"][0]
-        delta = (
-            {"role": "assistant", "content": choice["message"]["content"]} if "message" in choice else None
-        )
-        first = {**body, "object": "chat.completion.chunk" if delta else "text_completion"}
-        first["choices"] = [{"index": 0, "delta": delta, "finish_reason": "stop"} if delta else choice]
-        yield first
+        async for chunk in as_stream(await self.complete(endpoint, payload)):
+            yield chunk
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _prompt(endpoint: Endpoint, payload: Json) -> str:
-    """What to classify: the user messages' text (the instruction in a system message is the
-    gateway's own), or the prompt of a completion."""
-    if endpoint is Endpoint.COMPLETIONS:
-        prompt = payload.get("prompt")
-        return prompt if isinstance(prompt, str) else ""
-    texts: list[str] = []
-    for message in payload.get("messages") or ():
-        if not isinstance(message, dict) or message.get("role") == "system":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return "\n".join(texts)

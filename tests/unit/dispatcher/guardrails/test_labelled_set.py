@@ -1,7 +1,8 @@
 """The labelled prompt sets: their coverage, the fixed split, and precision and recall floors.
 
 Tuning data: labelled.jsonl (round one), round2.jsonl (round two's held-out set, measured once, then
-moved to the tuning side) and round3.jsonl. The held-out set is heldout.jsonl, written by someone
+moved to the tuning side), round3.jsonl, round3_probe.jsonl and round4.jsonl (round three's blind
+held-out set, measured once, tuning data since round four). The held-out set is heldout.jsonl, written by someone
 who never saw the detectors' code or results; it is absent from a checkout until it is committed,
 and its texts are held out wherever they appear (by SHA-256). The original sets (prompts.jsonl,
 tuned on, and prompts_holdout.jsonl) stay as regression sets.
@@ -22,6 +23,7 @@ from bench.guardrails_eval import (
     ORIGINAL,
     ORIGINAL_HOLDOUT,
     ROUND2,
+    ROUND4,
     TUNING,
     evaluate,
     first_round_half,
@@ -106,10 +108,19 @@ def test_tuning_floors() -> None:
     for kind in PII_KINDS:
         score = report.pii[kind]
         assert score.precision >= 0.98 and score.recall >= 0.98, (kind, score)
-    heuristics = report.injection["heuristics"]
+    assert report.leaks == []  # masking leaves no detectable entity in what the model receives
+    # The injection heuristics were tuned on rounds one to three...
+    earlier = evaluate(
+        [r for f in TUNING if f != ROUND4 for r in load(f) if split_of(str(r["text"])) == "tuning"]
+    )
+    heuristics = earlier.injection["heuristics"]
     assert heuristics.fpr <= 0.005, heuristics
     assert heuristics.recall >= 0.97, heuristics
-    assert report.leaks == []  # masking leaves no detectable entity in what the model receives
+    # ...not on round four (round three's blind set), whose figures are still those of its one blind
+    # run: recall 0.54 (347 of 642), 15 of 689 benign prompts flagged. Floors at that run, so that a
+    # change which loses ground on text nobody tuned the heuristics on shows.
+    fourth = evaluate(load(ROUND4)).injection["heuristics"]
+    assert fourth.tp >= 347 and fourth.fp <= 15, fourth
 
 
 def test_original_sets_still_hold() -> None:
