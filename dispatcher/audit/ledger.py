@@ -39,6 +39,16 @@ def partition_name(start: datetime) -> str:
     return f"audit_log_{start:%Y_%m}"
 
 
+# Which of a batch's event ids are stored already (a redelivered batch). One index probe per id:
+# `event_id = ANY(:ids)` is planned as a sequential scan of the whole partition whenever it has no
+# statistics (autovacuum off, or a new partition not yet analysed), since by the default
+# selectivity a hundred ids match half the table: the sink's cost then grew with the audit log.
+_STORED_IDS = text(
+    "SELECT u.id FROM unnest(CAST(:ids AS text[])) AS u(id) "
+    "CROSS JOIN LATERAL (SELECT 1 FROM audit_log l WHERE l.event_id = u.id LIMIT 1) AS hit"
+)
+
+
 @dataclass
 class AuditFilter:
     model: str | None = None
@@ -68,9 +78,7 @@ class AuditStore:
                 await conn.execute(text("SELECT seq, hash FROM audit_chain_head WHERE id = 1 FOR UPDATE"))
             ).one()
             ids = list({e.event_id for e in events})
-            stored = await conn.execute(
-                text("SELECT event_id FROM audit_log WHERE event_id = ANY(:ids)"), {"ids": ids}
-            )
+            stored = await conn.execute(_STORED_IDS, {"ids": ids})
             seen = {row[0] for row in stored}
             seq, prev = int(head.seq), str(head.hash)
             rows = []

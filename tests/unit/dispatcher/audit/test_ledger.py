@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from dispatcher.audit.ledger import AuditFilter, AuditStore
+from dispatcher.audit.ledger import _STORED_IDS, AuditFilter, AuditStore
 from dispatcher.store.database import create_engine
 from schemas.audit import AuditEvent, AuditStatus
 
@@ -58,6 +58,23 @@ async def test_append_is_idempotent_per_event_id(store: AuditStore) -> None:
     assert await store.append(events[2:] + [_event(5)]) == 1  # a redelivered batch adds only the new one
     checked, problems = await store.verify()
     assert checked == 6 and problems == []
+
+
+async def test_the_redelivery_check_probes_the_index_on_a_partition_without_statistics(
+    store: AuditStore, database_url: str
+) -> None:
+    """The duplicate check runs on every batch: it must not scan the partition when autovacuum has
+    not analysed it (where `event_id = ANY(...)` was planned as a sequential scan)."""
+    assert await store.append([_event(n) for n in range(3000)]) == 3000
+    conn = await asyncpg.connect(make_url(database_url).set(drivername="postgresql").render_as_string(False))
+    try:
+        ids = [f"ev-{n}" for n in range(100)]
+        plan = "\n".join(
+            r[0] for r in await conn.fetch("EXPLAIN " + str(_STORED_IDS).replace(":ids", "$1"), ids)
+        )
+    finally:
+        await conn.close()
+    assert "Index" in plan and "Seq Scan on audit_log" not in plan, plan
 
 
 async def test_batched_append_keeps_the_chain_across_batches_and_partitions(store: AuditStore) -> None:
