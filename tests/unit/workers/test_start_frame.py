@@ -61,9 +61,12 @@ async def _frames_of(nats_server: NatsServer, stream: bool) -> list[Frame]:
     backend = build_backend(SimulatorBackend(ttft_ms=0, tokens_per_s=10_000), "m", 8)
     runner = RequestRunner(nc, settings, backend, Cancellations(nc, subjects))
     await runner.handle(msg)
-    # One connection publishes and subscribes: the server delivers every frame before the PONG.
-    await nc.flush()
-    frames = [decode_frame(received.get_nowait())[0] for _ in range(received.qsize())]
+    # Every frame up to the final one, in order (one subscription). Not "whatever arrived by a
+    # flush": nats-py runs subscription callbacks on a task of their own, which may not have run
+    # when flush() returns (seen at load average 20: no frame at all, or the final one missing).
+    frames: list[Frame] = []
+    while not frames or frames[-1].kind != "final":
+        frames.append(decode_frame(await asyncio.wait_for(received.get(), 10))[0])
     await backend.aclose()
     await nc.close()
     return frames
