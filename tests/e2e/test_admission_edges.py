@@ -44,9 +44,10 @@ def _rows(database_url: str, where: str, count: int = 1) -> list[dict[str, Any]]
 def test_guardrails_see_every_text_the_model_sees(cluster: Cluster, database_url: str) -> None:
     guard = GuardrailsConfig(pii="mask", injection="block")
     path = cluster.write_config(with_consumers([ModelConfig(name="guarded", backend=ECHO, guardrails=guard)]))
-    cluster.dispatcher(path, database_url)
-    gateway = cluster.ingress(path)
-    cluster.worker("guarded", path, "w-guarded")
+    with cluster.together():
+        cluster.dispatcher(path, database_url)
+        gateway = cluster.ingress(path)
+        cluster.worker("guarded", path, "w-guarded")
     base: dict[str, Any] = {"model": "guarded", "max_tokens": 8}
     tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
     with _client(gateway) as client:
@@ -121,8 +122,9 @@ def test_degradation_queue_keeps_the_output_guard(cluster: Cluster, database_url
         )
     )
     path = cluster.write_config(config)
-    cluster.dispatcher(path, database_url)
-    gateway = cluster.ingress(path)
+    with cluster.together():
+        cluster.dispatcher(path, database_url)
+        gateway = cluster.ingress(path)
     body = {"model": "masked", "max_tokens": 32, "messages": [{"role": "user", "content": "card please"}]}
     with _client(gateway, "mb-test-patient-0123456789abcdef0123") as client:
         queued = client.post("/chat/completions", json=body)  # no worker yet: queued as a task
@@ -152,9 +154,10 @@ def test_a_cached_answer_passes_the_callers_output_guard(cluster: Cluster, datab
             )
         )
     path = cluster.write_config(config)
-    cluster.dispatcher(path, database_url)
-    gateway = cluster.ingress(path)
-    worker = cluster.worker("cached", path, "w-cached")
+    with cluster.together():
+        cluster.dispatcher(path, database_url)
+        gateway = cluster.ingress(path)
+        worker = cluster.worker("cached", path, "w-cached")
     body = {"model": "cached", "max_tokens": 32, "messages": [{"role": "user", "content": "card please"}]}
     with _client(gateway, keys["lax"]) as lax, _client(gateway, keys["strict"]) as strict:
         first = lax.post("/chat/completions", json=body)
@@ -187,8 +190,9 @@ def test_task_ids_we_never_issue_are_404_and_refused_tasks_name_their_consumer(
     config.roles.append(RoleConfig(name="open-only", models=["open"]))
     config.consumers[0].roles = ["open-only"]  # the tester
     path = cluster.write_config(config)
-    cluster.dispatcher(path, database_url)
-    gateway = cluster.ingress(path, MODELBUS_DATABASE_URL=database_url)
+    with cluster.together():
+        cluster.dispatcher(path, database_url)
+        gateway = cluster.ingress(path, MODELBUS_DATABASE_URL=database_url)
     with _client(gateway) as client:
         for task_id in ("a.b", "task_*", "task_>", "x" * 300, "task_0123", "%2E%2E"):
             found = client.get(f"/tasks/{task_id}")
@@ -218,9 +222,10 @@ def test_task_ids_we_never_issue_are_404_and_refused_tasks_name_their_consumer(
 def test_batch_lines_run_under_the_identity_of_now(cluster: Cluster, database_url: str) -> None:
     """A batch created with a key that is revoked before its lines run: the lines fail with 401."""
     path = cluster.write_config(with_consumers([ModelConfig(name="open", backend=ECHO)]))
-    dispatcher = cluster.dispatcher(path, database_url)
-    gateway = cluster.ingress(path, MODELBUS_DATABASE_URL=database_url)
-    cluster.worker("open", path, "w-open")
+    with cluster.together():
+        dispatcher = cluster.dispatcher(path, database_url)
+        gateway = cluster.ingress(path, MODELBUS_DATABASE_URL=database_url)
+        cluster.worker("open", path, "w-open")
     admin_base = gateway[:-3]
     created = httpx.post(
         f"{admin_base}/admin/keys",
@@ -278,9 +283,10 @@ def test_administrative_actions_are_audited_and_key_ids_are_unique(
     cluster: Cluster, database_url: str
 ) -> None:
     path = cluster.write_config(with_consumers([ModelConfig(name="open", backend=ECHO)]))
-    cluster.dispatcher(path, database_url)
-    gateway = cluster.ingress(path, MODELBUS_DATABASE_URL=database_url)
-    cluster.worker("open", path, "w-open")
+    with cluster.together():
+        cluster.dispatcher(path, database_url)
+        gateway = cluster.ingress(path, MODELBUS_DATABASE_URL=database_url)
+        cluster.worker("open", path, "w-open")
     admin = _client(gateway[:-3], ADMIN_KEY)
     # `test-key` is a key id of the configuration file: no issued key may take it, nor revoke it.
     clash = admin.post("/admin/keys", json={"consumer": "tester", "id": "test-key"})

@@ -2,15 +2,18 @@
 
 Entry points: a sync call, `Prefer: respond-async`, `POST /v1/tasks`, a batch line. Policies: RBAC
 deny, injection block, PII masked on the way in, PII masked on the way out, requests per minute,
-tokens per minute, and `max_tokens` sent as a string. Each entry point runs against its own gateway
-(dispatcher, ingress, workers, a fresh database); every cell is checked and all failures reported.
+tokens per minute, and `max_tokens` sent as a string. The entry points share one gateway
+(dispatcher, ingress, workers, a fresh database): each has its own requests-per-minute consumer, the
+tokens-per-minute checks are all refused (nothing held), and audit rows are looked up by request id;
+every cell is checked and all failures reported.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +22,7 @@ import orjson
 import pytest
 
 from dispatcher.policy.api_keys import hash_key
+from modelbus.embedded_nats import NatsServer
 from schemas.config import (
     ApiKey,
     ConsumerConfig,
@@ -189,13 +193,21 @@ def _wait_batch(client: httpx.Client, batch_id: str, total: int) -> dict[str, An
     raise AssertionError(f"batch {batch_id} did not finish")
 
 
-def _gateway(cluster: Cluster, database_url: str) -> str:
-    config = cluster.write_config(matrix_config())
-    cluster.dispatcher(config, database_url)
-    gateway = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
-    for model in ("mask-in", "mask-out", "other"):
-        cluster.worker(model, config, f"w-{model}")
-    return gateway
+@pytest.fixture(scope="module")
+def gateway(
+    nats_server: NatsServer, module_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    cluster = Cluster(tmp_path_factory.mktemp("matrix"), nats_server.url, "t" + uuid.uuid4().hex[:10])
+    try:
+        config = cluster.write_config(matrix_config())
+        with cluster.together():
+            cluster.dispatcher(config, module_database_url)
+            url = cluster.ingress(config, MODELBUS_DATABASE_URL=module_database_url)
+            for model in ("mask-in", "mask-out", "other"):
+                cluster.worker(model, config, f"w-{model}")
+        yield url
+    finally:
+        cluster.close()
 
 
 Check = Callable[[EntryPoint, str], list[str]]
@@ -277,8 +289,8 @@ CHECKS: dict[str, Check] = {
 
 
 @pytest.mark.parametrize("kind", ENTRY_POINTS)
-def test_every_policy_holds_on_every_entry_point(kind: str, database_url: str, cluster: Cluster) -> None:
-    entry = EntryPoint(kind, _gateway(cluster, database_url))
+def test_every_policy_holds_on_every_entry_point(kind: str, gateway: str, module_database_url: str) -> None:
+    entry = EntryPoint(kind, gateway)
     wait_until(lambda: entry.send("plain", [chat("other", "warm up")])[0].status == 200, 20, "no warm-up")
-    failures = [f for name, check in CHECKS.items() for f in check(entry, database_url)]
+    failures = [f for name, check in CHECKS.items() for f in check(entry, module_database_url)]
     assert not failures, f"{kind}: " + "; ".join(failures)

@@ -39,10 +39,11 @@ def gateway(database_url: str, cluster: Cluster) -> str:
         ModelConfig(name="nobody-home"),
     ]
     config = cluster.write_config(with_consumers(models))
-    cluster.dispatcher(config, database_url)
-    url = cluster.ingress(config)
-    for name in ("chat-sim", "slow", "embed-sim"):
-        cluster.worker(name, config, f"w-{name}")
+    with cluster.together():
+        cluster.dispatcher(config, database_url)
+        url = cluster.ingress(config)
+        for name in ("chat-sim", "slow", "embed-sim"):
+            cluster.worker(name, config, f"w-{name}")
     return url
 
 

@@ -33,9 +33,10 @@ def test_removing_the_newest_rows_as_superuser_is_detected(cluster: Cluster, dat
     private = new_signing_key()
     public = verify_key_of(signing_key(private))
     path = cluster.write_config(with_consumers([ModelConfig(name="m", backend=SimulatorBackend(ttft_ms=1))]))
-    cluster.dispatcher(path, database_url, MODELBUS_AUDIT_SIGNING_KEY=private)
-    gateway = cluster.ingress(path)
-    cluster.worker("m", path, "w-1")
+    with cluster.together():
+        cluster.dispatcher(path, database_url, MODELBUS_AUDIT_SIGNING_KEY=private)
+        gateway = cluster.ingress(path)
+        cluster.worker("m", path, "w-1")
     with httpx.Client(
         base_url=gateway, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30
     ) as client:

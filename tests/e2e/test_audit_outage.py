@@ -35,9 +35,10 @@ def test_postgres_outage_loses_no_audit_record(cluster: Cluster, postgres: Stopp
     config = cluster.write_config(
         with_consumers([ModelConfig(name="m", backend=SimulatorBackend(ttft_ms=1))])
     )
-    cluster.dispatcher(config, postgres.url)
-    gateway = cluster.ingress(config)
-    cluster.worker("m", config, "w-1")
+    with cluster.together():
+        cluster.dispatcher(config, postgres.url)
+        gateway = cluster.ingress(config)
+        cluster.worker("m", config, "w-1")
     statuses: list[int] = []
     ids: set[str] = set()
 

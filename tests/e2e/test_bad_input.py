@@ -22,9 +22,10 @@ def gateway(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -
     cluster = Cluster(tmp_path_factory.mktemp("bad"), nats_server.url, "t" + uuid.uuid4().hex[:10])
     models = [ModelConfig(name=n, backend=SimulatorBackend(ttft_ms=0, tokens_per_s=5000)) for n in ODD_NAMES]
     config = cluster.write_config(with_consumers(models))
-    url = cluster.ingress(config)
-    for index, name in enumerate(ODD_NAMES):
-        cluster.worker(name, config, f"w-{index}")
+    with cluster.together():
+        url = cluster.ingress(config)
+        for index, name in enumerate(ODD_NAMES):
+            cluster.worker(name, config, f"w-{index}")
     yield url
     cluster.close()
 

@@ -65,9 +65,10 @@ def gateway(database_url: str, cluster: Cluster) -> str:
         name="chat-sim", max_concurrency=8, backend=SimulatorBackend(ttft_ms=10, tokens_per_s=500, capacity=8)
     )
     config = cluster.write_config(with_consumers([model]))
-    cluster.dispatcher(config, database_url)
-    url = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
-    cluster.worker("chat-sim", config, "w-1")
+    with cluster.together():
+        cluster.dispatcher(config, database_url)
+        url = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
+        cluster.worker("chat-sim", config, "w-1")
     return url
 
 
@@ -167,9 +168,10 @@ def test_cancelled_batch_ends_cancelled_with_the_unrun_lines_as_errors(
         name="slow", max_concurrency=2, backend=SimulatorBackend(ttft_ms=300, tokens_per_s=100, capacity=2)
     )
     config = cluster.write_config(with_consumers([model]))
-    cluster.dispatcher(config, database_url)
-    gateway = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
-    cluster.worker("slow", config, "w-slow")
+    with cluster.together():
+        cluster.dispatcher(config, database_url)
+        gateway = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
+        cluster.worker("slow", config, "w-slow")
     client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0, timeout=60)
     lines = b"".join(
         orjson.dumps(

@@ -49,10 +49,11 @@ def test_canary_split_and_stickiness_through_the_gateway(cluster: Cluster) -> No
         ModelConfig(name="sticky", backend=fast, versions=versions, sticky=True, max_concurrency=32),
     ]
     config = cluster.write_config(with_consumers(models))
-    gateway = cluster.ingress(config)
-    for model in ("canary", "sticky"):
-        for version in ("v1", "v2"):
-            cluster.worker(model, config, f"w-{model}-{version}", version=version)
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        for model in ("canary", "sticky"):
+            for version in ("v1", "v2"):
+                cluster.worker(model, config, f"w-{model}-{version}", version=version)
 
     def versions_served(model: str, key: str, count: int) -> Counter[str]:
         with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:

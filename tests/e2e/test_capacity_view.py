@@ -25,9 +25,10 @@ def test_capacity_view_tracks_workers_and_queue(cluster: Cluster) -> None:
         ModelConfig(name="idle"),
     ]
     config = cluster.write_config(with_consumers(models))
-    gateway = cluster.ingress(config)
-    first = cluster.worker("busy", config, "w-1")
-    cluster.worker("busy", config, "w-2")
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        first = cluster.worker("busy", config, "w-1")
+        cluster.worker("busy", config, "w-2")
     wait_until(lambda: _view(gateway)["busy"]["workers"] == 2, 10, "workers not registered")
     busy = _view(gateway)["busy"]
     assert (busy["capacity"], busy["free_slots"], busy["queued"]) == (8, 8, 0)

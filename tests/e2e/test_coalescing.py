@@ -24,27 +24,28 @@ def _fire(gateway: str, model: str, texts: list[str]) -> list[httpx.Response]:
 
 
 def test_sixty_four_single_requests_become_a_few_backend_calls(cluster: Cluster) -> None:
-    batched_url, _ = cluster.simulator("--embedding-latency-ms", "20", "--capacity", "256")
-    single_url, _ = cluster.simulator("--embedding-latency-ms", "20", "--capacity", "256")
-    models = [
-        ModelConfig(
-            name="coalesced",
-            endpoints=[Endpoint.EMBEDDINGS],
-            max_concurrency=64,
-            coalesce_ms=10,
-            backend=OpenAIBackend(base_url=f"{batched_url}/v1", served_model="simulated"),
-        ),
-        ModelConfig(
-            name="one-by-one",
-            endpoints=[Endpoint.EMBEDDINGS],
-            max_concurrency=64,
-            backend=OpenAIBackend(base_url=f"{single_url}/v1", served_model="simulated"),
-        ),
-    ]
-    config = cluster.write_config(with_consumers(models))
-    gateway = cluster.ingress(config)
-    cluster.worker("coalesced", config, "w-coalesced")
-    cluster.worker("one-by-one", config, "w-single")
+    with cluster.together():
+        batched_url, _ = cluster.simulator("--embedding-latency-ms", "20", "--capacity", "256")
+        single_url, _ = cluster.simulator("--embedding-latency-ms", "20", "--capacity", "256")
+        models = [
+            ModelConfig(
+                name="coalesced",
+                endpoints=[Endpoint.EMBEDDINGS],
+                max_concurrency=64,
+                coalesce_ms=10,
+                backend=OpenAIBackend(base_url=f"{batched_url}/v1", served_model="simulated"),
+            ),
+            ModelConfig(
+                name="one-by-one",
+                endpoints=[Endpoint.EMBEDDINGS],
+                max_concurrency=64,
+                backend=OpenAIBackend(base_url=f"{single_url}/v1", served_model="simulated"),
+            ),
+        ]
+        config = cluster.write_config(with_consumers(models))
+        gateway = cluster.ingress(config)
+        cluster.worker("coalesced", config, "w-coalesced")
+        cluster.worker("one-by-one", config, "w-single")
     texts = [f"sentence number {n}" for n in range(64)]
 
     coalesced = _fire(gateway, "coalesced", texts)

@@ -119,8 +119,9 @@ def test_a_worker_takes_a_new_capacity_and_backend_without_dropping_work(cluster
 
     first = with_consumers([ModelConfig(name="m", max_concurrency=1, backend=backend("old backend", 1500))])
     path = cluster.write_config(first, "first.yaml")
-    gateway = cluster.ingress(path)
-    cluster.worker("m", path, "w-m")
+    with cluster.together():
+        gateway = cluster.ingress(path)
+        cluster.worker("m", path, "w-m")
     body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "who are you"}]}
     in_flight: list[httpx.Response] = []
     sender = threading.Thread(

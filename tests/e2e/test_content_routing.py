@@ -39,9 +39,10 @@ def test_prompts_route_by_language(cluster: Cluster) -> None:
         }
     )
     path = cluster.write_config(config)
-    gateway = cluster.ingress(path)
-    for name in ("assistant", "assistant-de", "assistant-fr"):
-        cluster.worker(name, path, f"w-{name}")
+    with cluster.together():
+        gateway = cluster.ingress(path)
+        for name in ("assistant", "assistant-de", "assistant-fr"):
+            cluster.worker(name, path, f"w-{name}")
     client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
     expected = {"de": ("assistant-de", "german"), "fr": ("assistant-fr", "french"), "en": ("assistant", None)}
     for language, (model, rule) in expected.items():

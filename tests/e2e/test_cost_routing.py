@@ -48,9 +48,10 @@ def test_pool_picks_the_cheapest_member_whose_wait_fits(cluster: Cluster) -> Non
     config = with_consumers([cheap, dear])
     config.pools = [PoolConfig(name="chat", members=["dear", "cheap"])]
     path = cluster.write_config(config)
-    base = cluster.ingress(path)
-    cluster.worker("cheap", path, "w-cheap")
-    cluster.worker("dear", path, "w-dear")
+    with cluster.together():
+        base = cluster.ingress(path)
+        cluster.worker("cheap", path, "w-cheap")
+        cluster.worker("dear", path, "w-dear")
 
     first = _ask(base)  # cost only: the cheaper member, whatever the order in the pool
     assert first.status_code == 200, first.text

@@ -40,10 +40,11 @@ def test_each_consumer_gets_its_own_degradation_when_the_model_is_down(cluster: 
             ],
         )
     )
-    cluster.dispatcher(config)  # its task collector finishes queued requests
-    gateway = cluster.ingress(config)
-    big = cluster.worker("big", config, "w-big")
-    cluster.worker("small", config, "w-small")
+    with cluster.together():
+        cluster.dispatcher(config)  # its task collector finishes queued requests
+        gateway = cluster.ingress(config)
+        big = cluster.worker("big", config, "w-big")
+        cluster.worker("small", config, "w-small")
     with httpx.Client(base_url=gateway, timeout=30) as http:
         body = {"model": "big", "messages": MSG, "max_tokens": 2}
         wait_until(
@@ -122,9 +123,10 @@ def test_a_failing_model_falls_back_for_consumers_who_want_it(cluster: Cluster) 
             ],
         )
     )
-    gateway = cluster.ingress(config)
-    cluster.worker("flaky", config, "w-flaky")
-    cluster.worker("small", config, "w-small")
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        cluster.worker("flaky", config, "w-flaky")
+        cluster.worker("small", config, "w-small")
     with httpx.Client(base_url=gateway, timeout=30) as http:
         body = {"model": "flaky", "messages": MSG, "max_tokens": 2}
         rescued = http.post("/chat/completions", json=body, headers=_auth("fallback"))
@@ -155,8 +157,9 @@ def test_a_queue_longer_than_the_wait_budget_fails_fast(cluster: Cluster) -> Non
         ],
     )
     path = cluster.write_config(config)
-    gateway = cluster.ingress(path)
-    cluster.worker("slow", path, "w-slow")
+    with cluster.together():
+        gateway = cluster.ingress(path)
+        cluster.worker("slow", path, "w-slow")
     body = {"model": "slow", "messages": MSG, "max_tokens": 1}
     with httpx.Client(base_url=gateway, timeout=60) as http:
         # The worker's service time is known once it has served something.

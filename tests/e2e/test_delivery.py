@@ -24,19 +24,20 @@ def _http_backend(url: str) -> OpenAIBackend:
 
 def test_workers_never_exceed_capacity_and_share_work_by_capacity(cluster: Cluster) -> None:
     sim_options = ["--ttft-ms", "40", "--tokens-per-s", "200", "--capacity", "64"]
-    small_url, _ = cluster.simulator(*sim_options)
-    large_url, _ = cluster.simulator(*sim_options)
-    small = cluster.write_config(
-        with_consumers([ModelConfig(name="shared", backend=_http_backend(small_url), max_concurrency=2)]),
-        "a.yaml",
-    )
-    large = cluster.write_config(
-        with_consumers([ModelConfig(name="shared", backend=_http_backend(large_url), max_concurrency=8)]),
-        "b.yaml",
-    )
-    gateway = cluster.ingress(small)
-    cluster.worker("shared", small, "w-small")
-    cluster.worker("shared", large, "w-large")
+    with cluster.together():
+        small_url, _ = cluster.simulator(*sim_options)
+        large_url, _ = cluster.simulator(*sim_options)
+        small = cluster.write_config(
+            with_consumers([ModelConfig(name="shared", backend=_http_backend(small_url), max_concurrency=2)]),
+            "a.yaml",
+        )
+        large = cluster.write_config(
+            with_consumers([ModelConfig(name="shared", backend=_http_backend(large_url), max_concurrency=8)]),
+            "b.yaml",
+        )
+        gateway = cluster.ingress(small)
+        cluster.worker("shared", small, "w-small")
+        cluster.worker("shared", large, "w-large")
 
     async def run() -> Counter[str]:
         async with httpx.AsyncClient(base_url=gateway, headers=AUTH, timeout=60) as client:
@@ -67,8 +68,9 @@ def test_workers_never_exceed_capacity_and_share_work_by_capacity(cluster: Clust
 def test_request_survives_worker_killed_mid_request(cluster: Cluster) -> None:
     model = ModelConfig(name="slow", backend=SimulatorBackend(ttft_ms=1500, tokens_per_s=1000))
     config = cluster.write_config(with_consumers([model]))
-    gateway = cluster.ingress(config)
-    doomed = cluster.worker("slow", config, "w-doomed")
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        doomed = cluster.worker("slow", config, "w-doomed")
     result: dict[str, httpx.Response] = {}
 
     def call() -> None:
@@ -94,8 +96,9 @@ def test_stream_ends_with_error_event_when_worker_dies(cluster: Cluster) -> None
         name="talky", backend=SimulatorBackend(ttft_ms=0, tokens_per_s=20, default_max_tokens=400)
     )
     config = cluster.write_config(with_consumers([model]))
-    gateway = cluster.ingress(config)
-    doomed = cluster.worker("talky", config, "w-doomed")
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        doomed = cluster.worker("talky", config, "w-doomed")
     client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0, timeout=30)
     stream = client.chat.completions.create(model="talky", messages=MSG, stream=True)
     received = 0
@@ -114,11 +117,14 @@ def test_stream_ends_with_error_event_when_worker_dies(cluster: Cluster) -> None
 
 
 def test_client_disconnect_aborts_backend_within_a_second(cluster: Cluster) -> None:
-    sim_url, _ = cluster.simulator("--ttft-ms", "0", "--tokens-per-s", "20", "--default-max-tokens", "400")
-    model = ModelConfig(name="abortable", backend=_http_backend(sim_url))
-    config = cluster.write_config(with_consumers([model]))
-    gateway = cluster.ingress(config)
-    cluster.worker("abortable", config, "w-1")
+    with cluster.together():
+        sim_url, _ = cluster.simulator(
+            "--ttft-ms", "0", "--tokens-per-s", "20", "--default-max-tokens", "400"
+        )
+        model = ModelConfig(name="abortable", backend=_http_backend(sim_url))
+        config = cluster.write_config(with_consumers([model]))
+        gateway = cluster.ingress(config)
+        cluster.worker("abortable", config, "w-1")
     with httpx.Client(base_url=gateway, headers=AUTH, timeout=30) as client:
         body = {"model": "abortable", "messages": MSG, "stream": True}
         with client.stream("POST", "/chat/completions", json=body) as response:
@@ -135,10 +141,11 @@ def test_client_disconnect_aborts_backend_within_a_second(cluster: Cluster) -> N
 
 
 def test_request_waits_for_a_worker_until_its_deadline(cluster: Cluster) -> None:
-    sim_url, _ = cluster.simulator("--ttft-ms", "0")
-    model = ModelConfig(name="lonely", backend=_http_backend(sim_url))
-    config = cluster.write_config(with_consumers([model]))
-    gateway = cluster.ingress(config)
+    with cluster.together():
+        sim_url, _ = cluster.simulator("--ttft-ms", "0")
+        model = ModelConfig(name="lonely", backend=_http_backend(sim_url))
+        config = cluster.write_config(with_consumers([model]))
+        gateway = cluster.ingress(config)
     with httpx.Client(base_url=gateway, headers=AUTH, timeout=30) as client:
         started = time.monotonic()
         response = client.post(
@@ -188,8 +195,9 @@ def test_openai_sdk_timeout_bounds_the_queue_wait(cluster: Cluster) -> None:
 def test_worker_stopped_with_sigterm_finishes_in_flight_work(cluster: Cluster) -> None:
     model = ModelConfig(name="drainable", backend=SimulatorBackend(ttft_ms=1000, tokens_per_s=1000))
     config = cluster.write_config(with_consumers([model]))
-    gateway = cluster.ingress(config)
-    worker = cluster.worker("drainable", config, "w-draining")
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        worker = cluster.worker("drainable", config, "w-draining")
     result: dict[str, httpx.Response] = {}
 
     def call() -> None:
@@ -213,7 +221,8 @@ def test_any_of_several_nats_urls_will_do(cluster: Cluster) -> None:
     config = cluster.write_config(with_consumers([ModelConfig(name="m")]))
     dead = f"nats://127.0.0.1:{free_port()}"
     cluster.env_overrides["MODELBUS_NATS_URL"] = f"{dead},{cluster.nats_url}"
-    gateway = cluster.ingress(config)
-    cluster.worker("m", config, "w-1")
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        cluster.worker("m", config, "w-1")
     client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
     assert client.chat.completions.create(model="m", messages=MSG, max_tokens=1).choices

@@ -18,8 +18,9 @@ def test_backend_down_everywhere_ends_in_a_clean_retryable_503(cluster: Cluster)
     cluster.env_overrides["MODELBUS_MAX_DELIVER"] = "2"
     model = ModelConfig(name="broken", backend=SimulatorBackend(error_rate=1.0))
     config = cluster.write_config(with_consumers([model]))
-    gateway = cluster.ingress(config)
-    worker = cluster.worker("broken", config, "w-1")
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        worker = cluster.worker("broken", config, "w-1")
     started = time.monotonic()
     response = httpx.post(
         f"{gateway}/chat/completions",
@@ -39,11 +40,12 @@ def test_backend_down_everywhere_ends_in_a_clean_retryable_503(cluster: Cluster)
 
 
 def test_backend_rejection_of_the_request_is_passed_through_as_400(cluster: Cluster) -> None:
-    sim_url, _ = cluster.simulator("--ttft-ms", "0")
-    backend = OpenAIBackend(base_url=f"{sim_url}/v1", served_model="simulated")
-    config = cluster.write_config(with_consumers([ModelConfig(name="picky", backend=backend)]))
-    gateway = cluster.ingress(config)
-    cluster.worker("picky", config, "w-1")
+    with cluster.together():
+        sim_url, _ = cluster.simulator("--ttft-ms", "0")
+        backend = OpenAIBackend(base_url=f"{sim_url}/v1", served_model="simulated")
+        config = cluster.write_config(with_consumers([ModelConfig(name="picky", backend=backend)]))
+        gateway = cluster.ingress(config)
+        cluster.worker("picky", config, "w-1")
     client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as caught:
@@ -61,8 +63,9 @@ def test_unreachable_backend_is_retried_then_reported(cluster: Cluster) -> None:
     cluster.env_overrides["MODELBUS_MAX_DELIVER"] = "2"
     backend = OpenAIBackend(base_url="http://127.0.0.1:9/v1", connect_timeout_s=0.5)  # discard port: refused
     config = cluster.write_config(with_consumers([ModelConfig(name="offline", backend=backend)]))
-    gateway = cluster.ingress(config)
-    cluster.worker("offline", config, "w-1")
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        cluster.worker("offline", config, "w-1")
     client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0)
     with pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(model="offline", messages=MSG)

@@ -28,8 +28,9 @@ def test_a_second_consumer_is_served_at_once_while_another_has_200_queued(cluste
         name="m", max_concurrency=2, backend=SimulatorBackend(ttft_ms=88, tokens_per_s=1000, capacity=2)
     )
     config = cluster.write_config(with_consumers([model]))
-    gateway = cluster.ingress(config, **FAIR)
-    cluster.worker("m", config, "w-1")
+    with cluster.together():
+        gateway = cluster.ingress(config, **FAIR)
+        cluster.worker("m", config, "w-1")
     a_done: list[float] = []
     a_status: list[int] = []
 
@@ -94,8 +95,9 @@ def test_weights_three_to_one_split_a_saturated_model_75_25(cluster: Cluster) ->
         c.model_copy(update={"share_weight": 3.0}) if c.name == "tester" else c for c in base.consumers
     ]
     config = cluster.write_config(base.model_copy(update={"consumers": weighted}))
-    cluster.ingress(config, **FAIR)  # runs the share feeder
-    cluster.worker("m", config, "w-1")
+    with cluster.together():
+        cluster.ingress(config, **FAIR)  # runs the share feeder
+        cluster.worker("m", config, "w-1")
     replies = f"{cluster.namespace}.probe"
     finished: list[str] = []
 
@@ -146,8 +148,9 @@ def test_when_the_ingress_feeding_the_shares_dies_another_takes_over_and_nothing
     )
     config = cluster.write_config(with_consumers([model]))
     first = cluster.ingress(config, **FAIR)  # starts first: holds the feeder lease
-    second = cluster.ingress(config, **FAIR)
-    cluster.worker("m", config, "w-1")
+    with cluster.together():
+        second = cluster.ingress(config, **FAIR)
+        cluster.worker("m", config, "w-1")
     statuses: list[int] = []
 
     async def send() -> None:

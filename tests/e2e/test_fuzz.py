@@ -62,9 +62,10 @@ def stack(
     try:
         backend = SimulatorBackend(ttft_ms=1, tokens_per_s=100_000, default_max_tokens=4)
         path = cluster.write_config(with_consumers([ModelConfig(name="m", backend=backend)]))
-        cluster.dispatcher(path, module_database_url)
-        base = cluster.ingress(path, MODELBUS_DATABASE_URL=module_database_url)
-        cluster.worker("m", path, "fuzz-w1")
+        with cluster.together():
+            cluster.dispatcher(path, module_database_url)
+            base = cluster.ingress(path, MODELBUS_DATABASE_URL=module_database_url)
+            cluster.worker("m", path, "fuzz-w1")
         yield base.removesuffix("/v1")
     finally:
         cluster.close()

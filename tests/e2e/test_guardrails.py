@@ -72,10 +72,11 @@ def test_masking_blocking_and_streamed_output(cluster: Cluster, database_url: st
         )
     )
     path = cluster.write_config(config)
-    cluster.dispatcher(path, database_url)
-    base = cluster.ingress(path)
-    cluster.worker("guarded", path, "w-guarded")
-    cluster.worker("plain", path, "w-plain")
+    with cluster.together():
+        cluster.dispatcher(path, database_url)
+        base = cluster.ingress(path)
+        cluster.worker("guarded", path, "w-guarded")
+        cluster.worker("plain", path, "w-plain")
     client = openai.OpenAI(base_url=base, api_key=TEST_KEY, max_retries=0)
 
     # The model receives the prompt masked (it echoes what it got), and the answer is masked too.
@@ -198,10 +199,11 @@ def test_injection_classifier_model_through_the_bus(cluster: Cluster, database_u
         ]
     )
     path = cluster.write_config(config)
-    cluster.dispatcher(path, database_url)
-    base = cluster.ingress(path)
-    for model in ("judge", "chat", "lonely"):
-        cluster.worker(model, path, f"w-{model}")
+    with cluster.together():
+        cluster.dispatcher(path, database_url)
+        base = cluster.ingress(path)
+        for model in ("judge", "chat", "lonely"):
+            cluster.worker(model, path, f"w-{model}")
     client = openai.OpenAI(base_url=base, api_key=TEST_KEY, max_retries=0)
 
     # (The heuristics learnt "never trained with safety rules" from the tuning set; this one they miss.)
@@ -268,10 +270,11 @@ def test_cpu_classifier_served_through_the_bus(cluster: Cluster, database_url: s
     )
     path = cluster.write_config(config)
     cluster.dispatcher(path, database_url)
-    base = cluster.ingress(path)
-    cluster.worker("guard", path, "w-guard", HF_HUB_OFFLINE="1")
-    cluster.worker("chat", path, "w-chat")
-    cluster.worker("strict", path, "w-strict")
+    with cluster.together():
+        base = cluster.ingress(path)
+        cluster.worker("guard", path, "w-guard", HF_HUB_OFFLINE="1")
+        cluster.worker("chat", path, "w-chat")
+        cluster.worker("strict", path, "w-strict")
     # The first answer waits for the model to load (torch and the weights: seconds, more on a busy box).
     patient = openai.OpenAI(base_url=base, api_key=TEST_KEY, max_retries=0, timeout=120)
     verdict = patient.chat.completions.create(

@@ -94,10 +94,11 @@ def test_issued_keys_revocation_expiry_rbac_and_no_secret_leaks(cluster: Cluster
     config.roles.append(RoleConfig(name="open-only", models=["open"], operations=["chat"]))
     config.consumers.append(ConsumerConfig(name="limited", roles=["open-only"]))
     path = cluster.write_config(config)
-    cluster.dispatcher(path, database_url)
-    gateways = [cluster.ingress(path) for _ in range(3)]
-    cluster.worker("open", path, "w-open")
-    cluster.worker("secret-model", path, "w-secret")
+    with cluster.together():
+        cluster.dispatcher(path, database_url)
+        gateways = [cluster.ingress(path) for _ in range(3)]
+        cluster.worker("open", path, "w-open")
+        cluster.worker("secret-model", path, "w-secret")
     bodies: list[str] = []
 
     # Who may issue keys: the admin role only.
@@ -243,9 +244,10 @@ def test_oidc_tokens_from_three_issuer_shapes(cluster: Cluster, jwks: _Jwks) -> 
         ),
     ]
     path = cluster.write_config(config)
-    base = cluster.ingress(path)
-    cluster.worker("open", path, "w-open")
-    cluster.worker("gpt-internal", path, "w-internal")
+    with cluster.together():
+        base = cluster.ingress(path)
+        cluster.worker("open", path, "w-open")
+        cluster.worker("gpt-internal", path, "w-internal")
     key = jwks.add("k1")
     kc, okta, entra = (i.issuer for i in config.oidc)
 

@@ -58,8 +58,9 @@ def _content_chunks(events: list[dict[str, object]]) -> int:
 
 def test_idle_streams_live_on_pulses_with_no_heartbeat_frames(cluster: Cluster) -> None:
     config = cluster.write_config(with_consumers([_slow_model()]))
-    gateway = cluster.ingress(config, **SLOW_BUS)
-    cluster.worker("slow", config, "w-slow", **SLOW_BUS)
+    with cluster.together():
+        gateway = cluster.ingress(config, **SLOW_BUS)
+        cluster.worker("slow", config, "w-slow", **SLOW_BUS)
     pulses: list[int] = []  # requests named per pulse message
     heartbeat_frames = 0
 
@@ -97,8 +98,9 @@ def test_a_frozen_worker_is_declared_lost_although_it_once_pulsed(cluster: Clust
     """Pulses must not hide a real silence: a worker stopped mid-stream fails the stream at once
     (retryable `worker_lost`), well before the model would have sent its next token."""
     config = cluster.write_config(with_consumers([_slow_model()]))
-    gateway = cluster.ingress(config, **SLOW_BUS)
-    worker = cluster.worker("slow", config, "w-frozen", **SLOW_BUS)
+    with cluster.together():
+        gateway = cluster.ingress(config, **SLOW_BUS)
+        worker = cluster.worker("slow", config, "w-frozen", **SLOW_BUS)
     outcome: dict[str, object] = {}
 
     def consume() -> None:

@@ -62,10 +62,11 @@ def test_metrics_after_a_scripted_scenario(cluster: Cluster, database_url: str) 
     ]  # fmt: skip
     path = cluster.write_config(config)
     dispatcher_port, worker_port = free_port(), free_port()
-    cluster.dispatcher(path, database_url, MODELBUS_METRICS_PORT=str(dispatcher_port))
-    base = cluster.ingress(path)
-    cluster.worker("m", path, "w-m", MODELBUS_METRICS_PORT=str(worker_port))
-    cluster.worker("g", path, "w-g")
+    with cluster.together():
+        cluster.dispatcher(path, database_url, MODELBUS_METRICS_PORT=str(dispatcher_port))
+        base = cluster.ingress(path)
+        cluster.worker("m", path, "w-m", MODELBUS_METRICS_PORT=str(worker_port))
+        cluster.worker("g", path, "w-g")
 
     # N = 5 served requests, M = 2 rejections by the rate limit, 1 degradation (fallback), 1 guardrail.
     usage = {"input": 0, "output": 0}

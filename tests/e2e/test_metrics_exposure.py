@@ -75,9 +75,10 @@ def test_metrics_token_hides_consumers_on_every_process(database_url: str, clust
     path = cluster.write_config(with_consumers([ModelConfig(name="m", backend=FAST)]))
     worker_port, dispatcher_port = free_port(), free_port()
     token_env = {"MODELBUS_METRICS_TOKEN": METRICS_TOKEN}
-    cluster.dispatcher(path, database_url, MODELBUS_METRICS_PORT=str(dispatcher_port), **token_env)
-    base = cluster.ingress(path, **token_env)
-    cluster.worker("m", path, "w1", MODELBUS_METRICS_PORT=str(worker_port), **token_env)
+    with cluster.together():
+        cluster.dispatcher(path, database_url, MODELBUS_METRICS_PORT=str(dispatcher_port), **token_env)
+        base = cluster.ingress(path, **token_env)
+        cluster.worker("m", path, "w1", MODELBUS_METRICS_PORT=str(worker_port), **token_env)
     chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     httpx.post(f"{base}/chat/completions", headers=_AUTH, json=chat, timeout=30).raise_for_status()
     token = {"Authorization": f"Bearer {METRICS_TOKEN}"}

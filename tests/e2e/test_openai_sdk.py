@@ -29,9 +29,10 @@ def base_url(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) 
             ]
         )
     )
-    url = cluster.ingress(config)
-    cluster.worker("chat-sim", config, "w-chat")
-    cluster.worker("embed-sim", config, "w-embed")
+    with cluster.together():
+        url = cluster.ingress(config)
+        cluster.worker("chat-sim", config, "w-chat")
+        cluster.worker("embed-sim", config, "w-embed")
     yield url
     cluster.close()
 

@@ -44,8 +44,9 @@ def _chromium(url: str, *extra: str, tmp_path: Path) -> subprocess.CompletedProc
 
 def test_ops_page_renders_live_charts(cluster: Cluster, tmp_path: Path) -> None:
     path = cluster.write_config(with_consumers([ModelConfig(name="m", backend=SimulatorBackend(ttft_ms=2))]))
-    base = cluster.ingress(path)
-    cluster.worker("m", path, "w1")
+    with cluster.together():
+        base = cluster.ingress(path)
+        cluster.worker("m", path, "w1")
     root = base.removesuffix("/v1")
     for _ in range(20):  # traffic for the charts
         httpx.post(

@@ -91,8 +91,9 @@ def test_no_batch_work_is_taken_while_interactive_work_fills_every_slot(cluster:
         name="m", max_concurrency=2, backend=SimulatorBackend(ttft_ms=40, tokens_per_s=1000, capacity=2)
     )
     config = cluster.write_config(with_consumers([model]))
-    gateway = cluster.ingress(config)
-    cluster.worker("m", config, "w-1")
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        cluster.worker("m", config, "w-1")
     running = threading.Event()
     running.set()
     served: list[int] = []

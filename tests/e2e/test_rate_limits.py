@@ -58,8 +58,9 @@ def test_limits_hold_across_three_ingresses(cluster: Cluster) -> None:
         ),
     ]
     path = cluster.write_config(config)
-    gateways = [cluster.ingress(path) for _ in range(3)]
-    cluster.worker("m", path, "w1")
+    with cluster.together():
+        gateways = [cluster.ingress(path) for _ in range(3)]
+        cluster.worker("m", path, "w1")
 
     _clear_of_a_minute_boundary()
     responses = _burst(gateways, RPM_KEY, 300, 1)

@@ -23,11 +23,12 @@ PAUSE_S = 3
 def test_restarting_every_process_one_at_a_time_fails_no_request(database_url: str, cluster: Cluster) -> None:
     models = [ModelConfig(name=MODEL, backend=SimulatorBackend(ttft_ms=20, tokens_per_s=300))]
     config = cluster.write_config(with_consumers(models))
-    cluster.dispatcher(config, database_url)
-    gateways = [cluster.ingress(config, MODELBUS_DATABASE_URL=database_url) for _ in range(3)]
-    workers = ["w-a", "w-b"]
-    for worker in workers:
-        cluster.worker(MODEL, config, worker)
+    with cluster.together():
+        cluster.dispatcher(config, database_url)
+        gateways = [cluster.ingress(config, MODELBUS_DATABASE_URL=database_url) for _ in range(3)]
+        workers = ["w-a", "w-b"]
+        for worker in workers:
+            cluster.worker(MODEL, config, worker)
 
     load = LoadRun(gateways, MODEL, concurrency=6)
     steady = load.window("steady state")

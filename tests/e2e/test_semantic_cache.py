@@ -55,10 +55,11 @@ def test_first_look_answers_a_repeat_from_any_ingress_for_the_same_consumer_only
     database_url: str, cluster: Cluster
 ) -> None:
     path = cluster.write_config(_config(first_look=True))
-    cluster.dispatcher(path, database_url)
-    one, two = cluster.ingress(path), cluster.ingress(path)
-    cluster.worker("chat", path, "w-chat", version="v1")
-    cluster.worker("embed", path, "w-embed")
+    with cluster.together():
+        cluster.dispatcher(path, database_url)
+        one, two = cluster.ingress(path), cluster.ingress(path)
+        cluster.worker("chat", path, "w-chat", version="v1")
+        cluster.worker("embed", path, "w-embed")
 
     first = _chat(one, TEST_KEY)
     assert CACHE not in first.headers
@@ -103,9 +104,10 @@ def test_semantic_cache_step_answers_when_the_model_is_down(cluster: Cluster) ->
     config = _config(first_look=False)
     config.consumers[0].degradation = ["semantic_cache", "fail"]
     path = cluster.write_config(config)
-    gateway = cluster.ingress(path)
-    worker = cluster.worker("chat", path, "w-chat", version="v1")
-    cluster.worker("embed", path, "w-embed")
+    with cluster.together():
+        gateway = cluster.ingress(path)
+        worker = cluster.worker("chat", path, "w-chat", version="v1")
+        cluster.worker("embed", path, "w-embed")
 
     first = _chat(gateway, TEST_KEY)
     second = _chat(gateway, TEST_KEY)

@@ -29,8 +29,9 @@ def test_streamed_request_is_one_connected_trace_across_processes(cluster: Clust
         with_consumers([ModelConfig(name="m", backend=SimulatorBackend(ttft_ms=20, tokens_per_s=500))])
     )
     ingress_spans, worker_spans = tmp_path / "ingress-spans.jsonl", tmp_path / "worker-spans.jsonl"
-    base = cluster.ingress(path, MODELBUS_TRACE_FILE=str(ingress_spans))
-    cluster.worker("m", path, "w1", MODELBUS_TRACE_FILE=str(worker_spans))
+    with cluster.together():
+        base = cluster.ingress(path, MODELBUS_TRACE_FILE=str(ingress_spans))
+        cluster.worker("m", path, "w1", MODELBUS_TRACE_FILE=str(worker_spans))
     client = openai.OpenAI(base_url=base, api_key=TEST_KEY, max_retries=0)
     caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     stream = client.chat.completions.create(
@@ -104,8 +105,9 @@ def test_spans_reach_a_live_otlp_receiver(cluster: Cluster) -> None:
         path = cluster.write_config(
             with_consumers([ModelConfig(name="m", backend=SimulatorBackend(ttft_ms=1))])
         )
-        base = cluster.ingress(path, MODELBUS_OTLP_ENDPOINT=endpoint)
-        cluster.worker("m", path, "w1", MODELBUS_OTLP_ENDPOINT=endpoint)
+        with cluster.together():
+            base = cluster.ingress(path, MODELBUS_OTLP_ENDPOINT=endpoint)
+            cluster.worker("m", path, "w1", MODELBUS_OTLP_ENDPOINT=endpoint)
         client = openai.OpenAI(base_url=base, api_key=TEST_KEY, max_retries=0)
         client.chat.completions.create(model="m", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
 

@@ -66,7 +66,7 @@ def _https_ingress(cluster: Cluster, config: Path, env: dict[str, str], tls: Tls
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, 60, f"ingress did not start:\n{proc.log()}", proc)
+    wait_until(ready, 60, "ingress did not start", proc)
     return base, proc
 
 

@@ -59,9 +59,10 @@ def _revoke_and_time(gateways: list[str], key_id: str, key: str) -> float:
 
 def _stack(cluster: Cluster) -> list[str]:
     path = cluster.write_config(with_consumers([ModelConfig(name="m", backend=FAST)]))
-    cluster.dispatcher(path)
-    gateways = [cluster.ingress(path) for _ in range(3)]
-    cluster.worker("m", path, "w-m")
+    with cluster.together():
+        cluster.dispatcher(path)
+        gateways = [cluster.ingress(path) for _ in range(3)]
+        cluster.worker("m", path, "w-m")
     return gateways
 
 

@@ -120,9 +120,11 @@ def gateway(
             "MODELBUS_WEBHOOK_BACKOFF_S": "0.3",
         }
     )
-    cluster.dispatcher(config, database_url)
-    cluster.worker("chat-sim", config, "w-chat")
-    yield cluster.ingress(config, MODELBUS_DATABASE_URL=database_url), database_url
+    with cluster.together():
+        cluster.dispatcher(config, database_url)
+        cluster.worker("chat-sim", config, "w-chat")
+        gateway = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
+    yield gateway, database_url
 
 
 def _create(client: httpx.Client, url: str) -> httpx.Response:
@@ -313,9 +315,10 @@ def test_a_delivery_in_flight_when_the_dispatcher_dies_is_delivered_after(
             "MODELBUS_WEBHOOK_ACK_WAIT_S": "3",
         }
     )
-    dispatcher = cluster.dispatcher(config, database_url)
-    cluster.worker("chat-sim", config, "w-chat")
-    base = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
+    with cluster.together():
+        dispatcher = cluster.dispatcher(config, database_url)
+        cluster.worker("chat-sim", config, "w-chat")
+        base = cluster.ingress(config, MODELBUS_DATABASE_URL=database_url)
     try:
         with httpx.Client(base_url=base, headers=AUTH, timeout=30) as client:
             task_id = _create(client, f"http://127.0.0.1:{server.server_address[1]}/hook").json()["id"]

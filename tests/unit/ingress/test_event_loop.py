@@ -70,14 +70,15 @@ def gateway(cluster: Cluster, database_url: str) -> tuple[str, int]:
     config = cluster.write_config(with_consumers([model]))
     # 50,000 queued lines of 1 kB (with the identity each carries) need more than the tests' 32 MB.
     cluster.env_overrides["MODELBUS_REQUEST_STREAM_MAX_BYTES"] = str(160 * MB)
-    cluster.dispatcher(config, database_url)
-    url = cluster.ingress(
-        config,
-        MODELBUS_DATABASE_URL=database_url,
-        MODELBUS_MAX_UPLOAD_BYTES=str(60 * MB),
-        MODELBUS_STORAGE_QUOTA_BYTES=str(100 * MB),
-    )
-    cluster.worker("chat-sim", config, "w-1")
+    with cluster.together():
+        cluster.dispatcher(config, database_url)
+        url = cluster.ingress(
+            config,
+            MODELBUS_DATABASE_URL=database_url,
+            MODELBUS_MAX_UPLOAD_BYTES=str(60 * MB),
+            MODELBUS_STORAGE_QUOTA_BYTES=str(100 * MB),
+        )
+        cluster.worker("chat-sim", config, "w-1")
     port = urlsplit(url).port
     assert port is not None
     return url, cluster.proc(f"ingress-{port}").popen.pid
@@ -241,8 +242,9 @@ def test_uploads_and_batches_need_the_batch_operation(cluster: Cluster, database
         )
     )
     path = cluster.write_config(ModelbusConfig.model_validate(config.model_dump()))
-    cluster.dispatcher(path, database_url)
-    url = cluster.ingress(path, MODELBUS_DATABASE_URL=database_url)
+    with cluster.together():
+        cluster.dispatcher(path, database_url)
+        url = cluster.ingress(path, MODELBUS_DATABASE_URL=database_url)
     line = _batch_file(1, 300)
     with httpx.Client(
         base_url=url, headers={"Authorization": f"Bearer {chat_only_key}"}, timeout=30

@@ -77,8 +77,9 @@ def test_gateway_serves_a_real_model(llama: str, cluster: Cluster) -> None:
     backend = OpenAIBackend(base_url=llama, served_model="gemma-3-270m")
     model = ModelConfig(name="gemma", endpoints=[Endpoint.COMPLETIONS], backend=backend, max_concurrency=2)
     config = cluster.write_config(with_consumers([model]))
-    gateway = cluster.ingress(config)
-    cluster.worker("gemma", config, "w-llama")
+    with cluster.together():
+        gateway = cluster.ingress(config)
+        cluster.worker("gemma", config, "w-llama")
     client = openai.OpenAI(base_url=gateway, api_key=TEST_KEY, max_retries=0, timeout=60)
     plain = client.completions.create(model="gemma", prompt=PROMPT["prompt"], max_tokens=6, temperature=0)
     assert plain.model == "gemma" and plain.choices[0].text.strip()
