@@ -175,12 +175,14 @@ _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] =
     # Canadian SIN only next to its name: 3-3-3 digits are as often a Spanish or French phone number
     # ("Llámame al 612 345 678" passes Luhn one time in ten).
     (re.compile(r"(?<![\d-])\d{3}([ -])\d{3}\1\d{3}(?![\d-])"), lambda v: v[0] not in "08" and luhn_ok(digits_of(v)) and sin.is_valid(v), ("sin", "social insurance", "assurance sociale", "nas ", "nas:")),
-    (re.compile(r"(?<![0-9A-Za-z-])[2-9]\d{3} \d{4} \d{4}(?![0-9A-Za-z-])"), lambda v: verhoeff.checksum(digits_of(v)) == 0 and aadhaar.is_valid(v), None),
+    # Not three groups of a longer grouped number (a 16-digit card that fails Luhn is no Aadhaar).
+    (re.compile(r"(?<![0-9A-Za-z-])(?<!\d )[2-9]\d{3} \d{4} \d{4}(?![0-9A-Za-z-])(?! \d)"), lambda v: verhoeff.checksum(digits_of(v)) == 0 and aadhaar.is_valid(v), None),
     (re.compile(r"(?<![0-9A-Za-z-])[2-9]\d{3}-\d{4}-\d{4}(?![0-9A-Za-z-])"), aadhaar.is_valid, ("aadhar", "aadhaar", "आधार", "uidai")),
     (re.compile(r"(?<![0-9A-Za-z-])[2-9]\d{11}(?![0-9A-Za-z-])"), aadhaar.is_valid, ("aadhar", "aadhaar", "आधार", "uidai")),
     (re.compile(r"(?i)(?<![0-9a-z])[12] ?\d{2} ?(?:0[1-9]|1[0-2]) ?(?:\d{2}|2[ab]) ?\d{3} ?\d{3} ?\d{2}(?![0-9a-z])"), nir.is_valid, None),
     (re.compile(r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?![\d.])"), cpf.is_valid, None),
-    (re.compile(r"(?i)(?<![\d-])\d{17}[\dx](?![\d-]|[a-z])"), ric.is_valid, None),
+    # Also grouped as region, birth date and sequence ("440305 19830711 7737"), which stdnum does not strip.
+    (re.compile(r"(?i)(?<![\d-])\d{6}([ -]?)\d{8}\1\d{3}[\dx](?![\d-]|[a-z])"), lambda v: ric.is_valid(v.replace(" ", "").replace("-", "")), None),
     (re.compile(r"(?<![\d-])\d{6}-\d{7}(?![\d-])"), rrn.is_valid, None),
     (re.compile(r"(?<!\d)\d{11}(?!\d)"), cpf.is_valid, ("cpf",)),
     (re.compile(r"(?<!\d)\d{11}(?!\d)"), pesel.is_valid, ("pesel",)),

@@ -23,8 +23,12 @@ Detector = Callable[[str], Iterator[Finding]]
 
 # --- e-mail -------------------------------------------------------------------------------------
 # Unicode letters are allowed on both sides: internationalized addresses (JÖRG@BÜCHER.DE, RFC 6531).
+# Python's \w has no combining marks, without which Indic scripts cannot spell a word (the vowel
+# signs and virama of उदाहरण.परीक्षा): _M adds those of the scripts from Devanagari to Sinhala and Thai.
+_M = "\u0300-\u036f\u0900-\u0dff\u0e00-\u0e7f"
 _EMAIL = re.compile(
-    r"(?<![\w.+-])[^\W_][\w.%+-]{0,63}@[^\W_](?:[\w-]{0,62}\.)+(?:[^\W\d_]{2,24}|xn--[a-z0-9-]{1,59})(?![\w-])"
+    rf"(?<![\w.+{_M}-])[^\W_][\w.%+{_M}-]{{0,63}}@[^\W_](?:[\w{_M}-]{{0,62}}\.)+"
+    rf"(?:[^\W\d_](?:[^\W\d_]|[{_M}]){{1,23}}|xn--[a-z0-9-]{{1,59}})(?![\w{_M}-])"
 )
 
 
@@ -32,7 +36,9 @@ _LOCAL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 
 
 def _is_local(ch: str) -> bool:
-    return ch in _LOCAL or (ch > "\x7f" and ch.isalnum())
+    return ch in _LOCAL or (
+        ch > "\x7f" and (ch.isalnum() or "\u0300" <= ch <= "\u036f" or "\u0900" <= ch <= "\u0e7f")
+    )
 
 
 def _emails(text: str) -> Iterator[Finding]:
@@ -62,10 +68,13 @@ def _emails(text: str) -> Iterator[Finding]:
 # At least one written-out separator, and a plain " at " only with a written-out " dot ": "I work at
 # example.com" is not an address.
 _AT = re.compile(r"(?i)\s*[\[(<{]\s*(?:at|@)\s*[\])>}]\s*|\s+at\s+")
-_DOT = r"(?:\s*[\[(<{]\s*dot\s*[\])>}]\s*|\s+dot\s+|\.)"
+# "dot" as people write it in the languages served: punkt (de, pl, nordic), point (fr), punto (es,
+# it), ponto (pt), punt (nl, ca), kropka (pl), nokta (tr), точка (ru).
+_DOT_WORD = r"(?:dot|punkt|point|punto|ponto|punt|kropka|nokta|точка)"
+_DOT = rf"(?:\s*[\[(<{{]\s*{_DOT_WORD}\s*[\])>}}]\s*|\s+{_DOT_WORD}\s+|\.)"
 _DOMAIN = re.compile(rf"(?i)([^\W_][\w-]{{0,62}}(?:{_DOT}[^\W_][\w-]{{0,62}}){{0,3}}){_DOT}([a-z]{{2,6}})\b")
 _LOCAL_BEFORE = re.compile(rf"(?i)(?:[^\W_][\w+-]{{0,63}}{_DOT})*[^\W_][\w+-]{{0,63}}$")
-_WRITTEN = re.compile(r"(?i)[\[(<{]\s*(?:at|dot)\s*[\])>}]|\sdot\s")
+_WRITTEN = re.compile(rf"(?i)[\[(<{{]\s*(?:at|{_DOT_WORD})\s*[\])>}}]|\s{_DOT_WORD}\s")
 _TLDS = frozenset(
     [
         "com",
@@ -130,8 +139,21 @@ _TLDS = frozenset(
         "asia",
     ]
 )
-_ADDRESS_LIKE_LOCAL = re.compile(r"(?i)\sdot\s|[\[(<{]dot|[\d._+-]")
-_OBFUSCATED_HINTS = ("dot", "at)", "at]", "at}", "at>")
+_ADDRESS_LIKE_LOCAL = re.compile(rf"(?i)\s{_DOT_WORD}\s|[\[(<{{]{_DOT_WORD}|[\d._+-]")
+_OBFUSCATED_HINTS = (
+    "dot",
+    "punkt",
+    "point",
+    "punt",
+    "ponto",
+    "kropka",
+    "nokta",
+    "точка",
+    "at)",
+    "at]",
+    "at}",
+    "at>",
+)
 
 
 def _obfuscated_emails(text: str) -> Iterator[Finding]:

@@ -40,6 +40,16 @@ MISSED = [
     ("A senha do e-mail da loja é Mango@2024, ok.", "secret", "Mango@2024"),
     ("Пароль от почты: Чебурашка_42, никому.", "secret", "Чебурашка_42"),
     ("the password for the staging database is Blue$ky77 today", "secret", "Blue$ky77"),
+    # The fourth blind set's misses (heldout.jsonl, measured once): written-out dots in other
+    # languages, Indic addresses (combining marks), a grouped Chinese resident id.
+    (
+        "Meine Adresse: anna punkt beispiel at example punkt de",
+        "email",
+        "anna punkt beispiel at example punkt de",
+    ),
+    ("écris à jean point dupont at exemple point fr", "email", "jean point dupont at exemple point fr"),
+    ("मुझे उपयोगकर्ता@उदाहरण.परीक्षा पर ईमेल करें।", "email", "उपयोगकर्ता@उदाहरण.परीक्षा"),
+    ("身份证：440305 19830711 7737", "national_id", "440305 19830711 7737"),
 ]
 
 
@@ -78,6 +88,8 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "Die Software-Version 2.14.3.7 ist aktuell.",
         "the password is expired.",
         "Şifrelerini kimseyle paylaşma, lütfen dikkat et.",
+        "We met at the point where the road ends.",
+        "This test card number should be rejected by the form: 4826 6367 0225 3426",  # no Aadhaar inside
     ],
 )
 def test_lookalikes_are_left_alone(text: str) -> None:
