@@ -13,7 +13,15 @@ import pytest
 
 from dispatcher.store.migrate import upgrade
 from schemas.config import AffinityConfig
-from tests.e2e.test_failover import CI_SIZED, MODEL, Stack, _check, _stack, _under_load
+from tests.e2e.test_failover import (
+    MODEL,
+    Stack,
+    _check,
+    _kill_stream_leader,
+    _kill_worker,
+    _stack,
+    _under_load,
+)
 from tests.support.stoppable_postgres import stoppable_postgres
 
 pytestmark = pytest.mark.timeout(420)
@@ -47,7 +55,7 @@ def _delivered(stack: Stack) -> tuple[int, list[int]]:
 
 
 def test_worker_kill_with_affinity_loses_and_duplicates_nothing(affinity_stack: Stack) -> None:
-    _check(affinity_stack, _under_load(affinity_stack, CI_SIZED))
+    _check(affinity_stack, _under_load(affinity_stack, (_kill_stream_leader, _kill_worker)))
     fifo, buckets = _delivered(affinity_stack)
     assert fifo == 0  # every interactive request went through a bucket ...
     assert sum(b > 0 for b in buckets) >= BUCKETS // 2  # ... spread over them
