@@ -12,18 +12,25 @@ another has work. What it knows about the buckets:
 - a *mark* per bucket that may have work, with the time it became known: set by the bell the
   ingress (or the share feeder) rings after each publish to a bucket, by a rescan that marks every
   bucket each `rescan_s` (a lost bell, a redelivery after a worker died), and kept after a pull
-  that came back full (there may be more); cleared by a pull that came back short;
+  that came back full (there may be more); cleared by a pull that came back short. A bell replaces
+  a mark that only a rescan set: the rescan's guess says nothing about how old the new work is;
 - the *home* buckets, set from the live workers by rendezvous hashing.
 
 A free slot takes, in order: the home bucket of the request that just freed it, if it has work —
 a backend that keeps a prompt per slot (llama.cpp) has that prefix in exactly the slot now free —
 unless another home bucket has been waiting for `warm_limit_s`; the oldest marked home bucket (and
-the lane's FIFO consumer, which only carries requests published while affinity was off); else the oldest marked bucket of another
-worker whose mark is at least `steal_grace_s` old — long enough for an idle home worker, which
-heard the same bell, to take it first — (`stolen`); else batch work, as `CapacityPuller` does,
+the lane's FIFO consumer, which only carries requests published while affinity was off); else the
+oldest *ripe* bucket of another worker (`stolen`); else batch work, as `CapacityPuller` does,
 up to its share. So no slot idles while anything is queued for longer than the grace, and a dead
 worker's buckets are stolen by the others until the registry drops it and they become somebody's
 home; its unacked messages come back after `ack_wait` like any redelivery.
+
+Another worker's bucket is ripe when its *latest* bell is `steal_grace_s` old — long enough for an
+idle home worker, which heard the same bell, to take it first (timing from the first bell would let
+a message published a moment ago look old, and be stolen from an idle home) — or when a steal from
+it came back full (a backlog its home is not keeping up with), or, should bells come faster than
+the grace for long, `patience` after the first bell since the bucket was last seen empty (so
+stealing cannot be starved by a busy bucket's steady bells).
 """
 
 from __future__ import annotations
@@ -85,6 +92,9 @@ class AffinityPuller(CapacityPuller):
         self.home: frozenset[int] = frozenset(range(len(bucket_consumers)))  # alone until told otherwise
         self._marked: dict[int, float] = {}  # source -> since when it may have work
         self._rung: dict[int, float] = {}  # source -> when its bell last rang
+        self._guessed: set[int] = set()  # marks only a rescan set: a bell's time replaces theirs
+        self._backlog: set[int] = set()  # other buckets whose last steal came back full
+        self._patience_s = max(rescan_s, 4 * steal_grace_s)
         self._scan_at = 0.0
         self._open_source: int | None = None
         self._open_sent_at = 0.0
@@ -131,8 +141,18 @@ class AffinityPuller(CapacityPuller):
             return
         now = time.monotonic()
         self._rung[bucket] = now
-        self._marked.setdefault(bucket, now)
+        if bucket not in self._marked or bucket in self._guessed:
+            self._marked[bucket] = now
+            self._guessed.discard(bucket)
         self._wake.set()
+
+    def _due(self, source: int) -> float:
+        """When a marked source may be pulled: a home one at once, another worker's once ripe."""
+        since = self._marked[source]
+        if source == _FIFO or source in self.home or source in self._backlog:
+            return since
+        last_bell = max(since, self._rung.get(source, since))
+        return min(last_bell + self._grace_s, since + self._patience_s)
 
     def _choose(self, now: float) -> int | None:
         home = [s for s in self._marked if s == _FIFO or s in self.home]
@@ -144,7 +164,7 @@ class AffinityPuller(CapacityPuller):
                     if warm in self._marked and warm in self.home:
                         return warm
             return oldest
-        ripe = [s for s, since in self._marked.items() if now - since >= self._grace_s]
+        ripe = [s for s in self._marked if self._due(s) <= now]
         return min(ripe, key=self._marked.__getitem__) if ripe else None
 
     async def _pull_next(self, free: int) -> None:
@@ -153,7 +173,9 @@ class AffinityPuller(CapacityPuller):
             # Found by a rescan, work may be seconds old or just published with its bell on the
             # way: the steal grace applies all the same.
             for source in self._sources:
-                self._marked.setdefault(source, now)
+                if source not in self._marked:
+                    self._marked[source] = now
+                    self._guessed.add(source)
             self._scan_at = now + self._rescan_s
         chosen = self._choose(now)
         if chosen is not None:
@@ -175,12 +197,17 @@ class AffinityPuller(CapacityPuller):
                 self._batch_at = 0.0 if filled else now + self._batch_wait_s
             elif self._open_source is not None:
                 source = self._open_source
+                self._guessed.discard(source)
                 if filled:
                     self._marked[source] = now  # may hold more: to the back of the line
-                elif self._rung.get(source, 0.0) >= self._open_sent_at:
-                    self._marked[source] = self._rung[source]  # rang after we asked: look again
+                    if source not in self.home:
+                        self._backlog.add(source)  # its home is not keeping up: keep stealing
                 else:
-                    self._marked.pop(source, None)  # drained
+                    self._backlog.discard(source)
+                    if self._rung.get(source, 0.0) >= self._open_sent_at:
+                        self._marked[source] = self._rung[source]  # rang after we asked: look again
+                    else:
+                        self._marked.pop(source, None)  # drained
                 if self._open_received and source != _FIFO:
                     self._served_at[source] = now
                 if self._open_received:
@@ -205,7 +232,7 @@ class AffinityPuller(CapacityPuller):
         wake_at = [self._scan_at]
         if self.capacity > self.in_flight:
             # A home mark is due at once; another worker's when its grace is over.
-            wake_at += [since + self._grace_s for since in self._marked.values()]
+            wake_at += [self._due(source) for source in self._marked]
             if self._batch_subject is not None and self.in_flight_batch < self._batch_limit:
                 wake_at.append(self._batch_at)
         return min(wake_at)

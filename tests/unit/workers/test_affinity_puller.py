@@ -150,6 +150,85 @@ async def test_two_idle_workers_each_take_their_own_buckets(bus: Bus) -> None:
     assert a.taken["stolen"] == b.taken["stolen"] == 0
 
 
+async def test_a_freed_worker_leaves_fresh_work_to_its_idle_home(bus: Bus) -> None:
+    """A bell heard while busy does not make later work of that bucket look old: the grace runs
+    from the latest bell, so the idle home worker takes what was published a moment ago."""
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+
+    def handler_of(name: str) -> Callable[[Msg], object]:
+        async def handler(msg: Msg) -> None:
+            body = msg.data.decode()
+            seen[name].append(body)
+            if body == "long":
+                await asyncio.sleep(0.8)  # busy past the grace of the bell for "early" ...
+                await bus.publish(2, "late")  # ... and free again just after "late" was published
+            await msg.ack()
+
+        return handler
+
+    # No rescan while the test runs: a freed slot goes straight to what the bells marked.
+    a = bus.puller(1, handler_of("a"), steal_grace_s=0.5, rescan_s=30.0)
+    b = bus.puller(2, handler_of("b"), steal_grace_s=0.5, rescan_s=30.0)
+    a.set_home(frozenset({0, 1}))
+    b.set_home(frozenset({2, 3}))
+    tasks = [asyncio.create_task(p.run()) for p in (a, b)]
+    await asyncio.sleep(0.7)  # the start-up scans' guesses are pulled and found empty
+    await bus.publish(0, "long")
+    await _until(lambda: seen["a"] == ["long"])
+    await bus.publish(2, "early")
+    await _until(lambda: len(seen["a"]) + len(seen["b"]) == 3)
+    await asyncio.sleep(0.6)  # past the grace of "late": a steal would have happened by now
+    for p in (a, b):
+        p.stop()
+    await asyncio.gather(*tasks)
+    assert seen == {"a": ["long"], "b": ["early", "late"]}
+    assert a.taken["stolen"] == 0
+
+
+async def test_a_rescan_guess_does_not_age_a_later_bell(bus: Bus) -> None:
+    took: list[float] = []
+
+    async def handler(msg: Msg) -> None:
+        took.append(time.monotonic())
+        await msg.ack()
+
+    puller = bus.puller(2, handler, steal_grace_s=0.4, rescan_s=30.0)
+    puller.set_home(frozenset({3}))
+    task = asyncio.create_task(puller.run())
+    await asyncio.sleep(0.2)  # the start-up scan's guess about bucket 0 is not yet due
+    sent = time.monotonic()
+    await bus.publish(0, "nobody-home")
+    await _until(lambda: len(took) == 1)
+    puller.stop()
+    await task
+    assert puller.taken == {"home": 0, "stolen": 1}
+    assert took[0] - sent >= 0.4  # the whole grace after the bell, not what was left of the scan's
+
+
+async def test_steady_bells_do_not_starve_stealing(bus: Bus) -> None:
+    """Bells faster than the grace never let the latest one grow old: the patience after the first
+    bell still hands an idle slot the queued work of a home that does not take it."""
+    took: list[float] = []
+
+    async def handler(msg: Msg) -> None:
+        took.append(time.monotonic())
+        await msg.ack()
+
+    puller = bus.puller(1, handler, steal_grace_s=0.3, rescan_s=0.5)  # patience max(0.5, 4 x 0.3)
+    puller.set_home(frozenset({3}))
+    task = asyncio.create_task(puller.run())
+    await asyncio.sleep(0.2)
+    first = time.monotonic()
+    while not took and time.monotonic() - first < 5.0:
+        await bus.publish(0, "steady")
+        await asyncio.sleep(0.02)
+    puller.stop()
+    await task
+    # Without the patience no bell here is ever 0.3 s old: the slot would idle for the whole 5 s.
+    assert took, "an idle slot waited while the bucket had work"
+    assert took[0] - first < 3.0
+
+
 async def test_never_more_than_capacity_across_buckets(bus: Bus) -> None:
     active = peak = 0
     done: list[str] = []
