@@ -147,6 +147,15 @@ class AffinityConfig(_Config):
         default=1024, ge=16, le=1_000_000, description="characters of the prompt head that pick the bucket"
     )
     buckets: int = Field(default=16, ge=1, le=256, description="work-queue consumers per model version")
+    # llama.cpp keeps one prompt per slot: a second request of a prompt already running would be
+    # prefilled cold in another slot and evict that slot's prompt. With 1 it waits for the first and
+    # then reuses its slot. vLLM and SGLang share cached prefix blocks across requests: no limit.
+    per_bucket: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="requests of one bucket a worker runs at once (none: no limit)",
+    )
 
 
 class ModelConfig(_Config):

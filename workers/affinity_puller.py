@@ -25,6 +25,10 @@ up to its share. So no slot idles while anything is queued for longer than the g
 worker's buckets are stolen by the others until the registry drops it and they become somebody's
 home; its unacked messages come back after `ack_wait` like any redelivery.
 
+With `per_bucket` (for a backend that keeps one prompt per slot), a bucket whose cap of requests
+is already running here is passed over — home or not — until one of them ends; the freed slot then
+takes that bucket first, so the next request of the prompt lands in the slot that holds it.
+
 Another worker's bucket is ripe when its *latest* bell is `steal_grace_s` old — long enough for an
 idle home worker, which heard the same bell, to take it first (timing from the first bell would let
 a message published a moment ago look old, and be stolen from an idle home) — or when a steal from
@@ -36,7 +40,7 @@ stealing cannot be starved by a busy bucket's steady bells).
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -69,6 +73,7 @@ class AffinityPuller(CapacityPuller):
         rescan_s: float = 1.0,
         steal_grace_s: float = 0.01,
         warm_limit_s: float = 1.0,
+        per_bucket: int | None = None,
     ) -> None:
         super().__init__(
             nc,
@@ -95,6 +100,8 @@ class AffinityPuller(CapacityPuller):
         self._guessed: set[int] = set()  # marks only a rescan set: a bell's time replaces theirs
         self._backlog: set[int] = set()  # other buckets whose last steal came back full
         self._patience_s = max(rescan_s, 4 * steal_grace_s)
+        self._per_bucket = per_bucket
+        self._running: Counter[int] = Counter()  # bucket -> its requests in flight here
         self._scan_at = 0.0
         self._open_source: int | None = None
         self._open_sent_at = 0.0
@@ -146,6 +153,12 @@ class AffinityPuller(CapacityPuller):
             self._guessed.discard(bucket)
         self._wake.set()
 
+    def _room(self, source: int, free: int) -> int:
+        """How many of `free` slots may take this source's work (`per_bucket` caps a bucket's)."""
+        if self._per_bucket is None or source == _FIFO:
+            return free
+        return min(free, self._per_bucket - self._running[source])
+
     def _due(self, source: int) -> float:
         """When a marked source may be pulled: a home one at once, another worker's once ripe."""
         since = self._marked[source]
@@ -155,16 +168,17 @@ class AffinityPuller(CapacityPuller):
         return min(last_bell + self._grace_s, since + self._patience_s)
 
     def _choose(self, now: float) -> int | None:
-        home = [s for s in self._marked if s == _FIFO or s in self.home]
+        open_ = [s for s in self._marked if self._room(s, 1) > 0]
+        home = [s for s in open_ if s == _FIFO or s in self.home]
         if home:
             oldest = min(home, key=self._marked.__getitem__)
             if now - self._marked[oldest] < self._warm_limit_s:
                 while self._warm:
                     warm = self._warm.popleft()
-                    if warm in self._marked and warm in self.home:
+                    if warm in home:
                         return warm
             return oldest
-        ripe = [s for s in self._marked if self._due(s) <= now]
+        ripe = [s for s in open_ if self._due(s) <= now]
         return min(ripe, key=self._marked.__getitem__) if ripe else None
 
     async def _pull_next(self, free: int) -> None:
@@ -180,7 +194,7 @@ class AffinityPuller(CapacityPuller):
         chosen = self._choose(now)
         if chosen is not None:
             self._open_source, self._open_sent_at = chosen, now
-            await self._pull(self._sources[chosen], free, None)
+            await self._pull(self._sources[chosen], self._room(chosen, free), None)
             return
         room = min(free, self._batch_limit - self.in_flight_batch)
         if self._batch_subject is not None and room > 0 and now >= self._batch_at:
@@ -216,12 +230,21 @@ class AffinityPuller(CapacityPuller):
         self._open = None
         self.owed = 0
 
+    async def _on_message(self, msg: Msg) -> None:
+        # Counted on arrival, not when its task starts: the loop may choose again before that.
+        # (A pull's status reply has no reply subject, and its subject is our inbox.)
+        bucket = Subjects.affinity_bucket_of(msg.subject) if msg.reply else None
+        if bucket is not None:
+            self._running[bucket] += 1
+        await super()._on_message(msg)
+
     async def _run(self, msg: Msg, batch_lane: bool) -> None:
         try:
             await super()._run(msg, batch_lane)
         finally:
             bucket = Subjects.affinity_bucket_of(msg.subject)
             if bucket is not None:
+                self._running[bucket] -= 1
                 self._warm.append(bucket)
 
     def _wake_at(self, now: float) -> float:
@@ -232,7 +255,8 @@ class AffinityPuller(CapacityPuller):
         wake_at = [self._scan_at]
         if self.capacity > self.in_flight:
             # A home mark is due at once; another worker's when its grace is over.
-            wake_at += [self._due(source) for source in self._marked]
+            # A bucket at its `per_bucket` cap is woken by its own request finishing, not by time.
+            wake_at += [self._due(source) for source in self._marked if self._room(source, 1) > 0]
             if self._batch_subject is not None and self.in_flight_batch < self._batch_limit:
                 wake_at.append(self._batch_at)
         return min(wake_at)

@@ -149,6 +149,7 @@ class Worker:
             rescan_s=settings.affinity_rescan_s,
             steal_grace_s=settings.affinity_steal_grace_ms / 1000,
             warm_limit_s=settings.affinity_warm_limit_s,
+            per_bucket=self.model.affinity.per_bucket,
         )
 
     async def _follow_home(self, registry: KeyValue, puller: AffinityPuller) -> None:

@@ -229,6 +229,41 @@ async def test_steady_bells_do_not_starve_stealing(bus: Bus) -> None:
     assert took[0] - first < 3.0
 
 
+async def test_per_bucket_runs_one_request_of_a_prompt_at_a_time(bus: Bus) -> None:
+    """With `per_bucket=1` a second request of a running bucket waits for the first (and then takes
+    its slot) while other buckets' work fills the free slots; the wait costs no busy loop."""
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    order: list[str] = []
+
+    async def handler(msg: Msg) -> None:
+        body = msg.data.decode()
+        bucket = body[0]
+        running[bucket] = running.get(bucket, 0) + 1
+        peak[bucket] = max(peak.get(bucket, 0), running[bucket])
+        order.append(body)
+        await asyncio.sleep(0.3)
+        running[bucket] -= 1
+        await msg.ack()
+
+    for n in range(3):
+        await bus.publish(0, f"0-{n}")
+    await bus.publish(1, "1-0")
+    puller = bus.puller(4, handler, per_bucket=1)
+    puller.set_home(frozenset({0, 1}))
+    cpu, started = time.process_time(), time.monotonic()
+    task = asyncio.create_task(puller.run())
+    await _until(lambda: len(order) == 4 and sum(running.values()) == 0, timeout=4)
+    wall, cpu = time.monotonic() - started, time.process_time() - cpu
+    puller.stop()
+    await task
+    assert peak == {"0": 1, "1": 1}
+    assert order.index("1-0") < order.index("0-1")  # the other bucket did not wait behind bucket 0
+    assert [b for b in order if b[0] == "0"] == ["0-0", "0-1", "0-2"]
+    assert 0.85 <= wall < 5.0  # three of bucket 0 one after the other
+    assert cpu < 0.5 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s: the puller spun while waiting"
+
+
 async def test_never_more_than_capacity_across_buckets(bus: Bus) -> None:
     active = peak = 0
     done: list[str] = []
