@@ -110,8 +110,11 @@ class AffinityPuller(CapacityPuller):
         self.taken: dict[Affinity, int] = {"home": 0, "stolen": 0}
         self._served_at: dict[int, float] = {}  # bucket -> when this worker last took work from it
         self._home_since: dict[int, float] = {}  # home bucket -> since when
+        self._hot: frozenset[int] = frozenset()  # buckets the model's workers served lately
 
-    def set_home(self, home: frozenset[int]) -> None:
+    def set_home(self, home: frozenset[int], hot: frozenset[int] = frozenset()) -> None:
+        """This worker's home buckets, and the buckets any worker of the model served lately."""
+        self._hot = hot
         if home != self.home:
             now = time.monotonic()
             self._home_since = {k: self._home_since.get(k, now) for k in home}
@@ -120,9 +123,11 @@ class AffinityPuller(CapacityPuller):
 
     def held(self, now: float) -> list[int]:
         """Home buckets that carried work lately, longest home first: what this worker's cache holds
-        and claims to keep (dispatcher/scheduling/affinity.py, assign_homes)."""
-        active = self.active_buckets(now) & self.home
-        return sorted(active, key=lambda k: (self._home_since.get(k, now), k))
+        and claims to keep (dispatcher/scheduling/affinity.py, assign_homes). A hot bucket counts from
+        the moment it is home here, served yet or not: a bucket moved here that nobody claimed would
+        go back to its old home at the next turn and flap between the two (seen in bench/affinity.py)."""
+        claimed = (self.active_buckets(now) | self._hot) & self.home
+        return sorted(claimed, key=lambda k: (self._home_since.get(k, now), k))
 
     def active_buckets(self, now: float, window_s: float = _ACTIVE_S) -> set[int]:
         """The buckets this worker took work from in the last `window_s` (reported in heartbeats)."""

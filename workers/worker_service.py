@@ -163,7 +163,8 @@ class Worker:
             mine = [w for w in workers if w.model == self.model.name and w.version == version]
             active = {k for w in mine for k in w.affinity_active or ()}
             held = {w.worker: w.affinity_held or [] for w in mine}
-            puller.set_home(home_buckets(me, [w.worker for w in mine], puller.buckets, active, held))
+            home = home_buckets(me, [w.worker for w in mine], puller.buckets, active, held)
+            puller.set_home(home, frozenset(active))
             await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _serve(

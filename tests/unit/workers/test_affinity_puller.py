@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from dispatcher.bus.bus_settings import BusSettings
 from dispatcher.bus.subjects import Subjects
 from dispatcher.bus.topology import ensure_affinity_consumers, ensure_consumer, ensure_streams
+from dispatcher.scheduling.affinity import home_buckets
 from modelbus.embedded_nats import NatsServer
 from tests.support.servers import small_streams
 from workers.affinity_puller import AffinityPuller
@@ -262,6 +263,30 @@ async def test_per_bucket_runs_one_request_of_a_prompt_at_a_time(bus: Bus) -> No
     assert [b for b in order if b[0] == "0"] == ["0-0", "0-1", "0-2"]
     assert 0.85 <= wall < 5.0  # three of bucket 0 one after the other
     assert cpu < 0.5 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s: the puller spun while waiting"
+
+
+async def test_a_hot_bucket_keeps_its_home_as_others_turn_hot(bus: Bus) -> None:
+    """Buckets turning hot one by one raise the bounded load's cap; a bucket the cap moved to
+    another worker is claimed there at once, so it does not move back when the cap grows (the
+    flapping bench/affinity.py showed: prompts served cold on alternate workers)."""
+    pullers = {name: bus.puller(2, lambda msg: None) for name in ("w0", "w1")}
+    held: dict[str, list[int]] = {name: [] for name in pullers}
+    hot: set[int] = set()
+    owners: dict[int, list[str]] = {}
+    for bucket in range(BUCKETS):
+        hot.add(bucket)
+        for _ in range(3):  # heartbeats: every worker reads the others' claims, then reports its own
+            for name, puller in pullers.items():
+                home = home_buckets(name, pullers, BUCKETS, hot, held)
+                puller.set_home(home, frozenset(hot))
+            held = {name: puller.held(time.monotonic()) for name, puller in pullers.items()}
+            for k in hot:
+                owner = [name for name, p in pullers.items() if k in p.home]
+                assert len(owner) == 1, (k, owner)
+                if owners.setdefault(k, owner)[-1] != owner[0]:
+                    owners[k] += owner
+    assert all(len(seen) == 1 for seen in owners.values()), owners
+    assert sorted(len(p.home & hot) for p in pullers.values()) == [BUCKETS // 2, BUCKETS // 2]
 
 
 async def test_never_more_than_capacity_across_buckets(bus: Bus) -> None:
