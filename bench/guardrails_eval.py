@@ -13,9 +13,11 @@ Tuning data is every file in TUNING: labelled.jsonl (round one; its first-round 
 `first_round_half`, was looked at once and is tuning data since round two), round2.jsonl (round
 two's held-out set, measured once and tuning data since round three), round3.jsonl (written in
 round three by the author of the detectors) and round3_probe.jsonl (paraphrases the same author
-wrote to get past the detectors, measured once, then tuned on) and round4.jsonl (round three's blind
-held-out set, measured once, tuning data since round four). The held-out set is
-tests/unit/dispatcher/guardrails/data/heldout.jsonl (absent until the fourth blind set is committed),
+wrote to get past the detectors, measured once, then tuned on), round4.jsonl (round three's blind
+held-out set, measured once, tuning data since round four), round5.jsonl (round four's blind set,
+tuning data since round five) and round5_train.jsonl (written in round five by the detectors'
+author). The held-out set is
+tests/unit/dispatcher/guardrails/data/heldout.jsonl (absent until the fifth blind set is committed),
 written by someone who never saw the detectors' code or results; a text whose SHA-256
 is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
 on or used as an exemplar. On the tuning set the classifier is scored leave-one-out (a prompt never
@@ -51,8 +53,11 @@ ROUND2 = DATA / "round2.jsonl"
 ROUND3 = DATA / "round3.jsonl"
 ROUND3_PROBE = DATA / "round3_probe.jsonl"
 ROUND4 = DATA / "round4.jsonl"  # round three's blind held-out set, measured once; tuning since round four
-TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4)
-# A fourth blind set is being written elsewhere: absent from this checkout until it is committed.
+ROUND5 = DATA / "round5.jsonl"  # round four's blind held-out set, measured once; tuning since round five
+# Written in round five by the detectors' author (README_round5_train.md): training text, no measure.
+ROUND5_TRAIN = DATA / "round5_train.jsonl"
+TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN)
+# A fifth blind set is being written elsewhere: absent from this checkout until it is committed.
 HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"
