@@ -47,9 +47,12 @@ from workers.backends.ngram_classifier import NGRAMS, TOKEN_PATTERN, WEIGHTS, WO
 
 C = 16.0  # round four's choice among 1, 4, 16 and 64; round five: 4 and 32 did not do better with words
 MIN_DF = 2
-# 0.5 %, not 1 %: on round four the out-of-fold 1 % threshold flagged 2.8 % of new benign prompts,
-# the 0.5 % one 1.0 % (a new author's benign text scores higher than the folds' own).
-TARGET_FPR = 0.005
+# Round four chose 0.5 %: its out-of-fold 1 % threshold flagged 2.8 % of round four's benign prompts
+# (a new author's benign text scored higher than the folds' own). Round five's hard benign look-alikes
+# (round5_train.jsonl) raise the out-of-fold scores the quantile is taken of, and with them left out
+# in turn 1 % costs little over 0.5 % on the blind rounds (n-gram false positives round4 1.6 -> 1.7 %,
+# round5 0.1 -> 0.3 %) for more recall (round5 0.71 -> 0.80): docs/guardrails.md, Round five.
+TARGET_FPR = 0.01
 # Every labelled file trains the shipped model; the original regression sets are small but labelled.
 DATA_FILES = (*TUNING, ORIGINAL, ORIGINAL_HOLDOUT)
 # The rounds written blind by someone who never saw the detectors: the honest folds.
