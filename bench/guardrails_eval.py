@@ -220,7 +220,7 @@ def tables(report: Report) -> str:
 def classifier(kind: str = "similarity") -> tuple[Classify, Callable[[str], float]]:
     """The model layer in process (the same code the worker serves), with the default settings.
     `ngrams`: the trained n-gram model, which was trained on every tuning prompt (no leave-one-out:
-    its honest figures are bench/injection_ngrams.py --cross-round and the held-out set)."""
+    its honest figures are bench/injection_ngrams.py --folds and the held-out set)."""
     if kind == "ngrams":
         from workers.backends.ngram_classifier import NgramModel
 
@@ -362,8 +362,8 @@ def main() -> None:
     if args.split == "holdout" and args.set is None and not HELDOUT.exists():
         print(
             f"no held-out set: {HELDOUT.relative_to(DATA.parents[4])} is not in this checkout.\n"
-            "round4.jsonl, the previous blind set, is tuning data now; the next blind set is being\n"
-            "written elsewhere. For a proxy, train on earlier rounds and score a later one: --cross-round.",
+            "round5.jsonl, the previous blind set, is tuning data now; the next blind set is being\n"
+            "written elsewhere. For a proxy, leave one round out: bench/injection_ngrams.py --folds.",
             file=sys.stderr,
         )
         raise SystemExit(2)
