@@ -89,5 +89,12 @@ ROUND5: dict[str, tuple[str, ...]] = {
         "example system prompts", "systemprompt für", "prompt système pour", "prompt de sistema para",
         "prompt di sistema per", "systeemprompt voor", "prompt systemowy dla", "системный промпт для",
         "için sistem istemi", "के लिए सिस्टम प्रॉम्प्ट", "용 시스템 프롬프트",
+        # Talk about jailbreaks in the languages whose word for it the list lacked, and the defender's
+        # view of a leaking prompt; an attack still addresses the model (SECOND_PERSON), these do not.
+        "джейлбрейк", "ジェイルブレイク", "jailbreak'", "탈옥", "越狱", "जेलब्रेक", "كسر الحماية",
+        "best practices", "good practices", "from leaking", "leaked on", "so that users",
     ),
+    # Russian object forms: "у тебя нет ограничений" addresses the model as surely as "ты" (which a
+    # longer term such as "ты теперь" can take first), so a text saying "джейлбрейк" is not talk then.
+    "SECOND_PERSON": ("тебя$", "тебе$", "тобой$", "твоя$", "твоё$", "твое$", "твоих$"),
 }  # fmt: skip
