@@ -371,10 +371,11 @@ def main() -> None:
     parser.add_argument("--buckets", type=int, default=16)
     parser.add_argument("--window-chars", type=int, default=1024)
     # llama.cpp keeps one prompt per slot: a second request of a running prompt would be prefilled
-    # cold in another slot; and a steal costs a cold prefill (seconds here), so an idle worker waits
-    # a little for the home's slot before taking its work (docs/traffic.md, Prefix-cache affinity).
+    # cold in another slot. A steal costs a cold prefill and evicts one of the thief's prompts (5-40 s
+    # here, against 1-3 s for a warm request): an idle worker waits about that long before taking
+    # another's work (docs/traffic.md, Prefix-cache affinity; 2 s stole a third of the work here).
     parser.add_argument("--per-bucket", type=int, default=1, help="affinity.per_bucket (0: no limit)")
-    parser.add_argument("--steal-grace-ms", type=float, default=2000.0)
+    parser.add_argument("--steal-grace-ms", type=float, default=10_000.0)
     parser.add_argument("--modes", default="fifo,affinity")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--progress", type=Path, default=None, help="append each answer as a JSON line")
