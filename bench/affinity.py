@@ -393,7 +393,14 @@ def main() -> None:
         results = [run_case(args, plan, mode == "affinity") for mode in modes]
     if args.out is not None:
         args.out.write_text(
-            json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=2) + "\n"
+            json.dumps(
+                {
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
         )
 
 
