@@ -36,6 +36,8 @@ FAST_BUS = {
     "MODELBUS_ACK_WAIT_S": "2",
     "MODELBUS_HEARTBEAT_S": "0.25",
     "MODELBUS_IDLE_TIMEOUT_S": "1.5",
+    # A dispatcher stops when its consumer loops' idle pulls end: 0.2 s instead of 1 s per stop.
+    "MODELBUS_IDLE_PULL_S": "0.2",
     "MODELBUS_SSE_KEEPALIVE_S": "1",
     "MODELBUS_CONNECT_WAIT_S": "10",
     # Every test has its own streams on one server, which reserves each stream's max_bytes.
