@@ -213,7 +213,7 @@ class Cluster:
         log_path = self.tmp / f"{name}.log"
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "modelbus.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "modelbus", *args], env=env, stdout=log, stderr=subprocess.STDOUT
             )
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
