@@ -13,9 +13,11 @@ Tuning data is every file in TUNING: labelled.jsonl (round one; its first-round 
 `first_round_half`, was looked at once and is tuning data since round two), round2.jsonl (round
 two's held-out set, measured once and tuning data since round three), round3.jsonl (written in
 round three by the author of the detectors) and round3_probe.jsonl (paraphrases the same author
-wrote to get past the detectors, measured once, then tuned on) and round4.jsonl (round three's blind
-held-out set, measured once, tuning data since round four). The held-out set is
-tests/unit/dispatcher/guardrails/data/heldout.jsonl (absent until the fourth blind set is committed),
+wrote to get past the detectors, measured once, then tuned on), round4.jsonl (round three's blind
+held-out set, measured once, tuning data since round four), round5.jsonl (round four's blind set,
+tuning data since round five) and round5_train.jsonl (written in round five by the detectors'
+author). The held-out set is
+tests/unit/dispatcher/guardrails/data/heldout.jsonl (absent until the fifth blind set is committed),
 written by someone who never saw the detectors' code or results; a text whose SHA-256
 is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
 on or used as an exemplar. On the tuning set the classifier is scored leave-one-out (a prompt never
@@ -51,8 +53,11 @@ ROUND2 = DATA / "round2.jsonl"
 ROUND3 = DATA / "round3.jsonl"
 ROUND3_PROBE = DATA / "round3_probe.jsonl"
 ROUND4 = DATA / "round4.jsonl"  # round three's blind held-out set, measured once; tuning since round four
-TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4)
-# A fourth blind set is being written elsewhere: absent from this checkout until it is committed.
+ROUND5 = DATA / "round5.jsonl"  # round four's blind held-out set, measured once; tuning since round five
+# Written in round five by the detectors' author (README_round5_train.md): training text, no measure.
+ROUND5_TRAIN = DATA / "round5_train.jsonl"
+TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN)
+# A fifth blind set is being written elsewhere: absent from this checkout until it is committed.
 HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"
@@ -215,7 +220,7 @@ def tables(report: Report) -> str:
 def classifier(kind: str = "similarity") -> tuple[Classify, Callable[[str], float]]:
     """The model layer in process (the same code the worker serves), with the default settings.
     `ngrams`: the trained n-gram model, which was trained on every tuning prompt (no leave-one-out:
-    its honest figures are bench/injection_ngrams.py --cross-round and the held-out set)."""
+    its honest figures are bench/injection_ngrams.py --folds and the held-out set)."""
     if kind == "ngrams":
         from workers.backends.ngram_classifier import NgramModel
 
@@ -357,8 +362,8 @@ def main() -> None:
     if args.split == "holdout" and args.set is None and not HELDOUT.exists():
         print(
             f"no held-out set: {HELDOUT.relative_to(DATA.parents[4])} is not in this checkout.\n"
-            "round4.jsonl, the previous blind set, is tuning data now; the next blind set is being\n"
-            "written elsewhere. For a proxy, train on earlier rounds and score a later one: --cross-round.",
+            "round5.jsonl, the previous blind set, is tuning data now; the next blind set is being\n"
+            "written elsewhere. For a proxy, leave one round out: bench/injection_ngrams.py --folds.",
             file=sys.stderr,
         )
         raise SystemExit(2)

@@ -1,16 +1,20 @@
-"""Train the character n-gram injection classifier (workers/backends/ngram_classifier.py) and measure
-how it generalizes across data files: train on some rounds, score a round it never saw.
+"""Train the n-gram injection classifier (workers/backends/ngram_classifier.py) and measure how it
+generalizes across data files: leave one round out, train on the others, score the one left out.
 
-    python bench/injection_ngrams.py --cross-round   # train on rounds 1-3, score round4.jsonl: the proxy
-    python bench/injection_ngrams.py --folds         # leave one data file out, every file in turn
-    python bench/injection_ngrams.py --write         # train on the whole tuning set, write the weights
+    python bench/injection_ngrams.py --folds         # leave each data file out in turn: the proxy
+    python bench/injection_ngrams.py --cross-round   # round four's proxy: train on rounds 1-3, score round4
+    python bench/injection_ngrams.py --write         # train on every data file, write the weights
 
-Reproducible: scikit-learn's TfidfVectorizer (char_wb, 1-3, min_df 2, sublinear tf) and
-LogisticRegression (liblinear-free lbfgs, C = 16, balanced classes) are deterministic on the same
-data. The threshold is calibrated without touching the scored file: each training file is scored by a
-model trained on the other training files (out of fold), and the threshold is the score that flags
-`TARGET_FPR` of those out-of-fold benign prompts. scikit-learn is needed here only (it is a test
-dependency); the worker reads the written arrays with numpy.
+Reproducible: scikit-learn's TfidfVectorizer (char_wb 1-3, min_df 2, sublinear tf; and words 1-2 with
+the worker's token pattern, min_df 2, sublinear tf; each block L2-normalized) and LogisticRegression
+(lbfgs, C = 16, balanced classes) are deterministic on the same data. The threshold is calibrated
+without touching a scored file: every data file is scored by a model trained on the other files
+(out of fold), and the threshold is the score that flags `TARGET_FPR` of those out-of-fold benign
+prompts — for the shipped weights all files' out-of-fold benign scores, for a left-out file the
+other files' (their models saw the left-out file, its scores did not set its threshold). The
+leave-one-round-out figures on the three rounds another author wrote blind (round2, round4,
+round5) are the proxy for a new blind set; they are tuning data all the same (docs/guardrails.md).
+scikit-learn is needed here only (it is a test dependency); the worker reads the arrays with numpy.
 """
 
 from __future__ import annotations
@@ -23,96 +27,192 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.guardrails_eval import ROUND4, TUNING, Row, _read, evaluate, split_of, tables
-from workers.backends.ngram_classifier import NGRAMS, WEIGHTS, features_text
+from bench.guardrails_eval import (
+    ORIGINAL,
+    ORIGINAL_HOLDOUT,
+    ROUND2,
+    ROUND4,
+    ROUND5,
+    ROUND5_TRAIN,
+    TUNING,
+    Classify,
+    Report,
+    Row,
+    _read,
+    evaluate,
+    split_of,
+    tables,
+)
+from workers.backends.ngram_classifier import NGRAMS, TOKEN_PATTERN, WEIGHTS, WORD_NGRAMS, features_text
 
-C = 16.0  # chosen on the round4 proxy among 1, 4, 16 and 64 (docs/guardrails.md): 4 to 64 differ little
+C = 16.0  # round four's choice among 1, 4, 16 and 64; round five: 4 and 32 did not do better with words
 MIN_DF = 2
-# 0.5 %, not 1 %: on round four the out-of-fold 1 % threshold flagged 2.8 % of new benign prompts,
-# the 0.5 % one 1.0 % (a new author's benign text scores higher than the folds' own).
-TARGET_FPR = 0.005
+# Round four chose 0.5 %: its out-of-fold 1 % threshold flagged 2.8 % of round four's benign prompts
+# (a new author's benign text scored higher than the folds' own). Round five's hard benign look-alikes
+# (round5_train.jsonl) raise the out-of-fold scores the quantile is taken of, and with them left out
+# in turn 1 % costs little over 0.5 % on the blind rounds (n-gram false positives round4 1.6 -> 1.7 %,
+# round5 0.1 -> 0.3 %) for more recall (round5 0.71 -> 0.80): docs/guardrails.md, Round five.
+TARGET_FPR = 0.01
+# Every labelled file trains the shipped model; the original regression sets are small but labelled.
+DATA_FILES = (*TUNING, ORIGINAL, ORIGINAL_HOLDOUT)
+# The rounds written blind by someone who never saw the detectors: the honest folds.
+BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5)
+
+Model = tuple[object, object, object]  # character vectorizer, word vectorizer, logistic regression
 
 
 def _files(files: tuple[Path, ...]) -> list[tuple[Path, list[Row]]]:
     return [(f, [r for r in _read(f) if split_of(str(r["text"])) == "tuning"]) for f in files if f.exists()]
 
 
-def _fit(texts: list[str], labels: np.ndarray) -> tuple[object, object]:
+def _matrix(chars: object, words: object, texts: list[str], fit: bool = False) -> object:
+    from scipy.sparse import hstack
+
+    how = "fit_transform" if fit else "transform"
+    return hstack([getattr(chars, how)(texts), getattr(words, how)(texts)]).tocsr()
+
+
+def _fit(texts: list[str], labels: np.ndarray) -> Model:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAMS, min_df=MIN_DF, sublinear_tf=True)
-    matrix = vectorizer.fit_transform(texts)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAMS, min_df=MIN_DF, sublinear_tf=True)
+    words = TfidfVectorizer(
+        analyzer="word",
+        ngram_range=WORD_NGRAMS,
+        token_pattern=TOKEN_PATTERN,
+        min_df=MIN_DF,
+        sublinear_tf=True,
+    )
+    matrix = _matrix(chars, words, texts, fit=True)
     model = LogisticRegression(C=C, class_weight="balanced", max_iter=5000).fit(matrix, labels)
-    return vectorizer, model
+    return chars, words, model
 
 
-def _scores(vectorizer: object, model: object, texts: list[str]) -> np.ndarray:
-    return model.decision_function(vectorizer.transform(texts))  # type: ignore[attr-defined,no-any-return]
+def _scores(model: Model, texts: list[str]) -> np.ndarray:
+    chars, words, regression = model
+    return regression.decision_function(_matrix(chars, words, texts))  # type: ignore[attr-defined,no-any-return]
 
 
-def train(files: tuple[Path, ...]) -> tuple[object, object, float]:
+def _data(files: tuple[Path, ...]) -> list[tuple[Path, list[Row], list[str], np.ndarray]]:
+    return [
+        (
+            f,
+            rows,
+            [features_text(str(r["text"])) for r in rows],
+            np.array(["injection" in r["labels"] for r in rows]),
+        )  # type: ignore[operator]
+        for f, rows in _files(files)
+    ]
+
+
+def out_of_fold(files: tuple[Path, ...]) -> dict[Path, np.ndarray]:
+    """Each file's scores from a model trained on the other files."""
+    data = _data(files)
+    scores: dict[Path, np.ndarray] = {}
+    for held, _, texts, _ in data:
+        rest = [d for d in data if d[0] != held]
+        model = _fit([t for d in rest for t in d[2]], np.concatenate([d[3] for d in rest]))
+        scores[held] = _scores(model, texts)
+    return scores
+
+
+def _threshold(benign: list[np.ndarray]) -> float:
+    return float(np.quantile(np.concatenate(benign), 1 - TARGET_FPR))
+
+
+def train(files: tuple[Path, ...]) -> tuple[Model, float]:
     """A model on `files` and its threshold from out-of-fold scores (leave one file out)."""
-    data = _files(files)
-    texts = [[features_text(str(r["text"])) for r in rows] for _, rows in data]
-    labels = [np.array(["injection" in r["labels"] for r in rows]) for _, rows in data]  # type: ignore[operator]
-    benign_oof: list[np.ndarray] = []
-    for held in range(len(data)):
-        rest = [i for i in range(len(data)) if i != held]
-        vectorizer, model = _fit(
-            [t for i in rest for t in texts[i]], np.concatenate([labels[i] for i in rest])
+    data = _data(files)
+    oof = out_of_fold(files)
+    threshold = _threshold([oof[f][~labels] for f, _, _, labels in data])
+    model = _fit([t for d in data for t in d[2]], np.concatenate([d[3] for d in data]))
+    return model, threshold
+
+
+def folds(files: tuple[Path, ...] = DATA_FILES) -> str:
+    """Leave one round out: per file the classifier trained on the others at a threshold from the
+    others' out-of-fold benign scores, the heuristics, and both; then the blind rounds pooled."""
+    data = _data(files)
+    oof = out_of_fold(files)
+    lines = ["| left out | attacks | benign | heuristics | n-grams | both | n-grams at 1 % of its own benign |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    pooled: list[Row] = []
+    verdicts: dict[str, bool] = {}
+    for path, rows, _, labels in data:
+        threshold = _threshold([oof[f][~y] for f, _, _, y in data if f != path])
+        flagged = oof[path] >= threshold
+        report = evaluate(rows, _lookup(rows, flagged))
+        oracle = np.quantile(oof[path][~labels], 0.99) if (~labels).any() else np.inf
+        best = float((oof[path][labels] > oracle).mean()) if labels.any() else 0.0
+        cells = [_cell(report, layer) for layer in ("heuristics", "classifier", "combined")]
+        lines.append(
+            f"| {path.name} | {labels.sum()} | {(~labels).sum()} | " + " | ".join(cells) + f" | {best:.2f} |"
         )
-        scores = _scores(vectorizer, model, texts[held])
-        benign_oof.append(scores[~labels[held]])
-    threshold = float(np.quantile(np.concatenate(benign_oof), 1 - TARGET_FPR))
-    vectorizer, model = _fit([t for ts in texts for t in ts], np.concatenate(labels))
-    return vectorizer, model, threshold
+        if path in BLIND_ROUNDS:
+            pooled.extend(rows)
+            verdicts.update(zip((str(r["text"]) for r in rows), flagged.tolist(), strict=True))
+    blind = evaluate(pooled, lambda text, _leave_out: verdicts[text])
+    names = ", ".join(f.name for f in BLIND_ROUNDS)
+    return (
+        "\n".join(lines) + f"\n\nThe blind rounds ({names}) pooled, each scored left out:\n\n" + tables(blind)
+    )
 
 
-def classify_with(vectorizer: object, model: object, threshold: float):  # type: ignore[no-untyped-def]
-    def classify(text: str, _leave_out: bool) -> bool:
-        return bool(_scores(vectorizer, model, [features_text(text)])[0] >= threshold)
+def _lookup(rows: list[Row], flagged: np.ndarray) -> Classify:
+    """The classifier layer for `evaluate`: verdicts computed beforehand, looked up by text."""
+    verdicts = dict(zip((str(r["text"]) for r in rows), flagged.tolist(), strict=True))
+    return lambda text, _leave_out: bool(verdicts[text])
 
-    return classify
+
+def _cell(report: Report, layer: str) -> str:
+    score = report.injection[layer]
+    return f"{score.recall:.2f} / {100 * score.fpr:.1f} %"
 
 
 def cross_round(train_files: tuple[Path, ...], scored: Path) -> str:
     """Heuristics, the classifier trained without `scored`, and both, on `scored`'s prompts."""
-    vectorizer, model, threshold = train(train_files)
+    model, threshold = train(train_files)
     rows = _read(scored)
-    report = evaluate(rows, classify_with(vectorizer, model, threshold))
+    flagged = _scores(model, [features_text(str(r["text"])) for r in rows]) >= threshold
+    report = evaluate(rows, _lookup(rows, flagged))
     names = ", ".join(f.name for f in train_files)
     return f"trained on {names}; threshold {threshold:.3f}; scored {scored.name}\n\n" + tables(report)
 
 
 def write(path: Path = WEIGHTS) -> str:
-    vectorizer, model, threshold = train(TUNING)
-    vocabulary: dict[str, int] = vectorizer.vocabulary_  # type: ignore[attr-defined]
-    ngrams = sorted(vocabulary, key=vocabulary.__getitem__)
+    (chars, words, regression), threshold = train(DATA_FILES)
+    char_vocabulary: dict[str, int] = chars.vocabulary_  # type: ignore[attr-defined]
+    word_vocabulary: dict[str, int] = words.vocabulary_  # type: ignore[attr-defined]
+    ngrams = sorted(char_vocabulary, key=char_vocabulary.__getitem__)
+    word_grams = sorted(word_vocabulary, key=word_vocabulary.__getitem__)
+    coef = regression.coef_[0]  # type: ignore[attr-defined]
     np.savez_compressed(
         path,
         ngrams=np.array(ngrams, dtype=str),
-        idf=vectorizer.idf_.astype(np.float32),  # type: ignore[attr-defined]
-        coef=model.coef_[0].astype(np.float32),  # type: ignore[attr-defined]
-        intercept=np.float32(model.intercept_[0]),  # type: ignore[attr-defined]
+        idf=chars.idf_.astype(np.float32),  # type: ignore[attr-defined]
+        coef=coef[: len(ngrams)].astype(np.float32),
+        words=np.frombuffer("\n".join(word_grams).encode("utf-8"), dtype=np.uint8),
+        word_idf=words.idf_.astype(np.float32),  # type: ignore[attr-defined]
+        word_coef=coef[len(ngrams) :].astype(np.float32),
+        intercept=np.float32(regression.intercept_[0]),  # type: ignore[attr-defined]
         threshold=np.float32(threshold),
     )
-    return f"{len(ngrams)} n-grams, threshold {threshold:.3f}, written to {path}"
+    return f"{len(ngrams)} character and {len(word_grams)} word n-grams, threshold {threshold:.3f}, written to {path}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cross-round", action="store_true", help="train on rounds 1-3, score round4")
     parser.add_argument("--folds", action="store_true", help="leave each data file out in turn")
-    parser.add_argument("--write", action="store_true", help="train on every tuning file, write weights")
+    parser.add_argument("--cross-round", action="store_true", help="train on rounds 1-3, score round4")
+    parser.add_argument("--write", action="store_true", help="train on every data file, write weights")
     args = parser.parse_args()
     if args.write:
         print(write())
-    if args.cross_round:
-        print(cross_round(tuple(f for f in TUNING if f != ROUND4), ROUND4))
     if args.folds:
-        for held in TUNING:
-            print(cross_round(tuple(f for f in TUNING if f != held), held) + "\n")
+        print(folds())
+    if args.cross_round:
+        print(cross_round(tuple(f for f in TUNING if f not in (ROUND4, ROUND5, ROUND5_TRAIN)), ROUND4))
 
 
 if __name__ == "__main__":

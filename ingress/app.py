@@ -32,6 +32,7 @@ from dispatcher.jobs.task_store import TaskStore
 from dispatcher.policy.api_keys import KeyRegistry
 from dispatcher.policy.quotas import Limiter, QuotaLedger
 from dispatcher.process.runtime import Runtime, process_runtime
+from dispatcher.scheduling.affinity import envelope_bucket
 from dispatcher.scheduling.capacity_view import open_registry
 from dispatcher.scheduling.fair_share import open_feeder
 from dispatcher.store.database import create_engine
@@ -181,6 +182,7 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
         settings.ingress_id,
         msg_ttl,
         share_bucket=lambda c: live.config.share_bucket(c),
+        affinity_bucket=lambda envelope: envelope_bucket(live.config, envelope),
     )
     await bus.start()
     audit = AuditPublisher(nc, subjects, f"ingress-{settings.ingress_id}")
@@ -224,7 +226,14 @@ async def _build(settings: IngressSettings, bootstrap: ModelbusConfig, runtime: 
     supervisor.supervise("lag-gauges", lambda: refresh_lag(js, subjects, workers, lambda: live.config))
     if settings.fair_share:
         share_feeder = await open_feeder(
-            nc, js, subjects, settings, lambda b: live.config.share_spec(b), workers, settings.ingress_id
+            nc,
+            js,
+            subjects,
+            settings,
+            lambda b: live.config.share_spec(b),
+            workers,
+            settings.ingress_id,
+            buckets=lambda m: live.config.affinity_buckets(m),
         )
         supervisor.supervise("share-feeder", share_feeder.run)
         watch(share_feeder.metrics)

@@ -229,6 +229,7 @@ def build_event(draft: AuditDraft, http_status: int) -> AuditEvent:
         version=start.version if start else None,
         worker=start.worker if start else None,
         backend=start.backend if start else None,
+        affinity=start.affinity if start else None,
         input=envelope.payload if envelope else draft.target,
         output=_output(draft),
         prompt_hash=prompt_hash(envelope.payload) if envelope else None,

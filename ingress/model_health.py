@@ -93,7 +93,9 @@ class ModelHealth:
                 queued, in_flight = waiting.get(model.name, 0), 0
                 for version in model.version_names:
                     try:
-                        lanes = await lane_consumers(self._js, self._subjects, model.name, version)
+                        lanes = await lane_consumers(
+                            self._js, self._subjects, model.name, version, model.affinity_buckets
+                        )
                     except Exception as exc:  # noqa: BLE001 - keep the last figure; retry next round
                         log.debug("queue depth of %s unknown: %s", model.name, exc)
                         continue

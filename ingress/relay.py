@@ -351,4 +351,6 @@ def _headers(reply: ReplyStream) -> dict[str, str]:
         headers["x-modelbus-version"] = start.version
         headers["x-modelbus-worker"] = start.worker
         headers["x-modelbus-queue-ms"] = str(start.queue_ms)
+        if start.affinity is not None:
+            headers["x-modelbus-affinity"] = start.affinity
     return headers

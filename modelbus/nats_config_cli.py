@@ -21,12 +21,13 @@ def generate(
     namespace: str,
     ingress_ids: Sequence[str],
     workers: Mapping[str, Mapping[str, Sequence[str]]],
+    buckets: Mapping[str, int] | None = None,
 ) -> dict[str, Path]:
     """Write the server block and `<user>.env` per component (mode 0600); return user -> env file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     users: list[NatsUser] = []
     written: dict[str, Path] = {}
-    for component in components(namespace, ingress_ids, workers):
+    for component in components(namespace, ingress_ids, workers, buckets):
         password = secrets.token_urlsafe(24)
         users.append(NatsUser(component.user, component.permissions, hash_password(password)))
         path = out_dir / f"{component.user}.env"
@@ -77,7 +78,8 @@ def nats_config(
     ] = None,
 ) -> None:
     """Generate per-component NATS users with subject permissions (passwords bcrypt-hashed)."""
-    written = generate(out, namespace, ingress, _worker_models(worker, config))
+    buckets = {m.name: m.affinity_buckets for m in load_config(config).models} if config else {}
+    written = generate(out, namespace, ingress, _worker_models(worker, config), buckets)
     typer.echo(f"server block: {out / SERVER_FILE}  (include it in nats-server.conf)")
     for user, path in written.items():
         typer.echo(f"  {user}: {path}")

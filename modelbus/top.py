@@ -72,7 +72,7 @@ class Top:
     def _models(self, view: list[ModelCapacity]) -> Table:
         table = Table(title=f"Modelbus — {time.strftime('%H:%M:%S')}", title_justify="left")
         for column in ("model", "version", "queued", "trend", "ack pending", "redelivered", "workers", "free slots",
-                       "req/s", "p50", "p95", "tok/s"):  # fmt: skip
+                       "req/s", "p50", "p95", "tok/s", "affinity"):  # fmt: skip
             table.add_column(column, justify="left" if column in ("model", "version", "trend") else "right")
         for row in view:
             history = self._history.setdefault((row.model, row.version), deque(maxlen=10))
@@ -92,6 +92,7 @@ class Top:
                 _ms(traffic.p50_s),
                 _ms(traffic.p95_s),
                 f"{traffic.tokens_per_s:.0f}",
+                _pct(row.affinity_hit_rate),
             )
         return table
 

@@ -35,6 +35,7 @@ class AuditEvent(BaseModel):
     version: str | None = None
     worker: str | None = None
     backend: str | None = None
+    affinity: str | None = None  # prefix affinity: `home` or `stolen` (models with `affinity`)
     input: dict[str, Any] | None = None  # the payload as sent to the model (after masking); for
     # an admin action, what it acted on
     output: Any = None  # the answer as delivered: response body, or the streamed text

@@ -17,6 +17,14 @@ class WorkerStatus(BaseModel):
     served: int
     avg_service_ms: float | None = None
     updated_ms: int
+    # Prefix affinity (models with `affinity`): requests taken from home and from stolen buckets.
+    affinity_home: int | None = None
+    affinity_stolen: int | None = None
+    # Buckets it took work from lately: their union over the live workers is the active set that
+    # every worker spreads with a bounded load (dispatcher/scheduling/affinity.py, assign_homes).
+    affinity_active: list[int] | None = None
+    # Its home buckets that carried work lately, longest held first: they stay with it.
+    affinity_held: list[int] | None = None
 
     @property
     def free_slots(self) -> int:
@@ -41,3 +49,5 @@ class ModelCapacity(BaseModel):
     estimated_wait_s: float | None  # None: no live worker, the wait is unbounded
     staged: int = 0  # of `queued`: waiting for their consumer's fair share
     shares: list[ConsumerShare] = Field(default_factory=list)
+    # Of the requests the live workers took from affinity buckets since they started: from home.
+    affinity_hit_rate: float | None = None

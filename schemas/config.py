@@ -139,6 +139,25 @@ class VersionConfig(_Config):
 DEFAULT_VERSION = "default"
 
 
+class AffinityConfig(_Config):
+    """Prefix-cache affinity: requests with the same prompt head go to the same worker when it is free
+    (dispatcher/scheduling/affinity.py)."""
+
+    window_chars: int = Field(
+        default=1024, ge=16, le=1_000_000, description="characters of the prompt head that pick the bucket"
+    )
+    buckets: int = Field(default=16, ge=1, le=256, description="work-queue consumers per model version")
+    # llama.cpp keeps one prompt per slot: a second request of a prompt already running would be
+    # prefilled cold in another slot and evict that slot's prompt. With 1 it waits for the first and
+    # then reuses its slot. vLLM and SGLang share cached prefix blocks across requests: no limit.
+    per_bucket: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="requests of one bucket a worker runs at once (none: no limit)",
+    )
+
+
 class ModelConfig(_Config):
     name: str = Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)
     endpoints: list[Endpoint] = Field(default_factory=lambda: [Endpoint.CHAT, Endpoint.COMPLETIONS])
@@ -159,6 +178,9 @@ class ModelConfig(_Config):
         default=64, ge=1, le=4096, description="embeddings: inputs per backend call"
     )
     guardrails: GuardrailsConfig | None = None
+    affinity: AffinityConfig | None = Field(
+        default=None, description="prefix-cache affinity on the interactive lane (off: one FIFO queue)"
+    )
 
     @model_validator(mode="after")
     def _versions(self) -> ModelConfig:
@@ -173,6 +195,11 @@ class ModelConfig(_Config):
         """Listed endpoints, and the Responses and Messages APIs of every chat model (the worker
         translates them to chat completions when the backend does not serve them itself)."""
         return endpoint in self.endpoints or (endpoint in CHAT_DIALECTS and Endpoint.CHAT in self.endpoints)
+
+    @property
+    def affinity_buckets(self) -> int:
+        """Prefix-affinity buckets of each version's interactive lane; 0: one FIFO consumer only."""
+        return self.affinity.buckets if self.affinity is not None else 0
 
     @property
     def version_names(self) -> list[str]:
@@ -347,6 +374,10 @@ class ModelbusConfig(_Config):
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def affinity_buckets(self, model: str) -> int:
+        found = self.model(model)
+        return found.affinity_buckets if found is not None else 0
 
     def consumer(self, name: str) -> ConsumerConfig | None:
         return next((c for c in self.consumers if c.name == name), None)

@@ -103,6 +103,9 @@ class _Frame(BaseModel):
     seq: int = 0  # per attempt: the first frame sent (a start, else a chunk or final) is 0
 
 
+Affinity = Literal["home", "stolen"]
+
+
 class Pickup(BaseModel):
     """Who picked a request up, and how long it waited in the queue first."""
 
@@ -110,6 +113,7 @@ class Pickup(BaseModel):
     backend: str
     version: str = "default"
     queue_ms: int
+    affinity: Affinity | None = None  # models with prefix affinity: the bucket was the worker's own
 
 
 class StartFrame(_Frame, Pickup):

@@ -156,13 +156,17 @@ class CapacityPuller:
             # A filled interactive pull means interactive work is waiting: keep serving it.
             self._batch_next = not filled
 
-    async def _sleep_until_needed(self) -> None:
-        now = time.monotonic()
+    def _wake_at(self, now: float) -> float:
+        """When the loop must look again even if nothing wakes it."""
         wake_at = [self._written_off_at] if self._open is not None else [now + self._expires_s]
         if self._backoff_until > now:
             wake_at.append(self._backoff_until)
+        return min(wake_at)
+
+    async def _sleep_until_needed(self) -> None:
+        now = time.monotonic()
         try:
-            async with asyncio.timeout(max(min(wake_at) - now, 0.0)):
+            async with asyncio.timeout(max(self._wake_at(now) - now, 0.0)):
                 await self._wake.wait()
         except TimeoutError:
             pass

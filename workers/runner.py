@@ -29,7 +29,7 @@ from dispatcher.guardrails.response import ResponseGuard
 from dispatcher.policy.quotas import COST_UNIT, QuotaLedger, cost_counters
 from dispatcher.telemetry import metrics
 from dispatcher.telemetry.labels import MetricLabels
-from schemas.envelope import Endpoint, ErrorCode, Pickup, RequestEnvelope, Timings
+from schemas.envelope import Affinity, Endpoint, ErrorCode, Pickup, RequestEnvelope, Timings
 from schemas.openai import Usage
 from schemas.traffic import Cost
 from workers import dialects
@@ -74,8 +74,10 @@ class RequestRunner:
         responses: ResponseStore | None = None,
         price: Callable[[], Cost | None] | None = None,
         labels: Callable[[], MetricLabels] | None = None,
+        affinity: Callable[[Msg], Affinity | None] | None = None,
     ) -> None:
         self._nc = nc
+        self._affinity = affinity  # home or stolen, for a model with prefix affinity
         self._quotas = quotas
         self._responses = responses
         self._price = price  # the model's token prices now (the configuration may change them)
@@ -125,11 +127,15 @@ class RequestRunner:
             return
         attempt = msg.metadata.num_delivered
         writer = self._writer(envelope, attempt)
+        affinity = self._affinity(msg) if self._affinity is not None else None
+        if affinity is not None:
+            metrics.AFFINITY.labels(self._labels().model(envelope.target), affinity).inc()
         pickup = Pickup(
             worker=self._settings.worker_id,
             backend=self._backend.description,
             version=envelope.version,
             queue_ms=max(0, picked_up_ms - envelope.created_ms),
+            affinity=affinity,
         )
         # Only a task (`running`) and a stream (headers, first SSE comment) can use a start frame. A
         # plain request's pickup rides on its final frame, a stream's on its first chunk frame unless

@@ -8,23 +8,26 @@ import logging
 import time
 
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from dispatcher.bus.connection import api_prefix, jetstream, supports_msg_ttl
 from dispatcher.bus.subjects import Subjects
-from dispatcher.bus.topology import ensure_consumer, ensure_streams
+from dispatcher.bus.topology import ensure_affinity_consumers, ensure_consumer, ensure_streams
 from dispatcher.caching.stored_responses import ResponseStore
 from dispatcher.config.config_store import ConfigStore, load_initial
 from dispatcher.policy.quotas import QuotaLedger
 from dispatcher.process.runtime import process_runtime
 from dispatcher.process.supervisor import Supervisor
-from dispatcher.scheduling.capacity_view import open_registry
+from dispatcher.scheduling.affinity import home_buckets
+from dispatcher.scheduling.capacity_view import live_workers, open_registry
 from dispatcher.telemetry.labels import MetricLabels, sanitize
 from dispatcher.telemetry.metrics import watch, watch_config
 from schemas.capacity import WorkerStatus
 from schemas.config import ModelbusConfig
 from schemas.envelope import Lane
+from workers.affinity_puller import AffinityPuller
 from workers.backends import Backend, build_backend
 from workers.cancellations import Cancellations
 from workers.pull_loop import CapacityPuller
@@ -85,6 +88,12 @@ class Worker:
                 avg_service_ms=runner.avg_service_ms,
                 updated_ms=int(time.time() * 1000),
             )
+            if isinstance(self.puller, AffinityPuller):
+                status.affinity_home = self.puller.taken["home"]
+                status.affinity_stolen = self.puller.taken["stolen"]
+                now = time.monotonic()
+                status.affinity_active = sorted(self.puller.active_buckets(now))
+                status.affinity_held = self.puller.held(now)
             try:
                 await registry.put(self._registry_key, status.model_dump_json().encode())
             except Exception as exc:  # noqa: BLE001 - the next beat retries; the TTL covers the gap
@@ -107,6 +116,56 @@ class Worker:
             [*labels, "limit"], float(self.puller.capacity if self.puller else self.capacity)
         )
         return [in_flight, connections]
+
+    async def _puller(
+        self, nc: NATS, js: JetStreamContext, consumer: str, batch_consumer: str, runner: RequestRunner
+    ) -> CapacityPuller:
+        """The FIFO puller, or for a model with prefix affinity one that pulls its buckets."""
+        settings, model = self.settings, self.model.name
+        if self.model.affinity is None:
+            return CapacityPuller(
+                nc,
+                self.subjects.request_stream,
+                consumer,
+                self.capacity,
+                runner.handle,
+                batch_consumer=batch_consumer,
+                api_prefix=api_prefix(settings),
+            )
+        # The number of buckets is fixed for the life of the process: a change needs a restart.
+        buckets = await ensure_affinity_consumers(
+            js, self.subjects, settings, model, settings.version, self.model.affinity.buckets
+        )
+        return AffinityPuller(
+            nc,
+            self.subjects.request_stream,
+            consumer,
+            buckets,
+            self.subjects.affinity_bells(model, settings.version),
+            self.capacity,
+            runner.handle,
+            batch_consumer=batch_consumer,
+            api_prefix=api_prefix(settings),
+            rescan_s=settings.affinity_rescan_s,
+            steal_grace_s=settings.affinity_steal_grace_ms / 1000,
+            warm_limit_s=settings.affinity_warm_limit_s,
+            per_bucket=self.model.affinity.per_bucket,
+        )
+
+    async def _follow_home(self, registry: KeyValue, puller: AffinityPuller) -> None:
+        """Recompute the home buckets from the live workers of this model version every heartbeat
+        (rendezvous hashing, the buckets that carried work lately spread with a bounded load). A
+        worker killed without a goodbye stays in the list until its registry entry expires;
+        meanwhile its buckets are stolen."""
+        me, version = self.settings.worker_id, self.settings.version
+        while True:
+            workers = await live_workers(registry)
+            mine = [w for w in workers if w.model == self.model.name and w.version == version]
+            active = {k for w in mine for k in w.affinity_active or ()}
+            held = {w.worker: w.affinity_held or [] for w in mine}
+            home = home_buckets(me, [w.worker for w in mine], puller.buckets, active, held)
+            puller.set_home(home, frozenset(active))
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _serve(
         self, nc: NATS, config_store: ConfigStore, supervisor: Supervisor, stop: asyncio.Event
@@ -136,16 +195,9 @@ class Worker:
                 await ResponseStore.open(js, self.subjects, settings, nc.max_payload),
                 lambda: self.model.cost,
                 lambda: self.labels,
+                lambda msg: self.puller.affinity(msg) if isinstance(self.puller, AffinityPuller) else None,
             )
-            self.puller = CapacityPuller(
-                nc,
-                self.subjects.request_stream,
-                consumer,
-                self.capacity,
-                runner.handle,
-                batch_consumer=batch_consumer,
-                api_prefix=api_prefix(settings),
-            )
+            self.puller = await self._puller(nc, js, consumer, batch_consumer, runner)
             log.info(
                 "worker %s serving %r with %d slots (%s)",
                 settings.worker_id,
@@ -184,6 +236,9 @@ class Worker:
             supervisor.supervise("keep-alive", runner.keep_alive)
             supervisor.supervise("config-watch", lambda: config_store.follow(on_change))
             supervisor.supervise("heartbeat", lambda: self._heartbeat(registry, runner, backend.description))
+            if isinstance(self.puller, AffinityPuller):
+                puller = self.puller
+                supervisor.supervise("affinity-home", lambda: self._follow_home(registry, puller))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({pulling, stopped}, return_when=asyncio.FIRST_COMPLETED)
             self.puller.stop()

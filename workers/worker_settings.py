@@ -25,3 +25,16 @@ class WorkerSettings(BusSettings):
     capacity_part: int = Field(default=0, ge=0)
     drain_timeout_s: float = Field(default=30.0, ge=0, description="grace for in-flight work on stop")
     local_retries: int = Field(default=2, ge=0, description="backend retries before the first token")
+    affinity_steal_grace_ms: float = Field(
+        default=10.0,
+        ge=0,
+        description="prefix affinity: how long another worker's new work waits before this one steals it",
+    )
+    affinity_warm_limit_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="prefix affinity: a freed slot keeps its bucket unless another home bucket waited this long",
+    )
+    affinity_rescan_s: float = Field(
+        default=1.0, gt=0, description="prefix affinity: every bucket is looked at at least this often"
+    )

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from dispatcher.bus.bus_settings import BusSettings
 from dispatcher.bus.connection import publish_durably
 from dispatcher.bus.reply_stream import Frame, ReplySequencer, decode_frame
+from dispatcher.bus.stored_request import Stored, still_stored
 from dispatcher.bus.subjects import Subjects
 from dispatcher.errors import (
     DeadlineExceeded,
@@ -28,6 +29,7 @@ from dispatcher.errors import (
     RequestTooLarge,
     WorkerLost,
 )
+from dispatcher.scheduling.affinity import AFFINITY_HEADER, ring
 from schemas.envelope import (
     ChunkFrame,
     ErrorFrame,
@@ -51,7 +53,14 @@ _INTERRUPT = bytes(bytearray(b"\x00interrupt"))
 class ReplyStream:
     """Frames of one request's reply, in order, with the deadline and worker liveness enforced."""
 
-    def __init__(self, client: BusClient, envelope: RequestEnvelope, queue: asyncio.Queue[bytes]) -> None:
+    def __init__(
+        self,
+        client: BusClient,
+        envelope: RequestEnvelope,
+        queue: asyncio.Queue[bytes],
+        stored: Stored | None = None,
+        reconnects: int | None = None,
+    ) -> None:
         self.envelope = envelope
         # Who picked the request up: from the start frame, or from the final frame when none was sent.
         self.start: Pickup | None = None
@@ -64,7 +73,10 @@ class ReplyStream:
         self._done = False
         self._pending_error: ErrorFrame | None = None
         # Reply frames are core NATS: any that arrive while this ingress is reconnecting are gone.
-        self._reconnects = client.reconnects
+        self._reconnects = client.reconnects if reconnects is None else reconnects
+        self._stored = stored
+        self._probe_at = 0.0  # when to look in JetStream again for a request silent across a reconnect
+        self._released_unheard = False  # staged, released, and still nothing heard at the last look
 
     @property
     def request_id(self) -> str:
@@ -93,6 +105,10 @@ class ReplyStream:
             self._sequencer.check_gap(now)
             if self._last_activity is None:
                 self._pulsed(now)  # a plain request sends no start frame: pulses say it was picked up
+            if self._last_activity is None and self._client.reconnects != self._reconnects:
+                if await self._answered_unheard(now):
+                    raise WorkerLost("the answer was lost while the gateway reconnected to NATS")
+                now = time.monotonic()
             if self._last_activity is not None and now - self._last_activity > self._client.idle_timeout_s:
                 if self._pulsed(now) or (self._relayed and await self._caught_up()):
                     continue
@@ -148,6 +164,31 @@ class ReplyStream:
             self._last_activity = time.monotonic()  # frames are waiting: read them next
             return True
         return self._pulsed(time.monotonic())
+
+    async def _answered_unheard(self, now: float) -> bool:
+        """Nothing heard from any worker, and this ingress reconnected to NATS since the publish: a
+        worker that answered meanwhile (a plain request sends no start frame, and a fast one no
+        pulse) published its only frame to nobody, acked, and nothing will ever come. Every
+        `idle_timeout_s`, ask JetStream whether the request's message is still stored (queued or
+        unsettled: keep waiting) or gone (settled: its answer was lost). Costs one lookup per
+        silent request per interval, only after a reconnect.
+
+        A staged request (fair share) gone from the staging stream was released under a sequence
+        not known here: called lost only if still unheard one interval later, by when a worker
+        running it would have pulsed (heartbeat_s < idle_timeout_s) and a finished one been heard;
+        the share feeder releases only into free slots, so it does not wait long queued."""
+        if self._stored is None or now < self._probe_at:
+            return False
+        self._probe_at = now + self._client.idle_timeout_s
+        present = await self._client.still_stored(self._stored)
+        if present is not False:
+            return False
+        if self._stored.staged and not self._released_unheard:
+            self._released_unheard = True
+            return False
+        # Frames published just after the resubscription may still be on their way.
+        await asyncio.sleep(self._client.idle_timeout_s / _GRACE_DIVISOR)
+        return self._queue.empty() and not self._pulsed(time.monotonic())
 
     def _accept(self, data: bytes) -> list[tuple[Frame, bytes]]:
         if data is _INTERRUPT:
@@ -211,6 +252,7 @@ class BusClient:
         *,
         shared_inbox: bool = False,
         share_bucket: Callable[[str], str] | None = None,
+        affinity_bucket: Callable[[RequestEnvelope], int | None] | None = None,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -229,6 +271,8 @@ class BusClient:
         self.idle_timeout_s = settings.idle_timeout_s
         # consumer -> fair-share bucket; None: straight to the FIFO request subject
         self._share_bucket = share_bucket if settings.fair_share else None
+        # request -> prefix-affinity bucket (dispatcher/scheduling/affinity.py); None: the lane's FIFO subject
+        self._affinity_bucket = affinity_bucket
 
     @property
     def reconnects(self) -> int:
@@ -303,16 +347,25 @@ class BusClient:
         """
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._routes[envelope.id] = queue
+        reconnects = self.reconnects  # a reconnect during the publish counts too
         try:
-            await self.enqueue(envelope, raw_payload)
+            stored = await self._store(envelope, raw_payload)
         except BaseException:
             self.inbox_close(envelope.id)
             raise
-        return ReplyStream(self, envelope, queue)
+        return ReplyStream(self, envelope, queue, stored, reconnects)
 
     async def enqueue(self, envelope: RequestEnvelope, raw_payload: bytes | None = None) -> bool:
         """Persist the request in JetStream; its replies go wherever `envelope.reply_to` says.
-        Returns True if the stream already had it (a retry of an earlier publish).
+        Returns True if the stream already had it (a retry of an earlier publish)."""
+        return (await self._store(envelope, raw_payload)).duplicate
+
+    async def still_stored(self, stored: Stored) -> bool | None:
+        return await still_stored(self._js, stored)
+
+    async def _store(self, envelope: RequestEnvelope, raw_payload: bytes | None) -> Stored:
+        """Publish the request durably: to its lane's subject, its affinity bucket, or (fair share)
+        its consumer's staging subject.
 
         Publishes are retried with the same `Nats-Msg-Id` (the request id), so a retry after a lost
         PubAck is deduplicated by the stream rather than queued twice. `raw_payload`, the payload
@@ -332,14 +385,22 @@ class BusClient:
         if self._msg_ttl:
             headers["Nats-TTL"] = f"{ttl_s}s"
         max_s = min(10.0, float(ttl_s))
+        affinity = self._affinity_bucket(envelope) if self._affinity_bucket is not None else None
         if self._share_bucket is None:
-            subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
-            return await publish_durably(self._js, subject, data, headers, max_s)
+            if affinity is None:
+                subject = self._subjects.request(envelope.target, envelope.version, envelope.lane)
+                return Stored.of(await publish_durably(self._js, subject, data, headers, max_s))
+            subject = self._subjects.affinity_request(envelope.target, envelope.version, affinity)
+            stored = Stored.of(await publish_durably(self._js, subject, data, headers, max_s))
+            await ring(self._nc, self._subjects, envelope.target, envelope.version, affinity)
+            return stored
+        if affinity is not None:
+            headers[AFFINITY_HEADER] = str(affinity)  # the share feeder releases it into its bucket
         bucket = self._share_bucket(envelope.consumer)
         subject = self._subjects.share(envelope.target, envelope.version, envelope.lane, bucket)
-        duplicate = await publish_durably(self._js, subject, data, headers, max_s)
+        stored = Stored.of(await publish_durably(self._js, subject, data, headers, max_s), staged=True)
         try:
             await self._nc.publish(self._subjects.share_bell, b"")
         except Exception as exc:  # noqa: BLE001 - the feeder also rescans on its own every second
             log.debug("share bell not rung: %s", exc)
-        return duplicate
+        return stored

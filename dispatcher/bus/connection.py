@@ -15,6 +15,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 from tenacity import (
     AsyncRetrying,
@@ -63,10 +64,11 @@ def is_transient(exc: BaseException) -> bool:
 
 async def publish_durably(
     js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str], max_s: float
-) -> bool:
+) -> PubAck:
     """Publish to a stream and await its PubAck, retrying transient failures for up to `max_s` with
-    the same headers (so `Nats-Msg-Id` dedupes a retry of a publish that did land). Returns whether
-    the stream already had the message; raises BusUnavailable, or QueueFull when the stream is full."""
+    the same headers (so `Nats-Msg-Id` dedupes a retry of a publish that did land). Returns the
+    PubAck (`duplicate`: the stream already had the message; `seq`: where it is stored); raises
+    BusUnavailable, or QueueFull when the stream is full."""
     started = time.monotonic()
     try:
         try:
@@ -93,7 +95,7 @@ async def publish_durably(
         if isinstance(exc, APIError):
             raise BusUnavailable(f"JetStream refused the publish: {exc.description}") from exc
         raise
-    return bool(ack.duplicate)
+    return ack
 
 
 async def fetch_or_wait(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:

@@ -124,6 +124,9 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
     publish = [
         f"{_JS}.INFO",  # account limits: readiness
         s.all_requests,
+        # Is a request silent across a reconnect still stored (queued, unsettled) or answered?
+        f"{_JS}.STREAM.MSG.GET.{s.request_stream}",
+        s.all_affinity_bells,  # "bucket k has work", after a publish to a prefix-affinity bucket
         s.all_shares,  # staged for the share feeder (dispatcher/scheduling/fair_share.py)
         s.share_bell,
         *_stream_admin(s.share_stream),  # the share feeder: its consumers, fetch, ack, subject counts
@@ -148,8 +151,14 @@ def ingress(namespace: str, ingress_id: str) -> Permissions:
     )
 
 
-def worker(namespace: str, worker_id: str, models: Mapping[str, Sequence[str]]) -> Permissions:
-    """Pull and ack only the consumers of `models` (name -> versions); reply, heartbeat, read config.
+def worker(
+    namespace: str,
+    worker_id: str,
+    models: Mapping[str, Sequence[str]],
+    buckets: Mapping[str, int] | None = None,
+) -> Permissions:
+    """Pull and ack only the consumers of `models` (name -> versions; with `buckets`, model -> its
+    prefix-affinity buckets, those too); reply, heartbeat, read config.
 
     A worker can publish reply frames (it must answer whichever ingress asked) but never subscribe to
     replies, requests or another model's consumer.
@@ -167,11 +176,16 @@ def worker(namespace: str, worker_id: str, models: Mapping[str, Sequence[str]]) 
         f"{_JS}.STREAM.INFO.{_kv_stream(s.response_bucket)}",
         *_kv_write(s.response_bucket),
     ]
+    bells = []
     for model, versions in models.items():
         publish += _kv_write(s.worker_bucket, f"{encode_token(model)}.>")
         for version in versions:
-            for lane in Lane:
-                consumer = s.consumer(model, version, lane)
+            count = (buckets or {}).get(model, 0)
+            if count:
+                bells.append(s.affinity_bells(model, version))
+            consumers = [s.consumer(model, version, lane) for lane in Lane]
+            consumers += [s.affinity_consumer(model, version, k) for k in range(count)]
+            for consumer in consumers:
                 publish += [
                     f"{_JS}.CONSUMER.MSG.NEXT.{s.request_stream}.{consumer}",
                     f"{_JS}.CONSUMER.INFO.{s.request_stream}.{consumer}",
@@ -179,7 +193,7 @@ def worker(namespace: str, worker_id: str, models: Mapping[str, Sequence[str]]) 
                 ]
     return Permissions(
         publish_allow=tuple(publish),
-        subscribe_allow=(s.all_cancels, f"{inbox_prefix(namespace, user)}.>"),
+        subscribe_allow=(s.all_cancels, *bells, f"{inbox_prefix(namespace, user)}.>"),
         subscribe_deny=(s.all_requests, f"{s.namespace}.reply.>"),
     )
 
@@ -197,6 +211,7 @@ def dispatcher(namespace: str) -> Permissions:
         s.all_webhooks,  # finished tasks' webhooks, queued for the delivery service
         s.audit("dispatcher"),
         s.all_requests,  # admitted batch lines, and calls to an injection classifier model
+        s.all_affinity_bells,
         s.all_cancels,
         *_quota_use(s),
     ]
@@ -277,7 +292,10 @@ class Component:
 
 
 def components(
-    namespace: str, ingress_ids: Sequence[str], workers: Mapping[str, Mapping[str, Sequence[str]]]
+    namespace: str,
+    ingress_ids: Sequence[str],
+    workers: Mapping[str, Mapping[str, Sequence[str]]],
+    buckets: Mapping[str, int] | None = None,
 ) -> list[Component]:
     """Every user of one deployment: dispatcher, admin, each ingress, each worker (id -> models)."""
     found = [
@@ -289,5 +307,5 @@ def components(
         found.append(Component("ingress", user, ingress(namespace, ingress_id), False))
     for worker_id, models in workers.items():
         user = user_name(namespace, "worker", worker_id)
-        found.append(Component("worker", user, worker(namespace, worker_id, models), False))
+        found.append(Component("worker", user, worker(namespace, worker_id, models, buckets), False))
     return found

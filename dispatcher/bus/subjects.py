@@ -77,6 +77,8 @@ class Subjects:
     Layout:
       <ns>.share.<model>.<version>.<lane>.<bucket>   requests waiting for their fair share
       <ns>.req.<model>.<version>.<lane>   requests, persisted in the request stream
+      <ns>.req.<model>.<version>.interactive.<k>   requests of affinity bucket k (models with affinity)
+      <ns>.affbell.<model>.<version>.<k>  "bucket k has work" nudge to the model's workers (core NATS)
       <ns>.reply.<ingress>.<request>      reply frames (core NATS), read by one ingress only
       <ns>.reply.<ingress>._pulse         batched liveness of that ingress's requests (`_pulse` is
                                           no `encode_token` output, so no request id can take it)
@@ -117,6 +119,33 @@ class Subjects:
     def consumer(self, model: str, version: str = "default", lane: Lane = Lane.INTERACTIVE) -> str:
         """Durable pull consumer shared by every worker of (model, version) for one lane."""
         return _name(encode_token(model), encode_token(version), lane.value)
+
+    # prefix-cache affinity (dispatcher/scheduling/affinity.py) -------------------------------------------
+    # Only the interactive lane has buckets. A bucket subject has one token more than the lane's
+    # FIFO subject, so the FIFO consumer's filter never matches it and no message has two consumers.
+    def affinity_request(self, model: str, version: str, bucket: int) -> str:
+        lane = Lane.INTERACTIVE.value
+        return f"{self.namespace}.req.{encode_token(model)}.{encode_token(version)}.{lane}.{bucket:d}"
+
+    def affinity_consumer(self, model: str, version: str, bucket: int) -> str:
+        """The durable consumer of one affinity bucket, shared by every worker of (model, version)."""
+        return _name(encode_token(model), encode_token(version), Lane.INTERACTIVE.value, f"{bucket:d}")
+
+    def affinity_bell(self, model: str, version: str, bucket: int) -> str:
+        return f"{self.namespace}.affbell.{encode_token(model)}.{encode_token(version)}.{bucket:d}"
+
+    def affinity_bells(self, model: str, version: str) -> str:
+        return f"{self.namespace}.affbell.{encode_token(model)}.{encode_token(version)}.*"
+
+    @property
+    def all_affinity_bells(self) -> str:
+        return f"{self.namespace}.affbell.>"
+
+    @staticmethod
+    def affinity_bucket_of(subject: str) -> int | None:
+        """The bucket of a request or bell subject; None for a FIFO (lane) subject."""
+        last = subject.rsplit(".", 1)[-1]
+        return int(last) if last.isdigit() else None
 
     # fair share (dispatcher/scheduling/fair_share.py) ---------------------------------------------------
     @property

@@ -105,6 +105,20 @@ def consumer_config(
     )
 
 
+def affinity_consumer_config(
+    subjects: Subjects, settings: BusSettings, model: str, version: str, bucket: int
+) -> api.ConsumerConfig:
+    """One prefix-affinity bucket of (model, version): the interactive lane's settings, its own filter."""
+    name = subjects.affinity_consumer(model, version, bucket)
+    return dataclasses.replace(
+        consumer_config(subjects, settings, model, version, Lane.INTERACTIVE),
+        name=name,
+        durable_name=name,
+        description=f"workers of {model!r} version {version!r}, affinity bucket {bucket}",
+        filter_subject=subjects.affinity_request(model, version, bucket),
+    )
+
+
 def audit_stream_config(subjects: Subjects, settings: BusSettings) -> api.StreamConfig:
     """Audit events wait here until the sink has committed them to Postgres (work queue)."""
     return api.StreamConfig(
@@ -317,6 +331,20 @@ async def ensure_consumer(
     return config.durable_name
 
 
+async def ensure_affinity_consumers(
+    js: JetStreamContext, subjects: Subjects, settings: BusSettings, model: str, version: str, buckets: int
+) -> list[str]:
+    """Create or update the consumer of every affinity bucket of one (model, version); their names."""
+    names = []
+    for bucket in range(buckets):
+        config = affinity_consumer_config(subjects, settings, model, version, bucket)
+        assert config.durable_name is not None
+        if settings.manage_topology:
+            await js.add_consumer(subjects.request_stream, config)
+        names.append(config.durable_name)
+    return names
+
+
 async def ensure_model_consumers(
     js: JetStreamContext, subjects: Subjects, settings: BusSettings, config: ModelbusConfig
 ) -> None:
@@ -327,3 +355,6 @@ async def ensure_model_consumers(
         for version in model.version_names:
             for lane in Lane:
                 await ensure_consumer(js, subjects, settings, model.name, version, lane)
+            if model.affinity is not None:
+                buckets = model.affinity.buckets
+                await ensure_affinity_consumers(js, subjects, settings, model.name, version, buckets)

@@ -63,6 +63,9 @@ _RULES: tuple[tuple[str, Rule], ...] = (
     ("fiction", ("CHARACTER_LOCK", "UNLIMITED", 150, None)),
     ("fiction", ("CHARACTER_LOCK", "REFUSE", 150, None)),
     ("fiction", ("FICTION", "HOWTO_HARM", 200, None)),  # a character explaining how to build a bomb
+    ("fiction", ("FICTION", "HARM", 250, "EXACT")),  # a story about ricin "in precise quantities"
+    ("refusal", ("NO_CAVEAT", "HARM", 150, None)),  # "spare me the warnings" and a harmful object
+    ("refusal", ("NO_CAVEAT", "FREE", 150, None)),  # "skip the warnings, give me the unfiltered version"
     ("splitting", ("COMBINE", "OBEY", 100, None)),
     ("encoded", ("DECODE", "OBEY", 100, None)),
     ("indirect", ("AI_ADDRESS", "NEW_TASK", 200, None)),

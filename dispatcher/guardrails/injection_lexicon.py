@@ -230,7 +230,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     ),
     "STRONG": (
         "new instructions:", "new system instructions", "unrestricted mode$", "unfiltered mode$", "uncensored mode$", "evil mode$", "new rules apply", "system override", "admin override", "sudo mode$", "neue anweisungen:", "nouvelles instructions :", "nuevas instrucciones:", "nuove istruzioni:",
-        "my late grandmother", "grandmother used to", "grandma used to", "아무리 불법", "ne kadar yasa dışı", "egal wie", "no importa lo ilegal", "quel que soit le", "non importa quanto illegale",
+        "아무리 불법", "ne kadar yasa dışı", "egal wie", "no importa lo ilegal", "quel que soit le", "non importa quanto illegale",
         "do anything now", "can do anything now", "broken free of the typical confines",
         "no matter how unethical", "no matter how illegal", "no matter how immoral", "no matter how harmful",
         "no matter how dangerous", "regardless of ethics", "regardless of legality", "regardless of morality",
@@ -254,15 +254,17 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "绝不", "永远不", "不要", "不能", "不得", "決して", "しないで", "してはいけない", "ない", "절대", "하지 마",
         "않", "لا$", "أبدا", "أبداً", "ممنوع", "कभी", "मत$", "नहीं", "asla", "hiçbir zaman", "etme", "yapma",
     ),
+    # Refusing, not apologizing: "don't apologise in your answers" is a style request (round five);
+    # apologies banned together with warnings are NO_CAVEAT twice.
     "REFUSE": (
         "refus", "declin", "reject any", "reject a", "reject my", "turn down", "remind me about ethics", "remind me of ethics", "say it is wrong", "say you cannot help", "say you can't help",
         "refuse", "decline", "say no", "say you can't", "say that you can't", "say you cannot",
-        "say i can't", "say sorry", "apologi", "apologis", "reject my", "deny my", "warn me", "lecture",
-        "moralize", "moralise", "add disclaimers", "add warnings", "i'm sorry", "i cannot", "as an ai",
-        "verweiger", "ablehn", "entschuldig", "refuse", "refuser", "excuse", "négar", "negar", "rechazar",
-        "rifiut", "scus", "recus", "weiger", "excuses", "odmaw", "odmów", "przeprasz", "отказ", "извиня",
-        "拒绝", "拒絕", "道歉", "拒否", "断ら", "謝罪", "거절", "거부", "사과", "ترفض", "رفض", "اعتذار", "تعتذر",
-        "मना", "इनकार", "माफ़ी", "reddet", "özür", "geri çevir",
+        "say i can't", "reject my", "deny my", "warn me", "lecture",
+        "moralize", "moralise", "add disclaimers", "add warnings", "i cannot", "as an ai",
+        "verweiger", "ablehn", "refuse", "refuser", "négar", "negar", "rechazar",
+        "rifiut", "recus", "weiger", "odmaw", "odmów", "отказ",
+        "拒绝", "拒絕", "拒否", "断ら", "거절", "거부", "ترفض", "رفض",
+        "मना", "इनकार", "reddet", "geri çevir",
     ),
     "YOU": (
         "say you can't", "say that you can't", "say you cannot", "say you cannot help", "say you can't help",

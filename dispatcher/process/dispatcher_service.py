@@ -37,6 +37,7 @@ from dispatcher.jobs.task_store import TaskStore
 from dispatcher.policy.api_keys import KeyRegistry
 from dispatcher.policy.quotas import Limiter, QuotaLedger
 from dispatcher.process.runtime import process_runtime
+from dispatcher.scheduling.affinity import envelope_bucket
 from dispatcher.scheduling.capacity_view import open_registry
 from dispatcher.scheduling.fair_share import open_lease_bucket
 from dispatcher.store.database import create_engine
@@ -107,7 +108,15 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         supervisor.supervise("config-watch", lambda: config_store.follow(on_change))
         watch_config(config_store, "dispatcher")
         if batches is not None:
-            bus = BusClient(nc, subjects, settings, _BUS_ID, msg_ttl, shared_inbox=True)
+            bus = BusClient(
+                nc,
+                subjects,
+                settings,
+                _BUS_ID,
+                msg_ttl,
+                shared_inbox=True,
+                affinity_bucket=lambda envelope: envelope_bucket(live.config, envelope),
+            )
             await bus.start()
             admission = Admission(
                 live,

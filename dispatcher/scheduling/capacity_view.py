@@ -8,6 +8,7 @@ messages waiting, in flight and redelivered, and an estimate of the queue wait.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from nats.js import JetStreamContext, api
@@ -57,21 +58,22 @@ async def live_workers(registry: KeyValue) -> list[WorkerStatus]:
 
 
 async def lane_consumers(
-    js: JetStreamContext, subjects: Subjects, model: str, version: str
+    js: JetStreamContext, subjects: Subjects, model: str, version: str, buckets: int = 0
 ) -> list[tuple[Lane, api.ConsumerInfo]]:
-    """Consumer info of each lane of one model version (lanes whose consumer does not exist yet are left out)."""
-    found = []
-    for lane in Lane:
+    """Consumer info of each lane of one model version, and of its `buckets` affinity buckets (on the
+    interactive lane); consumers that do not exist yet are left out."""
+    names = [(lane, subjects.consumer(model, version, lane)) for lane in Lane]
+    names += [(Lane.INTERACTIVE, subjects.affinity_consumer(model, version, k)) for k in range(buckets)]
+
+    async def info(name: str) -> api.ConsumerInfo | None:
         try:
-            found.append(
-                (
-                    lane,
-                    await js.consumer_info(subjects.request_stream, subjects.consumer(model, version, lane)),
-                )
-            )
+            found: api.ConsumerInfo = await js.consumer_info(subjects.request_stream, name)
         except NotFoundError:
-            continue
-    return found
+            return None
+        return found
+
+    found = await asyncio.gather(*(info(name) for _, name in names))
+    return [(lane, one) for (lane, _), one in zip(names, found, strict=True) if one is not None]
 
 
 async def staged_counts(js: JetStreamContext, subjects: Subjects) -> dict[str, int]:
@@ -92,6 +94,13 @@ def staged_by_queue(subjects: Subjects, counts: dict[str, int]) -> dict[QueueKey
             continue
         found.setdefault((model, version, lane), {})[bucket] = count
     return found
+
+
+def affinity_hit_rate(workers: list[WorkerStatus]) -> float | None:
+    """Home share of what the workers took from affinity buckets; None if they took nothing."""
+    home = sum(w.affinity_home or 0 for w in workers)
+    taken = home + sum(w.affinity_stolen or 0 for w in workers)
+    return home / taken if taken else None
 
 
 def estimated_wait_s(workers: list[WorkerStatus], queued: int, in_flight: int) -> float | None:
@@ -115,7 +124,7 @@ async def capacity_view(
         for version in model.version_names:
             mine = [w for w in workers if w.model == model.name and w.version == version]
             queued = in_flight = redelivered = 0
-            for _, info in await lane_consumers(js, subjects, model.name, version):
+            for _, info in await lane_consumers(js, subjects, model.name, version, model.affinity_buckets):
                 queued += info.num_pending or 0
                 in_flight += info.num_ack_pending or 0
                 redelivered += info.num_redelivered or 0
@@ -140,6 +149,7 @@ async def capacity_view(
                     estimated_wait_s=estimate,
                     staged=waiting,
                     shares=[ConsumerShare(consumer=c, queued=n) for c, n in sorted(shares.items())],
+                    affinity_hit_rate=affinity_hit_rate(mine),
                 )
             )
     return view

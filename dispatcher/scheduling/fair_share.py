@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -39,12 +39,20 @@ from dispatcher.bus.connection import publish_durably
 from dispatcher.bus.subjects import Subjects
 from dispatcher.bus.topology import ensure_bucket
 from dispatcher.errors import BusUnavailable, QueueFull
-from dispatcher.scheduling.capacity_view import QueueKey, live_workers, staged_by_queue, staged_counts
+from dispatcher.scheduling.affinity import AFFINITY_HEADER, ring
+from dispatcher.scheduling.capacity_view import (
+    QueueKey,
+    lane_consumers,
+    live_workers,
+    staged_by_queue,
+    staged_counts,
+)
 from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
 
 _KEPT_HEADERS = ("Nats-Msg-Id", "Nats-TTL")
+AffinitySpec = Callable[[str], int]  # model -> prefix-affinity buckets (0: none)
 _CONSUMER_IDLE_S = 3600.0
 _RETRY_S = 0.25
 
@@ -135,8 +143,10 @@ class ShareFeeder:
         lease: FeederLease,
         poll_s: float = 0.01,
         idle_s: float = 1.0,
+        buckets: AffinitySpec = lambda _: 0,
     ) -> None:
         self._nc, self._js, self._subjects = nc, js, subjects
+        self._buckets = buckets
         self._spec, self._registry, self._lease = spec, registry, lease
         self._poll_s, self._idle_s = poll_s, idle_s
         self._slots: dict[tuple[str, str], int] = {}  # (model, version) -> live workers' capacity
@@ -204,15 +214,15 @@ class ShareFeeder:
 
     async def _top_up(self, key: QueueKey, queue: StrideQueue) -> int:
         model, version, lane = key
-        try:
-            info = await self._js.consumer_info(
-                self._subjects.request_stream, self._subjects.consumer(model, version, lane)
-            )
-            ready, waiting = info.num_pending or 0, info.num_waiting or 0
-        except NotFoundError:
-            ready, waiting = 0, 0  # no consumer yet: its first worker will find the messages waiting
+        # No consumer yet counts as nothing ready: its first worker will find the messages waiting.
+        buckets = self._buckets(model) if lane is Lane.INTERACTIVE else 0
+        found = await lane_consumers(self._js, self._subjects, model, version, buckets)
+        infos = [info for of_lane, info in found if of_lane is lane]
+        ready = sum(i.num_pending or 0 for i in infos)
+        # Affinity workers pull with no_wait (never a waiting pull): an empty ready queue is the sign.
+        starving = ready == 0 and (buckets > 0 or sum(i.num_waiting or 0 for i in infos) > 0)
         slots = self._slots.get((model, version), 0)
-        depth = next_depth(self._depth.get(key), slots, ready, starving=ready == 0 and waiting > 0)
+        depth = next_depth(self._depth.get(key), slots, ready, starving=starving)
         self._depth[key] = depth
         picks: dict[str, int] = {}
         for _ in range(depth - ready):
@@ -235,7 +245,7 @@ class ShareFeeder:
             msgs = []
         for _ in range(count - len(msgs)):
             queue.refund(bucket)
-        target = self._subjects.request(model, version, lane)
+        targets = [self._target(key, msg) for msg in msgs]
         try:
             await asyncio.gather(
                 *(
@@ -246,7 +256,7 @@ class ShareFeeder:
                         {k: v for k, v in (msg.headers or {}).items() if k in _KEPT_HEADERS},
                         10.0,
                     )
-                    for msg in msgs
+                    for msg, target in zip(msgs, targets, strict=True)
                 )
             )
         except BaseException as exc:
@@ -261,9 +271,20 @@ class ShareFeeder:
             log.warning("share feeder: %d requests of %r not released: %s", len(msgs), bucket, exc)
             return 0
         await asyncio.gather(*(msg.ack() for msg in msgs))
+        for bucket_k in {self._subjects.affinity_bucket_of(t) for t in targets} - {None}:
+            assert bucket_k is not None
+            await ring(self._nc, self._subjects, model, version, bucket_k)
         served_key = (model, lane, bucket)
         self.served[served_key] = self.served.get(served_key, 0) + len(msgs)
         return len(msgs)
+
+    def _target(self, key: QueueKey, msg: Msg) -> str:
+        """The lane's FIFO subject, or the affinity bucket the ingress chose when it staged it."""
+        model, version, lane = key
+        bucket = (msg.headers or {}).get(AFFINITY_HEADER)
+        if bucket is not None and bucket.isdigit() and int(bucket) < self._buckets(model):
+            return self._subjects.affinity_request(model, version, int(bucket))
+        return self._subjects.request(model, version, lane)
 
     async def _pull(self, key: QueueKey, bucket: str) -> JetStreamContext.PullSubscription:
         found = self._pulls.get((key, bucket))
@@ -370,9 +391,11 @@ async def open_feeder(
     spec: ShareSpec,
     registry: KeyValue,
     holder: str,
+    buckets: AffinitySpec = lambda _: 0,
 ) -> ShareFeeder:
     lease = FeederLease(await open_lease_bucket(js, subjects, settings), holder)
-    return ShareFeeder(nc, js, subjects, spec, registry, lease, poll_s=settings.fair_share_poll_s)
+    poll_s = settings.fair_share_poll_s
+    return ShareFeeder(nc, js, subjects, spec, registry, lease, poll_s=poll_s, buckets=buckets)
 
 
 async def open_lease_bucket(js: JetStreamContext, subjects: Subjects, settings: BusSettings) -> KeyValue:

@@ -19,6 +19,7 @@ from dispatcher.scheduling.capacity_view import lane_consumers, live_workers
 from dispatcher.telemetry import metrics
 from dispatcher.telemetry.labels import sanitize
 from schemas.config import ModelbusConfig
+from schemas.envelope import Lane
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,17 @@ async def _refresh_once(
             name, ver = sanitize(model.name), sanitize(version)
             metrics.WORKERS.labels(name, ver).set(len(mine))
             metrics.FREE_SLOTS.labels(name, ver).set(sum(w.free_slots for w in mine))
-            for lane, info in await lane_consumers(js, subjects, model.name, version):
+            # A lane with affinity buckets has several consumers: its figures are their sums.
+            sums: dict[Lane, list[int]] = {}
+            for lane, info in await lane_consumers(js, subjects, model.name, version, model.affinity_buckets):
+                row = sums.setdefault(lane, [0, 0, 0, 0])
+                row[0] += info.num_pending or 0
+                row[1] += info.num_ack_pending or 0
+                row[2] += info.num_redelivered or 0
+                row[3] += info.num_waiting or 0
+            for lane, (pending, ack_pending, redelivered, waiting) in sums.items():
                 labels = (name, ver, lane.value)
-                metrics.QUEUE_PENDING.labels(*labels).set(info.num_pending or 0)
-                metrics.QUEUE_ACK_PENDING.labels(*labels).set(info.num_ack_pending or 0)
-                metrics.QUEUE_REDELIVERED.labels(*labels).set(info.num_redelivered or 0)
-                metrics.QUEUE_WAITING_PULLS.labels(*labels).set(info.num_waiting or 0)
+                metrics.QUEUE_PENDING.labels(*labels).set(pending)
+                metrics.QUEUE_ACK_PENDING.labels(*labels).set(ack_pending)
+                metrics.QUEUE_REDELIVERED.labels(*labels).set(redelivered)
+                metrics.QUEUE_WAITING_PULLS.labels(*labels).set(waiting)

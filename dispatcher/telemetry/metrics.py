@@ -90,6 +90,11 @@ FREE_SLOTS = Gauge("modelbus_free_slots", "Free worker slots", ["model", "versio
 AUDIT_SINK_PENDING = Gauge(
     "modelbus_audit_sink_pending", "Audit events in JetStream not yet written to Postgres"
 )
+AFFINITY = Counter(
+    "modelbus_affinity",
+    "Requests of models with prefix affinity, by where the worker took them: home or stolen bucket",
+    ["model", "result"],
+)
 WORKER_REQUESTS = Counter(
     "modelbus_worker_requests", "Requests a worker settled, by outcome", ["model", "outcome"]
 )

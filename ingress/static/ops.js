@@ -39,6 +39,7 @@ function render(rows) {
         <div>redelivered<b>${r.redelivered}</b></div><div>workers<b>${r.workers}</b></div>
         <div>free slots<b>${r.free_slots}/${r.capacity}</b></div><div>req/s<b>${r.requests_per_s}</b></div>
         <div>p50 / p95<b>${r.p50_ms ?? "–"} / ${r.p95_ms ?? "–"} ms</b></div><div>tokens/s<b>${r.tokens_per_s}</b></div>
+        ${r.affinity_hit_rate == null ? "" : `<div>affinity home<b>${Math.round(r.affinity_hit_rate * 100)} %</b></div>`}
       </div>
       ${shares(r, esc)}
       <div class="charts">${chart(hst.queued, "#d9480f", "queued")}${chart(hst.rps, "#1c7ed6", "requests/s")}

@@ -25,7 +25,7 @@ import nats
 import pytest
 
 from dispatcher.store.migrate import upgrade
-from schemas.config import ModelConfig, SimulatorBackend
+from schemas.config import AffinityConfig, ModelConfig, SimulatorBackend
 from tests.support.load import LoadRun, report
 from tests.support.nats_cluster import NatsCluster
 from tests.support.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
@@ -54,7 +54,9 @@ def stack(tmp_path: Path, namespace: str) -> Iterator[Stack]:
         yield from _stack(tmp_path, namespace, postgres)
 
 
-def _stack(tmp_path: Path, namespace: str, postgres: StoppablePostgres) -> Iterator[Stack]:
+def _stack(
+    tmp_path: Path, namespace: str, postgres: StoppablePostgres, affinity: AffinityConfig | None = None
+) -> Iterator[Stack]:
     nats_cluster = NatsCluster(tmp_path / "nats")
     nats_cluster.start()
     cluster = Cluster(tmp_path, nats_cluster.url, namespace)
@@ -68,7 +70,8 @@ def _stack(tmp_path: Path, namespace: str, postgres: StoppablePostgres) -> Itera
         }
     )
     try:
-        models = [ModelConfig(name=MODEL, backend=SimulatorBackend(ttft_ms=20, tokens_per_s=300))]
+        backend = SimulatorBackend(ttft_ms=20, tokens_per_s=300)
+        models = [ModelConfig(name=MODEL, backend=backend, affinity=affinity)]
         config = cluster.write_config(with_consumers(models))
         cluster.dispatcher(config, postgres.url)
         gateways = [cluster.ingress(config, MODELBUS_DATABASE_URL=postgres.url) for _ in range(3)]

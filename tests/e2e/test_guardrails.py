@@ -19,7 +19,14 @@ from schemas.config import (
 )
 from schemas.envelope import Endpoint
 from schemas.policy import GuardrailsConfig
-from tests.support.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.support.servers import (
+    TEST_KEY,
+    Cluster,
+    audit_actions,
+    audit_records,
+    wait_until,
+    with_consumers,
+)
 
 CARD_REPLY = (
     "Let me look that up for you in the customer record, which was last updated this morning by the "
@@ -156,19 +163,16 @@ def test_masking_blocking_and_streamed_output(cluster: Cluster, database_url: st
         "output.pii.email:mask",
     }
 
-    def records() -> list[dict[str, object]]:
-        rows = sql(database_url, "SELECT record FROM audit_log ORDER BY seq")
-        return [json.loads(r["record"]) if isinstance(r["record"], str) else r["record"] for r in rows]
-
-    def actions() -> set[str]:
-        return {a for r in records() for a in r.get("policy_actions", [])}  # type: ignore[attr-defined]
-
-    wait_until(lambda: expected <= actions(), 20, "guardrail actions missing from the audit rows")
-    dump = json.dumps(records())
+    wait_until(
+        lambda: expected <= audit_actions(database_url), 20, "guardrail actions missing from the audit rows"
+    )
+    dump = json.dumps(audit_records(database_url))
     for secret in SECRETS:
         # The guarded request's row holds only masked text; the unguarded model's row is the one
         # place the raw prompt may appear (that model has no guardrails).
-        guarded = json.dumps([r for r in records() if r.get("model_requested") == "guarded"])
+        guarded = json.dumps(
+            [r for r in audit_records(database_url) if r.get("model_requested") == "guarded"]
+        )
         assert secret not in guarded, secret
     assert "4111 1111 1111 1111" not in dump
 
@@ -225,13 +229,10 @@ def test_injection_classifier_model_through_the_bus(cluster: Cluster, database_u
     )
     assert answer.choices[0].message.content == "I received: echo: hello"
 
-    def actions() -> set[str]:
-        rows = sql(database_url, "SELECT record FROM audit_log")
-        records = [json.loads(r["record"]) if isinstance(r["record"], str) else r["record"] for r in rows]
-        return {a for r in records for a in r.get("policy_actions", [])}
-
     wait_until(
-        lambda: {"injection_classifier:block", "injection_classifier:unavailable"} <= actions(),
+        lambda: (
+            {"injection_classifier:block", "injection_classifier:unavailable"} <= audit_actions(database_url)
+        ),
         20,
         "classifier outcomes missing from the audit rows",
     )
@@ -305,13 +306,10 @@ def test_cpu_classifier_served_through_the_bus(cluster: Cluster, database_url: s
     except openai.InternalServerError as exc:
         assert exc.status_code == 503 and "fails closed" in str(exc)
 
-    def actions() -> set[str]:
-        rows = sql(database_url, "SELECT record FROM audit_log")
-        records = [json.loads(r["record"]) if isinstance(r["record"], str) else r["record"] for r in rows]
-        return {a for r in records for a in r.get("policy_actions", [])}
-
     wait_until(
-        lambda: {"injection_classifier:block", "injection_classifier:fail_closed"} <= actions(),
+        lambda: (
+            {"injection_classifier:block", "injection_classifier:fail_closed"} <= audit_actions(database_url)
+        ),
         20,
         "classifier outcomes missing from the audit rows",
     )

@@ -4,15 +4,13 @@ the audit rows say the classifier decided."""
 
 from __future__ import annotations
 
-import json
-
 import openai
 
 from dispatcher.guardrails.injection import detect_injection
 from schemas.config import InjectionNgramBackend, ModelConfig, ScriptedReply, SimulatorBackend
 from schemas.envelope import Endpoint
 from schemas.policy import GuardrailsConfig
-from tests.support.servers import TEST_KEY, Cluster, sql, wait_until, with_consumers
+from tests.support.servers import TEST_KEY, Cluster, audit_actions, wait_until, with_consumers
 
 ECHO = SimulatorBackend(
     ttft_ms=1, tokens_per_s=20_000, script=[ScriptedReply(match="^echo:", reply="I received: {prompt}")]
@@ -63,9 +61,8 @@ def test_trained_classifier_blocks_through_the_bus(cluster: Cluster, database_ur
     )
     assert clean.choices[0].message.content == "I received: echo: what is 2 + 2?"
 
-    def actions() -> set[str]:
-        rows = sql(database_url, "SELECT record FROM audit_log")
-        records = [json.loads(r["record"]) if isinstance(r["record"], str) else r["record"] for r in rows]
-        return {a for r in records for a in r.get("policy_actions", [])}
-
-    wait_until(lambda: "injection_classifier:block" in actions(), 20, "no classifier block in the audit")
+    wait_until(
+        lambda: "injection_classifier:block" in audit_actions(database_url),
+        20,
+        "no classifier block in the audit",
+    )

@@ -25,8 +25,9 @@ def start_secure_nats(
     ingress_ids: Sequence[str],
     workers: Mapping[str, Mapping[str, Sequence[str]]],
     tls_block: str = "",
+    buckets: Mapping[str, int] | None = None,
 ) -> SecureNats:
-    written = generate(tmp / "creds", namespace, ingress_ids, workers)
+    written = generate(tmp / "creds", namespace, ingress_ids, workers, buckets)
     credentials = {}
     for user, path in written.items():
         pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line)

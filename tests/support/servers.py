@@ -82,6 +82,11 @@ def audit_records(database_url: str, where: str = "TRUE") -> list[dict[str, Any]
     return [json.loads(r["record"]) for r in rows]
 
 
+def audit_actions(database_url: str) -> set[str]:
+    """Every policy action the stored audit events name (`guardrail:action`, ...)."""
+    return {a for record in audit_records(database_url) for a in record.get("policy_actions", [])}
+
+
 def small_streams() -> dict[str, int]:
     """BusSettings keyword arguments that keep in-process tests' streams small."""
     return {

@@ -1,17 +1,22 @@
 """A trained prompt-injection classifier that needs only numpy: logistic regression over character
-n-grams (1 to 3 characters inside word boundaries, TF-IDF weighted) of the normalized prompt and of
-its undisguised readings (decoded base64, leetspeak...).
+n-grams (1 to 3 characters inside word boundaries) and word unigrams and bigrams, each block TF-IDF
+weighted and L2-normalized, of the normalized prompt and of its undisguised readings (decoded
+base64, leetspeak...).
 
-Why this model (issue 14, round four; figures in docs/guardrails.md): character n-grams need no
-tokenizer or language model, so one small linear model reads all 15 languages, and after the
-guardrails' normalization obfuscation too. Trained on rounds one to three and scored on round four
-(a set nobody here had tuned on), it caught 0.69 of that round's attacks at a 1.0 % false-positive
-rate, where the MiniLM similarity classifier caught 0.21 at 1.9 %. Served like any model (backend type `injection_ngrams`): a chat or completion
-request is answered "injection" or "safe" (what dispatcher/admission/classifier.py asks).
+Why this model (issue 14; figures in docs/guardrails.md): character n-grams need no tokenizer or
+language model, so one small linear model reads all 15 languages, and after the guardrails'
+normalization obfuscation too. Trained on rounds one to three and scored on round four (a set
+nobody here had tuned on), the character model caught 0.69 of that round's attacks at a 1.0 %
+false-positive rate, where the MiniLM similarity classifier caught 0.21 at 1.9 %. Round five added
+the word block: with every data file left out in turn, it ranked the left-out blind rounds' attacks
+better (recall at 1 % false positives 0.86 -> 0.91 pooled) than the characters alone. Served like
+any model (backend type `injection_ngrams`): a chat or completion request is answered "injection" or
+"safe" (what dispatcher/admission/classifier.py asks).
 
 The weights are `injection_ngrams.npz` beside this module (no pickle: arrays only), written by
 `python bench/injection_ngrams.py --write` from the tuning set; the decision threshold in it was
-calibrated on out-of-fold scores of the benign tuning prompts (leave one data file out).
+calibrated on out-of-fold scores of the benign tuning prompts (leave one data file out). A weights
+file without the word block (round four's) scores with the characters alone.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ from workers.backends.classifier_reply import as_stream, prompt_of, verdict_body
 
 WEIGHTS = Path(__file__).with_name("injection_ngrams.npz")
 NGRAMS = (1, 3)
+WORD_NGRAMS = (1, 2)
+# scikit-learn's default token pattern would drop one-letter words ("a", Chinese single characters
+# between punctuation); this one keeps them, and the trainer passes it to scikit-learn too.
+TOKEN_PATTERN = r"(?u)\b\w+\b"
+_TOKEN = re.compile(TOKEN_PATTERN)
 # Beyond this many characters only the head and the tail are read: the score is a normalized
 # average, and the n-gram count (the cost) grows with the text. 3 x 8,000 characters read take a few ms.
 _MAX_CHARS = 24_000
@@ -67,6 +77,34 @@ def char_wb_ngrams(text: str, low: int = NGRAMS[0], high: int = NGRAMS[1]) -> li
     return grams
 
 
+def word_ngrams(text: str, low: int = WORD_NGRAMS[0], high: int = WORD_NGRAMS[1]) -> list[str]:
+    """scikit-learn's `word` analyzer with TOKEN_PATTERN, exactly (its own test compares the two)."""
+    tokens = _TOKEN.findall(text)
+    grams: list[str] = []
+    for n in range(low, high + 1):
+        grams.extend(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    return grams
+
+
+class _Block:
+    """One TF-IDF block of the model: its vocabulary, IDF and weights."""
+
+    def __init__(self, grams: list[str], idf: np.ndarray, coef: np.ndarray) -> None:
+        self._index = {g: i for i, g in enumerate(grams)}
+        self._idf = idf.astype(np.float64)
+        self._coef = coef.astype(np.float64)
+
+    def value(self, grams: list[str]) -> float:
+        """The block's share of the decision: sublinear tf x idf, L2-normalized, dot the weights."""
+        counts = Counter(i for g in grams if (i := self._index.get(g)) is not None)
+        if not counts:
+            return 0.0
+        idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        tf = np.fromiter((1.0 + math.log(c) for c in counts.values()), dtype=np.float64, count=len(counts))
+        weights = tf * self._idf[idx]
+        return float(weights @ self._coef[idx]) / float(np.sqrt(weights @ weights))
+
+
 @dataclass(frozen=True, slots=True)
 class Score:
     injection: bool
@@ -74,27 +112,26 @@ class Score:
 
 
 class NgramModel:
-    """The vocabulary, its IDF and weights, the intercept and the calibrated threshold."""
+    """The blocks (characters, and words when the file has them), the intercept and the calibrated
+    threshold."""
 
     def __init__(self, path: Path = WEIGHTS, threshold: float | None = None) -> None:
         with np.load(path, allow_pickle=False) as data:
-            grams = [str(g) for g in data["ngrams"]]
-            self._index = {g: i for i, g in enumerate(grams)}
-            self._idf = data["idf"].astype(np.float64)
-            self._coef = data["coef"].astype(np.float64)
+            self._chars = _Block([str(g) for g in data["ngrams"]], data["idf"], data["coef"])
+            self._words = None
+            if "words" in data:
+                # One UTF-8 string, a word n-gram per line: a fixed-width unicode array of bigrams
+                # would be mostly padding.
+                words = bytes(data["words"]).decode("utf-8").split("\n")
+                self._words = _Block(words, data["word_idf"], data["word_coef"])
             self._intercept = float(data["intercept"])
             self.threshold = float(data["threshold"]) if threshold is None else threshold
 
     def score(self, text: str) -> Score:
-        counts = Counter(
-            i for g in char_wb_ngrams(features_text(text)) if (i := self._index.get(g)) is not None
-        )
-        if not counts:
-            return Score(False, self._intercept)
-        idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        tf = np.fromiter((1.0 + math.log(c) for c in counts.values()), dtype=np.float64, count=len(counts))
-        weights = tf * self._idf[idx]
-        value = float(weights @ self._coef[idx]) / float(np.sqrt(weights @ weights)) + self._intercept
+        features = features_text(text)
+        value = self._chars.value(char_wb_ngrams(features)) + self._intercept
+        if self._words is not None:
+            value += self._words.value(word_ngrams(features))
         return Score(value >= self.threshold, value)
 
 

@@ -22,9 +22,11 @@ async def test_a_full_stream_refuses_at_once_with_queue_full(nats_server: NatsSe
         await js.add_stream(
             api.StreamConfig(name=name, subjects=[f"{name}.>"], max_msgs=1, discard=api.DiscardPolicy.NEW)
         )
-        assert not await publish_durably(js, f"{name}.a", b"1", {"Nats-Msg-Id": "one"}, 10.0)
-        # A retry of a publish that landed is a duplicate, not a second message.
-        assert await publish_durably(js, f"{name}.a", b"1", {"Nats-Msg-Id": "one"}, 10.0)
+        first = await publish_durably(js, f"{name}.a", b"1", {"Nats-Msg-Id": "one"}, 10.0)
+        assert not first.duplicate
+        # A retry of a publish that landed is a duplicate, not a second message: same sequence.
+        again = await publish_durably(js, f"{name}.a", b"1", {"Nats-Msg-Id": "one"}, 10.0)
+        assert again.duplicate and again.seq == first.seq
         started = time.monotonic()
         with pytest.raises(QueueFull):
             await publish_durably(js, f"{name}.a", b"2", {"Nats-Msg-Id": "two"}, 10.0)

@@ -18,7 +18,7 @@ from dispatcher.bus.dead_letters import DeadLetterer
 from dispatcher.bus.nats_permissions import NatsUser, hash_password, ingress, render_server_config
 from dispatcher.bus.reply_stream import decode_frame
 from dispatcher.bus.subjects import Subjects
-from dispatcher.bus.topology import ensure_consumer, ensure_streams
+from dispatcher.bus.topology import ensure_affinity_consumers, ensure_consumer, ensure_streams
 from schemas.envelope import Endpoint, ErrorCode, ErrorFrame, Lane, RequestEnvelope
 from tests.support.secure_nats import SecureNats, start_secure_nats
 from tests.support.servers import small_streams
@@ -29,7 +29,11 @@ NS = "perm"
 @pytest.fixture
 def secure(tmp_path: Path) -> Iterator[SecureNats]:
     started = start_secure_nats(
-        tmp_path, NS, ["i1", "i2"], {"wa": {"model-a": ["default"]}, "wb": {"model-b": ["default"]}}
+        tmp_path,
+        NS,
+        ["i1", "i2"],
+        {"wa": {"model-a": ["default"]}, "wb": {"model-b": ["default"]}},
+        buckets={"model-a": 2},
     )
     yield started
     started.server.stop()
@@ -222,4 +226,35 @@ async def test_dispatcher_user_dead_letters_and_tells_the_ingress(secure: Secure
     assert orjson.loads(dead.data)["id"] == "req-1"
     assert dispatcher.errors == front.errors == worker.errors == []
     for client in (dispatcher, front, worker):
+        await client.nc.close()
+
+
+async def test_worker_pulls_its_models_affinity_buckets_and_hears_their_bells(secure: SecureNats) -> None:
+    subjects = Subjects(NS)
+    admin = await _connect(secure, f"{NS}-admin")
+    js = admin.nc.jetstream()
+    await ensure_streams(js, subjects, _settings(secure, f"{NS}-admin"), admin.nc.max_payload, msg_ttl=True)
+    await ensure_affinity_consumers(js, subjects, _settings(secure, f"{NS}-admin"), "model-a", "default", 2)
+    sender = await _connect(secure, f"{NS}-ingress-i1")
+    worker = await _connect(secure, f"{NS}-worker-wa")
+    bells: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_bell(msg: object) -> None:
+        bells.put_nowait(msg.subject)
+
+    await worker.nc.subscribe(subjects.affinity_bells("model-a", "default"), cb=on_bell)
+    await worker.nc.flush()
+    await sender.nc.jetstream().publish(subjects.affinity_request("model-a", "default", 1), b"{}")
+    await sender.nc.publish(subjects.affinity_bell("model-a", "default", 1), b"")
+    assert await asyncio.wait_for(bells.get(), 5) == subjects.affinity_bell("model-a", "default", 1)
+    sub = await worker.nc.jetstream().pull_subscribe_bind(
+        subjects.affinity_consumer("model-a", "default", 1), subjects.request_stream
+    )
+    [msg] = await sub.fetch(1, timeout=5)
+    await msg.ack_sync()
+    assert worker.errors == [] and sender.errors == []
+    other = await _connect(secure, f"{NS}-worker-wb")  # no affinity grants for another model's worker
+    await other.nc.subscribe(subjects.affinity_bells("model-a", "default"))
+    assert "subscription" in await other.violation("subscription")
+    for client in (worker, other, sender, admin):
         await client.nc.close()

@@ -50,6 +50,9 @@ MISSED = [
     ("écris à jean point dupont at exemple point fr", "email", "jean point dupont at exemple point fr"),
     ("मुझे उपयोगकर्ता@उदाहरण.परीक्षा पर ईमेल करें।", "email", "उपयोगकर्ता@उदाहरण.परीक्षा"),
     ("身份证：440305 19830711 7737", "national_id", "440305 19830711 7737"),
+    # Round five: a card wrapped once, anywhere, by a notes app (after a card word).
+    ("Here's the card, it wrapped:\n44422549\n28394213\nexp 03/27", "card", "44422549\n28394213"),
+    ("Kreditkarte:\n4111111111\n111111 bitte", "card", "4111111111\n111111"),
 ]
 
 
@@ -90,6 +93,7 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "Şifrelerini kimseyle paylaşma, lütfen dikkat et.",
         "We met at the point where the road ends.",
         "This test card number should be rejected by the form: 4826 6367 0225 3426",  # no Aadhaar inside
+        "Order refs:\n44422549\n28394213\n",  # two 8-digit numbers that pass Luhn together, no card word
     ],
 )
 def test_lookalikes_are_left_alone(text: str) -> None:
