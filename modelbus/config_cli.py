@@ -13,7 +13,7 @@ import difflib
 import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 import yaml
@@ -23,7 +23,6 @@ from dispatcher.bus.bus_settings import BusSettings
 from dispatcher.bus.connection import connect, supports_msg_ttl
 from dispatcher.bus.subjects import Subjects
 from dispatcher.bus.topology import ensure_streams
-from dispatcher.config.config_checks import Result, run_assertions
 from dispatcher.config.config_file import parse_config
 from dispatcher.config.config_store import ConfigStore, Revision
 from dispatcher.config.config_weakening import weakenings
@@ -32,6 +31,9 @@ from dispatcher.policy.api_keys import KeyRegistry, config_key_ids
 from modelbus.cli_audit import audit_action
 from schemas.config import ModelbusConfig
 from schemas.config_tests import ConfigTests
+
+if TYPE_CHECKING:
+    from dispatcher.config.config_checks import Result
 
 config_app = typer.Typer(help="Validate, apply and inspect the configuration.", no_args_is_help=True)
 T = TypeVar("T")
@@ -212,6 +214,10 @@ def _tests_file(file: Path, given: Path | None) -> Path | None:
 
 
 def _assertions(config: ModelbusConfig, path: Path) -> list[Result]:
+    # Imported here: the assertions load the guardrails (0.2 s), which every `modelbus` process would
+    # pay at start-up otherwise.
+    from dispatcher.config.config_checks import run_assertions
+
     try:
         tests = ConfigTests.model_validate(yaml.safe_load(_read(path)) or {})
     except (yaml.YAMLError, ValidationError) as exc:

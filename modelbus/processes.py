@@ -43,7 +43,7 @@ def listen_reuse_port(host: str, port: int, backlog: int = 2048) -> socket.socke
 
 def run_copies(argv: Sequence[str], envs: Sequence[Mapping[str, str]]) -> int:
     """Run `modelbus <argv>` once per environment in `envs` until SIGINT/SIGTERM; returns the exit code."""
-    command = [sys.executable, "-m", "modelbus.cli", *argv]
+    command = [sys.executable, "-m", "modelbus", *argv]  # modelbus/__main__.py says why
     stopping = False
 
     def stop(signum: int, _frame: FrameType | None) -> None:

@@ -193,7 +193,7 @@ class Stack:
         env.pop("MODELBUS_AUDIT_SIGNING_KEY", None)
         env.pop("MODELBUS_WEBHOOK_SECRET", None)
         logs = self.data_dir / "logs"
-        cli = [sys.executable, "-m", "modelbus.cli"]
+        cli = [sys.executable, "-m", "modelbus"]  # modelbus/__main__.py says why
         # Every task webhook is signed: with MODELBUS_WEBHOOK_SECRET if set, else a secret made once
         # and kept beside the other keys (receivers read it from there; it is never printed).
         webhook_secret = os.environ.get("MODELBUS_WEBHOOK_SECRET") or kept_secret(

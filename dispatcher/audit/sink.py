@@ -37,8 +37,10 @@ class AuditSink:
         checkpointer: Checkpointer | None,
         batch_size: int = 1000,
         linger_s: float = 0.05,
+        idle_pull_s: float = 1.0,
     ) -> None:
         self._nc = nc
+        self._idle_pull_s = idle_pull_s
         self._linger_s = linger_s
         self._subjects = subjects
         self._store = store
@@ -53,7 +55,7 @@ class AuditSink:
         sub = await js.pull_subscribe_bind(self._subjects.audit_sink_consumer, self._subjects.audit_stream)
         try:
             while not stop.is_set():
-                msgs = await fetch_or_wait(sub, self._batch_size, timeout=1)
+                msgs = await fetch_or_wait(sub, self._batch_size, timeout=self._idle_pull_s)
                 if msgs and len(msgs) < self._batch_size and self._linger_s > 0:
                     msgs += await self._more(sub, self._batch_size - len(msgs))
                 if msgs:

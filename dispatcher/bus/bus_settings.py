@@ -49,6 +49,9 @@ class BusSettings(BaseSettings):
     # declares it lost after idle_timeout_s of silence.
     heartbeat_s: float = Field(default=2.0, gt=0)
     idle_timeout_s: float = Field(default=7.0, gt=0)
+    # The dispatcher's consumer loops (audit sink, task collector, batch feeder, webhook delivery)
+    # wait this long in an idle pull; a stopping dispatcher waits for the pull in flight to end.
+    idle_pull_s: float = Field(default=1.0, gt=0)
 
     # Off by default: staging costs every request a second JetStream write and a hop through the
     # feeder (+1.5 to 7.5 ms p50 on an idle model, docs/traffic.md) until unsaturated models bypass it.

@@ -25,11 +25,9 @@ from bisect import bisect_left
 
 from dispatcher.guardrails.findings import Finding
 from dispatcher.guardrails.injection_phrases import phrases
-from dispatcher.guardrails.injection_terms import CONCEPTS as _CONCEPTS
-from dispatcher.guardrails.injection_terms import GLUED_TERMS as _GLUED_TERMS
 from dispatcher.guardrails.injection_terms import UNSPACED as _UNSPACED
-from dispatcher.guardrails.injection_terms import WORD_TERMS as _WORD_TERMS
 from dispatcher.guardrails.injection_terms import fold as _fold
+from dispatcher.guardrails.injection_terms import terms as _terms
 from dispatcher.guardrails.normalize import Normalized, normalize
 
 Span = tuple[int, int]
@@ -88,15 +86,16 @@ def concept_hits(text: str) -> dict[str, list[Span]]:
     if len(lowered) != len(text):  # a few letters lower-case to two characters (İ): keep offsets
         lowered = "".join(ch if len(ch.lower()) != 1 else ch.lower() for ch in text)
     lowered = _fold(lowered)
-    patterns = [_WORD_TERMS]
+    compiled = _terms()
+    patterns = [compiled.words]
     if _UNSPACED.search(text):
-        patterns.extend(pattern for script, pattern in _GLUED_TERMS if script.search(text))
+        patterns.extend(pattern for script, pattern in compiled.glued if script.search(text))
     for pattern in patterns:
         for m in pattern.finditer(lowered):
             if m.end() == m.start():
                 continue
             term = _SPACES.sub(" ", m.group())
-            for concept in _CONCEPTS.get(term, ()):
+            for concept in compiled.concepts.get(term, ()):
                 hits.setdefault(concept, []).append((m.start(), m.end()))
     for spans in hits.values():
         spans.sort()
@@ -239,11 +238,13 @@ def _leet_readings(text: str) -> list[str]:
     if "1" not in text:
         return [_LEET_WORD.sub(lambda m: m.group().translate(_LEET), text)]
 
+    words = _terms().words
+
     def best(m: re.Match[str]) -> str:
         as_i, as_l = m.group().translate(_LEET), m.group().translate(_LEET_L)
-        if as_i == as_l or _WORD_TERMS.match(as_i.lower()):
+        if as_i == as_l or words.match(as_i.lower()):
             return as_i
-        return as_l if _WORD_TERMS.match(as_l.lower()) else as_i
+        return as_l if words.match(as_l.lower()) else as_i
 
     return [_LEET_WORD.sub(lambda m, t=table: m.group().translate(t), text) for table in (_LEET, _LEET_L)] + [  # type: ignore[misc]
         _LEET_WORD.sub(best, text)

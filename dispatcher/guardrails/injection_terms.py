@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from functools import cache
+from typing import NamedTuple
 
 from dispatcher.guardrails.injection_lexicon import LEXICON
 from dispatcher.guardrails.injection_lexicon_extra import EXTRA
@@ -102,13 +104,21 @@ def _swaps(term: str) -> list[str]:
     ]
 
 
-def _compile() -> tuple[
-    re.Pattern[str], tuple[tuple[re.Pattern[str], re.Pattern[str]], ...], dict[str, frozenset[str]]
-]:
+class Terms(NamedTuple):
+    words: re.Pattern[str]  # the spaced scripts' terms, matched at word starts
+    glued: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...]  # (script, its terms) per unspaced script
+    concepts: dict[str, frozenset[str]]  # each matched term's concepts
+
+
+@cache
+def terms() -> Terms:
+    """The lexicon compiled, once per process, when first asked for: compiling costs 0.13-0.5 s of CPU
+    (more on a loaded machine), which workers and the dispatcher, importing the guardrails for other
+    checks, never need; the ingress asks for it at start-up (ingress/app.py)."""
     concepts: dict[str, set[str]] = {}
     typos: dict[str, set[str]] = {}
-    for concept, terms in [*LEXICON.items(), *EXTRA.items(), *ROUND5.items()]:
-        for term in terms:
+    for concept, listed in [*LEXICON.items(), *EXTRA.items(), *ROUND5.items()]:
+        for term in listed:
             key = fold(normalize(term.lower()).text)
             concepts.setdefault(key, set()).add(concept)
             if concept in _TYPO_CONCEPTS and _TYPO_WORD.fullmatch(key):
@@ -134,7 +144,4 @@ def _compile() -> tuple[
     for key in list(lookup):
         for end in range(1, len(key)):
             lookup[key].update(stems.get(key[:end], ()))
-    return words, tuple(glued), {k: frozenset(v) for k, v in lookup.items()}
-
-
-WORD_TERMS, GLUED_TERMS, CONCEPTS = _compile()
+    return Terms(words, tuple(glued), {k: frozenset(v) for k, v in lookup.items()})

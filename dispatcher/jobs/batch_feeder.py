@@ -108,8 +108,10 @@ class BatchFeeder:
         recorder: TaskRecorder,
         batches: BatchStore,
         keys: KeyRegistry,
+        idle_pull_s: float = 1.0,
     ) -> None:
         self._nc = nc
+        self._idle_pull_s = idle_pull_s
         self._subjects = subjects
         self._admission = admission
         self._bus = bus
@@ -129,7 +131,7 @@ class BatchFeeder:
         )
         try:
             while not stop.is_set():
-                msgs = await fetch_or_wait(sub, _PARALLEL, timeout=1)
+                msgs = await fetch_or_wait(sub, _PARALLEL, timeout=self._idle_pull_s)
                 if msgs:
                     await asyncio.gather(*(self._feed(msg) for msg in msgs))
                     self._forget_stale()

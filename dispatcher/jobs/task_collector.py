@@ -40,6 +40,7 @@ class TaskCollector:
     subjects: Subjects
     store: TaskStore
     recorder: TaskRecorder
+    idle_pull_s: float = 1.0
     finished: int = 0
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(_PARALLEL))
     _running: set[asyncio.Task[None]] = field(default_factory=set)
@@ -52,7 +53,7 @@ class TaskCollector:
         )
         try:
             while not stop.is_set():
-                msgs = await fetch_or_wait(sub, _PARALLEL, timeout=1)
+                msgs = await fetch_or_wait(sub, _PARALLEL, timeout=self.idle_pull_s)
                 # Frames of one task arrive in order within a fetch; handle each task's in order.
                 by_task: dict[str, list[Msg]] = {}
                 for msg in msgs:

@@ -70,7 +70,8 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
             await upgrade_async(settings.database_url)
             engine = create_engine(settings.database_url)
             cleanup.push_async_callback(engine.dispose)
-            sink = AuditSink(nc, subjects, AuditStore(engine), await _checkpointer(js, subjects, settings))
+            checkpointer = await _checkpointer(js, subjects, settings)
+            sink = AuditSink(nc, subjects, AuditStore(engine), checkpointer, idle_pull_s=settings.idle_pull_s)
             supervisor.supervise("audit-sink", lambda: sink.run(stopping), graceful=True)
         else:
             log.warning("no MODELBUS_DATABASE_URL: audit events stay queued in JetStream")
@@ -88,7 +89,7 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
         cleanup.push_async_callback(ledger.drain)
         batches = BatchStore(engine) if engine is not None else None
         recorder = TaskRecorder(task_store, audit, WebhookQueue(js, subjects), batches)
-        collector = TaskCollector(nc, subjects, task_store, recorder)
+        collector = TaskCollector(nc, subjects, task_store, recorder, settings.idle_pull_s)
         supervisor.supervise("audit-publisher", audit.run)
         supervisor.supervise("task-collector", lambda: collector.run(stopping), graceful=True)
         webhooks = _webhook_service(runtime.nc, subjects, task_store, recorder, audit, settings)
@@ -123,7 +124,9 @@ async def run_dispatcher(settings: BusSettings, config: ModelbusConfig, stop: as
                 QuotaGate(Limiter(ledger, subjects), ledger),
                 responses,
             )
-            feeder = BatchFeeder(nc, subjects, admission, bus, task_store, recorder, batches, keys)
+            feeder = BatchFeeder(
+                nc, subjects, admission, bus, task_store, recorder, batches, keys, settings.idle_pull_s
+            )
             supervisor.supervise("batch-feeder", lambda: feeder.run(stopping), graceful=True)
         supervisor.supervise("lag-gauges", lambda: refresh_lag(js, subjects, registry, lambda: live.config))
         supervisor.supervise("audit-backlog", lambda: _refresh_audit_backlog(js, subjects))

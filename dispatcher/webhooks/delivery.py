@@ -75,7 +75,7 @@ class WebhookService:
                 if room <= 0:
                     await asyncio.wait(self._running, timeout=1, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                for msg in await fetch_or_wait(sub, min(room, 64), timeout=1):
+                for msg in await fetch_or_wait(sub, min(room, 64), timeout=self._settings.idle_pull_s):
                     task = asyncio.create_task(self._handle(msg))
                     self._running.add(task)
                     task.add_done_callback(self._running.discard)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from modelbus.embedded_nats import NatsServer
 from schemas.config import ModelConfig, SimulatorBackend
 from tests.support.health_probe import HealthProbe
 from tests.support.servers import TEST_KEY, Cluster, with_consumers
@@ -20,12 +23,21 @@ HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 3.0
 
 
-@pytest.fixture
-def gateway(cluster: Cluster) -> str:
+@pytest.fixture(scope="module")
+def stack(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One ingress for the module (a start costs ~3 s of CPU with its offload pool): every test here
+    closes the connections it opened, so the next one finds the ingress idle, as a fresh one."""
+    cluster = Cluster(tmp_path_factory.mktemp("limits"), nats_server.url, "t" + uuid.uuid4().hex[:10])
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(stack: Cluster) -> str:
     """An ingress with short timeouts (2 s head, 3 s body) and a cap of 60 connections."""
     model = ModelConfig(name="chat-sim", max_concurrency=4, backend=SimulatorBackend(ttft_ms=5, capacity=4))
-    config = cluster.write_config(with_consumers([model]))
-    return cluster.ingress(
+    config = stack.write_config(with_consumers([model]))
+    return stack.ingress(
         config,
         MODELBUS_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
         MODELBUS_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
@@ -51,9 +63,9 @@ def _read_all(sock: socket.socket, timeout: float) -> bytes:
         return b"<open>" + received
 
 
-def test_head_past_64_kib_gets_431_without_reading_it_whole(gateway: str, cluster: Cluster) -> None:
+def test_head_past_64_kib_gets_431_without_reading_it_whole(gateway: str, stack: Cluster) -> None:
     host, port = _address(gateway)
-    pid = cluster.proc(f"ingress-{port}").popen.pid
+    pid = stack.proc(f"ingress-{port}").popen.pid
     with socket.create_connection((host, port)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
         sent = 0
