@@ -319,44 +319,36 @@ async def test_never_more_than_capacity_across_buckets(bus: Bus) -> None:
         assert info.num_pending == 0 and info.num_ack_pending == 0
 
 
-async def test_a_freed_slot_next_takes_its_own_buckets_work(bus: Bus) -> None:
+async def _one_slot_order(bus: Bus, each: int, service_s: float, warm_limit_s: float) -> list[str]:
+    """The order in which a one-slot worker home to buckets 0 and 1 serves `each` queued requests
+    of both (published alternately, before it starts)."""
     order: list[str] = []
 
     async def handler(msg: Msg) -> None:
         order.append(msg.data.decode())
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(service_s)
         await msg.ack()
 
-    for n in range(5):
+    for n in range(each):
         await bus.publish(0, f"0-{n}", ring=False)
         await bus.publish(1, f"1-{n}", ring=False)
-    puller = bus.puller(1, handler, warm_limit_s=30.0)
+    puller = bus.puller(1, handler, warm_limit_s=warm_limit_s)
     puller.set_home(frozenset({0, 1}))
     task = asyncio.create_task(puller.run())
-    await _until(lambda: len(order) == 10)
+    await _until(lambda: len(order) == 2 * each)
     puller.stop()
     await task
+    return order
+
+
+async def test_a_freed_slot_next_takes_its_own_buckets_work(bus: Bus) -> None:
+    order = await _one_slot_order(bus, 5, 0.005, warm_limit_s=30.0)
     # One switch between the buckets, not one per request: the slot stays with its prefix.
     switches = sum(a[0] != b[0] for a, b in itertools.pairwise(order))
     assert switches == 1, order
 
 
 async def test_a_bucket_waiting_past_the_warm_limit_gets_the_slot(bus: Bus) -> None:
-    order: list[str] = []
-
-    async def handler(msg: Msg) -> None:
-        order.append(msg.data.decode())
-        await asyncio.sleep(0.02)
-        await msg.ack()
-
-    for n in range(6):
-        await bus.publish(0, f"0-{n}", ring=False)
-        await bus.publish(1, f"1-{n}", ring=False)
-    puller = bus.puller(1, handler, warm_limit_s=0.0)  # no continuation: oldest first, round robin
-    puller.set_home(frozenset({0, 1}))
-    task = asyncio.create_task(puller.run())
-    await _until(lambda: len(order) == 12)
-    puller.stop()
-    await task
+    order = await _one_slot_order(bus, 6, 0.02, warm_limit_s=0.0)  # no continuation: round robin
     switches = sum(a[0] != b[0] for a, b in itertools.pairwise(order))
     assert switches >= 6, order
