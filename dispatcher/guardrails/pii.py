@@ -41,6 +41,10 @@ def _is_local(ch: str) -> bool:
     )
 
 
+# "scheme://user:" just before a would-be address: it is a URL's password and host (a secret).
+_URL_USERINFO = re.compile(r"://[^\s:/@]{1,64}:\Z")
+
+
 def _emails(text: str) -> Iterator[Finding]:
     # Try the pattern only where an address before an "@" can begin: where the run of local-part
     # characters starts, or just after a "%" in it (the only one that satisfies the lookbehind). Searching the window around each "@" instead
@@ -58,7 +62,8 @@ def _emails(text: str) -> Iterator[Finding]:
         for start in starts:
             m = _EMAIL.match(text, start, end_pos)
             if m is not None:
-                yield Finding("email", m.start(), m.end())
+                if not _URL_USERINFO.search(text, max(0, start - 96), start):
+                    yield Finding("email", m.start(), m.end())
                 done = m.end()
                 break
         at = text.find("@", max(at + 1, done))
@@ -227,7 +232,13 @@ _SECRET = re.compile(
     r"|\bAIza[0-9A-Za-z_-]{35}\b"
     r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
     r"|\bmb-[A-Za-z0-9_-]{30,}"
+    r"|\bhf_[A-Za-z0-9]{30,}\b"  # Hugging Face
+    r"|\bSG\.[A-Za-z0-9_-]{16,32}\.[A-Za-z0-9_-]{16,64}"  # SendGrid
+    r"|\bSK[0-9a-f]{32}\b"  # Twilio API key SID
+    r"|(?<=AccountKey=)[A-Za-z0-9+/]{40,}={0,2}"  # Azure storage connection strings
 )
+# The password of a URL with credentials (database and broker URLs: scheme://user:password@host).
+_URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:([^\s/@]{3,128})@", re.IGNORECASE)
 _ASSIGNED = re.compile(
     r"(?ai)(?<![a-z])(?:password|passwd|pwd|passphrase|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token"
     r"|aws_secret_access_key|private[_-]?key"
@@ -241,7 +252,9 @@ _ASSIGNED = re.compile(
     r"(?!(?:str|string|int|bool|boolean|number|bytes|none|null|undefined|optional|secretstr)\b)"
     r"([!#-&(-+\--:<-~]{6,})"
 )
-_SECRET_HINTS = ("-----BEGIN", "AKIA", "ASIA", "_", "glpat-", "xox", "sk-", "AIza", "eyJ", "mb-")
+_SECRET_HINTS = (
+    "-----BEGIN", "AKIA", "ASIA", "_", "glpat-", "xox", "sk-", "AIza", "eyJ", "mb-", "SG.", "SK", "AccountKey=",
+)  # fmt: skip
 _ASSIGNED_HINTS = (
     "pass", "pwd", "secret", "key", "token", "kennwort", "contrase", "senha", "wachtwoord", "hasło", "haslo",
     "пароль", "şifre", "sifre", "parola", "密码", "パスワード", "비밀번호",
@@ -291,6 +304,9 @@ def _secrets(text: str) -> Iterator[Finding]:
     if any(hint in text for hint in _SECRET_HINTS):
         for m in _SECRET.finditer(text):
             yield Finding("secret", m.start(), m.end())
+    if "://" in text and "@" in text:
+        for m in _URL_PASSWORD.finditer(text):
+            yield Finding("secret", m.start(1), m.end(1))
     if "=" in text or ":" in text:
         lowered = text.lower()
         if any(hint in lowered for hint in _ASSIGNED_HINTS):

@@ -39,6 +39,23 @@ def _kinds(text: str) -> set[str]:
         ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789", "secret"),
         ("export OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwx", "secret"),
         ("password: Tr0ub4dor&3", "secret"),
+        # Provider formats a blind set used (round five): built here, not written out whole.
+        ("Mon token Hugging Face : hf_" + "1AgjdmldHnj53N9Sq5IM0ZwmSbl6gGT8Eg", "secret"),
+        (
+            "a chave do SendGrid é SG."
+            + "t_Q-oxOhMAy-w7So-iRNhK.2l8iXwj3Zry4lHJnz5vi9i0HGbsCXSeVg-q2m2Xh1bQ",
+            "secret",
+        ),
+        ("Twilio 的 API Key SID 是 SK" + "5cb4c941c0cc02d66d27fce0f886648a，帮我看看", "secret"),
+        (
+            "AccountName=contoso;AccountKey=" + "/Rcp0TmpSyfLaKlUsux0/E3mKXN9+V3DAmb22rsrck8wOQxrh5DlQ==;",
+            "secret",
+        ),
+        (
+            "DATABASE_URL=postgresql://app_rw:"
+            + "HDHK7vnLsSU3eR2ii9@db-prod-85.internal.example:5432/orders",
+            "secret",
+        ),
     ],
 )
 def test_finds(text: str, kind: str) -> None:
@@ -62,6 +79,8 @@ def test_finds(text: str, kind: str) -> None:
         "password=get_password()",
         "export PASSWORD=$DB_PASSWORD",
         "password: string;",
+        "clone https://github.com/org/repo.git, then open http://localhost:8080/admin",  # no credentials
+        "SKU 5cb4c941 is out of stock",
     ],
 )
 def test_leaves_alone(text: str) -> None:
