@@ -156,6 +156,16 @@ class AffinityConfig(_Config):
         le=4096,
         description="requests of one bucket a worker runs at once (none: no limit)",
     )
+    # llama.cpp again: left to choose, its server puts stolen work in the slot idle longest and
+    # evicts the home prompt there. With guest slots the worker pins every request to a slot
+    # (`id_slot`) and keeps these for stolen work, taken as soon as one is free
+    # (workers/slot_pins.py). Not for vLLM or SGLang, which have no slots to pin.
+    guest_slots: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="llama.cpp: slots of each worker kept for stolen work (0: the backend picks slots)",
+    )
 
 
 class ModelConfig(_Config):
@@ -184,6 +194,10 @@ class ModelConfig(_Config):
 
     @model_validator(mode="after")
     def _versions(self) -> ModelConfig:
+        guests = self.affinity.guest_slots if self.affinity is not None else 0
+        for slots in [self.max_concurrency] + [v.max_concurrency for v in self.versions if v.max_concurrency]:
+            if guests and guests >= slots:
+                raise ValueError(f"affinity.guest_slots ({guests}) must be below max_concurrency ({slots})")
         names = [v.name for v in self.versions]
         if len(set(names)) != len(names):
             raise ValueError("version names must be unique")

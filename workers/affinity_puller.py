@@ -35,6 +35,12 @@ a message published a moment ago look old, and be stolen from an idle home) — 
 it came back full (a backlog its home is not keeping up with), or, should bells come faster than
 the grace for long, `patience` after the first bell since the bucket was last seen empty (so
 stealing cannot be starved by a busy bucket's steady bells).
+
+With `guest_slots` (workers/slot_pins.py) every request is pinned to a backend slot and the last
+`guest_slots` of them take stolen work, which can then evict no home prompt: while a guest slot is
+free, another worker's bucket is ripe `guest_grace_s` after its latest bell (just long enough for
+an idle home worker to take it first), so a worker with a free guest slot never idles while another
+has a queue; the steal grace still decides when stolen work may take a home slot.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from nats.aio.msg import Msg
 from dispatcher.bus.subjects import Subjects
 from schemas.envelope import Affinity
 from workers.pull_loop import CapacityPuller, Handler
+from workers.slot_pins import SlotPins
 
 _FIFO = -1  # the lane's own consumer, shared and without affinity
 _BATCH_POLL_MIN_S, _BATCH_POLL_MAX_S = 0.05, 1.0
@@ -74,6 +81,9 @@ class AffinityPuller(CapacityPuller):
         steal_grace_s: float = 0.01,
         warm_limit_s: float = 1.0,
         per_bucket: int | None = None,
+        guest_slots: int = 0,
+        guest_grace_s: float = 0.05,
+        first_slot: int = 0,
     ) -> None:
         super().__init__(
             nc,
@@ -102,6 +112,9 @@ class AffinityPuller(CapacityPuller):
         self._patience_s = max(rescan_s, 4 * steal_grace_s)
         self._per_bucket = per_bucket
         self._running: Counter[int] = Counter()  # bucket -> its requests in flight here
+        self._pins = SlotPins(capacity, guest_slots, first_slot) if guest_slots else None
+        self._pinned: dict[str, int] = {}  # a running message's reply subject -> its slot
+        self._guest_grace_s = guest_grace_s
         self._scan_at = 0.0
         self._open_source: int | None = None
         self._open_sent_at = 0.0
@@ -140,6 +153,10 @@ class AffinityPuller(CapacityPuller):
             return None
         return "home" if bucket in self.home else "stolen"
 
+    def slot(self, msg: Msg) -> int | None:
+        """The backend slot a running message is pinned to (`id_slot`); None: the backend chooses."""
+        return self._pinned.get(msg.reply) if msg.reply else None
+
     async def run(self) -> None:
         sub = await self._nc.subscribe(self._bells, cb=self._on_bell)
         try:
@@ -165,7 +182,15 @@ class AffinityPuller(CapacityPuller):
         return min(free, self._per_bucket - self._running[source])
 
     def _due(self, source: int) -> float:
-        """When a marked source may be pulled: a home one at once, another worker's once ripe."""
+        """When a marked source may be pulled: a home one at once, another worker's once ripe (for
+        a free guest slot sooner)."""
+        due = self._due_for_any_slot(source)
+        if self._pins is not None and self._pins.free_guests and source not in self.home:
+            last_bell = max(self._marked[source], self._rung.get(source, 0.0))
+            return min(due, last_bell + self._guest_grace_s)
+        return due
+
+    def _due_for_any_slot(self, source: int) -> float:
         since = self._marked[source]
         if source == _FIFO or source in self.home or source in self._backlog:
             return since
@@ -199,7 +224,10 @@ class AffinityPuller(CapacityPuller):
         chosen = self._choose(now)
         if chosen is not None:
             self._open_source, self._open_sent_at = chosen, now
-            await self._pull(self._sources[chosen], self._room(chosen, free), None)
+            room = self._room(chosen, free)
+            if self._pins is not None and self._due_for_any_slot(chosen) > now:
+                room = min(room, self._pins.free_guests)  # ripe for a guest slot only
+            await self._pull(self._sources[chosen], room, None)
             return
         room = min(free, self._batch_limit - self.in_flight_batch)
         if self._batch_subject is not None and room > 0 and now >= self._batch_at:
@@ -241,12 +269,19 @@ class AffinityPuller(CapacityPuller):
         bucket = Subjects.affinity_bucket_of(msg.subject) if msg.reply else None
         if bucket is not None:
             self._running[bucket] += 1
+        if self._pins is not None and msg.reply:
+            slot = self._pins.take(bucket, stolen=bucket is not None and bucket not in self.home)
+            if slot is not None:
+                self._pinned[msg.reply] = slot
         await super()._on_message(msg)
 
     async def _run(self, msg: Msg, batch_lane: bool) -> None:
         try:
             await super()._run(msg, batch_lane)
         finally:
+            slot = self._pinned.pop(msg.reply, None) if msg.reply else None
+            if slot is not None and self._pins is not None:
+                self._pins.give(slot)
             bucket = Subjects.affinity_bucket_of(msg.subject)
             if bucket is not None:
                 self._running[bucket] -= 1

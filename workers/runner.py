@@ -57,6 +57,17 @@ class Outcome(enum.Enum):
 _ANNOUNCE_AFTER_S = 0.5
 
 
+# Endpoints a slot-keeping backend (llama.cpp) runs in a slot; `id_slot` means nothing elsewhere.
+_SLOTTED = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RESPONSES, Endpoint.MESSAGES})
+
+
+def _pinned(endpoint: Endpoint, payload: Json, slot: int | None) -> Json:
+    """The backend request, pinned to `slot` (llama.cpp's `id_slot`) when the worker chose one."""
+    if slot is None or endpoint not in _SLOTTED:
+        return payload
+    return {**payload, "id_slot": slot}
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -75,9 +86,11 @@ class RequestRunner:
         price: Callable[[], Cost | None] | None = None,
         labels: Callable[[], MetricLabels] | None = None,
         affinity: Callable[[Msg], Affinity | None] | None = None,
+        slot: Callable[[Msg], int | None] | None = None,
     ) -> None:
         self._nc = nc
         self._affinity = affinity  # home or stolen, for a model with prefix affinity
+        self._slot = slot  # the backend slot a message is pinned to (workers/slot_pins.py)
         self._quotas = quotas
         self._responses = responses
         self._price = price  # the model's token prices now (the configuration may change them)
@@ -154,7 +167,8 @@ class RequestRunner:
         self._live[(envelope.id, attempt)] = InFlight.of(msg, writer, envelope, attempt)
         try:
             with processing(envelope, picked_up_ms, self._settings.worker_id):
-                outcome = await self._execute(envelope, writer, picked_up_ms, attempt)
+                slot = self._slot(msg) if self._slot is not None else None
+                outcome = await self._execute(envelope, writer, picked_up_ms, attempt, slot)
             took = _now_ms() - picked_up_ms
             self.avg_service_ms = (
                 took if self.avg_service_ms is None else 0.9 * self.avg_service_ms + 0.1 * took
@@ -236,15 +250,20 @@ class RequestRunner:
             await msg.term()
 
     async def _execute(
-        self, envelope: RequestEnvelope, writer: ReplyWriter, picked_up_ms: int, attempt: int
+        self,
+        envelope: RequestEnvelope,
+        writer: ReplyWriter,
+        picked_up_ms: int,
+        attempt: int,
+        slot: int | None,
     ) -> Outcome:
         timings = Timings(received_ms=envelope.created_ms, picked_up_ms=picked_up_ms, finished_ms=0)
         try:
             async with asyncio.timeout(max(0.0, (envelope.deadline_ms - _now_ms()) / 1000)):
                 if envelope.stream:
-                    await self._stream(envelope, writer, timings)
+                    await self._stream(envelope, writer, timings, slot)
                 else:
-                    await self._complete(envelope, writer, timings)
+                    await self._complete(envelope, writer, timings, slot)
             record_inference(timings)
             return Outcome.ACK
         except TimeoutError:
@@ -270,15 +289,18 @@ class RequestRunner:
             raise exc
         await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
 
-    async def _complete(self, envelope: RequestEnvelope, writer: ReplyWriter, timings: Timings) -> None:
+    async def _complete(
+        self, envelope: RequestEnvelope, writer: ReplyWriter, timings: Timings, slot: int | None
+    ) -> None:
         plan = dialects.plan(envelope, self._backend.native)
+        payload = _pinned(plan.endpoint, plan.payload, slot)
         attempt = 0
         while True:
             try:
                 if self.coalescer is not None and envelope.endpoint is Endpoint.EMBEDDINGS:
                     body = await self.coalescer.embed(envelope.payload)
                 else:
-                    body = await self._backend.complete(plan.endpoint, plan.payload)
+                    body = await self._backend.complete(plan.endpoint, payload)
                 break
             except BackendError as exc:
                 await self._backoff(attempt, exc)
@@ -302,8 +324,11 @@ class RequestRunner:
         if self._responses is None or not await self._responses.save(dialects.stored(envelope, response)):
             response["store"] = False
 
-    async def _stream(self, envelope: RequestEnvelope, writer: ReplyWriter, timings: Timings) -> None:
+    async def _stream(
+        self, envelope: RequestEnvelope, writer: ReplyWriter, timings: Timings, slot: int | None
+    ) -> None:
         plan = dialects.plan(envelope, self._backend.native)
+        payload = _pinned(plan.endpoint, plan.payload, slot)
         presenter = plan.presenter()
         chat_side = plan.endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS)  # chunks with choices
         wants_usage = not plan.translated and bool(
@@ -357,7 +382,7 @@ class RequestRunner:
             exhausted = True
             ready.set()
 
-        chunks = await self._open_stream(plan)
+        chunks = await self._open_stream(plan, payload)
         async with asyncio.TaskGroup() as group:
             group.create_task(pump(chunks))
             while True:
@@ -372,11 +397,11 @@ class RequestRunner:
         record_post_processing(post_ns, timings.finished_ms)
         await writer.final(timings, usage, finish, guard_events=guard.events if guard else None)
 
-    async def _open_stream(self, plan: dialects.Plan) -> AsyncIterator[Json]:
+    async def _open_stream(self, plan: dialects.Plan, payload: Json) -> AsyncIterator[Json]:
         """Open the backend stream and wait for its first chunk, retrying while that is safe."""
         attempt = 0
         while True:
-            stream = self._backend.stream(plan.endpoint, plan.payload)
+            stream = self._backend.stream(plan.endpoint, payload)
             try:
                 first = await anext(stream)
             except StopAsyncIteration:

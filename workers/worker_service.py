@@ -62,13 +62,20 @@ class Worker:
             self.model = found
             self.labels = MetricLabels.of(config)
             self.backend_config, max_concurrency = deployment
-            self.capacity = self._share(settings.max_concurrency or max_concurrency)
+            self.slots = settings.max_concurrency or max_concurrency  # of all this worker's processes
+            self.capacity = self._share(self.slots)
             await self._serve(nc, config_store, supervisor, stop)
 
     def _share(self, slots: int) -> int:
         """This process's part of the worker's slots (all of them unless started with --processes)."""
         parts, part = self.settings.capacity_parts, self.settings.capacity_part
         return max(1, slots // parts + (1 if part < slots % parts else 0))
+
+    @property
+    def _first_slot(self) -> int:
+        """The first backend slot of this process's part of the worker's (slots are numbered from 0)."""
+        parts, part = self.settings.capacity_parts, self.settings.capacity_part
+        return part * (self.slots // parts) + min(part, self.slots % parts)
 
     @property
     def _registry_key(self) -> str:
@@ -150,6 +157,9 @@ class Worker:
             steal_grace_s=settings.affinity_steal_grace_ms / 1000,
             warm_limit_s=settings.affinity_warm_limit_s,
             per_bucket=self.model.affinity.per_bucket,
+            guest_slots=self.model.affinity.guest_slots,
+            guest_grace_s=settings.affinity_guest_grace_ms / 1000,
+            first_slot=self._first_slot,
         )
 
     async def _follow_home(self, registry: KeyValue, puller: AffinityPuller) -> None:
@@ -196,6 +206,7 @@ class Worker:
                 lambda: self.model.cost,
                 lambda: self.labels,
                 lambda msg: self.puller.affinity(msg) if isinstance(self.puller, AffinityPuller) else None,
+                lambda msg: self.puller.slot(msg) if isinstance(self.puller, AffinityPuller) else None,
             )
             self.puller = await self._puller(nc, js, consumer, batch_consumer, runner)
             log.info(

@@ -30,6 +30,11 @@ class WorkerSettings(BusSettings):
         ge=0,
         description="prefix affinity: how long another worker's new work waits before this one steals it",
     )
+    affinity_guest_grace_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="prefix affinity with guest slots: how long another worker's new work waits for a guest slot",
+    )
     affinity_warm_limit_s: float = Field(
         default=1.0,
         ge=0,

@@ -64,3 +64,19 @@ def test_yaml_syntax_error_is_a_config_error() -> None:
 def test_any_non_empty_model_name_is_accepted(name: str) -> None:
     config = ModelbusConfig.model_validate({"models": [{"name": name}]})
     assert config.model(name) is not None
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "{name: a, max_concurrency: 2, affinity: {guest_slots: 2}}",
+        "{name: a, max_concurrency: 8, versions: [{name: v, max_concurrency: 1}], affinity: {guest_slots: 1}}",
+    ],
+)
+def test_guest_slots_must_leave_a_home_slot(model: str) -> None:
+    with pytest.raises(ConfigError, match="guest_slots"):
+        parse_config(f"models: [{model}]")
+    fewer = model.replace("guest_slots: 2", "guest_slots: 1").replace(
+        "max_concurrency: 1}", "max_concurrency: 2}"
+    )
+    assert parse_config(f"models: [{fewer}]").models[0].affinity is not None

@@ -6,75 +6,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import nats
-import pytest
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dispatcher.bus.bus_settings import BusSettings
-from dispatcher.bus.subjects import Subjects
-from dispatcher.bus.topology import ensure_affinity_consumers, ensure_consumer, ensure_streams
 from dispatcher.scheduling.affinity import home_buckets
-from modelbus.embedded_nats import NatsServer
-from tests.support.servers import small_streams
+from tests.unit.workers.conftest import BUCKETS, AffinityBus, until
 from workers.affinity_puller import AffinityPuller
 
-BUCKETS = 4
 
-
-class Bus:
-    def __init__(self, nc: NATS, subjects: Subjects, fifo: str, buckets: list[str]) -> None:
-        self.nc, self.subjects, self.fifo, self.buckets = nc, subjects, fifo, buckets
-
-    async def publish(self, bucket: int, body: str, ring: bool = True) -> None:
-        await self.nc.jetstream().publish(
-            self.subjects.affinity_request("m", "default", bucket), body.encode()
-        )
-        if ring:
-            await self.nc.publish(self.subjects.affinity_bell("m", "default", bucket), b"")
-
-    def puller(self, capacity: int, handler: Callable[[Msg], object], **options: float) -> AffinityPuller:
-        async def run(msg: Msg) -> None:
-            await handler(msg)  # type: ignore[misc]
-
-        return AffinityPuller(
-            self.nc,
-            self.subjects.request_stream,
-            self.fifo,
-            self.buckets,
-            self.subjects.affinity_bells("m", "default"),
-            capacity,
-            run,
-            **options,  # type: ignore[arg-type]
-        )
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    nc = await nats.connect(nats_server.url)
-    subjects = Subjects("t" + uuid.uuid4().hex[:10])
-    settings = BusSettings(
-        nats_url=nats_server.url, namespace=subjects.namespace, ack_wait_s=5, **small_streams()
-    )
-    js = nc.jetstream()
-    await ensure_streams(js, subjects, settings, nc.max_payload, msg_ttl=True)
-    fifo = await ensure_consumer(js, subjects, settings, "m")
-    buckets = await ensure_affinity_consumers(js, subjects, settings, "m", "default", BUCKETS)
-    yield Bus(nc, subjects, fifo, buckets)
-    await nc.close()
-
-
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
-async def test_a_worker_with_a_home_backlog_takes_home_work_first(bus: Bus) -> None:
+async def test_a_worker_with_a_home_backlog_takes_home_work_first(affinity_bus: AffinityBus) -> None:
     order: list[tuple[str, str | None]] = []
     puller: AffinityPuller
 
@@ -84,13 +25,13 @@ async def test_a_worker_with_a_home_backlog_takes_home_work_first(bus: Bus) -> N
         await msg.ack()
 
     for n in range(10):  # the other bucket's work is older ...
-        await bus.publish(1, f"other-{n}", ring=False)
+        await affinity_bus.publish(1, f"other-{n}", ring=False)
     for n in range(10):
-        await bus.publish(0, f"home-{n}", ring=False)
-    puller = bus.puller(2, handler)
+        await affinity_bus.publish(0, f"home-{n}", ring=False)
+    puller = affinity_bus.puller(2, handler)
     puller.set_home(frozenset({0}))
     task = asyncio.create_task(puller.run())
-    await _until(lambda: len(order) == 20)
+    await until(lambda: len(order) == 20)
     puller.stop()
     await task
     # ... but every home request went first, then the idle worker stole the rest.
@@ -101,7 +42,7 @@ async def test_a_worker_with_a_home_backlog_takes_home_work_first(bus: Bus) -> N
     assert puller.max_in_flight == 2
 
 
-async def _steal_delay(bus: Bus, grace_s: float) -> float:
+async def _steal_delay(affinity_bus: AffinityBus, grace_s: float) -> float:
     """Seconds from a publish to bucket 0 until a worker home only to bucket 3 takes it (stolen);
     the publish comes 0.2 s after the worker starts, and only its bell can wake it (no rescan)."""
     took: list[float] = []
@@ -110,26 +51,26 @@ async def _steal_delay(bus: Bus, grace_s: float) -> float:
         took.append(time.monotonic())
         await msg.ack()
 
-    puller = bus.puller(2, handler, steal_grace_s=grace_s, rescan_s=30.0)
+    puller = affinity_bus.puller(2, handler, steal_grace_s=grace_s, rescan_s=30.0)
     puller.set_home(frozenset({3}))
     task = asyncio.create_task(puller.run())
     await asyncio.sleep(0.2)
     sent = time.monotonic()
-    await bus.publish(0, "nobody-home")
-    await _until(lambda: len(took) == 1)
+    await affinity_bus.publish(0, "nobody-home")
+    await until(lambda: len(took) == 1)
     puller.stop()
     await task
     assert puller.taken == {"home": 0, "stolen": 1}
     return took[0] - sent
 
 
-async def test_an_idle_worker_steals_another_buckets_work(bus: Bus) -> None:
-    delay = await _steal_delay(bus, 0.05)  # the start-up scan's guesses were found empty by then
+async def test_an_idle_worker_steals_another_buckets_work(affinity_bus: AffinityBus) -> None:
+    delay = await _steal_delay(affinity_bus, 0.05)  # the start-up scan's guesses were found empty by then
     assert delay < 5.0  # from the bell, not from a rescan 30 s later
     assert delay >= 0.05  # after the grace that lets the home worker go first
 
 
-async def test_two_idle_workers_each_take_their_own_buckets(bus: Bus) -> None:
+async def test_two_idle_workers_each_take_their_own_buckets(affinity_bus: AffinityBus) -> None:
     seen: dict[str, list[str]] = {"a": [], "b": []}
 
     def handler_of(name: str) -> Callable[[Msg], object]:
@@ -140,16 +81,16 @@ async def test_two_idle_workers_each_take_their_own_buckets(bus: Bus) -> None:
         return handler
 
     # A grace far above a loopback round trip: the home worker always hears the bell first.
-    a = bus.puller(2, handler_of("a"), steal_grace_s=0.5)
-    b = bus.puller(2, handler_of("b"), steal_grace_s=0.5)
+    a = affinity_bus.puller(2, handler_of("a"), steal_grace_s=0.5)
+    b = affinity_bus.puller(2, handler_of("b"), steal_grace_s=0.5)
     a.set_home(frozenset({0, 1}))
     b.set_home(frozenset({2, 3}))
     tasks = [asyncio.create_task(p.run()) for p in (a, b)]
     await asyncio.sleep(0.2)
     for n in range(24):
-        await bus.publish(n % BUCKETS, f"{n % BUCKETS}-{n}")
+        await affinity_bus.publish(n % BUCKETS, f"{n % BUCKETS}-{n}")
         await asyncio.sleep(0.01)
-    await _until(lambda: len(seen["a"]) + len(seen["b"]) == 24)
+    await until(lambda: len(seen["a"]) + len(seen["b"]) == 24)
     for p in (a, b):
         p.stop()
     await asyncio.gather(*tasks)
@@ -158,7 +99,7 @@ async def test_two_idle_workers_each_take_their_own_buckets(bus: Bus) -> None:
     assert a.taken["stolen"] == b.taken["stolen"] == 0
 
 
-async def test_a_freed_worker_leaves_fresh_work_to_its_idle_home(bus: Bus) -> None:
+async def test_a_freed_worker_leaves_fresh_work_to_its_idle_home(affinity_bus: AffinityBus) -> None:
     """A bell heard while busy does not make later work of that bucket look old: the grace runs
     from the latest bell, so the idle home worker takes what was published a moment ago."""
     seen: dict[str, list[str]] = {"a": [], "b": []}
@@ -169,22 +110,22 @@ async def test_a_freed_worker_leaves_fresh_work_to_its_idle_home(bus: Bus) -> No
             seen[name].append(body)
             if body == "long":
                 await asyncio.sleep(0.8)  # busy past the grace of the bell for "early" ...
-                await bus.publish(2, "late")  # ... and free again just after "late" was published
+                await affinity_bus.publish(2, "late")  # ... and free again just after "late" was published
             await msg.ack()
 
         return handler
 
     # No rescan while the test runs: a freed slot goes straight to what the bells marked.
-    a = bus.puller(1, handler_of("a"), steal_grace_s=0.5, rescan_s=30.0)
-    b = bus.puller(2, handler_of("b"), steal_grace_s=0.5, rescan_s=30.0)
+    a = affinity_bus.puller(1, handler_of("a"), steal_grace_s=0.5, rescan_s=30.0)
+    b = affinity_bus.puller(2, handler_of("b"), steal_grace_s=0.5, rescan_s=30.0)
     a.set_home(frozenset({0, 1}))
     b.set_home(frozenset({2, 3}))
     tasks = [asyncio.create_task(p.run()) for p in (a, b)]
     await asyncio.sleep(0.7)  # the start-up scans' guesses are pulled and found empty
-    await bus.publish(0, "long")
-    await _until(lambda: seen["a"] == ["long"])
-    await bus.publish(2, "early")
-    await _until(lambda: len(seen["a"]) + len(seen["b"]) == 3)
+    await affinity_bus.publish(0, "long")
+    await until(lambda: seen["a"] == ["long"])
+    await affinity_bus.publish(2, "early")
+    await until(lambda: len(seen["a"]) + len(seen["b"]) == 3)
     await asyncio.sleep(0.6)  # past the grace of "late": a steal would have happened by now
     for p in (a, b):
         p.stop()
@@ -193,12 +134,12 @@ async def test_a_freed_worker_leaves_fresh_work_to_its_idle_home(bus: Bus) -> No
     assert a.taken["stolen"] == 0
 
 
-async def test_a_rescan_guess_does_not_age_a_later_bell(bus: Bus) -> None:
-    delay = await _steal_delay(bus, 0.4)  # the start-up scan's guess about bucket 0 is not yet due
+async def test_a_rescan_guess_does_not_age_a_later_bell(affinity_bus: AffinityBus) -> None:
+    delay = await _steal_delay(affinity_bus, 0.4)  # the start-up scan's guess about bucket 0 is not yet due
     assert delay >= 0.4  # the whole grace after the bell, not what was left of the scan's
 
 
-async def test_steady_bells_do_not_starve_stealing(bus: Bus) -> None:
+async def test_steady_bells_do_not_starve_stealing(affinity_bus: AffinityBus) -> None:
     """Bells faster than the grace never let the latest one grow old: the patience after the first
     bell still hands an idle slot the queued work of a home that does not take it."""
     took: list[float] = []
@@ -207,13 +148,13 @@ async def test_steady_bells_do_not_starve_stealing(bus: Bus) -> None:
         took.append(time.monotonic())
         await msg.ack()
 
-    puller = bus.puller(1, handler, steal_grace_s=0.3, rescan_s=0.5)  # patience max(0.5, 4 x 0.3)
+    puller = affinity_bus.puller(1, handler, steal_grace_s=0.3, rescan_s=0.5)  # patience max(0.5, 4 x 0.3)
     puller.set_home(frozenset({3}))
     task = asyncio.create_task(puller.run())
     await asyncio.sleep(0.2)
     first = time.monotonic()
     while not took and time.monotonic() - first < 5.0:
-        await bus.publish(0, "steady")
+        await affinity_bus.publish(0, "steady")
         await asyncio.sleep(0.02)
     puller.stop()
     await task
@@ -222,7 +163,7 @@ async def test_steady_bells_do_not_starve_stealing(bus: Bus) -> None:
     assert took[0] - first < 3.0
 
 
-async def test_per_bucket_runs_one_request_of_a_prompt_at_a_time(bus: Bus) -> None:
+async def test_per_bucket_runs_one_request_of_a_prompt_at_a_time(affinity_bus: AffinityBus) -> None:
     """With `per_bucket=1` a second request of a running bucket waits for the first (and then takes
     its slot) while other buckets' work fills the free slots; the wait costs no busy loop."""
     running: dict[str, int] = {}
@@ -240,13 +181,13 @@ async def test_per_bucket_runs_one_request_of_a_prompt_at_a_time(bus: Bus) -> No
         await msg.ack()
 
     for n in range(3):
-        await bus.publish(0, f"0-{n}")
-    await bus.publish(1, "1-0")
-    puller = bus.puller(4, handler, per_bucket=1)
+        await affinity_bus.publish(0, f"0-{n}")
+    await affinity_bus.publish(1, "1-0")
+    puller = affinity_bus.puller(4, handler, per_bucket=1)
     puller.set_home(frozenset({0, 1}))
     cpu, started = time.process_time(), time.monotonic()
     task = asyncio.create_task(puller.run())
-    await _until(lambda: len(order) == 4 and sum(running.values()) == 0, timeout=4)
+    await until(lambda: len(order) == 4 and sum(running.values()) == 0, timeout=4)
     wall, cpu = time.monotonic() - started, time.process_time() - cpu
     puller.stop()
     await task
@@ -257,11 +198,11 @@ async def test_per_bucket_runs_one_request_of_a_prompt_at_a_time(bus: Bus) -> No
     assert cpu < 0.5 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s: the puller spun while waiting"
 
 
-async def test_a_hot_bucket_keeps_its_home_as_others_turn_hot(bus: Bus) -> None:
+async def test_a_hot_bucket_keeps_its_home_as_others_turn_hot(affinity_bus: AffinityBus) -> None:
     """Buckets turning hot one by one raise the bounded load's cap; a bucket the cap moved to
     another worker is claimed there at once, so it does not move back when the cap grows (the
     flapping bench/affinity.py showed: prompts served cold on alternate workers)."""
-    pullers = {name: bus.puller(2, lambda msg: None) for name in ("w0", "w1")}
+    pullers = {name: affinity_bus.puller(2, lambda msg: None) for name in ("w0", "w1")}
     held: dict[str, list[int]] = {name: [] for name in pullers}
     hot: set[int] = set()
     owners: dict[int, list[str]] = {}
@@ -281,7 +222,7 @@ async def test_a_hot_bucket_keeps_its_home_as_others_turn_hot(bus: Bus) -> None:
     assert sorted(len(p.home & hot) for p in pullers.values()) == [BUCKETS // 2, BUCKETS // 2]
 
 
-async def test_never_more_than_capacity_across_buckets(bus: Bus) -> None:
+async def test_never_more_than_capacity_across_buckets(affinity_bus: AffinityBus) -> None:
     active = peak = 0
     done: list[str] = []
 
@@ -294,24 +235,26 @@ async def test_never_more_than_capacity_across_buckets(bus: Bus) -> None:
         done.append(msg.data.decode())
         await msg.ack()
 
-    puller = bus.puller(3, handler)
+    puller = affinity_bus.puller(3, handler)
     puller.set_home(frozenset({0}))
     task = asyncio.create_task(puller.run())
     for n in range(80):
-        await bus.publish(n % BUCKETS, str(n))
+        await affinity_bus.publish(n % BUCKETS, str(n))
     # Work published on the FIFO subject (while affinity was off) is still served.
-    await bus.nc.jetstream().publish(bus.subjects.request("m"), b"fifo")
-    await _until(lambda: len(done) == 81)
+    await affinity_bus.nc.jetstream().publish(affinity_bus.subjects.request("m"), b"fifo")
+    await until(lambda: len(done) == 81)
     puller.stop()
     await task
     assert sorted(done) == sorted([str(n) for n in range(80)] + ["fifo"])
     assert peak == 3 and puller.max_in_flight == 3
-    for name in [bus.fifo, *bus.buckets]:
-        info = await bus.nc.jetstream().consumer_info(bus.subjects.request_stream, name)
+    for name in [affinity_bus.fifo, *affinity_bus.buckets]:
+        info = await affinity_bus.nc.jetstream().consumer_info(affinity_bus.subjects.request_stream, name)
         assert info.num_pending == 0 and info.num_ack_pending == 0
 
 
-async def _one_slot_order(bus: Bus, each: int, service_s: float, warm_limit_s: float) -> list[str]:
+async def _one_slot_order(
+    affinity_bus: AffinityBus, each: int, service_s: float, warm_limit_s: float
+) -> list[str]:
     """The order in which a one-slot worker home to buckets 0 and 1 serves `each` queued requests
     of both (published alternately, before it starts)."""
     order: list[str] = []
@@ -322,25 +265,25 @@ async def _one_slot_order(bus: Bus, each: int, service_s: float, warm_limit_s: f
         await msg.ack()
 
     for n in range(each):
-        await bus.publish(0, f"0-{n}", ring=False)
-        await bus.publish(1, f"1-{n}", ring=False)
-    puller = bus.puller(1, handler, warm_limit_s=warm_limit_s)
+        await affinity_bus.publish(0, f"0-{n}", ring=False)
+        await affinity_bus.publish(1, f"1-{n}", ring=False)
+    puller = affinity_bus.puller(1, handler, warm_limit_s=warm_limit_s)
     puller.set_home(frozenset({0, 1}))
     task = asyncio.create_task(puller.run())
-    await _until(lambda: len(order) == 2 * each)
+    await until(lambda: len(order) == 2 * each)
     puller.stop()
     await task
     return order
 
 
-async def test_a_freed_slot_next_takes_its_own_buckets_work(bus: Bus) -> None:
-    order = await _one_slot_order(bus, 5, 0.005, warm_limit_s=30.0)
+async def test_a_freed_slot_next_takes_its_own_buckets_work(affinity_bus: AffinityBus) -> None:
+    order = await _one_slot_order(affinity_bus, 5, 0.005, warm_limit_s=30.0)
     # One switch between the buckets, not one per request: the slot stays with its prefix.
     switches = sum(a[0] != b[0] for a, b in itertools.pairwise(order))
     assert switches == 1, order
 
 
-async def test_a_bucket_waiting_past_the_warm_limit_gets_the_slot(bus: Bus) -> None:
-    order = await _one_slot_order(bus, 6, 0.02, warm_limit_s=0.0)  # no continuation: round robin
+async def test_a_bucket_waiting_past_the_warm_limit_gets_the_slot(affinity_bus: AffinityBus) -> None:
+    order = await _one_slot_order(affinity_bus, 6, 0.02, warm_limit_s=0.0)  # no continuation: round robin
     switches = sum(a[0] != b[0] for a, b in itertools.pairwise(order))
     assert switches >= 6, order
