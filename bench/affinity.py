@@ -182,6 +182,7 @@ class Sampler:
     def __init__(self, backends: list[str], nats_url: str, buckets: int) -> None:
         self.backends, self.nats_url, self.buckets = backends, nats_url, buckets
         self.samples: list[tuple[list[int], int]] = []
+        self.times: list[float] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         nc = await nats.connect(self.nats_url)
@@ -195,6 +196,7 @@ class Sampler:
                 infos = await lane_consumers(js, subjects, MODEL, "default", self.buckets)
                 queued = sum(info.num_pending or 0 for _, info in infos)
                 self.samples.append((busy, queued))
+                self.times.append(time.monotonic())
                 await asyncio.sleep(0.05)
         finally:
             await nc.close()
@@ -203,11 +205,25 @@ class Sampler:
         queued = [(busy, q) for busy, q in self.samples if q > 0]
         idle = sum(1 for busy, _ in queued if min(busy) == 0)
         free = sum(1 for busy, _ in queued if min(busy) < slots)
+        # A 50 ms sample also catches the moment between a publish and its pull (FIFO has those too):
+        # what matters is a backend left idle while work waits, so the stretches are measured as well.
+        stretches: list[float] = []
+        for n in range(len(self.backends)):
+            began: float | None = None
+            for (busy, q), at in zip(self.samples, self.times, strict=True):
+                idle_here = q > 0 and busy[n] == 0
+                if idle_here and began is None:
+                    began = at
+                elif not idle_here and began is not None:
+                    stretches.append(at - began)
+                    began = None
         return {
             "samples": len(self.samples),
             "samples_with_queue": len(queued),
             "backend_idle_while_queued": idle,
             "backend_free_slot_while_queued": free,
+            "idle_while_queued_longest_s": round(max(stretches, default=0.0), 2),
+            "idle_while_queued_over_250ms": sum(1 for s in stretches if s > 0.25),
         }
 
 
@@ -282,7 +298,10 @@ def run_case(args: argparse.Namespace, plan: list[tuple[int, str]], affinity: bo
             nats_url = start_nats(workdir, procs)
             setting = (
                 AffinityConfig(
-                    window_chars=args.window_chars, buckets=args.buckets, per_bucket=args.per_bucket
+                    window_chars=args.window_chars,
+                    buckets=args.buckets,
+                    per_bucket=args.per_bucket,
+                    guest_slots=args.guest_slots,
                 )
                 if affinity
                 else None
@@ -365,7 +384,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=4, help="closed-loop clients")
     parser.add_argument("--together", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--slots", type=int, default=4, help="llama-server --parallel = worker capacity")
+    # One slot per home prompt (8 prompts, two workers) and one guest slot for stolen work.
+    parser.add_argument("--slots", type=int, default=5, help="llama-server --parallel = worker capacity")
     parser.add_argument("--ctx-per-slot", type=int, default=2304)
     parser.add_argument("--threads", type=int, default=1, help="llama-server --threads (each)")
     parser.add_argument("--buckets", type=int, default=16)
@@ -376,6 +396,9 @@ def main() -> None:
     # another's work (docs/traffic.md, Prefix-cache affinity; 2 s stole a third of the work here).
     parser.add_argument("--per-bucket", type=int, default=1, help="affinity.per_bucket (0: no limit)")
     parser.add_argument("--steal-grace-ms", type=float, default=10_000.0)
+    # A guest slot takes stolen work at once (after a 50 ms grace for an idle home) and evicts no
+    # home prompt: the steal grace above then only decides when stolen work may take a home slot.
+    parser.add_argument("--guest-slots", type=int, default=1, help="affinity.guest_slots (0: none)")
     parser.add_argument("--modes", default="fifo,affinity")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--progress", type=Path, default=None, help="append each answer as a JSON line")
