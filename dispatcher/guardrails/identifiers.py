@@ -19,12 +19,14 @@ from functools import lru_cache
 import phonenumbers
 from schwifty import IBAN, registry
 from schwifty.exceptions import SchwiftyException
-from stdnum import verhoeff
+from stdnum import numdb, verhoeff
+from stdnum.be import nn
 from stdnum.br import cpf
 from stdnum.ca import sin
 from stdnum.cn import ric
 from stdnum.de import idnr
 from stdnum.es import dni, nie
+from stdnum.exceptions import ValidationError
 from stdnum.fr import nir
 from stdnum.in_ import aadhaar
 from stdnum.it import codicefiscale
@@ -32,7 +34,11 @@ from stdnum.jp import in_ as mynumber
 from stdnum.kr import rrn
 from stdnum.nl import bsn
 from stdnum.pl import pesel
+from stdnum.pt import nif
+from stdnum.ru import inn
+from stdnum.se import personnummer
 from stdnum.tr import tckimlik
+from stdnum.util import isdigits
 
 from dispatcher.guardrails.findings import Finding
 
@@ -166,7 +172,14 @@ def _iban_length(country: str) -> int | None:
 # --- US social security numbers -----------------------------------------------------------------
 # Hand-written: stdnum's us.ssn refuses the published sample numbers (078-05-1120...), which a masker
 # must still hide; the issuing rules themselves are these three.
-_SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}([-. ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-])")
+# Wrapped text may break the line beside a dash or dot ("123-45-\n6789", "359-10\n-2169") or, as for
+# cards, where a space was ("078 05\n1120"); at most once: with no checksum to vouch for it, numbers on
+# three lines ("123\n45\n6789") are a list. Each break is tried only after three or two digits, and
+# its indentation is one run of blanks: linear.
+_SSN = re.compile(
+    rf"(?<![\d-])(?!000|666|9\d\d)\d{{3}}(?:(?:{_WRAP})?([-.])(?:{_WRAP})?| |{_WRAP})(?!00)\d{{2}}"
+    rf"(?(1)(?:{_WRAP})?\1(?:{_WRAP})?|(?: |{_WRAP}))(?!0000)\d{{4}}(?![\d-])"
+)
 _SSN_BARE = re.compile(
     r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\W{0,5}((?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4})\b"
 )
@@ -174,7 +187,8 @@ _SSN_BARE = re.compile(
 
 def ssns(text: str) -> Iterator[Finding]:
     for m in _SSN.finditer(text):
-        yield Finding("ssn", m.start(), m.end())
+        if m.group().count("\n") <= 1:
+            yield Finding("ssn", m.start(), m.end())
     lowered = text.lower()
     if "ssn" in lowered or "social security" in lowered:
         for m in _SSN_BARE.finditer(text):
@@ -188,6 +202,23 @@ def ssns(text: str) -> Iterator[Finding]:
 # Formats with a date and a check digit (Chinese, Korean, Italian, Brazilian when punctuated) stand on
 # their own; bare 9-12 digit ids collide with order numbers unless their name is next to them.
 Validator = Callable[[str], bool]
+
+
+def _resident_id_ok(candidate: str) -> bool:
+    """A Chinese resident id: stdnum's check digit, birth date and county table, without the condition
+    of its `cn.ric.is_valid` that the county code existed in the birth year. The code is where the
+    holder was registered when the id was issued (from 1984), so ids of everyone born before their
+    county's code (most date from 1983) fail it: 330106… (Hangzhou Xihu, 1983-) of a 1965 birth."""
+    number = ric.compact(candidate.replace(" ", "").replace("-", ""))
+    if len(number) != 18 or not isdigits(number[:-1]) or number[-1] != ric.calc_check_digit(number):
+        return False
+    try:
+        ric.get_birth_date(number)
+    except ValidationError:
+        return False
+    return any("county" in props for _, props in numdb.get("cn/loc").info(number[:6]))
+
+
 _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] = (
     # A DNI is also written with thousands dots ("13.567.288-W"), which stdnum does not strip.
     (re.compile(r"(?i)(?<![0-9a-z.])(?:\d{8}|\d{2}\.\d{3}\.\d{3})[ -]?[a-z](?![0-9a-z])"), lambda v: dni.is_valid(v.replace(".", "")), None),
@@ -202,12 +233,21 @@ _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] =
     (re.compile(r"(?i)(?<![0-9a-z])[12] ?\d{2} ?(?:0[1-9]|1[0-2]) ?(?:\d{2}|2[ab]) ?\d{3} ?\d{3} ?\d{2}(?![0-9a-z])"), nir.is_valid, None),
     (re.compile(r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?![\d.])"), cpf.is_valid, None),
     # Also grouped as region, birth date and sequence ("440305 19830711 7737"), which stdnum does not strip.
-    (re.compile(r"(?i)(?<![\d-])\d{6}([ -]?)\d{8}\1\d{3}[\dx](?![\d-]|[a-z])"), lambda v: ric.is_valid(v.replace(" ", "").replace("-", "")), None),
+    (re.compile(r"(?i)(?<![\d-])\d{6}([ -]?)\d{8}\1\d{3}[\dx](?![\d-]|[a-z])"), _resident_id_ok, None),
     (re.compile(r"(?<![\d-])\d{6}-\d{7}(?![\d-])"), rrn.is_valid, None),
     (re.compile(r"(?<!\d)\d{11}(?!\d)"), cpf.is_valid, ("cpf",)),
     (re.compile(r"(?<!\d)\d{11}(?!\d)"), pesel.is_valid, ("pesel",)),
     (re.compile(r"(?<!\d)\d{11}(?!\d)"), tckimlik.is_valid, ("tc ", "t.c.", "tckn", "kimlik")),
-    (re.compile(r"(?<!\d)\d{2} ?\d{3} ?\d{3} ?\d{3}(?!\d)"), idnr.is_valid, ("steuer-id", "steuerid", "steueridentifikation", "idnr")),
+    # Also in pairs ("65 35 90 82 40 6"); "Steuerliche Identifikationsnummer" is its name on the tax letter.
+    (re.compile(r"(?<!\d)(?:\d{2} ?\d{3} ?\d{3} ?\d{3}|\d{2}(?: \d{2}){4} \d)(?!\d)"), idnr.is_valid, ("steuer-id", "steuerid", "steueridentifikation", "identifikationsnummer", "idnr")),
+    # Belgian national number: as printed (birth date, sequence, mod-97 check) it stands on its own.
+    (re.compile(r"(?<![\d.-])\d{2}\.\d{2}\.\d{2}-\d{3}\.\d{2}(?![\d-]|\.\d)"), nn.is_valid, None),
+    (re.compile(r"(?<![\d.-])\d{6}[ -]?\d{3}[ .-]?\d{2}(?![\d-]|\.\d)"), nn.is_valid, ("rijksregister", "registre national", "numéro national", "numero national", "nationaal nummer", "insz", "niss", "national number")),
+    # Portuguese NIF, Swedish personnummer (a date and a Luhn digit), Russian INN (10 digits, or 12 with
+    # two check digits): bare runs that one order number in ten to a hundred passes, so only after their name.
+    (re.compile(r"(?<![\d-])(?:\d{9}|\d{3} \d{3} \d{3})(?![\d-])"), nif.is_valid, ("nif", "contribuinte", "número fiscal", "numero fiscal", "identificação fiscal")),
+    (re.compile(r"(?<![\d-])(?:\d{2})?\d{6}[- ]?\d{4}(?![\d-])"), personnummer.is_valid, ("personnummer", "personnr", "pers.nr", "samordningsnummer", "personal identity number")),
+    (re.compile(r"(?<![\d-])(?:\d{12}|\d{10})(?![\d-])"), inn.is_valid, ("инн", "inn ", "inn:", "taxpayer identification number", "идентификационный номер налогоплательщика")),
     (re.compile(r"(?<!\d)\d{4}[ .]?\d{2}[ .]?\d{3}(?!\d)"), bsn.is_valid, ("bsn", "burgerservicenummer", "sofinummer")),
     (re.compile(r"(?<!\d)\d{4}[ -]?\d{4}[ -]?\d{4}(?!\d)"), mynumber.is_valid, ("マイナンバー", "個人番号", "my number", "mynumber")),
 )  # fmt: skip

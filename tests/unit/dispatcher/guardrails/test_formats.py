@@ -3,6 +3,8 @@ output; normalization maps findings back so masking replaces exactly what was wr
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,6 +55,29 @@ MISSED = [
     # Round five: a card wrapped once, anywhere, by a notes app (after a card word).
     ("Here's the card, it wrapped:\n44422549\n28394213\nexp 03/27", "card", "44422549\n28394213"),
     ("Kreditkarte:\n4111111111\n111111 bitte", "card", "4111111111\n111111"),
+    # The fifth blind set's misses (heldout.jsonl, tuning data since): the at-sign's name in other
+    # languages, national ids of Portugal, Belgium, Sweden, Russia, Germany in pairs, China before 1983,
+    # an SSN wrapped beside its dash.
+    ("Adresse: sabine punkt vogt ät posteo punkt de, danke", "email", "sabine punkt vogt ät posteo punkt de"),
+    ("mon mail : julien arobase orange point fr", "email", "julien arobase orange point fr"),
+    ("écris à julien arobase orange.fr", "email", "julien arobase orange.fr"),
+    ("a lucia.ortega (arroba) telefonica (punto) es", "email", "lucia.ortega (arroba) telefonica (punto) es"),
+    ("o meu email é rui.sampaio arroba sapo ponto pt", "email", "rui.sampaio arroba sapo ponto pt"),
+    ("Il mio indirizzo è giulia chiocciola libero punto it", "email", "giulia chiocciola libero punto it"),
+    ("Mój adres: tomasz.wisniewski małpa wp kropka pl", "email", "tomasz.wisniewski małpa wp kropka pl"),
+    ("почта: andrey.smirnov собака yandex точка ru", "email", "andrey.smirnov собака yandex точка ru"),
+    ("Quer fatura com contribuinte? Sim, NIF 196 407 036.", "national_id", "196 407 036"),
+    ("Numéro de registre national : 85.07.30-033.28", "national_id", "85.07.30-033.28"),
+    ("Rijksregisternummer 85073003328, graag", "national_id", "85073003328"),
+    ("Sökandens personnummer är 19860304-3897.", "national_id", "19860304-3897"),
+    ("The applicant's personnummer is 860304-3897.", "national_id", "860304-3897"),
+    ("ИНН физлица: 777580423780, для справки.", "national_id", "777580423780"),
+    ("ИНН организации 7707083893.", "national_id", "7707083893"),
+    ("Steuerliche Identifikationsnummer: 65 35 90 82 41 4", "national_id", "65 35 90 82 41 4"),
+    ("身份证号：330106196506042564，请核对。", "national_id", "330106196506042564"),
+    ("身份证 33010619650604018X 请核对", "national_id", "33010619650604018X"),
+    ("SSN on the second page:\n359-10\n-2169", "ssn", "359-10\n-2169"),
+    ("SSN 123-45-\n6789 on file", "ssn", "123-45-\n6789"),
 ]
 
 
@@ -69,7 +94,9 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
     sent = []
     answer = "Here is what you asked for, as recorded in the customer file today: " + text + " - done."
     for i in range(0, len(answer), 3):
-        chunk = {"choices": [{"index": 0, "delta": {"content": answer[i : i + 3]}, "finish_reason": None}]}
+        chunk: dict[str, Any] = {
+            "choices": [{"index": 0, "delta": {"content": answer[i : i + 3]}, "finish_reason": None}]
+        }
         guard.chunk(chunk)
         sent.append(chunk["choices"][0]["delta"]["content"])
     last = guard.finish()
@@ -94,6 +121,19 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "We met at the point where the road ends.",
         "This test card number should be rejected by the form: 4826 6367 0225 3426",  # no Aadhaar inside
         "Order refs:\n44422549\n28394213\n",  # two 8-digit numbers that pass Luhn together, no card word
+        # The at-sign's names are ordinary words without an address around them.
+        "Der Hund ät nicht, sagt Sabine.",
+        "la chiocciola è un mollusco",
+        "моя собака любит гулять, сайт yandex.ru",
+        "Kom och ät mat.se",  # Swedish "eat": "ät" needs a written-out dot
+        "En español @ se llama arroba punto com.",
+        # National ids without their name, or with a wrong check digit.
+        "Order 860304-3897 shipped",
+        "Ref 777580423780 ok",
+        "NIF 196407037",
+        "身份证号：330106196506042563，请核对。",  # the fifth set's, check digit 3 where 4 is due
+        # Numbers on three lines are a list, not a wrapped SSN.
+        "Totals:\n123\n45\n6789",
     ],
 )
 def test_lookalikes_are_left_alone(text: str) -> None:
