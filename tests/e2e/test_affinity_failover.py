@@ -32,7 +32,9 @@ BUCKETS = 8
 def affinity_stack(tmp_path: Path, namespace: str) -> Iterator[Stack]:
     with stoppable_postgres("modelbus-aff-pg-") as postgres:
         upgrade(postgres.url)
-        yield from _stack(tmp_path, namespace, postgres, AffinityConfig(window_chars=256, buckets=BUCKETS))
+        # Guest slots too: stolen work takes them at once, so steals are frequent under the faults.
+        affinity = AffinityConfig(window_chars=256, buckets=BUCKETS, guest_slots=2)
+        yield from _stack(tmp_path, namespace, postgres, affinity)
 
 
 def _delivered(stack: Stack) -> tuple[int, list[int]]:
