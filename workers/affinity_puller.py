@@ -118,6 +118,7 @@ class AffinityPuller(CapacityPuller):
         self._scan_at = 0.0
         self._open_source: int | None = None
         self._open_sent_at = 0.0
+        self._open_for_guests = False  # the open pull asked only for free guest slots
         self._batch_at = 0.0
         self._batch_wait_s = _BATCH_POLL_MIN_S
         self.taken: dict[Affinity, int] = {"home": 0, "stolen": 0}
@@ -225,7 +226,8 @@ class AffinityPuller(CapacityPuller):
         if chosen is not None:
             self._open_source, self._open_sent_at = chosen, now
             room = self._room(chosen, free)
-            if self._pins is not None and self._due_for_any_slot(chosen) > now:
+            self._open_for_guests = self._pins is not None and self._due_for_any_slot(chosen) > now
+            if self._open_for_guests and self._pins is not None:
                 room = min(room, self._pins.free_guests)  # ripe for a guest slot only
             await self._pull(self._sources[chosen], room, None)
             return
@@ -247,8 +249,10 @@ class AffinityPuller(CapacityPuller):
                 self._guessed.discard(source)
                 if filled:
                     self._marked[source] = now  # may hold more: to the back of the line
-                    if source not in self.home:
-                        self._backlog.add(source)  # its home is not keeping up: keep stealing
+                    if source not in self.home and not self._open_for_guests:
+                        # Its home is not keeping up: keep stealing. (Filling the guest slots says
+                        # nothing of the kind: they asked for less than the free slots.)
+                        self._backlog.add(source)
                 else:
                     self._backlog.discard(source)
                     if self._rung.get(source, 0.0) >= self._open_sent_at:

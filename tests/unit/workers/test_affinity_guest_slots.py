@@ -79,3 +79,34 @@ async def test_home_work_fills_the_home_slots_before_the_guest_slot(affinity_bus
     # Two home slots for three home requests at once: the third takes the guest slot rather than wait.
     assert sorted(s for s in slots if s is not None) == [0, 1, 2]
     assert 2 not in slots[:2]
+
+
+async def test_a_steal_that_fills_the_guest_slot_leaves_the_home_slots_alone(
+    affinity_bus: AffinityBus,
+) -> None:
+    """Three of another worker's requests: one goes to the free guest slot, and the two free home
+    slots leave the rest to their home for the steal grace (a full guest pull is not a backlog)."""
+    taken: list[tuple[str | None, int | None]] = []
+    release = asyncio.Event()
+    puller: AffinityPuller
+
+    async def handler(msg: Msg) -> None:
+        taken.append((puller.affinity(msg), puller.slot(msg)))
+        await release.wait()
+        await msg.ack()
+
+    for n in range(3):
+        await affinity_bus.publish(0, f"stolen-{n}")
+    puller = affinity_bus.puller(
+        3, handler, guest_slots=1, guest_grace_s=0.05, steal_grace_s=30.0, rescan_s=0.2
+    )
+    puller.set_home(frozenset({3}))
+    task = asyncio.create_task(puller.run())
+    try:
+        await until(lambda: len(taken) == 1, timeout=5)
+        await asyncio.sleep(1.0)  # five rescans
+        assert taken == [("stolen", 2)]
+    finally:
+        release.set()
+        puller.stop()
+        await task
