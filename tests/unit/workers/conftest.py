@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dispatcher.bus.bus_settings import BusSettings
 from dispatcher.bus.subjects import Subjects
-from dispatcher.bus.topology import ensure_affinity_consumers, ensure_consumer, ensure_streams
-from modelbus.embedded_nats import NatsServer
-from tests.support.servers import small_streams
+from dispatcher.bus.topology import ensure_affinity_consumers, ensure_consumer
+from tests.unit.conftest import Bus
 from workers.affinity_puller import AffinityPuller
 
 BUCKETS = 4
@@ -50,25 +46,11 @@ class AffinityBus:
 
 
 @pytest.fixture
-async def affinity_bus(nats_server: NatsServer) -> AsyncIterator[AffinityBus]:
-    nc = await nats.connect(nats_server.url)
-    subjects = Subjects("t" + uuid.uuid4().hex[:10])
-    settings = BusSettings(
-        nats_url=nats_server.url, namespace=subjects.namespace, ack_wait_s=5, **small_streams()
-    )
-    js = nc.jetstream()
-    await ensure_streams(js, subjects, settings, nc.max_payload, msg_ttl=True)
-    fifo = await ensure_consumer(js, subjects, settings, "m")
-    buckets = await ensure_affinity_consumers(js, subjects, settings, "m", "default", BUCKETS)
-    yield AffinityBus(nc, subjects, fifo, buckets)
-    await nc.close()
-
-
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+async def affinity_bus(bus: Bus) -> AffinityBus:
+    """The request streams of a fresh namespace with a FIFO consumer and BUCKETS bucket consumers."""
+    fifo = await ensure_consumer(bus.js, bus.subjects, bus.settings, "m")
+    buckets = await ensure_affinity_consumers(bus.js, bus.subjects, bus.settings, "m", "default", BUCKETS)
+    return AffinityBus(bus.nc, bus.subjects, fifo, buckets)
 
 
 async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:

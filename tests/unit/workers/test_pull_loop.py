@@ -5,34 +5,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
-from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dispatcher.bus.bus_settings import BusSettings
 from dispatcher.bus.subjects import Subjects
-from dispatcher.bus.topology import ensure_consumer, ensure_streams
-from modelbus.embedded_nats import NatsServer
-from tests.support.servers import small_streams
+from dispatcher.bus.topology import ensure_consumer
+from tests.unit.conftest import Bus
 from workers.pull_loop import CapacityPuller
 
 
 @pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[tuple[NATS, Subjects, str]]:
-    nc = await nats.connect(nats_server.url)
-    subjects = Subjects("t" + uuid.uuid4().hex[:10])
-    settings = BusSettings(
-        nats_url=nats_server.url, namespace=subjects.namespace, ack_wait_s=5, **small_streams()
-    )
-    js = nc.jetstream()
-    await ensure_streams(js, subjects, settings, nc.max_payload, msg_ttl=True)
-    consumer = await ensure_consumer(js, subjects, settings, "m")
-    yield nc, subjects, consumer
-    await nc.close()
+async def bus(bus: Bus) -> tuple[NATS, Subjects, str]:
+    """The shared fixture's streams with the interactive lane's consumer of model `m`."""
+    consumer = await ensure_consumer(bus.js, bus.subjects, bus.settings, "m")
+    return bus.nc, bus.subjects, consumer
 
 
 async def _publish(nc: NATS, subjects: Subjects, count: int) -> None:
