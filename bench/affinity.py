@@ -131,7 +131,7 @@ def system_prompt(n: int, words: int = PROMPT_WORDS) -> str:
     return "\n".join(lines)
 
 
-def _llama(procs: Processes, name: str, parallel: int, ctx_per_slot: int, threads: int) -> str:
+def _llama(procs: Processes, name: str, parallel: int, ctx_per_slot: int, threads: int, batch: int) -> str:
     binary = find_llama_server()
     if binary is None:
         raise SystemExit("llama-server is not built: bash scripts/build-llama-server.sh")
@@ -139,7 +139,7 @@ def _llama(procs: Processes, name: str, parallel: int, ctx_per_slot: int, thread
     argv = [
         str(binary), "--model", str(gemma_model_path()), "--host", "127.0.0.1", "--port", str(port),
         "--parallel", str(parallel), "--ctx-size", str(ctx_per_slot * parallel), "--threads", str(threads),
-        "--alias", ALIAS, "--cache-ram", "0", "--metrics", "--slots",
+        "--alias", ALIAS, "--cache-ram", "0", "--metrics", "--slots", "--batch-size", str(batch),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
     procs.spawn(name, argv, env)
@@ -287,7 +287,8 @@ def run_case(args: argparse.Namespace, plan: list[tuple[int, str]], affinity: bo
         procs = Processes(workdir)
         try:
             backends = [
-                _llama(procs, f"llama-{n}", args.slots, args.ctx_per_slot, args.threads) for n in range(2)
+                _llama(procs, f"llama-{n}", args.slots, args.ctx_per_slot, args.threads, args.batch)
+                for n in range(2)
             ]
             tokens = min(
                 len(_post(backends[0], "/tokenize", {"content": system_prompt(n)})["tokens"])
@@ -388,6 +389,10 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=5, help="llama-server --parallel = worker capacity")
     parser.add_argument("--ctx-per-slot", type=int, default=2304)
     parser.add_argument("--threads", type=int, default=1, help="llama-server --threads (each)")
+    # Chunked prefill, as vLLM does by default: llama-server puts every slot's work in one batch per
+    # step, so with its default of 2,048 a cold 1,500-token prompt holds up the other slots' next
+    # tokens for its whole prefill; 512 (its micro-batch) lets them through every 512 prompt tokens.
+    parser.add_argument("--batch", type=int, default=512, help="llama-server --batch-size")
     parser.add_argument("--buckets", type=int, default=16)
     parser.add_argument("--window-chars", type=int, default=1024)
     # llama.cpp keeps one prompt per slot: a second request of a running prompt would be prefilled

@@ -37,10 +37,11 @@ the grace for long, `patience` after the first bell since the bucket was last se
 stealing cannot be starved by a busy bucket's steady bells).
 
 With `guest_slots` (workers/slot_pins.py) every request is pinned to a backend slot and the last
-`guest_slots` of them take stolen work, which can then evict no home prompt: while a guest slot is
-free, another worker's bucket is ripe `guest_grace_s` after its latest bell (just long enough for
-an idle home worker to take it first), so a worker with a free guest slot never idles while another
-has a queue; the steal grace still decides when stolen work may take a home slot.
+`guest_slots` of them take stolen work, which can then evict no home prompt: for a worker with
+nothing in flight, another worker's bucket is ripe `guest_grace_s` after its latest bell (just long
+enough for an idle home worker to take it first), so no worker idles while another has a queue;
+the steal grace still decides when stolen work may take a home slot, or a guest slot of a worker
+that is busy with its own.
 """
 
 from __future__ import annotations
@@ -186,7 +187,9 @@ class AffinityPuller(CapacityPuller):
         """When a marked source may be pulled: a home one at once, another worker's once ripe (for
         a free guest slot sooner)."""
         due = self._due_for_any_slot(source)
-        if self._pins is not None and self._pins.free_guests and source not in self.home:
+        # Only an idle worker: a cold prefill beside its own requests would hold up their tokens
+        # (llama.cpp puts every slot's work in one batch), and a busy worker is no idle slot.
+        if self._pins is not None and self.in_flight == 0 and source not in self.home:
             last_bell = max(self._marked[source], self._rung.get(source, 0.0))
             return min(due, last_bell + self._guest_grace_s)
         return due

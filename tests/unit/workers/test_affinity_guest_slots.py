@@ -1,6 +1,6 @@
-"""Guest slots against a real nats-server: a worker with a free guest slot takes another worker's
-new work after the short guest grace, pinned to the guest slot; stolen work waits for the full steal
-grace before it may take a home slot; home work is pinned to the home slots."""
+"""Guest slots against a real nats-server: an idle worker takes another worker's new work after the
+short guest grace, pinned to its guest slot; stolen work waits for the full steal grace before it
+may take a home slot or the guest slot of a busy worker; home work is pinned to the home slots."""
 
 from __future__ import annotations
 
@@ -46,8 +46,13 @@ async def test_a_free_guest_slot_takes_stolen_work_at_once_and_only_there(affini
         assert taken["home-1"][1:] == ("home", 0)
         await asyncio.sleep(1.0)
         assert "stolen-2" not in taken
-        # ... and takes the guest slot as soon as it is free.
+        # ... and, the guest slot free again, still waits while the worker runs work of its own
+        # (a cold prefill beside it would hold up its tokens) ...
         release["stolen-1"].set()
+        await asyncio.sleep(0.5)
+        assert "stolen-2" not in taken
+        # ... and goes to the guest slot as soon as the worker is idle.
+        release["home-1"].set()
         await until(lambda: "stolen-2" in taken, timeout=5)
         assert taken["stolen-2"][1:] == ("stolen", 2)
         assert puller.max_in_flight == 2
