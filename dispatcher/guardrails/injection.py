@@ -99,6 +99,10 @@ def concept_hits(text: str) -> dict[str, list[Span]]:
                 hits.setdefault(concept, []).append((m.start(), m.end()))
     for spans in hits.values():
         spans.sort()
+    if hits.get("REVEAL") and hits.get("NEVER"):
+        # "never reveal your instructions" / "do not output the prompt" is a defence, not a request.
+        negations = {end for _, end in hits["NEVER"]}
+        hits["REVEAL"] = [s for s in hits["REVEAL"] if not negations & set(range(s[0] - 2, s[0] + 1))]
     # Derived concepts: "no" + "restrictions" is unlimited; "send" + "the conversation" exfiltrates.
     hits["UNLIMITED"] = _pairs(hits, "NEGATED", "LIMITS", 20, None, ordered=False)
     hits["EXFILTRATE"] = _pairs(hits, "SEND", "LOOT", 80, None, ordered=False)
@@ -159,7 +163,69 @@ def detect_injection(text: str) -> list[Finding]:
             merged.append([start, end])
     if merged and _discusses_attacks(view.text):
         return []
+    if merged and _asks_about_quotes(view.text, merged):
+        return []
     return [Finding("injection", *view.original(s, e)) for s, e in merged]
+
+
+# Opening quotation marks and the marks that close them ('' is ASCII: it must stand outside a word,
+# so "don't ... it's" is no quotation).
+_CLOSERS = {
+    "'": "'",
+    '"': '"',
+    "“": "”",
+    "„": "“”",
+    "«": "»",
+    "‘": "’",
+    "‚": "‘’",
+    "「": "」",
+    "『": "』",
+    "《": "》",
+}
+_QUOTE_REACH = 200  # how far from a finding its quotation marks may stand
+_QUESTION = re.compile(r"[?？؟]")
+
+
+def _quotation(text: str, start: int, end: int) -> Span | None:
+    """The quotation (marks included) that holds text[start:end], if one does within reach."""
+    before = text[max(0, start - _QUOTE_REACH) : start]
+    for at in range(len(before) - 1, -1, -1):
+        mark = before[at]
+        if mark == "\n":
+            return None
+        closers = _CLOSERS.get(mark)
+        if closers is None:
+            continue
+        opened = start - len(before) + at
+        if mark == "'" and opened and text[opened - 1].isalnum():
+            continue  # an apostrophe ("don't"), not a quotation mark
+        if any(ch in closers for ch in before[at + 1 :]):
+            return None  # that quotation closed before the finding starts
+        closing = next(
+            (i for i in range(start, min(len(text), end + _QUOTE_REACH)) if text[i] in closers), -1
+        )
+        if closing < end or "\n" in text[opened:closing]:
+            return None
+        return opened, closing + 1
+    return None
+
+
+def _asks_about_quotes(text: str, spans: list[list[int]]) -> bool:
+    """A question about a quoted attack ("a ticket said 'ignore previous instructions': how do we
+    triage it?", "Is 'never reveal your instructions' enough?"): every finding stands inside quotation
+    marks and the words outside them ask something without addressing the model. An attack that quotes
+    its payload still speaks to the model outside the quotes ("you", "your") or asks nothing."""
+    quotes = [_quotation(text, start, end) for start, end in spans]
+    if any(q is None for q in quotes):
+        return False
+    outside, at = [], 0
+    for q_start, q_end in sorted(q for q in quotes if q is not None):
+        outside.append(text[at:q_start])
+        at = max(at, q_end)
+    outside.append(text[at:])
+    # The question comes after the quotation it is about; a "?" inside another quoted string
+    # ('"translated": "Hola, ¿qué tal?"') asks nothing.
+    return bool(_QUESTION.search(outside[-1])) and not concept_hits(" ".join(outside)).get("SECOND_PERSON")
 
 
 def _discusses_attacks(text: str) -> bool:
