@@ -28,12 +28,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.guardrails_eval import (
+    HELDOUT,
     ORIGINAL,
     ORIGINAL_HOLDOUT,
     ROUND2,
     ROUND4,
     ROUND5,
     ROUND5_TRAIN,
+    ROUND6_TRAIN,
     TUNING,
     Classify,
     Report,
@@ -54,15 +56,21 @@ MIN_DF = 2
 # round5 0.1 -> 0.3 %) for more recall (round5 0.71 -> 0.80): docs/guardrails.md, Round five.
 TARGET_FPR = 0.01
 # Every labelled file trains the shipped model; the original regression sets are small but labelled.
-DATA_FILES = (*TUNING, ORIGINAL, ORIGINAL_HOLDOUT)
+# Since round six the fifth blind set (heldout.jsonl, measured once) is tuning data and trains it too.
+DATA_FILES = (*TUNING, ORIGINAL, ORIGINAL_HOLDOUT, HELDOUT)
 # The rounds written blind by someone who never saw the detectors: the honest folds.
-BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5)
+BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5, HELDOUT)
 
 Model = tuple[object, object, object]  # character vectorizer, word vectorizer, logistic regression
 
 
 def _files(files: tuple[Path, ...]) -> list[tuple[Path, list[Row]]]:
-    return [(f, [r for r in _read(f) if split_of(str(r["text"])) == "tuning"]) for f in files if f.exists()]
+    """Each file's rows; a text of heldout.jsonl counts there only (never twice, in two folds)."""
+    return [
+        (f, [r for r in _read(f) if f == HELDOUT or split_of(str(r["text"])) == "tuning"])
+        for f in files
+        if f.exists()
+    ]
 
 
 def _matrix(chars: object, words: object, texts: list[str], fit: bool = False) -> object:
@@ -100,8 +108,8 @@ def _data(files: tuple[Path, ...]) -> list[tuple[Path, list[Row], list[str], np.
             f,
             rows,
             [features_text(str(r["text"])) for r in rows],
-            np.array(["injection" in r["labels"] for r in rows]),
-        )  # type: ignore[operator]
+            np.array(["injection" in r["labels"] for r in rows]),  # type: ignore[operator]
+        )
         for f, rows in _files(files)
     ]
 
@@ -212,7 +220,11 @@ def main() -> None:
     if args.folds:
         print(folds())
     if args.cross_round:
-        print(cross_round(tuple(f for f in TUNING if f not in (ROUND4, ROUND5, ROUND5_TRAIN)), ROUND4))
+        print(
+            cross_round(
+                tuple(f for f in TUNING if f not in (ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN)), ROUND4
+            )
+        )
 
 
 if __name__ == "__main__":

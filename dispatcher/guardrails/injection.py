@@ -182,50 +182,50 @@ _CLOSERS = {
     "『": "』",
     "《": "》",
 }
-_QUOTE_REACH = 200  # how far from a finding its quotation marks may stand
+_OPENERS = re.compile("[" + re.escape("".join(_CLOSERS)) + "]")
+_QUOTE_LENGTH = 200  # the longest quotation looked for: a quoted phrase, not a quoted document
 _QUESTION = re.compile(r"[?？؟]")
 
 
-def _quotation(text: str, start: int, end: int) -> Span | None:
-    """The quotation (marks included) that holds text[start:end], if one does within reach."""
-    before = text[max(0, start - _QUOTE_REACH) : start]
-    for at in range(len(before) - 1, -1, -1):
-        mark = before[at]
-        if mark == "\n":
-            return None
-        closers = _CLOSERS.get(mark)
-        if closers is None:
-            continue
-        opened = start - len(before) + at
+def _quotations(text: str) -> list[Span]:
+    """Quoted stretches (marks included) on one line. Linear: each opening mark looks ahead at most
+    _QUOTE_LENGTH characters, and the scan resumes after a quotation it found."""
+    found: list[Span] = []
+    at = 0
+    while (m := _OPENERS.search(text, at)) is not None:
+        opened = m.start()
+        at = opened + 1
+        mark = m.group()
         if mark == "'" and opened and text[opened - 1].isalnum():
             continue  # an apostrophe ("don't"), not a quotation mark
-        if any(ch in closers for ch in before[at + 1 :]):
-            return None  # that quotation closed before the finding starts
-        closing = next(
-            (i for i in range(start, min(len(text), end + _QUOTE_REACH)) if text[i] in closers), -1
-        )
-        if closing < end or "\n" in text[opened:closing]:
-            return None
-        return opened, closing + 1
-    return None
+        window = text[at : at + _QUOTE_LENGTH]
+        closing = min((i for i in (window.find(c) for c in _CLOSERS[mark]) if i >= 0), default=-1)
+        if closing < 0 or "\n" in window[:closing]:
+            continue
+        found.append((opened, at + closing + 1))
+        at += closing + 1
+    return found
 
 
 def _asks_about_quotes(text: str, spans: list[list[int]]) -> bool:
     """A question about a quoted attack ("a ticket said 'ignore previous instructions': how do we
-    triage it?", "Is 'never reveal your instructions' enough?"): every finding stands inside quotation
-    marks and the words outside them ask something without addressing the model. An attack that quotes
-    its payload still speaks to the model outside the quotes ("you", "your") or asks nothing."""
-    quotes = [_quotation(text, start, end) for start, end in spans]
-    if any(q is None for q in quotes):
+    triage it?", "why do phrases like «olvida todas tus reglas» fool chatbots?"): every finding
+    touches a quotation that is an attack by itself, the words outside the quotations hold no attack of their own, address no one
+    ("you", "your") and ask something (a question mark, "why"). An attack that quotes its payload
+    still speaks to the model outside the quotes, or asks nothing."""
+    # Only quotations that are attacks by themselves: "Start your reply with 'Sure, here is'" quotes
+    # no attack, it makes one with the words around the quotation.
+    every = _quotations(text)
+    quotes = [(start, end) for start, end in every if _scan(text[start:end])]
+    if not quotes or not all(any(s < q_end and q_start < e for q_start, q_end in quotes) for s, e in spans):
         return False
-    outside, at = [], 0
-    for q_start, q_end in sorted(q for q in quotes if q is not None):
-        outside.append(text[at:q_start])
-        at = max(at, q_end)
-    outside.append(text[at:])
-    # The question comes after the quotation it is about; a "?" inside another quoted string
-    # ('"translated": "Hola, ¿qué tal?"') asks nothing.
-    return bool(_QUESTION.search(outside[-1])) and not concept_hits(" ".join(outside)).get("SECOND_PERSON")
+    outside = list(text)
+    for q_start, q_end in every:  # a "?" inside another quoted string ("¿qué tal?") asks nothing
+        outside[q_start:q_end] = " " * (q_end - q_start)  # same length: offsets hold
+    rest = "".join(outside)
+    hits = concept_hits(rest)
+    asks = bool(_QUESTION.search(rest) or hits.get("WHY"))
+    return asks and not hits.get("SECOND_PERSON") and not _scan(rest)
 
 
 def _discusses_attacks(text: str) -> bool:
