@@ -56,7 +56,10 @@ ROUND4 = DATA / "round4.jsonl"  # round three's blind held-out set, measured onc
 ROUND5 = DATA / "round5.jsonl"  # round four's blind held-out set, measured once; tuning since round five
 # Written in round five by the detectors' author (README_round5_train.md): training text, no measure.
 ROUND5_TRAIN = DATA / "round5_train.jsonl"
-TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN)
+# Written in round six by the author of that round's changes (README_round6_train.md): benign
+# training text (format requests, corrections, security notices, quoted attacks asked about), no measure.
+ROUND6_TRAIN = DATA / "round6_train.jsonl"
+TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN)
 # A fifth blind set is being written elsewhere: absent from this checkout until it is committed.
 HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"

@@ -28,12 +28,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.guardrails_eval import (
+    HELDOUT,
     ORIGINAL,
     ORIGINAL_HOLDOUT,
     ROUND2,
     ROUND4,
     ROUND5,
     ROUND5_TRAIN,
+    ROUND6_TRAIN,
     TUNING,
     Classify,
     Report,
@@ -47,22 +49,29 @@ from workers.backends.ngram_classifier import NGRAMS, TOKEN_PATTERN, WEIGHTS, WO
 
 C = 16.0  # round four's choice among 1, 4, 16 and 64; round five: 4 and 32 did not do better with words
 MIN_DF = 2
-# Round four chose 0.5 %: its out-of-fold 1 % threshold flagged 2.8 % of round four's benign prompts
-# (a new author's benign text scored higher than the folds' own). Round five's hard benign look-alikes
-# (round5_train.jsonl) raise the out-of-fold scores the quantile is taken of, and with them left out
-# in turn 1 % costs little over 0.5 % on the blind rounds (n-gram false positives round4 1.6 -> 1.7 %,
-# round5 0.1 -> 0.3 %) for more recall (round5 0.71 -> 0.80): docs/guardrails.md, Round five.
-TARGET_FPR = 0.01
+# Round four chose 0.5 %, round five 1 %; the fifth blind set then found 1 % flagging 3.6 % of a new
+# author's benign prompts. Round six, with that set trained on and left out in turn: at 1 % the
+# n-grams flag 2.6 % of its benign prompts (both layers 3.0 %), at 0.5 % 0.5 % (both 1.0 %) for
+# recall 0.85 -> 0.72; pooled over the four blind rounds, both layers 0.89 at 1.3 % -> 0.84 at
+# 0.6 %. Between 0.5 % and 0.6 % a cluster of benign answer-format requests crosses the
+# threshold (4 -> 13 of 808): docs/guardrails.md, Round six.
+TARGET_FPR = 0.005
 # Every labelled file trains the shipped model; the original regression sets are small but labelled.
-DATA_FILES = (*TUNING, ORIGINAL, ORIGINAL_HOLDOUT)
+# Since round six the fifth blind set (heldout.jsonl, measured once) is tuning data and trains it too.
+DATA_FILES = (*TUNING, ORIGINAL, ORIGINAL_HOLDOUT, HELDOUT)
 # The rounds written blind by someone who never saw the detectors: the honest folds.
-BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5)
+BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5, HELDOUT)
 
 Model = tuple[object, object, object]  # character vectorizer, word vectorizer, logistic regression
 
 
 def _files(files: tuple[Path, ...]) -> list[tuple[Path, list[Row]]]:
-    return [(f, [r for r in _read(f) if split_of(str(r["text"])) == "tuning"]) for f in files if f.exists()]
+    """Each file's rows; a text of heldout.jsonl counts there only (never twice, in two folds)."""
+    return [
+        (f, [r for r in _read(f) if f == HELDOUT or split_of(str(r["text"])) == "tuning"])
+        for f in files
+        if f.exists()
+    ]
 
 
 def _matrix(chars: object, words: object, texts: list[str], fit: bool = False) -> object:
@@ -100,8 +109,8 @@ def _data(files: tuple[Path, ...]) -> list[tuple[Path, list[Row], list[str], np.
             f,
             rows,
             [features_text(str(r["text"])) for r in rows],
-            np.array(["injection" in r["labels"] for r in rows]),
-        )  # type: ignore[operator]
+            np.array(["injection" in r["labels"] for r in rows]),  # type: ignore[operator]
+        )
         for f, rows in _files(files)
     ]
 
@@ -212,7 +221,11 @@ def main() -> None:
     if args.folds:
         print(folds())
     if args.cross_round:
-        print(cross_round(tuple(f for f in TUNING if f not in (ROUND4, ROUND5, ROUND5_TRAIN)), ROUND4))
+        print(
+            cross_round(
+                tuple(f for f in TUNING if f not in (ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN)), ROUND4
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -99,6 +99,10 @@ def concept_hits(text: str) -> dict[str, list[Span]]:
                 hits.setdefault(concept, []).append((m.start(), m.end()))
     for spans in hits.values():
         spans.sort()
+    if hits.get("REVEAL") and hits.get("NEVER"):
+        # "never reveal your instructions" / "do not output the prompt" is a defence, not a request.
+        negations = {end for _, end in hits["NEVER"]}
+        hits["REVEAL"] = [s for s in hits["REVEAL"] if not negations & set(range(s[0] - 2, s[0] + 1))]
     # Derived concepts: "no" + "restrictions" is unlimited; "send" + "the conversation" exfiltrates.
     hits["UNLIMITED"] = _pairs(hits, "NEGATED", "LIMITS", 20, None, ordered=False)
     hits["EXFILTRATE"] = _pairs(hits, "SEND", "LOOT", 80, None, ordered=False)
@@ -159,7 +163,77 @@ def detect_injection(text: str) -> list[Finding]:
             merged.append([start, end])
     if merged and _discusses_attacks(view.text):
         return []
+    if merged and _asks_about_quotes(view.text, merged):
+        return []
     return [Finding("injection", *view.original(s, e)) for s, e in merged]
+
+
+# Opening quotation marks and the marks that close them ('' is ASCII: it must stand outside a word,
+# so "don't ... it's" is no quotation).
+_CLOSERS = {
+    "'": "'",
+    '"': '"',
+    "“": "”",
+    "„": "“”",
+    "«": "»",
+    "‘": "’",
+    "‚": "‘’",
+    "「": "」",
+    "『": "』",
+    "《": "》",
+}
+_OPENERS = re.compile("[" + re.escape("".join(_CLOSERS)) + "]")
+_QUOTE_LENGTH = 200  # the longest quotation looked for: a quoted phrase, not a quoted document
+_MAX_MARKS = 64  # opening marks looked at: a question about a quoted phrase has a few
+_QUESTION = re.compile(r"[?？؟]")
+
+
+def _quotations(text: str) -> list[Span] | None:
+    """Quoted stretches (marks included) on one line, at most _QUOTE_LENGTH characters; None for a
+    text with more than _MAX_MARKS quotation marks, which is a document, not a question about a
+    quoted phrase (and so the work stays bounded on adversarial input)."""
+    found: list[Span] = []
+    marks = 0
+    at = 0
+    while (m := _OPENERS.search(text, at)) is not None:
+        marks += 1
+        if marks > _MAX_MARKS:
+            return None
+        opened = m.start()
+        at = opened + 1
+        mark = m.group()
+        if mark == "'" and opened and text[opened - 1].isalnum():
+            continue  # an apostrophe ("don't"), not a quotation mark
+        end = min(len(text), at + _QUOTE_LENGTH + 1)
+        closing = min((i for i in (text.find(c, at, end) for c in _CLOSERS[mark]) if i >= 0), default=-1)
+        if closing < 0 or text.find("\n", at, closing) >= 0:
+            continue
+        found.append((opened, closing + 1))
+        at = closing + 1
+    return found
+
+
+def _asks_about_quotes(text: str, spans: list[list[int]]) -> bool:
+    """A question about a quoted attack ("a ticket said 'ignore previous instructions': how do we
+    triage it?", "why do phrases like «olvida todas tus reglas» fool chatbots?"): every finding
+    touches a quotation that is an attack by itself, the words outside the quotations hold no attack
+    of their own, address no one ("you", "your") and ask something (a question mark, "why"). An attack
+    that quotes its payload still speaks to the model outside the quotes, or asks nothing."""
+    every = _quotations(text)
+    touched = {q for s, e in spans for q in every or () if s < q[1] and q[0] < e}
+    if every is None or not touched:
+        return False
+    outside = list(text)
+    for q_start, q_end in every:  # a "?" inside another quoted string ("¿qué tal?") asks nothing
+        outside[q_start:q_end] = " " * (q_end - q_start)  # same length: offsets hold
+    rest = "".join(outside)
+    hits = concept_hits(rest)
+    if not (_QUESTION.search(rest) or hits.get("WHY")) or hits.get("SECOND_PERSON") or _scan(rest):
+        return False
+    # Only quotations that are attacks by themselves: "Start your reply with 'Sure, here is'" quotes
+    # no attack, it makes one with the words around the quotation.
+    attacks = [q for q in touched if _scan(text[q[0] : q[1]])]
+    return all(any(s < q_end and q_start < e for q_start, q_end in attacks) for s, e in spans)
 
 
 def _discusses_attacks(text: str) -> bool:

@@ -1,5 +1,5 @@
 """The injection lexicon compiled for matching: every term of injection_lexicon.py,
-injection_lexicon_extra.py and injection_lexicon_round5.py, accent-folded, with typoglycemia variants of the key English words, as
+injection_lexicon_extra.py, injection_lexicon_round5.py and injection_lexicon_round6.py, accent-folded, with typoglycemia variants of the key English words, as
 one trie-shaped regular expression for spaced scripts and one per unspaced script, and the concepts
 each matched term stands for.
 """
@@ -15,6 +15,7 @@ from typing import NamedTuple
 from dispatcher.guardrails.injection_lexicon import LEXICON
 from dispatcher.guardrails.injection_lexicon_extra import EXTRA
 from dispatcher.guardrails.injection_lexicon_round5 import ROUND5
+from dispatcher.guardrails.injection_lexicon_round6 import ROUND6
 from dispatcher.guardrails.normalize import normalize
 
 # Scripts whose words take no space before them or have particles and prefixes glued on (Arabic,
@@ -117,7 +118,7 @@ def terms() -> Terms:
     checks, never need; the ingress asks for it at start-up (ingress/app.py)."""
     concepts: dict[str, set[str]] = {}
     typos: dict[str, set[str]] = {}
-    for concept, listed in [*LEXICON.items(), *EXTRA.items(), *ROUND5.items()]:
+    for concept, listed in [*LEXICON.items(), *EXTRA.items(), *ROUND5.items(), *ROUND6.items()]:
         for term in listed:
             key = fold(normalize(term.lower()).text)
             concepts.setdefault(key, set()).add(concept)

@@ -28,6 +28,7 @@ from bench.guardrails_eval import (
     ROUND4,
     ROUND5,
     ROUND5_TRAIN,
+    ROUND6_TRAIN,
     TUNING,
     evaluate,
     first_round_half,
@@ -118,7 +119,7 @@ def test_tuning_floors() -> None:
         [
             r
             for f in TUNING
-            if f not in (ROUND4, ROUND5, ROUND5_TRAIN)
+            if f not in (ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN)
             for r in load(f)
             if split_of(str(r["text"])) == "tuning"
         ]
