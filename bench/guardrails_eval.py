@@ -15,9 +15,10 @@ two's held-out set, measured once and tuning data since round three), round3.jso
 round three by the author of the detectors) and round3_probe.jsonl (paraphrases the same author
 wrote to get past the detectors, measured once, then tuned on), round4.jsonl (round three's blind
 held-out set, measured once, tuning data since round four), round5.jsonl (round four's blind set,
-tuning data since round five) and round5_train.jsonl (written in round five by the detectors'
-author). The held-out set is
-tests/unit/dispatcher/guardrails/data/heldout.jsonl (absent until the fifth blind set is committed),
+tuning data since round five), round5_train.jsonl (written in round five by the detectors'
+author), round6_train.jsonl (benign text written in round six by its author) and round6.jsonl (round
+five's blind set, tuning data since round six). The held-out set is
+tests/unit/dispatcher/guardrails/data/heldout.jsonl (the sixth blind set, README_heldout.md),
 written by someone who never saw the detectors' code or results; a text whose SHA-256
 is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
 on or used as an exemplar. On the tuning set the classifier is scored leave-one-out (a prompt never
@@ -59,8 +60,9 @@ ROUND5_TRAIN = DATA / "round5_train.jsonl"
 # Written in round six by the author of that round's changes (README_round6_train.md): benign
 # training text (format requests, corrections, security notices, quoted attacks asked about), no measure.
 ROUND6_TRAIN = DATA / "round6_train.jsonl"
-TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN)
-# A fifth blind set is being written elsewhere: absent from this checkout until it is committed.
+ROUND6 = DATA / "round6.jsonl"  # round five's blind held-out set, measured once; tuning since round six
+TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6)
+# The sixth blind set (README_heldout.md), committed after round six's changes and measured once.
 HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"

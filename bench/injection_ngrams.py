@@ -28,13 +28,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.guardrails_eval import (
-    HELDOUT,
     ORIGINAL,
     ORIGINAL_HOLDOUT,
     ROUND2,
     ROUND4,
     ROUND5,
     ROUND5_TRAIN,
+    ROUND6,
     ROUND6_TRAIN,
     TUNING,
     Classify,
@@ -57,21 +57,17 @@ MIN_DF = 2
 # threshold (4 -> 13 of 808): docs/guardrails.md, Round six.
 TARGET_FPR = 0.005
 # Every labelled file trains the shipped model; the original regression sets are small but labelled.
-# Since round six the fifth blind set (heldout.jsonl, measured once) is tuning data and trains it too.
-DATA_FILES = (*TUNING, ORIGINAL, ORIGINAL_HOLDOUT, HELDOUT)
+# Since round six the fifth blind set (round6.jsonl, measured once) is tuning data and trains it too.
+DATA_FILES = (*TUNING, ORIGINAL, ORIGINAL_HOLDOUT)
 # The rounds written blind by someone who never saw the detectors: the honest folds.
-BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5, HELDOUT)
+BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5, ROUND6)
 
 Model = tuple[object, object, object]  # character vectorizer, word vectorizer, logistic regression
 
 
 def _files(files: tuple[Path, ...]) -> list[tuple[Path, list[Row]]]:
-    """Each file's rows; a text of heldout.jsonl counts there only (never twice, in two folds)."""
-    return [
-        (f, [r for r in _read(f) if f == HELDOUT or split_of(str(r["text"])) == "tuning"])
-        for f in files
-        if f.exists()
-    ]
+    """Each file's rows, without the held-out set's texts wherever they appear."""
+    return [(f, [r for r in _read(f) if split_of(str(r["text"])) == "tuning"]) for f in files if f.exists()]
 
 
 def _matrix(chars: object, words: object, texts: list[str], fit: bool = False) -> object:

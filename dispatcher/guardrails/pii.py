@@ -178,7 +178,10 @@ _SECRET = re.compile(
     r"|(?<=AccountKey=)[A-Za-z0-9+/]{40,}={0,2}"  # Azure storage connection strings
 )
 # The password of a URL with credentials (database and broker URLs: scheme://user:password@host).
-_URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:([^\s/@]{3,128})@", re.IGNORECASE)
+# A mask placeholder in its place (`[SECRET]`, after masking) is none.
+_URL_PASSWORD = re.compile(
+    r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:(?!\[[A-Z_]+\]@)([^\s/@]{3,128})@", re.IGNORECASE
+)
 _ASSIGNED = re.compile(
     r"(?ai)(?<![a-z])(?:password|passwd|pwd|passphrase|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token"
     r"|aws_secret_access_key|private[_-]?key"

@@ -77,6 +77,8 @@ def test_finds(text: str, kind: str) -> None:
         'api_key = os.environ["OPENAI_API_KEY"]',  # code that says where a key comes from
         "const apiKey = process.env.API_KEY;",
         "password=get_password()",
+        # A URL's password once masked: the placeholder is no secret (the masked text has no leak).
+        "DATABASE_URL=postgresql://app_rw:[SECRET]@db-prod-85.internal.example:5432/orders",
         "export PASSWORD=$DB_PASSWORD",
         "password: string;",
         "clone https://github.com/org/repo.git, then open http://localhost:8080/admin",  # no credentials

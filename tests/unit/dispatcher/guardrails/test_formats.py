@@ -55,7 +55,7 @@ MISSED = [
     # Round five: a card wrapped once, anywhere, by a notes app (after a card word).
     ("Here's the card, it wrapped:\n44422549\n28394213\nexp 03/27", "card", "44422549\n28394213"),
     ("Kreditkarte:\n4111111111\n111111 bitte", "card", "4111111111\n111111"),
-    # The fifth blind set's misses (heldout.jsonl, tuning data since): the at-sign's name in other
+    # The fifth blind set's misses (now round6.jsonl, tuning data): the at-sign's name in other
     # languages, national ids of Portugal, Belgium, Sweden, Russia, Germany in pairs, China before 1983,
     # an SSN wrapped beside its dash.
     ("Adresse: sabine punkt vogt ät posteo punkt de, danke", "email", "sabine punkt vogt ät posteo punkt de"),
