@@ -23,6 +23,7 @@ import os
 import random
 import statistics
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -228,7 +229,11 @@ class Sampler:
 
 
 async def _drive(
-    port: int, plan: list[tuple[int, str]], concurrency: int, progress: Path | None, mode: str
+    port: int,
+    plan: list[tuple[int, str]],
+    concurrency: int,
+    progress: Path | None,
+    mode: str,
 ) -> list[dict[str, Any]]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     results: list[dict[str, Any]] = []
@@ -276,12 +281,45 @@ async def _drive(
     return results
 
 
+async def _keep_busy(
+    port: int, plan: list[tuple[int, str]], concurrency: int, hold: threading.Barrier
+) -> None:
+    """Modes run at once so that the machine's other load falls on both alike: the mode that finishes
+    first keeps its servers as busy (the same plan again, nothing recorded) until every mode is done,
+    or the slower one would get a quieter machine for its last part."""
+    done = asyncio.ensure_future(asyncio.to_thread(hold.wait))
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}/v1", headers=headers, timeout=900
+    ) as client:
+
+        async def one_client(offset: int) -> None:
+            n = offset
+            while not done.done():
+                prompt_no, turn = plan[n % len(plan)]
+                prompt = f"{system_prompt(prompt_no)}\n\nUser: {turn}\nAssistant:"
+                body = {"model": MODEL, "prompt": prompt, "max_tokens": 8, "temperature": 0}
+                await client.post("/completions", json=body)
+                n += concurrency
+
+        clients = [asyncio.ensure_future(one_client(k)) for k in range(concurrency)]
+        await done
+        for client_task in clients:
+            client_task.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_case(args: argparse.Namespace, plan: list[tuple[int, str]], affinity: bool) -> dict[str, Any]:
+def run_case(
+    args: argparse.Namespace,
+    plan: list[tuple[int, str]],
+    affinity: bool,
+    hold: threading.Barrier | None = None,
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mb-affinity-") as tmp:
         workdir = Path(tmp)
         procs = Processes(workdir)
@@ -348,6 +386,8 @@ def run_case(args: argparse.Namespace, plan: list[tuple[int, str]], affinity: bo
             results = asyncio.run(measured())
             wall = max(r["ended"] for r in results) - began
             evaluated = [_evaluated_tokens(b) for b in backends]
+            if hold is not None:
+                asyncio.run(_keep_busy(port, plan, args.concurrency, hold))
         finally:
             procs.stop_all()
     ttft = [r["ttft_ms"] for r in results]
@@ -416,7 +456,8 @@ def main() -> None:
         # Both modes at once, each on its own servers: a shared, noisy machine loads them alike, so
         # their ratio means something (one after the other, the load of other jobs differed).
         with ThreadPoolExecutor(len(modes)) as pool:
-            results = list(pool.map(lambda mode: run_case(args, plan, mode == "affinity"), modes))
+            hold = threading.Barrier(len(modes))
+            results = list(pool.map(lambda mode: run_case(args, plan, mode == "affinity", hold), modes))
     else:
         results = [run_case(args, plan, mode == "affinity") for mode in modes]
     if args.out is not None:
