@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,44 @@ def _pids(holder: subprocess.Popen[str], database: str) -> dict[str, list[int]]:
     return {**groups, **stack.postgres_pids(database)}
 
 
+def _round(
+    name: str,
+    r: int,
+    info: dict[str, dict[str, Any]],
+    holders: dict[str, subprocess.Popen[str]],
+    headers: dict[str, str],
+    seconds: float,
+) -> dict[str, float]:
+    """One closed-loop run of stream c=16 against one target: its CPU µs per stream by process."""
+    database = info[name]["database"]
+    watch = _pids(holders[name], database)
+    body = json.dumps({**CHAT, "stream": True})
+    run = LoadRun(
+        f"stream@16/{name}/{r}", info[name]["port"], "POST", CHAT_PATH, body, 16, 0, 320, seconds=seconds
+    )
+    with tempfile.TemporaryDirectory(prefix="modelbus-ab-load-") as tmp:
+        result = run_loadgen(Plan(HOST, headers, watch, [run]), Processes(Path(tmp)))["loads"][run.key]
+    charge_late_processes(watch, _pids(holders[name], database), result)
+    cpu: dict[str, float] = {
+        k: v for k, v in result["cpu_us_per_request"].items() if k not in report.NOT_GATEWAY
+    }
+    cpu["total"] = sum(cpu.values())
+    cpu["req/s"] = result["rps"]
+    cpu["errors"] = result["errors"]
+    cpu["foreign"] = result["foreign_cores"]
+    return cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", action="append", required=True, help="name=checkout path")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="load every target at the same time (a busy machine's noise is shared)",
+    )
     args = parser.parse_args()
     targets = {n: Path(p).resolve() for n, p in (t.split("=", 1) for t in args.target)}
     with tempfile.TemporaryDirectory(prefix="modelbus-ab-") as tmp:
@@ -101,28 +135,16 @@ def main() -> None:
             names = list(targets)
             for r in range(args.rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
-                for name in order:
-                    watch = _pids(holders[name], info[name]["database"])
-                    run = LoadRun(
-                        f"stream@16/{name}/{r}",
-                        info[name]["port"],
-                        "POST",
-                        CHAT_PATH,
-                        json.dumps({**CHAT, "stream": True}),
-                        16,
-                        0,
-                        320,
-                        seconds=args.seconds,
-                    )
-                    result = run_loadgen(Plan(HOST, headers, watch, [run]), procs)["loads"][run.key]
-                    charge_late_processes(watch, _pids(holders[name], info[name]["database"]), result)
-                    cpu = {
-                        k: v for k, v in result["cpu_us_per_request"].items() if k not in report.NOT_GATEWAY
-                    }
-                    cpu["total"] = sum(cpu.values())
-                    cpu["req/s"] = result["rps"]
-                    cpu["errors"] = result["errors"]
-                    cpu["foreign"] = result["foreign_cores"]
+                if args.paired:  # every target at once: each round's noise is shared
+                    with ThreadPoolExecutor(len(order)) as pool:
+                        runs = [
+                            pool.submit(_round, name, r, info, holders, headers, args.seconds)
+                            for name in order
+                        ]
+                        found = [run.result() for run in runs]
+                else:
+                    found = [_round(name, r, info, holders, headers, args.seconds) for name in order]
+                for name, cpu in zip(order, found, strict=True):
                     rows[name].append(cpu)
                     print(
                         f"round {r} {name:<6} "
@@ -137,6 +159,18 @@ def main() -> None:
             for name in names:
                 med = {k: statistics.median(row.get(k, 0.0) for row in rows[name]) for k in keys}
                 print(f"{name:8}" + "".join(f"{med[k]:12,.0f}" for k in keys))
+            base = names[0]
+            for name in names[1:]:  # round by round, so that each ratio is of runs that shared the noise
+                ratios = {
+                    k: statistics.median(
+                        b[k] / a[k] for a, b in zip(rows[base], rows[name], strict=True) if a.get(k)
+                    )
+                    for k in keys[:6]
+                }
+                print(
+                    f"{name}/{base}, median of per-round ratios: "
+                    + "  ".join(f"{k} {v:.2f}" for k, v in ratios.items())
+                )
         finally:
             for holder in holders.values():
                 if holder.stdin is not None:
