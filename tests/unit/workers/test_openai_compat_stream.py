@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from modelbus.embedded_nats import free_port
 from schemas.config import OpenAIBackend
 from schemas.envelope import Endpoint
+from tests.support.http_backends import serving
 from workers.backends.backend_errors import BackendError
 from workers.backends.openai_compat import OpenAICompatBackend
 
@@ -22,31 +23,23 @@ Serve = Callable[[list[bytes]], Coroutine[Any, Any, str]]
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
     """A loopback backend that writes the given pieces, each flushed on its own, as its stream."""
-    runner: web.AppRunner | None = None
+    async with AsyncExitStack() as servers:
 
-    async def start(pieces: list[bytes]) -> str:
-        nonlocal runner
+        async def start(pieces: list[bytes]) -> str:
+            async def chat(request: web.Request) -> web.StreamResponse:
+                response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await response.prepare(request)
+                for piece in pieces:
+                    await response.write(piece)
+                    await asyncio.sleep(0.01)  # a read of its own at the worker
+                await response.write_eof()
+                return response
 
-        async def chat(request: web.Request) -> web.StreamResponse:
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            for piece in pieces:
-                await response.write(piece)
-                await asyncio.sleep(0.01)  # a read of its own at the worker
-            await response.write_eof()
-            return response
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", chat)
+            return await servers.enter_async_context(serving(app))
 
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return f"http://127.0.0.1:{port}/v1"
-
-    yield start
-    if runner is not None:
-        await runner.cleanup()
+        yield start
 
 
 async def _chunks(url: str) -> list[Any]:
