@@ -175,9 +175,11 @@ def main() -> None:
             for holder in holders.values():
                 if holder.stdin is not None:
                     holder.stdin.close()
-            for holder in holders.values():
-                holder.wait(timeout=60)
-            procs.stop_all()
+            try:
+                for holder in holders.values():
+                    holder.wait(timeout=120)  # each stops its stack and drops its database
+            finally:
+                procs.stop_all()
 
 
 if __name__ == "__main__":
