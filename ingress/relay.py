@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -34,6 +34,7 @@ from ingress.error_responses import APIError, from_bus_error
 from ingress.ingress_settings import IngressSettings
 from ingress.sse import (
     DONE,
+    SSE_HEADERS,
     EventStreamResponse,
     LastEvents,
     comment,
@@ -157,6 +158,7 @@ class Relay:
                 request_id,
                 reply_to=self._bus.reply_subject(request_id),
                 pulse=True,
+                chunks_in_final=True,
                 created_ms=int(time.time() * 1000),
                 deadline_ms=call.deadline_ms,
                 traceparent=traceparent_of(span),
@@ -229,51 +231,39 @@ class Relay:
             await reply.close()
             raise
         draft.start = reply.start
+        event = named_event if spec.named_events else data_event
+        head, finished = _render(first, reply, draft, event, spec.named_events)
+        if finished:
+            # The whole answer is here (a quick backend): one plain response, no streaming machinery.
+            await reply.close()
+            return Response(head, media_type="text/event-stream", headers={**SSE_HEADERS, **_headers(reply)})
 
         async def client_left() -> None:
             draft.cancelled = True
             await reply.cancel()
 
-        events = self._events(reply, first, draft, spec)
+        events = self._events(reply, head if first else comment("queued"), draft, spec)
         return EventStreamResponse(events, _headers(reply), client_left)
 
     async def _events(
-        self, reply: ReplyStream, first: list[tuple[Frame, bytes]], draft: AuditDraft, spec: EndpointSpec
+        self, reply: ReplyStream, head: bytes, draft: AuditDraft, spec: EndpointSpec
     ) -> AsyncIterator[bytes]:
+        """`head` (the events of the first frames), then each later batch of frames as events."""
         event = named_event if spec.named_events else data_event
-        pending = first
         try:
-            if not pending:
-                yield comment("queued")
+            if head:
+                yield head
             while True:
-                out: list[bytes] = []
-                finished = False
-                for frame, payload in pending:
-                    if isinstance(frame, ChunkFrame):
-                        if frame.pickup is not None:  # no start frame came: the same comment
-                            draft.start = frame.pickup
-                            out.append(_pickup_comment(frame.pickup))
-                        reply.mark_relayed()
-                        lines = payload.split(b"\n")
-                        draft.chunks.extend(lines)
-                        out.extend(event(line) for line in lines)
-                    elif isinstance(frame, FinalFrame):
-                        draft.final = frame
-                        draft.policy_actions.extend(frame.guard_events)
-                        if not spec.named_events:  # Responses and Messages streams just end
-                            out.append(DONE)
-                        finished = True
-                    elif isinstance(frame, StartFrame):
-                        draft.start = frame
-                        out.append(_pickup_comment(frame))
-                if finished:
-                    yield LastEvents(b"".join(out))
-                    return
-                if out:
-                    yield b"".join(out)
                 pending = await reply.frames(self._settings.sse_keepalive_s)
                 if not pending:
                     yield comment("keep-alive")
+                    continue
+                out, finished = _render(pending, reply, draft, event, spec.named_events)
+                if finished:
+                    yield LastEvents(out)
+                    return
+                if out:
+                    yield out
         except ModelbusError as exc:
             await reply.cancel()
             error = from_bus_error(exc)
@@ -282,6 +272,47 @@ class Relay:
             yield error_event(body, error.status, spec.errors, spec.named_events)
         finally:
             await reply.close()
+
+
+def _render(
+    frames: list[tuple[Frame, bytes]],
+    reply: ReplyStream,
+    draft: AuditDraft,
+    event: Callable[[bytes], bytes],
+    named_events: bool,
+) -> tuple[bytes, bool]:
+    """The SSE events of `frames`, recorded in the audit draft, and whether the reply ended."""
+    out: list[bytes] = []
+    for frame, payload in frames:
+        if isinstance(frame, ChunkFrame):
+            if frame.pickup is not None:  # no start frame came: the same comment
+                draft.start = frame.pickup
+                out.append(_pickup_comment(frame.pickup))
+            reply.mark_relayed()
+            _chunk_events(payload, draft, event, out)
+        elif isinstance(frame, FinalFrame):
+            if frame.count:  # the stream's last chunks came with it
+                if frame.pickup is not None:  # and nothing before them: the same comment
+                    draft.start = frame.pickup
+                    out.append(_pickup_comment(frame.pickup))
+                _chunk_events(payload, draft, event, out)
+            draft.final = frame
+            draft.policy_actions.extend(frame.guard_events)
+            if not named_events:  # Responses and Messages streams just end
+                out.append(DONE)
+            return b"".join(out), True
+        elif isinstance(frame, StartFrame):
+            draft.start = frame
+            out.append(_pickup_comment(frame))
+    return b"".join(out), False
+
+
+def _chunk_events(
+    payload: bytes, draft: AuditDraft, event: Callable[[bytes], bytes], out: list[bytes]
+) -> None:
+    lines = payload.split(b"\n")
+    draft.chunks.extend(lines)
+    out.extend(event(line) for line in lines)
 
 
 def _pickup_comment(pickup: Pickup) -> bytes:

@@ -78,6 +78,10 @@ class RequestEnvelope(BaseModel):
     # on Subjects.pulse_for(reply_to)) instead of a heartbeat frame per request. False: the sender
     # predates pulses, or the replies go to a stream (async tasks), where nobody waits on liveness.
     pulse: bool = False
+    # The waiting side reads stream chunks from the final frame's payload too (`FinalFrame.count`):
+    # chunks still unsent when the backend's stream ends leave with the final frame, one message
+    # fewer per stream. False: the sender predates it, or it reads only the final frame's body.
+    chunks_in_final: bool = False
     traceparent: str | None = None
     # No defaults: whoever builds an envelope must say what admission decided, even if it is None.
     quota: QuotaReservation | None
@@ -143,9 +147,11 @@ class Timings(BaseModel):
 
 
 class FinalFrame(_Frame):
-    """Ends a reply. For a non-streaming request the payload is the whole response body."""
+    """Ends a reply. For a non-streaming request the payload is the whole response body; for a
+    stream whose envelope has `chunks_in_final`, the last `count` chunks, as in a chunk frame."""
 
     kind: Literal["final"] = "final"
+    count: int | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
     timings: Timings

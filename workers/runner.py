@@ -388,6 +388,8 @@ class RequestRunner:
             while True:
                 await ready.wait()
                 ready.clear()
+                if exhausted and envelope.chunks_in_final:
+                    break  # what is left goes with the final frame: one message fewer
                 batch = buffer.copy()
                 buffer.clear()
                 await writer.chunks(batch)
@@ -395,7 +397,9 @@ class RequestRunner:
                     break
         timings.finished_ms = _now_ms()
         record_post_processing(post_ns, timings.finished_ms)
-        await writer.final(timings, usage, finish, guard_events=guard.events if guard else None)
+        await writer.final(
+            timings, usage, finish, guard_events=guard.events if guard else None, chunks=buffer
+        )
 
     async def _open_stream(self, plan: dialects.Plan, payload: Json) -> AsyncIterator[Json]:
         """Open the backend stream and wait for its first chunk, retrying while that is safe."""

@@ -128,10 +128,17 @@ class ReplyWriter:
         finish_reason: str | None,
         body: bytes = b"",
         guard_events: list[str] | None = None,
+        chunks: Sequence[bytes] = (),
     ) -> None:
+        """End the reply; `body` is a whole response, `chunks` a stream's last chunks (only for an
+        envelope with `chunks_in_final`)."""
+        if chunks:
+            body = b"\n".join(chunks)
+            self.sent_data = True
         frame = FinalFrame(
             attempt=self._attempt,
             seq=self._next_seq(),
+            count=len(chunks) or None,
             usage=usage,
             finish_reason=finish_reason,
             timings=timings,

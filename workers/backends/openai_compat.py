@@ -24,6 +24,10 @@ from workers.backends.base import Json
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _RETRY_BACKOFF_S = 0.05  # doubled per attempt: 50, 100, 200 ms for the default two or three retries
 
+# A stream line longer than this (no newline in sight) is not an SSE event a server would send.
+_MAX_LINE = 1024 * 1024  # aiohttp's line reader, used before, stopped at 128 KiB
+_DONE: Json = {}  # compared by identity: the `[DONE]` line
+
 # Generation endpoints whose streams end with a usage chunk only when asked for one.
 _USAGE_ON_REQUEST = (Endpoint.CHAT, Endpoint.COMPLETIONS)
 
@@ -125,22 +129,23 @@ class OpenAICompatBackend:
         try:
             if response.status >= 400:
                 raise backend_error(response.status, await response.read())
-            async for raw in response.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue  # comments, event names, blank separators
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    finished = True
-                    break
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError as exc:
-                    raise BackendError("backend sent an invalid stream chunk", 502, False) from exc
-                if isinstance(chunk, dict) and ("error" in chunk or chunk.get("type") == "error"):
-                    # Chat streams put an `error` object in a chunk; Responses and Anthropic streams
-                    # send an event of type `error`.
-                    raise BackendError(f"backend error mid-stream: {error_message(chunk)}", 502, False)
+            # Whatever one read returns, split into lines here: a quick backend's whole answer is
+            # often one read, and aiohttp's line iterator costs a call per line (blank ones too).
+            partial = b""
+            async for data in response.content.iter_any():
+                lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
+                partial = lines.pop()
+                if len(partial) > _MAX_LINE:
+                    raise BackendError("backend sent a stream line that is too long", 502, False)
+                for line in lines:
+                    chunk = _event(line)
+                    if chunk is _DONE:
+                        finished = True
+                        return
+                    if chunk is not None:
+                        yield chunk
+            chunk = _event(partial)  # a last line without its newline
+            if chunk is not None and chunk is not _DONE:
                 yield chunk
             finished = True  # [DONE], or the end of a stream that has none (Responses, Messages)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -155,3 +160,22 @@ class OpenAICompatBackend:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _event(raw: bytes) -> Json | None:
+    """The chunk one SSE line carries; None for comments, event names and blank separators."""
+    line = raw.strip()
+    if not line.startswith(b"data:"):
+        return None
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return _DONE
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BackendError("backend sent an invalid stream chunk", 502, False) from exc
+    if isinstance(chunk, dict) and ("error" in chunk or chunk.get("type") == "error"):
+        # Chat streams put an `error` object in a chunk; Responses and Anthropic streams send an
+        # event of type `error`.
+        raise BackendError(f"backend error mid-stream: {error_message(chunk)}", 502, False)
+    return chunk  # type: ignore[no-any-return]

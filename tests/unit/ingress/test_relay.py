@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Message
 
 from dispatcher.bus.client import BusClient, ReplyStream
@@ -63,13 +64,35 @@ async def _submit(client: BusClient, make_envelope: Callable[..., RequestEnvelop
     return await client.submit(envelope.model_copy(update={"reply_to": client.reply_subject(envelope.id)}))
 
 
+async def _worker(bus: Bus, reply: ReplyStream, announce: bool, queue_ms: int = 0) -> ReplyWriter:
+    """The worker side of `reply`, its pickup sent now (`announce`) or with its first frame."""
+    writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
+    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=queue_ms), announce)
+    return writer
+
+
+def _data_events(body: bytes) -> list[bytes]:
+    return [event for event in body.split(b"\n\n") if event.startswith(b"data:")]
+
+
 def _draft() -> AuditDraft:
     return AuditDraft("rid", "chat", 0)
 
 
 async def _body(response: Any) -> bytes:
-    """Everything an SSE response would write, read from its event iterator."""
-    return b"".join([part async for part in response._events])
+    """Everything the response writes to a client that stays: its body parts, joined."""
+    parts: list[bytes] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            parts.append(message.get("body", b""))
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client never leaves
+        raise AssertionError("unreachable")
+
+    await response({"type": "http"}, receive, send)
+    return b"".join(parts)
 
 
 async def test_plain_call_answers_the_final_body_with_the_worker_named(
@@ -134,8 +157,7 @@ async def test_stream_sends_each_chunk_line_as_one_event_then_done(
 ) -> None:
     relay_, client = relay
     reply = await _submit(client, make_envelope)
-    writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
-    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=3), announce=True)
+    writer = await _worker(bus, reply, announce=True, queue_ms=3)
     await writer.chunks([b'{"n":1}', b'{"n":2}'])
     await writer.chunks([b'{"n":3}'])
     await writer.final(TIMINGS, None, "stop")
@@ -143,8 +165,44 @@ async def test_stream_sends_each_chunk_line_as_one_event_then_done(
     response = await relay_._stream(Client().request, reply, draft, CHAT)
     assert response.headers["x-modelbus-worker"] == "w1"
     body = await _body(response)
-    events = [event for event in body.split(b"\n\n") if event.startswith(b"data:")]
+    events = _data_events(body)
     assert events == [b'data: {"n":1}', b'data: {"n":2}', b'data: {"n":3}', b"data: [DONE]"]
+    assert draft.chunks == [b'{"n":1}', b'{"n":2}', b'{"n":3}'] and draft.final is not None
+
+
+async def test_a_stream_whose_final_frame_carries_its_chunks_is_one_plain_sse_body(
+    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+) -> None:
+    relay_, client = relay
+    reply = await _submit(client, make_envelope)
+    writer = await _worker(bus, reply, announce=False, queue_ms=3)
+    await writer.final(TIMINGS, None, "stop", chunks=[b'{"n":1}', b'{"n":2}'])
+    draft = _draft()
+    response = await relay_._stream(Client().request, reply, draft, CHAT)
+    # The whole answer was in hand: no streaming response, the same events.
+    assert type(response) is Response and response.media_type == "text/event-stream"
+    assert response.headers["x-modelbus-worker"] == "w1" and response.headers["cache-control"] == "no-cache"
+    assert await _body(response) == (
+        b': worker=w1 queue_ms=3\n\ndata: {"n":1}\n\ndata: {"n":2}\n\ndata: [DONE]\n\n'
+    )
+    assert draft.chunks == [b'{"n":1}', b'{"n":2}'] and draft.final is not None
+    assert draft.start is not None and draft.start.worker == "w1"
+
+
+async def test_chunks_in_the_final_frame_follow_the_chunks_streamed_before_it(
+    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+) -> None:
+    relay_, client = relay
+    reply = await _submit(client, make_envelope)
+    writer = await _worker(bus, reply, announce=False)
+    await writer.chunks([b'{"n":1}'])
+    draft = _draft()
+    response = await relay_._stream(Client().request, reply, draft, CHAT)
+    await writer.final(TIMINGS, None, "stop", chunks=[b'{"n":2}', b'{"n":3}'])
+    body = await _body(response)
+    events = _data_events(body)
+    assert events == [b'data: {"n":1}', b'data: {"n":2}', b'data: {"n":3}', b"data: [DONE]"]
+    assert body.count(b": worker=w1") == 1
     assert draft.chunks == [b'{"n":1}', b'{"n":2}', b'{"n":3}'] and draft.final is not None
 
 
@@ -153,8 +211,7 @@ async def test_stream_error_after_the_first_token_is_an_error_event(
 ) -> None:
     relay_, client = relay
     reply = await _submit(client, make_envelope)
-    writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
-    await writer.start(Pickup(worker="w1", backend="sim", version="default", queue_ms=0), announce=True)
+    writer = await _worker(bus, reply, announce=True)
     await writer.chunks([b'{"n":1}'])
     response = await relay_._stream(Client().request, reply, _draft(), CHAT)
     await writer.error(ErrorCode.BACKEND_ERROR, "backend fell over", 502, retryable=True)

@@ -10,6 +10,7 @@ from aiohttp import web
 from modelbus.embedded_nats import free_port
 from schemas.config import OpenAIBackend
 from schemas.envelope import Endpoint
+from tests.support.http_backends import serving
 from workers.backends.backend_errors import BackendError
 from workers.backends.openai_compat import OpenAICompatBackend
 
@@ -30,12 +31,8 @@ async def flaky() -> AsyncIterator[tuple[str, list[int]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}/v1", calls
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield url, calls
 
 
 async def test_a_restarting_backend_is_retried_up_to_max_retries(flaky: tuple[str, list[int]]) -> None:

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from dispatcher.bus.reply_stream import Frame, decode_frame
 from dispatcher.bus.topology import ensure_consumer
 from schemas.config import SimulatorBackend
-from schemas.envelope import ErrorCode, RequestEnvelope
+from schemas.envelope import Endpoint, ErrorCode, FinalFrame, RequestEnvelope
 from tests.unit.conftest import Bus, stop_task
 from workers.backends import build_backend
 from workers.cancellations import Cancellations
@@ -138,6 +138,43 @@ async def test_a_streamed_answer_is_chunks_then_a_final_frame(harness: Any, requ
     assert kinds[-1] == "final" and set(kinds[:-1]) == {"chunk"}
     assert frames[0].pickup is not None  # type: ignore[union-attr]
     assert [frame.seq for frame in frames] == list(range(len(frames)))
+
+
+class _Burst:
+    """A backend whose whole stream is in hand at once, as when a quick backend's chunks arrive in
+    one read: the worker's pump drains it before the publisher wakes."""
+
+    native: frozenset[Endpoint] = frozenset()
+    description = "burst"
+
+    async def complete(self, endpoint: Endpoint, payload: Any) -> Any:
+        raise AssertionError("streams only")
+
+    async def stream(self, endpoint: Endpoint, payload: Any) -> AsyncIterator[Any]:
+        for n in range(3):
+            yield {"choices": [{"index": 0, "delta": {"content": str(n)}, "finish_reason": None}]}
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("chunks_in_final", [True, False])
+async def test_chunks_left_when_the_stream_ends_ride_in_the_final_frame_only_if_the_reader_says_so(
+    harness: Any, request_for: Any, chunks_in_final: bool
+) -> None:
+    h: Harness = await harness()
+    h.runner.swap_backend(_Burst())
+    await h.run(_streamed(request_for, h, chunks_in_final=chunks_in_final))
+    assert await h.settlement() == b"+ACK"
+    frames = [frame async for frame in _frames_until_final(h)]
+    if chunks_in_final:  # one message: the chunks, the pickup and the end
+        [final] = frames
+        assert isinstance(final, FinalFrame) and final.count == 3 and final.pickup is not None
+    else:  # an older ingress reads no chunks from a final frame
+        assert [(frame.kind, getattr(frame, "count", None)) for frame in frames] == [
+            ("chunk", 3),
+            ("final", None),
+        ]
 
 
 async def test_a_request_at_fault_is_answered_with_its_error_and_acked(
