@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterator
 
-from dispatcher.guardrails import identifiers
+from dispatcher.guardrails import identifiers, national_ids
 from dispatcher.guardrails.findings import Finding, non_overlapping
 from dispatcher.guardrails.normalize import normalize
 from schemas.policy import DEFAULT_PHONE_REGIONS, PII_KINDS
@@ -176,6 +176,8 @@ _SECRET = re.compile(
     r"|\bSG\.[A-Za-z0-9_-]{16,32}\.[A-Za-z0-9_-]{16,64}"  # SendGrid
     r"|\bSK[0-9a-f]{32}\b"  # Twilio API key SID
     r"|(?<=AccountKey=)[A-Za-z0-9+/]{40,}={0,2}"  # Azure storage connection strings
+    r"|\bnpm_[A-Za-z0-9]{36}\b"  # npm access tokens
+    r"|\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{40,}"  # PyPI API tokens (a macaroon naming pypi.org)
 )
 # The password of a URL with credentials (database and broker URLs: scheme://user:password@host).
 # A mask placeholder in its place (`[SECRET]`, after masking) is none.
@@ -196,7 +198,7 @@ _ASSIGNED = re.compile(
     r"([!#-&(-+\--:<-~]{6,})"
 )
 _SECRET_HINTS = (
-    "-----BEGIN", "AKIA", "ASIA", "_", "glpat-", "xox", "sk-", "AIza", "eyJ", "mb-", "SG.", "SK", "AccountKey=",
+    "-----BEGIN", "AKIA", "ASIA", "_", "glpat-", "xox", "sk-", "AIza", "eyJ", "mb-", "SG.", "SK", "AccountKey=", "pypi-",
 )  # fmt: skip
 _ASSIGNED_HINTS = (
     "pass", "pwd", "secret", "key", "token", "kennwort", "contrase", "senha", "wachtwoord", "hasło", "haslo",
@@ -242,7 +244,32 @@ _SAID_HINTS = (
 )
 
 
+# An AWS secret access key has no prefix: 40 characters of base64 (upper and lower case, digits) count
+# only after a word saying key, secret, credential or access; a git hash (40 hex digits, lower case)
+# or a base64 digest is none.
+_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_KEY_WORDS = (
+    "key", "secret", "credential", "aws", "access", "token", "schlüssel", "geheim", "zugriff", "zugang", "clave",
+    "acceso", "clé", "accès", "chave", "acesso", "chiave", "accesso", "sleutel", "toegang", "klucz", "dostęp",
+    "ключ", "секрет", "доступ", "anahtar", "erişim", "密钥", "秘钥", "访问", "キー", "シークレット", "키", "비밀",
+    "مفتاح", "कुंजी",
+)  # fmt: skip
+
+
+def _aws_secret_keys(text: str) -> Iterator[Finding]:
+    lowered = text.lower()
+    if not any(word in lowered for word in _KEY_WORDS):
+        return
+    for m in _AWS_SECRET.finditer(text):
+        key = m.group()
+        if key.lower() != key and key.upper() != key and any(c.isdigit() for c in key):
+            before = lowered[max(0, m.start() - 60) : m.start()]
+            if any(word in before for word in _KEY_WORDS):
+                yield Finding("secret", m.start(), m.end())
+
+
 def _secrets(text: str) -> Iterator[Finding]:
+    yield from _aws_secret_keys(text)
     # Substring tests run at memchr speed; the big alternation only runs when one could match.
     if any(hint in text for hint in _SECRET_HINTS):
         for m in _SECRET.finditer(text):
@@ -277,6 +304,7 @@ def _in_windows(kinds: Collection[str], regions: tuple[str, ...]) -> list[Detect
 def _national_in_text(text: str) -> Iterator[Finding]:
     yield from identifiers.ninos(text)
     yield from identifiers.fiscal_codes(text)
+    yield from national_ids.curps(text)
 
 
 _NEED_DIGITS = frozenset(["iban", "national_id", "ip"])

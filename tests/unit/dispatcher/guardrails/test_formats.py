@@ -78,6 +78,34 @@ MISSED = [
     ("身份证 33010619650604018X 请核对", "national_id", "33010619650604018X"),
     ("SSN on the second page:\n359-10\n-2169", "ssn", "359-10\n-2169"),
     ("SSN 123-45-\n6789 on file", "ssn", "123-45-\n6789"),
+    # The sixth blind set's misses (heldout.jsonl, measured once, tuning data since): more national
+    # ids, npm and PyPI tokens, an AWS secret key after a word saying what it is.
+    ("CURP: GOPB670308HJCLTD01", "national_id", "GOPB670308HJCLTD01"),
+    ("Meu CPF é 508.612.966-48.", "national_id", "508.612.966-48"),
+    ("Danish CPR number: 171181-7110", "national_id", "171181-7110"),
+    ("Norwegian fødselsnummer 28047015628", "national_id", "28047015628"),
+    ("Finnish henkilötunnus: 051298-690E", "national_id", "051298-690E"),
+    ("South African ID number 6106267996089", "national_id", "6106267996089"),
+    ("Swiss AHV number: 756.1109.7025.69", "national_id", "756.1109.7025.69"),
+    ("Chilean RUT: 11.945.514-6", "national_id", "11.945.514-6"),
+    ("Greek AMKA: 22127300634", "national_id", "22127300634"),
+    ("Austrian social insurance number 5860 160592", "national_id", "5860 160592"),
+    ("رقم الهوية البلجيكية الخاص بي هو 94062346387.", "national_id", "94062346387"),
+    (
+        "clave: npm_djtIMNaG4y6feoVAuYgcq8UTdK034lczxujw ok",
+        "secret",
+        "npm_djtIMNaG4y6feoVAuYgcq8UTdK034lczxujw",
+    ),
+    (
+        "token pypi-AgEIcHlwaS5vcmcq-n_TyOqgPdNDpJ5t18dka3EIItLyiPJlBfhQTLCLpOgb8mQUjkFM23YcmBf ok",
+        "secret",
+        "pypi-AgEIcHlwaS5vcmcq-n_TyOqgPdNDpJ5t18dka3EIItLyiPJlBfhQTLCLpOgb8mQUjkFM23YcmBf",
+    ),
+    (
+        "Zugriff mit y0KRmn4gSK1WMMeRoETMuwtxSP2ilI/crbOgNCFR klappt nicht",
+        "secret",
+        "y0KRmn4gSK1WMMeRoETMuwtxSP2ilI/crbOgNCFR",
+    ),
 ]
 
 
@@ -134,10 +162,22 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "身份证号：330106196506042563，请核对。",  # the fifth set's, check digit 3 where 4 is due
         # Numbers on three lines are a list, not a wrapped SSN.
         "Totals:\n123\n45\n6789",
+        # Sixth set's kinds without their name, with a wrong check digit, or a card said to be one.
+        "Order 171181-7110 shipped",
+        "ref 11.945.514-6 and 28047015628",
+        "Chilean RUT: 11.945.514-5",
+        "Swiss AHV number: 756.1109.7025.68",
+        "CURP: GOPB670308HJCLTD02",
+        "commit 907583adf9b6909b8aaa4c3e9d591308604e5451 fixed the key rotation",  # a git hash
+        "see y0KRmn4gSK1WMMeRoETMuwtxSP2ilI/crbOgNCFR in the build log",  # no word saying key
     ],
 )
 def test_lookalikes_are_left_alone(text: str) -> None:
     assert detect_pii(text) == []
+
+
+def test_a_south_african_id_passing_luhn_is_still_a_card_without_its_name() -> None:
+    assert [f.kind for f in detect_pii("card 6106267996089")] == ["card"]
 
 
 _INVISIBLE = st.sampled_from(["\u200b", "\u200d", "\u2060", "\ufeff", "\u202e", "\u00ad"])
