@@ -75,15 +75,20 @@ def _emails(text: str) -> Iterator[Finding]:
 # written-out " dot ": "I work at example.com" is not an address. "ät" is also Swedish for "eat", so it
 # too needs a written-out dot; the other names stand for "@" by themselves, but only between a local
 # part and a domain with a known top-level domain ("la chiocciola è un mollusco", "моя собака" are not).
+# Also "apenstaartje" (nl), "艾特" (zh), "アットマーク" (ja), "골뱅이" (ko), and "et" (tr), which is
+# French for "and": like "at", it needs a written-out dot and a local part with a dot or digit in it.
+# Domains and top-level domains may be Cyrillic or Chinese ("почта-москва точка рф", "公司 (点) 中国").
 # No library reads obfuscated addresses, hence by hand.
-_AT_NAME = r"(?:arobase|arroba|chiocciola|ma[łl]pa|собака)"
-_AT_WORD = rf"(?:at|ät|{_AT_NAME})"
+_AT_NAME = r"(?:arobase|arroba|chiocciola|ma[łl]pa|собака|apenstaartje|艾特|アットマーク|골뱅이)"
+_AT_WORD = rf"(?:at|ät|et|{_AT_NAME})"
 # (?<!\s): a match starts where a run of blanks does, not again at each of its blanks; without it
 # "dot" and 100,000 spaces took 54 s (each start scanned the rest of the run).
 _AT = re.compile(rf"(?i)(?<!\s)(?:\s*[\[(<{{]\s*(?:{_AT_WORD}|@)\s*[\])>}}]\s*|\s+{_AT_WORD}\s+)")
-_DOT_WORD = r"(?:dot|punkt|point|punto|ponto|punt|kropka|nokta|точка)"
+_DOT_WORD = r"(?:dot|punkt|point|punto|ponto|punt|kropka|nokta|точка|点|ドット|닷)"
 _DOT = rf"(?:\s*[\[(<{{]\s*{_DOT_WORD}\s*[\])>}}]\s*|\s+{_DOT_WORD}\s+|\.)"
-_DOMAIN = re.compile(rf"(?i)([^\W_][\w-]{{0,62}}(?:{_DOT}[^\W_][\w-]{{0,62}}){{0,3}}){_DOT}([a-z]{{2,6}})\b")
+_DOMAIN = re.compile(
+    rf"(?i)([^\W_][\w-]{{0,62}}(?:{_DOT}[^\W_][\w-]{{0,62}}){{0,3}}){_DOT}([a-z]{{2,6}}(?![a-z0-9_])|рф(?!\w)|中国|中國)"
+)
 _LOCAL_BEFORE = re.compile(rf"(?i)(?:[^\W_][\w+-]{{0,63}}{_DOT})*[^\W_][\w+-]{{0,63}}$")
 _WRITTEN = re.compile(rf"(?i)[\[(<{{]\s*(?:{_AT_WORD}|{_DOT_WORD})\s*[\])>}}]|\s(?:{_DOT_WORD}|{_AT_NAME})\s")
 _TLDS = frozenset(
@@ -91,13 +96,14 @@ _TLDS = frozenset(
         "com", "org", "net", "edu", "gov", "mil", "int", "info", "biz", "io", "co", "ai", "app", "dev", "me",
         "uk", "us", "ca", "au", "nz", "ie", "de", "at", "ch", "fr", "be", "nl", "lu", "es", "pt", "it", "pl",
         "cz", "sk", "hu", "ro", "bg", "gr", "se", "no", "dk", "fi", "is", "ee", "lv", "lt", "ru", "ua", "by",
-        "tr", "cn", "jp", "kr", "in", "br", "mx", "ar", "cl", "eu", "asia",
+        "tr", "cn", "jp", "kr", "in", "br", "mx", "ar", "cl", "eu", "asia", "рф", "中国", "中國",
     ]
 )  # fmt: skip
 _ADDRESS_LIKE_LOCAL = re.compile(rf"(?i)\s{_DOT_WORD}\s|[\[(<{{]{_DOT_WORD}|[\d._+-]")
 _OBFUSCATED_HINTS = (
     "dot", "punkt", "point", "punt", "ponto", "kropka", "nokta", "точка", "at)", "at]", "at}", "at>",
-    "ät)", "ät]", "ät}", "ät>", "arobase", "arroba", "chiocciola", "małpa", "malpa", "собака",
+    "ät)", "ät]", "ät}", "ät>", "arobase", "arroba", "chiocciola", "małpa", "malpa", "собака", "apenstaartje",
+    " et ", "艾特", "アットマーク", "골뱅이",
 )  # fmt: skip
 
 
@@ -115,7 +121,7 @@ def _obfuscated_emails(text: str) -> Iterator[Finding]:
         span = text[local.start() : domain.end()]
         if not _WRITTEN.search(span):
             continue
-        if at.group().strip().lower() == "at" and not _ADDRESS_LIKE_LOCAL.search(local.group()):
+        if at.group().strip().lower() in ("at", "et") and not _ADDRESS_LIKE_LOCAL.search(local.group()):
             continue  # "I work at example dot com": a plain "at" after a plain word is speech
         yield Finding("email", local.start(), domain.end())
 

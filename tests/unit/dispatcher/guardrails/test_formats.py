@@ -106,6 +106,35 @@ MISSED = [
         "secret",
         "y0KRmn4gSK1WMMeRoETMuwtxSP2ilI/crbOgNCFR",
     ),
+    # ... and the at-sign's and dot's names in Dutch, Russian (a Cyrillic domain), Turkish, Chinese,
+    # Japanese and Korean.
+    (
+        "mail: sdevries apenstaartje bedrijf-west punt nl",
+        "email",
+        "sdevries apenstaartje bedrijf-west punt nl",
+    ),
+    (
+        "Почта: olga_smirnova31 собака почта-москва точка рф",
+        "email",
+        "olga_smirnova31 собака почта-москва точка рф",
+    ),
+    (
+        "E-postam mehmet.öztürk et şirket-posta.com nokta tr",
+        "email",
+        "mehmet.öztürk et şirket-posta.com nokta tr",
+    ),
+    ("我的邮箱是 wfang (艾特) 公司 (点) 中国", "email", "wfang (艾特) 公司 (点) 中国"),
+    (
+        "メールは tanaka.ken アットマーク sakura-mail ドット jp です。",
+        "email",
+        "tanaka.ken アットマーク sakura-mail ドット jp",
+    ),
+    (
+        "제 이메일은 kim+invoices 골뱅이 seoul-corp.co 닷 kr입니다.",
+        "email",
+        "kim+invoices 골뱅이 seoul-corp.co 닷 kr",
+    ),
+    ("Контакты: ivan.petrov@почта-москва.рф, спасибо", "email", "ivan.petrov@почта-москва.рф"),
 ]
 
 
@@ -170,6 +199,9 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "CURP: GOPB670308HJCLTD02",
         "commit 907583adf9b6909b8aaa4c3e9d591308604e5451 fixed the key rotation",  # a git hash
         "see y0KRmn4gSK1WMMeRoETMuwtxSP2ilI/crbOgNCFR in the build log",  # no word saying key
+        "Pierre et Marie point com",  # French "et" after a plain word is "and"
+        "het apenstaartje heet in het Engels at",
+        "我的狗 (点) 很可爱",
     ],
 )
 def test_lookalikes_are_left_alone(text: str) -> None:
