@@ -308,7 +308,8 @@ def ninos(text: str) -> Iterator[Finding]:
 _PHONE = re.compile(
     r"(?<![0-9A-Za-z_+])(?:"
     r"(?:\+|00)\d{1,3}[ .\-/]?(?:\(0?\d{1,4}\)[ .\-/]?)?\d{1,4}(?:[ .\-/]?\d{2,4}){1,5}"  # international
-    r"|\(0?\d{2,5}\)[ .\-]?\d{2,4}(?:[ .\-]?\d{2,4}){1,2}"  # (415) 555-2671, (030) 1234 5678
+    # (415) 555-2671, (030) 1234 5678, and Russia's trunk 8 before it: 8 (912) 368-60-71
+    r"|(?:8 ?)?\(0?\d{2,5}\)[ .\-]?\d{2,4}(?:[ .\-]?\d{2,4}){1,2}"
     r"|\d{3}([.\-])\d{3}\1\d{4}"  # 555-123-4567
     r"|0\d{1,5}(?:[ .\-/]\d{2,8}){1,4}"  # national with a trunk 0: 030 1234567, 081234 56847
     r"|0\d{8,11}"  # national, unseparated
@@ -324,6 +325,7 @@ PHONE_WORDS = (
     "text me", "reach me", "contact", "kontakt", "handy", "ruf", "anruf", "appel", "portable", "llam", "llám", "chiam",
     "cellulare", "ligue", "celular", "bel me", "bellen", "zadzwo", "komórk", "stacjonarn", "телеф", "звон", "моб", "電話",
     "电话", "手机", "携帯", "전화", "휴대", "هاتف", "جوال", "اتصل", "फ़ोन", "फोन", "मोबाइल", "arayın", "cep",
+    "me liga", "拨打", "致电", "mera number", "naya number",
 )  # fmt: skip
 
 

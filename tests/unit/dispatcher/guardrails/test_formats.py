@@ -135,6 +135,11 @@ MISSED = [
         "kim+invoices 골뱅이 seoul-corp.co 닷 kr",
     ),
     ("Контакты: ivan.petrov@почта-москва.рф, спасибо", "email", "ivan.petrov@почта-москва.рф"),
+    # ... and phones after a word asking to call (pt, zh, Hinglish), Russia's trunk 8 before "(912)".
+    ("Me liga no 912 664 087 depois das 18h.", "phone", "912 664 087"),
+    ("请拨打 131 2600 2470 联系我。", "phone", "131 2600 2470"),
+    ("mera naya number 08123458810 hai, save kar lo", "phone", "08123458810"),
+    ("Контакты: 8 (912) 368-60-71, спасибо", "phone", "8 (912) 368-60-71"),
 ]
 
 
@@ -202,6 +207,10 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "Pierre et Marie point com",  # French "et" after a plain word is "and"
         "het apenstaartje heet in het Engels at",
         "我的狗 (点) 很可爱",
+        # The same digits as order and invoice numbers, without a word asking to call.
+        "Pedido 912 664 087 enviado depois das 18h.",
+        "订单号 131 2600 2470 已发货。",
+        "invoice 08123458810 hai, save kar lo",
     ],
 )
 def test_lookalikes_are_left_alone(text: str) -> None:
