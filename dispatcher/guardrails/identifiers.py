@@ -188,7 +188,9 @@ _SSN = re.compile(
     rf"(?(1)(?:{_WRAP})?\1(?:{_WRAP})?|(?: |{_WRAP}))(?!0000)\d{{4}}(?![\d-])"
 )
 _SSN_BARE = re.compile(
-    r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\W{0,5}((?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4})\b"
+    # "SSN: 409995099", and said in a sentence: "my SSN is 409995099", "Mijn SSN is ...".
+    r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\W{0,5}(?:(?:is|ist|es|est|era|was)\W{1,3})?"
+    r"((?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4})\b"
 )
 
 

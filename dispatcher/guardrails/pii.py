@@ -134,7 +134,8 @@ def _all_emails(text: str) -> Iterator[Finding]:
 # --- IP addresses -------------------------------------------------------------------------------
 # A network in CIDR notation ("192.168.0.0/16") is not anyone's address.
 _IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d|/\d)")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+# After it, a letter of another script may be glued on (a Korean particle: "…:776b였습니다").
+_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Za-z_:])")
 
 
 _IPV4_HINT = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]")

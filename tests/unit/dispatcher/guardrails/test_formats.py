@@ -140,6 +140,9 @@ MISSED = [
     ("请拨打 131 2600 2470 联系我。", "phone", "131 2600 2470"),
     ("mera naya number 08123458810 hai, save kar lo", "phone", "08123458810"),
     ("Контакты: 8 (912) 368-60-71, спасибо", "phone", "8 (912) 368-60-71"),
+    # ... an SSN said in a sentence, an IPv6 address with a Korean particle glued on.
+    ("Mijn Amerikaanse SSN is 409995099.", "ssn", "409995099"),
+    ("로그인 IP는 2607:d285:a2f3:7eb3::3404:776b였습니다.", "ip", "2607:d285:a2f3:7eb3::3404:776b"),
 ]
 
 
@@ -211,6 +214,7 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "Pedido 912 664 087 enviado depois das 18h.",
         "订单号 131 2600 2470 已发货。",
         "invoice 08123458810 hai, save kar lo",
+        "SSN is 987654321",  # no SSN begins with 9
     ],
 )
 def test_lookalikes_are_left_alone(text: str) -> None:
