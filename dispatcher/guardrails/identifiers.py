@@ -82,15 +82,13 @@ CARD_WORDS = (
 
 
 def cards(text: str) -> Iterator[Finding]:
-    lowered = text.lower()
-    south_african = any(word in lowered for word in more_ids.SOUTH_AFRICAN_ID_WORDS)
+    lowered = ""  # lower-cased only where a card or a line break calls for it: most windows have none
     for found in _cards_as_written(text):
-        if south_african and more_ids.is_south_african_id(
-            lowered, found.start, digits_of(text[found.start : found.end])
-        ):
+        lowered = lowered or text.lower()
+        if more_ids.is_south_african_id(lowered, found.start, digits_of(text[found.start : found.end])):
             continue  # a national id (national_ids.py), not a card
         yield found
-    if "\n" in text and any(word in lowered for word in CARD_WORDS):
+    if "\n" in text and any(word in (lowered := lowered or text.lower()) for word in CARD_WORDS):
         for m in _CARD_SPLIT.finditer(text):
             if _said_before(lowered, m.start(), CARD_WORDS) and _is_card(digits_of(m.group())):
                 yield Finding("card", m.start(), m.end())

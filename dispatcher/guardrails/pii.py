@@ -263,8 +263,10 @@ _KEY_WORDS = (
 )  # fmt: skip
 
 
-def _aws_secret_keys(text: str) -> Iterator[Finding]:
-    lowered = text.lower()
+def _aws_secret_keys(text: str, lowered: str) -> Iterator[Finding]:
+    # Cheapest test first (2,000 characters: a digit 6 µs, a 40-character word 18, the words 52).
+    if _DIGIT.search(text) is None or max(map(len, text.split()), default=0) < 40:
+        return
     if not any(word in lowered for word in _KEY_WORDS):
         return
     for m in _AWS_SECRET.finditer(text):
@@ -276,7 +278,8 @@ def _aws_secret_keys(text: str) -> Iterator[Finding]:
 
 
 def _secrets(text: str) -> Iterator[Finding]:
-    yield from _aws_secret_keys(text)
+    lowered = text.lower()
+    yield from _aws_secret_keys(text, lowered)
     # Substring tests run at memchr speed; the big alternation only runs when one could match.
     if any(hint in text for hint in _SECRET_HINTS):
         for m in _SECRET.finditer(text):
@@ -284,12 +287,9 @@ def _secrets(text: str) -> Iterator[Finding]:
     if "://" in text and "@" in text:
         for m in _URL_PASSWORD.finditer(text):
             yield Finding("secret", m.start(1), m.end(1))
-    if "=" in text or ":" in text:
-        lowered = text.lower()
-        if any(hint in lowered for hint in _ASSIGNED_HINTS):
-            for m in _ASSIGNED.finditer(text):
-                yield Finding("secret", m.start(1), m.end(1))
-    lowered = text.lower()
+    if ("=" in text or ":" in text) and any(hint in lowered for hint in _ASSIGNED_HINTS):
+        for m in _ASSIGNED.finditer(text):
+            yield Finding("secret", m.start(1), m.end(1))
     if any(hint in lowered for hint in _SAID_HINTS):
         for pattern in (_SAID, _SAID_ELSEWHERE):
             for m in pattern.finditer(text):
@@ -308,10 +308,15 @@ def _in_windows(kinds: Collection[str], regions: tuple[str, ...]) -> list[Detect
     return [table[kind] for kind in kinds if kind in table]
 
 
+# Digits between letters as an Italian codice fiscale or a Mexican CURP has them: one scan for both.
+_LETTER_ID_HINT = re.compile(r"[0-9]{2}(?:[A-Za-z][0-9]{2}[A-Za-z][0-9]{3}|[0-9]{4}[HMX][A-Z]{5})")
+
+
 def _national_in_text(text: str) -> Iterator[Finding]:
     yield from identifiers.ninos(text)
-    yield from identifiers.fiscal_codes(text)
-    yield from national_ids.curps(text)
+    if _LETTER_ID_HINT.search(text):
+        yield from identifiers.fiscal_codes(text)
+        yield from national_ids.curps(text)
 
 
 _NEED_DIGITS = frozenset(["iban", "national_id", "ip"])
