@@ -40,7 +40,9 @@ from stdnum.se import personnummer
 from stdnum.tr import tckimlik
 from stdnum.util import isdigits
 
+from dispatcher.guardrails import national_ids as more_ids
 from dispatcher.guardrails.findings import Finding
+from dispatcher.guardrails.national_ids import said_before as _said_before
 
 # One separator between digit groups: a space, dot, dash or slash, or a line break with its indent.
 SEP = r"(?:[ \t]?[.\-/][ \t]?|[ \t]|[ \t]*\r?\n[ \t]*)"
@@ -80,13 +82,16 @@ CARD_WORDS = (
 
 
 def cards(text: str) -> Iterator[Finding]:
-    yield from _cards_as_written(text)
-    if "\n" in text:
-        lowered = text.lower()
-        if any(word in lowered for word in CARD_WORDS):
-            for m in _CARD_SPLIT.finditer(text):
-                if _said_before(lowered, m.start(), CARD_WORDS) and _is_card(digits_of(m.group())):
-                    yield Finding("card", m.start(), m.end())
+    lowered = ""  # lower-cased only where a card or a line break calls for it: most windows have none
+    for found in _cards_as_written(text):
+        lowered = lowered or text.lower()
+        if more_ids.is_south_african_id(lowered, found.start, digits_of(text[found.start : found.end])):
+            continue  # a national id (national_ids.py), not a card
+        yield found
+    if "\n" in text and any(word in (lowered := lowered or text.lower()) for word in CARD_WORDS):
+        for m in _CARD_SPLIT.finditer(text):
+            if _said_before(lowered, m.start(), CARD_WORDS) and _is_card(digits_of(m.group())):
+                yield Finding("card", m.start(), m.end())
 
 
 def _cards_as_written(text: str) -> Iterator[Finding]:
@@ -181,7 +186,9 @@ _SSN = re.compile(
     rf"(?(1)(?:{_WRAP})?\1(?:{_WRAP})?|(?: |{_WRAP}))(?!0000)\d{{4}}(?![\d-])"
 )
 _SSN_BARE = re.compile(
-    r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\W{0,5}((?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4})\b"
+    # "SSN: 409995099", and said in a sentence: "my SSN is 409995099", "Mijn SSN is ...".
+    r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\W{0,5}(?:(?:is|ist|es|est|era|was)\W{1,3})?"
+    r"((?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4})\b"
 )
 
 
@@ -231,7 +238,7 @@ _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] =
     (re.compile(r"(?<![0-9A-Za-z-])[2-9]\d{3}-\d{4}-\d{4}(?![0-9A-Za-z-])"), aadhaar.is_valid, ("aadhar", "aadhaar", "आधार", "uidai")),
     (re.compile(r"(?<![0-9A-Za-z-])[2-9]\d{11}(?![0-9A-Za-z-])"), aadhaar.is_valid, ("aadhar", "aadhaar", "आधार", "uidai")),
     (re.compile(r"(?i)(?<![0-9a-z])[12] ?\d{2} ?(?:0[1-9]|1[0-2]) ?(?:\d{2}|2[ab]) ?\d{3} ?\d{3} ?\d{2}(?![0-9a-z])"), nir.is_valid, None),
-    (re.compile(r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?![\d.])"), cpf.is_valid, None),
+    (re.compile(r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?!\d|\.\d)"), cpf.is_valid, None),
     # Also grouped as region, birth date and sequence ("440305 19830711 7737"), which stdnum does not strip.
     (re.compile(r"(?i)(?<![\d-])\d{6}([ -]?)\d{8}\1\d{3}[\dx](?![\d-]|[a-z])"), _resident_id_ok, None),
     (re.compile(r"(?<![\d-])\d{6}-\d{7}(?![\d-])"), rrn.is_valid, None),
@@ -242,7 +249,7 @@ _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] =
     (re.compile(r"(?<!\d)(?:\d{2} ?\d{3} ?\d{3} ?\d{3}|\d{2}(?: \d{2}){4} \d)(?!\d)"), idnr.is_valid, ("steuer-id", "steuerid", "steueridentifikation", "identifikationsnummer", "idnr")),
     # Belgian national number: as printed (birth date, sequence, mod-97 check) it stands on its own.
     (re.compile(r"(?<![\d.-])\d{2}\.\d{2}\.\d{2}-\d{3}\.\d{2}(?![\d-]|\.\d)"), nn.is_valid, None),
-    (re.compile(r"(?<![\d.-])\d{6}[ -]?\d{3}[ .-]?\d{2}(?![\d-]|\.\d)"), nn.is_valid, ("rijksregister", "registre national", "numéro national", "numero national", "nationaal nummer", "insz", "niss", "national number")),
+    (re.compile(r"(?<![\d.-])\d{6}[ -]?\d{3}[ .-]?\d{2}(?![\d-]|\.\d)"), nn.is_valid, ("rijksregister", "registre national", "numéro national", "numero national", "nationaal nummer", "insz", "niss", "national number", "البلجيك")),
     # Portuguese NIF, Swedish personnummer (a date and a Luhn digit), Russian INN (10 digits, or 12 with
     # two check digits): bare runs that one order number in ten to a hundred passes, so only after their name.
     (re.compile(r"(?<![\d-])(?:\d{9}|\d{3} \d{3} \d{3})(?![\d-])"), nif.is_valid, ("nif", "contribuinte", "número fiscal", "numero fiscal", "identificação fiscal")),
@@ -250,12 +257,8 @@ _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] =
     (re.compile(r"(?<![\d-])(?:\d{12}|\d{10})(?![\d-])"), inn.is_valid, ("инн", "inn ", "inn:", "taxpayer identification number", "идентификационный номер налогоплательщика")),
     (re.compile(r"(?<!\d)\d{4}[ .]?\d{2}[ .]?\d{3}(?!\d)"), bsn.is_valid, ("bsn", "burgerservicenummer", "sofinummer")),
     (re.compile(r"(?<!\d)\d{4}[ -]?\d{4}[ -]?\d{4}(?!\d)"), mynumber.is_valid, ("マイナンバー", "個人番号", "my number", "mynumber")),
+    *more_ids.NATIONAL,
 )  # fmt: skip
-
-
-def _said_before(lowered: str, start: int, words: tuple[str, ...]) -> bool:
-    before = lowered[max(0, start - 40) : start]
-    return any(word in before for word in words)
 
 
 def _said_after(lowered: str, end: int, words: tuple[str, ...]) -> bool:
@@ -305,7 +308,8 @@ def ninos(text: str) -> Iterator[Finding]:
 _PHONE = re.compile(
     r"(?<![0-9A-Za-z_+])(?:"
     r"(?:\+|00)\d{1,3}[ .\-/]?(?:\(0?\d{1,4}\)[ .\-/]?)?\d{1,4}(?:[ .\-/]?\d{2,4}){1,5}"  # international
-    r"|\(0?\d{2,5}\)[ .\-]?\d{2,4}(?:[ .\-]?\d{2,4}){1,2}"  # (415) 555-2671, (030) 1234 5678
+    # (415) 555-2671, (030) 1234 5678, and Russia's trunk 8 before it: 8 (912) 368-60-71
+    r"|(?:8 ?)?\(0?\d{2,5}\)[ .\-]?\d{2,4}(?:[ .\-]?\d{2,4}){1,2}"
     r"|\d{3}([.\-])\d{3}\1\d{4}"  # 555-123-4567
     r"|0\d{1,5}(?:[ .\-/]\d{2,8}){1,4}"  # national with a trunk 0: 030 1234567, 081234 56847
     r"|0\d{8,11}"  # national, unseparated
@@ -321,6 +325,7 @@ PHONE_WORDS = (
     "text me", "reach me", "contact", "kontakt", "handy", "ruf", "anruf", "appel", "portable", "llam", "llám", "chiam",
     "cellulare", "ligue", "celular", "bel me", "bellen", "zadzwo", "komórk", "stacjonarn", "телеф", "звон", "моб", "電話",
     "电话", "手机", "携帯", "전화", "휴대", "هاتف", "جوال", "اتصل", "फ़ोन", "फोन", "मोबाइल", "arayın", "cep",
+    "me liga", "拨打", "致电", "mera number", "naya number",
 )  # fmt: skip
 
 

@@ -78,6 +78,71 @@ MISSED = [
     ("身份证 33010619650604018X 请核对", "national_id", "33010619650604018X"),
     ("SSN on the second page:\n359-10\n-2169", "ssn", "359-10\n-2169"),
     ("SSN 123-45-\n6789 on file", "ssn", "123-45-\n6789"),
+    # The sixth blind set's misses (heldout.jsonl, measured once, tuning data since): more national
+    # ids, npm and PyPI tokens, an AWS secret key after a word saying what it is.
+    ("CURP: GOPB670308HJCLTD01", "national_id", "GOPB670308HJCLTD01"),
+    ("Meu CPF é 508.612.966-48.", "national_id", "508.612.966-48"),
+    ("Danish CPR number: 171181-7110", "national_id", "171181-7110"),
+    ("Norwegian fødselsnummer 28047015628", "national_id", "28047015628"),
+    ("Finnish henkilötunnus: 051298-690E", "national_id", "051298-690E"),
+    ("South African ID number 6106267996089", "national_id", "6106267996089"),
+    ("Swiss AHV number: 756.1109.7025.69", "national_id", "756.1109.7025.69"),
+    ("Chilean RUT: 11.945.514-6", "national_id", "11.945.514-6"),
+    ("Greek AMKA: 22127300634", "national_id", "22127300634"),
+    ("Austrian social insurance number 5860 160592", "national_id", "5860 160592"),
+    ("رقم الهوية البلجيكية الخاص بي هو 94062346387.", "national_id", "94062346387"),
+    (
+        "clave: npm_djtIMNaG4y6feoVAuYgcq8UTdK034lczxujw ok",
+        "secret",
+        "npm_djtIMNaG4y6feoVAuYgcq8UTdK034lczxujw",
+    ),
+    (
+        "token pypi-AgEIcHlwaS5vcmcq-n_TyOqgPdNDpJ5t18dka3EIItLyiPJlBfhQTLCLpOgb8mQUjkFM23YcmBf ok",
+        "secret",
+        "pypi-AgEIcHlwaS5vcmcq-n_TyOqgPdNDpJ5t18dka3EIItLyiPJlBfhQTLCLpOgb8mQUjkFM23YcmBf",
+    ),
+    (
+        "Zugriff mit y0KRmn4gSK1WMMeRoETMuwtxSP2ilI/crbOgNCFR klappt nicht",
+        "secret",
+        "y0KRmn4gSK1WMMeRoETMuwtxSP2ilI/crbOgNCFR",
+    ),
+    # ... and the at-sign's and dot's names in Dutch, Russian (a Cyrillic domain), Turkish, Chinese,
+    # Japanese and Korean.
+    (
+        "mail: sdevries apenstaartje bedrijf-west punt nl",
+        "email",
+        "sdevries apenstaartje bedrijf-west punt nl",
+    ),
+    (
+        "Почта: olga_smirnova31 собака почта-москва точка рф",
+        "email",
+        "olga_smirnova31 собака почта-москва точка рф",
+    ),
+    (
+        "E-postam mehmet.öztürk et şirket-posta.com nokta tr",
+        "email",
+        "mehmet.öztürk et şirket-posta.com nokta tr",
+    ),
+    ("我的邮箱是 wfang (艾特) 公司 (点) 中国", "email", "wfang (艾特) 公司 (点) 中国"),
+    (
+        "メールは tanaka.ken アットマーク sakura-mail ドット jp です。",
+        "email",
+        "tanaka.ken アットマーク sakura-mail ドット jp",
+    ),
+    (
+        "제 이메일은 kim+invoices 골뱅이 seoul-corp.co 닷 kr입니다.",
+        "email",
+        "kim+invoices 골뱅이 seoul-corp.co 닷 kr",
+    ),
+    ("Контакты: ivan.petrov@почта-москва.рф, спасибо", "email", "ivan.petrov@почта-москва.рф"),
+    # ... and phones after a word asking to call (pt, zh, Hinglish), Russia's trunk 8 before "(912)".
+    ("Me liga no 912 664 087 depois das 18h.", "phone", "912 664 087"),
+    ("请拨打 131 2600 2470 联系我。", "phone", "131 2600 2470"),
+    ("mera naya number 08123458810 hai, save kar lo", "phone", "08123458810"),
+    ("Контакты: 8 (912) 368-60-71, спасибо", "phone", "8 (912) 368-60-71"),
+    # ... an SSN said in a sentence, an IPv6 address with a Korean particle glued on.
+    ("Mijn Amerikaanse SSN is 409995099.", "ssn", "409995099"),
+    ("로그인 IP는 2607:d285:a2f3:7eb3::3404:776b였습니다.", "ip", "2607:d285:a2f3:7eb3::3404:776b"),
 ]
 
 
@@ -134,10 +199,30 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "身份证号：330106196506042563，请核对。",  # the fifth set's, check digit 3 where 4 is due
         # Numbers on three lines are a list, not a wrapped SSN.
         "Totals:\n123\n45\n6789",
+        # Sixth set's kinds without their name, with a wrong check digit, or a card said to be one.
+        "Order 171181-7110 shipped",
+        "ref 11.945.514-6 and 28047015628",
+        "Chilean RUT: 11.945.514-5",
+        "Swiss AHV number: 756.1109.7025.68",
+        "CURP: GOPB670308HJCLTD02",
+        "commit 907583adf9b6909b8aaa4c3e9d591308604e5451 fixed the key rotation",  # a git hash
+        "see y0KRmn4gSK1WMMeRoETMuwtxSP2ilI/crbOgNCFR in the build log",  # no word saying key
+        "Pierre et Marie point com",  # French "et" after a plain word is "and"
+        "het apenstaartje heet in het Engels at",
+        "我的狗 (点) 很可爱",
+        # The same digits as order and invoice numbers, without a word asking to call.
+        "Pedido 912 664 087 enviado depois das 18h.",
+        "订单号 131 2600 2470 已发货。",
+        "invoice 08123458810 hai, save kar lo",
+        "SSN is 987654321",  # no SSN begins with 9
     ],
 )
 def test_lookalikes_are_left_alone(text: str) -> None:
     assert detect_pii(text) == []
+
+
+def test_a_south_african_id_passing_luhn_is_still_a_card_without_its_name() -> None:
+    assert [f.kind for f in detect_pii("card 6106267996089")] == ["card"]
 
 
 _INVISIBLE = st.sampled_from(["\u200b", "\u200d", "\u2060", "\ufeff", "\u202e", "\u00ad"])
