@@ -39,6 +39,8 @@ from workers.cancellations import Cancellations
 from workers.coalescer import EmbeddingCoalescer
 from workers.liveness import InFlight, keep_alive
 from workers.openai_shape import normalize
+from workers.slot_pins import pinned
+from workers.stream_opening import open_stream
 from workers.telemetry import post_processing, processing, record_inference, record_post_processing
 from workers.worker_settings import WorkerSettings
 
@@ -55,17 +57,6 @@ class Outcome(enum.Enum):
 # on its first chunk frame (one message fewer). Well under the ingress's keep-alive interval
 # (`sse_keepalive_s`, 10 s by default), until which it holds a stream's headers for the first token.
 _ANNOUNCE_AFTER_S = 0.5
-
-
-# Endpoints a slot-keeping backend (llama.cpp) runs in a slot; `id_slot` means nothing elsewhere.
-_SLOTTED = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RESPONSES, Endpoint.MESSAGES})
-
-
-def _pinned(endpoint: Endpoint, payload: Json, slot: int | None) -> Json:
-    """The backend request, pinned to `slot` (llama.cpp's `id_slot`) when the worker chose one."""
-    if slot is None or endpoint not in _SLOTTED:
-        return payload
-    return {**payload, "id_slot": slot}
 
 
 def _now_ms() -> int:
@@ -293,7 +284,7 @@ class RequestRunner:
         self, envelope: RequestEnvelope, writer: ReplyWriter, timings: Timings, slot: int | None
     ) -> None:
         plan = dialects.plan(envelope, self._backend.native)
-        payload = _pinned(plan.endpoint, plan.payload, slot)
+        payload = pinned(plan.endpoint, plan.payload, slot)
         attempt = 0
         while True:
             try:
@@ -328,7 +319,7 @@ class RequestRunner:
         self, envelope: RequestEnvelope, writer: ReplyWriter, timings: Timings, slot: int | None
     ) -> None:
         plan = dialects.plan(envelope, self._backend.native)
-        payload = _pinned(plan.endpoint, plan.payload, slot)
+        payload = pinned(plan.endpoint, plan.payload, slot)
         presenter = plan.presenter()
         chat_side = plan.endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS)  # chunks with choices
         wants_usage = not plan.translated and bool(
@@ -382,7 +373,7 @@ class RequestRunner:
             exhausted = True
             ready.set()
 
-        chunks = await self._open_stream(plan, payload)
+        chunks = await open_stream(self._backend, plan.endpoint, payload, self._backoff)
         async with asyncio.TaskGroup() as group:
             group.create_task(pump(chunks))
             while True:
@@ -400,39 +391,6 @@ class RequestRunner:
         await writer.final(
             timings, usage, finish, guard_events=guard.events if guard else None, chunks=buffer
         )
-
-    async def _open_stream(self, plan: dialects.Plan, payload: Json) -> AsyncIterator[Json]:
-        """Open the backend stream and wait for its first chunk, retrying while that is safe."""
-        attempt = 0
-        while True:
-            stream = self._backend.stream(plan.endpoint, payload)
-            try:
-                first = await anext(stream)
-            except StopAsyncIteration:
-                return _empty()
-            except BackendError as exc:
-                await stream.aclose()  # type: ignore[attr-defined]
-                await self._backoff(attempt, exc)
-                attempt += 1
-                continue
-            except BaseException:
-                await stream.aclose()  # type: ignore[attr-defined]
-                raise
-            return _prepend(first, stream)
-
-
-async def _empty() -> AsyncIterator[Json]:
-    return
-    yield  # pragma: no cover - makes this an async generator
-
-
-async def _prepend(first: Json, rest: AsyncIterator[Json]) -> AsyncIterator[Json]:
-    try:
-        yield first
-        async for item in rest:
-            yield item
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
 
 
 def _tokens_used(writer: ReplyWriter) -> int | None:

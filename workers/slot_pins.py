@@ -21,6 +21,20 @@ prompt to find.
 
 from __future__ import annotations
 
+from typing import Any
+
+from schemas.envelope import Endpoint
+
+# Endpoints a slot-keeping backend runs in a slot; `id_slot` means nothing to the others.
+_SLOTTED = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RESPONSES, Endpoint.MESSAGES})
+
+
+def pinned(endpoint: Endpoint, payload: dict[str, Any], slot: int | None) -> dict[str, Any]:
+    """The backend request, pinned to `slot` (llama.cpp's `id_slot`) when the worker chose one."""
+    if slot is None or endpoint not in _SLOTTED:
+        return payload
+    return {**payload, "id_slot": slot}
+
 
 class SlotPins:
     def __init__(self, slots: int, guests: int, first: int = 0) -> None:
