@@ -190,16 +190,18 @@ class AffinityPuller(CapacityPuller):
         # Only an idle worker: a cold prefill beside its own requests would hold up their tokens
         # (llama.cpp puts every slot's work in one batch), and a busy worker is no idle slot.
         if self._pins is not None and self.in_flight == 0 and source not in self.home:
-            last_bell = max(self._marked[source], self._rung.get(source, 0.0))
-            return min(due, last_bell + self._guest_grace_s)
+            return min(due, self._last_bell(source) + self._guest_grace_s)
         return due
 
     def _due_for_any_slot(self, source: int) -> float:
         since = self._marked[source]
         if source == _FIFO or source in self.home or source in self._backlog:
             return since
-        last_bell = max(since, self._rung.get(source, since))
-        return min(last_bell + self._grace_s, since + self._patience_s)
+        return min(self._last_bell(source) + self._grace_s, since + self._patience_s)
+
+    def _last_bell(self, source: int) -> float:
+        """When a marked source's latest bell rang (its mark's time if none rang since)."""
+        return max(self._marked[source], self._rung.get(source, 0.0))
 
     def _choose(self, now: float) -> int | None:
         open_ = [s for s in self._marked if self._room(s, 1) > 0]
@@ -229,9 +231,10 @@ class AffinityPuller(CapacityPuller):
         if chosen is not None:
             self._open_source, self._open_sent_at = chosen, now
             room = self._room(chosen, free)
-            self._open_for_guests = self._pins is not None and self._due_for_any_slot(chosen) > now
-            if self._open_for_guests and self._pins is not None:
-                room = min(room, self._pins.free_guests)  # ripe for a guest slot only
+            self._open_for_guests = False
+            if self._pins is not None and self._due_for_any_slot(chosen) > now:
+                self._open_for_guests = True  # ripe for a guest slot only
+                room = min(room, self._pins.free_guests)
             await self._pull(self._sources[chosen], room, None)
             return
         room = min(free, self._batch_limit - self.in_flight_batch)
@@ -277,7 +280,7 @@ class AffinityPuller(CapacityPuller):
         if bucket is not None:
             self._running[bucket] += 1
         if self._pins is not None and msg.reply:
-            slot = self._pins.take(bucket, stolen=bucket is not None and bucket not in self.home)
+            slot = self._pins.take(bucket, stolen=self.affinity(msg) == "stolen")
             if slot is not None:
                 self._pinned[msg.reply] = slot
         await super()._on_message(msg)

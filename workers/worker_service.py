@@ -68,14 +68,14 @@ class Worker:
 
     def _share(self, slots: int) -> int:
         """This process's part of the worker's slots (all of them unless started with --processes)."""
-        parts, part = self.settings.capacity_parts, self.settings.capacity_part
-        return max(1, slots // parts + (1 if part < slots % parts else 0))
+        return max(1, len(self._part(slots)))
 
-    @property
-    def _first_slot(self) -> int:
-        """The first backend slot of this process's part of the worker's (slots are numbered from 0)."""
+    def _part(self, slots: int) -> range:
+        """The backend slots (numbered from 0) of this process's part: the parts split them evenly,
+        the first ones taking one more when they do not divide."""
         parts, part = self.settings.capacity_parts, self.settings.capacity_part
-        return part * (self.slots // parts) + min(part, self.slots % parts)
+        first = part * (slots // parts) + min(part, slots % parts)
+        return range(first, first + slots // parts + (1 if part < slots % parts else 0))
 
     @property
     def _registry_key(self) -> str:
@@ -159,7 +159,7 @@ class Worker:
             per_bucket=self.model.affinity.per_bucket,
             guest_slots=self.model.affinity.guest_slots,
             guest_grace_s=settings.affinity_guest_grace_ms / 1000,
-            first_slot=self._first_slot,
+            first_slot=self._part(self.slots).start,
         )
 
     async def _follow_home(self, registry: KeyValue, puller: AffinityPuller) -> None:
