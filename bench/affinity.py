@@ -32,104 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 
+from bench.affinity_prompts import PROMPTS, TURNS, system_prompt
+from bench.affinity_sampler import DIRECT, Sampler, evaluated_tokens
 from bench.stack import API_KEY, Processes, _cli, _http_ok, _log_says, _wait, start_nats
-from dispatcher.bus.subjects import Subjects
 from dispatcher.config.config_file import dump_config
 from dispatcher.policy.api_keys import hash_key
-from dispatcher.scheduling.capacity_view import lane_consumers
 from modelbus.embedded_nats import free_port
 from schemas.config import AffinityConfig, ApiKey, ConsumerConfig, ModelbusConfig, ModelConfig, OpenAIBackend
 from schemas.envelope import Endpoint
 from tests.support.llama_server import ALIAS, find_llama_server, gemma_model_path
 
 _ROOT = Path(__file__).resolve().parents[1]
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 MODEL = "gemma"
-PROMPTS = 8
-_TOPICS = [
-    "warehouse returns",
-    "satellite ground stations",
-    "hospital pharmacy",
-    "municipal water billing",
-    "airline crew rostering",
-    "semiconductor fab safety",
-    "university admissions",
-    "insurance claims triage",
-]
-_WORDS = [
-    "policy",
-    "customer",
-    "request",
-    "record",
-    "approval",
-    "deadline",
-    "exception",
-    "escalation",
-    "audit",
-    "invoice",
-    "shipment",
-    "schedule",
-    "incident",
-    "report",
-    "review",
-    "threshold",
-    "priority",
-    "contract",
-    "service",
-    "ticket",
-    "account",
-    "balance",
-    "transfer",
-    "inventory",
-    "vendor",
-    "payment",
-    "refund",
-    "warranty",
-    "document",
-    "verification",
-    "compliance",
-    "access",
-    "shift",
-    "supervisor",
-    "schedule",
-    "training",
-    "certificate",
-    "equipment",
-    "maintenance",
-    "calibration",
-    "sample",
-    "batch",
-]
-TURNS = [
-    "What should I do first?",
-    "Summarize the rule on deadlines.",
-    "Who approves an exception?",
-    "Is a second review needed?",
-    "How long do we keep records?",
-    "What if the vendor is late?",
-    "Give me the escalation path.",
-    "Can this wait until Monday?",
-    "Which form do I need?",
-    "What is the threshold?",
-]
-
-
-# ~1,560 tokens with Gemma 3's tokenizer: above the acceptance's 1,500 with the least prefill to pay.
-PROMPT_WORDS = 1150
-
-
-def system_prompt(n: int, words: int = PROMPT_WORDS) -> str:
-    """A long, distinct instruction document per topic (seeded: the same text every run)."""
-    rng = random.Random(n)
-    lines = [f"You are the assistant for {_TOPICS[n]} at site {n}. Follow these numbered rules exactly."]
-    rule = 1
-    while sum(len(line.split()) for line in lines) < words:
-        body = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(12, 24)))
-        lines.append(f"Rule {n}.{rule}: {body}.")
-        rule += 1
-    return "\n".join(lines)
 
 
 def _llama(procs: Processes, name: str, parallel: int, ctx_per_slot: int, threads: int, batch: int) -> str:
@@ -161,71 +76,6 @@ def _config(base: str, slots: int, affinity: AffinityConfig | None) -> ModelbusC
     return ModelbusConfig(
         models=[model], consumers=[ConsumerConfig(name="bench", roles=["user"], keys=[key])]
     )
-
-
-def _get_json(url: str) -> Any:
-    with _DIRECT.open(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
-def _evaluated_tokens(base: str) -> float:
-    """Prompt tokens the server evaluated (cached prefixes are not evaluated again)."""
-    with _DIRECT.open(f"{base}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("llamacpp:prompt_tokens_total"):
-                return float(line.split()[-1])
-    return float("nan")
-
-
-class Sampler:
-    """Every 50 ms: busy slots per backend and requests waiting in the bus."""
-
-    def __init__(self, backends: list[str], nats_url: str, buckets: int) -> None:
-        self.backends, self.nats_url, self.buckets = backends, nats_url, buckets
-        self.samples: list[tuple[list[int], int]] = []
-        self.times: list[float] = []
-
-    async def run(self, stop: asyncio.Event) -> None:
-        nc = await nats.connect(self.nats_url)
-        js, subjects = nc.jetstream(), Subjects("bench")
-        try:
-            while not stop.is_set():
-                busy = [
-                    sum(1 for s in await asyncio.to_thread(_get_json, f"{b}/slots") if s.get("is_processing"))
-                    for b in self.backends
-                ]
-                infos = await lane_consumers(js, subjects, MODEL, "default", self.buckets)
-                queued = sum(info.num_pending or 0 for _, info in infos)
-                self.samples.append((busy, queued))
-                self.times.append(time.monotonic())
-                await asyncio.sleep(0.05)
-        finally:
-            await nc.close()
-
-    def summary(self, slots: int) -> dict[str, float]:
-        queued = [(busy, q) for busy, q in self.samples if q > 0]
-        idle = sum(1 for busy, _ in queued if min(busy) == 0)
-        free = sum(1 for busy, _ in queued if min(busy) < slots)
-        # A 50 ms sample also catches the moment between a publish and its pull (FIFO has those too):
-        # what matters is a backend left idle while work waits, so the stretches are measured as well.
-        stretches: list[float] = []
-        for n in range(len(self.backends)):
-            began: float | None = None
-            for (busy, q), at in zip(self.samples, self.times, strict=True):
-                idle_here = q > 0 and busy[n] == 0
-                if idle_here and began is None:
-                    began = at
-                elif not idle_here and began is not None:
-                    stretches.append(at - began)
-                    began = None
-        return {
-            "samples": len(self.samples),
-            "samples_with_queue": len(queued),
-            "backend_idle_while_queued": idle,
-            "backend_free_slot_while_queued": free,
-            "idle_while_queued_longest_s": round(max(stretches, default=0.0), 2),
-            "idle_while_queued_over_250ms": sum(1 for s in stretches if s > 0.25),
-        }
 
 
 async def _drive(
@@ -370,7 +220,7 @@ def run_case(
             )
             _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), "ingress", procs)
             time.sleep(3)  # every worker has seen the other's heartbeat: home buckets settled
-            sampler = Sampler(backends, nats_url, args.buckets if affinity else 0)
+            sampler = Sampler(backends, nats_url, MODEL, args.buckets if affinity else 0)
             stop = asyncio.Event()
 
             async def measured() -> list[dict[str, Any]]:
@@ -385,7 +235,7 @@ def run_case(
             began = time.perf_counter()
             results = asyncio.run(measured())
             wall = max(r["ended"] for r in results) - began
-            evaluated = [_evaluated_tokens(b) for b in backends]
+            evaluated = [evaluated_tokens(b) for b in backends]
             if hold is not None:
                 asyncio.run(_keep_busy(port, plan, args.concurrency, hold))
         finally:
@@ -416,7 +266,7 @@ def _post(base: str, path: str, body: dict[str, Any]) -> Any:
     request = urllib.request.Request(
         base + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
     )
-    with _DIRECT.open(request, timeout=60) as response:
+    with DIRECT.open(request, timeout=60) as response:
         return json.loads(response.read())
 
 
