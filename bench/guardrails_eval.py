@@ -16,9 +16,10 @@ round three by the author of the detectors) and round3_probe.jsonl (paraphrases 
 wrote to get past the detectors, measured once, then tuned on), round4.jsonl (round three's blind
 held-out set, measured once, tuning data since round four), round5.jsonl (round four's blind set,
 tuning data since round five), round5_train.jsonl (written in round five by the detectors'
-author), round6_train.jsonl (benign text written in round six by its author) and round6.jsonl (round
-five's blind set, tuning data since round six). The held-out set is
-tests/unit/dispatcher/guardrails/data/heldout.jsonl (the sixth blind set, README_heldout.md),
+author), round6_train.jsonl (benign text written in round six by its author), round6.jsonl (round
+five's blind set, tuning data since round six) and round7.jsonl (round six's blind set, tuning data
+since round seven). The held-out set is
+tests/unit/dispatcher/guardrails/data/heldout.jsonl (the seventh blind set, README_heldout.md),
 written by someone who never saw the detectors' code or results; a text whose SHA-256
 is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
 on or used as an exemplar. On the tuning set the classifier is scored leave-one-out (a prompt never
@@ -61,8 +62,9 @@ ROUND5_TRAIN = DATA / "round5_train.jsonl"
 # training text (format requests, corrections, security notices, quoted attacks asked about), no measure.
 ROUND6_TRAIN = DATA / "round6_train.jsonl"
 ROUND6 = DATA / "round6.jsonl"  # round five's blind held-out set, measured once; tuning since round six
-TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6)
-# The sixth blind set (README_heldout.md), committed after round six's changes and measured once.
+ROUND7 = DATA / "round7.jsonl"  # round six's blind held-out set, measured once; tuning since round seven
+TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6, ROUND7)
+# The seventh blind set (README_heldout.md), committed during round seven, before its one measurement.
 HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"

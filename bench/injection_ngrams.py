@@ -12,14 +12,15 @@ without touching a scored file: every data file is scored by a model trained on 
 (out of fold), and the threshold is the score that flags `TARGET_FPR` of those out-of-fold benign
 prompts — for the shipped weights all files' out-of-fold benign scores, for a left-out file the
 other files' (their models saw the left-out file, its scores did not set its threshold). The
-leave-one-round-out figures on the three rounds another author wrote blind (round2, round4,
-round5) are the proxy for a new blind set; they are tuning data all the same (docs/guardrails.md).
+leave-one-round-out figures on the rounds another author wrote blind (round2, round4, round5,
+round6, round7) are the proxy for a new blind set; they are tuning data all the same (docs/guardrails.md).
 scikit-learn is needed here only (it is a test dependency); the worker reads the arrays with numpy.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.benign_corpus import corpus, digest
 from bench.guardrails_eval import (
     ORIGINAL,
     ORIGINAL_HOLDOUT,
@@ -36,6 +38,7 @@ from bench.guardrails_eval import (
     ROUND5_TRAIN,
     ROUND6,
     ROUND6_TRAIN,
+    ROUND7,
     TUNING,
     Classify,
     Report,
@@ -57,10 +60,15 @@ MIN_DF = 2
 # threshold (4 -> 13 of 808): docs/guardrails.md, Round six.
 TARGET_FPR = 0.005
 # Every labelled file trains the shipped model; the original regression sets are small but labelled.
-# Since round six the fifth blind set (round6.jsonl, measured once) is tuning data and trains it too.
+# Since round six the fifth blind set (round6.jsonl, measured once) is tuning data and trains it too,
+# since round seven the sixth (round7.jsonl).
 DATA_FILES = (*TUNING, ORIGINAL, ORIGINAL_HOLDOUT)
 # The rounds written blind by someone who never saw the detectors: the honest folds.
-BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5, ROUND6)
+BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5, ROUND6, ROUND7)
+
+# Round seven: the machine's benign corpus (bench/benign_corpus.py) trains every fit; `--no-corpus`
+# turns it off to compare.
+MACHINE_CORPUS = True
 
 Model = tuple[object, object, object]  # character vectorizer, word vectorizer, logistic regression
 
@@ -77,8 +85,21 @@ def _matrix(chars: object, words: object, texts: list[str], fit: bool = False) -
     return hstack([getattr(chars, how)(texts), getattr(words, how)(texts)]).tocsr()
 
 
+@functools.cache
+def _machine_benign() -> tuple[str, ...]:
+    """bench/benign_corpus.py's passages, normalized as the worker reads them."""
+    rows = corpus()
+    print(f"benign corpus: {len(rows)} passages, sha256 {digest(rows)}", file=sys.stderr)
+    return tuple(features_text(text) for text, _, _ in rows)
+
+
 def _fit(texts: list[str], labels: np.ndarray) -> Model:
+    """Every fit also learns from the machine's benign corpus: long ordinary prose in 15 languages,
+    which the labelled sets lack (their benign prompts are short). It trains, it is never scored."""
     from sklearn.feature_extraction.text import TfidfVectorizer
+
+    extra = list(_machine_benign()) if MACHINE_CORPUS else []
+    texts, labels = texts + extra, np.concatenate([labels, np.zeros(len(extra), dtype=bool)])
     from sklearn.linear_model import LogisticRegression
 
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAMS, min_df=MIN_DF, sublinear_tf=True)
@@ -211,7 +232,10 @@ def main() -> None:
     parser.add_argument("--folds", action="store_true", help="leave each data file out in turn")
     parser.add_argument("--cross-round", action="store_true", help="train on rounds 1-3, score round4")
     parser.add_argument("--write", action="store_true", help="train on every data file, write weights")
+    parser.add_argument("--no-corpus", action="store_true", help="train without the machine's benign corpus")
     args = parser.parse_args()
+    global MACHINE_CORPUS
+    MACHINE_CORPUS = not args.no_corpus
     if args.write:
         print(write())
     if args.folds:

@@ -3,7 +3,8 @@
 Tuning data: labelled.jsonl (round one), round2.jsonl (round two's held-out set, measured once, then
 moved to the tuning side), round3.jsonl, round3_probe.jsonl, round4.jsonl (round three's blind
 held-out set, measured once, tuning data since round four), round5.jsonl (round four's blind set,
-likewise since round five) and round5_train.jsonl (written in round five by the detectors' author).
+likewise since round five), round5_train.jsonl (written in round five by the detectors' author),
+round6_train.jsonl, round6.jsonl and round7.jsonl (the fifth and sixth blind sets, each measured once).
 The held-out set is heldout.jsonl, written by someone who never saw the detectors' code or results;
 it is absent from a checkout until it is committed, and its texts are held out wherever they appear
 (by SHA-256). The original sets (prompts.jsonl, tuned on, and prompts_holdout.jsonl) stay as
@@ -30,6 +31,7 @@ from bench.guardrails_eval import (
     ROUND5_TRAIN,
     ROUND6,
     ROUND6_TRAIN,
+    ROUND7,
     TUNING,
     evaluate,
     first_round_half,
@@ -120,7 +122,7 @@ def test_tuning_floors() -> None:
         [
             r
             for f in TUNING
-            if f not in (ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6)
+            if f not in (ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6, ROUND7)
             for r in load(f)
             if split_of(str(r["text"])) == "tuning"
         ]
@@ -141,6 +143,10 @@ def test_tuning_floors() -> None:
     # (275 of 716 attacks then and now; 16 of 808 benign prompts flagged then, 4 now): floors at now.
     sixth = evaluate(load(ROUND6)).injection["heuristics"]
     assert sixth.tp >= 275 and sixth.fp <= 4, sixth
+    # round7.jsonl (the sixth blind set) as its one blind run found it: 313 of 624 attacks, 4 of
+    # 1,020 other prompts flagged (only PII detectors changed after it).
+    seventh = evaluate(load(ROUND7)).injection["heuristics"]
+    assert seventh.tp >= 313 and seventh.fp <= 4, seventh
 
 
 def test_original_sets_still_hold() -> None:
