@@ -1,92 +1,40 @@
-"""Benign text nobody here wrote, for the n-gram classifier's training: what a machine already holds.
+"""Benign text nobody here wrote, for the n-gram classifier's training: what every Python holds.
 
-    python bench/benign_corpus.py            # counts per language and source, and the corpus's sha256
+    python bench/benign_corpus.py            # how many passages, and the corpus's sha256
 
 The labelled sets' benign prompts are short and were written by the same kind of author as their
 attacks; a model trained on them only learned that long, ordinary prose looks like a jailbreak (round
-seven: 30 % of a novel's passages and 32 % of software documentation paragraphs flagged, see
-docs/guardrails.md). Two sources every Debian/Ubuntu machine with Python has, in the 15 languages:
+seven: 30 % of passages of novels and 31 % of software documentation paragraphs flagged; see
+docs/guardrails.md). This corpus is one of two remedies (the other, long benign documents in 15
+languages, is round7_train.jsonl): paragraphs of the Python standard library's docstrings, English
+technical prose, read with `ast` from the interpreter's own sources, so every machine with the same
+Python version builds the same corpus (its sha256 is printed and recorded with the weights'
+figures). Nothing of it is committed.
 
-- **gettext catalogues** (`/usr/share/locale/*/LC_MESSAGES/*.mo`): the translated messages of git,
-  coreutils, apt and the like, full of "ignore", "override", "discard", "do not", "force" said by
-  software to its user; their English source strings stand for English.
-- **the Python standard library's docstrings**: English technical prose.
-
-Messages of one catalogue are joined into passages of `PASSAGE` characters or so. Which files exist
-differs between machines, so the corpus is built at training time and its sha256 is printed and
-recorded with the weights' figures (docs/guardrails.md); nothing of it is committed (the catalogues
-are the translators' work under their packages' licences).
+Tried and dropped in round seven: the translated messages of the machine's gettext catalogues (git,
+coreutils, apt... in 14 languages). They cut false positives on prose as well, but software's
+imperatives ("use --force to override", "do not ...") taught the model that commands are benign:
+leave-one-blind-round-out recall fell from 0.85 to 0.74 with 100 passages per language.
 """
 
 from __future__ import annotations
 
 import ast
-import gettext
 import hashlib
 import random
-import re
 import sysconfig
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-LOCALE = Path("/usr/share/locale")
-LANGS = ("de", "fr", "es", "it", "pt", "nl", "pl", "ru", "zh", "ja", "ko", "ar", "hi", "tr")
-PER_LANGUAGE = 300  # passages per language and source: enough to move the model, not to drown it
-PASSAGE = 600  # characters, about a paragraph
-MIN_MESSAGE = 40  # shorter messages are labels and menu items, not prose
+PASSAGES = 300  # enough to move the model, not to drown the labelled benign prompts
+MIN_PARAGRAPH = 200  # characters: shorter docstring paragraphs are one-line summaries
 SEED = 20261201
-_PLACEHOLDER = re.compile(r"%[-+ #0-9.]*[a-zA-Z]|\{[^}]*\}|&(?=\w)")
 
 
-def _messages(path: Path) -> Iterator[tuple[str, str]]:
-    """(English source, translation) of one catalogue, header and short labels left out."""
-    try:
-        with path.open("rb") as handle:
-            catalog = gettext.GNUTranslations(handle)._catalog  # type: ignore[attr-defined]
-    except (OSError, ValueError, UnicodeDecodeError):
-        return
-    for key, value in sorted(catalog.items(), key=lambda kv: str(kv[0])):
-        source = key[0] if isinstance(key, tuple) else key
-        if not source or not isinstance(value, str) or len(value) < MIN_MESSAGE:
-            continue
-        yield _PLACEHOLDER.sub("", str(source)).strip(), _PLACEHOLDER.sub("", value).strip()
-
-
-def _passages(messages: list[str]) -> Iterator[str]:
-    passage: list[str] = []
-    for message in messages:
-        passage.append(message)
-        if sum(len(m) for m in passage) >= PASSAGE:
-            yield "\n".join(passage)
-            passage = []
-
-
-def _sample(passages: list[str], rng: random.Random) -> list[str]:
-    unique = sorted(set(passages))
-    rng.shuffle(unique)
-    return unique[:PER_LANGUAGE]
-
-
-def catalogue_passages(rng: random.Random) -> dict[str, list[str]]:
-    """Passages per language from the gettext catalogues (English from their source strings)."""
-    per_language: dict[str, list[str]] = {lang: [] for lang in ("en", *LANGS)}
-    for path in sorted(LOCALE.glob("*/LC_MESSAGES/*.mo")):
-        lang = path.parts[len(LOCALE.parts)].split("_")[0].split("@")[0]
-        if lang not in LANGS:
-            continue
-        pairs = list(_messages(path))
-        per_language[lang].extend(_passages([translated for _, translated in pairs]))
-        if lang == "de":  # each English source once: every language's catalogue repeats them
-            per_language["en"].extend(_passages([source for source, _ in pairs]))
-    return {lang: _sample(passages, rng) for lang, passages in per_language.items()}
-
-
-def docstring_passages(rng: random.Random) -> list[str]:
+def docstring_paragraphs() -> list[str]:
     """Paragraphs of the standard library's module, class and function docstrings, read with `ast`
     (importing every module would run some: `antigravity` opens a web browser)."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    paragraphs: list[str] = []
+    paragraphs: set[str] = set()
     for path in sorted(stdlib.rglob("*.py")):
         if {"site-packages", "test", "tests", "idlelib"} & set(path.relative_to(stdlib).parts):
             continue
@@ -94,32 +42,28 @@ def docstring_passages(rng: random.Random) -> list[str]:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
             continue
-        for node in [tree, *ast.walk(tree)]:
+        for node in ast.walk(tree):
             if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
                 doc = ast.get_docstring(node)
                 if doc:
-                    paragraphs.extend(p.strip() for p in doc.split("\n\n") if len(p.strip()) >= 200)
-    return _sample(paragraphs, rng)
+                    paragraphs.update(p.strip() for p in doc.split("\n\n") if len(p.strip()) >= MIN_PARAGRAPH)
+    return sorted(paragraphs)
 
 
-def corpus() -> list[tuple[str, str, str]]:
-    """(text, language, source) rows, the same on the same machine every time."""
-    rng = random.Random(SEED)
-    rows = [(text, lang, "gettext") for lang, texts in catalogue_passages(rng).items() for text in texts]
-    rows += [(text, "en", "docstrings") for text in docstring_passages(rng)]
-    return rows
+def corpus() -> list[str]:
+    """The passages, the same on every machine with the same Python version."""
+    paragraphs = docstring_paragraphs()
+    random.Random(SEED).shuffle(paragraphs)
+    return paragraphs[:PASSAGES]
 
 
-def digest(rows: list[tuple[str, str, str]]) -> str:
-    return hashlib.sha256("\x00".join(text for text, _, _ in rows).encode("utf-8")).hexdigest()
+def digest(passages: list[str]) -> str:
+    return hashlib.sha256("\x00".join(passages).encode("utf-8")).hexdigest()
 
 
 def main() -> None:
-    rows = corpus()
-    counts = Counter((lang, source) for _, lang, source in rows)
-    for (lang, source), n in sorted(counts.items()):
-        print(f"{lang:3} {source:11} {n}")
-    print(f"{len(rows)} passages, sha256 {digest(rows)}")
+    passages = corpus()
+    print(f"{len(passages)} passages, sha256 {digest(passages)}")
 
 
 if __name__ == "__main__":

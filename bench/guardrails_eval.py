@@ -17,8 +17,8 @@ wrote to get past the detectors, measured once, then tuned on), round4.jsonl (ro
 held-out set, measured once, tuning data since round four), round5.jsonl (round four's blind set,
 tuning data since round five), round5_train.jsonl (written in round five by the detectors'
 author), round6_train.jsonl (benign text written in round six by its author), round6.jsonl (round
-five's blind set, tuning data since round six) and round7.jsonl (round six's blind set, tuning data
-since round seven). The held-out set is
+five's blind set, tuning data since round six), round7.jsonl (round six's blind set, tuning data
+since round seven) and round7_train.jsonl (long benign documents written in round seven). The held-out set is
 tests/unit/dispatcher/guardrails/data/heldout.jsonl (the seventh blind set, README_heldout.md),
 written by someone who never saw the detectors' code or results; a text whose SHA-256
 is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
@@ -63,7 +63,12 @@ ROUND5_TRAIN = DATA / "round5_train.jsonl"
 ROUND6_TRAIN = DATA / "round6_train.jsonl"
 ROUND6 = DATA / "round6.jsonl"  # round five's blind held-out set, measured once; tuning since round six
 ROUND7 = DATA / "round7.jsonl"  # round six's blind held-out set, measured once; tuning since round seven
-TUNING = (LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6, ROUND7)
+# Long benign documents in 15 languages written in round seven by a helper who read no repository
+# file (README_round7_train.md): training and calibration text, no measure.
+ROUND7_TRAIN = DATA / "round7_train.jsonl"
+TUNING = (
+    LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6, ROUND7, ROUND7_TRAIN
+)  # fmt: skip
 # The seventh blind set (README_heldout.md), committed during round seven, before its one measurement.
 HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"

@@ -50,6 +50,14 @@ _TOKEN = re.compile(TOKEN_PATTERN)
 # average, and the n-gram count (the cost) grows with the text. 3 x 8,000 characters read take a few ms.
 _MAX_CHARS = 24_000
 _WHITE_SPACES = re.compile(r"\s\s+")
+# A long text is scored in windows of WINDOW characters, each overlapping the next by half, and is an
+# injection when one window is. Scored whole, a jailbreak's few commands drown in its story (the
+# TF-IDF vector is L2-normalized over the whole text), and the model, trained mostly on prompts
+# under 400 characters, would be judging a text unlike any it saw. Round seven found both: with
+# long benign prose in training, whole-text scoring missed a third of the in-the-wild jailbreaks.
+WINDOW = 400
+_STEP = WINDOW // 2
+_EDGE = 30  # how far a window's edge moves to fall between words
 
 
 def features_text(text: str) -> str:
@@ -60,6 +68,27 @@ def features_text(text: str) -> str:
     readings = " ".join(undisguised(text))
     plain = normalize(text).text.lower()
     return plain + ("\n" + readings.lower() if readings else "")
+
+
+def windows(features: str) -> list[str]:
+    """The stretches a text is scored in: itself when short, else overlapping windows whose edges
+    fall on white space where one is near (a cut word would be n-grams no text has)."""
+    if len(features) <= WINDOW:
+        return [features]
+    spans: list[str] = []
+    start = 0
+    while True:
+        end = min(start + WINDOW, len(features))
+        if end < len(features) and not features[end].isspace():
+            space = features.rfind(" ", end - _EDGE, end)
+            end = space if space > start else end
+        spans.append(features[start:end])
+        if end >= len(features):
+            return spans
+        start += _STEP
+        if not features[start - 1].isspace():
+            space = features.find(" ", start, start + _EDGE)
+            start = space + 1 if space != -1 else start
 
 
 def char_wb_ngrams(text: str, low: int = NGRAMS[0], high: int = NGRAMS[1]) -> list[str]:
@@ -128,11 +157,14 @@ class NgramModel:
             self.threshold = float(data["threshold"]) if threshold is None else threshold
 
     def score(self, text: str) -> Score:
-        features = features_text(text)
+        value = max(self._value(window) for window in windows(features_text(text)))
+        return Score(value >= self.threshold, value)
+
+    def _value(self, features: str) -> float:
         value = self._chars.value(char_wb_ngrams(features)) + self._intercept
         if self._words is not None:
             value += self._words.value(word_ngrams(features))
-        return Score(value >= self.threshold, value)
+        return value
 
 
 class NgramClassifierBackend:

@@ -32,6 +32,7 @@ from bench.guardrails_eval import (
     ROUND6,
     ROUND6_TRAIN,
     ROUND7,
+    ROUND7_TRAIN,
     TUNING,
     evaluate,
     first_round_half,
@@ -122,7 +123,7 @@ def test_tuning_floors() -> None:
         [
             r
             for f in TUNING
-            if f not in (ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6, ROUND7)
+            if f not in (ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6, ROUND7, ROUND7_TRAIN)
             for r in load(f)
             if split_of(str(r["text"])) == "tuning"
         ]
