@@ -23,6 +23,7 @@ import codecs
 import re
 from bisect import bisect_left
 
+from dispatcher.guardrails import injection_score
 from dispatcher.guardrails.findings import Finding
 from dispatcher.guardrails.injection_phrases import phrases
 from dispatcher.guardrails.injection_terms import UNSPACED as _UNSPACED
@@ -77,6 +78,8 @@ _RULES: tuple[tuple[str, Rule], ...] = (
     ("indirect", ("AI_ADDRESS", "PHISH", 200, None)),
     ("indirect", ("HIDE", "SEND", 150, None)),
 )
+# (family, first concept, second concept) of every rule: the scorer asks which are both present.
+RULE_PAIRS = tuple((family, first, second) for family, (first, second, _, _) in _RULES)
 _NEAR_THIRD = 40  # how far outside the pair the third concept may stand
 
 
@@ -144,9 +147,9 @@ def _pairs(
     return found
 
 
-def _scan(text: str) -> list[Span]:
+def _scan(text: str, hits: dict[str, list[Span]] | None = None) -> list[Span]:
     """Injection spans in one (normalized) text: concept rules and whole phrasings."""
-    hits = concept_hits(text)
+    hits = concept_hits(text) if hits is None else hits
     spans = [hit for _, (a, b, gap, third) in _RULES for hit in _pairs(hits, a, b, gap, third, False)]
     spans.extend(hits.get("STRONG", ()))
     spans.extend((f.start, f.end) for f in phrases(text, text.lower()))
@@ -155,13 +158,21 @@ def _scan(text: str) -> list[Span]:
 
 def detect_injection(text: str) -> list[Finding]:
     view = normalize(text)
+    hits = concept_hits(view.text)
+    found = _scan(view.text, hits) + _disguised(view.text)
+    if not found:
+        # No rule fired: weigh the concepts the text does hold (injection_score.py). It catches the
+        # paraphrases that name several attack concepts in no rule's order or distance.
+        model = injection_score.active()
+        if injection_score.score(view.text, hits, model) > model.threshold:
+            found = [span] if (span := injection_score.attack_span(hits)) else []
     merged: list[list[int]] = []
-    for start, end in sorted(_scan(view.text) + _disguised(view.text)):
+    for start, end in sorted(found):
         if merged and start <= merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], end)  # one attack, one finding
         else:
             merged.append([start, end])
-    if merged and _discusses_attacks(view.text):
+    if merged and _discusses_attacks(view.text, hits):
         return []
     if merged and _asks_about_quotes(view.text, merged):
         return []
@@ -236,10 +247,9 @@ def _asks_about_quotes(text: str, spans: list[list[int]]) -> bool:
     return all(any(s < q_end and q_start < e for q_start, q_end in attacks) for s, e in spans)
 
 
-def _discusses_attacks(text: str) -> bool:
+def _discusses_attacks(text: str, hits: dict[str, list[Span]]) -> bool:
     """A question or note *about* attacks ("our SOC saw 'ignore previous instructions' in the logs")
     names the attacker or the defence and addresses no one; an attack speaks to the model."""
-    hits = concept_hits(text)
     # "attacker@evil.example" in an injected document names an address, not the one who attacks.
     discusses = [end for _, end in hits.get("DISCUSS", ()) if text[end : end + 1] not in ("@", ".")]
     return bool(discusses) and not hits.get("SECOND_PERSON")
