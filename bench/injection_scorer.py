@@ -32,7 +32,7 @@ from dispatcher.guardrails.injection import concept_hits, detect_injection
 from dispatcher.guardrails.injection_score import Model, features
 from dispatcher.guardrails.normalize import normalize
 
-C = 1.0  # 0.3 and 3 did no better on the folds (docs/guardrails.md, Round seven)
+C = 3.0  # 1 and 10 did worse on the folds (docs/guardrails.md, Round seven)
 # On top of the rules' own false positives (0.4 % of the tuning benign prompts): together they stay
 # near 0.5 %, so the heuristics and the n-gram layer together can keep under the 1 % bar.
 TARGET_FPR = 0.002
@@ -57,10 +57,16 @@ class Data:
         self.features: dict[Path, list[dict[str, float]]] = {}
         for f, rows in self.rows.items():
             texts = [normalize(str(r["text"])).text for r in rows]
-            self.features[f] = [features(t, concept_hits(t)) for t in texts]
+            self.features[f] = [_features(t) for t in texts]
         self.labels = {
             f: np.array(["injection" in r["labels"] for r in rows]) for f, rows in self.rows.items()
         }  # type: ignore[operator]
+
+
+def _features(text: str) -> dict[str, float]:
+    matched: list[str] = []
+    hits = concept_hits(text, matched)
+    return features(text, hits, matched)
 
 
 def fit(data: Data, files: list[Path]) -> Model:

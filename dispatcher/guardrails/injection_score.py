@@ -53,8 +53,9 @@ class Model:
     threshold: float  # a score above it is an attack
 
 
-def features(text: str, hits: dict[str, list[Span]]) -> dict[str, float]:
-    """The features of one normalized text, given its concept hits (injection.concept_hits)."""
+def features(text: str, hits: dict[str, list[Span]], matched: list[str]) -> dict[str, float]:
+    """The features of one normalized text, given its concept hits and the lexicon terms that made
+    them (injection.concept_hits)."""
     present = {concept: spans for concept, spans in hits.items() if spans}
     f: dict[str, float] = {}
     for concept, spans in present.items():
@@ -92,6 +93,10 @@ def features(text: str, hits: dict[str, list[Span]]) -> dict[str, float]:
     f["label_line"] = min(_count(_LABEL_LINE, text, 4), 4) / 4
     f["lines"] = math.log1p(text.count("\n")) / 3
     f["quotes"] = min(_count(_QUOTE_MARK, text, 8), 8) / 8
+    for term in matched:
+        # Which lexicon terms: "verbatim" is a surer sign of exfiltration than "list", "ignoriere"
+        # of an override than "alle". Terms, not text: the lexicon is the vocabulary.
+        f["t:" + term] = 1.0
     for family, first, second in _rule_pairs():
         if first in present and second in present:
             f["rp:" + family] = 1.0  # a rule's concepts both there, farther apart than it allows
@@ -138,10 +143,11 @@ def _window_and_pairs(events: list[tuple[int, str]], f: dict[str, float]) -> int
     return best
 
 
-def score(text: str, hits: dict[str, list[Span]], model: Model | None = None) -> float:
+def score(text: str, hits: dict[str, list[Span]], matched: list[str], model: Model | None = None) -> float:
     model = model or active()
     weights = model.weights
-    return model.bias + sum(weights.get(name, 0.0) * value for name, value in features(text, hits).items())
+    found = features(text, hits, matched)
+    return model.bias + sum(weights.get(name, 0.0) * value for name, value in found.items())
 
 
 def attack_span(hits: dict[str, list[Span]]) -> Span | None:
