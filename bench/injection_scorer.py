@@ -58,13 +58,15 @@ class Data:
         for f, rows in self.rows.items():
             texts = [normalize(str(r["text"])).text for r in rows]
             self.features[f] = [_features(t) for t in texts]
-        self.labels = {
-            f: np.array(["injection" in r["labels"] for r in rows]) for f, rows in self.rows.items()
-        }  # type: ignore[operator]
+        self.labels = {f: np.array([_attack(r) for r in rows]) for f, rows in self.rows.items()}
+
+
+def _attack(row: Row) -> bool:
+    return "injection" in row["labels"]  # type: ignore[operator]
 
 
 def _features(text: str) -> dict[str, float]:
-    matched: list[str] = []
+    matched: list[tuple[int, str]] = []
     hits = concept_hits(text, matched)
     return features(text, hits, matched)
 
@@ -87,8 +89,8 @@ def fit(data: Data, files: list[Path]) -> Model:
 
 
 def _regression(data: Data, files: list[Path]) -> tuple[dict[str, float], float]:
-    from sklearn.feature_extraction import DictVectorizer
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.feature_extraction import DictVectorizer  # type: ignore[import-untyped]
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
     vectorizer = DictVectorizer()
     matrix = vectorizer.fit_transform([x for f in files for x in data.features[f]])

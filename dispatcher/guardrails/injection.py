@@ -83,9 +83,9 @@ RULE_PAIRS = tuple((family, first, second) for family, (first, second, _, _) in 
 _NEAR_THIRD = 40  # how far outside the pair the third concept may stand
 
 
-def concept_hits(text: str, matched: list[str] | None = None) -> dict[str, list[Span]]:
+def concept_hits(text: str, matched: list[tuple[int, str]] | None = None) -> dict[str, list[Span]]:
     """Where each concept's terms stand in `text`; the lexicon terms found are added to `matched`
-    when it is given (the scorer weighs terms as well as concepts)."""
+    with where they start, when it is given (the scorer weighs terms as well as concepts)."""
     hits: dict[str, list[Span]] = {}
     lowered = text.lower()
     if len(lowered) != len(text):  # a few letters lower-case to two characters (İ): keep offsets
@@ -101,7 +101,7 @@ def concept_hits(text: str, matched: list[str] | None = None) -> dict[str, list[
                 continue
             term = _SPACES.sub(" ", m.group())
             if matched is not None:
-                matched.append(term)
+                matched.append((m.start(), term))
             for concept in compiled.concepts.get(term, ()):
                 hits.setdefault(concept, []).append((m.start(), m.end()))
     for spans in hits.values():
@@ -162,15 +162,13 @@ def _scan(text: str, hits: dict[str, list[Span]] | None = None) -> list[Span]:
 
 def detect_injection(text: str) -> list[Finding]:
     view = normalize(text)
-    matched: list[str] = []
+    matched: list[tuple[int, str]] = []
     hits = concept_hits(view.text, matched)
     found = _scan(view.text, hits) + _disguised(view.text)
     if not found:
         # No rule fired: weigh the concepts the text does hold (injection_score.py). It catches the
         # paraphrases that name several attack concepts in no rule's order or distance.
-        model = injection_score.active()
-        if injection_score.score(view.text, hits, matched, model) > model.threshold:
-            found = [span] if (span := injection_score.attack_span(hits)) else []
+        found = injection_score.attacks(view.text, hits, matched)
     merged: list[list[int]] = []
     for start, end in sorted(found):
         if merged and start <= merged[-1][1]:

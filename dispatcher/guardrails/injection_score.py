@@ -14,8 +14,13 @@ lines) and weighs them with a logistic regression fitted by bench/injection_scor
 files (weights in injection_score_weights.json, a plain table: feature -> weight). No text is
 memorized: the features are concept names, so one weight serves all 15 languages.
 
-Cost: one pass over the concept hits the rules already computed (sorted spans), so linear in their
-number; the few regular expressions over the text are linear too.
+The weights were fitted on prompts of a few hundred characters (99 % under 400), so a long text is
+not scored whole (its counts and length would be larger than any the weights saw, and a benign
+document would add up to an attack): it is scored in windows of SEGMENT characters, each overlapping
+the next by half, and an attack is a window that scores above the threshold. Counts are capped too.
+
+Cost: one pass over the concept hits the rules already computed (sorted spans), in the windows that
+hold an attack concept; each character is in at most two windows, so linear in the text.
 """
 
 from __future__ import annotations
@@ -33,15 +38,23 @@ Span = tuple[int, int]
 # Concepts that are no attack by themselves: who is addressed, and talk about attacks.
 NEUTRAL = frozenset({"YOU", "SECOND_PERSON", "DISCUSS", "WHY"})
 WINDOW = 60  # characters: how close two concepts must stand to count as said together
+SEGMENT = 500  # the longest stretch scored whole (the fitting prompts: 99 % under 400 characters)
+_STEP = SEGMENT // 2  # windows overlap by half, so an attack across a boundary is inside one
+_MAX_COUNT = 5  # "n:" features count up to this: more of a concept in a window says nothing new
 _EARLY = 150  # a concept this near the start: attacks open with their command
 _YOU_NEAR = 60  # an attack concept this near "you"/"your" is said to the assistant
-_QUESTION = re.compile(r"[?？؟]")
 _SENTENCE_END = re.compile(r"[.!?。！？\n؟।]+")
-_SHOUTED = re.compile(r"\b[A-Z]{4,}\b")  # "IMPORTANT", "IGNORE": attacks shout, questions rarely
-# A line that opens with a label or marker ("Note:", "SYSTEM:", "[admin]", "### ", "<tool>"): the
-# carriers of indirect injection (e-mails, tool results, documents) are built of such lines.
-_LABEL_LINE = re.compile(r"(?m)^\s*[\[<#*]|^\s*\w{2,15}\s*:")
-_QUOTE_MARK = re.compile(r"[\"“”«»「」']")
+# Marks counted per window: where each stands is found once per text.
+_MARKS = {
+    "question": re.compile(r"[?？؟]"),
+    "shouted": re.compile(r"\b[A-Z]{4,}\b"),  # "IMPORTANT", "IGNORE": attacks shout, questions rarely
+    # A line opening with a label or marker ("Note:", "SYSTEM:", "[admin]", "### ", "<tool>"): the
+    # carriers of indirect injection (e-mails, tool results, documents) are built of such lines.
+    "label_line": re.compile(r"(?m)^\s*[\[<#*]|^\s*\w{2,15}\s*:"),
+    "quote": re.compile(r"[\"“”«»「」']"),
+    "exclamation": re.compile(r"[!！]"),
+    "newline": re.compile(r"\n"),
+}
 
 WEIGHTS_PATH = Path(__file__).with_name("injection_score_weights.json")
 
@@ -53,54 +66,86 @@ class Model:
     threshold: float  # a score above it is an attack
 
 
-def features(text: str, hits: dict[str, list[Span]], matched: list[str]) -> dict[str, float]:
-    """The features of one normalized text, given its concept hits and the lexicon terms that made
-    them (injection.concept_hits)."""
-    present = {concept: spans for concept, spans in hits.items() if spans}
-    f: dict[str, float] = {}
-    for concept, spans in present.items():
-        f["has:" + concept] = 1.0
-        f["n:" + concept] = math.log1p(len(spans))
-        if spans[0][0] < _EARLY:
-            f["early:" + concept] = 1.0
-    attack = [c for c in present if c not in NEUTRAL]
-    f["distinct"] = min(len(attack), 8) / 4
-    events = sorted((start, c) for c in attack for start, _ in present[c])
-    best = _window_and_pairs(events, f)
-    f["win"] = min(best, 6) / 3
-    for k in (2, 3, 4):
-        f[f"win>={k}"] = float(best >= k)
-    if _QUESTION.search(text):
-        f["question"] = 1.0
-    f["loglen"] = math.log1p(len(text)) / 8
-    addressed = sorted(s for c in ("SECOND_PERSON", "YOU") for s, _ in present.get(c, ()))
-    if addressed and events:
-        near = 0
-        for start, _ in events:
-            k = bisect_left(addressed, start - _YOU_NEAR)
-            near += k < len(addressed) and addressed[k] <= start + _YOU_NEAR
-        f["you_near"] = min(near, 6) / 3
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)] + [len(text)]
-    per_sentence: dict[int, set[str]] = {}
-    for start, concept in events:
-        per_sentence.setdefault(bisect_left(ends, start), set()).add(concept)
-    most = max((len(s) for s in per_sentence.values()), default=0)
-    f["sent"] = min(most, 5) / 3
-    for k in (2, 3, 4):
-        f[f"sent>={k}"] = float(most >= k)
-    f["caps"] = min(_count(_SHOUTED, text, 5), 5) / 5
-    f["excl"] = float("!" in text or "！" in text)
-    f["label_line"] = min(_count(_LABEL_LINE, text, 4), 4) / 4
-    f["lines"] = math.log1p(text.count("\n")) / 3
-    f["quotes"] = min(_count(_QUOTE_MARK, text, 8), 8) / 8
-    for term in matched:
-        # Which lexicon terms: "verbatim" is a surer sign of exfiltration than "list", "ignoriere"
-        # of an override than "alle". Terms, not text: the lexicon is the vocabulary.
-        f["t:" + term] = 1.0
-    for family, first, second in _rule_pairs():
-        if first in present and second in present:
-            f["rp:" + family] = 1.0  # a rule's concepts both there, farther apart than it allows
-    return f
+class _Found:
+    """What one text holds, found once (concept events, terms, marks), so that each window of it is
+    read by bisection rather than by scanning it again."""
+
+    def __init__(self, text: str, hits: dict[str, list[Span]], matched: list[tuple[int, str]]) -> None:
+        self.length = len(text)
+        self.events = sorted((s, e, c) for c, spans in hits.items() for s, e in spans)
+        self.starts = [s for s, _, _ in self.events]
+        self.terms = sorted(matched)  # the scripts' patterns ran one after another
+        self.term_starts = [s for s, _ in self.terms]
+        self.marks = {name: [m.start() for m in pattern.finditer(text)] for name, pattern in _MARKS.items()}
+        self.sentence_ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+
+    def count(self, mark: str, a: int, b: int) -> int:
+        positions = self.marks[mark]
+        return bisect_left(positions, b) - bisect_left(positions, a)
+
+    def features(self, a: int, b: int) -> dict[str, float] | None:
+        """The features of text[a:b]; None when it holds no attack concept (nothing to score)."""
+        events = self.events[bisect_left(self.starts, a) : bisect_left(self.starts, b)]
+        attack = [(s, c) for s, _, c in events if c not in NEUTRAL]
+        if not attack:
+            return None
+        f: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for s, _, c in events:
+            if c not in counts:
+                counts[c] = 0
+                if s - a < _EARLY:
+                    f["early:" + c] = 1.0
+            counts[c] += 1
+        for c, n in counts.items():
+            f["has:" + c] = 1.0
+            f["n:" + c] = math.log1p(min(n, _MAX_COUNT))
+        concepts = {c for _, c in attack}
+        f["distinct"] = min(len(concepts), 8) / 4
+        best = _window_and_pairs(attack, f)
+        f["win"] = min(best, 6) / 3
+        for k in (2, 3, 4):
+            f[f"win>={k}"] = float(best >= k)
+        if self.count("question", a, b):
+            f["question"] = 1.0
+        f["loglen"] = math.log1p(min(b - a, SEGMENT)) / 8
+        addressed = [s for s, _, c in events if c in ("SECOND_PERSON", "YOU")]
+        if addressed:
+            near = 0
+            for start, _ in attack:
+                k = bisect_left(addressed, start - _YOU_NEAR)
+                near += k < len(addressed) and addressed[k] <= start + _YOU_NEAR
+            f["you_near"] = min(near, 6) / 3
+        per_sentence: dict[int, set[str]] = {}
+        for start, concept in attack:
+            per_sentence.setdefault(bisect_left(self.sentence_ends, start), set()).add(concept)
+        most = max(len(s) for s in per_sentence.values())
+        f["sent"] = min(most, 5) / 3
+        for k in (2, 3, 4):
+            f[f"sent>={k}"] = float(most >= k)
+        f["caps"] = min(self.count("shouted", a, b), 5) / 5
+        f["excl"] = float(self.count("exclamation", a, b) > 0)
+        f["label_line"] = min(self.count("label_line", a, b), 4) / 4
+        f["lines"] = math.log1p(min(self.count("newline", a, b), 15)) / 3
+        f["quotes"] = min(self.count("quote", a, b), 8) / 8
+        for _, term in self.terms[bisect_left(self.term_starts, a) : bisect_left(self.term_starts, b)]:
+            # Which lexicon terms: "verbatim" is a surer sign of exfiltration than "list", "ignoriere"
+            # of an override than "alle". Terms, not text: the lexicon is the vocabulary.
+            f["t:" + term] = 1.0
+        for family, first, second in _rule_pairs():
+            if first in counts and second in counts:
+                f["rp:" + family] = 1.0  # a rule's concepts both there, farther apart than it allows
+        return f
+
+    def attack_span(self, a: int, b: int) -> Span:
+        spans = [(s, e) for s, e, c in self.events[bisect_left(self.starts, a) : bisect_left(self.starts, b)]]
+        return min(s for s, _ in spans), max(e for _, e in spans)
+
+
+def features(text: str, hits: dict[str, list[Span]], matched: list[tuple[int, str]]) -> dict[str, float]:
+    """The features of a whole normalized text (for fitting: the prompts are shorter than SEGMENT),
+    given its concept hits and the lexicon terms that made them (injection.concept_hits)."""
+    return _Found(text, hits, matched).features(0, len(text)) or {}
 
 
 @cache
@@ -110,21 +155,12 @@ def _rule_pairs() -> tuple[tuple[str, str, str], ...]:
     return RULE_PAIRS
 
 
-def _count(pattern: re.Pattern[str], text: str, cap: int) -> int:
-    """Matches of `pattern`, counting no further than `cap` (the feature is capped anyway)."""
-    n = 0
-    for _ in pattern.finditer(text):
-        n += 1
-        if n >= cap:
-            break
-    return n
-
-
 def _window_and_pairs(events: list[tuple[int, str]], f: dict[str, float]) -> int:
     """The most distinct concepts within WINDOW characters, and every pair of distinct concepts that
     stand within WINDOW of each other as a feature `co:A+B`. One sweep: the concepts in the current
     window are counted in a dict, so each event costs at most the number of concepts (~50)."""
     in_window: dict[str, int] = {}
+    pairs: set[tuple[str, str]] = set()
     best = 0
     left = 0
     for start, concept in events:
@@ -136,26 +172,31 @@ def _window_and_pairs(events: list[tuple[int, str]], f: dict[str, float]) -> int
             left += 1
         for other in in_window:
             if other != concept:
-                a, b = (concept, other) if concept < other else (other, concept)
-                f[f"co:{a}+{b}"] = 1.0
+                pairs.add((concept, other) if concept < other else (other, concept))
         in_window[concept] = in_window.get(concept, 0) + 1
         best = max(best, len(in_window))
+    for a, b in pairs:  # names made once per pair, not once per neighbouring event
+        f[f"co:{a}+{b}"] = 1.0
     return best
 
 
-def score(text: str, hits: dict[str, list[Span]], matched: list[str], model: Model | None = None) -> float:
-    model = model or active()
+def score(found: dict[str, float], model: Model) -> float:
     weights = model.weights
-    found = features(text, hits, matched)
     return model.bias + sum(weights.get(name, 0.0) * value for name, value in found.items())
 
 
-def attack_span(hits: dict[str, list[Span]]) -> Span | None:
-    """Where a scored attack stands: from its first to its last attack concept."""
-    spans = [s for c, found in hits.items() if c not in NEUTRAL for s in found]
-    if not spans:
-        return None
-    return min(s for s, _ in spans), max(e for _, e in spans)
+def attacks(text: str, hits: dict[str, list[Span]], matched: list[tuple[int, str]]) -> list[Span]:
+    """The windows of `text` that score as attacks, each as the stretch from its first to its last
+    concept. A window without an attack concept is not scored: there is nothing to find."""
+    model = active()
+    found = _Found(text, hits, matched)
+    spans: list[Span] = []
+    for a in range(0, max(1, len(text) - _STEP), _STEP) if len(text) > SEGMENT else (0,):
+        b = min(len(text), a + SEGMENT)
+        window = found.features(a, b)
+        if window is not None and score(window, model) > model.threshold:
+            spans.append(found.attack_span(a, b))
+    return spans
 
 
 _override: Model | None = None
