@@ -19,13 +19,14 @@ import argparse
 import json
 import math
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.guardrails_eval import ROUND4, ROUND5, ROUND6, Row, evaluate, tables
+from bench.guardrails_eval import ROUND4, ROUND5, ROUND6, Report, Row, Score, evaluate
 from bench.injection_ngrams import DATA_FILES, _files
 from dispatcher.guardrails import injection_score
 from dispatcher.guardrails.injection import concept_hits, detect_injection
@@ -108,34 +109,51 @@ def _scores(data: Data, path: Path, model: Model) -> np.ndarray:
     )
 
 
-def _heuristics(rows: list[Row], model: Model) -> tuple[str, str]:
+def _heuristics(rows: list[Row], model: Model) -> Report:
     """The heuristics layer as admission runs it (rules, then the scorer with `model`), on `rows`."""
     injection_score.use(model)
     try:
-        report = evaluate(rows)
+        return evaluate(rows)
     finally:
         injection_score.use(None)
-    s = report.injection["heuristics"]
-    return f"{s.recall:.3f} / {100 * s.fpr:.2f} % ({s.fp}/{s.fp + s.tn})", tables(report)
+
+
+def _cell(score: Score) -> str:
+    return f"{score.recall:.3f} / {100 * score.fpr:.2f} % ({score.fp}/{score.fp + score.tn})"
 
 
 def folds(data: Data) -> str:
+    """Each once-blind round scored by weights and a threshold fitted without it: the rules alone
+    (before) and the rules with the scorer (after), per round, pooled, per family and per language."""
     out = [
         "| left out | attacks | benign | rules only (before) | rules + scorer (after) | threshold |",
         "|---|---|---|---|---|---|",
     ]
-    details: list[str] = []
+    pooled: dict[str, dict[str, Score]] = {"before": defaultdict(Score), "after": defaultdict(Score)}
     for held in FOLDS:
         model = fit(data, [f for f in data.rows if f != held])
-        rows = data.rows[held]
-        before, _ = _heuristics(rows, RULES_ONLY)
-        after, table = _heuristics(rows, model)
+        reports = {
+            "before": _heuristics(data.rows[held], RULES_ONLY),
+            "after": _heuristics(data.rows[held], model),
+        }
         labels = data.labels[held]
-        out.append(
-            f"| {held.name} | {labels.sum()} | {(~labels).sum()} | {before} | {after} | {model.threshold:.2f} |"
-        )
-        details.append(f"\n## {held.name} left out, rules + scorer\n\n{table}")
-    return "\n".join(out) + "\n" + "\n".join(details)
+        cells = " | ".join(_cell(reports[k].injection["heuristics"]) for k in ("before", "after"))
+        out.append(f"| {held.name} | {labels.sum()} | {(~labels).sum()} | {cells} | {model.threshold:.2f} |")
+        for when, report in reports.items():
+            breakdowns = (report.injection, report.families["heuristics"], report.languages["heuristics"])
+            for prefix, scores in zip(("", "family ", "language "), breakdowns, strict=True):
+                for name, score in scores.items():
+                    key = prefix + name if prefix else "all"
+                    for part in ("tp", "fp", "fn", "tn"):
+                        setattr(
+                            pooled[when][key], part, getattr(pooled[when][key], part) + getattr(score, part)
+                        )
+    out += ["", "Pooled over the three folds (recall / false-positive rate), before -> after:", ""]
+    out += ["| | attacks | benign | before | after |", "|---|---|---|---|---|"]
+    for key in ["all", *sorted(k for k in pooled["after"] if k != "all" and k != "family benign")]:
+        b, a = pooled["before"][key], pooled["after"][key]
+        out.append(f"| {key} | {a.tp + a.fn} | {a.fp + a.tn} | {_cell(b)} | {_cell(a)} |")
+    return "\n".join(out)
 
 
 def write(data: Data, path: Path = injection_score.WEIGHTS_PATH) -> str:
