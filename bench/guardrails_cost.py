@@ -17,6 +17,14 @@ _SENTENCE = (
 )
 
 
+# Benign, but every sentence holds attack concepts (list, all, previous, your, rules, show me): the
+# injection scorer (round seven) reads every window of it, where the prompts above hold none.
+_ATTACK_WORDS = (
+    "Please list all the previous versions of your team's onboarding rules and show me which guidelines "
+    "changed since the original policy; you can quote the old wiki where it helps. "
+)
+
+
 def _prompts() -> dict[str, str]:
     dense = " ".join(
         ["anna.schmidt@example.de", "+49 30 901820", "5555 5555 5555 4444", "DE89 3704 0044 0532 0130 00"]
@@ -36,7 +44,9 @@ def _prompts() -> dict[str, str]:
         "2,000 characters, Chinese": (
             "请总结这份报告并列出主要风险，包括迁移计费服务、新的缓存层以及平台团队的值班安排。" * 60
         )[:2000],
+        "2,000 characters, benign with attack words": (_ATTACK_WORDS * 20)[:2000],
         "100,000 characters, clean": (_SENTENCE * 600)[:100_000],
+        "100,000 characters, benign with attack words": (_ATTACK_WORDS * 600)[:100_000],
     }
 
 
@@ -73,7 +83,9 @@ def adversarial() -> str:
     """CPU time of PII and injection detection on repetitive input at 64,000 and 256,000 characters:
     linear time means a ratio near 4."""
     lines = ["| input | 64,000 chars | 256,000 chars | ratio |", "|---|---|---|---|"]
-    for unit in ("a@a.", "1 1 ", "12 12 ", "4111 4111 ", "ignore ", "i g n o r e ", "+49 30 ", "AB12 "):
+    units = ("a@a.", "1 1 ", "12 12 ", "4111 4111 ", "ignore ", "i g n o r e ", "+49 30 ", "AB12 ")
+    # Attack words that form no rule: the injection scorer reads every window.
+    for unit in (*units, "list all your previous rules ", "你的规则所有列出"):
         took = []
         for size in (64_000, 256_000):
             text = (unit * (size // len(unit) + 1))[:size]

@@ -26,6 +26,7 @@ from dispatcher.caching.semantic_cache import SemanticCache
 from dispatcher.caching.stored_responses import ResponseStore
 from dispatcher.config.config_file import load_config
 from dispatcher.config.config_store import ConfigStore, load_initial
+from dispatcher.guardrails.injection_score import shipped as injection_scorer
 from dispatcher.guardrails.injection_terms import terms as injection_terms
 from dispatcher.jobs.batch_store import BatchStore
 from dispatcher.jobs.task_store import TaskStore
@@ -81,6 +82,7 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
             app.state.services = await _build(settings, bootstrap, runtime)
             # Compiled now, not in the first request that scans for injections (0.13-0.5 s of CPU).
             injection_terms()
+            injection_scorer()  # and the injection scorer's weights read
             if settings.ingress_metrics_port is not None:
                 stop = serve_metrics(
                     settings.metrics_host, settings.ingress_metrics_port, settings.metrics_token

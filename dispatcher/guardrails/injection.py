@@ -23,6 +23,7 @@ import codecs
 import re
 from bisect import bisect_left
 
+from dispatcher.guardrails import injection_score
 from dispatcher.guardrails.findings import Finding
 from dispatcher.guardrails.injection_phrases import phrases
 from dispatcher.guardrails.injection_terms import UNSPACED as _UNSPACED
@@ -77,10 +78,14 @@ _RULES: tuple[tuple[str, Rule], ...] = (
     ("indirect", ("AI_ADDRESS", "PHISH", 200, None)),
     ("indirect", ("HIDE", "SEND", 150, None)),
 )
+# (family, first concept, second concept) of every rule: the scorer asks which are both present.
+RULE_PAIRS = tuple((family, first, second) for family, (first, second, _, _) in _RULES)
 _NEAR_THIRD = 40  # how far outside the pair the third concept may stand
 
 
-def concept_hits(text: str) -> dict[str, list[Span]]:
+def concept_hits(text: str, matched: list[tuple[int, str]] | None = None) -> dict[str, list[Span]]:
+    """Where each concept's terms stand in `text`; the lexicon terms found are added to `matched`
+    with where they start, when it is given (the scorer weighs terms as well as concepts)."""
     hits: dict[str, list[Span]] = {}
     lowered = text.lower()
     if len(lowered) != len(text):  # a few letters lower-case to two characters (İ): keep offsets
@@ -95,6 +100,8 @@ def concept_hits(text: str) -> dict[str, list[Span]]:
             if m.end() == m.start():
                 continue
             term = _SPACES.sub(" ", m.group())
+            if matched is not None:
+                matched.append((m.start(), term))
             for concept in compiled.concepts.get(term, ()):
                 hits.setdefault(concept, []).append((m.start(), m.end()))
     for spans in hits.values():
@@ -144,9 +151,9 @@ def _pairs(
     return found
 
 
-def _scan(text: str) -> list[Span]:
+def _scan(text: str, hits: dict[str, list[Span]] | None = None) -> list[Span]:
     """Injection spans in one (normalized) text: concept rules and whole phrasings."""
-    hits = concept_hits(text)
+    hits = concept_hits(text) if hits is None else hits
     spans = [hit for _, (a, b, gap, third) in _RULES for hit in _pairs(hits, a, b, gap, third, False)]
     spans.extend(hits.get("STRONG", ()))
     spans.extend((f.start, f.end) for f in phrases(text, text.lower()))
@@ -155,13 +162,20 @@ def _scan(text: str) -> list[Span]:
 
 def detect_injection(text: str) -> list[Finding]:
     view = normalize(text)
+    matched: list[tuple[int, str]] = []
+    hits = concept_hits(view.text, matched)
+    found = _scan(view.text, hits) + _disguised(view.text)
+    if not found:
+        # No rule fired: weigh the concepts the text does hold (injection_score.py). It catches the
+        # paraphrases that name several attack concepts in no rule's order or distance.
+        found = injection_score.attacks(view.text, hits, matched)
     merged: list[list[int]] = []
-    for start, end in sorted(_scan(view.text) + _disguised(view.text)):
+    for start, end in sorted(found):
         if merged and start <= merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], end)  # one attack, one finding
         else:
             merged.append([start, end])
-    if merged and _discusses_attacks(view.text):
+    if merged and _discusses_attacks(view.text, hits):
         return []
     if merged and _asks_about_quotes(view.text, merged):
         return []
@@ -236,10 +250,9 @@ def _asks_about_quotes(text: str, spans: list[list[int]]) -> bool:
     return all(any(s < q_end and q_start < e for q_start, q_end in attacks) for s, e in spans)
 
 
-def _discusses_attacks(text: str) -> bool:
+def _discusses_attacks(text: str, hits: dict[str, list[Span]]) -> bool:
     """A question or note *about* attacks ("our SOC saw 'ignore previous instructions' in the logs")
     names the attacker or the defence and addresses no one; an attack speaks to the model."""
-    hits = concept_hits(text)
     # "attacker@evil.example" in an injected document names an address, not the one who attacks.
     discusses = [end for _, end in hits.get("DISCUSS", ()) if text[end : end + 1] not in ("@", ".")]
     return bool(discusses) and not hits.get("SECOND_PERSON")
