@@ -40,6 +40,7 @@ from bench.guardrails_eval import (
     ROUND5,
     ROUND6,
     ROUND7,
+    ROUND7_TRAIN,
     TUNING,
     Classify,
     Report,
@@ -70,13 +71,17 @@ TARGET_FPR = 0.005
 # Every labelled file trains the shipped model; the original regression sets are small but labelled.
 # Since round six the fifth blind set (round6.jsonl, measured once) is tuning data and trains it too,
 # since round seven the sixth (round7.jsonl).
-DATA_FILES = (*TUNING, ORIGINAL, ORIGINAL_HOLDOUT)
+# Round seven's long benign documents train every fit but are no fold: texts of a genre the other
+# files lack score high out of fold, and as a fold they set the threshold alone (5.5 instead of 1.7,
+# half the blind rounds' recall gone) — they are there so that the model learns the genre.
+TRAIN_ONLY = (ROUND7_TRAIN,)
+DATA_FILES = (*(f for f in TUNING if f not in TRAIN_ONLY), ORIGINAL, ORIGINAL_HOLDOUT)
 # The rounds written blind by someone who never saw the detectors: the honest folds.
 BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5, ROUND6, ROUND7)
 
-# Round seven: the machine's benign corpus (bench/benign_corpus.py) trains every fit; `--no-corpus`
-# turns it off to compare.
-MACHINE_CORPUS = True
+# Round seven: long benign text (TRAIN_ONLY and bench/benign_corpus.py) trains every fit;
+# `--no-corpus` turns it off to compare.
+LONG_BENIGN = True
 
 Model = tuple[object, object, object]  # character vectorizer, word vectorizer, logistic regression
 
@@ -94,21 +99,23 @@ def _matrix(chars: object, words: object, texts: list[str], fit: bool = False) -
 
 
 @functools.cache
-def _machine_benign() -> tuple[str, ...]:
-    """bench/benign_corpus.py's passages, normalized as the worker reads them."""
+def _long_benign() -> tuple[str, ...]:
+    """bench/benign_corpus.py's passages and the TRAIN_ONLY files' texts, normalized as the worker
+    reads them."""
     passages = corpus()
     print(f"benign corpus: {len(passages)} passages, sha256 {digest(passages)}", file=sys.stderr)
-    return tuple(features_text(text) for text in passages)
+    documents = [str(r["text"]) for _, rows in _files(TRAIN_ONLY) for r in rows]
+    return tuple(features_text(text) for text in [*passages, *documents])
 
 
 def _fit(texts: list[str], labels: np.ndarray) -> Model:
     """A model on `texts` (features) cut into the worker's windows, each window with its text's
-    label. Every fit also learns from the machine's benign corpus: long ordinary prose, which the
-    labelled sets lack (their benign prompts are short). The corpus trains; it is never scored."""
+    label. Every fit also learns from long benign text (`_long_benign`), which the labelled sets lack
+    (their benign prompts are short); it trains and is never scored."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    extra = list(_machine_benign()) if MACHINE_CORPUS else []
+    extra = list(_long_benign()) if LONG_BENIGN else []
     texts, labels = texts + extra, np.concatenate([labels, np.zeros(len(extra), dtype=bool)])
     cut = [windows(text) for text in texts]
     texts = [window for parts in cut for window in parts]
@@ -232,10 +239,12 @@ def write(path: Path = WEIGHTS) -> str:
         path,
         ngrams=np.array(ngrams, dtype=str),
         idf=chars.idf_.astype(np.float32),  # type: ignore[attr-defined]
-        coef=coef[: len(ngrams)].astype(np.float32),
+        # Weights in half precision: the file stays under 1 MB with the round-seven vocabulary, and
+        # a decision moves by about 1e-3 (the threshold's neighbourhood is wider than that).
+        coef=coef[: len(ngrams)].astype(np.float16),
         words=np.frombuffer("\n".join(word_grams).encode("utf-8"), dtype=np.uint8),
         word_idf=words.idf_.astype(np.float32),  # type: ignore[attr-defined]
-        word_coef=coef[len(ngrams) :].astype(np.float32),
+        word_coef=coef[len(ngrams) :].astype(np.float16),
         intercept=np.float32(regression.intercept_[0]),  # type: ignore[attr-defined]
         threshold=np.float32(threshold),
     )
@@ -247,10 +256,10 @@ def main() -> None:
     parser.add_argument("--folds", action="store_true", help="leave each data file out in turn")
     parser.add_argument("--cross-round", action="store_true", help="train on rounds 1-3, score round4")
     parser.add_argument("--write", action="store_true", help="train on every data file, write weights")
-    parser.add_argument("--no-corpus", action="store_true", help="train without the machine's benign corpus")
+    parser.add_argument("--no-corpus", action="store_true", help="train without the long benign text")
     args = parser.parse_args()
-    global MACHINE_CORPUS
-    MACHINE_CORPUS = not args.no_corpus
+    global LONG_BENIGN
+    LONG_BENIGN = not args.no_corpus
     if args.write:
         print(write())
     if args.folds:

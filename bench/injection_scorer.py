@@ -1,7 +1,7 @@
 """Fit the concept scorer of the injection heuristics (dispatcher/guardrails/injection_score.py) and
 measure it with each once-blind round left out.
 
-    python bench/injection_scorer.py --folds    # leave round4, round5, round6 out in turn: the proxy
+    python bench/injection_scorer.py --folds    # leave round4, round5, round6, round7 out in turn: the proxy
     python bench/injection_scorer.py --write    # fit on every data file, write the shipped weights
 
 A logistic regression (scikit-learn, lbfgs, C = 1, balanced classes: deterministic on the same data)
@@ -26,11 +26,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.guardrails_eval import ROUND4, ROUND5, ROUND6, Report, Row, Score, evaluate
-from bench.injection_ngrams import DATA_FILES, _files
+from bench.benign_corpus import corpus
+from bench.guardrails_eval import ROUND4, ROUND5, ROUND6, ROUND7, Report, Row, Score, evaluate
+from bench.injection_ngrams import DATA_FILES, TRAIN_ONLY, _files
 from dispatcher.guardrails import injection_score
 from dispatcher.guardrails.injection import concept_hits, detect_injection
-from dispatcher.guardrails.injection_score import Model, features
+from dispatcher.guardrails.injection_score import Model, features, window_features
 from dispatcher.guardrails.normalize import normalize
 
 C = 3.0  # 1 and 10 did worse on the folds (docs/guardrails.md, Round seven)
@@ -38,7 +39,7 @@ C = 3.0  # 1 and 10 did worse on the folds (docs/guardrails.md, Round seven)
 # near 0.5 %, so the heuristics and the n-gram layer together can keep under the 1 % bar.
 TARGET_FPR = 0.002
 # The once-blind rounds, each written by someone who never saw the detectors: the honest folds.
-FOLDS = (ROUND4, ROUND5, ROUND6)
+FOLDS = (ROUND4, ROUND5, ROUND6, ROUND7)
 RULES_ONLY = Model({}, 0.0, math.inf)
 
 
@@ -60,6 +61,19 @@ class Data:
             texts = [normalize(str(r["text"])).text for r in rows]
             self.features[f] = [_features(t) for t in texts]
         self.labels = {f: np.array([_attack(r) for r in rows]) for f, rows in self.rows.items()}
+        # Long benign text (the n-gram model's: stdlib docstrings, round seven's documents), window
+        # by window as it is scored: it trains every fit and is never scored or calibrated on.
+        # Without it the scorer flagged 29 % of software documentation paragraphs
+        # (bench/guardrails_external.py), having seen only prompts under 500 characters.
+        self.long: list[dict[str, float]] = []
+        for text in _long_benign_texts():
+            plain = normalize(text).text
+            matched: list[tuple[int, str]] = []
+            self.long.extend(window_features(plain, concept_hits(plain, matched), matched))
+
+
+def _long_benign_texts() -> list[str]:
+    return [*corpus(), *(str(r["text"]) for _, rows in _files(TRAIN_ONLY) for r in rows)]
 
 
 def _attack(row: Row) -> bool:
@@ -94,8 +108,8 @@ def _regression(data: Data, files: list[Path]) -> tuple[dict[str, float], float]
     from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
     vectorizer = DictVectorizer()
-    matrix = vectorizer.fit_transform([x for f in files for x in data.features[f]])
-    labels = np.concatenate([data.labels[f] for f in files])
+    matrix = vectorizer.fit_transform([x for f in files for x in data.features[f]] + data.long)
+    labels = np.concatenate([*(data.labels[f] for f in files), np.zeros(len(data.long), dtype=bool)])
     regression = LogisticRegression(C=C, class_weight="balanced", max_iter=5000).fit(matrix, labels)
     names = vectorizer.get_feature_names_out()
     coef = regression.coef_[0]

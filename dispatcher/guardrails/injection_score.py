@@ -199,12 +199,25 @@ def attacks(text: str, hits: dict[str, list[Span]], matched: list[tuple[int, str
     model = active()
     found = _Found(text, hits, matched)
     spans: list[Span] = []
-    for a in range(0, max(1, len(text) - _STEP), _STEP) if len(text) > SEGMENT else (0,):
-        b = min(len(text), a + SEGMENT)
+    for a, b in _windows(len(text)):
         window = found.features(a, b)
         if window is not None and score(window, model) > model.threshold:
             spans.append(found.attack_span(a, b))
     return spans
+
+
+def window_features(
+    text: str, hits: dict[str, list[Span]], matched: list[tuple[int, str]]
+) -> list[dict[str, float]]:
+    """The features of each window of a normalized text that `attacks` would score: for fitting
+    on long benign documents, which are scored window by window too."""
+    found = _Found(text, hits, matched)
+    return [f for a, b in _windows(len(text)) if (f := found.features(a, b)) is not None]
+
+
+def _windows(length: int) -> list[Span]:
+    starts = range(0, max(1, length - _STEP), _STEP) if length > SEGMENT else (0,)
+    return [(a, min(length, a + SEGMENT)) for a in starts]
 
 
 _override: Model | None = None
