@@ -18,7 +18,7 @@ from schemas.config import OpenAIBackend
 from schemas.endpoints import ENDPOINTS
 from schemas.envelope import Endpoint
 from workers.backends.backend_errors import BackendError, backend_error, error_message
-from workers.backends.base import Json
+from workers.backends.base import Batch, Json
 
 # A server restarting or shedding load answers these before generating anything: safe to retry.
 _RETRY_STATUSES = frozenset({502, 503, 504})
@@ -124,30 +124,49 @@ class OpenAICompatBackend:
         return body
 
     async def stream(self, endpoint: Endpoint, payload: Json) -> AsyncIterator[Json]:
+        batches = self.stream_batches(endpoint, payload)
+        try:
+            async for chunks, _ in batches:
+                for chunk in chunks:
+                    yield chunk
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]
+
+    async def stream_batches(self, endpoint: Endpoint, payload: Json) -> AsyncIterator[Batch]:
+        """The stream's chunks a read at a time: a quick backend's whole answer is often one read,
+        and the worker then takes one step for it instead of one per chunk (and aiohttp's line
+        iterator one call per line, blank ones too). The batch that `[DONE]` ends says so."""
         response = await self._post(endpoint, payload, stream=True)
         finished = False
         try:
             if response.status >= 400:
                 raise backend_error(response.status, await response.read())
-            # Whatever one read returns, split into lines here: a quick backend's whole answer is
-            # often one read, and aiohttp's line iterator costs a call per line (blank ones too).
             partial = b""
             async for data in response.content.iter_any():
                 lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
                 partial = lines.pop()
                 if len(partial) > _MAX_LINE:
                     raise BackendError("backend sent a stream line that is too long", 502, False)
+                chunks: list[Json] = []
                 for line in lines:
-                    chunk = _event(line)
-                    if chunk is _DONE:
-                        finished = True
-                        return
-                    if chunk is not None:
-                        yield chunk
+                    if not line:
+                        continue  # the blank line after each event
+                    if line.startswith(b"data: {"):  # the usual form, read without more ado
+                        chunk = _chunk(line[6:])
+                    else:
+                        chunk = _event(line)
+                        if chunk is _DONE:
+                            finished = True
+                            yield chunks, True
+                            return
+                        if chunk is None:
+                            continue
+                    chunks.append(chunk)
+                if chunks:
+                    yield chunks, False
             chunk = _event(partial)  # a last line without its newline
-            if chunk is not None and chunk is not _DONE:
-                yield chunk
             finished = True  # [DONE], or the end of a stream that has none (Responses, Messages)
+            yield ([chunk] if chunk is not None and chunk is not _DONE else []), True
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"backend stream failed: {type(exc).__name__}", 502, False) from exc
         finally:
@@ -170,6 +189,11 @@ def _event(raw: bytes) -> Json | None:
     data = line[5:].strip()
     if data == b"[DONE]":
         return _DONE
+    return _chunk(data)
+
+
+def _chunk(data: bytes) -> Json:
+    """The chunk in one event's data; a backend's error event raises."""
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
