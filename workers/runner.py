@@ -33,11 +33,11 @@ from schemas.envelope import Affinity, Endpoint, ErrorCode, Pickup, RequestEnvel
 from schemas.openai import Usage
 from schemas.traffic import Cost
 from workers import dialects
-from workers.dialects import Passthrough
 from workers.backends.backend_errors import BackendError, overflow_message
 from workers.backends.base import Backend, Json
 from workers.cancellations import Cancellations
 from workers.coalescer import EmbeddingCoalescer
+from workers.dialects import Passthrough
 from workers.liveness import InFlight, keep_alive
 from workers.openai_shape import chunk_shaper, normalize
 from workers.slot_pins import pinned

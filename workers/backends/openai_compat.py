@@ -148,6 +148,7 @@ class OpenAICompatBackend:
                 if len(partial) > _MAX_LINE:
                     raise BackendError("backend sent a stream line that is too long", 502, False)
                 chunks: list[Json] = []
+                chunk: Json | None
                 for line in lines:
                     if not line:
                         continue  # the blank line after each event
@@ -164,9 +165,9 @@ class OpenAICompatBackend:
                     chunks.append(chunk)
                 if chunks:
                     yield chunks, False
-            chunk = _event(partial)  # a last line without its newline
+            rest = _event(partial)  # a last line without its newline
             finished = True  # [DONE], or the end of a stream that has none (Responses, Messages)
-            yield ([chunk] if chunk is not None and chunk is not _DONE else []), True
+            yield ([rest] if rest is not None and rest is not _DONE else []), True
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"backend stream failed: {type(exc).__name__}", 502, False) from exc
         finally:
