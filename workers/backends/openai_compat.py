@@ -27,6 +27,8 @@ _RETRY_BACKOFF_S = 0.05  # doubled per attempt: 50, 100, 200 ms for the default 
 # A stream line longer than this (no newline in sight) is not an SSE event a server would send.
 _MAX_LINE = 1024 * 1024  # aiohttp's line reader, used before, stopped at 128 KiB
 _DONE: Json = {}  # compared by identity: the `[DONE]` line
+# Loop turns a stream's read waits for more of a burst (each only if the last one brought some).
+_BURST_TURNS = 4
 
 # Generation endpoints whose streams end with a usage chunk only when asked for one.
 _USAGE_ON_REQUEST = (Endpoint.CHAT, Endpoint.COMPLETIONS)
@@ -141,28 +143,35 @@ class OpenAICompatBackend:
         try:
             if response.status >= 400:
                 raise backend_error(response.status, await response.read())
-            partial = b""
-            async for data in response.content.iter_any():
-                lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
-                partial = lines.pop()
-                if len(partial) > _MAX_LINE:
-                    raise BackendError("backend sent a stream line that is too long", 502, False)
+            content, partial = response.content, b""
+            while data := await content.readany():  # b"": the end of the body
                 chunks: list[Json] = []
                 chunk: Json | None
-                for line in lines:
-                    if not line:
-                        continue  # the blank line after each event
-                    if line.startswith(b"data: {"):  # the usual form, read without more ado
-                        chunk = _chunk(line[6:])
-                    else:
-                        chunk = _event(line)
-                        if chunk is _DONE:
-                            finished = True
-                            yield chunks, True
-                            return
-                        if chunk is None:
-                            continue
-                    chunks.append(chunk)
+                for turn in range(_BURST_TURNS + 1):
+                    if turn:
+                        # A quick backend writes its events one by one: give the loop a turn for the
+                        # rest of the burst to arrive, so that it leaves in one frame, not several.
+                        await asyncio.sleep(0)
+                        if not (data := content.read_nowait()):
+                            break
+                    lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
+                    partial = lines.pop()
+                    if len(partial) > _MAX_LINE:
+                        raise BackendError("backend sent a stream line that is too long", 502, False)
+                    for line in lines:
+                        if not line:
+                            continue  # the blank line after each event
+                        if line.startswith(b"data: {"):  # the usual form, read without more ado
+                            chunk = _chunk(line[6:])
+                        else:
+                            chunk = _event(line)
+                            if chunk is _DONE:
+                                finished = True
+                                yield chunks, True
+                                return
+                            if chunk is None:
+                                continue
+                        chunks.append(chunk)
                 if chunks:
                     yield chunks, False
             rest = _event(partial)  # a last line without its newline
