@@ -27,7 +27,11 @@ _RETRY_BACKOFF_S = 0.05  # doubled per attempt: 50, 100, 200 ms for the default 
 # A stream line longer than this (no newline in sight) is not an SSE event a server would send.
 _MAX_LINE = 1024 * 1024  # aiohttp's line reader, used before, stopped at 128 KiB
 _DONE: Json = {}  # compared by identity: the `[DONE]` line
-# Loop turns a stream's read waits for more of a burst (each only if the last one brought some).
+# A quick backend's whole answer comes in a burst of writes, one per event. After the first read of
+# a stream the worker waits up to _FIRST_LINGER_S for the rest (a real model's next token is tens
+# of ms away, so this adds at most that to its first token, once); after later reads, a loop turn
+# (each only if the last one brought more), _BURST_TURNS at most per read.
+_FIRST_LINGER_S = 0.001
 _BURST_TURNS = 4
 
 # Generation endpoints whose streams end with a usage chunk only when asked for one.
@@ -143,17 +147,22 @@ class OpenAICompatBackend:
         try:
             if response.status >= 400:
                 raise backend_error(response.status, await response.read())
-            content, partial = response.content, b""
+            content, partial, loop = response.content, b"", asyncio.get_running_loop()
+            linger_until: float | None = None  # set at the first read
             while data := await content.readany():  # b"": the end of the body
                 chunks: list[Json] = []
                 chunk: Json | None
-                for turn in range(_BURST_TURNS + 1):
+                if linger_until is None:
+                    linger_until = loop.time() + _FIRST_LINGER_S
+                turn = 0
+                while turn <= _BURST_TURNS or loop.time() < linger_until:
                     if turn:
-                        # A quick backend writes its events one by one: give the loop a turn for the
-                        # rest of the burst to arrive, so that it leaves in one frame, not several.
-                        await asyncio.sleep(0)
-                        if not (data := content.read_nowait()):
+                        # A quick backend writes its events one by one: wait a moment for the rest
+                        # of the burst, so that it leaves in one frame, not one per event.
+                        data = await _more(content, linger_until)
+                        if not data:
                             break
+                    turn += 1
                     lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
                     partial = lines.pop()
                     if len(partial) > _MAX_LINE:
@@ -189,6 +198,19 @@ class OpenAICompatBackend:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _more(content: aiohttp.StreamReader, linger_until: float) -> bytes:
+    """What else arrived: waited for until `linger_until` (the first read), else after one loop turn."""
+    left = linger_until - asyncio.get_running_loop().time()
+    if left <= 0:
+        await asyncio.sleep(0)
+        return content.read_nowait()
+    try:
+        async with asyncio.timeout(left):
+            return await content.readany()
+    except TimeoutError:
+        return b""
 
 
 def _event(raw: bytes) -> Json | None:
