@@ -363,7 +363,10 @@ class RequestRunner:
                     else:
                         buffer.extend(orjson.dumps(event) for event in presenter.chunk(chunk))
                 post_ns += time.perf_counter_ns() - began
-                if buffer and not (last and envelope.chunks_in_final):
+                # A usage-only chunk ends a chat stream's content (only `[DONE]` follows): what came
+                # with it waits for the end, to leave in the final frame (a moment at most).
+                ended = last or (shape is not None and bool(chunks) and _usage_only(chunks[-1]))
+                if buffer and not (ended and envelope.chunks_in_final):
                     await writer.chunks(buffer)
                     buffer = []
         finally:
@@ -394,6 +397,11 @@ def _tokens_used(writer: ReplyWriter) -> int | None:
     if writer.usage is not None:
         return writer.usage.total_tokens or writer.usage.prompt_tokens + writer.usage.completion_tokens
     return None if writer.sent_data else 0
+
+
+def _usage_only(chunk: Json) -> bool:
+    """The chunk that closes a chat stream when usage is asked for: usage and no choices."""
+    return bool(chunk.get("usage")) and not chunk.get("choices")
 
 
 def _usage(body: Json) -> Usage | None:
