@@ -27,11 +27,13 @@ _RETRY_BACKOFF_S = 0.05  # doubled per attempt: 50, 100, 200 ms for the default 
 # A stream line longer than this (no newline in sight) is not an SSE event a server would send.
 _MAX_LINE = 1024 * 1024  # aiohttp's line reader, used before, stopped at 128 KiB
 _DONE: Json = {}  # compared by identity: the `[DONE]` line
-# A quick backend's whole answer comes in a burst of writes, one per event. After the first read of
-# a stream the worker waits up to _FIRST_LINGER_S for the rest (a real model's next token is tens
-# of ms away, so this adds at most that to its first token, once); after later reads, a loop turn
-# (each only if the last one brought more), _BURST_TURNS at most per read.
+# A quick backend's whole answer comes in a burst of writes, one per event (spread over a few ms
+# when it serves many streams at once). After the first read of a stream the worker waits for more
+# as long as each next event comes within _FIRST_LINGER_S, for _BURST_LINGER_S at most: a real
+# model's next token is tens of ms away, so this adds 1 ms to its first token, once. After later
+# reads, a loop turn (each only if the last one brought more), _BURST_TURNS at most per read.
 _FIRST_LINGER_S = 0.001
+_BURST_LINGER_S = 0.005
 _BURST_TURNS = 4
 
 # Generation endpoints whose streams end with a usage chunk only when asked for one.
@@ -149,10 +151,12 @@ class OpenAICompatBackend:
                 raise backend_error(response.status, await response.read())
             content, partial, loop = response.content, b"", asyncio.get_running_loop()
             linger_until: float | None = None  # set at the first read
+            burst_until = 0.0
             while data := await content.readany():  # b"": the end of the body
                 chunks: list[Json] = []
                 chunk: Json | None
                 if linger_until is None:
+                    burst_until = loop.time() + _BURST_LINGER_S
                     linger_until = loop.time() + _FIRST_LINGER_S
                 turn = 0
                 while turn <= _BURST_TURNS or loop.time() < linger_until:
@@ -162,6 +166,8 @@ class OpenAICompatBackend:
                         data = await _more(content, linger_until)
                         if not data:
                             break
+                        if loop.time() < burst_until:  # still coming quickly: wait for more
+                            linger_until = min(loop.time() + _FIRST_LINGER_S, burst_until)
                     turn += 1
                     lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
                     partial = lines.pop()
