@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
 
+from dispatcher.guardrails.injection_score_bound import MARGIN, Weights, upper_bounds
+
 Span = tuple[int, int]
 
 # Concepts that are no attack by themselves: who is addressed, and talk about attacks.
@@ -197,13 +199,30 @@ def attacks(text: str, hits: dict[str, list[Span]], matched: list[tuple[int, str
     if not any(spans for concept, spans in hits.items() if concept not in NEUTRAL):
         return []
     model = active()
-    found = _Found(text, hits, matched)
+    windows = _windows(len(text))
+    bounds = upper_bounds(text, hits, matched, windows, _table(model), NEUTRAL, _MARKS, _EARLY)
+    found: _Found | None = None
     spans: list[Span] = []
-    for a, b in _windows(len(text)):
+    for (a, b), bound in zip(windows, bounds, strict=True):
+        if bound < model.threshold - MARGIN:
+            continue  # provably not above the threshold (injection_score_bound.py): not scored
+        found = found or _Found(text, hits, matched)
         window = found.features(a, b)
         if window is not None and score(window, model) > model.threshold:
             spans.append(found.attack_span(a, b))
     return spans
+
+
+_tables: tuple[Model, Weights] | None = None
+
+
+def _table(model: Model) -> Weights:
+    """The model's weights arranged for the bound, built once per model (Model holds a dict, so it
+    is no dictionary key: the last one is kept by identity)."""
+    global _tables
+    if _tables is None or _tables[0] is not model:
+        _tables = (model, Weights(model.weights, model.bias, _rule_pairs()))
+    return _tables[1]
 
 
 def window_features(

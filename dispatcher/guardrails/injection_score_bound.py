@@ -1,0 +1,164 @@
+"""An upper bound on each window's score in injection_score.py, cheap enough to skip the windows that
+cannot score as an attack before their features are built.
+
+Building a window's features (injection_score._Found.features) costs about 60 µs in Python: text
+dense with attack words (benign documentation, lists of rules) pays it in every window. Most of a
+window's score is cheap to know exactly from per-concept start lists and counts (which concepts,
+which early, how many distinct, which rule pairs, which lexicon terms, the marks). What is dear is
+the sweeps (concept pairs within 60 characters, the most concepts in 60 characters or in a sentence,
+attack concepts near "you"). For those this module takes the largest value each feature's weight can
+add given what is known (a pair weight counts only if positive, and only for pairs of the window's
+attack concepts; `win` lies between 1/3 and the distinct count over 3, and so on). A window whose
+bound is below the threshold by more than `MARGIN` provably scores below it: the decision is the
+same as scoring it, and injection_score.attacks skips it. A window whose bound is higher is scored
+exactly as before. tests/unit/dispatcher/guardrails/test_round7_bound.py checks the bound against
+the exact score on every tuning prompt and on generated texts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from bisect import bisect_left
+from itertools import combinations
+
+Span = tuple[int, int]
+
+# The exact score's float sum and this bound's are added in different orders: a window counts as
+# provably below the threshold only when its bound is this far under it (rounding is ~1e-13).
+MARGIN = 1e-6
+_YOU = frozenset({"SECOND_PERSON", "YOU"})
+# The marks of injection_score._MARKS that are one character each: counted with str.count, which is
+# exact for a one-character class and needs no regular-expression scan.
+_CHARS = {
+    "question": "?？؟",
+    "exclamation": "!！",
+    "quote": "\"“”«»「」'",
+}
+
+
+class Weights:
+    """One model's weights arranged for the bound (built once per model)."""
+
+    def __init__(
+        self, weights: dict[str, float], bias: float, rule_pairs: tuple[tuple[str, str, str], ...]
+    ) -> None:
+        self.weights = weights
+        self.bias = bias
+        self.rule_pairs = rule_pairs
+        self.terms: dict[str, float] = {}  # lexicon term -> weight, filled as terms are met
+        self.co: dict[tuple[str, ...], float] = {}  # attack concepts (sorted) -> bound of their pairs
+
+    def get(self, name: str) -> float:
+        return self.weights.get(name, 0.0)
+
+    def most(self, name: str, low: float, high: float) -> float:
+        """The most a feature with values in [low, high] adds to the score."""
+        w = self.get(name)
+        return w * high if w > 0 else w * low
+
+    def term(self, term: str) -> float:
+        w = self.terms.get(term)
+        if w is None:
+            w = self.terms[term] = self.get("t:" + term)
+        return w
+
+    def pairs(self, attack: tuple[str, ...]) -> float:
+        """The most the `co:` features of a window with these attack concepts can add: every pair's
+        positive weight (which pairs stand within 60 characters is what the bound does not know)."""
+        bound = self.co.get(attack)
+        if bound is None:
+            if len(self.co) > 4096:  # distinct concept sets are few per text; keep the table small
+                self.co.clear()
+            bound = sum(max(0.0, self.get(f"co:{p}+{q}")) for p, q in combinations(attack, 2))
+            self.co[attack] = bound
+        return bound
+
+
+def upper_bounds(
+    text: str,
+    hits: dict[str, list[Span]],
+    matched: list[tuple[int, str]],
+    windows: list[Span],
+    table: Weights,
+    neutral: frozenset[str],
+    marks: dict[str, re.Pattern[str]],
+    early: int,
+) -> list[float]:
+    """For each window, a number at least its exact score (-inf when it holds no attack concept,
+    which the exact scorer does not score either)."""
+    concepts = []
+    for c in sorted(hits):  # sorted: the attack tuple below is then the memo's key as it stands
+        if hits[c]:
+            starts = sorted(s for s, _ in hits[c])
+            concepts.append((c, starts, c not in neutral, table.get("has:" + c), table.get("early:" + c)))
+    present_rules = [(f, s, fam) for fam, f, s in table.rule_pairs if f in hits and s in hits]
+    terms = sorted(matched)
+    term_starts = [s for s, _ in terms]
+    names = [t for _, t in terms]
+    chars = {mark: [ch for ch in group if ch in text] for mark, group in _CHARS.items()}
+    shouted = _positions(text, marks["shouted"])
+    labels = _label_positions(text, marks["label_line"])
+    w_question, w_excl = table.get("question"), table.get("excl")
+    w_caps, w_label, w_lines, w_quotes = (
+        table.get("caps"),
+        table.get("label_line"),
+        table.get("lines"),
+        table.get("quotes"),
+    )
+    w_distinct = table.get("distinct")
+    found: list[float] = []
+    for a, b in windows:
+        score = table.bias
+        present: set[str] = set()
+        attack: list[str] = []
+        for c, starts, is_attack, w_has, w_early in concepts:
+            i = bisect_left(starts, a)
+            if i < len(starts) and starts[i] < b:
+                present.add(c)
+                score += w_has
+                if starts[i] - a < early:
+                    score += w_early
+                if is_attack:
+                    attack.append(c)
+        if not attack:
+            found.append(-math.inf)
+            continue
+        n = len(attack)
+        score += w_distinct * (min(n, 8) / 4)
+        score += sum(
+            table.get("rp:" + fam)
+            for fam in {fam for f, s, fam in present_rules if f in present and s in present}
+        )
+        score += table.pairs(tuple(attack))
+        # The sweeps' features, each at the most its weight can add.
+        score += table.most("win", 1 / 3, min(n, 6) / 3) + table.most("sent", 1 / 3, min(n, 5) / 3)
+        for k in (2, 3, 4):
+            score += table.most(f"win>={k}", 0.0, float(n >= k)) + table.most(
+                f"sent>={k}", 0.0, float(n >= k)
+            )
+        if present & _YOU:
+            score += table.most("you_near", 0.0, 2.0)
+        # The marks, exactly as injection_score counts them.
+        if sum(text.count(ch, a, b) for ch in chars["question"]):
+            score += w_question
+        score += w_caps * (min(bisect_left(shouted, b) - bisect_left(shouted, a), 5) / 5)
+        score += w_excl * float(sum(text.count(ch, a, b) for ch in chars["exclamation"]) > 0)
+        score += w_label * (min(bisect_left(labels, b) - bisect_left(labels, a), 4) / 4)
+        score += w_lines * (math.log1p(min(text.count("\n", a, b), 15)) / 3)
+        score += w_quotes * (min(sum(text.count(ch, a, b) for ch in chars["quote"]), 8) / 8)
+        score += sum(map(table.term, set(names[bisect_left(term_starts, a) : bisect_left(term_starts, b)])))
+        found.append(score)
+    return found
+
+
+def _positions(text: str, pattern: re.Pattern[str]) -> list[int]:
+    return [m.start() for m in pattern.finditer(text)]
+
+
+def _label_positions(text: str, pattern: re.Pattern[str]) -> list[int]:
+    """Where the label-line pattern matches. It is anchored at line starts (MULTILINE `^`), so a text
+    without a line break can match only at 0: one match attempt instead of a scan."""
+    if "\n" in text:
+        return _positions(text, pattern)
+    return [0] if pattern.match(text) else []
