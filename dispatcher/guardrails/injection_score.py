@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
 
-from dispatcher.guardrails.injection_score_bound import MARGIN, Weights, upper_bounds
+from dispatcher.guardrails.injection_score_bound import MARGIN, Weights, swept, window_parts
 
 Span = tuple[int, int]
 
@@ -203,16 +203,20 @@ def attacks(text: str, hits: dict[str, list[Span]], matched: list[tuple[int, str
     if not any(spans for concept, spans in hits.items() if concept not in NEUTRAL):
         return []
     model = active()
+    table = _table(model)
     windows = _windows(len(text))
-    bounds = upper_bounds(text, hits, matched, windows, _table(model), NEUTRAL, _MARKS, _EARLY)
+    parts = window_parts(text, hits, matched, windows, table, NEUTRAL, _MARKS, _EARLY)
     found: _Found | None = None
     spans: list[Span] = []
-    for (a, b), bound in zip(windows, bounds, strict=True):
-        if bound < model.threshold - MARGIN:
+    for (a, b), (known, most) in zip(windows, parts, strict=True):
+        if known + most < model.threshold - MARGIN:
             continue  # provably not above the threshold (injection_score_bound.py): not scored
         found = found or _Found(text, hits, matched)
-        window = found.features(a, b)
-        if window is not None and score(window, model) > model.threshold:
+        value = known + swept(found.events, found.starts, found.sentence_ends, a, b, table, NEUTRAL)
+        if abs(value - model.threshold) < MARGIN:
+            # Summed in another order than `score`: this close, the feature table decides.
+            value = score(found.features(a, b) or {}, model)
+        if value > model.threshold:
             spans.append(found.attack_span(a, b))
     return spans
 
@@ -225,7 +229,7 @@ def _table(model: Model) -> Weights:
     is no dictionary key: the last one is kept by identity)."""
     global _tables
     if _tables is None or _tables[0] is not model:
-        _tables = (model, Weights(model.weights, model.bias, _rule_pairs()))
+        _tables = (model, Weights(model.weights, model.bias, _rule_pairs(), WINDOW, _YOU_NEAR))
     return _tables[1]
 
 

@@ -10,9 +10,13 @@ attack concepts near "you"). For those this module takes the largest value each 
 add given what is known (a pair weight counts only if positive, and only for pairs of the window's
 attack concepts; `win` lies between 1/3 and the distinct count over 3, and so on). A window whose
 bound is below the threshold by more than `MARGIN` provably scores below it: the decision is the
-same as scoring it, and injection_score.attacks skips it. A window whose bound is higher is scored
-exactly as before. tests/unit/dispatcher/guardrails/test_round7_bound.py checks the bound against
-the exact score on every tuning prompt and on generated texts.
+same as scoring it, and injection_score.attacks skips it. A window whose bound is higher gets its
+exact score as the exact parts plus `swept` (the same sweeps as injection_score._Found, summed
+without building the feature table); within `MARGIN` of the threshold the feature table decides, so
+a different order of float additions cannot flip a decision.
+tests/unit/dispatcher/guardrails/test_round7_bound.py checks, in every window of every tuning
+prompt and of generated texts, that this score equals the feature table's and the bound is at
+least it.
 """
 
 from __future__ import annotations
@@ -41,11 +45,19 @@ class Weights:
     """One model's weights arranged for the bound (built once per model)."""
 
     def __init__(
-        self, weights: dict[str, float], bias: float, rule_pairs: tuple[tuple[str, str, str], ...]
+        self,
+        weights: dict[str, float],
+        bias: float,
+        rule_pairs: tuple[tuple[str, str, str], ...],
+        window: int,
+        you_near: int,
     ) -> None:
         self.weights = weights
         self.bias = bias
         self.rule_pairs = rule_pairs
+        self.window = window  # injection_score.WINDOW and _YOU_NEAR, passed in: it imports this module
+        self.you_near = you_near
+        self.co_pair: dict[tuple[str, str], float] = {}  # (a, b), a < b -> weight of co:a+b
         self.terms: dict[str, float] = {}  # lexicon term -> weight, filled as terms are met
         self.co: dict[tuple[str, ...], float] = {}  # attack concepts (sorted) -> bound of their pairs
 
@@ -63,6 +75,14 @@ class Weights:
             w = self.terms[term] = self.get("t:" + term)
         return w
 
+    def pair(self, pair: tuple[str, str]) -> float:
+        w = self.co_pair.get(pair)
+        if w is None:
+            if len(self.co_pair) > 65536:
+                self.co_pair.clear()
+            w = self.co_pair[pair] = self.get(f"co:{pair[0]}+{pair[1]}")
+        return w
+
     def pairs(self, attack: tuple[str, ...]) -> float:
         """The most the `co:` features of a window with these attack concepts can add: every pair's
         positive weight (which pairs stand within 60 characters is what the bound does not know)."""
@@ -75,7 +95,7 @@ class Weights:
         return bound
 
 
-def upper_bounds(
+def window_parts(
     text: str,
     hits: dict[str, list[Span]],
     matched: list[tuple[int, str]],
@@ -84,9 +104,10 @@ def upper_bounds(
     neutral: frozenset[str],
     marks: dict[str, re.Pattern[str]],
     early: int,
-) -> list[float]:
-    """For each window, a number at least its exact score (-inf when it holds no attack concept,
-    which the exact scorer does not score either)."""
+) -> list[tuple[float, float]]:
+    """For each window, the score without the swept features (exact) and the most the swept features
+    can add: their sum is at least the window's score. (-inf, 0.0) when the window holds no attack
+    concept, which the exact scorer does not score either."""
     concepts = []
     for c in sorted(hits):  # sorted: the attack tuple below is then the memo's key as it stands
         if hits[c]:
@@ -107,7 +128,7 @@ def upper_bounds(
         table.get("quotes"),
     )
     w_distinct = table.get("distinct")
-    found: list[float] = []
+    found: list[tuple[float, float]] = []
     for a, b in windows:
         score = table.bias
         present: set[str] = set()
@@ -122,7 +143,7 @@ def upper_bounds(
                 if is_attack:
                     attack.append(c)
         if not attack:
-            found.append(-math.inf)
+            found.append((-math.inf, 0.0))
             continue
         n = len(attack)
         score += w_distinct * (min(n, 8) / 4)
@@ -130,15 +151,13 @@ def upper_bounds(
             table.get("rp:" + fam)
             for fam in {fam for f, s, fam in present_rules if f in present and s in present}
         )
-        score += table.pairs(tuple(attack))
-        # The sweeps' features, each at the most its weight can add.
-        score += table.most("win", 1 / 3, min(n, 6) / 3) + table.most("sent", 1 / 3, min(n, 5) / 3)
+        # The swept features, each at the most its weight can add.
+        most = table.pairs(tuple(attack))
+        most += table.most("win", 1 / 3, min(n, 6) / 3) + table.most("sent", 1 / 3, min(n, 5) / 3)
         for k in (2, 3, 4):
-            score += table.most(f"win>={k}", 0.0, float(n >= k)) + table.most(
-                f"sent>={k}", 0.0, float(n >= k)
-            )
+            most += table.most(f"win>={k}", 0.0, float(n >= k)) + table.most(f"sent>={k}", 0.0, float(n >= k))
         if present & _YOU:
-            score += table.most("you_near", 0.0, 2.0)
+            most += table.most("you_near", 0.0, 2.0)
         # The marks, exactly as injection_score counts them.
         if sum(text.count(ch, a, b) for ch in chars["question"]):
             score += w_question
@@ -148,8 +167,66 @@ def upper_bounds(
         score += w_lines * (math.log1p(min(text.count("\n", a, b), 15)) / 3)
         score += w_quotes * (min(sum(text.count(ch, a, b) for ch in chars["quote"]), 8) / 8)
         score += sum(map(table.term, set(names[bisect_left(term_starts, a) : bisect_left(term_starts, b)])))
-        found.append(score)
+        found.append((score, most))
     return found
+
+
+def swept(
+    events: list[tuple[int, int, str]],
+    starts: list[int],
+    sentence_ends: list[int],
+    a: int,
+    b: int,
+    table: Weights,
+    neutral: frozenset[str],
+) -> float:
+    """What the swept features of text[a:b] add to its score, exactly as injection_score._Found
+    computes them (concept pairs and the most concepts within `WINDOW`, attack concepts near the
+    second person, the most concepts in a sentence), summed without naming each feature."""
+    attack: list[tuple[int, str]] = []
+    addressed: list[int] = []
+    for s, _, c in events[bisect_left(starts, a) : bisect_left(starts, b)]:
+        if c not in neutral:
+            attack.append((s, c))
+        if c in _YOU:
+            addressed.append(s)
+    # The sweep of injection_score._window_and_pairs.
+    in_window: dict[str, int] = {}
+    pairs: set[tuple[str, str]] = set()
+    best = 0
+    left = 0
+    for start, concept in attack:
+        while attack[left][0] < start - table.window:
+            gone = attack[left][1]
+            in_window[gone] -= 1
+            if not in_window[gone]:
+                del in_window[gone]
+            left += 1
+        for other in in_window:
+            if other != concept:
+                pairs.add((concept, other) if concept < other else (other, concept))
+        in_window[concept] = in_window.get(concept, 0) + 1
+        best = max(best, len(in_window))
+    value = sum(map(table.pair, pairs))
+    value += table.get("win") * (min(best, 6) / 3)
+    for k in (2, 3, 4):
+        if best >= k:
+            value += table.get(f"win>={k}")
+    if addressed:
+        near = 0
+        for start, _ in attack:
+            k = bisect_left(addressed, start - table.you_near)
+            near += k < len(addressed) and addressed[k] <= start + table.you_near
+        value += table.get("you_near") * (min(near, 6) / 3)
+    per_sentence: dict[int, set[str]] = {}
+    for start, concept in attack:
+        per_sentence.setdefault(bisect_left(sentence_ends, start), set()).add(concept)
+    most = max(len(s) for s in per_sentence.values())
+    value += table.get("sent") * (min(most, 5) / 3)
+    for k in (2, 3, 4):
+        if most >= k:
+            value += table.get(f"sent>={k}")
+    return value
 
 
 def _positions(text: str, pattern: re.Pattern[str]) -> list[int]:

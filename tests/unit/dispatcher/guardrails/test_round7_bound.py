@@ -28,7 +28,7 @@ from dispatcher.guardrails.injection_score import (
     score,
     shipped,
 )
-from dispatcher.guardrails.injection_score_bound import upper_bounds
+from dispatcher.guardrails.injection_score_bound import swept, window_parts
 from dispatcher.guardrails.injection_terms import terms
 from dispatcher.guardrails.normalize import normalize
 
@@ -58,21 +58,25 @@ def _reference_attacks(
 
 
 def _check(text: str, model: Model) -> int:
-    """Asserts the bound holds in every window of `text` and that attacks finds what the reference
-    finds; returns how many windows the bound let attacks skip."""
+    """Asserts, in every window of `text`, that the fast score (the exact parts of window_parts and
+    swept) equals the reference score and that the bound is at least it, and that attacks finds
+    what the reference finds; returns how many windows the bound let attacks skip."""
     view, hits, matched = _prepared(text)
     windows = _windows(len(view))
-    bounds = upper_bounds(view, hits, matched, windows, _table(model), NEUTRAL, _MARKS, _EARLY)
+    table = _table(model)
+    parts = window_parts(view, hits, matched, windows, table, NEUTRAL, _MARKS, _EARLY)
     found = _Found(view, hits, matched)
     skipped = 0
-    for (a, b), bound in zip(windows, bounds, strict=True):
+    for (a, b), (known, most) in zip(windows, parts, strict=True):
         window = found.features(a, b)
         if window is None:
-            assert bound == -math.inf, (text, a, b)
+            assert known == -math.inf, (text, a, b)
             continue
         exact = score(window, model)
-        assert bound >= exact - 1e-9, (text, a, b, bound, exact)
-        skipped += bound < model.threshold
+        fast = known + swept(found.events, found.starts, found.sentence_ends, a, b, table, NEUTRAL)
+        assert fast == pytest.approx(exact, rel=0, abs=1e-9), (text, a, b, fast, exact)
+        assert known + most >= exact - 1e-9, (text, a, b, known + most, exact)
+        skipped += known + most < model.threshold
     injection_score.use(model)
     try:
         assert injection_score.attacks(view, hits, matched) == _reference_attacks(view, hits, matched, model)
@@ -95,12 +99,12 @@ def _assert_exact(text: str, model: Model) -> None:
     early concepts, distinct, rule pairs, terms, marks) are computed, not bounded."""
     view, hits, matched = _prepared(text)
     windows = _windows(len(view))
-    bounds = upper_bounds(view, hits, matched, windows, _table(model), NEUTRAL, _MARKS, _EARLY)
+    parts = window_parts(view, hits, matched, windows, _table(model), NEUTRAL, _MARKS, _EARLY)
     found = _Found(view, hits, matched)
-    for (a, b), bound in zip(windows, bounds, strict=True):
+    for (a, b), (known, most) in zip(windows, parts, strict=True):
         window = found.features(a, b)
         if window is not None:
-            assert bound == pytest.approx(score(window, model), abs=1e-9), (text, a, b)
+            assert known + most == pytest.approx(score(window, model), rel=0, abs=1e-9), (text, a, b)
 
 
 def _random_model(seed: int) -> Model:
