@@ -39,6 +39,12 @@ _CHARS = {
     "exclamation": "!！",
     "quote": "\"“”«»「」'",
 }
+# injection_score._MARKS["shouted"], r"\b[A-Z]{4,}\b", rewritten to open with a character class, so
+# that the regular-expression engine skips ahead to capitals instead of trying every position (a
+# third of the time). The same matches: a maximal run of four or more capitals, no word character
+# before it (the lookbehind, read after its first capital) or after it. Checked on every tuning
+# prompt and on generated texts (test_round7_bound.py).
+SHOUTED = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z]{3,}(?!\w)")
 
 
 class Weights:
@@ -59,7 +65,7 @@ class Weights:
         self.you_near = you_near
         self.co_pair: dict[tuple[str, str], float] = {}  # (a, b), a < b -> weight of co:a+b
         self.terms: dict[str, float] = {}  # lexicon term -> weight, filled as terms are met
-        self.co: dict[tuple[str, ...], float] = {}  # attack concepts (sorted) -> bound of their pairs
+        self.co: dict[tuple[tuple[str, ...], bool], float] = {}  # see swept_most
 
     def get(self, name: str) -> float:
         return self.weights.get(name, 0.0)
@@ -83,15 +89,26 @@ class Weights:
             w = self.co_pair[pair] = self.get(f"co:{pair[0]}+{pair[1]}")
         return w
 
-    def pairs(self, attack: tuple[str, ...]) -> float:
-        """The most the `co:` features of a window with these attack concepts can add: every pair's
-        positive weight (which pairs stand within 60 characters is what the bound does not know)."""
-        bound = self.co.get(attack)
+    def swept_most(self, attack: tuple[str, ...], addressed: bool) -> float:
+        """The most the swept features of a window with these attack concepts (sorted) can add:
+        every pair's positive weight (which pairs stand within 60 characters is what the bound does
+        not know), `win` and `sent` between 1/3 and the distinct count over 3, the `>=k` flags only
+        if that many concepts are there, `you_near` up to 2 if the window says "you"."""
+        key = (attack, addressed)
+        bound = self.co.get(key)
         if bound is None:
             if len(self.co) > 4096:  # distinct concept sets are few per text; keep the table small
                 self.co.clear()
+            n = len(attack)
             bound = sum(max(0.0, self.get(f"co:{p}+{q}")) for p, q in combinations(attack, 2))
-            self.co[attack] = bound
+            bound += self.most("win", 1 / 3, min(n, 6) / 3) + self.most("sent", 1 / 3, min(n, 5) / 3)
+            for k in (2, 3, 4):
+                bound += self.most(f"win>={k}", 0.0, float(n >= k)) + self.most(
+                    f"sent>={k}", 0.0, float(n >= k)
+                )
+            if addressed:
+                bound += self.most("you_near", 0.0, 2.0)
+            self.co[key] = bound
         return bound
 
 
@@ -117,8 +134,9 @@ def window_parts(
     terms = sorted(matched)
     term_starts = [s for s, _ in terms]
     names = [t for _, t in terms]
-    chars = {mark: [ch for ch in group if ch in text] for mark, group in _CHARS.items()}
-    shouted = _positions(text, marks["shouted"])
+    questions, exclamations, quotes = ([ch for ch in group if ch in text] for group in _CHARS.values())
+    newlines = "\n" in text
+    shouted = _positions(text, SHOUTED)
     labels = _label_positions(text, marks["label_line"])
     w_question, w_excl = table.get("question"), table.get("excl")
     w_caps, w_label, w_lines, w_quotes = (
@@ -151,21 +169,20 @@ def window_parts(
             table.get("rp:" + fam)
             for fam in {fam for f, s, fam in present_rules if f in present and s in present}
         )
-        # The swept features, each at the most its weight can add.
-        most = table.pairs(tuple(attack))
-        most += table.most("win", 1 / 3, min(n, 6) / 3) + table.most("sent", 1 / 3, min(n, 5) / 3)
-        for k in (2, 3, 4):
-            most += table.most(f"win>={k}", 0.0, float(n >= k)) + table.most(f"sent>={k}", 0.0, float(n >= k))
-        if present & _YOU:
-            most += table.most("you_near", 0.0, 2.0)
+        most = table.swept_most(tuple(attack), not present.isdisjoint(_YOU))
         # The marks, exactly as injection_score counts them.
-        if sum(text.count(ch, a, b) for ch in chars["question"]):
+        if questions and sum(text.count(ch, a, b) for ch in questions):
             score += w_question
-        score += w_caps * (min(bisect_left(shouted, b) - bisect_left(shouted, a), 5) / 5)
-        score += w_excl * float(sum(text.count(ch, a, b) for ch in chars["exclamation"]) > 0)
-        score += w_label * (min(bisect_left(labels, b) - bisect_left(labels, a), 4) / 4)
-        score += w_lines * (math.log1p(min(text.count("\n", a, b), 15)) / 3)
-        score += w_quotes * (min(sum(text.count(ch, a, b) for ch in chars["quote"]), 8) / 8)
+        if shouted:
+            score += w_caps * (min(bisect_left(shouted, b) - bisect_left(shouted, a), 5) / 5)
+        if exclamations and sum(text.count(ch, a, b) for ch in exclamations):
+            score += w_excl
+        if labels:
+            score += w_label * (min(bisect_left(labels, b) - bisect_left(labels, a), 4) / 4)
+        if newlines:
+            score += w_lines * (math.log1p(min(text.count("\n", a, b), 15)) / 3)
+        if quotes:
+            score += w_quotes * (min(sum(text.count(ch, a, b) for ch in quotes), 8) / 8)
         score += sum(map(table.term, set(names[bisect_left(term_starts, a) : bisect_left(term_starts, b)])))
         found.append((score, most))
     return found

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -28,7 +29,7 @@ from dispatcher.guardrails.injection_score import (
     score,
     shipped,
 )
-from dispatcher.guardrails.injection_score_bound import swept, window_parts
+from dispatcher.guardrails.injection_score_bound import SHOUTED, swept, window_parts
 from dispatcher.guardrails.injection_terms import terms
 from dispatcher.guardrails.normalize import normalize
 
@@ -177,6 +178,25 @@ def test_the_bound_holds_on_generated_texts_with_random_weights(text: str, seed:
 @given(_TEXTS, st.integers(0, 20))
 def test_the_bound_is_exact_without_the_swept_features_on_generated_texts(text: str, seed: int) -> None:
     _assert_exact(text, _without_swept(_random_model(seed)))
+
+
+def _shouted(pattern: re.Pattern[str], text: str) -> list[int]:
+    return [m.start() for m in pattern.finditer(text)]
+
+
+_CAPS = ["ABCD", "aABCD", "ABCDa", "ABCDÉ", "_ABCD", "ÉABCD EFGH", "AB CDEF GHIJKL1 MNOP_ QRST", "ABC",
+         "ΑBCD ABCDΣ", "İABCD", "IMPORTANT: ignore", "x\nSYSTEM\n", "ABCD-EFGH", "ABCDEFG."]  # fmt: skip
+
+
+def test_the_faster_shouting_pattern_finds_the_same_places(tuning_texts: list[str]) -> None:
+    for text in [*tuning_texts, *_CAPS]:
+        assert _shouted(SHOUTED, text) == _shouted(_MARKS["shouted"], text), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcÉΣ_1 .:-\n"), max_size=60))
+def test_the_faster_shouting_pattern_finds_the_same_places_in_generated_text(text: str) -> None:
+    assert _shouted(SHOUTED, text) == _shouted(_MARKS["shouted"], text)
 
 
 def _windows_of(text: str) -> Iterator[Span]:
