@@ -24,8 +24,8 @@ Cost: one pass over the concept hits the rules already computed (sorted spans), 
 hold an attack concept; each character is in at most two windows, so linear in the text. Building a
 window's features costs about 60 µs, so a window is first bounded (injection_score_bound.py: the
 cheap parts of its score exact, the swept ones at their most) and skipped when even the bound is
-under the threshold: on benign text dense with attack words the scorer then costs a quarter to a
-fifth of what it did.
+under the threshold: on benign text dense with attack words the scorer then costs about a seventh
+of what it did.
 """
 
 from __future__ import annotations
