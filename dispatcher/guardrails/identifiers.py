@@ -46,7 +46,7 @@ from dispatcher.guardrails.national_ids import said_before as _said_before
 
 # One separator between digit groups: a space, dot, dash or slash, or a line break with its indent.
 SEP = r"(?:[ \t]?[.\-/][ \t]?|[ \t]|[ \t]*\r?\n[ \t]*)"
-_NOT_DIGITS = str.maketrans("", "", " \t\r\n.-/()+")
+_NOT_DIGITS = str.maketrans("", "", " \t\r\n.-/()+_")
 
 
 def digits_of(text: str) -> str:
@@ -56,13 +56,14 @@ def digits_of(text: str) -> str:
 
 # --- payment cards ------------------------------------------------------------------------------
 # How cards are written: one run of 13-19 digits, or 4-4-4-4(-3), 4-6-5 (Amex), 4-6-4 (Diners) with
-# one kind of separator throughout (a line break may stand for it where text was wrapped; one or two
+# one kind of separator throughout (an underscore too: "4111_1111_1111_1111", as form fields and
+# file names that allow no spaces leave it) (a line break may stand for it where text was wrapped; one or two
 # spaces: "6011  3211  7858  8988" is how a card is copied from a justified PDF).
 _WRAP = r"[ \t]*\r?\n[ \t]*"
 _CARD = re.compile(
     rf"(?<![\d-])(?:\d{{13,19}}"
-    rf"|\d{{4}}([ \t]?[.\-/][ \t]?|[ \t]{{1,2}}|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:(?:\1|{_WRAP})\d{{3}})?"
-    rf"|\d{{4}}([ \t]?[.\-/][ \t]?|[ \t]{{1,2}}|{_WRAP})\d{{6}}(?:\2|{_WRAP})\d{{4,5}})(?![\d-])"
+    rf"|\d{{4}}([ \t]?[.\-/_][ \t]?|[ \t]{{1,2}}|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:(?:\1|{_WRAP})\d{{3}})?"
+    rf"|\d{{4}}([ \t]?[.\-/_][ \t]?|[ \t]{{1,2}}|{_WRAP})\d{{6}}(?:\2|{_WRAP})\d{{4,5}})(?![\d-])"
 )
 _FIRST_GROUP_END = re.compile(r"\d+")
 # Network prefixes: no library keeps them (stdnum has Luhn only); Visa, Mastercard, Maestro, Amex,
@@ -182,7 +183,7 @@ def _iban_length(country: str) -> int | None:
 # three lines ("123\n45\n6789") are a list. Each break is tried only after three or two digits, and
 # its indentation is one run of blanks: linear.
 _SSN = re.compile(
-    rf"(?<![\d-])(?!000|666|9\d\d)\d{{3}}(?:(?:{_WRAP})?([-.])(?:{_WRAP})?| |{_WRAP})(?!00)\d{{2}}"
+    rf"(?<![\d-])(?!000|666|9\d\d)\d{{3}}(?:(?:{_WRAP})?([-./])(?:{_WRAP})?| |{_WRAP})(?!00)\d{{2}}"
     rf"(?(1)(?:{_WRAP})?\1(?:{_WRAP})?|(?: |{_WRAP}))(?!0000)\d{{4}}(?![\d-])"
 )
 _SSN_BARE = re.compile(
@@ -190,6 +191,20 @@ _SSN_BARE = re.compile(
     r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\W{0,5}(?:(?:is|ist|es|est|era|was)\W{1,3})?"
     r"((?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4})\b"
 )
+
+
+# Nine bare digits named a US social security number in another language ("mi número de seguro
+# social de EE. UU. es …", "номер социального страхования …"): the name within 40 characters before.
+# The other countries' social security numbers these words also name are longer (France 15 digits,
+# Spain 12, Mexico 11), so nine digits under the SSN's issuing rules are the American one.
+SSN_WORDS = (
+    "seguro social", "seguridad social", "sécurité sociale", "securite sociale", "previdenza sociale",
+    "sicurezza sociale", "segurança social", "sociale zekerheid", "ubezpieczenia społecznego",
+    "ubezpieczenia spolecznego", "социального страхования", "социального обеспечения", "社会安全", "社會安全",
+    "社会保障", "ソーシャルセキュリティ", "사회보장", "الضمان الاجتماعي", "सामाजिक सुरक्षा", "sosyal güvenlik",
+    "sozialversicherung",
+)  # fmt: skip
+_SSN_NINE = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4}(?![\d-])")
 
 
 def ssns(text: str) -> Iterator[Finding]:
@@ -200,6 +215,10 @@ def ssns(text: str) -> Iterator[Finding]:
     if "ssn" in lowered or "social security" in lowered:
         for m in _SSN_BARE.finditer(text):
             yield Finding("ssn", m.start(1), m.end(1))
+    if any(word in lowered for word in SSN_WORDS):
+        for m in _SSN_NINE.finditer(text):
+            if _said_before(lowered, m.start(), SSN_WORDS):
+                yield Finding("ssn", m.start(), m.end())
 
 
 # --- other national ids ---------------------------------------------------------------------------
@@ -312,6 +331,8 @@ _PHONE = re.compile(
     r"|(?:8 ?)?\(0?\d{2,5}\)[ .\-]?\d{2,4}(?:[ .\-]?\d{2,4}){1,2}"
     r"|\d{3}([.\-])\d{3}\1\d{4}"  # 555-123-4567
     r"|0\d{1,5}(?:[ .\-/]\d{2,8}){1,4}"  # national with a trunk 0: 030 1234567, 081234 56847
+    # The trunk 8 of Russia, Belarus and Kazakhstan before a mobile's ten digits: 8-912-345-67-89
+    r"|8[ .\-]\d{3}[ .\-]?\d{3}[ .\-]?\d{2}[ .\-]?\d{2}"
     r"|0\d{8,11}"  # national, unseparated
     r")(?![0-9A-Za-z_-]|\.\d)"
 )
@@ -325,8 +346,27 @@ PHONE_WORDS = (
     "text me", "reach me", "contact", "kontakt", "handy", "ruf", "anruf", "appel", "portable", "llam", "llám", "chiam",
     "cellulare", "ligue", "celular", "bel me", "bellen", "zadzwo", "komórk", "stacjonarn", "телеф", "звон", "моб", "電話",
     "电话", "手机", "携帯", "전화", "휴대", "هاتف", "جوال", "اتصل", "फ़ोन", "फोन", "मोबाइल", "arayın", "cep",
-    "me liga", "拨打", "致电", "mera number", "naya number",
+    "me liga", "拨打", "致电", "mera number", "naya number", "hotline", "helpline", "switchboard", "centralino",
+    "centralita", "santral", "dzwo", "座机", "固话", "固定电话",
 )  # fmt: skip
+# The word "number" alone says less: a number valid in a region counts after it only when written as
+# that country groups it ("numer 12 345 67 89"), or as one run with the trunk 0 ("number 07700900123").
+NUMBER_WORDS = (
+    "number", "numer", "número", "numero", "nummer", "номер", "numara", "号码", "號碼", "番号", "번호", "رقم", "नंबर",
+)  # fmt: skip
+# ...unless the number is an order's, an invoice's, a ticket's ("رقم الطلب هو 55-8812-3390").
+NOT_PHONE_NUMBER_WORDS = (
+    "order", "invoice", "tracking", "reference", "ref", "account", "ticket", "case", "booking", "serial",
+    "transaction", "pedido", "factura", "commande", "facture", "bestell", "rechnung", "auftrag", "ordine",
+    "fattura", "zamówien", "faktur", "заказ", "счёт", "счет", "sipariş", "fatura", "订单", "注文", "주문", "طلب",
+    "فاتورة", "ऑर्डर", "बिल",
+)  # fmt: skip
+
+
+def _said_number(lowered: str, start: int) -> bool:
+    return _said_before(lowered, start, NUMBER_WORDS) and not _said_before(
+        lowered, start, NOT_PHONE_NUMBER_WORDS
+    )
 
 
 _NO_DIGITS = str.maketrans("", "", "0123456789")
@@ -345,18 +385,23 @@ def phones(text: str, regions: tuple[str, ...]) -> Iterator[Finding]:
         if not 7 <= _digit_count(raw) <= 15:
             continue
         international = raw.startswith(("+", "00"))
-        context = _said_before(lowered, m.start(), PHONE_WORDS)
+        context = _said_before(lowered, m.start(), PHONE_WORDS) or (
+            raw[0] == "0" and raw.isdigit() and _said_number(lowered, m.start())
+        )
         if _is_phone(raw, ("ZZ", *regions) if international else regions, context):
             yield Finding("phone", m.start(), m.end())
             taken = m.end()
-    if any(word in lowered for word in PHONE_WORDS):
+    if any(word in lowered for word in PHONE_WORDS + NUMBER_WORDS):
         for m in _PHONE_GROUPED.finditer(text):
             if m.start() < taken or not 8 <= _digit_count(m.group()) <= 12:
                 continue
             # A phone word and either the country's own grouping or groups of three or more digits,
             # as people write them ("Llámame al 612 345 678"): "extension 666-12-3456" is not one.
+            # After "number", the country's own grouping only.
             plain_groups = all(len(g) >= 3 for g in re.findall(r"\d+", m.group()))
             near = _said_before(lowered, m.start(), PHONE_WORDS) or _said_after(lowered, m.end(), PHONE_WORDS)
+            if not near and _said_number(lowered, m.start()):
+                near, plain_groups = True, False
             if near and _is_phone(m.group(), regions, plain_groups):
                 yield Finding("phone", m.start(), m.end())
 

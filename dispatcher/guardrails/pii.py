@@ -333,7 +333,7 @@ _IN_TEXT: dict[str, Detector] = {
 # short separators between them (a Spanish DNI: 8 and a letter); text without such a cluster skips
 # all of those detectors. ISO dates (8 digits) are not clusters.
 # A line break may stand beside a dash, dot or slash: "123-45-\n6789" wrapped after the dash.
-_GAP = r"(?:[ \t.\-/()]{0,3}|[.\-/]?[ \t]*\r?\n[ \t]*[.\-/]?)"
+_GAP = r"(?:[ \t.\-/()_]{0,3}|[.\-/]?[ \t]*\r?\n[ \t]*[.\-/]?)"
 # [0-9], not \d: a character class lets the scan skip ahead at C speed (99 µs to 9 on 2,000 letters);
 # other scripts' digits are ASCII after normalization.
 # The leading lookahead lets the scan skip to the next digit or "+" at C speed: with four

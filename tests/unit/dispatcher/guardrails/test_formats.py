@@ -143,6 +143,22 @@ MISSED = [
     # ... an SSN said in a sentence, an IPv6 address with a Korean particle glued on.
     ("Mijn Amerikaanse SSN is 409995099.", "ssn", "409995099"),
     ("로그인 IP는 2607:d285:a2f3:7eb3::3404:776b였습니다.", "ip", "2607:d285:a2f3:7eb3::3404:776b"),
+    # The seventh blind set's misses (heldout.jsonl, measured once, tuning data since), one per
+    # mechanism, in numbers and words not from the set: underscores between a card's groups, slashes
+    # in an SSN, the SSN's name in other languages before nine bare digits, ...
+    ("card number 5105_1051_0510_5100 on file", "card", "5105_1051_0510_5100"),
+    ("Employee SSN: 212/09/7758 (from the W-4)", "ssn", "212/09/7758"),
+    ("Su número de seguro social de Estados Unidos es 212097758, gracias.", "ssn", "212097758"),
+    ("الرقم هو 212097758 ورقم الضمان الاجتماعي هو 345126789.", "ssn", "345126789"),
+    # ... Russia's trunk 8 with dashes, phone words (hotline, switchboard, landline, call back), and
+    # "number" before a run with the trunk 0 or a number grouped as its country writes it.
+    ("Звоните на 8-916-123-45-67 вечером.", "phone", "8-916-123-45-67"),
+    ("Die Hotline in Wien: 015 899 123 45, werktags", "phone", "015 899 123 45"),
+    ("Ankara santrali: 03124567890", "phone", "03124567890"),
+    ("家里的座机 15821349876，晚上打。", "phone", "15821349876"),
+    ("Proszę oddzwonić pod 58 321 45 67 jutro.", "phone", "58 321 45 67"),
+    ("Please use my direct number 07700900461 after lunch.", "phone", "07700900461"),
+    ("Mój numer służbowy: 22.628.31.45, od 9 do 17.", "phone", "22.628.31.45"),
 ]
 
 
@@ -178,6 +194,9 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "The range 192.168.0.0/16 is private.",
         "Order 4711-0815-2024 shipped; invoice 2024/03/15/00042.",
         "Call extension 666-12-3456 for facilities.",
+        # "number" says phone only when nothing says whose number it is: an order's is none.
+        "Your order number is 07700900461.",
+        "رقم الفاتورة 22 628 31 45 مدفوع.",
         "Version 10.0.19045.2965, build 2024-01-15.",
         "Our build tag is version 10.4.22.1, not an address.",
         "Die Software-Version 2.14.3.7 ist aktuell.",
