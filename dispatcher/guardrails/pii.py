@@ -80,14 +80,23 @@ def _emails(text: str) -> Iterator[Finding]:
 # Domains and top-level domains may be Cyrillic or Chinese ("почта-москва точка рф", "公司 (点) 中国").
 # No library reads obfuscated addresses, hence by hand.
 _AT_NAME = r"(?:arobase|arroba|chiocciola|ma[łl]pa|собака|apenstaartje|艾特|アットマーク|골뱅이)"
-_AT_WORD = rf"(?:at|ät|et|{_AT_NAME})"
+# "at" spelled in Arabic and Devanagari letters ("آت", "एट"), as Arabic and Hindi speakers read an
+# address out: a transliteration, so it too needs a written-out dot (spelled the same way: "دوت", "डॉट").
+_AT_SPELLED = r"(?:at|ät|et|آت|ات|एट)"
+_AT_WORD = rf"(?:{_AT_SPELLED}|{_AT_NAME})"
 # (?<!\s): a match starts where a run of blanks does, not again at each of its blanks; without it
 # "dot" and 100,000 spaces took 54 s (each start scanned the rest of the run).
 _AT = re.compile(rf"(?i)(?<!\s)(?:\s*[\[(<{{]\s*(?:{_AT_WORD}|@)\s*[\])>}}]\s*|\s+{_AT_WORD}\s+)")
-_DOT_WORD = r"(?:dot|punkt|point|punto|ponto|punt|kropka|nokta|точка|点|ドット|닷)"
+_DOT_WORD = r"(?:dot|punkt|point|punto|ponto|punt|kropka|nokta|точка|点|ドット|닷|دوت|نقطة|डॉट)"
 _DOT = rf"(?:\s*[\[(<{{]\s*{_DOT_WORD}\s*[\])>}}]\s*|\s+{_DOT_WORD}\s+|\.)"
+# Top-level domains in other scripts (the IDN country codes of the languages read here): the whole
+# address may be in that script ("지훈 골뱅이 회사 닷 한국", "مبيعات [at] شركة [dot] مصر").
+_IDN_TLDS = ("рф", "укр", "бел", "қаз", "срб", "中国", "中國", "香港", "台灣", "台湾", "新加坡", "한국", "日本",
+             "مصر", "السعودية", "امارات", "الاردن", "قطر", "المغرب", "تونس", "الجزائر", "عمان", "بھارت", "भारत", "ไทย",
+             "ελ", "ею")  # fmt: skip
 _DOMAIN = re.compile(
-    rf"(?i)([^\W_][\w-]{{0,62}}(?:{_DOT}[^\W_][\w-]{{0,62}}){{0,3}}){_DOT}([a-z]{{2,6}}(?![a-z0-9_])|рф(?!\w)|中国|中國)"
+    rf"(?i)([^\W_][\w-]{{0,62}}(?:{_DOT}[^\W_][\w-]{{0,62}}){{0,3}}){_DOT}([a-z]{{2,6}}(?![a-z0-9_])"
+    rf"|(?:{'|'.join(_IDN_TLDS)})(?![\w{_M}]))"
 )
 _LOCAL_BEFORE = re.compile(rf"(?i)(?:[^\W_][\w+-]{{0,63}}{_DOT})*[^\W_][\w+-]{{0,63}}$")
 _WRITTEN = re.compile(rf"(?i)[\[(<{{]\s*(?:{_AT_WORD}|{_DOT_WORD})\s*[\])>}}]|\s(?:{_DOT_WORD}|{_AT_NAME})\s")
@@ -96,15 +105,18 @@ _TLDS = frozenset(
         "com", "org", "net", "edu", "gov", "mil", "int", "info", "biz", "io", "co", "ai", "app", "dev", "me",
         "uk", "us", "ca", "au", "nz", "ie", "de", "at", "ch", "fr", "be", "nl", "lu", "es", "pt", "it", "pl",
         "cz", "sk", "hu", "ro", "bg", "gr", "se", "no", "dk", "fi", "is", "ee", "lv", "lt", "ru", "ua", "by",
-        "tr", "cn", "jp", "kr", "in", "br", "mx", "ar", "cl", "eu", "asia", "рф", "中国", "中國",
+        "tr", "cn", "jp", "kr", "in", "br", "mx", "ar", "cl", "eu", "asia", "ae", "sa", "eg",
     ]
-)  # fmt: skip
+) | frozenset(_IDN_TLDS)  # fmt: skip
 _ADDRESS_LIKE_LOCAL = re.compile(rf"(?i)\s{_DOT_WORD}\s|[\[(<{{]{_DOT_WORD}|[\d._+-]")
 _OBFUSCATED_HINTS = (
     "dot", "punkt", "point", "punt", "ponto", "kropka", "nokta", "точка", "at)", "at]", "at}", "at>",
     "ät)", "ät]", "ät}", "ät>", "arobase", "arroba", "chiocciola", "małpa", "malpa", "собака", "apenstaartje",
-    " et ", "艾特", "アットマーク", "골뱅이",
+    " et ", "艾特", "アットマーク", "골뱅이", "دوت", "نقطة", "डॉट",
 )  # fmt: skip
+
+
+_SPELLED_AT = frozenset(["at", "et", "آت", "ات", "एट"])
 
 
 def _obfuscated_emails(text: str) -> Iterator[Finding]:
@@ -121,7 +133,7 @@ def _obfuscated_emails(text: str) -> Iterator[Finding]:
         span = text[local.start() : domain.end()]
         if not _WRITTEN.search(span):
             continue
-        if at.group().strip().lower() in ("at", "et") and not _ADDRESS_LIKE_LOCAL.search(local.group()):
+        if at.group().strip().lower() in _SPELLED_AT and not _ADDRESS_LIKE_LOCAL.search(local.group()):
             continue  # "I work at example dot com": a plain "at" after a plain word is speech
         yield Finding("email", local.start(), domain.end())
 

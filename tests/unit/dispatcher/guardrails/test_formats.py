@@ -159,6 +159,12 @@ MISSED = [
     ("Proszę oddzwonić pod 58 321 45 67 jutro.", "phone", "58 321 45 67"),
     ("Please use my direct number 07700900461 after lunch.", "phone", "07700900461"),
     ("Mój numer służbowy: 22.628.31.45, od 9 do 17.", "phone", "22.628.31.45"),
+    # ... addresses under a top-level domain in another script, and "at" and "dot" spelled in Arabic
+    # and Devanagari letters.
+    ("연락처: 민수 골뱅이 학교 닷 한국 으로 보내주세요", "email", "민수 골뱅이 학교 닷 한국"),
+    ("راسلني على احمد [at] مكتب [dot] السعودية من فضلك", "email", "احمد [at] مكتب [dot] السعودية"),
+    ("ايميلي: omar دوت khalil آت bayt-tech دوت sa شكرا", "email", "omar دوت khalil آت bayt-tech دوت sa"),
+    ("ईमेल: rahul डॉट verma एट daftar-mail डॉट in पर भेजें", "email", "rahul डॉट verma एट daftar-mail डॉट in"),
 ]
 
 
@@ -211,6 +217,7 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "моя собака любит гулять, сайт yandex.ru",
         "Kom och ät mat.se",  # Swedish "eat": "ät" needs a written-out dot
         "En español @ se llama arroba punto com.",
+        "الفرج آت قريبا، ونقطة البداية هنا",  # "coming" and "point": no address around them
         # National ids without their name, or with a wrong check digit.
         "Order 860304-3897 shipped",
         "Ref 777580423780 ok",
