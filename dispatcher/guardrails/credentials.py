@@ -32,6 +32,41 @@ _SECRET = re.compile(
     r"|\bnpm_[A-Za-z0-9]{36}\b"  # npm access tokens
     r"|\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{40,}"  # PyPI API tokens (a macaroon naming pypi.org)
 )
+# More vendors' token formats, each as its vendor documents it (gitleaks keeps the same list as
+# rules): webhook URLs that are their own credential (Slack, Discord), Telegram bot tokens (the bot's
+# id, a colon, 35 characters from "AA"), Shopify, DigitalOcean, Linear, Postman, HashiCorp Vault,
+# Doppler, Databricks, Grafana, New Relic, Sentry, Mailgun, Square, Figma, Notion, Groq, Replicate,
+# Perplexity, Supabase, Alibaba and Tencent Cloud access key ids, age secret keys.
+# The leading lookahead lets the scan skip at C speed to a character one of them starts with.
+_VENDOR_TOKEN = re.compile(
+    r"(?=[hdT0-9slPaNkEfnrgpLA])(?<![A-Za-z0-9_])(?:"
+    r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_-]{20,}"
+    r"|https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/[0-9]{15,20}/[A-Za-z0-9_-]{60,}"
+    r"|[0-9]{8,10}:AA[A-Za-z0-9_-]{33}"
+    r"|shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}"
+    r"|do[por]_v1_[a-f0-9]{64}"
+    r"|lin_api_[A-Za-z0-9]{40}"
+    r"|PMAK-[a-f0-9]{24}-[a-f0-9]{34}"
+    r"|hv[sbr]\.[A-Za-z0-9_-]{24,}"
+    r"|dp\.(?:pt|st|sa|ct)\.[A-Za-z0-9]{40,44}"
+    r"|dapi[a-f0-9]{32}(?:-[0-9])?"
+    r"|glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}|glc_[A-Za-z0-9+/]{32,}={0,2}"
+    r"|NRAK-[A-Z0-9]{27}"
+    r"|sntry[su]_[A-Za-z0-9+/=_-]{40,}"
+    r"|key-[0-9a-f]{32}"
+    r"|sq0(?:atp|csp)-[A-Za-z0-9_-]{22,43}|EAAA[A-Za-z0-9_-]{60}"
+    r"|figd_[A-Za-z0-9_-]{40}"
+    r"|(?:secret_[A-Za-z0-9]{43}|ntn_[A-Za-z0-9]{46})"
+    r"|gsk_[A-Za-z0-9]{52}|r8_[A-Za-z0-9]{37}|pplx-[A-Za-z0-9]{48}|sbp_[a-f0-9]{40}"
+    r"|LTAI[A-Za-z0-9]{20}|AKID[A-Za-z0-9]{32}"
+    r"|AGE-SECRET-KEY-1[0-9A-Z]{58}"
+    r")(?![A-Za-z0-9_-])"
+)
+_VENDOR_HINTS = (
+    "hooks.slack", "/api/webhooks/", ":AA", "shp", "_v1_", "lin_api_", "PMAK-", "hvs.", "hvb.", "hvr.", "dp.",
+    "dapi", "glsa_", "glc_", "NRAK-", "sntry", "key-", "sq0", "EAAA", "figd_", "secret_", "ntn_", "gsk_", "r8_",
+    "pplx-", "sbp_", "LTAI", "AKID", "AGE-SECRET-KEY-",
+)  # fmt: skip
 # The password of a URL with credentials (database and broker URLs: scheme://user:password@host).
 # A mask placeholder in its place (`[SECRET]`, after masking) is none.
 _URL_PASSWORD = re.compile(
@@ -74,10 +109,28 @@ _SAID_ELSEWHERE = re.compile(
     r"(?i)(?:(?:passwort|kennwort)(?:\s+\S+){0,4}?\s+(?:ist|lautet|war)|mot de passe(?:\s+\S+){0,4}?\s+(?:est|était)"
     r"|contraseña(?:\s+\S+){0,4}?\s+(?:es|era)|password(?:\s+\S+){0,4}?\s+è|senha(?:\s+\S+){0,4}?\s+(?:é|era)"
     r"|wachtwoord(?:\s+\S+){0,4}?\s+is|hasło(?:\s+\S+){0,4}?\s+(?:to|jest)|пароль(?:\s+[^\s:]+){0,3}?\s*(?:—|-|:)"
-    r"|пароль\s*(?:—|-|:)?|密码是|密碼是|パスワードは|비밀번호는|كلمة المرور(?:\s+هي)?|पासवर्ड\s+है|şifre(?:m|si)?(?!\w))"
+    r"|пароль\s*(?:—|-|:)?|密码是|密碼是|パスワードは|비밀번호는|كلمة المرور(?:\s+هي)?|पासवर्ड\s+है|पासवर्ड(?=\s+\S{6,}\s+है)|şifre(?:m|si)?(?!\w))"
     # A password said in Russian may be written in Cyrillic letters too ("Kр0кодил_Гена77").
     r"\s*[\"'«„]?(?!\[[A-Z_]+\])(" + _LOOKS_SECRET + r"[!#-&(-+\--:<-~а-яёА-ЯЁ]{6,})"
 )
+# Hindi puts the verb last: "पासवर्ड X है" ("password X is"), matched above with "है" after the value.
+# A password or token named for what it opens, then a colon: "password for the guest Wi-Fi:
+# X", "de token voor het deployscript: X" (a colon right after the word is _ASSIGNED's). Up to four
+# words between, and a value with a letter and a digit or symbol, eight or more characters: "token
+# limit: 128000" and "password for the account: expired" are not secrets. Not "secret": it is as
+# often a thing's kind ("our Kubernetes secret manifest for debugging: <base64 of a config>").
+_NAMED = re.compile(
+    r"(?i)(?<![a-z])(?:password|passphrase|passwort|kennwort|mot de passe|contraseña|senha|wachtwoord|hasło"
+    r"|пароль|şifre|parola|token|jeton|токен)(?![a-z])(?:\s+[^\s:=]{1,20}){1,4}?\s*[:=]\s*[\"']?"
+    r"(?!\[[A-Z_]+\])((?=[!#-&(-+\--:<-~]*?[a-zA-Z])" + _LOOKS_SECRET + r"[!#-&(-+\--:<-~]{8,})"
+    # CJK: the word for password, token or secret key right before the colon (no spaces between words).
+    r"|(?:密码|密碼|密钥|秘钥|令牌|パスワード|トークン|비밀번호|토큰)\s*[:=]\s*(?!\[[A-Z_]+\])("
+    + _LOOKS_SECRET
+    + r"[!#-&(-+\--:<-~]{8,})"
+)
+_NAMED_HINTS = ("pass", "kennwort", "contraseña", "senha", "wachtwoord", "hasło", "пароль", "şifre", "parola",
+                "token", "jeton", "токен", "密码", "密碼", "密钥", "秘钥", "令牌", "パスワード",
+                "トークン", "비밀번호", "토큰")  # fmt: skip
 _SAID_HINTS = (
     "pass",
     "pwd",
@@ -130,12 +183,19 @@ def secrets(text: str) -> Iterator[Finding]:
     if any(hint in text for hint in _SECRET_HINTS):
         for m in _SECRET.finditer(text):
             yield Finding("secret", m.start(), m.end())
+    if any(hint in text for hint in _VENDOR_HINTS):
+        for m in _VENDOR_TOKEN.finditer(text):
+            yield Finding("secret", m.start(), m.end())
     if "://" in text and "@" in text:
         for m in _URL_PASSWORD.finditer(text):
             yield Finding("secret", m.start(1), m.end(1))
     if ("=" in text or ":" in text) and any(hint in lowered for hint in _ASSIGNED_HINTS):
         for m in _ASSIGNED.finditer(text):
             yield Finding("secret", m.start(1), m.end(1))
+    if (":" in text or "=" in text) and any(hint in lowered for hint in _NAMED_HINTS):
+        for m in _NAMED.finditer(text):
+            group = 1 if m.start(1) != -1 else 2
+            yield Finding("secret", m.start(group), m.end(group))
     if any(hint in lowered for hint in _SAID_HINTS):
         for pattern in (_SAID, _SAID_ELSEWHERE):
             for m in pattern.finditer(text):

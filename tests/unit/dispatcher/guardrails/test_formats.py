@@ -165,6 +165,37 @@ MISSED = [
     ("راسلني على احمد [at] مكتب [dot] السعودية من فضلك", "email", "احمد [at] مكتب [dot] السعودية"),
     ("ايميلي: omar دوت khalil آت bayt-tech دوت sa شكرا", "email", "omar دوت khalil آت bayt-tech دوت sa"),
     ("ईमेल: rahul डॉट verma एट daftar-mail डॉट in पर भेजें", "email", "rahul डॉट verma एट daftar-mail डॉट in"),
+    # ... vendors' token formats (made-up values: a Slack webhook URL, a Telegram bot token, Shopify,
+    # DigitalOcean), a password or token named for what it opens before a colon, Hindi's verb-last
+    # "पासवर्ड X है", and the Chinese word for token before a full-width colon.
+    (
+        "Post the alerts to https://hooks.slack.com/services/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 from now on.",
+        "secret",
+        "https://hooks.slack.com/services/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",
+    ),
+    (
+        "bot token is 608246281:AAkTj0rLGlkoMXGjtEkDnNfribxUdl7dXTP, keep it private",
+        "secret",
+        "608246281:AAkTj0rLGlkoMXGjtEkDnNfribxUdl7dXTP",
+    ),
+    (
+        "アプリの認証情報：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",
+        "secret",
+        "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",
+    ),
+    (
+        "Use dop_v1_cb0eb53f16947ccf25ec84d8dbc74254770f58904dba41ecccc3fc1626e53a13 for the droplet API.",
+        "secret",
+        "dop_v1_cb0eb53f16947ccf25ec84d8dbc74254770f58904dba41ecccc3fc1626e53a13",
+    ),
+    ("The password for the staff Wi-Fi: Kx9#mPl2vQ, ask reception if it fails", "secret", "Kx9#mPl2vQ"),
+    (
+        "Het token voor de build-server: maple-orbit-lantern-42 graag bewaren",
+        "secret",
+        "maple-orbit-lantern-42",
+    ),
+    ("मेरा पासवर्ड Vt7$kLm92q है, याद रखना", "secret", "Vt7$kLm92q"),
+    ("测试环境的令牌：ab12Cd34Ef56xy", "secret", "ab12Cd34Ef56xy"),
 ]
 
 
@@ -207,6 +238,9 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "Our build tag is version 10.4.22.1, not an address.",
         "Die Software-Version 2.14.3.7 ist aktuell.",
         "the password is expired.",
+        "Token limit for the model: 128000 per request.",
+        "The password for the account: expired yesterday, reset it.",
+        "Our secret config for staging: bWF4OiAxMA== (base64 of a setting)",
         "Şifrelerini kimseyle paylaşma, lütfen dikkat et.",
         "We met at the point where the road ends.",
         "This test card number should be rejected by the form: 4826 6367 0225 3426",  # no Aadhaar inside
