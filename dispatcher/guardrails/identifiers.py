@@ -280,11 +280,16 @@ _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] =
 
 def national_ids(text: str) -> Iterator[Finding]:
     lowered = text.lower()
+    generic = any(word in lowered for word in more_ids.GENERIC_ID_WORDS)
     for pattern, valid, context in _NATIONAL:
-        if context is not None and not any(word in lowered for word in context):
+        # A word naming an id of no country stands for each one's name, except where a bare number
+        # has no check digit to vouch for it.
+        by_generic = generic and valid not in more_ids.NO_CHECK_DIGIT
+        if context is not None and not by_generic and not any(word in lowered for word in context):
             continue
         for m in pattern.finditer(text):
-            if context is not None and not _said_before(lowered, m.start(), context):
+            named = context is None or _said_before(lowered, m.start(), context)
+            if not named and not (by_generic and more_ids.said_generic(lowered, m.start())):
                 continue
             if valid(m.group()):
                 yield Finding("national_id", m.start(), m.end())

@@ -12,6 +12,7 @@ from functools import lru_cache
 import phonenumbers
 
 from dispatcher.guardrails.findings import Finding
+from dispatcher.guardrails.national_ids import NOT_PERSONAL_WORDS
 from dispatcher.guardrails.national_ids import said_before as _said_before
 
 _PHONE = re.compile(
@@ -34,29 +35,21 @@ _PHONE_GROUPED = re.compile(r"(?<![0-9A-Za-z_+])[1-9]\d{1,4}(?:[ .\-]?\d{2,5}){1
 PHONE_WORDS = (
     "phone", " tel", "tel.", "tel:", "telef", "téléph", "mobil", "móvil", "cell", "call", "fax", "whatsapp",
     "text me", "reach me", "contact", "kontakt", "handy", "ruf", "anruf", "appel", "portable", "llam", "llám", "chiam",
-    "cellulare", "ligue", "celular", "bel me", "bellen", "zadzwo", "komórk", "stacjonarn", "телеф", "звон", "моб", "電話",
+    "cellulare", "ligue", "celular", "bel me", "bellen", "komórk", "stacjonarn", "телеф", "звон", "моб", "電話",
     "电话", "手机", "携帯", "전화", "휴대", "هاتف", "جوال", "اتصل", "फ़ोन", "फोन", "मोबाइल", "arayın", "cep",
     "me liga", "拨打", "致电", "mera number", "naya number", "hotline", "helpline", "switchboard", "centralino",
     "centralita", "santral", "dzwo", "座机", "固话", "固定电话",
 )  # fmt: skip
 # The word "number" alone says less: a number valid in a region counts after it only when written as
-# that country groups it ("numer 12 345 67 89"), or as one run with the trunk 0 ("number 07700900123").
+# that country groups it ("numer 12 345 67 89"), or as one run with the trunk 0 ("number 07700900123"),
+# and not when an order's, an invoice's, a ticket's ("رقم الطلب هو 55-8812-3390").
 NUMBER_WORDS = (
     "number", "numer", "número", "numero", "nummer", "номер", "numara", "号码", "號碼", "番号", "번호", "رقم", "नंबर",
-)  # fmt: skip
-# ...unless the number is an order's, an invoice's, a ticket's ("رقم الطلب هو 55-8812-3390").
-NOT_PHONE_NUMBER_WORDS = (
-    "order", "invoice", "tracking", "reference", "ref", "account", "ticket", "case", "booking", "serial",
-    "transaction", "pedido", "factura", "commande", "facture", "bestell", "rechnung", "auftrag", "ordine",
-    "fattura", "zamówien", "faktur", "заказ", "счёт", "счет", "sipariş", "fatura", "订单", "注文", "주문", "طلب",
-    "فاتورة", "ऑर्डर", "बिल",
 )  # fmt: skip
 
 
 def _said_number(lowered: str, start: int) -> bool:
-    return _said_before(lowered, start, NUMBER_WORDS) and not _said_before(
-        lowered, start, NOT_PHONE_NUMBER_WORDS
-    )
+    return _said_before(lowered, start, NUMBER_WORDS) and not _said_before(lowered, start, NOT_PERSONAL_WORDS)
 
 
 _NO_DIGITS = str.maketrans("", "", "0123456789")

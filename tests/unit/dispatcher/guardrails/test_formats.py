@@ -196,6 +196,15 @@ MISSED = [
     ),
     ("मेरा पासवर्ड Vt7$kLm92q है, याद रखना", "secret", "Vt7$kLm92q"),
     ("测试环境的令牌：ab12Cd34Ef56xy", "secret", "ab12Cd34Ef56xy"),
+    # ... and a word naming an id without its country (personal ID number, national ID, citizen
+    # number) before an id of Sweden, Finland, Romania, Czechia, Estonia; nine-digit tax ids.
+    ("Her personal ID number is 820314-1232, please check the form.", "national_id", "820314-1232"),
+    ("ID number from the residence permit: 140387-200B.", "national_id", "140387-200B"),
+    ("The guest's national ID: 1900425400121", "national_id", "1900425400121"),
+    ("My citizen number is 735203/1005 as printed on the card.", "national_id", "735203/1005"),
+    ("National identification no. 49103120055 was on the scan.", "national_id", "49103120055"),
+    ("Our supplier's tax number is 412345678, please update the ledger.", "national_id", "412345678"),
+    ("الرقم الضريبي للمورد: 507219834", "national_id", "507219834"),
 ]
 
 
@@ -261,6 +270,9 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "Totals:\n123\n45\n6789",
         # Sixth set's kinds without their name, with a wrong check digit, or a card said to be one.
         "Order 171181-7110 shipped",
+        # An id word, but someone else's id: a student's, an order's (111222333 passes the BSN check).
+        "Student ID number: 111222333",
+        "Order ID number 111222333",
         "ref 11.945.514-6 and 28047015628",
         "Chilean RUT: 11.945.514-5",
         "Swiss AHV number: 756.1109.7025.68",
