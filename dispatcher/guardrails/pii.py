@@ -157,12 +157,20 @@ _VERSION_WORDS = (
 )  # fmt: skip
 
 
+# Addresses that are the same on every machine or home network name no one: the loopback range
+# ("localhost is 127.0.0.1"), "any address" and the broadcast address (RFC 1122), and the factory
+# defaults of home routers' own address (192.168.0.1, 192.168.1.1, 10.0.0.1), shared by millions.
+_EVERYONES = frozenset(["0.0.0.0", "255.255.255.255", "192.168.0.1", "192.168.1.1", "10.0.0.1"])
+
+
 def _ips(text: str) -> Iterator[Finding]:
     if _IPV4_HINT.search(text):
         for m in _IPV4.finditer(text):
             try:
-                ipaddress.IPv4Address(m.group())
+                address = ipaddress.IPv4Address(m.group())
             except ValueError:
+                continue
+            if address.is_loopback or str(address) in _EVERYONES:
                 continue
             if any(word in text[max(0, m.start() - 24) : m.start()].lower() for word in _VERSION_WORDS):
                 continue  # "version 10.4.22.1", "build 6.3.9600.1": four numbers, not a host

@@ -238,6 +238,8 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
     [
         "I work at example dot com as a designer.",
         "The range 192.168.0.0/16 is private.",
+        # Addresses the same on every machine or home network: loopback, any, a router's factory default.
+        "The service listens on 127.0.1.1 and 0.0.0.0; the router's admin page is at 192.168.0.1.",
         "Order 4711-0815-2024 shipped; invoice 2024/03/15/00042.",
         "Call extension 666-12-3456 for facilities.",
         # "number" says phone only when nothing says whose number it is: an order's is none.
