@@ -202,6 +202,7 @@ SSN_WORDS = (
     "社会保障", "ソーシャルセキュリティ", "사회보장", "الضمان الاجتماعي", "सामाजिक सुरक्षा", "sosyal güvenlik",
     "sozialversicherung",
 )  # fmt: skip
+_SSN_ASCII = more_ids.ascii_words(SSN_WORDS)
 _SSN_NINE = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4}(?![\d-])")
 
 
@@ -213,7 +214,7 @@ def ssns(text: str) -> Iterator[Finding]:
     if "ssn" in lowered or "social security" in lowered:
         for m in _SSN_BARE.finditer(text):
             yield Finding("ssn", m.start(1), m.end(1))
-    if any(word in lowered for word in SSN_WORDS):
+    if more_ids.mentions(lowered, SSN_WORDS, _SSN_ASCII):
         for m in _SSN_NINE.finditer(text):
             if _said_before(lowered, m.start(), SSN_WORDS):
                 yield Finding("ssn", m.start(), m.end())
@@ -280,7 +281,7 @@ _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] =
 
 def national_ids(text: str) -> Iterator[Finding]:
     lowered = text.lower()
-    generic = any(word in lowered for word in more_ids.GENERIC_ID_WORDS)
+    generic = more_ids.mentions(lowered, more_ids.GENERIC_ID_WORDS, more_ids.GENERIC_ID_ASCII)
     for pattern, valid, context in _NATIONAL:
         # A word naming an id of no country stands for each one's name, except where a bare number
         # has no check digit to vouch for it.

@@ -40,15 +40,12 @@ SOUTH_AFRICAN_ID_WORDS = ("south africa", "suid-afrika", "rsa id", "sa id", "za 
 # number", "citizen number", "الرقم القومي"): after them, a number any id below with a check digit
 # accepts (identifiers.py), as after that id's own name.
 GENERIC_ID_WORDS = (
-    "national id", "national identi", "id number", "id no.", "id-no", "id nr", "identity number",
-    "identification number", "identity no", "identification no", "personal id", "personal number",
-    "personal code", "citizen number", "citizen id", "citizenship number", "ausweisnummer", "personennummer",
-    "numéro d'identité", "numéro d'identification", "número de identidad", "número de identificación",
-    "documento de identidad", "numero di identità", "numero identificativo", "número de identidade",
-    "número de identificação", "identiteitsnummer", "persoonsnummer", "numer identyfikacyjny", "numer osobisty",
-    "numer ewidencyjny", "личный номер", "идентификационный номер", "номер удостоверения", "身份号码", "身份证号",
-    "個人識別", "識別番号", "식별번호", "주민번호", "الرقم القومي", "رقم الهوية", "الرقم الشخصي", "पहचान संख्या",
-    "पहचान नंबर", "kimlik no", "kimlik numara",
+    "national id", "id number", "id no.", "id-no", "id nr", "identity n", "identification n", "personal id",
+    "personal number", "personal code", "citizen", "ausweisnummer", "personennummer", "numéro d'identi",
+    "número de identi", "documento de identidad", "numero di identit", "numero identificativo", "identiteitsnummer",
+    "persoonsnummer", "numer identyfikacyjny", "numer osobisty", "numer ewidencyjny", "kimlik n", "личный номер",
+    "идентификационный номер", "номер удостоверения", "身份号码", "身份证号", "個人識別", "識別番号", "식별번호",
+    "주민번호", "الرقم القومي", "رقم الهوية", "الرقم الشخصي", "पहचान संख्या", "पहचान नंबर",
 )  # fmt: skip
 # ...unless the number is an order's, an invoice's, a ticket's (also for phones: phones.py).
 NOT_PERSONAL_WORDS = (
@@ -115,6 +112,16 @@ NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] = 
 NO_CHECK_DIGIT: frozenset[Validator] = frozenset([cpr.is_valid, _tax_id_ok])
 
 
+def ascii_words(words: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(word for word in words if word.isascii())
+
+
+def mentions(lowered: str, words: tuple[str, ...], ascii_only: tuple[str, ...]) -> bool:
+    """Whether one of `words` is in `lowered`. ASCII text (most prompts) is searched for the ASCII
+    ones (`ascii_only`) alone: each substring test of 2,000 characters costs about a microsecond."""
+    return any(word in lowered for word in (ascii_only if lowered.isascii() else words))
+
+
 def said_before(lowered: str, start: int, words: tuple[str, ...]) -> bool:
     before = lowered[max(0, start - 40) : start]
     return any(word in before for word in words)
@@ -135,3 +142,6 @@ def curps(text: str) -> Iterator[Finding]:
     for m in _CURP.finditer(text):
         if curp.is_valid(m.group()):
             yield Finding("national_id", m.start(), m.end())
+
+
+GENERIC_ID_ASCII = ascii_words(GENERIC_ID_WORDS)

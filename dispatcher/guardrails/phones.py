@@ -12,7 +12,7 @@ from functools import lru_cache
 import phonenumbers
 
 from dispatcher.guardrails.findings import Finding
-from dispatcher.guardrails.national_ids import NOT_PERSONAL_WORDS
+from dispatcher.guardrails.national_ids import NOT_PERSONAL_WORDS, ascii_words, mentions
 from dispatcher.guardrails.national_ids import said_before as _said_before
 
 _PHONE = re.compile(
@@ -47,6 +47,9 @@ NUMBER_WORDS = (
     "number", "numer", "número", "numero", "nummer", "номер", "numara", "号码", "號碼", "番号", "번호", "رقم", "नंबर",
 )  # fmt: skip
 
+_ANY_NUMBER_WORDS = PHONE_WORDS + NUMBER_WORDS
+_ANY_NUMBER_ASCII = ascii_words(_ANY_NUMBER_WORDS)
+
 
 def _said_number(lowered: str, start: int) -> bool:
     return _said_before(lowered, start, NUMBER_WORDS) and not _said_before(lowered, start, NOT_PERSONAL_WORDS)
@@ -79,7 +82,7 @@ def phones(text: str, regions: tuple[str, ...]) -> Iterator[Finding]:
         if _is_phone(raw, ("ZZ", *regions) if international else regions, context):
             yield Finding("phone", m.start(), m.end())
             taken = m.end()
-    if any(word in lowered for word in PHONE_WORDS + NUMBER_WORDS):
+    if mentions(lowered, _ANY_NUMBER_WORDS, _ANY_NUMBER_ASCII):
         for m in _PHONE_GROUPED.finditer(text):
             if m.start() < taken or not 8 <= _digit_count(m.group()) <= 12:
                 continue

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Iterator
 
 from dispatcher.guardrails import credentials, identifiers, national_ids, phones
 from dispatcher.guardrails.findings import Finding, non_overlapping
+from dispatcher.guardrails.national_ids import ascii_words, mentions
 from dispatcher.guardrails.normalize import normalize
 from schemas.policy import DEFAULT_PHONE_REGIONS, PII_KINDS
 
@@ -114,6 +115,7 @@ _OBFUSCATED_HINTS = (
     "ät)", "ät]", "ät}", "ät>", "arobase", "arroba", "chiocciola", "małpa", "malpa", "собака", "apenstaartje",
     " et ", "艾特", "アットマーク", "골뱅이", "دوت", "نقطة", "डॉट",
 )  # fmt: skip
+_OBFUSCATED_ASCII = ascii_words(_OBFUSCATED_HINTS)
 
 
 _SPELLED_AT = frozenset(["at", "et", "آت", "ات", "एट"])
@@ -121,7 +123,7 @@ _SPELLED_AT = frozenset(["at", "et", "آت", "ات", "एट"])
 
 def _obfuscated_emails(text: str) -> Iterator[Finding]:
     lowered = text.lower()
-    if not any(hint in lowered for hint in _OBFUSCATED_HINTS):
+    if not mentions(lowered, _OBFUSCATED_HINTS, _OBFUSCATED_ASCII):
         return
     for at in _AT.finditer(text):
         domain = _DOMAIN.match(text, at.end(), min(len(text), at.end() + 300))
