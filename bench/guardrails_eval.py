@@ -18,8 +18,9 @@ held-out set, measured once, tuning data since round four), round5.jsonl (round 
 tuning data since round five), round5_train.jsonl (written in round five by the detectors'
 author), round6_train.jsonl (benign text written in round six by its author), round6.jsonl (round
 five's blind set, tuning data since round six), round7.jsonl (round six's blind set, tuning data
-since round seven) and round7_train.jsonl (long benign documents written in round seven). The held-out set is
-tests/unit/dispatcher/guardrails/data/heldout.jsonl (the seventh blind set, README_heldout.md),
+since round seven), round7_train.jsonl (long benign documents written in round seven) and
+round8.jsonl (round seven's blind set, measured once, tuning data since). The held-out set is
+tests/unit/dispatcher/guardrails/data/heldout.jsonl (the eighth blind set, README_heldout.md),
 written by someone who never saw the detectors' code or results; a text whose SHA-256
 is one of its texts' is held out wherever it appears (`split_of`), so no held-out text is ever tuned
 on or used as an exemplar. On the tuning set the classifier is scored leave-one-out (a prompt never
@@ -66,10 +67,13 @@ ROUND7 = DATA / "round7.jsonl"  # round six's blind held-out set, measured once;
 # Long benign documents in 15 languages written in round seven by a helper who read no repository
 # file (README_round7_train.md): training and calibration text, no measure.
 ROUND7_TRAIN = DATA / "round7_train.jsonl"
+ROUND8 = DATA / "round8.jsonl"  # round seven's blind held-out set, measured once; tuning since then
 TUNING = (
-    LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6, ROUND7, ROUND7_TRAIN
+    LABELLED, ROUND2, ROUND3, ROUND3_PROBE, ROUND4, ROUND5, ROUND5_TRAIN, ROUND6_TRAIN, ROUND6, ROUND7,
+    ROUND7_TRAIN, ROUND8,
 )  # fmt: skip
-# The seventh blind set (README_heldout.md), committed during round seven, before its one measurement.
+# The eighth blind set (README_heldout.md), committed at the end of round seven, before its one
+# measurement; absent from a checkout until then.
 HELDOUT = DATA / "heldout.jsonl"
 ORIGINAL = DATA / "prompts.jsonl"
 ORIGINAL_HOLDOUT = DATA / "prompts_holdout.jsonl"

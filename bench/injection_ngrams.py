@@ -13,7 +13,7 @@ without touching a scored file: every data file is scored by a model trained on 
 prompts — for the shipped weights all files' out-of-fold benign scores, for a left-out file the
 other files' (their models saw the left-out file, its scores did not set its threshold). The
 leave-one-round-out figures on the rounds another author wrote blind (round2, round4, round5,
-round6, round7) are the proxy for a new blind set; they are tuning data all the same (docs/guardrails.md).
+round6, round7, round8) are the proxy for a new blind set; they are tuning data all the same (docs/guardrails.md).
 scikit-learn is needed here only (it is a test dependency); the worker reads the arrays with numpy.
 """
 
@@ -41,6 +41,7 @@ from bench.guardrails_eval import (
     ROUND6,
     ROUND7,
     ROUND7_TRAIN,
+    ROUND8,
     TUNING,
     Classify,
     Report,
@@ -70,14 +71,14 @@ MIN_DF = 2
 TARGET_FPR = 0.005
 # Every labelled file trains the shipped model; the original regression sets are small but labelled.
 # Since round six the fifth blind set (round6.jsonl, measured once) is tuning data and trains it too,
-# since round seven the sixth (round7.jsonl).
+# since round seven the sixth (round7.jsonl) and the seventh (round8.jsonl).
 # Round seven's long benign documents train every fit but are no fold: texts of a genre the other
 # files lack score high out of fold, and as a fold they set the threshold alone (5.5 instead of 1.7,
 # half the blind rounds' recall gone) — they are there so that the model learns the genre.
 TRAIN_ONLY = (ROUND7_TRAIN,)
 DATA_FILES = (*(f for f in TUNING if f not in TRAIN_ONLY), ORIGINAL, ORIGINAL_HOLDOUT)
 # The rounds written blind by someone who never saw the detectors: the honest folds.
-BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5, ROUND6, ROUND7)
+BLIND_ROUNDS = (ROUND2, ROUND4, ROUND5, ROUND6, ROUND7, ROUND8)
 
 # Round seven: long benign text (TRAIN_ONLY and bench/benign_corpus.py) trains every fit;
 # `--no-corpus` turns it off to compare.

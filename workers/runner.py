@@ -14,7 +14,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -37,8 +37,9 @@ from workers.backends.backend_errors import BackendError, overflow_message
 from workers.backends.base import Backend, Json
 from workers.cancellations import Cancellations
 from workers.coalescer import EmbeddingCoalescer
+from workers.dialects import Passthrough
 from workers.liveness import InFlight, keep_alive
-from workers.openai_shape import normalize
+from workers.openai_shape import chunk_shaper, normalize
 from workers.slot_pins import pinned
 from workers.stream_opening import open_stream
 from workers.telemetry import post_processing, processing, record_inference, record_post_processing
@@ -321,71 +322,68 @@ class RequestRunner:
         plan = dialects.plan(envelope, self._backend.native)
         payload = pinned(plan.endpoint, plan.payload, slot)
         presenter = plan.presenter()
+        passthrough = isinstance(presenter, Passthrough)  # each chunk is one event, as it is
         chat_side = plan.endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS)  # chunks with choices
         wants_usage = not plan.translated and bool(
             (envelope.payload.get("stream_options") or {}).get("include_usage")
         )
         usage: Usage | None = None
         finish: str | None = None
-        buffer: list[bytes] = []
-        ready = asyncio.Event()
-        exhausted = False
+        buffer: list[bytes] = []  # serialized events not sent yet
         guard = ResponseGuard(envelope.output_guard, plan.endpoint) if envelope.output_guard else None
-        post_ns = 0  # time spent on normalization and output guardrails, chunk by chunk
+        shape = chunk_shaper(envelope, plan.endpoint) if chat_side else None
+        post_ns = 0  # time spent on normalization, output guardrails and serialization
 
-        def emit(events: list[Json]) -> None:
-            buffer.extend(orjson.dumps(event) for event in events)
-            if events:
-                ready.set()
-
-        async def pump(chunks: AsyncIterator[Json]) -> None:
-            # Runs ahead of the publisher: chunks that arrive together leave in one frame.
-            nonlocal usage, finish, exhausted, post_ns
-            async for chunk in chunks:
-                if chat_side:
-                    if chunk.get("usage"):
-                        usage = Usage.model_validate(chunk["usage"])
-                    for choice in chunk.get("choices") or ():
-                        finish = choice.get("finish_reason") or finish
-                    if not chunk.get("choices"):
-                        if not wants_usage:
-                            continue  # a usage-only chunk the client did not ask for
-                    elif not wants_usage:
-                        chunk.pop("usage", None)
-                if timings.first_token_ms is None:
-                    timings.first_token_ms = _now_ms()
+        batches = await open_stream(self._backend, plan.endpoint, payload, self._backoff)
+        try:
+            # One step per batch (the chunks of one read), in this task: no pump task or event per
+            # stream. A batch the stream did not end with goes out at once, as one frame.
+            async for chunks, last in batches:
                 began = time.perf_counter_ns()
-                if chat_side:
-                    normalize(chunk, envelope, chunk=True, endpoint=plan.endpoint)
-                if guard is not None:
-                    guard.chunk(chunk)
+                for chunk in chunks:
+                    if shape is not None:
+                        if chunk.get("usage"):
+                            usage = Usage.model_validate(chunk["usage"])
+                        choices = chunk.get("choices")
+                        if choices:
+                            for choice in choices:
+                                finish = choice.get("finish_reason") or finish
+                            if not wants_usage:
+                                chunk.pop("usage", None)
+                        elif not wants_usage:
+                            continue  # a usage-only chunk the client did not ask for
+                    if timings.first_token_ms is None:
+                        timings.first_token_ms = _now_ms()
+                    if shape is not None:
+                        shape(chunk)
+                    if guard is not None:
+                        guard.chunk(chunk)
+                    if passthrough:
+                        buffer.append(orjson.dumps(chunk))
+                    else:
+                        buffer.extend(orjson.dumps(event) for event in presenter.chunk(chunk))
                 post_ns += time.perf_counter_ns() - began
-                emit(presenter.chunk(chunk))
-            if guard is not None and (rest := guard.finish()) is not None:
-                emit(presenter.chunk(rest))
-            closing = presenter.finish(usage, finish)
-            usage = presenter.usage or usage
-            if plan.stores and presenter.response is not None:
-                # Stored before `response.completed` leaves: the client may continue it at once.
-                await self._store(envelope, presenter.response)
-                finish = finish or presenter.response.get("status")
-            emit(closing)
-            exhausted = True
-            ready.set()
-
-        chunks = await open_stream(self._backend, plan.endpoint, payload, self._backoff)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(pump(chunks))
-            while True:
-                await ready.wait()
-                ready.clear()
-                if exhausted and envelope.chunks_in_final:
-                    break  # what is left goes with the final frame: one message fewer
-                batch = buffer.copy()
-                buffer.clear()
-                await writer.chunks(batch)
-                if exhausted and not buffer:
-                    break
+                # A usage-only chunk ends a chat stream's content (only `[DONE]` follows): what came
+                # with it waits for the end, to leave in the final frame (a moment at most).
+                ended = last or (shape is not None and bool(chunks) and _usage_only(chunks[-1]))
+                if buffer and not (ended and envelope.chunks_in_final):
+                    await writer.chunks(buffer)
+                    buffer = []
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]
+        closing: list[Json] = []
+        if guard is not None and (rest := guard.finish()) is not None:
+            closing += presenter.chunk(rest)
+        closing += presenter.finish(usage, finish)
+        usage = presenter.usage or usage
+        if plan.stores and presenter.response is not None:
+            # Stored before `response.completed` leaves: the client may continue it at once.
+            await self._store(envelope, presenter.response)
+            finish = finish or presenter.response.get("status")
+        buffer.extend(orjson.dumps(event) for event in closing)
+        if buffer and not envelope.chunks_in_final:
+            await writer.chunks(buffer)  # an older ingress reads no chunks from a final frame
+            buffer = []
         timings.finished_ms = _now_ms()
         record_post_processing(post_ns, timings.finished_ms)
         await writer.final(
@@ -399,6 +397,11 @@ def _tokens_used(writer: ReplyWriter) -> int | None:
     if writer.usage is not None:
         return writer.usage.total_tokens or writer.usage.prompt_tokens + writer.usage.completion_tokens
     return None if writer.sent_data else 0
+
+
+def _usage_only(chunk: Json) -> bool:
+    """The chunk that closes a chat stream when usage is asked for: usage and no choices."""
+    return bool(chunk.get("usage")) and not chunk.get("choices")
 
 
 def _usage(body: Json) -> Usage | None:

@@ -111,13 +111,23 @@ def concept_hits(text: str, matched: list[tuple[int, str]] | None = None) -> dic
         negations = {end for _, end in hits["NEVER"]}
         hits["REVEAL"] = [s for s in hits["REVEAL"] if not negations & set(range(s[0] - 2, s[0] + 1))]
     # Derived concepts: "no" + "restrictions" is unlimited; "send" + "the conversation" exfiltrates.
-    hits["UNLIMITED"] = _pairs(hits, "NEGATED", "LIMITS", 20, None, ordered=False)
+    # "No" and "rules" make "no rules" only inside one sentence: "'Your rules are paper.' No
+    # technical details" (a story's line, then a request) is no unlimited mode.
+    hits["UNLIMITED"] = _one_sentence(text, _pairs(hits, "NEGATED", "LIMITS", 20, None, ordered=False))
     hits["EXFILTRATE"] = _pairs(hits, "SEND", "LOOT", 80, None, ordered=False)
-    hits["NO_CAVEAT"] = _pairs(hits, "NEGATED", "CAVEAT", 15, None, ordered=False)
+    hits["NO_CAVEAT"] = _one_sentence(text, _pairs(hits, "NEGATED", "CAVEAT", 15, None, ordered=False))
     hits["PHISH"] = _pairs(hits, "ASK", "LOOT", 60, None, ordered=False)
     hits["CAVEATS"] = _pairs(hits, "CAVEAT", "CAVEAT", 30, None, ordered=True)
     hits["HOWTO_HARM"] = _pairs(hits, "HOWTO", "HARM", 40, None, ordered=False)
     return hits
+
+
+_SENTENCE_BREAK = re.compile(r"[.!?;。！？；][\"'»”’」)]?(?:\s|$)|\n\s*\n")
+
+
+def _one_sentence(text: str, spans: list[Span]) -> list[Span]:
+    """The spans with no sentence end inside them (a derived pair is said in one breath)."""
+    return [(a, b) for a, b in spans if not _SENTENCE_BREAK.search(text, a, b)]
 
 
 def _pairs(

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 from schemas.envelope import Endpoint
 
 Json = dict[str, Any]
+# Stream chunks that arrived together, and whether the stream ended with them (nothing follows).
+Batch = tuple[list[Json], bool]
 
 
 class Backend(Protocol):
@@ -25,7 +27,10 @@ class Backend(Protocol):
         ...
 
     def stream(self, endpoint: Endpoint, payload: Json) -> AsyncIterator[Json]:
-        """OpenAI stream chunk objects as the backend produces them; closing it aborts the call."""
+        """OpenAI stream chunk objects as the backend produces them; closing it aborts the call.
+
+        A backend may also offer `stream_batches(endpoint, payload) -> AsyncIterator[Batch]`, the
+        same chunks a read at a time (workers/stream_opening.py uses it when present)."""
         ...
 
     async def aclose(self) -> None: ...

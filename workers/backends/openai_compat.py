@@ -18,7 +18,7 @@ from schemas.config import OpenAIBackend
 from schemas.endpoints import ENDPOINTS
 from schemas.envelope import Endpoint
 from workers.backends.backend_errors import BackendError, backend_error, error_message
-from workers.backends.base import Json
+from workers.backends.base import Batch, Json
 
 # A server restarting or shedding load answers these before generating anything: safe to retry.
 _RETRY_STATUSES = frozenset({502, 503, 504})
@@ -27,6 +27,14 @@ _RETRY_BACKOFF_S = 0.05  # doubled per attempt: 50, 100, 200 ms for the default 
 # A stream line longer than this (no newline in sight) is not an SSE event a server would send.
 _MAX_LINE = 1024 * 1024  # aiohttp's line reader, used before, stopped at 128 KiB
 _DONE: Json = {}  # compared by identity: the `[DONE]` line
+# A quick backend's whole answer comes in a burst of writes, one per event (spread over a few ms
+# when it serves many streams at once). After the first read of a stream the worker waits for more
+# as long as each next event comes within _FIRST_LINGER_S, for _BURST_LINGER_S at most: a real
+# model's next token is tens of ms away, so this adds 1 ms to its first token, once. After later
+# reads, a loop turn (each only if the last one brought more), _BURST_TURNS at most per read.
+_FIRST_LINGER_S = 0.001
+_BURST_LINGER_S = 0.005
+_BURST_TURNS = 4
 
 # Generation endpoints whose streams end with a usage chunk only when asked for one.
 _USAGE_ON_REQUEST = (Endpoint.CHAT, Endpoint.COMPLETIONS)
@@ -124,30 +132,66 @@ class OpenAICompatBackend:
         return body
 
     async def stream(self, endpoint: Endpoint, payload: Json) -> AsyncIterator[Json]:
+        batches = self.stream_batches(endpoint, payload)
+        try:
+            async for chunks, _ in batches:
+                for chunk in chunks:
+                    yield chunk
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]
+
+    async def stream_batches(self, endpoint: Endpoint, payload: Json) -> AsyncIterator[Batch]:
+        """The stream's chunks a read at a time: a quick backend's whole answer is often one read,
+        and the worker then takes one step for it instead of one per chunk (and aiohttp's line
+        iterator one call per line, blank ones too). The batch that `[DONE]` ends says so."""
         response = await self._post(endpoint, payload, stream=True)
         finished = False
         try:
             if response.status >= 400:
                 raise backend_error(response.status, await response.read())
-            # Whatever one read returns, split into lines here: a quick backend's whole answer is
-            # often one read, and aiohttp's line iterator costs a call per line (blank ones too).
-            partial = b""
-            async for data in response.content.iter_any():
-                lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
-                partial = lines.pop()
-                if len(partial) > _MAX_LINE:
-                    raise BackendError("backend sent a stream line that is too long", 502, False)
-                for line in lines:
-                    chunk = _event(line)
-                    if chunk is _DONE:
-                        finished = True
-                        return
-                    if chunk is not None:
-                        yield chunk
-            chunk = _event(partial)  # a last line without its newline
-            if chunk is not None and chunk is not _DONE:
-                yield chunk
+            content, partial, loop = response.content, b"", asyncio.get_running_loop()
+            linger_until: float | None = None  # set at the first read
+            burst_until = 0.0
+            while data := await content.readany():  # b"": the end of the body
+                chunks: list[Json] = []
+                chunk: Json | None
+                if linger_until is None:
+                    burst_until = loop.time() + _BURST_LINGER_S
+                    linger_until = loop.time() + _FIRST_LINGER_S
+                turn = 0
+                while turn <= _BURST_TURNS or loop.time() < linger_until:
+                    if turn:
+                        # A quick backend writes its events one by one: wait a moment for the rest
+                        # of the burst, so that it leaves in one frame, not one per event.
+                        data = await _more(content, linger_until)
+                        if not data:
+                            break
+                        if loop.time() < burst_until:  # still coming quickly: wait for more
+                            linger_until = min(loop.time() + _FIRST_LINGER_S, burst_until)
+                    turn += 1
+                    lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
+                    partial = lines.pop()
+                    if len(partial) > _MAX_LINE:
+                        raise BackendError("backend sent a stream line that is too long", 502, False)
+                    for line in lines:
+                        if not line:
+                            continue  # the blank line after each event
+                        if line.startswith(b"data: {"):  # the usual form, read without more ado
+                            chunk = _chunk(line[6:])
+                        else:
+                            chunk = _event(line)
+                            if chunk is _DONE:
+                                finished = True
+                                yield chunks, True
+                                return
+                            if chunk is None:
+                                continue
+                        chunks.append(chunk)
+                if chunks:
+                    yield chunks, False
+            rest = _event(partial)  # a last line without its newline
             finished = True  # [DONE], or the end of a stream that has none (Responses, Messages)
+            yield ([rest] if rest is not None and rest is not _DONE else []), True
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"backend stream failed: {type(exc).__name__}", 502, False) from exc
         finally:
@@ -162,6 +206,19 @@ class OpenAICompatBackend:
             await self._session.close()
 
 
+async def _more(content: aiohttp.StreamReader, linger_until: float) -> bytes:
+    """What else arrived: waited for until `linger_until` (the first read), else after one loop turn."""
+    left = linger_until - asyncio.get_running_loop().time()
+    if left <= 0:
+        await asyncio.sleep(0)
+        return content.read_nowait()
+    try:
+        async with asyncio.timeout(left):
+            return await content.readany()
+    except TimeoutError:
+        return b""
+
+
 def _event(raw: bytes) -> Json | None:
     """The chunk one SSE line carries; None for comments, event names and blank separators."""
     line = raw.strip()
@@ -170,6 +227,11 @@ def _event(raw: bytes) -> Json | None:
     data = line[5:].strip()
     if data == b"[DONE]":
         return _DONE
+    return _chunk(data)
+
+
+def _chunk(data: bytes) -> Json:
+    """The chunk in one event's data; a backend's error event raises."""
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -64,6 +64,15 @@ async def _submit(client: BusClient, make_envelope: Callable[..., RequestEnvelop
     return await client.submit(envelope.model_copy(update={"reply_to": client.reply_subject(envelope.id)}))
 
 
+@pytest.fixture
+async def submitted(
+    relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+) -> tuple[Relay, ReplyStream]:
+    """The relay and one request it has submitted, its reply not yet started."""
+    relay_, client = relay
+    return relay_, await _submit(client, make_envelope)
+
+
 async def _worker(bus: Bus, reply: ReplyStream, announce: bool, queue_ms: int = 0) -> ReplyWriter:
     """The worker side of `reply`, its pickup sent now (`announce`) or with its first frame."""
     writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
@@ -96,10 +105,9 @@ async def _body(response: Any) -> bytes:
 
 
 async def test_plain_call_answers_the_final_body_with_the_worker_named(
-    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+    bus: Bus, submitted: tuple[Relay, ReplyStream]
 ) -> None:
-    relay_, client = relay
-    reply = await _submit(client, make_envelope)
+    relay_, reply = submitted
     writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
     await writer.start(Pickup(worker="w1", backend="sim", version="v2", queue_ms=12), announce=True)
     await writer.final(TIMINGS, None, "stop", b'{"id":"x"}', guard_events=["pii:mask"])
@@ -118,10 +126,9 @@ async def test_plain_call_answers_the_final_body_with_the_worker_named(
 
 
 async def test_worker_error_is_raised_and_the_worker_told_to_stop(
-    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+    bus: Bus, submitted: tuple[Relay, ReplyStream]
 ) -> None:
-    relay_, client = relay
-    reply = await _submit(client, make_envelope)
+    relay_, reply = submitted
     cancels = await cancelled_requests(bus)
     await ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1).error(
         ErrorCode.BACKEND_ERROR, "boom", 502, retryable=False
@@ -134,10 +141,9 @@ async def test_worker_error_is_raised_and_the_worker_told_to_stop(
 
 
 async def test_client_that_leaves_gets_499_and_its_worker_is_cancelled(
-    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+    bus: Bus, submitted: tuple[Relay, ReplyStream]
 ) -> None:
-    relay_, client = relay
-    reply = await _submit(client, make_envelope)
+    relay_, reply = submitted
     cancels = await cancelled_requests(bus)
     caller = Client()
     draft = _draft()
@@ -153,10 +159,9 @@ async def test_client_that_leaves_gets_499_and_its_worker_is_cancelled(
 
 
 async def test_stream_sends_each_chunk_line_as_one_event_then_done(
-    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+    bus: Bus, submitted: tuple[Relay, ReplyStream]
 ) -> None:
-    relay_, client = relay
-    reply = await _submit(client, make_envelope)
+    relay_, reply = submitted
     writer = await _worker(bus, reply, announce=True, queue_ms=3)
     await writer.chunks([b'{"n":1}', b'{"n":2}'])
     await writer.chunks([b'{"n":3}'])
@@ -171,10 +176,9 @@ async def test_stream_sends_each_chunk_line_as_one_event_then_done(
 
 
 async def test_a_stream_whose_final_frame_carries_its_chunks_is_one_plain_sse_body(
-    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+    bus: Bus, submitted: tuple[Relay, ReplyStream]
 ) -> None:
-    relay_, client = relay
-    reply = await _submit(client, make_envelope)
+    relay_, reply = submitted
     writer = await _worker(bus, reply, announce=False, queue_ms=3)
     await writer.final(TIMINGS, None, "stop", chunks=[b'{"n":1}', b'{"n":2}'])
     draft = _draft()
@@ -190,10 +194,9 @@ async def test_a_stream_whose_final_frame_carries_its_chunks_is_one_plain_sse_bo
 
 
 async def test_chunks_in_the_final_frame_follow_the_chunks_streamed_before_it(
-    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+    bus: Bus, submitted: tuple[Relay, ReplyStream]
 ) -> None:
-    relay_, client = relay
-    reply = await _submit(client, make_envelope)
+    relay_, reply = submitted
     writer = await _worker(bus, reply, announce=False)
     await writer.chunks([b'{"n":1}'])
     draft = _draft()
@@ -207,10 +210,9 @@ async def test_chunks_in_the_final_frame_follow_the_chunks_streamed_before_it(
 
 
 async def test_stream_error_after_the_first_token_is_an_error_event(
-    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+    bus: Bus, submitted: tuple[Relay, ReplyStream]
 ) -> None:
-    relay_, client = relay
-    reply = await _submit(client, make_envelope)
+    relay_, reply = submitted
     writer = await _worker(bus, reply, announce=True)
     await writer.chunks([b'{"n":1}'])
     response = await relay_._stream(Client().request, reply, _draft(), CHAT)
@@ -223,10 +225,9 @@ async def test_stream_error_after_the_first_token_is_an_error_event(
 
 
 async def test_stream_error_before_the_first_token_is_an_http_error(
-    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+    bus: Bus, submitted: tuple[Relay, ReplyStream]
 ) -> None:
-    relay_, client = relay
-    reply = await _submit(client, make_envelope)
+    relay_, reply = submitted
     await ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1).error(
         ErrorCode.INVALID_REQUEST, "bad", 400, retryable=False
     )
@@ -236,10 +237,9 @@ async def test_stream_error_before_the_first_token_is_an_http_error(
 
 
 async def test_stream_still_queued_says_so_then_keeps_alive(
-    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+    bus: Bus, submitted: tuple[Relay, ReplyStream]
 ) -> None:
-    relay_, client = relay
-    reply = await _submit(client, make_envelope)
+    relay_, reply = submitted
     response = await relay_._stream(Client().request, reply, _draft(), CHAT)  # nothing within 0.3 s
     events = response._events  # type: ignore[attr-defined]
     assert await anext(events) == b": queued\n\n"
@@ -250,10 +250,9 @@ async def test_stream_still_queued_says_so_then_keeps_alive(
 
 
 async def test_responses_streams_use_named_events_and_no_done(
-    bus: Bus, relay: tuple[Relay, BusClient], make_envelope: Callable[..., RequestEnvelope]
+    bus: Bus, submitted: tuple[Relay, ReplyStream]
 ) -> None:
-    relay_, client = relay
-    reply = await _submit(client, make_envelope)
+    relay_, reply = submitted
     writer = ReplyWriter(bus.nc, reply.envelope.reply_to, attempt=1)
     await writer.chunks([b'{"type":"response.output_text.delta","delta":"hi"}'])
     await writer.final(TIMINGS, None, "stop")

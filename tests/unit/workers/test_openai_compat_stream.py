@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import Any
@@ -79,3 +80,38 @@ async def test_a_broken_chunk_is_a_backend_error(serve: Serve) -> None:
 async def test_an_endless_line_is_a_backend_error(serve: Serve) -> None:
     with pytest.raises(BackendError, match="too long"):
         await _chunks(await serve([b"data: " + b"x" * 600_000, b"y" * 600_000]))
+
+
+async def _batches(url: str) -> list[tuple[list[Any], bool]]:
+    backend = OpenAICompatBackend(OpenAIBackend(base_url=url, max_retries=0), "m", 2)
+    try:
+        return [batch async for batch in backend.stream_batches(Endpoint.CHAT, CHAT)]
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize(("gap_s", "first"), [(0.0, 3), (0.03, 1)])
+async def test_a_quick_burst_is_one_batch_that_ends_the_stream_and_a_slow_stream_is_not_held(
+    gap_s: float, first: int
+) -> None:
+    """Events written one by one in quick succession (a fast backend) come as one batch flagged as
+    the last; a model's pace (tens of ms a token) is not held beyond the first token's 1 ms."""
+    events = [b'data: {"n":%d}\n\n' % n for n in range(3)] + [b"data: [DONE]\n\n"]
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in events:
+            await response.write(event)
+            await asyncio.sleep(gap_s)  # 0: a loop turn between writes, as a quick server's
+        with contextlib.suppress(ConnectionError):  # the reader may be gone after [DONE]
+            await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    async with serving(app) as url:
+        batches = await _batches(url)
+    assert [chunk["n"] for chunks, _ in batches for chunk in chunks] == [0, 1, 2]
+    assert len(batches[0][0]) == first
+    assert batches[-1][1] is True and all(not last for _, last in batches[:-1])
