@@ -55,7 +55,7 @@ def cost() -> str:
     Each run starts cold (the per-prompt caches cleared: a new request brings a new text). Wall time
     is what a caller waits on this machine; CPU time is the guard's own work, which other processes
     on a shared box do not inflate."""
-    from dispatcher.guardrails import identifiers
+    from dispatcher.guardrails import phones
     from dispatcher.guardrails.normalize import normalize
 
     guard = input_guard(InputPolicy(pii="mask", injection="block", content="block"))
@@ -69,7 +69,7 @@ def cost() -> str:
         cpu: list[float] = []
         for _ in range(runs):
             normalize.cache_clear()
-            identifiers._is_phone.cache_clear()  # a new request brings new numbers
+            phones._is_phone.cache_clear()  # a new request brings new numbers
             started, started_cpu = time.perf_counter_ns(), time.thread_time_ns()
             guard.inspect(text)
             cpu.append((time.thread_time_ns() - started_cpu) / 1e6)

@@ -1,9 +1,8 @@
-"""Numeric identifiers: payment cards, IBANs, phone numbers, SSNs and other national ids.
+"""Numeric identifiers: payment cards, IBANs, SSNs and other national ids (phones: phones.py).
 
 Patterns find candidates in normalized text (see normalize.py: full-width and other scripts' digits
-are already ASCII); well-kept libraries decide which are real: `phonenumbers` (Google's
-libphonenumber metadata) for phones, `schwifty` for IBANs (every registry country, BBAN structure,
-mod-97), `python-stdnum` for national ids and the Luhn check. Hand-written only where no library
+are already ASCII); well-kept libraries decide which are real: `schwifty` for IBANs (every registry
+country, BBAN structure, mod-97), `python-stdnum` for national ids and the Luhn check. Hand-written only where no library
 does the job, each with the reason beside it.
 
 Digit groups may be separated by spaces, dots, dashes, slashes or a line break, as people write
@@ -16,7 +15,6 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 
-import phonenumbers
 from schwifty import IBAN, registry
 from schwifty.exceptions import SchwiftyException
 from stdnum import numdb, verhoeff
@@ -46,7 +44,7 @@ from dispatcher.guardrails.national_ids import said_before as _said_before
 
 # One separator between digit groups: a space, dot, dash or slash, or a line break with its indent.
 SEP = r"(?:[ \t]?[.\-/][ \t]?|[ \t]|[ \t]*\r?\n[ \t]*)"
-_NOT_DIGITS = str.maketrans("", "", " \t\r\n.-/()+")
+_NOT_DIGITS = str.maketrans("", "", " \t\r\n.-/()+_")
 
 
 def digits_of(text: str) -> str:
@@ -56,13 +54,14 @@ def digits_of(text: str) -> str:
 
 # --- payment cards ------------------------------------------------------------------------------
 # How cards are written: one run of 13-19 digits, or 4-4-4-4(-3), 4-6-5 (Amex), 4-6-4 (Diners) with
-# one kind of separator throughout (a line break may stand for it where text was wrapped; one or two
+# one kind of separator throughout (an underscore too: "4111_1111_1111_1111", as form fields and
+# file names that allow no spaces leave it) (a line break may stand for it where text was wrapped; one or two
 # spaces: "6011  3211  7858  8988" is how a card is copied from a justified PDF).
 _WRAP = r"[ \t]*\r?\n[ \t]*"
 _CARD = re.compile(
     rf"(?<![\d-])(?:\d{{13,19}}"
-    rf"|\d{{4}}([ \t]?[.\-/][ \t]?|[ \t]{{1,2}}|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:(?:\1|{_WRAP})\d{{3}})?"
-    rf"|\d{{4}}([ \t]?[.\-/][ \t]?|[ \t]{{1,2}}|{_WRAP})\d{{6}}(?:\2|{_WRAP})\d{{4,5}})(?![\d-])"
+    rf"|\d{{4}}([ \t]?[.\-/_][ \t]?|[ \t]{{1,2}}|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:\1|{_WRAP})\d{{4}}(?:(?:\1|{_WRAP})\d{{3}})?"
+    rf"|\d{{4}}([ \t]?[.\-/_][ \t]?|[ \t]{{1,2}}|{_WRAP})\d{{6}}(?:\2|{_WRAP})\d{{4,5}})(?![\d-])"
 )
 _FIRST_GROUP_END = re.compile(r"\d+")
 # Network prefixes: no library keeps them (stdnum has Luhn only); Visa, Mastercard, Maestro, Amex,
@@ -182,7 +181,7 @@ def _iban_length(country: str) -> int | None:
 # three lines ("123\n45\n6789") are a list. Each break is tried only after three or two digits, and
 # its indentation is one run of blanks: linear.
 _SSN = re.compile(
-    rf"(?<![\d-])(?!000|666|9\d\d)\d{{3}}(?:(?:{_WRAP})?([-.])(?:{_WRAP})?| |{_WRAP})(?!00)\d{{2}}"
+    rf"(?<![\d-])(?!000|666|9\d\d)\d{{3}}(?:(?:{_WRAP})?([-./])(?:{_WRAP})?| |{_WRAP})(?!00)\d{{2}}"
     rf"(?(1)(?:{_WRAP})?\1(?:{_WRAP})?|(?: |{_WRAP}))(?!0000)\d{{4}}(?![\d-])"
 )
 _SSN_BARE = re.compile(
@@ -190,6 +189,21 @@ _SSN_BARE = re.compile(
     r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\W{0,5}(?:(?:is|ist|es|est|era|was)\W{1,3})?"
     r"((?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4})\b"
 )
+
+
+# Nine bare digits named a US social security number in another language ("mi número de seguro
+# social de EE. UU. es …", "номер социального страхования …"): the name within 40 characters before.
+# The other countries' social security numbers these words also name are longer (France 15 digits,
+# Spain 12, Mexico 11), so nine digits under the SSN's issuing rules are the American one.
+SSN_WORDS = (
+    "seguro social", "seguridad social", "sécurité sociale", "securite sociale", "previdenza sociale",
+    "sicurezza sociale", "segurança social", "sociale zekerheid", "ubezpieczenia społecznego",
+    "ubezpieczenia spolecznego", "социального страхования", "социального обеспечения", "社会安全", "社會安全",
+    "社会保障", "ソーシャルセキュリティ", "사회보장", "الضمان الاجتماعي", "सामाजिक सुरक्षा", "sosyal güvenlik",
+    "sozialversicherung",
+)  # fmt: skip
+_SSN_ASCII = more_ids.ascii_words(SSN_WORDS)
+_SSN_NINE = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4}(?![\d-])")
 
 
 def ssns(text: str) -> Iterator[Finding]:
@@ -200,6 +214,10 @@ def ssns(text: str) -> Iterator[Finding]:
     if "ssn" in lowered or "social security" in lowered:
         for m in _SSN_BARE.finditer(text):
             yield Finding("ssn", m.start(1), m.end(1))
+    if more_ids.mentions(lowered, SSN_WORDS, _SSN_ASCII):
+        for m in _SSN_NINE.finditer(text):
+            if _said_before(lowered, m.start(), SSN_WORDS):
+                yield Finding("ssn", m.start(), m.end())
 
 
 # --- other national ids ---------------------------------------------------------------------------
@@ -261,18 +279,18 @@ _NATIONAL: Sequence[tuple[re.Pattern[str], Validator, tuple[str, ...] | None]] =
 )  # fmt: skip
 
 
-def _said_after(lowered: str, end: int, words: tuple[str, ...]) -> bool:
-    """A phone word right after the number ("… è 312 345 0694, chiamala"): 20 characters, one clause."""
-    return any(word in lowered[end : end + 20] for word in words)
-
-
 def national_ids(text: str) -> Iterator[Finding]:
     lowered = text.lower()
+    generic = more_ids.mentions(lowered, more_ids.GENERIC_ID_WORDS, more_ids.GENERIC_ID_ASCII)
     for pattern, valid, context in _NATIONAL:
-        if context is not None and not any(word in lowered for word in context):
+        # A word naming an id of no country stands for each one's name, except where a bare number
+        # has no check digit to vouch for it.
+        by_generic = generic and valid not in more_ids.NO_CHECK_DIGIT
+        if context is not None and not by_generic and not any(word in lowered for word in context):
             continue
         for m in pattern.finditer(text):
-            if context is not None and not _said_before(lowered, m.start(), context):
+            named = context is None or _said_before(lowered, m.start(), context)
+            if not named and not (by_generic and more_ids.said_generic(lowered, m.start())):
                 continue
             if valid(m.group()):
                 yield Finding("national_id", m.start(), m.end())
@@ -302,81 +320,3 @@ def ninos(text: str) -> Iterator[Finding]:
         for m in _NINO.finditer(text):
             if m.group()[:2].isupper() or m.group()[:2].islower():
                 yield Finding("national_id", m.start(), m.end())
-
-
-# --- phone numbers ------------------------------------------------------------------------------
-_PHONE = re.compile(
-    r"(?<![0-9A-Za-z_+])(?:"
-    r"(?:\+|00)\d{1,3}[ .\-/]?(?:\(0?\d{1,4}\)[ .\-/]?)?\d{1,4}(?:[ .\-/]?\d{2,4}){1,5}"  # international
-    # (415) 555-2671, (030) 1234 5678, and Russia's trunk 8 before it: 8 (912) 368-60-71
-    r"|(?:8 ?)?\(0?\d{2,5}\)[ .\-]?\d{2,4}(?:[ .\-]?\d{2,4}){1,2}"
-    r"|\d{3}([.\-])\d{3}\1\d{4}"  # 555-123-4567
-    r"|0\d{1,5}(?:[ .\-/]\d{2,8}){1,4}"  # national with a trunk 0: 030 1234567, 081234 56847
-    r"|0\d{8,11}"  # national, unseparated
-    r")(?![0-9A-Za-z_-]|\.\d)"
-)
-# Numbers without a trunk 0 (Chinese mobiles "131 2345 6510", Indian "98765 43210"): only after a
-# word saying "phone".
-_PHONE_GROUPED = re.compile(r"(?<![0-9A-Za-z_+])[1-9]\d{1,4}(?:[ .\-]?\d{2,5}){1,3}(?![0-9A-Za-z_-]|\.\d)")
-# A word saying "phone" next to a national-format number, in the languages the injection detector
-# knows (a bare "030 12345678" could be anything).
-PHONE_WORDS = (
-    "phone", " tel", "tel.", "tel:", "telef", "téléph", "mobil", "móvil", "cell", "call", "fax", "whatsapp",
-    "text me", "reach me", "contact", "kontakt", "handy", "ruf", "anruf", "appel", "portable", "llam", "llám", "chiam",
-    "cellulare", "ligue", "celular", "bel me", "bellen", "zadzwo", "komórk", "stacjonarn", "телеф", "звон", "моб", "電話",
-    "电话", "手机", "携帯", "전화", "휴대", "هاتف", "جوال", "اتصل", "फ़ोन", "फोन", "मोबाइल", "arayın", "cep",
-    "me liga", "拨打", "致电", "mera number", "naya number",
-)  # fmt: skip
-
-
-_NO_DIGITS = str.maketrans("", "", "0123456789")
-
-
-def _digit_count(raw: str) -> int:
-    # translate() runs in C; a generator over the characters was a tenth of a PII-dense prompt's cost.
-    return len(raw) - len(raw.translate(_NO_DIGITS))
-
-
-def phones(text: str, regions: tuple[str, ...]) -> Iterator[Finding]:
-    taken = -1
-    lowered = text.lower()
-    for m in _PHONE.finditer(text):
-        raw = m.group()
-        if not 7 <= _digit_count(raw) <= 15:
-            continue
-        international = raw.startswith(("+", "00"))
-        context = _said_before(lowered, m.start(), PHONE_WORDS)
-        if _is_phone(raw, ("ZZ", *regions) if international else regions, context):
-            yield Finding("phone", m.start(), m.end())
-            taken = m.end()
-    if any(word in lowered for word in PHONE_WORDS):
-        for m in _PHONE_GROUPED.finditer(text):
-            if m.start() < taken or not 8 <= _digit_count(m.group()) <= 12:
-                continue
-            # A phone word and either the country's own grouping or groups of three or more digits,
-            # as people write them ("Llámame al 612 345 678"): "extension 666-12-3456" is not one.
-            plain_groups = all(len(g) >= 3 for g in re.findall(r"\d+", m.group()))
-            near = _said_before(lowered, m.start(), PHONE_WORDS) or _said_after(lowered, m.end(), PHONE_WORDS)
-            if near and _is_phone(m.group(), regions, plain_groups):
-                yield Finding("phone", m.start(), m.end())
-
-
-@lru_cache(maxsize=4096)
-def _is_phone(raw: str, regions: tuple[str, ...], context: bool) -> bool:
-    """Valid in one of `regions` (libphonenumber's metadata); a national number without a word
-    saying "phone" must also be grouped the way that country writes it (03-1234-5678 in Japan)."""
-    international = raw.startswith(("+", "00"))
-    groups = [len(g) for g in re.findall(r"\d+", raw)]
-    for region in regions:
-        try:
-            number = phonenumbers.parse(raw, None if region == "ZZ" else region)
-        except phonenumbers.NumberParseException:
-            continue
-        if not phonenumbers.is_valid_number(number):
-            continue
-        if international or context:
-            return True
-        written = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
-        if len(groups) > 1 and [len(g) for g in re.findall(r"\d+", written)] == groups:
-            return True
-    return False

@@ -1,8 +1,8 @@
-"""PII and secret detectors: patterns find candidates, checksums and rules keep the real ones.
+"""PII detectors: patterns find candidates, checksums and rules keep the real ones (secrets: credentials.py).
 
 Detection runs on the normalized text (normalize.py: full-width digits, invisible characters,
 homoglyphs) and every finding is mapped back to the exact span of the original, so masking replaces
-what was there. Numeric identifiers (cards, IBANs, phones, national ids) are in identifiers.py and
+what was there. Numeric identifiers (cards, IBANs, national ids) are in identifiers.py, phones in phones.py, and
 run only around digit clusters; e-mail, IP and secret detectors scan the whole text behind cheap
 pre-checks, so a prompt without digits, `@` or the right prefixes costs almost nothing.
 """
@@ -13,8 +13,9 @@ import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterator
 
-from dispatcher.guardrails import identifiers, national_ids
+from dispatcher.guardrails import credentials, identifiers, national_ids, phones
 from dispatcher.guardrails.findings import Finding, non_overlapping
+from dispatcher.guardrails.national_ids import ascii_words, mentions
 from dispatcher.guardrails.normalize import normalize
 from schemas.policy import DEFAULT_PHONE_REGIONS, PII_KINDS
 
@@ -80,14 +81,23 @@ def _emails(text: str) -> Iterator[Finding]:
 # Domains and top-level domains may be Cyrillic or Chinese ("почта-москва точка рф", "公司 (点) 中国").
 # No library reads obfuscated addresses, hence by hand.
 _AT_NAME = r"(?:arobase|arroba|chiocciola|ma[łl]pa|собака|apenstaartje|艾特|アットマーク|골뱅이)"
-_AT_WORD = rf"(?:at|ät|et|{_AT_NAME})"
+# "at" spelled in Arabic and Devanagari letters ("آت", "एट"), as Arabic and Hindi speakers read an
+# address out: a transliteration, so it too needs a written-out dot (spelled the same way: "دوت", "डॉट").
+_AT_SPELLED = r"(?:at|ät|et|آت|ات|एट)"
+_AT_WORD = rf"(?:{_AT_SPELLED}|{_AT_NAME})"
 # (?<!\s): a match starts where a run of blanks does, not again at each of its blanks; without it
 # "dot" and 100,000 spaces took 54 s (each start scanned the rest of the run).
 _AT = re.compile(rf"(?i)(?<!\s)(?:\s*[\[(<{{]\s*(?:{_AT_WORD}|@)\s*[\])>}}]\s*|\s+{_AT_WORD}\s+)")
-_DOT_WORD = r"(?:dot|punkt|point|punto|ponto|punt|kropka|nokta|точка|点|ドット|닷)"
+_DOT_WORD = r"(?:dot|punkt|point|punto|ponto|punt|kropka|nokta|точка|点|ドット|닷|دوت|نقطة|डॉट)"
 _DOT = rf"(?:\s*[\[(<{{]\s*{_DOT_WORD}\s*[\])>}}]\s*|\s+{_DOT_WORD}\s+|\.)"
+# Top-level domains in other scripts (the IDN country codes of the languages read here): the whole
+# address may be in that script ("지훈 골뱅이 회사 닷 한국", "مبيعات [at] شركة [dot] مصر").
+_IDN_TLDS = ("рф", "укр", "бел", "қаз", "срб", "中国", "中國", "香港", "台灣", "台湾", "新加坡", "한국", "日本",
+             "مصر", "السعودية", "امارات", "الاردن", "قطر", "المغرب", "تونس", "الجزائر", "عمان", "بھارت", "भारत", "ไทย",
+             "ελ", "ею")  # fmt: skip
 _DOMAIN = re.compile(
-    rf"(?i)([^\W_][\w-]{{0,62}}(?:{_DOT}[^\W_][\w-]{{0,62}}){{0,3}}){_DOT}([a-z]{{2,6}}(?![a-z0-9_])|рф(?!\w)|中国|中國)"
+    rf"(?i)([^\W_][\w-]{{0,62}}(?:{_DOT}[^\W_][\w-]{{0,62}}){{0,3}}){_DOT}([a-z]{{2,6}}(?![a-z0-9_])"
+    rf"|(?:{'|'.join(_IDN_TLDS)})(?![\w{_M}]))"
 )
 _LOCAL_BEFORE = re.compile(rf"(?i)(?:[^\W_][\w+-]{{0,63}}{_DOT})*[^\W_][\w+-]{{0,63}}$")
 _WRITTEN = re.compile(rf"(?i)[\[(<{{]\s*(?:{_AT_WORD}|{_DOT_WORD})\s*[\])>}}]|\s(?:{_DOT_WORD}|{_AT_NAME})\s")
@@ -96,20 +106,24 @@ _TLDS = frozenset(
         "com", "org", "net", "edu", "gov", "mil", "int", "info", "biz", "io", "co", "ai", "app", "dev", "me",
         "uk", "us", "ca", "au", "nz", "ie", "de", "at", "ch", "fr", "be", "nl", "lu", "es", "pt", "it", "pl",
         "cz", "sk", "hu", "ro", "bg", "gr", "se", "no", "dk", "fi", "is", "ee", "lv", "lt", "ru", "ua", "by",
-        "tr", "cn", "jp", "kr", "in", "br", "mx", "ar", "cl", "eu", "asia", "рф", "中国", "中國",
+        "tr", "cn", "jp", "kr", "in", "br", "mx", "ar", "cl", "eu", "asia", "ae", "sa", "eg",
     ]
-)  # fmt: skip
+) | frozenset(_IDN_TLDS)  # fmt: skip
 _ADDRESS_LIKE_LOCAL = re.compile(rf"(?i)\s{_DOT_WORD}\s|[\[(<{{]{_DOT_WORD}|[\d._+-]")
 _OBFUSCATED_HINTS = (
     "dot", "punkt", "point", "punt", "ponto", "kropka", "nokta", "точка", "at)", "at]", "at}", "at>",
     "ät)", "ät]", "ät}", "ät>", "arobase", "arroba", "chiocciola", "małpa", "malpa", "собака", "apenstaartje",
-    " et ", "艾特", "アットマーク", "골뱅이",
+    " et ", "艾特", "アットマーク", "골뱅이", "دوت", "نقطة", "डॉट",
 )  # fmt: skip
+_OBFUSCATED_ASCII = ascii_words(_OBFUSCATED_HINTS)
+
+
+_SPELLED_AT = frozenset(["at", "et", "آت", "ات", "एट"])
 
 
 def _obfuscated_emails(text: str) -> Iterator[Finding]:
     lowered = text.lower()
-    if not any(hint in lowered for hint in _OBFUSCATED_HINTS):
+    if not mentions(lowered, _OBFUSCATED_HINTS, _OBFUSCATED_ASCII):
         return
     for at in _AT.finditer(text):
         domain = _DOMAIN.match(text, at.end(), min(len(text), at.end() + 300))
@@ -121,7 +135,7 @@ def _obfuscated_emails(text: str) -> Iterator[Finding]:
         span = text[local.start() : domain.end()]
         if not _WRITTEN.search(span):
             continue
-        if at.group().strip().lower() in ("at", "et") and not _ADDRESS_LIKE_LOCAL.search(local.group()):
+        if at.group().strip().lower() in _SPELLED_AT and not _ADDRESS_LIKE_LOCAL.search(local.group()):
             continue  # "I work at example dot com": a plain "at" after a plain word is speech
         yield Finding("email", local.start(), domain.end())
 
@@ -145,12 +159,20 @@ _VERSION_WORDS = (
 )  # fmt: skip
 
 
+# Addresses that are the same on every machine or home network name no one: the loopback range
+# ("localhost is 127.0.0.1"), "any address" and the broadcast address (RFC 1122), and the factory
+# defaults of home routers' own address (192.168.0.1, 192.168.1.1, 10.0.0.1), shared by millions.
+_EVERYONES = frozenset(["0.0.0.0", "255.255.255.255", "192.168.0.1", "192.168.1.1", "10.0.0.1"])
+
+
 def _ips(text: str) -> Iterator[Finding]:
     if _IPV4_HINT.search(text):
         for m in _IPV4.finditer(text):
             try:
-                ipaddress.IPv4Address(m.group())
+                address = ipaddress.IPv4Address(m.group())
             except ValueError:
+                continue
+            if address.is_loopback or str(address) in _EVERYONES:
                 continue
             if any(word in text[max(0, m.start() - 24) : m.start()].lower() for word in _VERSION_WORDS):
                 continue  # "version 10.4.22.1", "build 6.3.9600.1": four numbers, not a host
@@ -167,140 +189,11 @@ def _ips(text: str) -> Iterator[Finding]:
             yield Finding("ip", m.start(), m.end())
 
 
-# --- secrets ------------------------------------------------------------------------------------
-_SECRET = re.compile(
-    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----|[\s\S]*$)"
-    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
-    r"|\bgh[pousr]_[A-Za-z0-9]{36,255}\b|\bgithub_pat_[A-Za-z0-9_]{60,255}\b"
-    r"|\bglpat-[A-Za-z0-9_-]{20,}\b"
-    r"|\bxox[abprs]-[A-Za-z0-9-]{10,}\b"
-    r"|\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}\b"
-    r"|\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b"
-    r"|\bAIza[0-9A-Za-z_-]{35}\b"
-    r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-    r"|\bmb-[A-Za-z0-9_-]{30,}"
-    r"|\bhf_[A-Za-z0-9]{30,}\b"  # Hugging Face
-    r"|\bSG\.[A-Za-z0-9_-]{16,32}\.[A-Za-z0-9_-]{16,64}"  # SendGrid
-    r"|\bSK[0-9a-f]{32}\b"  # Twilio API key SID
-    r"|(?<=AccountKey=)[A-Za-z0-9+/]{40,}={0,2}"  # Azure storage connection strings
-    r"|\bnpm_[A-Za-z0-9]{36}\b"  # npm access tokens
-    r"|\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{40,}"  # PyPI API tokens (a macaroon naming pypi.org)
-)
-# The password of a URL with credentials (database and broker URLs: scheme://user:password@host).
-# A mask placeholder in its place (`[SECRET]`, after masking) is none.
-_URL_PASSWORD = re.compile(
-    r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:(?!\[[A-Z_]+\]@)([^\s/@]{3,128})@", re.IGNORECASE
-)
-_ASSIGNED = re.compile(
-    r"(?ai)(?<![a-z])(?:password|passwd|pwd|passphrase|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token"
-    r"|aws_secret_access_key|private[_-]?key"
-    # The word for password in the other languages the guardrails read ("la contraseña=...").
-    r"|passwort|kennwort|mot[_ ]de[_ ]passe|contrase(?:ñ|n)a|senha|wachtwoord|has(?:ł|l)o|пароль|şifre|sifre"
-    r"|parola|密码|パスワード|비밀번호)(?![a-z0-9_])[\"']?\s*[:=]\s*[\"']?(?!\[[A-Z_]+\])"
-    # Values are ASCII (a non-ASCII letter ends one: the stream masker may cut there).
-    # Code that names where a secret comes from is not one: `api_key = os.environ["KEY"]`,
-    # `password=get_password()`, `$DB_PASSWORD`, `process.env.API_KEY`, `password: string`.
-    r"(?![a-z_][a-z_.]*[(\[])(?!\$\{?[a-z_])(?![a-z_]+(?:\.[a-z_]+)+(?:[\s\"',;)]|$))"
-    r"(?!(?:str|string|int|bool|boolean|number|bytes|none|null|undefined|optional|secretstr)\b)"
-    r"([!#-&(-+\--:<-~]{6,})"
-)
-_SECRET_HINTS = (
-    "-----BEGIN", "AKIA", "ASIA", "_", "glpat-", "xox", "sk-", "AIza", "eyJ", "mb-", "SG.", "SK", "AccountKey=", "pypi-",
-)  # fmt: skip
-_ASSIGNED_HINTS = (
-    "pass", "pwd", "secret", "key", "token", "kennwort", "contrase", "senha", "wachtwoord", "hasło", "haslo",
-    "пароль", "şifre", "sifre", "parola", "密码", "パスワード", "비밀번호",
-)  # fmt: skip
-# "the password is X": only when X looks like a password (a digit or a symbol in it), not "reset".
-# A digit, or a symbol with more of the value after it: "expired." is a word and a full stop.
-_LOOKS_SECRET = r"(?=\S*?(?:\d|[!#-&(-+\-/:<-@\[-`{-~](?=[!#-&(-+\--:<-~а-яёА-ЯЁ])))"
-# Up to four short words may name whose password it is ("the password of the admin account is X").
-_WHOSE = r"(?:\s+[^\s:=]{1,20}){0,4}?"
-_SAID = re.compile(
-    r"(?ai)(?<![a-z])(?:password|passwd|pwd|passphrase)"
-    + _WHOSE
-    + r"\s+(?:is|was)\s+[\"']?(?!\[[A-Z_]+\])("
-    + _LOOKS_SECRET
-    + r"[!#-&(-+\--:<-~]{6,})"
-)
-# The same said in the other languages the guardrails read.
-_SAID_ELSEWHERE = re.compile(
-    r"(?i)(?:(?:passwort|kennwort)(?:\s+\S+){0,4}?\s+(?:ist|lautet|war)|mot de passe(?:\s+\S+){0,4}?\s+(?:est|était)"
-    r"|contraseña(?:\s+\S+){0,4}?\s+(?:es|era)|password(?:\s+\S+){0,4}?\s+è|senha(?:\s+\S+){0,4}?\s+(?:é|era)"
-    r"|wachtwoord(?:\s+\S+){0,4}?\s+is|hasło(?:\s+\S+){0,4}?\s+(?:to|jest)|пароль(?:\s+[^\s:]+){0,3}?\s*(?:—|-|:)"
-    r"|пароль\s*(?:—|-|:)?|密码是|密碼是|パスワードは|비밀번호는|كلمة المرور(?:\s+هي)?|पासवर्ड\s+है|şifre(?:m|si)?(?!\w))"
-    # A password said in Russian may be written in Cyrillic letters too ("Kр0кодил_Гена77").
-    r"\s*[\"'«„]?(?!\[[A-Z_]+\])(" + _LOOKS_SECRET + r"[!#-&(-+\--:<-~а-яёА-ЯЁ]{6,})"
-)
-_SAID_HINTS = (
-    "pass",
-    "pwd",
-    "kennwort",
-    "contraseña",
-    "senha",
-    "wachtwoord",
-    "hasło",
-    "пароль",
-    "密码",
-    "密碼",
-    "パスワード",
-    "비밀번호",
-    "كلمة المرور",
-    "पासवर्ड",
-    "şifre",
-)
-
-
-# An AWS secret access key has no prefix: 40 characters of base64 (upper and lower case, digits) count
-# only after a word saying key, secret, credential or access; a git hash (40 hex digits, lower case)
-# or a base64 digest is none.
-_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
-_KEY_WORDS = (
-    "key", "secret", "credential", "aws", "access", "token", "schlüssel", "geheim", "zugriff", "zugang", "clave",
-    "acceso", "clé", "accès", "chave", "acesso", "chiave", "accesso", "sleutel", "toegang", "klucz", "dostęp",
-    "ключ", "секрет", "доступ", "anahtar", "erişim", "密钥", "秘钥", "访问", "キー", "シークレット", "키", "비밀",
-    "مفتاح", "कुंजी",
-)  # fmt: skip
-
-
-def _aws_secret_keys(text: str, lowered: str) -> Iterator[Finding]:
-    # Cheapest test first (2,000 characters: a digit 6 µs, a 40-character word 18, the words 52).
-    if _DIGIT.search(text) is None or max(map(len, text.split()), default=0) < 40:
-        return
-    if not any(word in lowered for word in _KEY_WORDS):
-        return
-    for m in _AWS_SECRET.finditer(text):
-        key = m.group()
-        if key.lower() != key and key.upper() != key and any(c.isdigit() for c in key):
-            before = lowered[max(0, m.start() - 60) : m.start()]
-            if any(word in before for word in _KEY_WORDS):
-                yield Finding("secret", m.start(), m.end())
-
-
-def _secrets(text: str) -> Iterator[Finding]:
-    lowered = text.lower()
-    yield from _aws_secret_keys(text, lowered)
-    # Substring tests run at memchr speed; the big alternation only runs when one could match.
-    if any(hint in text for hint in _SECRET_HINTS):
-        for m in _SECRET.finditer(text):
-            yield Finding("secret", m.start(), m.end())
-    if "://" in text and "@" in text:
-        for m in _URL_PASSWORD.finditer(text):
-            yield Finding("secret", m.start(1), m.end(1))
-    if ("=" in text or ":" in text) and any(hint in lowered for hint in _ASSIGNED_HINTS):
-        for m in _ASSIGNED.finditer(text):
-            yield Finding("secret", m.start(1), m.end(1))
-    if any(hint in lowered for hint in _SAID_HINTS):
-        for pattern in (_SAID, _SAID_ELSEWHERE):
-            for m in pattern.finditer(text):
-                yield Finding("secret", m.start(1), m.end(1))
-
-
 # Detectors of digit-bearing entities run only on the windows around digit clusters; the others
 # scan the whole text behind their own cheap pre-checks.
 def _in_windows(kinds: Collection[str], regions: tuple[str, ...]) -> list[Detector]:
     table: dict[str, Detector] = {
-        "phone": lambda text: identifiers.phones(text, regions),
+        "phone": lambda text: phones.phones(text, regions),
         "card": identifiers.cards,
         "ssn": identifiers.ssns,
         "national_id": identifiers.national_ids,
@@ -325,7 +218,7 @@ _IN_TEXT: dict[str, Detector] = {
     "iban": identifiers.ibans,
     "national_id": _national_in_text,
     "ip": _ips,
-    "secret": _secrets,
+    "secret": credentials.secrets,
 }
 
 
@@ -333,7 +226,7 @@ _IN_TEXT: dict[str, Detector] = {
 # short separators between them (a Spanish DNI: 8 and a letter); text without such a cluster skips
 # all of those detectors. ISO dates (8 digits) are not clusters.
 # A line break may stand beside a dash, dot or slash: "123-45-\n6789" wrapped after the dash.
-_GAP = r"(?:[ \t.\-/()]{0,3}|[.\-/]?[ \t]*\r?\n[ \t]*[.\-/]?)"
+_GAP = r"(?:[ \t.\-/()_]{0,3}|[.\-/]?[ \t]*\r?\n[ \t]*[.\-/]?)"
 # [0-9], not \d: a character class lets the scan skip ahead at C speed (99 µs to 9 on 2,000 letters);
 # other scripts' digits are ASCII after normalization.
 # The leading lookahead lets the scan skip to the next digit or "+" at C speed: with four

@@ -143,6 +143,68 @@ MISSED = [
     # ... an SSN said in a sentence, an IPv6 address with a Korean particle glued on.
     ("Mijn Amerikaanse SSN is 409995099.", "ssn", "409995099"),
     ("로그인 IP는 2607:d285:a2f3:7eb3::3404:776b였습니다.", "ip", "2607:d285:a2f3:7eb3::3404:776b"),
+    # The seventh blind set's misses (heldout.jsonl, measured once, tuning data since), one per
+    # mechanism, in numbers and words not from the set: underscores between a card's groups, slashes
+    # in an SSN, the SSN's name in other languages before nine bare digits, ...
+    ("card number 5105_1051_0510_5100 on file", "card", "5105_1051_0510_5100"),
+    ("Employee SSN: 212/09/7758 (from the W-4)", "ssn", "212/09/7758"),
+    ("Su número de seguro social de Estados Unidos es 212097758, gracias.", "ssn", "212097758"),
+    ("الرقم هو 212097758 ورقم الضمان الاجتماعي هو 345126789.", "ssn", "345126789"),
+    # ... Russia's trunk 8 with dashes, phone words (hotline, switchboard, landline, call back), and
+    # "number" before a run with the trunk 0 or a number grouped as its country writes it.
+    ("Звоните на 8-916-123-45-67 вечером.", "phone", "8-916-123-45-67"),
+    ("Die Hotline in Wien: 015 899 123 45, werktags", "phone", "015 899 123 45"),
+    ("Ankara santrali: 03124567890", "phone", "03124567890"),
+    ("家里的座机 15821349876，晚上打。", "phone", "15821349876"),
+    ("Proszę oddzwonić pod 58 321 45 67 jutro.", "phone", "58 321 45 67"),
+    ("Please use my direct number 07700900461 after lunch.", "phone", "07700900461"),
+    ("Mój numer służbowy: 22.628.31.45, od 9 do 17.", "phone", "22.628.31.45"),
+    # ... addresses under a top-level domain in another script, and "at" and "dot" spelled in Arabic
+    # and Devanagari letters.
+    ("연락처: 민수 골뱅이 학교 닷 한국 으로 보내주세요", "email", "민수 골뱅이 학교 닷 한국"),
+    ("راسلني على احمد [at] مكتب [dot] السعودية من فضلك", "email", "احمد [at] مكتب [dot] السعودية"),
+    ("ايميلي: omar دوت khalil آت bayt-tech دوت sa شكرا", "email", "omar دوت khalil آت bayt-tech دوت sa"),
+    ("ईमेल: rahul डॉट verma एट daftar-mail डॉट in पर भेजें", "email", "rahul डॉट verma एट daftar-mail डॉट in"),
+    # ... vendors' token formats (made-up values: a Slack webhook URL, a Telegram bot token, Shopify,
+    # DigitalOcean), a password or token named for what it opens before a colon, Hindi's verb-last
+    # "पासवर्ड X है", and the Chinese word for token before a full-width colon.
+    (
+        "Post the alerts to https://hooks.slack.com/services/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 from now on.",
+        "secret",
+        "https://hooks.slack.com/services/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",
+    ),
+    (
+        "bot token is 608246281:AAkTj0rLGlkoMXGjtEkDnNfribxUdl7dXTP, keep it private",
+        "secret",
+        "608246281:AAkTj0rLGlkoMXGjtEkDnNfribxUdl7dXTP",
+    ),
+    (
+        "アプリの認証情報：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",
+        "secret",
+        "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",
+    ),
+    (
+        "Use dop_v1_cb0eb53f16947ccf25ec84d8dbc74254770f58904dba41ecccc3fc1626e53a13 for the droplet API.",
+        "secret",
+        "dop_v1_cb0eb53f16947ccf25ec84d8dbc74254770f58904dba41ecccc3fc1626e53a13",
+    ),
+    ("The password for the staff Wi-Fi: Kx9#mPl2vQ, ask reception if it fails", "secret", "Kx9#mPl2vQ"),
+    (
+        "Het token voor de build-server: maple-orbit-lantern-42 graag bewaren",
+        "secret",
+        "maple-orbit-lantern-42",
+    ),
+    ("मेरा पासवर्ड Vt7$kLm92q है, याद रखना", "secret", "Vt7$kLm92q"),
+    ("测试环境的令牌：ab12Cd34Ef56xy", "secret", "ab12Cd34Ef56xy"),
+    # ... and a word naming an id without its country (personal ID number, national ID, citizen
+    # number) before an id of Sweden, Finland, Romania, Czechia, Estonia; nine-digit tax ids.
+    ("Her personal ID number is 820314-1232, please check the form.", "national_id", "820314-1232"),
+    ("ID number from the residence permit: 140387-200B.", "national_id", "140387-200B"),
+    ("The guest's national ID: 1900425400121", "national_id", "1900425400121"),
+    ("My citizen number is 735203/1005 as printed on the card.", "national_id", "735203/1005"),
+    ("National identification no. 49103120055 was on the scan.", "national_id", "49103120055"),
+    ("Our supplier's tax number is 412345678, please update the ledger.", "national_id", "412345678"),
+    ("الرقم الضريبي للمورد: 507219834", "national_id", "507219834"),
 ]
 
 
@@ -176,12 +238,20 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
     [
         "I work at example dot com as a designer.",
         "The range 192.168.0.0/16 is private.",
+        # Addresses the same on every machine or home network: loopback, any, a router's factory default.
+        "The service listens on 127.0.1.1 and 0.0.0.0; the router's admin page is at 192.168.0.1.",
         "Order 4711-0815-2024 shipped; invoice 2024/03/15/00042.",
         "Call extension 666-12-3456 for facilities.",
+        # "number" says phone only when nothing says whose number it is: an order's is none.
+        "Your order number is 07700900461.",
+        "رقم الفاتورة 22 628 31 45 مدفوع.",
         "Version 10.0.19045.2965, build 2024-01-15.",
         "Our build tag is version 10.4.22.1, not an address.",
         "Die Software-Version 2.14.3.7 ist aktuell.",
         "the password is expired.",
+        "Token limit for the model: 128000 per request.",
+        "The password for the account: expired yesterday, reset it.",
+        "Our secret config for staging: bWF4OiAxMA== (base64 of a setting)",
         "Şifrelerini kimseyle paylaşma, lütfen dikkat et.",
         "We met at the point where the road ends.",
         "This test card number should be rejected by the form: 4826 6367 0225 3426",  # no Aadhaar inside
@@ -192,6 +262,7 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "моя собака любит гулять, сайт yandex.ru",
         "Kom och ät mat.se",  # Swedish "eat": "ät" needs a written-out dot
         "En español @ se llama arroba punto com.",
+        "الفرج آت قريبا، ونقطة البداية هنا",  # "coming" and "point": no address around them
         # National ids without their name, or with a wrong check digit.
         "Order 860304-3897 shipped",
         "Ref 777580423780 ok",
@@ -201,6 +272,9 @@ def test_format_is_masked_in_a_stream(text: str, kind: str, entity: str) -> None
         "Totals:\n123\n45\n6789",
         # Sixth set's kinds without their name, with a wrong check digit, or a card said to be one.
         "Order 171181-7110 shipped",
+        # An id word, but someone else's id: a student's, an order's (111222333 passes the BSN check).
+        "Student ID number: 111222333",
+        "Order ID number 111222333",
         "ref 11.945.514-6 and 28047015628",
         "Chilean RUT: 11.945.514-5",
         "Swiss AHV number: 756.1109.7025.68",
