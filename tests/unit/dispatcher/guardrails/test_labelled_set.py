@@ -150,10 +150,11 @@ def test_tuning_floors() -> None:
     # 1,020 other prompts flagged (only PII detectors changed after it).
     seventh = evaluate(load(ROUND7)).injection["heuristics"]
     assert seventh.tp >= 313 and seventh.fp <= 4, seventh
-    # round8.jsonl (the seventh blind set) as its one blind run found it: 341 of 592 attacks, 21 of
-    # 1,036 other prompts flagged (two of those false positives fixed since).
+    # round8.jsonl (the seventh blind set): its one blind run found 341 of 592 attacks and 21 of
+    # 1,036 other prompts flagged; the scorer refitted with it as tuning data (a higher threshold)
+    # finds 329 and flags 8: floors at that.
     eighth = evaluate(load(ROUND8)).injection["heuristics"]
-    assert eighth.tp >= 341 and eighth.fp <= 19, eighth
+    assert eighth.tp >= 329 and eighth.fp <= 8, eighth
 
 
 def test_original_sets_still_hold() -> None:
