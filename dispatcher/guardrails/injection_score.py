@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
 
-from dispatcher.guardrails.injection_score_bound import MARGIN, Weights, swept, window_parts
+from dispatcher.guardrails.injection_score_bound import MARGIN, Weights, concept_sweep, swept, window_parts
 
 Span = tuple[int, int]
 
@@ -168,25 +168,9 @@ def _rule_pairs() -> tuple[tuple[str, str, str], ...]:
 
 
 def _window_and_pairs(events: list[tuple[int, str]], f: dict[str, float]) -> int:
-    """The most distinct concepts within WINDOW characters, and every pair of distinct concepts that
-    stand within WINDOW of each other as a feature `co:A+B`. One sweep: the concepts in the current
-    window are counted in a dict, so each event costs at most the number of concepts (~50)."""
-    in_window: dict[str, int] = {}
-    pairs: set[tuple[str, str]] = set()
-    best = 0
-    left = 0
-    for start, concept in events:
-        while events[left][0] < start - WINDOW:
-            gone = events[left][1]
-            in_window[gone] -= 1
-            if not in_window[gone]:
-                del in_window[gone]
-            left += 1
-        for other in in_window:
-            if other != concept:
-                pairs.add((concept, other) if concept < other else (other, concept))
-        in_window[concept] = in_window.get(concept, 0) + 1
-        best = max(best, len(in_window))
+    """The most distinct concepts within WINDOW characters; every pair of distinct concepts that
+    stand within WINDOW of each other becomes a feature `co:A+B`."""
+    best, pairs = concept_sweep(events, WINDOW)
     for a, b in pairs:  # names made once per pair, not once per neighbouring event
         f[f"co:{a}+{b}"] = 1.0
     return best

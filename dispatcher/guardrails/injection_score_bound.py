@@ -207,23 +207,7 @@ def swept(
             attack.append((s, c))
         if c in _YOU:
             addressed.append(s)
-    # The sweep of injection_score._window_and_pairs.
-    in_window: dict[str, int] = {}
-    pairs: set[tuple[str, str]] = set()
-    best = 0
-    left = 0
-    for start, concept in attack:
-        while attack[left][0] < start - table.window:
-            gone = attack[left][1]
-            in_window[gone] -= 1
-            if not in_window[gone]:
-                del in_window[gone]
-            left += 1
-        for other in in_window:
-            if other != concept:
-                pairs.add((concept, other) if concept < other else (other, concept))
-        in_window[concept] = in_window.get(concept, 0) + 1
-        best = max(best, len(in_window))
+    best, pairs = concept_sweep(attack, table.window)
     value = sum(map(table.pair, pairs))
     value += table.get("win") * (min(best, 6) / 3)
     for k in (2, 3, 4):
@@ -256,3 +240,26 @@ def _label_positions(text: str, pattern: re.Pattern[str]) -> list[int]:
     if "\n" in text:
         return _positions(text, pattern)
     return [0] if pattern.match(text) else []
+
+
+def concept_sweep(events: list[tuple[int, str]], window: int) -> tuple[int, set[tuple[str, str]]]:
+    """The most distinct concepts within `window` characters, and every pair of distinct concepts
+    that stand within `window` of each other. One sweep: the concepts in the current window are
+    counted in a dict, so each event costs at most the number of concepts (~50)."""
+    in_window: dict[str, int] = {}
+    pairs: set[tuple[str, str]] = set()
+    best = 0
+    left = 0
+    for start, concept in events:
+        while events[left][0] < start - window:
+            gone = events[left][1]
+            in_window[gone] -= 1
+            if not in_window[gone]:
+                del in_window[gone]
+            left += 1
+        for other in in_window:
+            if other != concept:
+                pairs.add((concept, other) if concept < other else (other, concept))
+        in_window[concept] = in_window.get(concept, 0) + 1
+        best = max(best, len(in_window))
+    return best, pairs
