@@ -75,7 +75,6 @@ def chunk_shaper(envelope: RequestEnvelope, endpoint: Endpoint) -> Callable[[Jso
     model = envelope.target
     kind = _OBJECT[(endpoint, True)]
     created = int(time.time())
-    chat = endpoint is Endpoint.CHAT
 
     def shape(chunk: Json) -> None:
         chunk["id"] = ident
@@ -89,18 +88,8 @@ def chunk_shaper(envelope: RequestEnvelope, endpoint: Endpoint) -> Callable[[Jso
         choices = chunk.get("choices")
         if isinstance(choices, list):
             for position, choice in enumerate(choices):
-                if not isinstance(choice, dict):
-                    continue
-                if not isinstance(choice.get("index"), int):
-                    choice["index"] = position
-                finish = choice.get("finish_reason")
-                if finish is not None:
-                    choice["finish_reason"] = _FINISH.get(str(finish), "stop")
-                if chat:
-                    if not isinstance(choice.get("delta"), dict):
-                        choice["delta"] = {}
-                elif not isinstance(choice.get("text"), str):
-                    choice["text"] = ""
+                if isinstance(choice, dict):
+                    _choice(choice, position, endpoint, True)
 
     return shape
 
