@@ -100,13 +100,18 @@ def _matrix(chars: object, words: object, texts: list[str], fit: bool = False) -
 
 
 @functools.cache
-def _long_benign() -> tuple[str, ...]:
-    """bench/benign_corpus.py's passages and the TRAIN_ONLY files' texts, normalized as the worker
-    reads them."""
+def long_benign_texts() -> tuple[str, ...]:
+    """Long benign text for every fit (this model's and the concept scorer's): bench/benign_corpus.py's
+    passages and the TRAIN_ONLY files' texts."""
     passages = corpus()
     print(f"benign corpus: {len(passages)} passages, sha256 {digest(passages)}", file=sys.stderr)
-    documents = [str(r["text"]) for _, rows in _files(TRAIN_ONLY) for r in rows]
-    return tuple(features_text(text) for text in [*passages, *documents])
+    return (*passages, *(str(r["text"]) for _, rows in _files(TRAIN_ONLY) for r in rows))
+
+
+@functools.cache
+def _long_benign() -> tuple[str, ...]:
+    """long_benign_texts(), normalized as the worker reads them."""
+    return tuple(features_text(text) for text in long_benign_texts())
 
 
 def _fit(texts: list[str], labels: np.ndarray) -> Model:

@@ -26,9 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.benign_corpus import corpus
 from bench.guardrails_eval import ROUND4, ROUND5, ROUND6, ROUND7, ROUND8, Report, Row, Score, evaluate
-from bench.injection_ngrams import DATA_FILES, TRAIN_ONLY, _files
+from bench.injection_ngrams import DATA_FILES, _files, long_benign_texts
 from dispatcher.guardrails import injection_score
 from dispatcher.guardrails.injection import concept_hits, detect_injection
 from dispatcher.guardrails.injection_score import Model, features, window_features
@@ -66,14 +65,10 @@ class Data:
         # Without it the scorer flagged 29 % of software documentation paragraphs
         # (bench/guardrails_external.py), having seen only prompts under 500 characters.
         self.long: list[dict[str, float]] = []
-        for text in _long_benign_texts():
+        for text in long_benign_texts():
             plain = normalize(text).text
             matched: list[tuple[int, str]] = []
             self.long.extend(window_features(plain, concept_hits(plain, matched), matched))
-
-
-def _long_benign_texts() -> list[str]:
-    return [*corpus(), *(str(r["text"]) for _, rows in _files(TRAIN_ONLY) for r in rows)]
 
 
 def _attack(row: Row) -> bool:
