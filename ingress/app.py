@@ -26,8 +26,7 @@ from dispatcher.caching.semantic_cache import SemanticCache
 from dispatcher.caching.stored_responses import ResponseStore
 from dispatcher.config.config_file import load_config
 from dispatcher.config.config_store import ConfigStore, load_initial
-from dispatcher.guardrails.injection_score import shipped as injection_scorer
-from dispatcher.guardrails.injection_terms import terms as injection_terms
+from dispatcher.guardrails.injection import prepare as prepare_injection_scan
 from dispatcher.jobs.batch_store import BatchStore
 from dispatcher.jobs.task_store import TaskStore
 from dispatcher.policy.api_keys import KeyRegistry
@@ -80,9 +79,7 @@ def create_app(settings: IngressSettings, config: ModelbusConfig | None = None) 
         name = f"modelbus-ingress {settings.ingress_id}"
         async with process_runtime(settings, "ingress", name, metrics_port=False) as runtime:
             app.state.services = await _build(settings, bootstrap, runtime)
-            # Compiled now, not in the first request that scans for injections (0.13-0.5 s of CPU).
-            injection_terms()
-            injection_scorer()  # and the injection scorer's weights read
+            prepare_injection_scan()
             if settings.ingress_metrics_port is not None:
                 stop = serve_metrics(
                     settings.metrics_host, settings.ingress_metrics_port, settings.metrics_token

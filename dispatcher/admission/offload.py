@@ -34,8 +34,7 @@ from dispatcher.admission.prompt import (
 )
 from dispatcher.admission.validation import parse
 from dispatcher.errors import RETRY_SOON_S, CheckerUnavailable, InvalidRequest
-from dispatcher.guardrails.injection_score import shipped as injection_scorer
-from dispatcher.guardrails.injection_terms import terms as injection_terms
+from dispatcher.guardrails.injection import prepare as prepare_injection_scan
 from dispatcher.guardrails.policies import InputPolicy, input_guard
 from schemas.endpoints import BY_PATH
 
@@ -138,8 +137,7 @@ def _ready(parent: int) -> None:
     # machine left the loop a third of a core when a request arrived.
     os.setpriority(os.PRIO_PROCESS, 0, _NICENESS)
     input_guard(InputPolicy(pii="mask")).inspect("warm up +1 415 555 0101")
-    injection_terms()
-    injection_scorer()  # the scorer's weights (a JSON table), read once
+    prepare_injection_scan()
 
 
 class Offload:
