@@ -56,14 +56,7 @@ def normalize(
         body.setdefault("created", int(time.time()))
     body["model"] = envelope.target
     body["object"] = _OBJECT.get((endpoint, chunk), body.get("object"))
-    usage = body.get("usage")
-    if isinstance(usage, dict):
-        _usage(usage)
-    choices = body.get("choices")
-    if isinstance(choices, list):
-        for position, choice in enumerate(choices):
-            if isinstance(choice, dict):
-                _choice(choice, position, endpoint, chunk)
+    _usage_and_choices(body, endpoint, chunk)
 
 
 def chunk_shaper(envelope: RequestEnvelope, endpoint: Endpoint) -> Callable[[Json], None]:
@@ -82,16 +75,20 @@ def chunk_shaper(envelope: RequestEnvelope, endpoint: Endpoint) -> Callable[[Jso
             chunk["created"] = created
         chunk["model"] = model
         chunk["object"] = kind
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            _usage(usage)
-        choices = chunk.get("choices")
-        if isinstance(choices, list):
-            for position, choice in enumerate(choices):
-                if isinstance(choice, dict):
-                    _choice(choice, position, endpoint, True)
+        _usage_and_choices(chunk, endpoint, True)
 
     return shape
+
+
+def _usage_and_choices(body: Json, endpoint: Endpoint, chunk: bool) -> None:
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        _usage(usage)
+    choices = body.get("choices")
+    if isinstance(choices, list):
+        for position, choice in enumerate(choices):
+            if isinstance(choice, dict):
+                _choice(choice, position, endpoint, chunk)
 
 
 def _usage(usage: Json) -> None:
